@@ -1,0 +1,152 @@
+/*
+ * keel — an embedded, transactional key-value database.
+ *
+ * A copy-on-write B+tree in one memory-mapped file; commits are made crash-safe
+ * by two alternating meta pages.  One writer and any number of readers run at
+ * once (MVCC): a read transaction sees the snapshot committed before it began
+ * and never waits.  The writer lock and the reader table live in a lock file
+ * beside the data file (`<path>-lock`), so readers may live in other processes.
+ *
+ * Conventions:
+ *   - Every function returning int answers 0 on success, one of the negative
+ *     KEEL_* codes below for keel's own errors, or a positive errno when the
+ *     operating system failed.  keel_strerror() names every one of them.
+ *   - keel_val data returned by reads points into the map (or into the write
+ *     transaction's own buffers) and stays valid until the transaction ends or,
+ *     in a write transaction, until the next change made in it.
+ *   - A failed call changes nothing on disk.
+ */
+#ifndef KEEL_H
+#define KEEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KEEL_VERSION_MAJOR 0
+#define KEEL_VERSION_MINOR 1
+#define KEEL_VERSION_PATCH 0
+
+typedef struct keel_db keel_db;         /* one open database file */
+typedef struct keel_txn keel_txn;       /* a read or write transaction */
+typedef struct keel_cursor keel_cursor; /* a position in one bucket of one txn */
+typedef uint32_t keel_bucket;           /* from keel_bucket_open, valid for the db's life */
+
+typedef struct {
+    const void *data;
+    size_t len;
+} keel_val;
+
+/* The default bucket: it always exists; handle 0 names it without a lookup. */
+#define KEEL_DEFAULT_BUCKET ((keel_bucket)0)
+
+/* ---- flags ------------------------------------------------------------- */
+/* keel_open (options.flags) and keel_begin */
+#define KEEL_RDONLY      0x0001u /* open: read only, never create; begin: a read txn */
+#define KEEL_NOSYNC      0x0002u /* open: never sync; a crash may lose recent commits */
+#define KEEL_NOMETASYNC  0x0004u /* open: sync data pages but not the meta page */
+/* keel_put */
+#define KEEL_NOOVERWRITE 0x0010u /* fail with KEEL_EXISTS if the key is present */
+#define KEEL_APPEND      0x0020u /* key sorts after every key in the bucket: fill pages fully */
+/* keel_bucket_open */
+#define KEEL_CREATE      0x0100u /* create the bucket if it does not exist */
+
+/* ---- errors ------------------------------------------------------------ */
+enum {
+    KEEL_OK = 0,
+    KEEL_NOTFOUND = -30800,     /* key or bucket not found, or cursor past the end */
+    KEEL_EXISTS = -30801,       /* key exists (KEEL_NOOVERWRITE) or bucket exists */
+    KEEL_CORRUPTED = -30802,    /* the file is damaged */
+    KEEL_INVALID = -30803,      /* not a keel file */
+    KEEL_VERSION = -30804,      /* a keel file of another format version */
+    KEEL_FULL = -30805,         /* the disk or the address reservation is full */
+    KEEL_READERS_FULL = -30806, /* every reader slot is taken */
+    KEEL_BADVALSIZE = -30807,   /* key empty or too long, or value too long */
+    KEEL_READONLY = -30808,     /* a write in a read txn or a read-only db */
+    KEEL_BADTXN = -30809,       /* txn finished, failed, or used from the wrong place */
+    KEEL_PANIC = -30810,        /* a sync failed: the db must be closed and reopened */
+    KEEL_BADARG = -30811,       /* a NULL pointer or a meaningless argument */
+    KEEL_BADBUCKET = -30812,    /* a bucket handle that names no open bucket */
+    KEEL_BADCURSOR = -30813,    /* a closed cursor, or one not positioned */
+    KEEL_BUSY = -30814,         /* this handle already has a write txn open */
+    KEEL_BADFLAGS = -30815,     /* unknown or contradictory flags */
+    KEEL_BADNAME = -30816,      /* bucket name empty, too long or reserved */
+    KEEL_LOCKFILE = -30817,     /* the lock file is not a keel lock file or is damaged */
+    KEEL_FORKED = -30818,       /* a handle inherited across fork(): open the db again */
+    KEEL_TXN_FULL = -30819,     /* the txn holds more dirty pages than memory allows */
+    KEEL_NOMEM = -30820,        /* out of memory */
+    KEEL_MISMATCH = -30821,     /* compare-and-swap: the value differs */
+    KEEL_NOTNUMBER = -30822,    /* increment: the value is not a decimal integer */
+    KEEL_OVERFLOW = -30823,     /* increment: the result does not fit in int64 */
+};
+
+/* ---- opening ----------------------------------------------------------- */
+typedef struct keel_options { /* zero-initialised = defaults */
+    uint32_t page_size;       /* at creation: 4096 default; any power of two 4096..65536 */
+    uint64_t max_size;        /* address space reserved for the map; 0 = 1 TiB */
+    uint32_t max_readers;     /* reader slots; 0 = 126 */
+    unsigned flags;           /* KEEL_RDONLY, KEEL_NOSYNC, KEEL_NOMETASYNC */
+    unsigned mode;            /* file mode on creation; 0 = 0644 */
+    int64_t (*clock)(void *ctx); /* ms since the Unix epoch; NULL = CLOCK_REALTIME */
+    void *clock_ctx;
+} keel_options;
+
+int keel_open(const char *path, const keel_options *opts, keel_db **out);
+void keel_close(keel_db *db);
+
+/* ---- transactions ------------------------------------------------------ */
+int keel_begin(keel_db *db, unsigned flags, keel_txn **out); /* 0 = write txn, KEEL_RDONLY = read txn */
+int keel_commit(keel_txn *txn); /* the txn is gone afterwards, whatever the result */
+void keel_abort(keel_txn *txn); /* NULL is ignored */
+uint64_t keel_txn_id(const keel_txn *txn); /* snapshot id (read) or id being written (write); 0 for NULL */
+
+/* ---- buckets ----------------------------------------------------------- */
+#define KEEL_MAX_BUCKET_NAME 255
+int keel_bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *out); /* NULL = default */
+int keel_bucket_drop(keel_txn *txn, keel_bucket b); /* the default bucket is emptied, not removed */
+/* Calls fn for each named bucket in name order; a non-zero return from fn stops and is returned. */
+int keel_bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void *ctx);
+
+/* ---- data -------------------------------------------------------------- */
+int keel_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val);
+int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned flags);
+int keel_del(keel_txn *txn, keel_bucket b, keel_val key);
+size_t keel_max_key_size(const keel_db *db); /* depends on the page size; >= 1024 always */
+#define KEEL_MAX_VALUE_SIZE ((size_t)0xFFFFFFFEu)
+
+/* ---- cursors ----------------------------------------------------------- */
+int keel_cursor_open(keel_txn *txn, keel_bucket b, keel_cursor **out);
+int keel_cursor_first(keel_cursor *c, keel_val *key, keel_val *val);
+int keel_cursor_last(keel_cursor *c, keel_val *key, keel_val *val);
+int keel_cursor_next(keel_cursor *c, keel_val *key, keel_val *val);
+int keel_cursor_prev(keel_cursor *c, keel_val *key, keel_val *val);
+int keel_cursor_seek(keel_cursor *c, keel_val key, keel_val *key_out, keel_val *val_out); /* first >= key */
+int keel_cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
+int keel_cursor_del(keel_cursor *c); /* next() then yields the following entry */
+void keel_cursor_close(keel_cursor *c); /* NULL is ignored */
+
+/* ---- statistics -------------------------------------------------------- */
+typedef struct keel_stat {
+    uint32_t page_size, depth;
+    uint64_t entries, branch_pages, leaf_pages, overflow_pages, free_pages, file_size, last_txnid;
+} keel_stat;
+int keel_db_stat(keel_db *db, keel_stat *st);                    /* whole file */
+int keel_bucket_stat(keel_txn *txn, keel_bucket b, keel_stat *st); /* one bucket */
+
+typedef struct keel_reader_info {
+    int32_t pid;
+    uint64_t txnid; /* snapshot */
+    uint64_t lag;   /* commits made since that snapshot */
+} keel_reader_info;
+/* Fills up to max slots in use; *count gets the number in use. */
+int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *count);
+
+const char *keel_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,546 @@
+/*
+ * api.c — the public functions of include/keel.h: argument checks, then a
+ * call into the layer that does the work.
+ *
+ * Contract: every public function checks its arguments before anything else
+ * and answers with a distinct code.  A write operation that fails after it
+ * began changing pages poisons its txn (only abort remains), so a failed
+ * call never reaches the disk.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define DEFAULT_MAX_READERS 126
+#define DEFAULT_MAP_SIZE ((uint64_t)1 << 40) /* 1 TiB of address space, not of disk */
+
+/* ---- open / close ---- */
+static int write_initial_metas(keel_db *db)
+{
+    size_t ps = db->psize;
+    uint8_t *buf = os_calloc(2 * ps);
+    if (!buf)
+        return KEEL_NOMEM;
+    struct meta m;
+    memset(&m, 0, sizeof(m));
+    m.magic = KEEL_MAGIC;
+    m.version = KEEL_FORMAT_VERSION;
+    m.page_size = db->psize;
+    m.npages = 2;
+    meta_seal(&m);
+    memcpy(buf, &m, META_SIZE);
+    memcpy(buf + ps, &m, META_SIZE);
+    int rc = os_pwrite_full(db->fd, buf, 2 * ps, 0);
+    os_free(buf);
+    if (!rc && !(db->flags & KEEL_NOSYNC))
+        rc = os_fsync(db->fd);
+    return rc;
+}
+
+/* Reads both metas with pread (the map is not set up yet) and picks the
+ * newest valid one.  Meta 0 gives the page size; if it is damaged, meta 1 is
+ * looked for at each possible page size. */
+static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
+{
+    uint8_t buf[META_SIZE];
+    struct meta m0, m1;
+    int r0 = KEEL_INVALID, r1 = KEEL_INVALID;
+    size_t got;
+    int rc = os_pread_upto(db->fd, buf, META_SIZE, 0, &got);
+    if (rc)
+        return rc;
+    r0 = meta_check(buf, got, 0, &m0);
+    for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
+        if (r0 == 0 && ps != m0.page_size)
+            continue;
+        if ((rc = os_pread_upto(db->fd, buf, META_SIZE, ps, &got)))
+            return rc;
+        r1 = meta_check(buf, got, ps, &m1);
+        if (r1 == 0 || r0 == 0)
+            break;
+    }
+    if (r0 && r1) {
+        if (r0 == KEEL_VERSION || r1 == KEEL_VERSION)
+            return KEEL_VERSION;
+        if (r0 == KEEL_INVALID && r1 == KEEL_INVALID)
+            return KEEL_INVALID;
+        return KEEL_CORRUPTED;
+    }
+    *out = (r0 == 0 && (r1 != 0 || m0.txnid >= m1.txnid)) ? m0 : m1;
+    if (out->npages * out->page_size > fsize)
+        return KEEL_CORRUPTED;
+    return 0;
+}
+
+static void db_free(keel_db *db)
+{
+    if (db->map)
+        keel_os.munmap(db->map, db->map_size);
+    lockfile_close(&db->lock);
+    if (db->fd >= 0)
+        os_close(db->fd);
+    for (uint32_t i = 1; i < db->nbuckets; i++)
+        os_free(db->bucket_names[i]);
+    os_free(db->bucket_names);
+    txn_free_spares(db);
+    keel_cursor *c = db->spare_cursors;
+    while (c) {
+        keel_cursor *n = c->next;
+        os_free(c->keybuf);
+        os_free(c);
+        c = n;
+    }
+    pthread_mutex_destroy(&db->mu);
+    os_free(db->path);
+    os_free(db);
+}
+
+int keel_open(const char *path, const keel_options *opts, keel_db **out)
+{
+    if (!out)
+        return KEEL_BADARG;
+    *out = NULL;
+    if (!path || !*path)
+        return KEEL_BADARG;
+    keel_options o;
+    memset(&o, 0, sizeof(o));
+    if (opts)
+        o = *opts;
+    if (o.flags & ~(KEEL_RDONLY | KEEL_NOSYNC | KEEL_NOMETASYNC))
+        return KEEL_BADFLAGS;
+    if (o.page_size && (o.page_size < KEEL_MIN_PAGE || o.page_size > KEEL_MAX_PAGE ||
+                        (o.page_size & (o.page_size - 1))))
+        return KEEL_BADARG;
+    if (o.max_readers > 65536 || (o.mode & ~07777u))
+        return KEEL_BADARG;
+    if (o.max_size && o.max_size < ((uint64_t)1 << 20))
+        return KEEL_BADARG;
+
+    keel_db *db = os_calloc(sizeof(*db));
+    if (!db)
+        return KEEL_NOMEM;
+    db->fd = -1;
+    db->lock.fd = -1;
+    pthread_mutex_init(&db->mu, NULL);
+    db->flags = o.flags;
+    db->clock = o.clock;
+    db->clock_ctx = o.clock_ctx;
+    db->map_size = o.max_size ? o.max_size : (sizeof(void *) >= 8 ? DEFAULT_MAP_SIZE : ((uint64_t)1 << 30));
+    db->fork_gen = os_fork_generation();
+    db->bucket_cap = 8;
+    db->nbuckets = 1;
+    db->bucket_names = os_calloc(db->bucket_cap * sizeof(char *));
+    db->path = os_strdup(path);
+    int rc = 0;
+    if (!db->bucket_names || !db->path) {
+        rc = KEEL_NOMEM;
+        goto fail;
+    }
+    bool rdonly = o.flags & KEEL_RDONLY;
+    db->fd = keel_os.open(path, (rdonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, o.mode ? o.mode : 0644);
+    if (db->fd < 0) {
+        rc = errno ? errno : EIO;
+        goto fail;
+    }
+    struct stat st;
+    if (keel_os.fstat(db->fd, &st)) {
+        rc = errno;
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = S_ISDIR(st.st_mode) ? EISDIR : KEEL_INVALID;
+        goto fail;
+    }
+    if ((rc = lockfile_open(&db->lock, path, o.max_readers ? o.max_readers : DEFAULT_MAX_READERS, rdonly)))
+        goto fail;
+    /* creation happens under the writer lock, so two creators cannot race */
+    if ((rc = lockfile_writer_lock(&db->lock)))
+        goto fail;
+    uint64_t fsize;
+    if ((rc = os_file_size(db->fd, &fsize)))
+        goto unlock;
+    if (fsize == 0) {
+        if (rdonly) {
+            rc = KEEL_INVALID;
+            goto unlock;
+        }
+        db->psize = o.page_size ? o.page_size : KEEL_MIN_PAGE;
+        if ((rc = write_initial_metas(db)) || (rc = os_file_size(db->fd, &fsize)))
+            goto unlock;
+    }
+    struct meta m;
+    if ((rc = read_metas(db, fsize, &m)))
+        goto unlock;
+    db->psize = m.page_size;
+    db->file_size = fsize;
+unlock:
+    lockfile_writer_unlock(&db->lock);
+    if (rc)
+        goto fail;
+    if (db->map_size % db->psize)
+        db->map_size -= db->map_size % db->psize;
+    void *map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);
+    if (map == MAP_FAILED) {
+        rc = errno == ENOMEM ? KEEL_FULL : errno;
+        goto fail;
+    }
+    db->map = map;
+    size_t usable = db->psize - PAGE_HDR;
+    db->max_node = usable / 2 - 2;
+    db->inline_max = db->max_node;
+    /* a leaf node with expiry and overflow pointer must still fit max_node */
+    db->max_key = db->max_node - LEAF_HDR - 8 - 8;
+    *out = db;
+    return 0;
+fail:
+    db_free(db);
+    return rc;
+}
+
+void keel_close(keel_db *db)
+{
+    if (!db)
+        return;
+    if (db->wtxn)
+        txn_abort(db->wtxn);
+    db_free(db);
+}
+
+/* ---- txns ---- */
+int keel_begin(keel_db *db, unsigned flags, keel_txn **out)
+{
+    if (!out)
+        return KEEL_BADARG;
+    *out = NULL;
+    if (!db)
+        return KEEL_BADARG;
+    return txn_begin(db, flags, out);
+}
+
+int keel_commit(keel_txn *txn)
+{
+    if (!txn)
+        return KEEL_BADARG;
+    if (txn->magic != TXN_MAGIC)
+        return KEEL_BADTXN;
+    int rc = txn_check(txn, false);
+    if (rc) {
+        txn_abort(txn);
+        return rc;
+    }
+    return txn_commit(txn);
+}
+
+void keel_abort(keel_txn *txn)
+{
+    if (!txn || txn->magic != TXN_MAGIC)
+        return;
+    txn_abort(txn);
+}
+
+uint64_t keel_txn_id(const keel_txn *txn)
+{
+    if (!txn || txn->magic != TXN_MAGIC)
+        return 0;
+    return txn->txnid;
+}
+
+/* A write op failed after it may have changed pages: only abort remains. */
+static int poison(keel_txn *txn, int rc)
+{
+    if (rc && rc != KEEL_NOTFOUND && rc != KEEL_EXISTS && !txn->error)
+        txn->error = rc;
+    return rc;
+}
+
+/* ---- buckets ---- */
+int keel_bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *out)
+{
+    int rc = txn_check(txn, false);
+    if (rc)
+        return rc;
+    if (!out)
+        return KEEL_BADARG;
+    if (flags & ~KEEL_CREATE)
+        return KEEL_BADFLAGS;
+    if (name && (!*name || strlen(name) > KEEL_MAX_BUCKET_NAME))
+        return KEEL_BADNAME;
+    return bucket_open(txn, name, flags, out);
+}
+
+int keel_bucket_drop(keel_txn *txn, keel_bucket b)
+{
+    int rc = txn_check(txn, true);
+    if (rc)
+        return rc;
+    struct tree_desc *t;
+    if ((rc = bucket_tree(txn, b, &t)))
+        return rc;
+    return poison(txn, bucket_drop(txn, b));
+}
+
+int keel_bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void *ctx)
+{
+    int rc = txn_check(txn, false);
+    if (rc)
+        return rc;
+    if (!fn)
+        return KEEL_BADARG;
+    return bucket_list(txn, fn, ctx);
+}
+
+/* ---- data ---- */
+size_t keel_max_key_size(const keel_db *db) { return db ? db->max_key : 0; }
+
+static int check_key(keel_txn *txn, keel_val key)
+{
+    if (!key.data && key.len)
+        return KEEL_BADARG;
+    if (key.len == 0 || key.len > txn->db->max_key)
+        return KEEL_BADVALSIZE;
+    return 0;
+}
+
+int keel_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val)
+{
+    int rc = txn_check(txn, false);
+    if (rc)
+        return rc;
+    if (!val)
+        return KEEL_BADARG;
+    if ((rc = check_key(txn, key)))
+        return rc;
+    struct tree_desc *t;
+    if ((rc = bucket_tree(txn, b, &t)))
+        return rc;
+    return bt_get(txn, t, key, val, NULL);
+}
+
+int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned flags)
+{
+    int rc = txn_check(txn, true);
+    if (rc)
+        return rc;
+    if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND))
+        return KEEL_BADFLAGS;
+    if ((rc = check_key(txn, key)))
+        return rc;
+    if (!val.data && val.len)
+        return KEEL_BADARG;
+    if (val.len > KEEL_MAX_VALUE_SIZE)
+        return KEEL_BADVALSIZE;
+    struct tree_desc *t;
+    if ((rc = bucket_tree(txn, b, &t)))
+        return rc;
+    if ((rc = poison(txn, bt_put(txn, t, key, val, 0, flags))))
+        return rc;
+    bucket_mark_dirty(txn, b);
+    return 0;
+}
+
+int keel_del(keel_txn *txn, keel_bucket b, keel_val key)
+{
+    int rc = txn_check(txn, true);
+    if (rc)
+        return rc;
+    if ((rc = check_key(txn, key)))
+        return rc;
+    struct tree_desc *t;
+    if ((rc = bucket_tree(txn, b, &t)))
+        return rc;
+    if ((rc = poison(txn, bt_del(txn, t, key))))
+        return rc;
+    bucket_mark_dirty(txn, b);
+    return 0;
+}
+
+/* ---- cursors ---- */
+static int cursor_check(keel_cursor *c)
+{
+    if (!c)
+        return KEEL_BADARG;
+    if (c->magic != CURSOR_MAGIC || !c->txn)
+        return KEEL_BADCURSOR;
+    return txn_check(c->txn, false);
+}
+
+int keel_cursor_open(keel_txn *txn, keel_bucket b, keel_cursor **out)
+{
+    if (!out)
+        return KEEL_BADARG;
+    *out = NULL;
+    int rc = txn_check(txn, false);
+    if (rc)
+        return rc;
+    struct tree_desc *t;
+    if ((rc = bucket_tree(txn, b, &t)))
+        return rc;
+    keel_db *db = txn->db;
+    pthread_mutex_lock(&db->mu);
+    keel_cursor *c = db->spare_cursors;
+    if (c)
+        db->spare_cursors = c->next;
+    pthread_mutex_unlock(&db->mu);
+    if (!c && !(c = os_calloc(sizeof(*c))))
+        return KEEL_NOMEM;
+    cursor_init(c, txn, b, NULL);
+    c->magic = CURSOR_MAGIC;
+    c->prev = NULL;
+    c->next = txn->cursors;
+    if (txn->cursors)
+        txn->cursors->prev = c;
+    txn->cursors = c;
+    *out = c;
+    return 0;
+}
+
+void keel_cursor_close(keel_cursor *c)
+{
+    if (!c || c->magic != CURSOR_MAGIC)
+        return;
+    keel_txn *txn = c->txn;
+    keel_db *db = NULL;
+    if (txn) {
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            txn->cursors = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        db = txn->db;
+    }
+    c->magic = CURSOR_DEAD;
+    c->txn = NULL;
+    if (!db) { /* detached from a finished txn: we do not know its db any more */
+        os_free(c->keybuf);
+        os_free(c);
+        return;
+    }
+    pthread_mutex_lock(&db->mu);
+    c->next = db->spare_cursors;
+    db->spare_cursors = c;
+    pthread_mutex_unlock(&db->mu);
+}
+
+#define CURSOR_OP(name, fn)                                             \
+    int name(keel_cursor *c, keel_val *key, keel_val *val)              \
+    {                                                                   \
+        int rc = cursor_check(c);                                       \
+        return rc ? rc : fn(c, key, val);                               \
+    }
+CURSOR_OP(keel_cursor_first, cursor_first)
+CURSOR_OP(keel_cursor_last, cursor_last)
+CURSOR_OP(keel_cursor_next, cursor_next)
+CURSOR_OP(keel_cursor_prev, cursor_prev)
+CURSOR_OP(keel_cursor_current, cursor_current)
+
+int keel_cursor_seek(keel_cursor *c, keel_val key, keel_val *key_out, keel_val *val_out)
+{
+    int rc = cursor_check(c);
+    if (rc)
+        return rc;
+    if ((rc = check_key(c->txn, key)))
+        return rc;
+    return cursor_seek(c, key, key_out, val_out);
+}
+
+int keel_cursor_del(keel_cursor *c)
+{
+    int rc = cursor_check(c);
+    if (rc)
+        return rc;
+    if (c->txn->rdonly)
+        return KEEL_READONLY;
+    return poison(c->txn, cursor_del(c));
+}
+
+/* ---- statistics ---- */
+static void add_tree(keel_stat *st, const struct tree_desc *t)
+{
+    st->entries += t->entries;
+    st->branch_pages += t->branch_pages;
+    st->leaf_pages += t->leaf_pages;
+    st->overflow_pages += t->overflow_pages;
+    if (t->depth > st->depth)
+        st->depth = t->depth;
+}
+
+static int add_bucket(const char *name, void *ctx)
+{
+    void **a = ctx;
+    keel_txn *txn = a[0];
+    keel_stat *st = a[1];
+    keel_bucket b;
+    int rc = bucket_open(txn, name, 0, &b);
+    if (rc)
+        return rc;
+    struct tree_desc *t;
+    if ((rc = bucket_tree(txn, b, &t)))
+        return rc;
+    add_tree(st, t);
+    return 0;
+}
+
+int keel_db_stat(keel_db *db, keel_stat *st)
+{
+    if (!db || !st)
+        return KEEL_BADARG;
+    keel_txn *txn;
+    int rc = txn_begin(db, KEEL_RDONLY, &txn);
+    if (rc)
+        return rc;
+    memset(st, 0, sizeof(*st));
+    st->page_size = db->psize;
+    add_tree(st, &txn->meta.trees[TREE_DEFAULT]);
+    void *args[2] = {txn, st};
+    rc = bucket_list(txn, add_bucket, args);
+    /* the internal trees count as pages, not as entries */
+    for (int i = TREE_CATALOG; i < TREE_COUNT; i++) {
+        st->branch_pages += txn->meta.trees[i].branch_pages;
+        st->leaf_pages += txn->meta.trees[i].leaf_pages;
+        st->overflow_pages += txn->meta.trees[i].overflow_pages;
+    }
+    st->free_pages = txn->meta.free_pages;
+    st->last_txnid = txn->meta.txnid;
+    uint64_t fsize = 0;
+    if (!rc)
+        rc = os_file_size(db->fd, &fsize);
+    st->file_size = fsize;
+    txn_abort(txn);
+    return rc;
+}
+
+int keel_bucket_stat(keel_txn *txn, keel_bucket b, keel_stat *st)
+{
+    int rc = txn_check(txn, false);
+    if (rc)
+        return rc;
+    if (!st)
+        return KEEL_BADARG;
+    struct tree_desc *t;
+    if ((rc = bucket_tree(txn, b, &t)))
+        return rc;
+    memset(st, 0, sizeof(*st));
+    st->page_size = txn->db->psize;
+    add_tree(st, t);
+    st->last_txnid = txn->meta.txnid;
+    st->free_pages = txn->meta.free_pages;
+    return os_file_size(txn->db->fd, &st->file_size);
+}
+
+int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *count)
+{
+    if (!db || !count || (max && !out))
+        return KEEL_BADARG;
+    struct meta m;
+    int rc = pager_newest_meta(db, &m);
+    if (rc)
+        return rc;
+    return readers_list(&db->lock, m.txnid, out, max, count);
+}

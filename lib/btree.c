@@ -1,0 +1,787 @@
+/*
+ * btree.c — the copy-on-write B+tree: search, insert with splits, delete with
+ * merges, overflow values.
+ *
+ * Contract:
+ *   - A tree is a struct tree_desc (root, depth, counts).  Functions change
+ *     the desc they are given; the caller decides where it is stored (meta or
+ *     catalog).
+ *   - Every page read from the map is checked before use (number, kind, node
+ *     bounds, depth): damage gives KEEL_CORRUPTED, never a wild read.
+ *   - Writers first touch the whole root-to-leaf path (copy-on-write), then
+ *     change the dirty copies in place.
+ *   - Splits put only the new entry in the right page when it lands at the
+ *     end of a page, so sorted loads leave pages full.  Deletes merge a page
+ *     that falls under a quarter full with a sibling, or share entries with it.
+ *   - Any error after the first change leaves the txn poisoned (txn->error);
+ *     the caller sets that.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    if (c)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+static inline size_t usable(const keel_txn *txn) { return txn->db->psize - PAGE_HDR; }
+
+/* ---- checked node access ---- */
+int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
+{
+    unsigned off = page_slot(page, i);
+    bool leaf = page_flags(page) & P_LEAF;
+    size_t hdr = leaf ? LEAF_HDR : BRANCH_HDR;
+    if (off < PAGE_HDR + 2 * page_nkeys(page) || off + hdr > psize)
+        return KEEL_CORRUPTED;
+    const uint8_t *n = page + off;
+    size_t sz = leaf ? leaf_node_size(n) : branch_node_size(n);
+    if (off + sz > psize)
+        return KEEL_CORRUPTED;
+    *node = n;
+    return 0;
+}
+
+int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want)
+{
+    (void)pgno;
+    uint32_t ps = txn->db->psize;
+    unsigned n = page_nkeys(page);
+    if (page_flags(page) != want || n == 0 || page_upper(page) > ps || page_upper(page) < PAGE_HDR + 2 * n)
+        return KEEL_CORRUPTED;
+    return 0;
+}
+
+static size_t node_size(const uint8_t *page, const uint8_t *n)
+{
+    return (page_flags(page) & P_LEAF) ? leaf_node_size(n) : branch_node_size(n);
+}
+
+static inline const uint8_t *node_ptr(const uint8_t *page, unsigned i) { return page + page_slot(page, i); }
+
+static void node_key(const uint8_t *page, const uint8_t *n, const uint8_t **k, size_t *klen)
+{
+    if (page_flags(page) & P_LEAF) {
+        *k = leaf_node_key(n);
+        *klen = leaf_node_ksize(n);
+    } else {
+        *k = branch_node_key(n);
+        *klen = branch_node_ksize(n);
+    }
+}
+
+/* In a leaf: the first index whose key is >= key (nkeys if none); *exact when equal.
+ * In a branch: the last index i >= 1 whose key is <= key, else 0. */
+static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, size_t klen,
+                       unsigned *idx, bool *exact)
+{
+    uint32_t ps = txn->db->psize;
+    bool leaf = page_flags(page) & P_LEAF;
+    unsigned lo = leaf ? 0 : 1, hi = page_nkeys(page);
+    *exact = false;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        const uint8_t *n;
+        if (bt_node_at(page, mid, ps, &n))
+            return KEEL_CORRUPTED;
+        const uint8_t *k;
+        size_t kl;
+        node_key(page, n, &k, &kl);
+        int c = bt_cmp(k, kl, key, klen);
+        if (c < 0)
+            lo = mid + 1;
+        else {
+            hi = mid;
+            if (c == 0)
+                *exact = true;
+        }
+    }
+    if (leaf) {
+        *idx = lo;
+        return 0;
+    }
+    /* lo = first branch key > key (or equal when exact) */
+    if (*exact)
+        *idx = lo;
+    else
+        *idx = lo - 1;
+    *exact = false;
+    return 0;
+}
+
+int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size_t klen,
+              struct bt_path *path, bool *exact)
+{
+    *exact = false;
+    path->depth = 0;
+    if (t->root == 0)
+        return KEEL_NOTFOUND;
+    if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
+        return KEEL_CORRUPTED;
+    uint64_t pg = t->root;
+    for (unsigned level = 0;; level++) {
+        const uint8_t *page;
+        int rc = page_get(txn, pg, &page);
+        if (rc)
+            return rc;
+        bool leaf = level + 1 == t->depth;
+        if ((rc = bt_check_page(txn, page, pg, leaf ? P_LEAF : P_BRANCH)))
+            return rc;
+        path->pgno[level] = pg;
+        path->page[level] = (uint8_t *)page;
+        unsigned idx;
+        if ((rc = page_search(txn, page, key, klen, &idx, exact)))
+            return rc;
+        path->idx[level] = idx;
+        if (leaf) {
+            path->depth = (int)level + 1;
+            return 0;
+        }
+        const uint8_t *n;
+        if ((rc = bt_node_at(page, idx, txn->db->psize, &n)))
+            return rc;
+        pg = branch_node_child(n);
+    }
+}
+
+static uint32_t overflow_pages_for(const keel_txn *txn, uint64_t vsize)
+{
+    return (uint32_t)((PAGE_HDR + vsize + txn->db->psize - 1) / txn->db->psize);
+}
+
+int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
+{
+    uint32_t vsize = leaf_node_vsize(node);
+    if (!(leaf_node_flags(node) & N_BIG)) {
+        val->data = leaf_node_val(node);
+        val->len = vsize;
+        return 0;
+    }
+    uint64_t ov = rd64(leaf_node_val(node));
+    uint32_t need = overflow_pages_for(txn, vsize);
+    const uint8_t *p;
+    int rc = page_get(txn, ov, &p);
+    if (rc)
+        return rc;
+    if (page_flags(p) != P_OVERFLOW || page_upper(p) != need || ov + need > txn->meta.npages)
+        return KEEL_CORRUPTED;
+    val->data = p + PAGE_HDR;
+    val->len = vsize;
+    return 0;
+}
+
+static int64_t leaf_node_expiry(const uint8_t *n)
+{
+    return (leaf_node_flags(n) & N_EXPIRES) ? (int64_t)rd64(n + LEAF_HDR) : 0;
+}
+
+int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry)
+{
+    struct bt_path path;
+    bool exact;
+    int rc = bt_search(txn, t, key.data, key.len, &path, &exact);
+    if (rc)
+        return rc;
+    if (!exact)
+        return KEEL_NOTFOUND;
+    const uint8_t *n;
+    if ((rc = bt_node_at(path.page[path.depth - 1], path.idx[path.depth - 1], txn->db->psize, &n)))
+        return rc;
+    if (expiry)
+        *expiry = leaf_node_expiry(n);
+    return val ? bt_leaf_value(txn, n, val) : 0;
+}
+
+/* ---- page editing (dirty pages only) ---- */
+static void page_init(uint8_t *page, unsigned flags, uint32_t psize)
+{
+    wr16(page + PH_FLAGS, (uint16_t)flags);
+    wr16(page + PH_NKEYS, 0);
+    wr32(page + PH_UPPER, psize);
+}
+
+static void page_insert_node(uint8_t *page, unsigned idx, const uint8_t *node, size_t size)
+{
+    unsigned n = page_nkeys(page);
+    uint32_t upper = page_upper(page) - (uint32_t)size;
+    memcpy(page + upper, node, size);
+    uint8_t *slots = page + PAGE_HDR;
+    memmove(slots + 2 * (idx + 1), slots + 2 * idx, 2 * (n - idx));
+    wr16(slots + 2 * idx, (uint16_t)upper);
+    wr16(page + PH_NKEYS, (uint16_t)(n + 1));
+    wr32(page + PH_UPPER, upper);
+}
+
+static void page_remove_node(uint8_t *page, unsigned idx)
+{
+    unsigned n = page_nkeys(page);
+    unsigned off = page_slot(page, idx);
+    size_t sz = node_size(page, page + off);
+    uint32_t upper = page_upper(page);
+    memmove(page + upper + sz, page + upper, off - upper);
+    uint8_t *slots = page + PAGE_HDR;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned o = rd16(slots + 2 * i);
+        if (o < off)
+            wr16(slots + 2 * i, (uint16_t)(o + sz));
+    }
+    memmove(slots + 2 * idx, slots + 2 * (idx + 1), 2 * (n - idx - 1));
+    wr16(page + PH_NKEYS, (uint16_t)(n - 1));
+    wr32(page + PH_UPPER, upper + (uint32_t)sz);
+}
+
+static size_t page_used(const uint8_t *page, uint32_t psize)
+{
+    return psize - page_upper(page) + 2 * page_nkeys(page);
+}
+
+/* A node to place in a rebuilt page: bytes and size. */
+struct piece {
+    const uint8_t *p;
+    size_t size;
+};
+
+static void page_fill(uint8_t *page, unsigned flags, uint32_t psize, const struct piece *pc, size_t n)
+{
+    page_init(page, flags, psize);
+    for (size_t i = 0; i < n; i++)
+        page_insert_node(page, (unsigned)i, pc[i].p, pc[i].size);
+}
+
+static uint8_t *scratch(keel_txn *txn)
+{
+    int k = txn->nest > 1 ? 1 : txn->nest;
+    if (!txn->scratch[k])
+        txn->scratch[k] = os_malloc(2 * (size_t)txn->db->psize);
+    return txn->scratch[k];
+}
+
+static uint8_t *make_branch_node(uint64_t child, const uint8_t *key, size_t klen, size_t *size)
+{
+    uint8_t *n = os_malloc(BRANCH_HDR + klen);
+    if (!n)
+        return NULL;
+    wr64(n, child);
+    wr16(n + 8, (uint16_t)klen);
+    memcpy(n + BRANCH_HDR, key, klen);
+    *size = BRANCH_HDR + klen;
+    return n;
+}
+
+/* Where to split pieces [0, n) so both halves fit: balanced by bytes, or
+ * everything left but the last when the new piece was appended. */
+static size_t choose_split(const struct piece *pc, size_t n, size_t cap, bool append)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += pc[i].size + 2;
+    if (append) {
+        size_t left = total - (pc[n - 1].size + 2);
+        if (left <= cap)
+            return n - 1;
+    }
+    size_t best = 1, left = 0, best_diff = SIZE_MAX;
+    for (size_t s = 1; s < n; s++) {
+        left += pc[s - 1].size + 2;
+        size_t right = total - left;
+        if (left > cap)
+            break;
+        if (right > cap)
+            continue;
+        size_t diff = left > right ? left - right : right - left;
+        if (diff < best_diff) {
+            best_diff = diff;
+            best = s;
+        }
+    }
+    return best;
+}
+
+static void count_page(struct tree_desc *t, unsigned flags, int64_t delta)
+{
+    if (flags & P_LEAF)
+        t->leaf_pages += (uint64_t)delta;
+    else
+        t->branch_pages += (uint64_t)delta;
+}
+
+static int insert_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, unsigned idx,
+                     const uint8_t *node, size_t size, bool append);
+
+/* The page at `level` cannot take the node: split it in two and insert the
+ * separator into the parent (or a new root). */
+static int split_insert(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, unsigned idx,
+                        const uint8_t *node, size_t size, bool append)
+{
+    uint32_t ps = txn->db->psize;
+    uint8_t *page = path->page[level];
+    unsigned flags = page_flags(page);
+    bool leaf = flags & P_LEAF;
+    unsigned n = page_nkeys(page);
+
+    uint64_t rpg;
+    uint8_t *right;
+    int rc = page_alloc(txn, 1, &rpg, &right); /* before the scratch buffer is in use */
+    if (rc)
+        return rc;
+    count_page(t, flags, 1);
+    uint8_t *copy = scratch(txn);
+    if (!copy)
+        return KEEL_NOMEM;
+    memcpy(copy, page, ps);
+    struct piece *pc = os_malloc((n + 1) * sizeof(*pc));
+    if (!pc)
+        return KEEL_NOMEM;
+    for (unsigned i = 0, j = 0; i <= n; i++) {
+        if (i == idx) {
+            pc[i] = (struct piece){node, size};
+            continue;
+        }
+        const uint8_t *nd = node_ptr(copy, j++);
+        pc[i] = (struct piece){nd, node_size(copy, nd)};
+    }
+    size_t s = choose_split(pc, n + 1, usable(txn), append && idx == n);
+
+    /* the separator: for leaves the shortest prefix of the right's first key
+     * that still sorts above the left's last key */
+    const uint8_t *rk, *lk;
+    size_t rkl, lkl;
+    if (leaf) {
+        rk = leaf_node_key(pc[s].p);
+        rkl = leaf_node_ksize(pc[s].p);
+        lk = leaf_node_key(pc[s - 1].p);
+        lkl = leaf_node_ksize(pc[s - 1].p);
+        size_t common = 0;
+        while (common < lkl && common < rkl && lk[common] == rk[common])
+            common++;
+        if (common + 1 < rkl)
+            rkl = common + 1;
+    } else {
+        rk = branch_node_key(pc[s].p);
+        rkl = branch_node_ksize(pc[s].p);
+    }
+    size_t sepsize;
+    uint8_t *sep = make_branch_node(rpg, rk, rkl, &sepsize);
+    uint8_t *first = NULL;
+    size_t first_size = 0;
+    if (!sep || (!leaf && !(first = make_branch_node(branch_node_child(pc[s].p), NULL, 0, &first_size)))) {
+        os_free(sep);
+        os_free(pc);
+        return KEEL_NOMEM;
+    }
+    if (!leaf) /* a branch's first key is never read: keep it empty */
+        pc[s] = (struct piece){first, first_size};
+    page_fill(page, flags, ps, pc, s);
+    page_fill(right, flags, ps, pc + s, n + 1 - s);
+    os_free(first);
+    os_free(pc);
+    txn->gen++;
+
+    if (level == 0) {
+        uint64_t rootpg;
+        uint8_t *root;
+        if ((rc = page_alloc(txn, 1, &rootpg, &root))) {
+            os_free(sep);
+            return rc;
+        }
+        page_init(root, P_BRANCH, ps);
+        size_t lsize;
+        uint8_t *lnode = make_branch_node(path->pgno[0], NULL, 0, &lsize);
+        if (!lnode) {
+            os_free(sep);
+            return KEEL_NOMEM;
+        }
+        page_insert_node(root, 0, lnode, lsize);
+        page_insert_node(root, 1, sep, sepsize);
+        os_free(lnode);
+        os_free(sep);
+        t->root = rootpg;
+        t->depth++;
+        t->branch_pages++;
+        return 0;
+    }
+    rc = insert_at(txn, t, path, level - 1, path->idx[level - 1] + 1, sep, sepsize, append);
+    os_free(sep);
+    return rc;
+}
+
+static int insert_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, unsigned idx,
+                     const uint8_t *node, size_t size, bool append)
+{
+    uint8_t *page = path->page[level];
+    if (page_room(page) >= size + 2) {
+        page_insert_node(page, idx, node, size);
+        txn->gen++;
+        return 0;
+    }
+    return split_insert(txn, t, path, level, idx, node, size, append);
+}
+
+/* Copy-on-write the whole path, root first, fixing each parent's pointer. */
+static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
+{
+    for (int level = 0; level < path->depth; level++) {
+        uint64_t np;
+        uint8_t *buf;
+        int rc = page_touch(txn, path->pgno[level], &np, &buf);
+        if (rc)
+            return rc;
+        if (np != path->pgno[level]) {
+            if (level == 0)
+                t->root = np;
+            else
+                wr64(path->page[level - 1] + page_slot(path->page[level - 1], path->idx[level - 1]), np);
+            path->pgno[level] = np;
+        }
+        path->page[level] = buf;
+    }
+    return 0;
+}
+
+int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags)
+{
+    keel_db *db = txn->db;
+    uint32_t ps = db->psize;
+    struct bt_path path;
+    bool exact;
+    int rc = bt_search(txn, t, key.data, key.len, &path, &exact);
+    if (rc && rc != KEEL_NOTFOUND)
+        return rc;
+    if (exact && (flags & KEEL_NOOVERWRITE))
+        return KEEL_EXISTS;
+
+    /* the new leaf node */
+    size_t extra = expiry ? 8 : 0;
+    size_t inline_size = LEAF_HDR + extra + key.len + val.len;
+    size_t big_size = LEAF_HDR + extra + key.len + 8;
+    bool big = inline_size > db->inline_max && inline_size > big_size;
+    size_t size = big ? big_size : inline_size;
+    uint8_t stackbuf[512];
+    uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
+    if (!node)
+        return KEEL_NOMEM;
+    wr16(node, (uint16_t)((big ? N_BIG : 0) | (expiry ? N_EXPIRES : 0)));
+    wr16(node + 2, (uint16_t)key.len);
+    wr32(node + 4, (uint32_t)val.len);
+    if (expiry)
+        wr64(node + LEAF_HDR, (uint64_t)expiry);
+    memcpy(node + LEAF_HDR + extra, key.data, key.len);
+    uint8_t *vdst = node + LEAF_HDR + extra + key.len;
+    if (!big) {
+        if (val.len)
+            memcpy(vdst, val.data, val.len);
+    } else {
+        uint32_t np = overflow_pages_for(txn, val.len);
+        uint64_t ov;
+        uint8_t *ovbuf;
+        if ((rc = page_alloc(txn, np, &ov, &ovbuf)))
+            goto out;
+        wr16(ovbuf + PH_FLAGS, P_OVERFLOW);
+        wr32(ovbuf + PH_UPPER, np);
+        memcpy(ovbuf + PAGE_HDR, val.data, val.len);
+        size_t tail = (size_t)np * ps - PAGE_HDR - val.len;
+        memset(ovbuf + PAGE_HDR + val.len, 0, tail);
+        wr64(vdst, ov);
+        t->overflow_pages += np;
+    }
+
+    if (t->root == 0) {
+        uint64_t pg;
+        uint8_t *leaf;
+        if ((rc = page_alloc(txn, 1, &pg, &leaf)))
+            goto out;
+        page_init(leaf, P_LEAF, ps);
+        page_insert_node(leaf, 0, node, size);
+        t->root = pg;
+        t->depth = 1;
+        t->leaf_pages = 1;
+        t->entries = 1;
+        txn->gen++;
+        goto out;
+    }
+    if ((rc = touch_path(txn, t, &path)))
+        goto out;
+    int lv = path.depth - 1;
+    uint8_t *leaf = path.page[lv];
+    unsigned idx = path.idx[lv];
+    if (exact) {
+        const uint8_t *old = node_ptr(leaf, idx);
+        if (leaf_node_flags(old) & N_BIG) {
+            uint64_t ov = rd64(leaf_node_val(old));
+            uint32_t onp = overflow_pages_for(txn, leaf_node_vsize(old));
+            if ((rc = page_free(txn, ov, onp)))
+                goto out;
+            t->overflow_pages -= onp;
+        }
+        size_t osize = leaf_node_size(old);
+        if (osize == size) { /* same shape: overwrite in place */
+            memcpy((uint8_t *)old, node, size);
+            txn->gen++;
+            goto out;
+        }
+        page_remove_node(leaf, idx);
+    } else {
+        t->entries++;
+    }
+    bool append = (flags & KEEL_APPEND) != 0;
+    if (!append && idx == page_nkeys(leaf)) {
+        /* at the end of the rightmost leaf: a sorted load */
+        append = true;
+        for (int l = 0; l < lv; l++)
+            if (path.idx[l] + 1 != page_nkeys(path.page[l]))
+                append = false;
+    }
+    rc = insert_at(txn, t, &path, lv, idx, node, size, append);
+out:
+    if (node != stackbuf)
+        os_free(node);
+    return rc;
+}
+
+/* After a delete at `level`: merge or share a page that fell under a quarter
+ * full; collapse the root. */
+static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level)
+{
+    uint32_t ps = txn->db->psize;
+    uint8_t *page = path->page[level];
+    unsigned flags = page_flags(page);
+    bool leaf = flags & P_LEAF;
+    unsigned n = page_nkeys(page);
+    int rc;
+    if (level == 0) {
+        if (n == 0) {
+            if ((rc = page_free(txn, path->pgno[0], 1)))
+                return rc;
+            count_page(t, flags, -1);
+            t->root = 0;
+            t->depth = 0;
+        } else if (!leaf && n == 1) {
+            uint64_t child = branch_node_child(node_ptr(page, 0));
+            if ((rc = page_free(txn, path->pgno[0], 1)))
+                return rc;
+            t->branch_pages--;
+            t->root = child;
+            t->depth--;
+        }
+        return 0;
+    }
+    if (n > 0 && page_used(page, ps) >= usable(txn) / 4 && (leaf || n >= 2))
+        return 0;
+    uint8_t *parent = path->page[level - 1];
+    unsigned pidx = path->idx[level - 1];
+    unsigned pn = page_nkeys(parent);
+    if (n == 0) { /* empty: unlink it */
+        if ((rc = page_free(txn, path->pgno[level], 1)))
+            return rc;
+        count_page(t, flags, -1);
+        page_remove_node(parent, pidx);
+        if (pidx == 0 && page_nkeys(parent) > 0) { /* the new first key is never read */
+            const uint8_t *f = node_ptr(parent, 0);
+            size_t fs;
+            uint8_t *fn = make_branch_node(branch_node_child(f), NULL, 0, &fs);
+            if (!fn)
+                return KEEL_NOMEM;
+            page_remove_node(parent, 0);
+            page_insert_node(parent, 0, fn, fs);
+            os_free(fn);
+        }
+        txn->gen++;
+        return rebalance(txn, t, path, level - 1);
+    }
+    if (pn < 2)
+        return rebalance(txn, t, path, level - 1);
+    unsigned li = pidx + 1 < pn ? pidx : pidx - 1, ri = li + 1;
+    unsigned sib = li == pidx ? ri : li;
+    uint64_t sibpg = branch_node_child(node_ptr(parent, sib)), newpg;
+    uint8_t *sibbuf;
+    if ((rc = page_touch(txn, sibpg, &newpg, &sibbuf)))
+        return rc;
+    if (newpg != sibpg)
+        wr64(parent + page_slot(parent, sib), newpg);
+    if (page_flags(sibbuf) != flags)
+        return KEEL_CORRUPTED;
+    uint8_t *L = li == pidx ? page : sibbuf, *R = li == pidx ? sibbuf : page;
+    uint64_t rpg = li == pidx ? newpg : path->pgno[level];
+
+    uint8_t *sc = scratch(txn);
+    if (!sc)
+        return KEEL_NOMEM;
+    memcpy(sc, L, ps);
+    memcpy(sc + ps, R, ps);
+    unsigned ln = page_nkeys(sc), rn = page_nkeys(sc + ps);
+    struct piece *pc = os_malloc((ln + rn) * sizeof(*pc));
+    if (!pc)
+        return KEEL_NOMEM;
+    size_t total = 0;
+    for (unsigned i = 0; i < ln; i++) {
+        const uint8_t *nd = node_ptr(sc, i);
+        pc[i] = (struct piece){nd, node_size(sc, nd)};
+        total += pc[i].size + 2;
+    }
+    uint8_t *joined = NULL; /* branch: R's first node with the parent's separator as its key */
+    for (unsigned i = 0; i < rn; i++) {
+        const uint8_t *nd = node_ptr(sc + ps, i);
+        pc[ln + i] = (struct piece){nd, node_size(sc + ps, nd)};
+        if (i == 0 && !leaf) {
+            const uint8_t *pn_ = node_ptr(parent, ri);
+            joined = make_branch_node(branch_node_child(nd), branch_node_key(pn_), branch_node_ksize(pn_),
+                                      &pc[ln].size);
+            if (!joined) {
+                os_free(pc);
+                return KEEL_NOMEM;
+            }
+            pc[ln].p = joined;
+        }
+        total += pc[ln + i].size + 2;
+    }
+    if (total <= usable(txn)) { /* merge R into L */
+        page_fill(L, flags, ps, pc, ln + rn);
+        os_free(joined);
+        os_free(pc);
+        if ((rc = page_free(txn, rpg, 1)))
+            return rc;
+        count_page(t, flags, -1);
+        page_remove_node(parent, ri);
+        txn->gen++;
+        return rebalance(txn, t, path, level - 1);
+    }
+    /* share: rebuild both halves, then replace the separator in the parent */
+    size_t s = choose_split(pc, ln + rn, usable(txn), false);
+    const uint8_t *rk;
+    size_t rkl;
+    uint8_t *first = NULL;
+    size_t first_size = 0;
+    if (leaf) {
+        rk = leaf_node_key(pc[s].p);
+        rkl = leaf_node_ksize(pc[s].p);
+    } else {
+        rk = branch_node_key(pc[s].p);
+        rkl = branch_node_ksize(pc[s].p);
+    }
+    size_t sepsize;
+    uint8_t *sep = make_branch_node(rpg, rk, rkl, &sepsize);
+    if (!sep || (!leaf && !(first = make_branch_node(branch_node_child(pc[s].p), NULL, 0, &first_size)))) {
+        os_free(sep);
+        os_free(joined);
+        os_free(pc);
+        return KEEL_NOMEM;
+    }
+    if (!leaf)
+        pc[s] = (struct piece){first, first_size};
+    page_fill(L, flags, ps, pc, s);
+    page_fill(R, flags, ps, pc + s, ln + rn - s);
+    os_free(first);
+    os_free(joined);
+    os_free(pc);
+    page_remove_node(parent, ri);
+    txn->gen++;
+    rc = insert_at(txn, t, path, level - 1, ri, sep, sepsize, false);
+    os_free(sep);
+    return rc;
+}
+
+int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key)
+{
+    struct bt_path path;
+    bool exact;
+    int rc = bt_search(txn, t, key.data, key.len, &path, &exact);
+    if (rc)
+        return rc;
+    if (!exact)
+        return KEEL_NOTFOUND;
+    if ((rc = touch_path(txn, t, &path)))
+        return rc;
+    int lv = path.depth - 1;
+    uint8_t *leaf = path.page[lv];
+    const uint8_t *old = node_ptr(leaf, path.idx[lv]);
+    if (leaf_node_flags(old) & N_BIG) {
+        uint32_t onp = overflow_pages_for(txn, leaf_node_vsize(old));
+        if ((rc = page_free(txn, rd64(leaf_node_val(old)), onp)))
+            return rc;
+        t->overflow_pages -= onp;
+    }
+    page_remove_node(leaf, path.idx[lv]);
+    t->entries--;
+    txn->gen++;
+    return rebalance(txn, t, &path, lv);
+}
+
+/* ---- whole-tree walks ---- */
+struct walker {
+    keel_txn *txn;
+    int (*fn)(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level);
+    void *ctx;
+    unsigned depth;
+};
+
+static int walk_page(struct walker *w, uint64_t pg, unsigned level)
+{
+    keel_txn *txn = w->txn;
+    if (level >= w->depth)
+        return KEEL_CORRUPTED;
+    const uint8_t *page;
+    int rc = page_get(txn, pg, &page);
+    if (rc)
+        return rc;
+    bool leaf = level + 1 == w->depth;
+    if ((rc = bt_check_page(txn, page, pg, leaf ? P_LEAF : P_BRANCH)))
+        return rc;
+    if ((rc = w->fn(w->ctx, pg, 1, leaf ? P_LEAF : P_BRANCH, (int)level)))
+        return rc;
+    unsigned n = page_nkeys(page);
+    for (unsigned i = 0; i < n; i++) {
+        const uint8_t *nd;
+        if ((rc = bt_node_at(page, i, txn->db->psize, &nd)))
+            return rc;
+        if (!leaf) {
+            if ((rc = walk_page(w, branch_node_child(nd), level + 1)))
+                return rc;
+        } else if (leaf_node_flags(nd) & N_BIG) {
+            uint64_t ov = rd64(leaf_node_val(nd));
+            if (ov < 2 || ov >= txn->meta.npages)
+                return KEEL_CORRUPTED;
+            if ((rc = w->fn(w->ctx, ov, overflow_pages_for(txn, leaf_node_vsize(nd)), P_OVERFLOW, (int)level)))
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int bt_walk(keel_txn *txn, const struct tree_desc *t,
+            int (*fn)(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level), void *ctx)
+{
+    if (t->root == 0)
+        return 0;
+    if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
+        return KEEL_CORRUPTED;
+    struct walker w = {txn, fn, ctx, t->depth};
+    return walk_page(&w, t->root, 0);
+}
+
+static int collect_page(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level)
+{
+    (void)kind;
+    (void)level;
+    struct pgvec *v = ctx;
+    int rc = pgvec_push(v, pgno);
+    return rc ? rc : pgvec_push(v, npages);
+}
+
+int bt_drop(keel_txn *txn, struct tree_desc *t)
+{
+    struct pgvec pages = {0};
+    int rc = bt_walk(txn, t, collect_page, &pages); /* collect first: freeing drops dirty buffers */
+    for (size_t i = 0; rc == 0 && i < pages.n; i += 2)
+        rc = page_free(txn, pages.v[i], (uint32_t)pages.v[i + 1]);
+    pgvec_free(&pages);
+    if (rc)
+        return rc;
+    memset(t, 0, sizeof(*t));
+    txn->gen++;
+    return 0;
+}

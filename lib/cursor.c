@@ -1,0 +1,270 @@
+/*
+ * cursor.c — ordered walks over one bucket.
+ *
+ * Contract:
+ *   - A cursor keeps the root-to-leaf path of its position.  In a read txn
+ *     nothing changes under it, so the path stays valid.
+ *   - In a write txn every change bumps txn->gen.  The cursor keeps a copy of
+ *     its current key; when gen has moved it searches for that key again
+ *     before stepping, so it stays valid across its own txn's puts and
+ *     deletes (bbolt and LMDB fix up cursors in place instead: more code).
+ *   - After cursor_del the cursor sits "between" entries: next() yields the
+ *     entry after the deleted one, prev() the one before it.
+ *   - Stepping past either end answers KEEL_NOTFOUND and leaves the cursor on
+ *     the last entry it had.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* Internal cursors (free tree, catalog) carry their tree; user cursors look
+ * their bucket up each time, as the bucket table may move. */
+static int tree_of(keel_cursor *c, struct tree_desc **t)
+{
+    if (c->tree) {
+        *t = c->tree;
+        return 0;
+    }
+    return bucket_tree(c->txn, c->bucket, t);
+}
+
+int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *t)
+{
+    c->tree = t;
+    c->txn = txn;
+    c->bucket = b;
+    c->state = CUR_UNSET;
+    c->depth = 0;
+    c->keylen = 0;
+    return 0;
+}
+
+/* Fill the path from `level` down to a leaf, taking the first (or last)
+ * child at each step. */
+static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int level, bool last)
+{
+    keel_txn *txn = c->txn;
+    for (;; level++) {
+        if (level >= (int)t->depth)
+            return KEEL_CORRUPTED;
+        const uint8_t *page;
+        int rc = page_get(txn, pg, &page);
+        if (rc)
+            return rc;
+        bool leaf = level + 1 == (int)t->depth;
+        if ((rc = bt_check_page(txn, page, pg, leaf ? P_LEAF : P_BRANCH)))
+            return rc;
+        unsigned idx = last ? page_nkeys(page) - 1 : 0;
+        c->pgno[level] = pg;
+        c->page[level] = page;
+        c->idx[level] = idx;
+        if (leaf) {
+            c->depth = level + 1;
+            return 0;
+        }
+        const uint8_t *n;
+        if ((rc = bt_node_at(page, idx, txn->db->psize, &n)))
+            return rc;
+        pg = branch_node_child(n);
+    }
+}
+
+/* Read the entry under the cursor; in a write txn remember its key. */
+static int load(keel_cursor *c, keel_val *key, keel_val *val)
+{
+    keel_txn *txn = c->txn;
+    const uint8_t *leaf = c->page[c->depth - 1], *n;
+    int rc = bt_node_at(leaf, c->idx[c->depth - 1], txn->db->psize, &n);
+    if (rc)
+        return rc;
+    size_t kl = leaf_node_ksize(n);
+    const uint8_t *k = leaf_node_key(n);
+    if (!txn->rdonly) {
+        if (kl > c->keycap) {
+            uint8_t *b = os_realloc(c->keybuf, kl);
+            if (!b)
+                return KEEL_NOMEM;
+            c->keybuf = b;
+            c->keycap = kl;
+        }
+        memcpy(c->keybuf, k, kl);
+        c->keylen = kl;
+        c->gen = txn->gen;
+    }
+    if (val && (rc = bt_leaf_value(txn, n, val)))
+        return rc;
+    if (key) {
+        key->data = k;
+        key->len = kl;
+    }
+    c->state = CUR_ON;
+    return 0;
+}
+
+/* Move the path one entry forward (dir > 0) or back; KEEL_NOTFOUND at the end. */
+static int step(keel_cursor *c, const struct tree_desc *t, int dir)
+{
+    int level = c->depth - 1;
+    if (dir > 0 && c->idx[level] + 1 < page_nkeys(c->page[level])) {
+        c->idx[level]++;
+        return 0;
+    }
+    if (dir < 0 && c->idx[level] > 0) {
+        c->idx[level]--;
+        return 0;
+    }
+    /* climb to the first level that can move, keep the old path to restore */
+    int up = level - 1;
+    while (up >= 0) {
+        unsigned i = c->idx[up];
+        if (dir > 0 ? i + 1 < page_nkeys(c->page[up]) : i > 0)
+            break;
+        up--;
+    }
+    if (up < 0)
+        return KEEL_NOTFOUND;
+    c->idx[up] = dir > 0 ? c->idx[up] + 1 : c->idx[up] - 1;
+    const uint8_t *n;
+    int rc = bt_node_at(c->page[up], c->idx[up], c->txn->db->psize, &n);
+    if (rc)
+        return rc;
+    return descend(c, t, branch_node_child(n), up + 1, dir < 0);
+}
+
+/* Position at the first entry >= key; *exact when it is equal. */
+static int seek_path(keel_cursor *c, const struct tree_desc *t, const uint8_t *key, size_t klen, bool *exact)
+{
+    struct bt_path path;
+    int rc = bt_search(c->txn, t, key, klen, &path, exact);
+    if (rc)
+        return rc;
+    c->depth = path.depth;
+    for (int i = 0; i < path.depth; i++) {
+        c->pgno[i] = path.pgno[i];
+        c->page[i] = path.page[i];
+        c->idx[i] = path.idx[i];
+    }
+    int lv = c->depth - 1;
+    if (c->idx[lv] >= page_nkeys(c->page[lv])) { /* past this leaf's last key */
+        c->idx[lv] = page_nkeys(c->page[lv]) - 1;
+        return step(c, t, 1);
+    }
+    return 0;
+}
+
+/* In a write txn, rebuild the path if the tree changed since we looked. */
+static int sync(keel_cursor *c, const struct tree_desc *t)
+{
+    if (c->txn->rdonly || c->gen == c->txn->gen || c->state == CUR_UNSET)
+        return 0;
+    bool exact;
+    int rc = seek_path(c, t, c->keybuf, c->keylen, &exact);
+    c->gen = c->txn->gen;
+    if (rc == KEEL_NOTFOUND) { /* nothing at or after the key */
+        c->state = CUR_EOF;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if (!exact)
+        c->state = CUR_AFTER_DEL; /* our entry is gone: we sit on its successor */
+    return 0;
+}
+
+int cursor_first(keel_cursor *c, keel_val *key, keel_val *val)
+{
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc)
+        return rc;
+    if (t->root == 0)
+        return KEEL_NOTFOUND;
+    if ((rc = descend(c, t, t->root, 0, false)))
+        return rc;
+    return load(c, key, val);
+}
+
+int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
+{
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc)
+        return rc;
+    if (t->root == 0)
+        return KEEL_NOTFOUND;
+    if ((rc = descend(c, t, t->root, 0, true)))
+        return rc;
+    return load(c, key, val);
+}
+
+int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
+{
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc)
+        return rc;
+    bool exact;
+    if ((rc = seek_path(c, t, key.data, key.len, &exact)))
+        return rc;
+    return load(c, kout, vout);
+}
+
+static int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+{
+    if (c->state == CUR_UNSET)
+        return dir > 0 ? cursor_first(c, key, val) : cursor_last(c, key, val);
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc)
+        return rc;
+    if ((rc = sync(c, t)))
+        return rc;
+    if (c->state == CUR_EOF) { /* everything from our key on is gone */
+        if (dir > 0)
+            return KEEL_NOTFOUND;
+        return cursor_last(c, key, val);
+    }
+    if (c->state == CUR_AFTER_DEL && dir > 0)
+        return load(c, key, val);
+    if ((rc = step(c, t, dir)))
+        return rc;
+    return load(c, key, val);
+}
+
+int cursor_next(keel_cursor *c, keel_val *key, keel_val *val) { return move(c, key, val, 1); }
+int cursor_prev(keel_cursor *c, keel_val *key, keel_val *val) { return move(c, key, val, -1); }
+
+int cursor_current(keel_cursor *c, keel_val *key, keel_val *val)
+{
+    if (c->state == CUR_UNSET)
+        return KEEL_BADCURSOR;
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc)
+        return rc;
+    if ((rc = sync(c, t)))
+        return rc;
+    if (c->state != CUR_ON)
+        return KEEL_NOTFOUND;
+    return load(c, key, val);
+}
+
+int cursor_del(keel_cursor *c)
+{
+    if (c->state == CUR_UNSET)
+        return KEEL_BADCURSOR;
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc)
+        return rc;
+    if ((rc = sync(c, t)))
+        return rc;
+    if (c->state != CUR_ON)
+        return KEEL_NOTFOUND;
+    keel_val k = {c->keybuf, c->keylen};
+    if ((rc = bt_del(c->txn, t, k)))
+        return rc;
+    bucket_mark_dirty(c->txn, c->bucket);
+    /* the next move searches for the deleted key and lands on its successor */
+    return 0;
+}

@@ -1,0 +1,38 @@
+/* error.c — keel_strerror: a message for every code keel returns. */
+#include <string.h>
+
+#include "keel.h"
+
+const char *keel_strerror(int err)
+{
+    switch (err) {
+    case KEEL_OK: return "success";
+    case KEEL_NOTFOUND: return "KEEL_NOTFOUND: no such key or bucket, or the cursor is past the end";
+    case KEEL_EXISTS: return "KEEL_EXISTS: the key already exists";
+    case KEEL_CORRUPTED: return "KEEL_CORRUPTED: the database file is damaged";
+    case KEEL_INVALID: return "KEEL_INVALID: not a keel database file";
+    case KEEL_VERSION: return "KEEL_VERSION: the file has a format version this library does not read";
+    case KEEL_FULL: return "KEEL_FULL: no space left on the disk or in the map reservation";
+    case KEEL_READERS_FULL: return "KEEL_READERS_FULL: every reader slot is in use";
+    case KEEL_BADVALSIZE: return "KEEL_BADVALSIZE: key empty or too long, or value too long";
+    case KEEL_READONLY: return "KEEL_READONLY: write attempted in a read-only transaction or database";
+    case KEEL_BADTXN: return "KEEL_BADTXN: the transaction has ended or failed and can only be aborted";
+    case KEEL_PANIC: return "KEEL_PANIC: a write to disk failed; close and reopen the database";
+    case KEEL_BADARG: return "KEEL_BADARG: a required argument is NULL or meaningless";
+    case KEEL_BADBUCKET: return "KEEL_BADBUCKET: the bucket handle names no bucket in this transaction";
+    case KEEL_BADCURSOR: return "KEEL_BADCURSOR: the cursor is closed, detached or not positioned";
+    case KEEL_BUSY: return "KEEL_BUSY: this thread already has a write transaction open on this handle";
+    case KEEL_BADFLAGS: return "KEEL_BADFLAGS: unknown or contradictory flags";
+    case KEEL_BADNAME: return "KEEL_BADNAME: bucket name empty or longer than 255 bytes";
+    case KEEL_LOCKFILE: return "KEEL_LOCKFILE: the lock file is not a keel lock file or is damaged";
+    case KEEL_FORKED: return "KEEL_FORKED: handle inherited across fork(); open the database again";
+    case KEEL_TXN_FULL: return "KEEL_TXN_FULL: the transaction is too large";
+    case KEEL_NOMEM: return "KEEL_NOMEM: out of memory";
+    case KEEL_MISMATCH: return "KEEL_MISMATCH: the current value differs from the expected one";
+    case KEEL_NOTNUMBER: return "KEEL_NOTNUMBER: the value is not a decimal integer";
+    case KEEL_OVERFLOW: return "KEEL_OVERFLOW: the result does not fit in a 64-bit integer";
+    }
+    if (err > 0)
+        return strerror(err);
+    return "unknown keel error code";
+}

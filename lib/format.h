@@ -1,0 +1,113 @@
+/*
+ * format.h — the on-disk format: meta pages, page header, nodes.
+ *
+ * Contract: this is the only file that knows byte offsets.  Everything is
+ * little-endian and read and written with memcpy (no alignment assumptions).
+ * doc/format.md describes the same layout in prose; keep the two in step.
+ */
+#ifndef KEEL_FORMAT_H
+#define KEEL_FORMAT_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "keel's file format is little-endian; big-endian hosts are not supported yet"
+#endif
+
+#define KEEL_MAGIC 0x4C45454Bu /* "KEEL" read as little-endian bytes */
+#define KEEL_FORMAT_VERSION 1u
+#define KEEL_MIN_PAGE 4096u
+#define KEEL_MAX_PAGE 65536u
+#define KEEL_MAX_DEPTH 32 /* deeper than any real tree: a deeper one is corrupt */
+
+/* Internal trees whose descriptors live in the meta page. */
+enum { TREE_DEFAULT = 0, TREE_CATALOG = 1, TREE_FREE = 2, TREE_EXPIRY = 3, TREE_COUNT = 4 };
+
+/* A tree descriptor: 48 bytes, in the meta page (internal trees) or as the
+ * value of a catalog entry (named buckets). */
+struct tree_desc {
+    uint64_t root; /* 0 = empty tree (pages 0 and 1 are metas, never roots) */
+    uint64_t entries;
+    uint64_t branch_pages;
+    uint64_t leaf_pages;
+    uint64_t overflow_pages;
+    uint32_t depth; /* 0 when empty, 1 = a single leaf */
+    uint32_t flags; /* none defined yet; must be 0 */
+};
+#define TREE_DESC_SIZE 48
+
+/* The meta page: at offset 0 of pages 0 and 1. */
+struct meta {
+    uint32_t magic;
+    uint32_t version;
+    uint32_t page_size;
+    uint32_t flags; /* none defined yet */
+    uint64_t txnid; /* the commit that wrote it */
+    uint64_t npages; /* pages in use: the first page number never allocated */
+    uint64_t free_pages; /* pages recorded in the free tree */
+    uint64_t reserved[3];
+    struct tree_desc trees[TREE_COUNT];
+    uint64_t checksum; /* XXH3-64 of every byte above */
+};
+#define META_SIZE ((size_t)sizeof(struct meta))
+#define META_SUM_BYTES offsetof(struct meta, checksum)
+_Static_assert(sizeof(struct tree_desc) == TREE_DESC_SIZE, "tree_desc layout");
+_Static_assert(sizeof(struct meta) == 64 + 4 * TREE_DESC_SIZE + 8, "meta layout");
+
+/* Page header: 16 bytes at the start of every non-meta page. */
+#define PAGE_HDR 16u
+#define P_BRANCH 0x01u
+#define P_LEAF 0x02u
+#define P_OVERFLOW 0x04u
+/* offsets */
+#define PH_PGNO 0   /* u64: the page's own number, checked on every read */
+#define PH_FLAGS 8  /* u16 */
+#define PH_NKEYS 10 /* u16 */
+#define PH_UPPER 12 /* u32: start of node data (nodes grow down from the end); overflow: page count */
+
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline void wr16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+static inline uint64_t page_pgno(const uint8_t *p) { return rd64(p + PH_PGNO); }
+static inline unsigned page_flags(const uint8_t *p) { return rd16(p + PH_FLAGS); }
+static inline unsigned page_nkeys(const uint8_t *p) { return rd16(p + PH_NKEYS); }
+static inline uint32_t page_upper(const uint8_t *p) { return rd32(p + PH_UPPER); }
+static inline unsigned page_slot(const uint8_t *p, unsigned i) { return rd16(p + PAGE_HDR + 2 * i); }
+/* bytes free between the slot array and the node area */
+static inline uint32_t page_room(const uint8_t *p) { return page_upper(p) - PAGE_HDR - 2 * page_nkeys(p); }
+
+/*
+ * Leaf node:   u16 flags | u16 ksize | u32 vsize | [u64 expiry if N_EXPIRES] | key | value or u64 overflow pgno
+ * Branch node: u64 child | u16 ksize | key      (the key of node 0 is ignored: it stands for -infinity)
+ */
+#define N_BIG 0x01u     /* value lives in an overflow run; the node holds its first page number */
+#define N_EXPIRES 0x02u /* an absolute expiry time (ms since the epoch) follows the header */
+#define LEAF_HDR 8u
+#define BRANCH_HDR 10u
+
+static inline unsigned leaf_node_flags(const uint8_t *n) { return rd16(n); }
+static inline unsigned leaf_node_ksize(const uint8_t *n) { return rd16(n + 2); }
+static inline uint32_t leaf_node_vsize(const uint8_t *n) { return rd32(n + 4); }
+static inline unsigned leaf_node_extra(const uint8_t *n) { return (leaf_node_flags(n) & N_EXPIRES) ? 8u : 0u; }
+static inline const uint8_t *leaf_node_key(const uint8_t *n) { return n + LEAF_HDR + leaf_node_extra(n); }
+static inline const uint8_t *leaf_node_val(const uint8_t *n) { return leaf_node_key(n) + leaf_node_ksize(n); }
+static inline size_t leaf_node_size(const uint8_t *n)
+{
+    return LEAF_HDR + leaf_node_extra(n) + leaf_node_ksize(n) +
+           ((leaf_node_flags(n) & N_BIG) ? 8u : leaf_node_vsize(n));
+}
+static inline uint64_t branch_node_child(const uint8_t *n) { return rd64(n); }
+static inline unsigned branch_node_ksize(const uint8_t *n) { return rd16(n + 8); }
+static inline const uint8_t *branch_node_key(const uint8_t *n) { return n + BRANCH_HDR; }
+static inline size_t branch_node_size(const uint8_t *n) { return BRANCH_HDR + branch_node_ksize(n); }
+
+/* Free-tree keys: big-endian txn id then big-endian chunk number, so that
+ * memcmp order is numeric order. Values: arrays of little-endian u64 pgnos. */
+#define FREE_KEY_SIZE 12u
+
+#endif

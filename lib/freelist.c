@@ -1,0 +1,193 @@
+/*
+ * freelist.c — free space: the free tree and the txn's page pool.
+ *
+ * Contract:
+ *   - The free tree maps (txn id, chunk) -> a list of page numbers that txn
+ *     stopped using.  Pages freed by txn T are visible to snapshots older
+ *     than T, so the record may be reused once every reader's snapshot is
+ *     >= T (T <= txn->oldest).  Records under txn id 0 hold pages that were
+ *     already reusable when written (a txn's unused pool).
+ *   - Records are small (one leaf node, at most chunk_pages() numbers), so
+ *     reclaiming one and writing back what is left costs O(chunk), never a
+ *     pass over all free space (LMDB and bbolt rewrote or scanned theirs).
+ *   - freelist_reclaim() is called by the allocator when the pool is empty.
+ *     It deletes the record it loads; pages needed for that come from the
+ *     end of the file (txn->reclaiming), so it never recurses.
+ *   - freelist_record() runs at commit, in "final mode": no page enters or
+ *     leaves the pool, new pages come from the end of the file, and pages
+ *     freed meanwhile join this txn's record.  Rewriting the record repeats
+ *     until it stops growing; it converges because a page is copied at most
+ *     once per txn and a record rewrite of equal size is done in place.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void free_key(uint8_t k[FREE_KEY_SIZE], uint64_t txnid, uint32_t chunk)
+{
+    for (int i = 0; i < 8; i++)
+        k[i] = (uint8_t)(txnid >> (56 - 8 * i));
+    for (int i = 0; i < 4; i++)
+        k[8 + i] = (uint8_t)(chunk >> (24 - 8 * i));
+}
+
+static uint64_t key_txnid(const uint8_t *k)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | k[i];
+    return v;
+}
+
+static uint32_t key_chunk(const uint8_t *k)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+        v = (v << 8) | k[8 + i];
+    return v;
+}
+
+static size_t chunk_pages(const keel_txn *txn)
+{
+    return (txn->db->max_node - LEAF_HDR - FREE_KEY_SIZE) / 8;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x > y ? -1 : x < y;
+}
+
+int freelist_reclaim(keel_txn *txn)
+{
+    struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
+    if (ft->root == 0)
+        return KEEL_NOTFOUND;
+    keel_cursor c;
+    memset(&c, 0, sizeof(c));
+    cursor_init(&c, txn, 0, ft);
+    txn->reclaiming = true;
+    txn->nest++;
+    keel_val k, v;
+    int rc = cursor_first(&c, &k, &v);
+    if (rc)
+        goto out;
+    if (k.len != FREE_KEY_SIZE || v.len % 8) {
+        rc = KEEL_CORRUPTED;
+        goto out;
+    }
+    uint8_t key[FREE_KEY_SIZE];
+    memcpy(key, k.data, FREE_KEY_SIZE);
+    if (key_txnid(key) > txn->oldest) {
+        rc = KEEL_NOTFOUND; /* a reader may still see these */
+        goto out;
+    }
+    size_t n = v.len / 8;
+    struct pgvec *pool = &txn->pool;
+    size_t start = pool->n;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t pg = rd64((const uint8_t *)v.data + 8 * i);
+        if (pg < 2 || pg >= txn->meta.npages) {
+            pool->n = start;
+            rc = KEEL_CORRUPTED;
+            goto out;
+        }
+        if ((rc = pgvec_push(pool, pg))) {
+            pool->n = start;
+            goto out;
+        }
+    }
+    qsort(pool->v, pool->n, sizeof(uint64_t), cmp_desc);
+    if ((rc = bt_del(txn, ft, (keel_val){key, FREE_KEY_SIZE})))
+        goto out;
+    txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
+out:
+    os_free(c.keybuf);
+    txn->nest--;
+    txn->reclaiming = false;
+    return rc;
+}
+
+/* Write pages v[0..n) as records (txnid, first_chunk ...). */
+static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, const uint64_t *v, size_t n)
+{
+    size_t per = chunk_pages(txn);
+    uint8_t key[FREE_KEY_SIZE];
+    for (size_t i = 0, chunk = first_chunk; i < n; i += per, chunk++) {
+        size_t cnt = n - i < per ? n - i : per;
+        free_key(key, txnid, (uint32_t)chunk);
+        int rc = bt_put(txn, &txn->meta.trees[TREE_FREE], (keel_val){key, FREE_KEY_SIZE},
+                        (keel_val){v + i, cnt * 8}, 0, 0);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* The next free chunk number under txn id 0. */
+static int next_zero_chunk(keel_txn *txn, uint32_t *chunk)
+{
+    *chunk = 0;
+    struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
+    if (ft->root == 0)
+        return 0;
+    keel_cursor c;
+    memset(&c, 0, sizeof(c));
+    cursor_init(&c, txn, 0, ft);
+    uint8_t key[FREE_KEY_SIZE];
+    free_key(key, 1, 0);
+    keel_val k;
+    int rc = cursor_seek(&c, (keel_val){key, FREE_KEY_SIZE}, &k, NULL);
+    if (rc == 0)
+        rc = cursor_prev(&c, &k, NULL);
+    else if (rc == KEEL_NOTFOUND)
+        rc = cursor_last(&c, &k, NULL);
+    if (rc == 0 && k.len == FREE_KEY_SIZE && key_txnid(k.data) == 0)
+        *chunk = key_chunk(k.data) + 1;
+    os_free(c.keybuf);
+    return rc == KEEL_NOTFOUND ? 0 : rc;
+}
+
+int freelist_record(keel_txn *txn)
+{
+    struct pgvec *pool = &txn->pool;
+    int rc;
+    /* When much of the file is free, load a few more records so the tail
+     * can be given back (bounded work per commit). */
+    for (int i = 0; i < 4 && !txn->reclaim_exhausted && txn->meta.free_pages > txn->meta.npages / 4; i++) {
+        rc = freelist_reclaim(txn);
+        if (rc == KEEL_NOTFOUND)
+            break;
+        if (rc)
+            return rc;
+    }
+    /* free pages at the end of the file shrink it instead */
+    size_t drop = 0;
+    while (drop < pool->n && pool->v[drop] == txn->meta.npages - 1) {
+        txn->meta.npages--;
+        drop++;
+    }
+    if (drop) {
+        memmove(pool->v, pool->v + drop, (pool->n - drop) * sizeof(uint64_t));
+        pool->n -= drop;
+    }
+    txn->final_mode = true;
+    if (pool->n) {
+        uint32_t chunk;
+        if ((rc = next_zero_chunk(txn, &chunk)))
+            return rc;
+        if ((rc = write_records(txn, 0, chunk, pool->v, pool->n)))
+            return rc;
+    }
+    size_t written = (size_t)-1;
+    for (int round = 0; txn->freed.n != written; round++) {
+        if (round > 64)
+            return KEEL_CORRUPTED; /* cannot happen: see the contract above */
+        written = txn->freed.n;
+        if (written && (rc = write_records(txn, txn->txnid, 0, txn->freed.v, written)))
+            return rc;
+    }
+    txn->meta.free_pages += pool->n + txn->freed.n;
+    return 0;
+}

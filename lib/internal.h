@@ -1,0 +1,215 @@
+/*
+ * internal.h — the in-memory state shared by keel's layers, and each layer's
+ * interface.  Dependencies point one way:
+ *
+ *   os -> lockfile -> pager -> btree -> cursor -> freelist, bucket -> txn -> api
+ *
+ * with one deliberate loop: pager's allocator asks the free-space layer
+ * (freelist.c, built on btree) for reusable pages when its pool is empty.
+ */
+#ifndef KEEL_INTERNAL_H
+#define KEEL_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "format.h"
+#include "keel.h"
+#include "os.h"
+
+/* ---- small containers --------------------------------------------------- */
+struct pgvec { /* a growable array of page numbers */
+    uint64_t *v;
+    size_t n, cap;
+};
+int pgvec_push(struct pgvec *pv, uint64_t pgno);
+void pgvec_free(struct pgvec *pv);
+
+struct dirty { /* a page (or overflow run) written by this txn, not yet on disk */
+    uint64_t pgno; /* 0 = empty slot */
+    uint32_t npages;
+    uint8_t *buf;
+};
+struct dirty_table { /* open addressing on pgno */
+    struct dirty *slots;
+    size_t cap, count;
+};
+
+/* ---- lock file (lockfile.c) --------------------------------------------- */
+struct lock_header;
+struct reader_slot;
+struct lockfile {
+    int fd;
+    size_t size;
+    struct lock_header *hdr;
+    struct reader_slot *slots;
+    uint32_t max_readers;
+};
+int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers, bool rdonly);
+void lockfile_close(struct lockfile *lf);
+int lockfile_writer_lock(struct lockfile *lf);
+void lockfile_writer_unlock(struct lockfile *lf);
+/* Takes a slot and publishes txnid in it; *slot receives its index. */
+int reader_acquire(struct lockfile *lf, int *slot);
+void reader_publish(struct lockfile *lf, int slot, uint64_t txnid);
+void reader_release(struct lockfile *lf, int slot);
+/* The oldest snapshot any live reader holds, or `newest` if none; frees the
+ * slots of dead processes on the way. */
+uint64_t readers_oldest(struct lockfile *lf, uint64_t newest);
+int readers_list(struct lockfile *lf, uint64_t newest, keel_reader_info *out, size_t max, size_t *count);
+
+/* ---- the database handle ------------------------------------------------ */
+struct keel_db {
+    char *path;
+    int fd;
+    unsigned flags;
+    uint32_t psize;
+    uint64_t map_size;
+    uint8_t *map;
+    uint64_t file_size; /* last known size; maintained by the writer */
+    struct lockfile lock;
+    uint64_t fork_gen;
+    int64_t (*clock)(void *ctx);
+    void *clock_ctx;
+    volatile int panic; /* a sync failed: every txn gets KEEL_PANIC */
+
+    size_t max_key;    /* longest key */
+    size_t max_node;   /* biggest node: two always fit in a page */
+    size_t inline_max; /* leaf nodes up to this size keep their value inline */
+
+    pthread_mutex_t mu; /* guards the fields below */
+    char **bucket_names; /* handle -> name; [0] = NULL for the default bucket */
+    uint32_t nbuckets, bucket_cap;
+    keel_txn *spare_txns; /* finished txn objects kept for reuse */
+    keel_cursor *spare_cursors;
+    keel_txn *wtxn; /* the write txn, if one is open on this handle */
+    pthread_t writer_thread;
+};
+
+/* ---- transactions ------------------------------------------------------- */
+#define TXN_MAGIC 0x4B54584Eu  /* live */
+#define TXN_DEAD 0xDEADD00Du   /* finished: use gives KEEL_BADTXN */
+
+enum { BUCKET_UNKNOWN = 0, BUCKET_ABSENT, BUCKET_PRESENT };
+struct bucket_state {
+    uint8_t state;
+    bool dirty; /* desc changed: write back to the catalog at commit */
+    struct tree_desc desc;
+};
+
+struct keel_txn {
+    uint32_t magic;
+    keel_db *db;
+    keel_txn *next_spare;
+    bool rdonly;
+    int error;      /* sticky: a write op failed half way; only abort is allowed */
+    int slot;       /* reader slot, -1 for none */
+    uint64_t fork_gen;
+    int64_t now;    /* clock read once at begin */
+    uint64_t txnid; /* snapshot id (read) or id being written (write) */
+    struct meta meta; /* working copy (write) or the snapshot's meta (read) */
+    uint64_t gen;   /* bumped by every change: cursors re-seek when it moves */
+    struct bucket_state *buckets;
+    uint32_t nbuckets_cap;
+    keel_cursor *cursors; /* open cursors, detached when the txn ends */
+
+    /* write txns only */
+    struct dirty_table dirty;
+    struct pgvec freed; /* pages this txn stopped using that older snapshots may read */
+    struct pgvec pool;  /* pages reusable now; sorted descending (pop takes the lowest) */
+    uint64_t oldest;    /* oldest snapshot any reader may hold */
+    bool reclaiming;    /* inside freelist_reclaim: allocate from the end of file */
+    bool final_mode;    /* recording the free list at commit: no pool changes */
+    bool reclaim_exhausted; /* no reclaimable record left */
+    uint8_t *scratch[2]; /* page-sized buffers for rebuilding pages; [nest] */
+    int nest;
+};
+
+struct keel_cursor {
+    uint32_t magic;
+    keel_txn *txn;
+    keel_cursor *next; /* in txn->cursors, or in the spare list */
+    keel_cursor *prev;
+    keel_bucket bucket;
+    struct tree_desc *tree; /* internal trees only; NULL = look the bucket up */
+    int state;              /* CUR_UNSET, CUR_ON, CUR_AFTER_DEL, CUR_EOF */
+    uint64_t gen;           /* txn->gen when the path was last valid */
+    int depth;
+    uint64_t pgno[KEEL_MAX_DEPTH];
+    const uint8_t *page[KEEL_MAX_DEPTH];
+    unsigned idx[KEEL_MAX_DEPTH];
+    uint8_t *keybuf; /* write txns: a copy of the current key, to re-seek after changes */
+    size_t keylen, keycap;
+};
+#define CURSOR_MAGIC 0x4B435552u
+#define CURSOR_DEAD 0xDEADC0DEu
+enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
+
+/* ---- pager.c: metas, pages, allocation, write-out ------------------------ */
+int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
+void meta_seal(struct meta *m);
+int pager_newest_meta(keel_db *db, struct meta *out); /* from the map */
+int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
+uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
+int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
+int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
+int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
+int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
+void pager_txn_release(keel_txn *txn); /* drops dirty pages and lists */
+int pager_grow(keel_db *db, uint64_t need_bytes);
+void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
+
+/* ---- freelist.c: the free tree ------------------------------------------ */
+int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */
+int freelist_record(keel_txn *txn);   /* at commit: writes pool leftovers and this txn's freed pages */
+
+/* ---- btree.c ------------------------------------------------------------ */
+struct bt_path {
+    int depth;
+    uint64_t pgno[KEEL_MAX_DEPTH];
+    uint8_t *page[KEEL_MAX_DEPTH]; /* read-only unless the path was touched */
+    unsigned idx[KEEL_MAX_DEPTH];
+};
+int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size_t klen,
+              struct bt_path *path, bool *exact);
+int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val);
+int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry);
+/* expiry: 0 = none */
+int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags);
+int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key);
+int bt_drop(keel_txn *txn, struct tree_desc *t); /* frees every page of the tree */
+int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node); /* checked */
+int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want_flags);
+int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
+int bt_walk(keel_txn *txn, const struct tree_desc *t,
+            int (*fn)(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level), void *ctx);
+
+/* ---- cursor.c ----------------------------------------------------------- */
+int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *t);
+int cursor_first(keel_cursor *c, keel_val *key, keel_val *val);
+int cursor_last(keel_cursor *c, keel_val *key, keel_val *val);
+int cursor_next(keel_cursor *c, keel_val *key, keel_val *val);
+int cursor_prev(keel_cursor *c, keel_val *key, keel_val *val);
+int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout);
+int cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
+int cursor_del(keel_cursor *c);
+
+/* ---- bucket.c ----------------------------------------------------------- */
+int bucket_tree(keel_txn *txn, keel_bucket b, struct tree_desc **out); /* KEEL_BADBUCKET */
+int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *out);
+int bucket_drop(keel_txn *txn, keel_bucket b);
+int bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void *ctx);
+int bucket_flush(keel_txn *txn); /* writes changed descriptors to the catalog */
+void bucket_mark_dirty(keel_txn *txn, keel_bucket b);
+
+/* ---- txn.c -------------------------------------------------------------- */
+int txn_begin(keel_db *db, unsigned flags, keel_txn **out);
+int txn_commit(keel_txn *txn);
+void txn_abort(keel_txn *txn);
+int txn_check(const keel_txn *txn, bool write); /* usable? */
+void txn_free_spares(keel_db *db);
+
+#endif

@@ -1,0 +1,245 @@
+/*
+ * lockfile.c — the lock file `<path>-lock`: the writer lock and the reader
+ * table, in shared memory so that every process opening the database sees
+ * them.
+ *
+ * Contract:
+ *   - The writer lock is a process-shared, robust pthread mutex: when its
+ *     holder dies the next locker gets EOWNERDEAD, marks it consistent and
+ *     goes on.  Nothing needs repair: a dead writer never wrote a meta page,
+ *     so the file is at its last commit.
+ *   - A reader slot holds (pid, snapshot txn id).  A reader publishes its
+ *     snapshot and then re-reads the newest meta (txn.c): a writer computing
+ *     the oldest snapshot either sees the slot or committed before the
+ *     re-read, which makes the reader retry.  Slots of dead processes are
+ *     freed when the writer computes the oldest snapshot.
+ *   - The file is created and initialised under an exclusive OFD lock; every
+ *     user then holds a shared OFD lock for as long as it has the db open.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define LOCK_MAGIC 0x4B4C4F43u /* "COLK" */
+#define LOCK_VERSION 1u
+
+struct lock_header {
+    uint32_t magic;
+    uint32_t version;
+    uint32_t max_readers;
+    uint32_t header_size;
+    uint64_t total_size;
+    uint64_t reserved;
+    pthread_mutex_t writer;
+    uint8_t pad[128 - 32 - sizeof(pthread_mutex_t)];
+};
+_Static_assert(sizeof(struct lock_header) == 128, "lock header is two cache lines");
+
+struct reader_slot { /* one cache line, so readers do not share lines */
+    _Atomic int32_t pid; /* 0 = free */
+    uint32_t pad0;
+    _Atomic uint64_t txnid; /* 0 = registering */
+    uint8_t pad[48];
+};
+_Static_assert(sizeof(struct reader_slot) == 64, "reader slot is one cache line");
+
+static size_t lock_size(uint32_t max_readers)
+{
+    return sizeof(struct lock_header) + (size_t)max_readers * sizeof(struct reader_slot);
+}
+
+static int init_header(struct lock_header *h, uint32_t max_readers)
+{
+    pthread_mutexattr_t a;
+    int rc = pthread_mutexattr_init(&a);
+    if (rc)
+        return rc;
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    rc = pthread_mutex_init(&h->writer, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc)
+        return rc;
+    h->max_readers = max_readers;
+    h->header_size = sizeof(struct lock_header);
+    h->total_size = lock_size(max_readers);
+    h->version = LOCK_VERSION;
+    atomic_thread_fence(memory_order_seq_cst);
+    h->magic = LOCK_MAGIC; /* last: a half-initialised file is recognisably not ready */
+    return 0;
+}
+
+int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers, bool rdonly)
+{
+    memset(lf, 0, sizeof(*lf));
+    lf->fd = -1;
+    size_t plen = strlen(db_path);
+    char *lpath = os_malloc(plen + 6);
+    if (!lpath)
+        return KEEL_NOMEM;
+    memcpy(lpath, db_path, plen);
+    memcpy(lpath + plen, "-lock", 6);
+    int fd = keel_os.open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 && rdonly && (errno == EACCES || errno == EROFS))
+        fd = keel_os.open(lpath, O_RDONLY | O_CLOEXEC, 0);
+    int err = errno;
+    os_free(lpath);
+    if (fd < 0)
+        return err;
+    int rc = os_lock(fd, 1, 1);
+    if (rc)
+        goto fail;
+    uint64_t size;
+    if ((rc = os_file_size(fd, &size)))
+        goto fail;
+    bool fresh = size == 0;
+    if (fresh) {
+        if ((rc = os_ftruncate(fd, lock_size(max_readers))))
+            goto fail;
+        size = lock_size(max_readers);
+    }
+    if (size < sizeof(struct lock_header) || size > ((uint64_t)1 << 30)) {
+        rc = KEEL_LOCKFILE;
+        goto fail;
+    }
+    void *m = keel_os.mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        rc = errno;
+        goto fail;
+    }
+    lf->hdr = m;
+    lf->size = (size_t)size;
+    if (fresh && (rc = init_header(lf->hdr, max_readers)))
+        goto fail_map;
+    struct lock_header *h = lf->hdr;
+    if (h->magic != LOCK_MAGIC) {
+        rc = KEEL_LOCKFILE;
+        goto fail_map;
+    }
+    if (h->version != LOCK_VERSION || h->header_size != sizeof(struct lock_header) ||
+        h->max_readers == 0 || h->total_size != size || lock_size(h->max_readers) != size) {
+        rc = KEEL_LOCKFILE;
+        goto fail_map;
+    }
+    lf->max_readers = h->max_readers;
+    lf->slots = (struct reader_slot *)((uint8_t *)m + sizeof(struct lock_header));
+    lf->fd = fd;
+    /* From now on a shared lock says "in use"; the writer mutex and slots
+     * carry the real coordination. */
+    if ((rc = os_lock(fd, 0, 1)))
+        goto fail_map;
+    return 0;
+fail_map:
+    keel_os.munmap(m, (size_t)size);
+    lf->hdr = NULL;
+fail:
+    lf->fd = -1;
+    os_close(fd);
+    return rc;
+}
+
+void lockfile_close(struct lockfile *lf)
+{
+    if (lf->hdr)
+        keel_os.munmap(lf->hdr, lf->size);
+    if (lf->fd >= 0)
+        os_close(lf->fd);
+    lf->hdr = NULL;
+    lf->fd = -1;
+}
+
+int lockfile_writer_lock(struct lockfile *lf)
+{
+    int rc = pthread_mutex_lock(&lf->hdr->writer);
+    if (rc == EOWNERDEAD) /* the last writer died mid-txn: its txn never committed */
+        rc = pthread_mutex_consistent(&lf->hdr->writer);
+    return rc;
+}
+
+void lockfile_writer_unlock(struct lockfile *lf) { pthread_mutex_unlock(&lf->hdr->writer); }
+
+int reader_acquire(struct lockfile *lf, int *slot)
+{
+    int32_t me = (int32_t)getpid();
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < lf->max_readers; i++) {
+            struct reader_slot *s = &lf->slots[i];
+            int32_t zero = 0;
+            if (atomic_load_explicit(&s->pid, memory_order_relaxed) == 0 &&
+                atomic_compare_exchange_strong(&s->pid, &zero, me)) {
+                atomic_store(&s->txnid, 0);
+                *slot = (int)i;
+                return 0;
+            }
+        }
+        readers_oldest(lf, 0); /* full: free the slots of dead processes and retry */
+    }
+    return KEEL_READERS_FULL;
+}
+
+void reader_publish(struct lockfile *lf, int slot, uint64_t txnid)
+{
+    atomic_store(&lf->slots[slot].txnid, txnid); /* seq_cst: ordered before the meta re-read */
+}
+
+void reader_release(struct lockfile *lf, int slot)
+{
+    atomic_store(&lf->slots[slot].txnid, 0);
+    atomic_store(&lf->slots[slot].pid, 0);
+}
+
+static bool process_alive(int32_t pid)
+{
+    if (pid <= 0)
+        return false;
+    return kill(pid, 0) == 0 || errno != ESRCH;
+}
+
+uint64_t readers_oldest(struct lockfile *lf, uint64_t newest)
+{
+    uint64_t oldest = newest;
+    int32_t me = (int32_t)getpid();
+    for (uint32_t i = 0; i < lf->max_readers; i++) {
+        struct reader_slot *s = &lf->slots[i];
+        int32_t pid = atomic_load(&s->pid);
+        if (pid == 0)
+            continue;
+        if (pid != me && !process_alive(pid)) {
+            atomic_compare_exchange_strong(&s->pid, &pid, 0);
+            continue;
+        }
+        uint64_t t = atomic_load(&s->txnid);
+        if (t == 0) /* registering: it will re-check the meta after publishing */
+            continue;
+        if (t < oldest)
+            oldest = t;
+    }
+    return oldest;
+}
+
+int readers_list(struct lockfile *lf, uint64_t newest, keel_reader_info *out, size_t max, size_t *count)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < lf->max_readers; i++) {
+        struct reader_slot *s = &lf->slots[i];
+        int32_t pid = atomic_load(&s->pid);
+        uint64_t t = atomic_load(&s->txnid);
+        if (pid == 0 || t == 0)
+            continue;
+        if (n < max && out) {
+            out[n].pid = pid;
+            out[n].txnid = t;
+            out[n].lag = newest > t ? newest - t : 0;
+        }
+        n++;
+    }
+    *count = n;
+    return 0;
+}

@@ -1,0 +1,179 @@
+/*
+ * os.c — the replaceable I/O and allocation table and whole-buffer helpers.
+ * See os.h for the contract.
+ */
+#include "os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static int libc_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
+
+static const struct keel_os libc_os = {
+    .open = libc_open,
+    .close = close,
+    .pread = pread,
+    .pwrite = pwrite,
+    .pwritev = pwritev,
+    .fsync = fsync,
+    .fdatasync = fdatasync,
+    .ftruncate = ftruncate,
+    .fstat = fstat,
+    .mmap = mmap,
+    .munmap = munmap,
+    .malloc = malloc,
+    .realloc = realloc,
+    .free = free,
+};
+
+struct keel_os keel_os = libc_os;
+
+void os_reset(void) { keel_os = libc_os; }
+
+void *os_malloc(size_t n) { return keel_os.malloc(n ? n : 1); }
+void *os_calloc(size_t n)
+{
+    void *p = os_malloc(n);
+    if (p)
+        memset(p, 0, n);
+    return p;
+}
+void *os_realloc(void *p, size_t n) { return keel_os.realloc(p, n ? n : 1); }
+void os_free(void *p)
+{
+    if (p)
+        keel_os.free(p);
+}
+char *os_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = os_malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+int os_pread_upto(int fd, void *buf, size_t n, uint64_t off, size_t *got)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = keel_os.pread(fd, (char *)buf + done, n - done, (off_t)(off + done));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno ? errno : EIO;
+        }
+        if (r == 0)
+            break;
+        done += (size_t)r;
+    }
+    *got = done;
+    return 0;
+}
+
+int os_pread_full(int fd, void *buf, size_t n, uint64_t off)
+{
+    size_t got;
+    int rc = os_pread_upto(fd, buf, n, off, &got);
+    if (rc)
+        return rc;
+    return got == n ? 0 : EIO;
+}
+
+int os_pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = keel_os.pwrite(fd, (const char *)buf + done, n - done, (off_t)(off + done));
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno ? errno : EIO;
+        }
+        if (r == 0)
+            return EIO;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+int os_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off)
+{
+    while (cnt > 0) {
+        ssize_t r = keel_os.pwritev(fd, iov, cnt, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno ? errno : EIO;
+        }
+        if (r == 0)
+            return EIO;
+        off += (uint64_t)r;
+        size_t left = (size_t)r;
+        while (cnt > 0 && left >= iov->iov_len) { /* drop what was written */
+            left -= iov->iov_len;
+            iov++;
+            cnt--;
+        }
+        if (cnt > 0 && left) {
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+    return 0;
+}
+
+int os_fsync(int fd) { return keel_os.fsync(fd) ? (errno ? errno : EIO) : 0; }
+int os_fdatasync(int fd) { return keel_os.fdatasync(fd) ? (errno ? errno : EIO) : 0; }
+int os_ftruncate(int fd, uint64_t len)
+{
+    for (;;) {
+        if (keel_os.ftruncate(fd, (off_t)len) == 0)
+            return 0;
+        if (errno != EINTR)
+            return errno ? errno : EIO;
+    }
+}
+int os_file_size(int fd, uint64_t *size)
+{
+    struct stat st;
+    if (keel_os.fstat(fd, &st))
+        return errno ? errno : EIO;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+int os_close(int fd) { return keel_os.close(fd) ? errno : 0; }
+
+static uint64_t fork_generation;
+static void on_fork_child(void) { __atomic_add_fetch(&fork_generation, 1, __ATOMIC_SEQ_CST); }
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void install_fork_hook(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
+uint64_t os_fork_generation(void)
+{
+    pthread_once(&fork_once, install_fork_hook);
+    return __atomic_load_n(&fork_generation, __ATOMIC_SEQ_CST);
+}
+
+int os_lock(int fd, int exclusive, int wait)
+{
+    struct flock fl = {.l_type = exclusive ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET};
+    for (;;) {
+        if (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        return (errno == EACCES || errno == EAGAIN) ? EAGAIN : errno;
+    }
+}
+
+int os_unlock(int fd)
+{
+    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+    return fcntl(fd, F_OFD_SETLK, &fl) ? errno : 0;
+}

@@ -1,0 +1,69 @@
+/*
+ * os.h — the operating-system layer: files, the map, memory.
+ *
+ * Contract: every system call keel makes on the data file, and every heap
+ * allocation, goes through the table `keel_os`.  Tests replace its members
+ * to record writes (crash simulation) or to fail the Nth call (fault
+ * injection).  Nothing above this layer calls open/pwrite/fsync/mmap/malloc
+ * directly.  Functions here return 0 or a positive errno.
+ */
+#ifndef KEEL_OS_H
+#define KEEL_OS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+struct keel_os {
+    int (*open)(const char *path, int flags, mode_t mode);
+    int (*close)(int fd);
+    ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
+    ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+    ssize_t (*pwritev)(int fd, const struct iovec *iov, int cnt, off_t off);
+    int (*fsync)(int fd);
+    int (*fdatasync)(int fd);
+    int (*ftruncate)(int fd, off_t len);
+    int (*fstat)(int fd, struct stat *st);
+    void *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+    int (*munmap)(void *addr, size_t len);
+    void *(*malloc)(size_t n);
+    void *(*realloc)(void *p, size_t n);
+    void (*free)(void *p);
+};
+
+/* The live table; the default points at libc.  Not thread-safe to change
+ * while databases are open. */
+extern struct keel_os keel_os;
+/* Restores the libc defaults. */
+void os_reset(void);
+
+/* Allocation through the table. os_calloc zeroes. */
+void *os_malloc(size_t n);
+void *os_calloc(size_t n);
+void *os_realloc(void *p, size_t n);
+void os_free(void *p);
+char *os_strdup(const char *s);
+
+/* Whole-buffer I/O: retries short transfers and EINTR; a read past the end
+ * of the file gives EIO... except os_pread_upto, which reports how much it got. */
+int os_pread_full(int fd, void *buf, size_t n, uint64_t off);
+int os_pread_upto(int fd, void *buf, size_t n, uint64_t off, size_t *got);
+int os_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
+int os_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off);
+int os_fsync(int fd);
+int os_fdatasync(int fd);
+int os_ftruncate(int fd, uint64_t len);
+int os_file_size(int fd, uint64_t *size);
+int os_close(int fd);
+
+/* Bumped in the child after fork(), so handles can tell they were inherited. */
+uint64_t os_fork_generation(void);
+
+/* Open-file-description locks on a whole file (F_OFD_*): they belong to the
+ * descriptor, so closing another descriptor of the same file keeps them. */
+int os_lock(int fd, int exclusive, int wait); /* 0, EAGAIN when !wait and held */
+int os_unlock(int fd);
+
+#endif

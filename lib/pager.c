@@ -1,0 +1,437 @@
+/*
+ * pager.c — meta pages, page access, allocation, and writing a commit out.
+ *
+ * Contract:
+ *   - page_get() hands out a page for reading: the txn's own dirty copy if it
+ *     has one, else the page in the map, after checking that the number is
+ *     inside the snapshot and the page says it is that page.
+ *   - Copy-on-write: a page reachable from a committed meta is never written.
+ *     page_touch() gives a dirty copy under a new number and records the old
+ *     number as freed by this txn.
+ *   - Allocation takes, in order: the txn's pool of reusable pages, a record
+ *     reclaimed from the free tree (pages no reader can see any more), the
+ *     end of the file.
+ *   - pager_write_out() is the commit protocol: grow the file, write dirty
+ *     pages in page order, sync (fsync when the size changed), write the
+ *     meta into the slot the previous commit did not use, sync again.  A
+ *     failed sync poisons the handle (KEEL_PANIC).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "internal.h"
+
+#define GROW_STEP ((uint64_t)1 << 20) /* file size moves in whole MiB */
+
+/* ---- small containers ---- */
+int pgvec_push(struct pgvec *pv, uint64_t pgno)
+{
+    if (pv->n == pv->cap) {
+        size_t cap = pv->cap ? pv->cap * 2 : 64;
+        uint64_t *v = os_realloc(pv->v, cap * sizeof(uint64_t));
+        if (!v)
+            return KEEL_NOMEM;
+        pv->v = v;
+        pv->cap = cap;
+    }
+    pv->v[pv->n++] = pgno;
+    return 0;
+}
+
+void pgvec_free(struct pgvec *pv)
+{
+    os_free(pv->v);
+    memset(pv, 0, sizeof(*pv));
+}
+
+static size_t hash_pgno(uint64_t pgno, size_t cap) { return (size_t)((pgno * 0x9E3779B97F4A7C15ull) >> 20) & (cap - 1); }
+
+static struct dirty *dirty_find(struct dirty_table *t, uint64_t pgno)
+{
+    if (!t->cap)
+        return NULL;
+    for (size_t i = hash_pgno(pgno, t->cap);; i = (i + 1) & (t->cap - 1)) {
+        if (t->slots[i].pgno == pgno)
+            return &t->slots[i];
+        if (t->slots[i].pgno == 0)
+            return NULL;
+    }
+}
+
+static int dirty_insert(struct dirty_table *t, uint64_t pgno, uint32_t npages, uint8_t *buf)
+{
+    if ((t->count + 1) * 4 > t->cap * 3) {
+        size_t cap = t->cap ? t->cap * 2 : 256;
+        struct dirty *s = os_calloc(cap * sizeof(*s));
+        if (!s)
+            return KEEL_NOMEM;
+        for (size_t i = 0; i < t->cap; i++) {
+            if (!t->slots[i].pgno)
+                continue;
+            size_t j = hash_pgno(t->slots[i].pgno, cap);
+            while (s[j].pgno)
+                j = (j + 1) & (cap - 1);
+            s[j] = t->slots[i];
+        }
+        os_free(t->slots);
+        t->slots = s;
+        t->cap = cap;
+    }
+    size_t i = hash_pgno(pgno, t->cap);
+    while (t->slots[i].pgno)
+        i = (i + 1) & (t->cap - 1);
+    t->slots[i] = (struct dirty){pgno, npages, buf};
+    t->count++;
+    return 0;
+}
+
+static void dirty_remove(struct dirty_table *t, struct dirty *d)
+{
+    /* backward-shift deletion keeps probe chains intact */
+    size_t i = (size_t)(d - t->slots);
+    for (;;) {
+        t->slots[i].pgno = 0;
+        size_t j = i;
+        for (;;) {
+            j = (j + 1) & (t->cap - 1);
+            if (!t->slots[j].pgno) {
+                t->count--;
+                return;
+            }
+            size_t home = hash_pgno(t->slots[j].pgno, t->cap);
+            /* move j back to i unless its home lies cyclically in (i, j] */
+            bool stays = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
+            if (!stays)
+                break;
+        }
+        t->slots[i] = t->slots[j];
+        i = j;
+    }
+}
+
+/* ---- metas ---- */
+void meta_seal(struct meta *m) { m->checksum = XXH3_64bits(m, META_SUM_BYTES); }
+
+int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out)
+{
+    if (len < META_SIZE)
+        return KEEL_INVALID;
+    struct meta m;
+    memcpy(&m, buf, META_SIZE);
+    if (m.magic != KEEL_MAGIC)
+        return KEEL_INVALID;
+    if (m.version != KEEL_FORMAT_VERSION)
+        return m.version > KEEL_FORMAT_VERSION ? KEEL_VERSION : KEEL_CORRUPTED;
+    if (m.checksum != XXH3_64bits(&m, META_SUM_BYTES))
+        return KEEL_CORRUPTED;
+    if (m.page_size < KEEL_MIN_PAGE || m.page_size > KEEL_MAX_PAGE || (m.page_size & (m.page_size - 1)))
+        return KEEL_CORRUPTED;
+    if (expect_psize && m.page_size != expect_psize)
+        return KEEL_CORRUPTED;
+    if (m.npages < 2 || m.npages > (UINT64_MAX / m.page_size))
+        return KEEL_CORRUPTED;
+    for (int i = 0; i < TREE_COUNT; i++) {
+        const struct tree_desc *t = &m.trees[i];
+        if (t->root == 1 || (t->root && t->root >= m.npages) || t->depth > KEEL_MAX_DEPTH ||
+            (t->root == 0) != (t->depth == 0))
+            return KEEL_CORRUPTED;
+    }
+    *out = m;
+    return 0;
+}
+
+int pager_newest_meta(keel_db *db, struct meta *out)
+{
+    struct meta a, b;
+    int ra = meta_check(db->map, META_SIZE, db->psize, &a);
+    int rb = meta_check(db->map + db->psize, META_SIZE, db->psize, &b);
+    if (ra && rb)
+        return KEEL_CORRUPTED;
+    if (ra)
+        *out = b;
+    else if (rb)
+        *out = a;
+    else
+        *out = a.txnid >= b.txnid ? a : b;
+    return 0;
+}
+
+/* ---- page access ---- */
+uint8_t *page_dirty(keel_txn *txn, uint64_t pgno)
+{
+    struct dirty *d = dirty_find(&txn->dirty, pgno);
+    return d ? d->buf : NULL;
+}
+
+int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out)
+{
+    if (!txn->rdonly && txn->dirty.count) {
+        struct dirty *d = dirty_find(&txn->dirty, pgno);
+        if (d) {
+            *out = d->buf;
+            return 0;
+        }
+    }
+    if (pgno < 2 || pgno >= txn->meta.npages)
+        return KEEL_CORRUPTED;
+    const uint8_t *p = txn->db->map + pgno * txn->db->psize;
+    if (page_pgno(p) != pgno)
+        return KEEL_CORRUPTED;
+    *out = p;
+    return 0;
+}
+
+/* Takes a run of n consecutive page numbers from the pool (kept sorted
+ * descending); single pages come off the end, which is the lowest number, so
+ * the file fills from the front and its tail can be given back. */
+static bool pool_take(struct pgvec *pool, uint32_t n, uint64_t *pgno)
+{
+    if (pool->n == 0)
+        return false;
+    if (n == 1) {
+        *pgno = pool->v[--pool->n];
+        return true;
+    }
+    /* descending order: a run is v[i] .. v[i+n-1] == v[i]-(n-1) */
+    for (size_t i = pool->n; i-- >= n;) {
+        size_t lo = i - (n - 1); /* index of the highest number in the window */
+        if (pool->v[lo] - pool->v[i] == n - 1) {
+            *pgno = pool->v[i];
+            memmove(&pool->v[lo], &pool->v[i + 1], (pool->n - i - 1) * sizeof(uint64_t));
+            pool->n -= n;
+            return true;
+        }
+        if (i < n)
+            break;
+    }
+    return false;
+}
+
+int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
+{
+    keel_db *db = txn->db;
+    uint64_t pg = 0;
+    bool found = false;
+    if (!txn->final_mode) {
+        found = pool_take(&txn->pool, npages, &pg);
+        while (!found && !txn->reclaiming && !txn->reclaim_exhausted) {
+            int rc = freelist_reclaim(txn);
+            if (rc == KEEL_NOTFOUND) {
+                txn->reclaim_exhausted = true;
+                break;
+            }
+            if (rc)
+                return rc;
+            found = pool_take(&txn->pool, npages, &pg);
+            if (!found && npages > 1 && txn->pool.n > 4096)
+                break; /* a long run is not forming: take fresh pages */
+        }
+    }
+    if (!found) {
+        pg = txn->meta.npages;
+        if (pg + npages > db->map_size / db->psize)
+            return KEEL_FULL;
+        txn->meta.npages += npages;
+    }
+    size_t bytes = (size_t)npages * db->psize;
+    uint8_t *b = os_malloc(bytes);
+    if (!b)
+        return KEEL_NOMEM;
+    memset(b, 0, PAGE_HDR);
+    wr64(b + PH_PGNO, pg);
+    int rc = dirty_insert(&txn->dirty, pg, npages, b);
+    if (rc) {
+        os_free(b);
+        return rc;
+    }
+    *pgno = pg;
+    *buf = b;
+    return 0;
+}
+
+int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
+{
+    struct dirty *d = dirty_find(&txn->dirty, pgno);
+    if (d) { /* written only by this txn: nobody else can see it */
+        os_free(d->buf);
+        dirty_remove(&txn->dirty, d);
+        if (!txn->final_mode) {
+            for (uint32_t i = 0; i < npages; i++) {
+                int rc = pgvec_push(&txn->pool, pgno + i);
+                if (rc)
+                    return rc;
+            }
+            /* keep the pool sorted descending */
+            struct pgvec *p = &txn->pool;
+            for (size_t i = p->n - npages; i < p->n; i++) {
+                uint64_t v = p->v[i];
+                size_t j = i;
+                while (j > 0 && p->v[j - 1] < v) {
+                    p->v[j] = p->v[j - 1];
+                    j--;
+                }
+                p->v[j] = v;
+            }
+            return 0;
+        }
+    }
+    for (uint32_t i = 0; i < npages; i++) {
+        int rc = pgvec_push(&txn->freed, pgno + i);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
+{
+    uint8_t *d = page_dirty(txn, pgno);
+    if (d) {
+        *newpgno = pgno;
+        *buf = d;
+        return 0;
+    }
+    const uint8_t *old;
+    int rc = page_get(txn, pgno, &old);
+    if (rc)
+        return rc;
+    uint64_t np;
+    uint8_t *b;
+    if ((rc = page_alloc(txn, 1, &np, &b)))
+        return rc;
+    memcpy(b, old, txn->db->psize);
+    wr64(b + PH_PGNO, np);
+    if ((rc = page_free(txn, pgno, 1)))
+        return rc;
+    *newpgno = np;
+    *buf = b;
+    return 0;
+}
+
+void pager_txn_release(keel_txn *txn)
+{
+    struct dirty_table *t = &txn->dirty;
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slots[i].pgno)
+            os_free(t->slots[i].buf);
+    os_free(t->slots);
+    memset(t, 0, sizeof(*t));
+    pgvec_free(&txn->freed);
+    pgvec_free(&txn->pool);
+}
+
+/* ---- file size ---- */
+int pager_grow(keel_db *db, uint64_t need)
+{
+    if (need <= db->file_size)
+        return 0;
+    uint64_t target = need;
+    uint64_t step = db->file_size / 8;
+    if (target < db->file_size + step)
+        target = db->file_size + step;
+    target = (target + GROW_STEP - 1) / GROW_STEP * GROW_STEP;
+    if (target > db->map_size)
+        target = db->map_size;
+    if (target < need)
+        return KEEL_FULL;
+    int rc = os_ftruncate(db->fd, target);
+    if (rc)
+        return rc == EFBIG || rc == ENOSPC ? KEEL_FULL : rc;
+    db->file_size = target;
+    return 0;
+}
+
+void pager_maybe_shrink(keel_db *db, uint64_t used)
+{
+    uint64_t keep = (used + GROW_STEP - 1) / GROW_STEP * GROW_STEP;
+    if (db->file_size > keep + 2 * GROW_STEP + db->file_size / 8) {
+        /* Only pages no reader can see lie past `used`; failing to shrink is harmless. */
+        if (os_ftruncate(db->fd, keep) == 0)
+            db->file_size = keep;
+    }
+}
+
+/* ---- commit ---- */
+static int cmp_dirty(const void *a, const void *b)
+{
+    uint64_t x = ((const struct dirty *)a)->pgno, y = ((const struct dirty *)b)->pgno;
+    return x < y ? -1 : x > y;
+}
+
+static int write_pages(keel_txn *txn)
+{
+    keel_db *db = txn->db;
+    struct dirty_table *t = &txn->dirty;
+    size_t n = 0;
+    /* compact the table in place into a sorted array: the txn is ending */
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slots[i].pgno)
+            t->slots[n++] = t->slots[i];
+    for (size_t i = n; i < t->cap; i++)
+        t->slots[i].pgno = 0;
+    qsort(t->slots, n, sizeof(struct dirty), cmp_dirty);
+    t->count = n; /* no lookups after this; pager_txn_release still frees every buffer */
+
+    enum { MAXIOV = 64 };
+    struct iovec iov[MAXIOV];
+    size_t i = 0;
+    while (i < n) {
+        uint64_t start = t->slots[i].pgno, next = start;
+        int cnt = 0;
+        while (i < n && cnt < MAXIOV && t->slots[i].pgno == next) {
+            iov[cnt].iov_base = t->slots[i].buf;
+            iov[cnt].iov_len = (size_t)t->slots[i].npages * db->psize;
+            next += t->slots[i].npages;
+            cnt++;
+            i++;
+        }
+        int rc = cnt == 1 ? os_pwrite_full(db->fd, iov[0].iov_base, iov[0].iov_len, start * db->psize)
+                          : os_pwritev_full(db->fd, iov, cnt, start * db->psize);
+        if (rc)
+            return rc == EFBIG || rc == ENOSPC ? KEEL_FULL : rc;
+    }
+    return 0;
+}
+
+int pager_write_out(keel_txn *txn)
+{
+    keel_db *db = txn->db;
+    uint64_t used = txn->meta.npages * db->psize;
+    uint64_t old_size = db->file_size;
+    int rc = pager_grow(db, used);
+    if (rc)
+        return rc;
+    bool grew = db->file_size != old_size;
+    if ((rc = write_pages(txn)))
+        return rc;
+    if (!(db->flags & KEEL_NOSYNC)) {
+        /* fdatasync does not make a size change durable everywhere */
+        rc = grew ? os_fsync(db->fd) : os_fdatasync(db->fd);
+        if (rc) {
+            db->panic = 1;
+            return KEEL_PANIC;
+        }
+    }
+    txn->meta.txnid = txn->txnid;
+    meta_seal(&txn->meta);
+    uint8_t buf[512];
+    memset(buf, 0, sizeof(buf));
+    memcpy(buf, &txn->meta, META_SIZE);
+    if ((rc = os_pwrite_full(db->fd, buf, sizeof(buf), (txn->txnid & 1) * db->psize))) {
+        /* the meta may be half written, or whole in the page cache: we cannot
+         * tell the caller "not committed" truthfully any more */
+        db->panic = 1;
+        return KEEL_PANIC;
+    }
+    if (!(db->flags & (KEEL_NOSYNC | KEEL_NOMETASYNC))) {
+        if (os_fdatasync(db->fd)) {
+            db->panic = 1;
+            return KEEL_PANIC;
+        }
+    }
+    pager_maybe_shrink(db, used);
+    return 0;
+}

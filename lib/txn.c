@@ -1,0 +1,202 @@
+/*
+ * txn.c — transactions: snapshots for readers, the single writer, commit.
+ *
+ * Contract:
+ *   - A read txn takes a reader slot, publishes the newest meta's txn id in
+ *     it and re-reads the newest meta; if a commit slipped in between it
+ *     publishes again.  From then on no writer reuses a page of its snapshot.
+ *   - A write txn holds the lock file's writer mutex from begin to
+ *     commit/abort.  It works on a copy of the newest meta; commit runs
+ *     bucket_flush, freelist_record and pager_write_out, in that order.
+ *   - Txn objects are recycled through the db, so a finished txn is
+ *     recognisable (KEEL_BADTXN) until its memory is reused.
+ */
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+static int64_t now_ms(keel_db *db)
+{
+    if (db->clock)
+        return db->clock(db->clock_ctx);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static keel_txn *txn_get(keel_db *db)
+{
+    pthread_mutex_lock(&db->mu);
+    keel_txn *t = db->spare_txns;
+    if (t)
+        db->spare_txns = t->next_spare;
+    pthread_mutex_unlock(&db->mu);
+    if (!t)
+        t = os_calloc(sizeof(*t));
+    return t;
+}
+
+static void txn_put(keel_txn *t)
+{
+    keel_db *db = t->db;
+    t->magic = TXN_DEAD;
+    for (keel_cursor *c = t->cursors; c; c = c->next)
+        c->txn = NULL; /* detached: further use gives KEEL_BADCURSOR */
+    t->cursors = NULL;
+    for (uint32_t i = 0; i < t->nbuckets_cap; i++)
+        t->buckets[i].state = BUCKET_UNKNOWN, t->buckets[i].dirty = false;
+    pthread_mutex_lock(&db->mu);
+    t->next_spare = db->spare_txns;
+    db->spare_txns = t;
+    pthread_mutex_unlock(&db->mu);
+}
+
+int txn_check(const keel_txn *txn, bool write)
+{
+    if (!txn)
+        return KEEL_BADARG;
+    if (txn->magic != TXN_MAGIC)
+        return KEEL_BADTXN;
+    if (txn->db->panic)
+        return KEEL_PANIC;
+    if (txn->fork_gen != os_fork_generation())
+        return KEEL_FORKED;
+    if (txn->error)
+        return KEEL_BADTXN;
+    if (write && txn->rdonly)
+        return KEEL_READONLY;
+    return 0;
+}
+
+int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
+{
+    if (db->panic)
+        return KEEL_PANIC;
+    if (db->fork_gen != os_fork_generation())
+        return KEEL_FORKED;
+    if (flags & ~KEEL_RDONLY)
+        return KEEL_BADFLAGS;
+    bool rdonly = flags & KEEL_RDONLY;
+    if (!rdonly && (db->flags & KEEL_RDONLY))
+        return KEEL_READONLY;
+    if (!rdonly) {
+        pthread_mutex_lock(&db->mu);
+        bool mine = db->wtxn && pthread_equal(db->writer_thread, pthread_self());
+        pthread_mutex_unlock(&db->mu);
+        if (mine)
+            return KEEL_BUSY; /* waiting would deadlock */
+    }
+    keel_txn *txn = txn_get(db);
+    if (!txn)
+        return KEEL_NOMEM;
+    txn->db = db;
+    txn->rdonly = rdonly;
+    txn->error = 0;
+    txn->slot = -1;
+    txn->gen = 1;
+    txn->fork_gen = db->fork_gen;
+    txn->cursors = NULL;
+    txn->nest = 0;
+    txn->reclaiming = txn->final_mode = txn->reclaim_exhausted = false;
+    int rc;
+    if (rdonly) {
+        if ((rc = reader_acquire(&db->lock, &txn->slot)))
+            goto fail;
+        for (;;) {
+            struct meta again;
+            if ((rc = pager_newest_meta(db, &txn->meta)))
+                goto fail;
+            reader_publish(&db->lock, txn->slot, txn->meta.txnid ? txn->meta.txnid : 1);
+            if ((rc = pager_newest_meta(db, &again)))
+                goto fail;
+            if (again.txnid == txn->meta.txnid)
+                break;
+        }
+        txn->txnid = txn->meta.txnid;
+    } else {
+        if ((rc = lockfile_writer_lock(&db->lock)))
+            goto fail;
+        if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = pager_newest_meta(db, &txn->meta))) {
+            lockfile_writer_unlock(&db->lock);
+            goto fail;
+        }
+        if (txn->meta.npages * db->psize > db->file_size) {
+            lockfile_writer_unlock(&db->lock);
+            rc = KEEL_CORRUPTED;
+            goto fail;
+        }
+        txn->txnid = txn->meta.txnid + 1;
+        txn->oldest = readers_oldest(&db->lock, txn->meta.txnid);
+        pthread_mutex_lock(&db->mu);
+        db->wtxn = txn;
+        db->writer_thread = pthread_self();
+        pthread_mutex_unlock(&db->mu);
+    }
+    txn->now = now_ms(db);
+    txn->magic = TXN_MAGIC;
+    *out = txn;
+    return 0;
+fail:
+    if (txn->slot >= 0)
+        reader_release(&db->lock, txn->slot);
+    txn->slot = -1;
+    txn_put(txn);
+    return rc;
+}
+
+static void txn_end(keel_txn *txn)
+{
+    keel_db *db = txn->db;
+    if (txn->rdonly) {
+        if (txn->slot >= 0)
+            reader_release(&db->lock, txn->slot);
+        txn->slot = -1;
+    } else {
+        pager_txn_release(txn);
+        pthread_mutex_lock(&db->mu);
+        db->wtxn = NULL;
+        pthread_mutex_unlock(&db->mu);
+        lockfile_writer_unlock(&db->lock);
+    }
+    txn_put(txn);
+}
+
+void txn_abort(keel_txn *txn) { txn_end(txn); }
+
+static bool has_changes(keel_txn *txn)
+{
+    if (txn->dirty.count || txn->freed.n)
+        return true;
+    for (uint32_t i = 0; i < txn->nbuckets_cap; i++)
+        if (txn->buckets[i].dirty)
+            return true;
+    return false;
+}
+
+int txn_commit(keel_txn *txn)
+{
+    int rc = 0;
+    if (txn->rdonly || !has_changes(txn))
+        goto out;
+    if ((rc = bucket_flush(txn)) || (rc = freelist_record(txn)) || (rc = pager_write_out(txn)))
+        goto out;
+out:
+    txn_end(txn);
+    return rc;
+}
+
+/* Frees the spare objects at close. */
+void txn_free_spares(keel_db *db)
+{
+    keel_txn *t = db->spare_txns;
+    while (t) {
+        keel_txn *next = t->next_spare;
+        os_free(t->buckets);
+        os_free(t->scratch[0]);
+        os_free(t->scratch[1]);
+        os_free(t);
+        t = next;
+    }
+    db->spare_txns = NULL;
+}
