@@ -1,0 +1,63 @@
+/*
+ * testutil.h — shared helpers for the cmocka tests.
+ *
+ *   tu_path(buf, name)  a fresh database path under $TMPDIR (old files removed)
+ *   tu_remove(path)     removes the db file and its lock file
+ *   tu_scale()          KEEL_TEST_SCALE (default 1): multiply loop counts by it
+ *   tu_seed(def)        KEEL_SEED if set, else def
+ *   tu_val(s)           a keel_val over a C string
+ */
+#ifndef KEEL_TESTUTIL_H
+#define KEEL_TESTUTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "keel.h"
+
+static inline void tu_remove(const char *path)
+{
+    char lock[4200];
+    snprintf(lock, sizeof lock, "%s-lock", path);
+    unlink(path);
+    unlink(lock);
+}
+
+static inline const char *tu_path(char *buf, size_t size, const char *name)
+{
+    const char *dir = getenv("TMPDIR");
+    snprintf(buf, size, "%s/keel-%s-%d.db", dir && *dir ? dir : "/tmp", name, (int)getpid());
+    tu_remove(buf);
+    return buf;
+}
+
+static inline long tu_scale(void)
+{
+    const char *s = getenv("KEEL_TEST_SCALE");
+    long v = s ? strtol(s, NULL, 10) : 1;
+    return v > 0 ? v : 1;
+}
+
+static inline uint64_t tu_seed(uint64_t def)
+{
+    const char *s = getenv("KEEL_SEED");
+    return s ? strtoull(s, NULL, 0) : def;
+}
+
+static inline keel_val tu_val(const char *s) { return (keel_val){s, strlen(s)}; }
+
+/* xorshift64*: small, fast, reproducible */
+static inline uint64_t tu_rand(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+#endif
