@@ -268,7 +268,8 @@ static uint8_t *make_branch_node(uint64_t child, const uint8_t *key, size_t klen
         return NULL;
     wr64(n, child);
     wr16(n + 8, (uint16_t)klen);
-    memcpy(n + BRANCH_HDR, key, klen);
+    if (klen)
+        memcpy(n + BRANCH_HDR, key, klen);
     *size = BRANCH_HDR + klen;
     return n;
 }
