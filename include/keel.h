@@ -144,6 +144,14 @@ typedef struct keel_reader_info {
 /* Fills up to max slots in use; *count gets the number in use. */
 int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *count);
 
+/* ---- integrity ---------------------------------------------------------- */
+/* Walks the newest snapshot: every page reached exactly once or recorded as
+ * free, every page number in range, keys in order within and across pages,
+ * counts equal to the descriptors, overflow runs whole.  Calls report (if not
+ * NULL) once per problem found; *problems gets their number.  Answers 0 when
+ * the walk finished (look at *problems), or an error if it could not run. */
+int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ctx, uint64_t *problems);
+
 const char *keel_strerror(int err);
 
 #ifdef __cplusplus

@@ -1,0 +1,178 @@
+/*
+ * test_btree.c — the B+tree layer through small public workloads, checked
+ * with keel_check() after each phase: splits, merges, fill factor of sorted
+ * loads, overflow values, big keys, every page size.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "internal.h"
+#include "testutil.h"
+
+static void report(void *ctx, const char *msg)
+{
+    (void)ctx;
+    fprintf(stderr, "check: %s\n", msg);
+}
+
+static void assert_clean(keel_db *db)
+{
+    uint64_t problems = 99;
+    assert_int_equal(keel_check(db, report, NULL, &problems), 0);
+    assert_int_equal(problems, 0);
+}
+
+static void put_n(keel_db *db, int from, int to, int step, size_t vlen)
+{
+    keel_txn *t;
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    char k[32];
+    uint8_t *v = calloc(1, vlen + 1);
+    for (int i = from; i != to; i += step) {
+        snprintf(k, sizeof k, "k%09d", i);
+        memset(v, 'a' + i % 26, vlen);
+        assert_int_equal(keel_put(t, 0, tu_val(k), (keel_val){v, vlen}, 0), 0);
+    }
+    free(v);
+    assert_int_equal(keel_commit(t), 0);
+}
+
+/* Sorted loads must leave leaves nearly full: compare with the minimum. */
+static void test_sorted_fill(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "bt-fill");
+    keel_db *db;
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    int n = 20000;
+    put_n(db, 0, n, 1, 100);
+    keel_stat st;
+    assert_int_equal(keel_db_stat(db, &st), 0);
+    assert_int_equal(st.entries, (uint64_t)n);
+    size_t node = LEAF_HDR + 10 + 100 + 2; /* key "k%09d" is 10 bytes, plus the slot */
+    uint64_t min_leaves = ((uint64_t)n * node + (4096 - PAGE_HDR) - 1) / (4096 - PAGE_HDR);
+    fprintf(stderr, "sorted load: %llu leaves, minimum %llu\n", (unsigned long long)st.leaf_pages,
+            (unsigned long long)min_leaves);
+    assert_true(st.leaf_pages <= min_leaves + min_leaves / 20 + 1);
+    assert_clean(db);
+    /* reverse order, in another db: balanced splits, at least half full */
+    keel_close(db);
+    tu_remove(path);
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    put_n(db, n - 1, -1, -1, 100);
+    assert_int_equal(keel_db_stat(db, &st), 0);
+    assert_true(st.leaf_pages <= 2 * min_leaves + 2);
+    assert_clean(db);
+    keel_close(db);
+    tu_remove(path);
+}
+
+/* Deleting most keys merges pages: no tree of mostly empty pages remains. */
+static void test_delete_merges(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "bt-merge");
+    keel_db *db;
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    int n = 20000;
+    put_n(db, 0, n, 1, 60);
+    keel_txn *t;
+    char k[32];
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    for (int i = 0; i < n; i++) {
+        if (i % 10 == 0)
+            continue;
+        snprintf(k, sizeof k, "k%09d", i);
+        assert_int_equal(keel_del(t, 0, tu_val(k)), 0);
+    }
+    assert_int_equal(keel_commit(t), 0);
+    keel_stat st;
+    assert_int_equal(keel_db_stat(db, &st), 0);
+    assert_int_equal(st.entries, (uint64_t)n / 10);
+    size_t node = LEAF_HDR + 10 + 60 + 2;
+    uint64_t min_leaves = ((uint64_t)(n / 10) * node + 4079) / 4080;
+    fprintf(stderr, "after deletes: %llu leaves, minimum %llu\n", (unsigned long long)st.leaf_pages,
+            (unsigned long long)min_leaves);
+    assert_true(st.leaf_pages <= 4 * min_leaves + 1);
+    assert_clean(db);
+    /* delete the rest: the tree is empty and every page is free */
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    for (int i = 0; i < n; i += 10) {
+        snprintf(k, sizeof k, "k%09d", i);
+        assert_int_equal(keel_del(t, 0, tu_val(k)), 0);
+    }
+    assert_int_equal(keel_commit(t), 0);
+    assert_int_equal(keel_db_stat(db, &st), 0);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.depth, 0);
+    assert_clean(db);
+    keel_close(db);
+    tu_remove(path);
+}
+
+/* Random order inserts and deletes with big keys and overflow values, at every page size. */
+static void random_workload(uint32_t psize)
+{
+    char path[256];
+    tu_path(path, sizeof path, "bt-rand");
+    keel_options o = {.page_size = psize};
+    keel_db *db;
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    size_t maxk = keel_max_key_size(db);
+    assert_true(maxk >= 1024);
+    uint64_t seed = tu_seed(0x5eed + psize);
+    uint8_t *key = malloc(maxk), *val = malloc(300000);
+    long rounds = 6 * tu_scale();
+    for (long r = 0; r < rounds; r++) {
+        keel_txn *t;
+        assert_int_equal(keel_begin(db, 0, &t), 0);
+        for (int i = 0; i < 400; i++) {
+            uint64_t x = tu_rand(&seed);
+            size_t kl = 1 + x % 8;
+            if (x % 17 == 0)
+                kl = maxk - x % 5; /* near the limit */
+            memset(key, 'K', kl);
+            key[0] = (uint8_t)(x >> 8); /* 256 distinct first bytes, long shared tails */
+            size_t vl = (x >> 16) % 200;
+            if (x % 23 == 0)
+                vl = psize + (x >> 20) % 200000; /* overflow */
+            memset(val, (int)(x >> 24), vl);
+            if ((x >> 40) % 3 == 0) {
+                int rc = keel_del(t, 0, (keel_val){key, kl});
+                assert_true(rc == 0 || rc == KEEL_NOTFOUND);
+            } else {
+                assert_int_equal(keel_put(t, 0, (keel_val){key, kl}, (keel_val){val, vl}, 0), 0);
+                keel_val got;
+                assert_int_equal(keel_get(t, 0, (keel_val){key, kl}, &got), 0);
+                assert_int_equal(got.len, vl);
+                assert_memory_equal(got.data, val, vl);
+            }
+        }
+        assert_int_equal(keel_commit(t), 0);
+        assert_clean(db);
+    }
+    free(key);
+    free(val);
+    keel_close(db);
+    tu_remove(path);
+}
+
+static void test_random_4k(void **state) { (void)state; random_workload(4096); }
+static void test_random_8k(void **state) { (void)state; random_workload(8192); }
+static void test_random_64k(void **state) { (void)state; random_workload(65536); }
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sorted_fill),
+        cmocka_unit_test(test_delete_merges),
+        cmocka_unit_test(test_random_4k),
+        cmocka_unit_test(test_random_8k),
+        cmocka_unit_test(test_random_64k),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
