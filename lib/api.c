@@ -207,7 +207,9 @@ void keel_close(keel_db *db)
 {
     if (!db)
         return;
-    if (db->wtxn)
+    /* In a child after fork() the write txn and the writer lock belong to
+     * the parent: only the child's memory and descriptors go. */
+    if (db->wtxn && db->fork_gen == os_fork_generation())
         txn_abort(db->wtxn);
     db_free(db);
 }

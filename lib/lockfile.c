@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -46,7 +47,8 @@ struct reader_slot { /* one cache line, so readers do not share lines */
     _Atomic int32_t pid; /* 0 = free */
     uint32_t pad0;
     _Atomic uint64_t txnid; /* 0 = registering */
-    uint8_t pad[48];
+    _Atomic uint64_t start; /* the process's start time: a reused pid has another */
+    uint8_t pad[40];
 };
 _Static_assert(sizeof(struct reader_slot) == 64, "reader slot is one cache line");
 
@@ -78,6 +80,7 @@ static int init_header(struct lock_header *h, uint32_t max_readers)
 
 int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers, bool rdonly)
 {
+    (void)rdonly; /* readers write their slot: the lock file must be writable (doc/design.md) */
     memset(lf, 0, sizeof(*lf));
     lf->fd = -1;
     size_t plen = strlen(db_path);
@@ -87,19 +90,25 @@ int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers
     memcpy(lpath, db_path, plen);
     memcpy(lpath + plen, "-lock", 6);
     int fd = keel_os.open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0 && rdonly && (errno == EACCES || errno == EROFS))
-        fd = keel_os.open(lpath, O_RDONLY | O_CLOEXEC, 0);
     int err = errno;
     os_free(lpath);
     if (fd < 0)
         return err;
-    int rc = os_lock(fd, 1, 1);
+    /* Every user holds a shared lock while it has the db open, so getting the
+     * exclusive lock means nobody else uses the file: then (and only then)
+     * the table is (re)initialised, which also frees every stale slot. */
+    bool sole = false;
+    int rc = os_lock(fd, 1, 0);
+    if (rc == 0)
+        sole = true;
+    else if (rc == EAGAIN)
+        rc = os_lock(fd, 0, 1);
     if (rc)
         goto fail;
     uint64_t size;
     if ((rc = os_file_size(fd, &size)))
         goto fail;
-    bool fresh = size == 0;
+    bool fresh = sole && size == 0;
     if (fresh) {
         if ((rc = os_ftruncate(fd, lock_size(max_readers))))
             goto fail;
@@ -116,25 +125,24 @@ int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers
     }
     lf->hdr = m;
     lf->size = (size_t)size;
-    if (fresh && (rc = init_header(lf->hdr, max_readers)))
-        goto fail_map;
     struct lock_header *h = lf->hdr;
-    if (h->magic != LOCK_MAGIC) {
+    if (!fresh && (h->magic != LOCK_MAGIC || h->version != LOCK_VERSION ||
+                   h->header_size != sizeof(struct lock_header) || h->max_readers == 0 ||
+                   h->total_size != size || lock_size(h->max_readers) != size)) {
         rc = KEEL_LOCKFILE;
         goto fail_map;
     }
-    if (h->version != LOCK_VERSION || h->header_size != sizeof(struct lock_header) ||
-        h->max_readers == 0 || h->total_size != size || lock_size(h->max_readers) != size) {
-        rc = KEEL_LOCKFILE;
-        goto fail_map;
+    if (sole) {
+        uint32_t n = fresh ? max_readers : h->max_readers;
+        memset(m, 0, (size_t)size);
+        if ((rc = init_header(h, n)))
+            goto fail_map;
+        if ((rc = os_lock(fd, 0, 1))) /* downgrade: others may come in now */
+            goto fail_map;
     }
     lf->max_readers = h->max_readers;
     lf->slots = (struct reader_slot *)((uint8_t *)m + sizeof(struct lock_header));
     lf->fd = fd;
-    /* From now on a shared lock says "in use"; the writer mutex and slots
-     * carry the real coordination. */
-    if ((rc = os_lock(fd, 0, 1)))
-        goto fail_map;
     return 0;
 fail_map:
     keel_os.munmap(m, (size_t)size);
@@ -165,9 +173,48 @@ int lockfile_writer_lock(struct lockfile *lf)
 
 void lockfile_writer_unlock(struct lockfile *lf) { pthread_mutex_unlock(&lf->hdr->writer); }
 
+/* Start time of a process in clock ticks since boot (field 22 of
+ * /proc/PID/stat), 0 if unknown.  Together with the pid it names a process
+ * for good: a pid reused later has a later start time. */
+static uint64_t process_start(int32_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!p)
+        return 0;
+    /* after ")" come fields 3..: skip to field 22 */
+    int field = 2;
+    for (; *p && field < 22; p++)
+        if (*p == ' ')
+            field++;
+    return strtoull(p, NULL, 10);
+}
+
+static pid_t cached_pid;
+static uint64_t cached_start;
+static uint64_t my_start(void)
+{
+    pid_t me = getpid(); /* changes after fork: recompute */
+    if (me != cached_pid) {
+        cached_start = process_start(me);
+        cached_pid = me;
+    }
+    return cached_start;
+}
+
 int reader_acquire(struct lockfile *lf, int *slot)
 {
     int32_t me = (int32_t)getpid();
+    uint64_t start = my_start();
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < lf->max_readers; i++) {
             struct reader_slot *s = &lf->slots[i];
@@ -175,6 +222,7 @@ int reader_acquire(struct lockfile *lf, int *slot)
             if (atomic_load_explicit(&s->pid, memory_order_relaxed) == 0 &&
                 atomic_compare_exchange_strong(&s->pid, &zero, me)) {
                 atomic_store(&s->txnid, 0);
+                atomic_store(&s->start, start);
                 *slot = (int)i;
                 return 0;
             }
@@ -195,11 +243,15 @@ void reader_release(struct lockfile *lf, int slot)
     atomic_store(&lf->slots[slot].pid, 0);
 }
 
-static bool process_alive(int32_t pid)
+/* Is the process that took this slot still running? */
+static bool slot_alive(struct reader_slot *s, int32_t pid)
 {
     if (pid <= 0)
         return false;
-    return kill(pid, 0) == 0 || errno != ESRCH;
+    if (kill(pid, 0) != 0 && errno == ESRCH)
+        return false;
+    uint64_t want = atomic_load(&s->start), now = process_start(pid);
+    return want == 0 || now == 0 || want == now; /* unknown start times count as alive */
 }
 
 uint64_t readers_oldest(struct lockfile *lf, uint64_t newest)
@@ -211,11 +263,17 @@ uint64_t readers_oldest(struct lockfile *lf, uint64_t newest)
         int32_t pid = atomic_load(&s->pid);
         if (pid == 0)
             continue;
-        if (pid != me && !process_alive(pid)) {
-            atomic_compare_exchange_strong(&s->pid, &pid, 0);
-            continue;
-        }
         uint64_t t = atomic_load(&s->txnid);
+        /* Only a slot that pins an old snapshot (or when called with newest=0,
+         * every slot: the table is full) is worth the cost of a liveness check. */
+        bool pins = t != 0 && t < newest;
+        if ((pins || newest == 0) &&
+            (pid == me ? atomic_load(&s->start) != my_start() : !slot_alive(s, pid))) {
+            /* the owner is gone: free the slot unless it changed hands meanwhile */
+            if (atomic_compare_exchange_strong(&s->pid, &pid, 0))
+                continue;
+            t = atomic_load(&s->txnid);
+        }
         if (t == 0) /* registering: it will re-check the meta after publishing */
             continue;
         if (t < oldest)
