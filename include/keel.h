@@ -51,6 +51,7 @@ typedef struct {
 /* keel_put */
 #define KEEL_NOOVERWRITE 0x0010u /* fail with KEEL_EXISTS if the key is present */
 #define KEEL_APPEND      0x0020u /* key sorts after every key in the bucket: fill pages fully */
+#define KEEL_KEEPTTL     0x0040u /* keep the key's expiry time (a plain put clears it) */
 /* keel_bucket_open */
 #define KEEL_CREATE      0x0100u /* create the bucket if it does not exist */
 
@@ -92,6 +93,7 @@ typedef struct keel_options { /* zero-initialised = defaults */
     unsigned mode;            /* file mode on creation; 0 = 0644 */
     int64_t (*clock)(void *ctx); /* ms since the Unix epoch; NULL = CLOCK_REALTIME */
     void *clock_ctx;
+    int32_t purge_per_commit; /* expired keys each write commit removes: 0 = 100, < 0 = none */
 } keel_options;
 
 int keel_open(const char *path, const keel_options *opts, keel_db **out);
@@ -116,6 +118,46 @@ int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned 
 int keel_del(keel_txn *txn, keel_bucket b, keel_val key);
 size_t keel_max_key_size(const keel_db *db); /* depends on the page size; >= 1024 always */
 #define KEEL_MAX_VALUE_SIZE ((size_t)0xFFFFFFFEu)
+
+/* ---- expiry (TTL) ----------------------------------------------------------
+ * Times are ms since the Unix epoch, read from options.clock once per txn, at
+ * keel_begin.  A key whose expiry is <= that time is absent for every read,
+ * cursor, keel_ttl, CAS, increment and KEEL_NOOVERWRITE check; it stays in
+ * the file until purged (by keel_purge, or by the next write commits).
+ * As in Redis: a plain put clears a key's expiry unless KEEL_KEEPTTL is
+ * given; keel_incr and keel_cas keep it; a delete removes it. */
+int keel_put_ttl(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t ttl_ms, unsigned flags);
+int keel_expire_at(keel_txn *txn, keel_bucket b, keel_val key, int64_t unix_ms); /* KEEL_NOTFOUND if absent */
+int keel_expire(keel_txn *txn, keel_bucket b, keel_val key, int64_t ttl_ms);
+int keel_persist(keel_txn *txn, keel_bucket b, keel_val key); /* removes the expiry */
+/* KEEL_NOTFOUND if absent or expired; *remaining_ms = -1 if the key does not expire. */
+int keel_ttl(keel_txn *txn, keel_bucket b, keel_val key, int64_t *remaining_ms);
+/* Removes up to max expired keys, oldest expiry first; *purged (may be NULL) gets how many. */
+int keel_purge(keel_txn *txn, size_t max, size_t *purged);
+
+/* ---- atomic operations ----------------------------------------------------- */
+/* expected NULL: the key must be absent.  A mismatch answers KEEL_MISMATCH and
+ * changes nothing.  A replaced value keeps its expiry. */
+int keel_cas(keel_txn *txn, keel_bucket b, keel_val key, const keel_val *expected, keel_val new_val);
+/* The value is a decimal ASCII int64 (as in Redis); absent counts as 0.
+ * KEEL_NOTNUMBER / KEEL_OVERFLOW leave it as it was.  The expiry is kept. */
+int keel_incr(keel_txn *txn, keel_bucket b, keel_val key, int64_t delta, int64_t *result);
+/* Missing or expired keys get {NULL, 0}. */
+int keel_get_many(keel_txn *txn, keel_bucket b, const keel_val *keys, keel_val *vals, size_t n);
+/* All or nothing: every argument and every KEEL_NOOVERWRITE conflict is
+ * checked before the first write; a failure after that (out of memory, disk
+ * full) leaves the txn able only to abort, so none of the writes remain. */
+int keel_put_many(keel_txn *txn, keel_bucket b, const keel_val *keys, const keel_val *vals, size_t n,
+                  unsigned flags);
+
+/* ---- one-call forms: each runs its own txn ----------------------------------
+ * bucket NULL = the default bucket; writes create a missing bucket. */
+int keel_db_put(keel_db *db, const char *bucket, keel_val key, keel_val val, int64_t ttl_ms); /* 0 = no expiry */
+/* *copy is malloc'd (free it with free()); KEEL_NOTFOUND if absent. */
+int keel_db_get(keel_db *db, const char *bucket, keel_val key, void **copy, size_t *len);
+int keel_db_del(keel_db *db, const char *bucket, keel_val key);
+int keel_db_incr(keel_db *db, const char *bucket, keel_val key, int64_t delta, int64_t *result);
+int keel_db_cas(keel_db *db, const char *bucket, keel_val key, const keel_val *expected, keel_val new_val);
 
 /* ---- cursors ----------------------------------------------------------- */
 int keel_cursor_open(keel_txn *txn, keel_bucket b, keel_cursor **out);

@@ -33,6 +33,7 @@ static int write_initial_metas(keel_db *db)
     m.version = KEEL_FORMAT_VERSION;
     m.page_size = db->psize;
     m.npages = 2;
+    m.next_bucket_id = 1;
     meta_seal(&m);
     memcpy(buf, &m, META_SIZE);
     memcpy(buf + ps, &m, META_SIZE);
@@ -131,6 +132,7 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     db->flags = o.flags;
     db->clock = o.clock;
     db->clock_ctx = o.clock_ctx;
+    db->purge_per_commit = o.purge_per_commit == 0 ? 100 : o.purge_per_commit;
     db->map_size = o.max_size ? o.max_size : (sizeof(void *) >= 8 ? DEFAULT_MAP_SIZE : ((uint64_t)1 << 30));
     db->fork_gen = os_fork_generation();
     db->bucket_cap = 8;
@@ -195,7 +197,7 @@ unlock:
     db->max_node = usable / 2 - 2;
     db->inline_max = db->max_node;
     /* a leaf node with expiry and overflow pointer must still fit max_node */
-    db->max_key = db->max_node - LEAF_HDR - 8 - 8;
+    db->max_key = db->max_node - LEAF_HDR - 8 - 8 - EXPIRY_KEY_PREFIX; /* the expiry tree's key holds it too */
     *out = db;
     return 0;
 fail:
@@ -254,7 +256,7 @@ uint64_t keel_txn_id(const keel_txn *txn)
 }
 
 /* A write op failed after it may have changed pages: only abort remains. */
-static int poison(keel_txn *txn, int rc)
+int poison(keel_txn *txn, int rc)
 {
     if (rc && rc != KEEL_NOTFOUND && rc != KEEL_EXISTS && !txn->error)
         txn->error = rc;
@@ -284,6 +286,8 @@ int keel_bucket_drop(keel_txn *txn, keel_bucket b)
     struct tree_desc *t;
     if ((rc = bucket_tree(txn, b, &t)))
         return rc;
+    if ((rc = poison(txn, ttl_forget_bucket(txn, t))))
+        return rc;
     return poison(txn, bucket_drop(txn, b));
 }
 
@@ -300,7 +304,7 @@ int keel_bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void
 /* ---- data ---- */
 size_t keel_max_key_size(const keel_db *db) { return db ? db->max_key : 0; }
 
-static int check_key(keel_txn *txn, keel_val key)
+int check_key(keel_txn *txn, keel_val key)
 {
     if (!key.data && key.len)
         return KEEL_BADARG;
@@ -321,7 +325,7 @@ int keel_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val)
     struct tree_desc *t;
     if ((rc = bucket_tree(txn, b, &t)))
         return rc;
-    return bt_get(txn, t, key, val, NULL);
+    return ttl_get(txn, b, key, val, NULL);
 }
 
 int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned flags)
@@ -329,7 +333,7 @@ int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned 
     int rc = txn_check(txn, true);
     if (rc)
         return rc;
-    if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND))
+    if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND | KEEL_KEEPTTL))
         return KEEL_BADFLAGS;
     if ((rc = check_key(txn, key)))
         return rc;
@@ -340,10 +344,7 @@ int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned 
     struct tree_desc *t;
     if ((rc = bucket_tree(txn, b, &t)))
         return rc;
-    if ((rc = poison(txn, bt_put(txn, t, key, val, 0, flags))))
-        return rc;
-    bucket_mark_dirty(txn, b);
-    return 0;
+    return poison(txn, ttl_put(txn, b, key, val, 0, flags));
 }
 
 int keel_del(keel_txn *txn, keel_bucket b, keel_val key)
@@ -356,10 +357,7 @@ int keel_del(keel_txn *txn, keel_bucket b, keel_val key)
     struct tree_desc *t;
     if ((rc = bucket_tree(txn, b, &t)))
         return rc;
-    if ((rc = poison(txn, bt_del(txn, t, key))))
-        return rc;
-    bucket_mark_dirty(txn, b);
-    return 0;
+    return poison(txn, ttl_del(txn, b, key));
 }
 
 /* ---- cursors ---- */
@@ -459,7 +457,13 @@ int keel_cursor_del(keel_cursor *c)
         return rc;
     if (c->txn->rdonly)
         return KEEL_READONLY;
-    return poison(c->txn, cursor_del(c));
+    int64_t old;
+    struct tree_desc *t;
+    if ((rc = poison(c->txn, cursor_del(c, &old))))
+        return rc;
+    if ((rc = bucket_tree(c->txn, c->bucket, &t)))
+        return poison(c->txn, rc);
+    return poison(c->txn, expiry_update(c->txn, t->id, (keel_val){c->keybuf, c->keylen}, old, 0));
 }
 
 /* ---- statistics ---- */

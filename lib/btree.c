@@ -175,11 +175,6 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
     return 0;
 }
 
-static int64_t leaf_node_expiry(const uint8_t *n)
-{
-    return (leaf_node_flags(n) & N_EXPIRES) ? (int64_t)rd64(n + LEAF_HDR) : 0;
-}
-
 int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry)
 {
     struct bt_path path;
@@ -444,8 +439,11 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
     return 0;
 }
 
-int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags)
+int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
+           int64_t *old_expiry)
 {
+    if (old_expiry)
+        *old_expiry = 0;
     keel_db *db = txn->db;
     uint32_t ps = db->psize;
     struct bt_path path;
@@ -453,8 +451,19 @@ int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64
     int rc = bt_search(txn, t, key.data, key.len, &path, &exact);
     if (rc && rc != KEEL_NOTFOUND)
         return rc;
-    if (exact && (flags & KEEL_NOOVERWRITE))
-        return KEEL_EXISTS;
+    if (exact) {
+        const uint8_t *cur;
+        if ((rc = bt_node_at(path.page[path.depth - 1], path.idx[path.depth - 1], db->psize, &cur)))
+            return rc;
+        int64_t cur_exp = leaf_node_expiry(cur);
+        bool live = cur_exp == 0 || cur_exp > txn->now; /* an expired key counts as absent */
+        if ((flags & KEEL_NOOVERWRITE) && live)
+            return KEEL_EXISTS;
+        if ((flags & KEEL_KEEPTTL) && live)
+            expiry = cur_exp;
+        if (old_expiry)
+            *old_expiry = cur_exp;
+    }
 
     /* the new leaf node */
     size_t extra = expiry ? 8 : 0;
@@ -686,7 +695,7 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     return rc;
 }
 
-int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key)
+int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry)
 {
     struct bt_path path;
     bool exact;
@@ -700,6 +709,8 @@ int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key)
     int lv = path.depth - 1;
     uint8_t *leaf = path.page[lv];
     const uint8_t *old = node_ptr(leaf, path.idx[lv]);
+    if (old_expiry)
+        *old_expiry = leaf_node_expiry(old);
     if (leaf_node_flags(old) & N_BIG) {
         uint32_t onp = overflow_pages_for(txn, leaf_node_vsize(old));
         if ((rc = page_free(txn, rd64(leaf_node_val(old)), onp)))
@@ -710,6 +721,52 @@ int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key)
     t->entries--;
     txn->gen++;
     return rebalance(txn, t, &path, lv);
+}
+
+int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expiry, int64_t *old_expiry)
+{
+    struct bt_path path;
+    bool exact;
+    int rc = bt_search(txn, t, key.data, key.len, &path, &exact);
+    if (rc)
+        return rc;
+    if (!exact)
+        return KEEL_NOTFOUND;
+    const uint8_t *cur;
+    int lv = path.depth - 1;
+    if ((rc = bt_node_at(path.page[lv], path.idx[lv], txn->db->psize, &cur)))
+        return rc;
+    *old_expiry = leaf_node_expiry(cur);
+    if (*old_expiry == expiry)
+        return 0;
+    if ((rc = touch_path(txn, t, &path)))
+        return rc;
+    uint8_t *leaf = path.page[lv];
+    cur = node_ptr(leaf, path.idx[lv]);
+    /* the same node with the expiry field added, changed or removed; an
+     * overflow value stays where it is */
+    unsigned f = leaf_node_flags(cur);
+    size_t old_extra = leaf_node_extra(cur), rest = leaf_node_size(cur) - LEAF_HDR - old_extra;
+    size_t size = LEAF_HDR + (expiry ? 8 : 0) + rest;
+    uint8_t stackbuf[512];
+    uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
+    if (!node)
+        return KEEL_NOMEM;
+    memcpy(node, cur, LEAF_HDR);
+    wr16(node, (uint16_t)(expiry ? (f | N_EXPIRES) : (f & ~N_EXPIRES)));
+    if (expiry)
+        wr64(node + LEAF_HDR, (uint64_t)expiry);
+    memcpy(node + size - rest, cur + LEAF_HDR + old_extra, rest);
+    if (size == leaf_node_size(cur)) {
+        memcpy((uint8_t *)cur, node, size);
+        txn->gen++;
+    } else {
+        page_remove_node(leaf, path.idx[lv]);
+        rc = insert_at(txn, t, &path, lv, path.idx[lv], node, size, false);
+    }
+    if (node != stackbuf)
+        os_free(node);
+    return rc;
 }
 
 /* ---- whole-tree walks ---- */
@@ -782,7 +839,9 @@ int bt_drop(keel_txn *txn, struct tree_desc *t)
     pgvec_free(&pages);
     if (rc)
         return rc;
+    uint32_t id = t->id;
     memset(t, 0, sizeof(*t));
+    t->id = id;
     txn->gen++;
     return 0;
 }

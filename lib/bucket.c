@@ -47,7 +47,7 @@ static int desc_from_value(keel_txn *txn, keel_val v, struct tree_desc *d)
         return KEEL_CORRUPTED;
     memcpy(d, v.data, TREE_DESC_SIZE);
     if ((d->root && (d->root < 2 || d->root >= txn->meta.npages)) || d->depth > KEEL_MAX_DEPTH ||
-        (d->root == 0) != (d->depth == 0) || d->flags)
+        (d->root == 0) != (d->depth == 0) || d->id == 0)
         return KEEL_CORRUPTED;
     return 0;
 }
@@ -156,6 +156,11 @@ int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *ou
         if (txn->rdonly)
             return KEEL_READONLY;
         memset(&s->desc, 0, sizeof(s->desc));
+        if (txn->meta.next_bucket_id == 0)
+            txn->meta.next_bucket_id = 1;
+        if (txn->meta.next_bucket_id > UINT32_MAX)
+            return KEEL_FULL;
+        s->desc.id = (uint32_t)txn->meta.next_bucket_id++;
         s->state = BUCKET_PRESENT;
         s->dirty = true;
     }
@@ -188,9 +193,10 @@ int bucket_flush(keel_txn *txn)
         keel_val k = {name, strlen(name)};
         int rc;
         if (s->state == BUCKET_PRESENT)
-            rc = bt_put(txn, &txn->meta.trees[TREE_CATALOG], k, (keel_val){&s->desc, TREE_DESC_SIZE}, 0, 0);
+            rc = bt_put(txn, &txn->meta.trees[TREE_CATALOG], k, (keel_val){&s->desc, TREE_DESC_SIZE}, 0, 0,
+                        NULL);
         else {
-            rc = bt_del(txn, &txn->meta.trees[TREE_CATALOG], k);
+            rc = bt_del(txn, &txn->meta.trees[TREE_CATALOG], k, NULL);
             if (rc == KEEL_NOTFOUND)
                 rc = 0;
         }

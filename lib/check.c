@@ -22,6 +22,7 @@ struct checker {
     const char *tree; /* name of the tree being walked, for messages */
     /* counted while walking */
     uint64_t entries, branch, leaf, overflow;
+    uint64_t expiring; /* leaf entries with an expiry time, over all buckets */
 };
 
 static void problem(struct checker *ck, const char *fmt, ...)
@@ -109,6 +110,8 @@ static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth
         }
         if (leaf) {
             ck->entries++;
+            if (leaf_node_flags(nd) & N_EXPIRES)
+                ck->expiring++;
             if (leaf_node_flags(nd) & ~(N_BIG | N_EXPIRES))
                 problem(ck, "page %llu node %u: unknown flags", (unsigned long long)pg, i);
             if (leaf_node_flags(nd) & N_BIG) {
@@ -157,6 +160,29 @@ static void check_tree(struct checker *ck, const char *name, const struct tree_d
                 (unsigned long long)ck->branch, (unsigned long long)ck->leaf, (unsigned long long)ck->overflow,
                 (unsigned long long)t->branch_pages, (unsigned long long)t->leaf_pages,
                 (unsigned long long)t->overflow_pages);
+}
+
+static void ttl_problem(void *ctx, const char *fmt, ...)
+{
+    struct checker *ck = ctx;
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    problem(ck, "%s", msg);
+}
+
+static void check_expiry(struct checker *ck)
+{
+    ck->tree = "expiry tree";
+    uint64_t entries = 0;
+    int rc = ttl_check(ck->txn, ttl_problem, ck, &entries);
+    if (rc)
+        problem(ck, "walk stopped: %s", keel_strerror(rc));
+    else if (entries != ck->expiring)
+        problem(ck, "%llu expiry entries, but %llu keys with an expiry time", (unsigned long long)entries,
+                (unsigned long long)ck->expiring);
 }
 
 static void check_free(struct checker *ck)
@@ -239,9 +265,12 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
     /* a damaged meta in the spare slot is repaired by the next commit: report, but it is not fatal */
     uint64_t meta_problems = ck.problems;
     check_tree(&ck, "default bucket", &txn->meta.trees[TREE_DEFAULT]);
+    uint64_t expiring = ck.expiring; /* internal trees hold no expiring entries */
     check_tree(&ck, "catalog", &txn->meta.trees[TREE_CATALOG]);
     check_tree(&ck, "free tree", &txn->meta.trees[TREE_FREE]);
     check_tree(&ck, "expiry tree", &txn->meta.trees[TREE_EXPIRY]);
+    if (ck.expiring != expiring)
+        problem(&ck, "internal trees hold entries with an expiry time");
     if (ck.problems == meta_problems) {
         if ((rc = bucket_list(txn, check_bucket, &ck))) {
             ck.tree = "catalog";
@@ -249,6 +278,7 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
             rc = 0;
         }
         check_free(&ck);
+        check_expiry(&ck);
         ck.tree = "file";
         uint64_t leaked = 0, first = 0;
         for (uint64_t p = 2; p < ck.npages; p++)

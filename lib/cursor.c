@@ -12,6 +12,7 @@
  *     entry after the deleted one, prev() the one before it.
  *   - Stepping past either end answers KEEL_NOTFOUND and leaves the cursor on
  *     the last entry it had.
+ *   - Entries whose expiry time is <= txn->now are skipped (unless c->all).
  */
 #include <string.h>
 
@@ -131,6 +132,51 @@ static int step(keel_cursor *c, const struct tree_desc *t, int dir)
     return descend(c, t, branch_node_child(n), up + 1, dir < 0);
 }
 
+static bool expired_here(keel_cursor *c)
+{
+    if (c->all)
+        return false;
+    const uint8_t *n;
+    if (bt_node_at(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &n))
+        return false; /* load() reports the damage */
+    int64_t e = leaf_node_expiry(n);
+    return e != 0 && e <= c->txn->now;
+}
+
+/* Move on in direction dir while the entry under the cursor has expired. */
+static int skip_expired(keel_cursor *c, const struct tree_desc *t, int dir)
+{
+    while (expired_here(c)) {
+        int rc = step(c, t, dir);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+struct saved_path {
+    int depth;
+    uint64_t pgno[KEEL_MAX_DEPTH];
+    const uint8_t *page[KEEL_MAX_DEPTH];
+    unsigned idx[KEEL_MAX_DEPTH];
+};
+
+static void save_path(const keel_cursor *c, struct saved_path *sp)
+{
+    sp->depth = c->depth;
+    memcpy(sp->pgno, c->pgno, (size_t)c->depth * sizeof(uint64_t));
+    memcpy(sp->page, c->page, (size_t)c->depth * sizeof(void *));
+    memcpy(sp->idx, c->idx, (size_t)c->depth * sizeof(unsigned));
+}
+
+static void restore_path(keel_cursor *c, const struct saved_path *sp)
+{
+    c->depth = sp->depth;
+    memcpy(c->pgno, sp->pgno, (size_t)c->depth * sizeof(uint64_t));
+    memcpy(c->page, sp->page, (size_t)c->depth * sizeof(void *));
+    memcpy(c->idx, sp->idx, (size_t)c->depth * sizeof(unsigned));
+}
+
 /* Position at the first entry >= key; *exact when it is equal. */
 static int seek_path(keel_cursor *c, const struct tree_desc *t, const uint8_t *key, size_t klen, bool *exact)
 {
@@ -166,8 +212,9 @@ static int sync(keel_cursor *c, const struct tree_desc *t)
     }
     if (rc)
         return rc;
-    if (!exact)
-        c->state = CUR_AFTER_DEL; /* our entry is gone: we sit on its successor */
+    /* our entry is gone: we sit on its successor; or it is there (again):
+     * we are on it, whatever an earlier sync found */
+    c->state = exact ? CUR_ON : CUR_AFTER_DEL;
     return 0;
 }
 
@@ -179,8 +226,10 @@ int cursor_first(keel_cursor *c, keel_val *key, keel_val *val)
         return rc;
     if (t->root == 0)
         return KEEL_NOTFOUND;
-    if ((rc = descend(c, t, t->root, 0, false)))
+    if ((rc = descend(c, t, t->root, 0, false)) || (rc = skip_expired(c, t, 1))) {
+        c->state = CUR_UNSET;
         return rc;
+    }
     return load(c, key, val);
 }
 
@@ -192,8 +241,10 @@ int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
         return rc;
     if (t->root == 0)
         return KEEL_NOTFOUND;
-    if ((rc = descend(c, t, t->root, 0, true)))
+    if ((rc = descend(c, t, t->root, 0, true)) || (rc = skip_expired(c, t, -1))) {
+        c->state = CUR_UNSET;
         return rc;
+    }
     return load(c, key, val);
 }
 
@@ -204,8 +255,10 @@ int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
     if (rc)
         return rc;
     bool exact;
-    if ((rc = seek_path(c, t, key.data, key.len, &exact)))
+    if ((rc = seek_path(c, t, key.data, key.len, &exact)) || (rc = skip_expired(c, t, 1))) {
+        c->state = CUR_UNSET;
         return rc;
+    }
     return load(c, kout, vout);
 }
 
@@ -224,10 +277,16 @@ static int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
             return KEEL_NOTFOUND;
         return cursor_last(c, key, val);
     }
-    if (c->state == CUR_AFTER_DEL && dir > 0)
-        return load(c, key, val);
-    if ((rc = step(c, t, dir)))
+    struct saved_path sp;
+    save_path(c, &sp);
+    if (!(c->state == CUR_AFTER_DEL && dir > 0))
+        rc = step(c, t, dir);
+    if (rc == 0)
+        rc = skip_expired(c, t, dir);
+    if (rc) {
+        restore_path(c, &sp);
         return rc;
+    }
     return load(c, key, val);
 }
 
@@ -249,7 +308,7 @@ int cursor_current(keel_cursor *c, keel_val *key, keel_val *val)
     return load(c, key, val);
 }
 
-int cursor_del(keel_cursor *c)
+int cursor_del(keel_cursor *c, int64_t *old_expiry)
 {
     if (c->state == CUR_UNSET)
         return KEEL_BADCURSOR;
@@ -262,7 +321,7 @@ int cursor_del(keel_cursor *c)
     if (c->state != CUR_ON)
         return KEEL_NOTFOUND;
     keel_val k = {c->keybuf, c->keylen};
-    if ((rc = bt_del(c->txn, t, k)))
+    if ((rc = bt_del(c->txn, t, k, old_expiry)))
         return rc;
     bucket_mark_dirty(c->txn, c->bucket);
     /* the next move searches for the deleted key and lands on its successor */

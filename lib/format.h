@@ -33,7 +33,7 @@ struct tree_desc {
     uint64_t leaf_pages;
     uint64_t overflow_pages;
     uint32_t depth; /* 0 when empty, 1 = a single leaf */
-    uint32_t flags; /* none defined yet; must be 0 */
+    uint32_t id;    /* bucket id, stable for the bucket's life: 0 = default bucket and internal trees */
 };
 #define TREE_DESC_SIZE 48
 
@@ -46,7 +46,8 @@ struct meta {
     uint64_t txnid; /* the commit that wrote it */
     uint64_t npages; /* pages in use: the first page number never allocated */
     uint64_t free_pages; /* pages recorded in the free tree */
-    uint64_t reserved[3];
+    uint64_t next_bucket_id; /* id for the next bucket created; ids are never reused */
+    uint64_t reserved[2];
     struct tree_desc trees[TREE_COUNT];
     uint64_t checksum; /* XXH3-64 of every byte above */
 };
@@ -101,10 +102,18 @@ static inline size_t leaf_node_size(const uint8_t *n)
     return LEAF_HDR + leaf_node_extra(n) + leaf_node_ksize(n) +
            ((leaf_node_flags(n) & N_BIG) ? 8u : leaf_node_vsize(n));
 }
+static inline int64_t leaf_node_expiry(const uint8_t *n)
+{
+    return (leaf_node_flags(n) & N_EXPIRES) ? (int64_t)rd64(n + LEAF_HDR) : 0;
+}
 static inline uint64_t branch_node_child(const uint8_t *n) { return rd64(n); }
 static inline unsigned branch_node_ksize(const uint8_t *n) { return rd16(n + 8); }
 static inline const uint8_t *branch_node_key(const uint8_t *n) { return n + BRANCH_HDR; }
 static inline size_t branch_node_size(const uint8_t *n) { return BRANCH_HDR + branch_node_ksize(n); }
+
+/* Expiry-tree keys: big-endian expiry time (ms since the epoch), big-endian
+ * bucket id, then the entry's key; the value is empty. */
+#define EXPIRY_KEY_PREFIX 12u
 
 /* Free-tree keys: big-endian txn id then big-endian chunk number, so that
  * memcmp order is numeric order. Values: arrays of little-endian u64 pgnos. */

@@ -99,7 +99,7 @@ int freelist_reclaim(keel_txn *txn)
         }
     }
     qsort(pool->v, pool->n, sizeof(uint64_t), cmp_desc);
-    if ((rc = bt_del(txn, ft, (keel_val){key, FREE_KEY_SIZE})))
+    if ((rc = bt_del(txn, ft, (keel_val){key, FREE_KEY_SIZE}, NULL)))
         goto out;
     txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
 out:
@@ -118,7 +118,7 @@ static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, co
         size_t cnt = n - i < per ? n - i : per;
         free_key(key, txnid, (uint32_t)chunk);
         int rc = bt_put(txn, &txn->meta.trees[TREE_FREE], (keel_val){key, FREE_KEY_SIZE},
-                        (keel_val){v + i, cnt * 8}, 0, 0);
+                        (keel_val){v + i, cnt * 8}, 0, 0, NULL);
         if (rc)
             return rc;
     }

@@ -87,6 +87,7 @@ struct keel_db {
     keel_cursor *spare_cursors;
     keel_txn *wtxn; /* the write txn, if one is open on this handle */
     pthread_t writer_thread;
+    int32_t purge_per_commit; /* expired keys each write commit removes */
 };
 
 /* ---- transactions ------------------------------------------------------- */
@@ -136,6 +137,7 @@ struct keel_cursor {
     keel_bucket bucket;
     struct tree_desc *tree; /* internal trees only; NULL = look the bucket up */
     int state;              /* CUR_UNSET, CUR_ON, CUR_AFTER_DEL, CUR_EOF */
+    bool all;               /* internal: also visit expired entries */
     uint64_t gen;           /* txn->gen when the path was last valid */
     int depth;
     uint64_t pgno[KEEL_MAX_DEPTH];
@@ -177,9 +179,13 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
               struct bt_path *path, bool *exact);
 int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val);
 int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry);
-/* expiry: 0 = none */
-int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags);
-int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key);
+/* Expiry times are ms since the epoch, 0 = none.  bt_put: an existing key
+ * whose expiry is <= txn->now counts as absent for KEEL_NOOVERWRITE and
+ * KEEL_KEEPTTL; *old_expiry gets the replaced entry's expiry (0 if none). */
+int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
+           int64_t *old_expiry);
+int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry);
+int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expiry, int64_t *old_expiry);
 int bt_drop(keel_txn *txn, struct tree_desc *t); /* frees every page of the tree */
 int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node); /* checked */
 int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want_flags);
@@ -195,7 +201,7 @@ int cursor_next(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_prev(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout);
 int cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
-int cursor_del(keel_cursor *c);
+int cursor_del(keel_cursor *c, int64_t *old_expiry); /* the deleted key stays in c->keybuf */
 
 /* ---- bucket.c ----------------------------------------------------------- */
 int bucket_tree(keel_txn *txn, keel_bucket b, struct tree_desc **out); /* KEEL_BADBUCKET */
@@ -205,11 +211,25 @@ int bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void *ctx
 int bucket_flush(keel_txn *txn); /* writes changed descriptors to the catalog */
 void bucket_mark_dirty(keel_txn *txn, keel_bucket b);
 
+/* ---- ttl.c: expiry ------------------------------------------------------ */
+int expiry_update(keel_txn *txn, uint32_t id, keel_val key, int64_t old_exp, int64_t new_exp);
+int ttl_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *expiry);
+int ttl_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t expiry, unsigned flags);
+int ttl_del(keel_txn *txn, keel_bucket b, keel_val key);
+int ttl_set(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry); /* 0 = persist */
+int ttl_forget_bucket(keel_txn *txn, struct tree_desc *t);
+int ttl_purge(keel_txn *txn, size_t max, size_t *purged);
+int ttl_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), void *ctx, uint64_t *entries);
+
 /* ---- txn.c -------------------------------------------------------------- */
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out);
 int txn_commit(keel_txn *txn);
 void txn_abort(keel_txn *txn);
 int txn_check(const keel_txn *txn, bool write); /* usable? */
 void txn_free_spares(keel_db *db);
+
+/* ---- api.c: shared argument checks ---- */
+int poison(keel_txn *txn, int rc); /* a failed write op leaves its txn able only to abort */
+int check_key(keel_txn *txn, keel_val key);
 
 #endif

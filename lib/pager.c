@@ -136,7 +136,7 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
     for (int i = 0; i < TREE_COUNT; i++) {
         const struct tree_desc *t = &m.trees[i];
         if (t->root == 1 || (t->root && t->root >= m.npages) || t->depth > KEEL_MAX_DEPTH ||
-            (t->root == 0) != (t->depth == 0))
+            (t->root == 0) != (t->depth == 0) || t->id)
             return KEEL_CORRUPTED;
     }
     *out = m;

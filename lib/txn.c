@@ -179,6 +179,8 @@ int txn_commit(keel_txn *txn)
     int rc = 0;
     if (txn->rdonly || !has_changes(txn))
         goto out;
+    if (txn->db->purge_per_commit > 0 && (rc = ttl_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
+        goto out;
     if ((rc = bucket_flush(txn)) || (rc = freelist_record(txn)) || (rc = pager_write_out(txn)))
         goto out;
 out:
