@@ -132,6 +132,8 @@ int keel_expire(keel_txn *txn, keel_bucket b, keel_val key, int64_t ttl_ms);
 int keel_persist(keel_txn *txn, keel_bucket b, keel_val key); /* removes the expiry */
 /* KEEL_NOTFOUND if absent or expired; *remaining_ms = -1 if the key does not expire. */
 int keel_ttl(keel_txn *txn, keel_bucket b, keel_val key, int64_t *remaining_ms);
+/* The absolute expiry time of a live key: *unix_ms = 0 if it does not expire. */
+int keel_expiry_at(keel_txn *txn, keel_bucket b, keel_val key, int64_t *unix_ms);
 /* Removes up to max expired keys, oldest expiry first; *purged (may be NULL) gets how many. */
 int keel_purge(keel_txn *txn, size_t max, size_t *purged);
 
@@ -185,6 +187,13 @@ typedef struct keel_reader_info {
 } keel_reader_info;
 /* Fills up to max slots in use; *count gets the number in use. */
 int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *count);
+
+/* ---- copies --------------------------------------------------------------- */
+#define KEEL_COPY_COMPACT 0x1u /* write only live data, pages full and in key order */
+/* A consistent copy of the newest snapshot into a new file (it must not
+ * exist), while writers go on.  Without KEEL_COPY_COMPACT the copy is the
+ * file's pages as they are. */
+int keel_copy(keel_db *db, const char *dest_path, unsigned flags);
 
 /* ---- integrity ---------------------------------------------------------- */
 /* Walks the newest snapshot: every page reached exactly once or recorded as

@@ -89,6 +89,18 @@ int keel_ttl(keel_txn *txn, keel_bucket b, keel_val key, int64_t *remaining_ms)
     return 0;
 }
 
+int keel_expiry_at(keel_txn *txn, keel_bucket b, keel_val key, int64_t *unix_ms)
+{
+    int rc = txn_check(txn, false);
+    if (rc)
+        return rc;
+    if (!unix_ms)
+        return KEEL_BADARG;
+    if ((rc = check_key(txn, key)))
+        return rc;
+    return ttl_get(txn, b, key, NULL, unix_ms);
+}
+
 int keel_purge(keel_txn *txn, size_t max, size_t *purged)
 {
     if (purged)
