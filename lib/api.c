@@ -188,6 +188,13 @@ unlock:
     if (db->map_size % db->psize)
         db->map_size -= db->map_size % db->psize;
     void *map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);
+    /* Without an explicit max_size, settle for less address space where the
+     * full reservation is refused (32-bit hosts, valgrind, ulimit -v). */
+    while (map == MAP_FAILED && !o.max_size && db->map_size / 2 >= ((uint64_t)64 << 20) &&
+           db->map_size / 2 >= 2 * db->file_size) {
+        db->map_size /= 2;
+        map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);
+    }
     if (map == MAP_FAILED) {
         rc = errno == ENOMEM ? KEEL_FULL : errno;
         goto fail;
@@ -459,6 +466,12 @@ int keel_cursor_del(keel_cursor *c)
         return KEEL_READONLY;
     int64_t old;
     struct tree_desc *t;
+    /* misuse (unpositioned cursor, bucket dropped under it) changes nothing:
+     * answer it before poison() could end the txn's usefulness */
+    if (c->state == CUR_UNSET)
+        return KEEL_BADCURSOR;
+    if ((rc = bucket_tree(c->txn, c->bucket, &t)))
+        return rc;
     if ((rc = poison(c->txn, cursor_del(c, &old))))
         return rc;
     if ((rc = bucket_tree(c->txn, c->bucket, &t)))

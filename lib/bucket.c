@@ -55,6 +55,10 @@ static int desc_from_value(keel_txn *txn, keel_val v, struct tree_desc *d)
 /* Load the txn's view of bucket b from the catalog if not yet known. */
 static int load_state(keel_txn *txn, keel_bucket b, struct bucket_state **out)
 {
+    /* a handle the db never gave out: answer before sizing the table by it
+     * (b + 1 wraps at UINT32_MAX, and grow_states' doubling loops past 2^31) */
+    if (!handle_name(txn->db, b))
+        return KEEL_BADBUCKET;
     int rc = grow_states(txn, b + 1);
     if (rc)
         return rc;

@@ -224,8 +224,10 @@ int cursor_first(keel_cursor *c, keel_val *key, keel_val *val)
     int rc = tree_of(c, &t);
     if (rc)
         return rc;
-    if (t->root == 0)
+    if (t->root == 0) { /* like a failed seek: the cursor is no longer positioned */
+        c->state = CUR_UNSET;
         return KEEL_NOTFOUND;
+    }
     if ((rc = descend(c, t, t->root, 0, false)) || (rc = skip_expired(c, t, 1))) {
         c->state = CUR_UNSET;
         return rc;
@@ -239,8 +241,10 @@ int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
     int rc = tree_of(c, &t);
     if (rc)
         return rc;
-    if (t->root == 0)
+    if (t->root == 0) { /* like a failed seek: the cursor is no longer positioned */
+        c->state = CUR_UNSET;
         return KEEL_NOTFOUND;
+    }
     if ((rc = descend(c, t, t->root, 0, true)) || (rc = skip_expired(c, t, -1))) {
         c->state = CUR_UNSET;
         return rc;
@@ -275,7 +279,10 @@ static int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
     if (c->state == CUR_EOF) { /* everything from our key on is gone */
         if (dir > 0)
             return KEEL_NOTFOUND;
-        return cursor_last(c, key, val);
+        rc = cursor_last(c, key, val);
+        if (rc == KEEL_NOTFOUND) /* nothing before us either: stay past the end */
+            c->state = CUR_EOF;
+        return rc;
     }
     struct saved_path sp;
     save_path(c, &sp);

@@ -513,7 +513,7 @@ static void test_value_sizes(void **state)
     OK(keel_put(t, 0, tu_val(key), tu_val("small now"), 0)); /* key = the 1 MiB one */
     for (int i = 0; i < NS; i++) {
         snprintf(key, sizeof key, "v%02d", i);
-        if (i && sizes[i] > 4000)
+        if (i && sizes[i] > 2020) /* every value stored in overflow pages but v00 */
             OK(keel_del(t, 0, tu_val(key)));
     }
     keel_stat st;
@@ -669,7 +669,7 @@ static void test_bad_flags(void **state)
     }
     OK(keel_begin(db, 0, &t));
     keel_bucket b;
-    static const unsigned bad_put[] = {KEEL_CREATE, KEEL_RDONLY, 0x40u, KEEL_APPEND | 0x1000u};
+    static const unsigned bad_put[] = {KEEL_CREATE, KEEL_RDONLY, 0x80u, KEEL_APPEND | 0x1000u};
     for (size_t i = 0; i < sizeof bad_put / sizeof bad_put[0]; i++)
         assert_int_equal(keel_put(t, 0, tu_val("zz"), tu_val("v"), bad_put[i]), KEEL_BADFLAGS);
     static const unsigned bad_bucket[] = {KEEL_APPEND, KEEL_NOOVERWRITE, KEEL_RDONLY, KEEL_CREATE | 0x200u};
@@ -835,6 +835,27 @@ static void test_cursor_errors(void **state)
     OK(keel_bucket_drop(t, eb));
     assert_int_equal(keel_cursor_first(c, &k, &v), KEEL_BADBUCKET);
     keel_cursor_close(c);
+    /* a positioned cursor whose bucket is dropped under it */
+    keel_bucket gb;
+    OK(keel_bucket_open(t, "gone", KEEL_CREATE, &gb));
+    put_str(t, gb, "g1", "x");
+    put_str(t, gb, "g2", "y");
+    OK(keel_cursor_open(t, gb, &c));
+    OK(keel_cursor_first(c, &k, &v));
+    OK(keel_bucket_drop(t, gb));
+    assert_int_equal(keel_cursor_current(c, &k, &v), KEEL_BADBUCKET);
+    assert_int_equal(keel_cursor_next(c, &k, &v), KEEL_BADBUCKET);
+    assert_int_equal(keel_cursor_del(c), KEEL_BADBUCKET);
+    keel_cursor_close(c);
+    /* none of the misuse above poisoned the write txn */
+    expect_str(t, 0, "alpha", "1");
+    put_str(t, 0, "iota", "9");
+    OK(keel_commit(t));
+    OK(keel_begin(db, KEEL_RDONLY, &t));
+    expect_str(t, 0, "iota", "9");
+    keel_bucket nb;
+    assert_int_equal(keel_bucket_open(t, "gone", 0, &nb), KEEL_NOTFOUND);
+    assert_int_equal(keel_bucket_open(t, "empty", 0, &nb), KEEL_NOTFOUND);
     keel_abort(t);
 
     /* cursor_open on a bad bucket */
@@ -871,7 +892,8 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 static void expect_names(keel_txn *t, const char **want, int n)
 {
     const char *sorted[16];
-    memcpy(sorted, want, (size_t)n * sizeof(char *));
+    if (n)
+        memcpy(sorted, want, (size_t)n * sizeof(char *));
     qsort(sorted, (size_t)n, sizeof(char *), cmp_str);
     struct names ns = {0};
     OK(keel_bucket_list(t, collect_names, &ns));
@@ -1341,6 +1363,10 @@ static void test_busy_and_readers_full(void **state)
     (void)state;
     tu_path(path, sizeof path, "api-busy");
     make_small_db(path, 0);
+    /* max_readers sizes a new lock file only: remove the one left behind */
+    char lockp[4200];
+    snprintf(lockp, sizeof lockp, "%s-lock", path);
+    assert_int_equal(unlink(lockp), 0);
     keel_options o = {.max_readers = 3};
     keel_db *db;
     OK(keel_open(path, &o, &db));

@@ -766,7 +766,10 @@ static void op_seek(struct world *w, keel_txn *t, const struct model *ms, int b)
  * pos in the current model, prev() the last one below it, current() pos
  * itself if it still exists, and cursor_del() removes pos.  This is the
  * contract "after cursor_del, next() yields the following entry" extended to
- * changes made through keel_put/keel_del while the cursor is open.
+ * changes made through keel_put/keel_del while the cursor is open.  Stepping
+ * past an end leaves pos alone.  A fresh cursor, or one whose first/last/seek
+ * found nothing, is unpositioned: next() acts as first(), prev() as last(),
+ * current() and cursor_del() answer KEEL_BADCURSOR.
  */
 static void op_dance(struct world *w, int b)
 {
@@ -777,53 +780,54 @@ static void op_dance(struct world *w, int b)
     CHECK_RC(keel_cursor_open(w->w, w->h[b], &c), 0);
     uint8_t *pos = w->kbuf2;
     size_t poslen = 0;
-    size_t i;
-    int rc;
-    int start = (int)below(w, 3);
-    if (start == 0) {
-        rc = keel_cursor_first(c, &k, &v);
-        i = 0;
-    } else if (start == 1) {
-        rc = keel_cursor_last(c, &k, &v);
-        i = m->n ? m->n - 1 : m->n;
-    } else {
-        size_t kl = pick_key(w, m, w->kbuf, 30);
-        rc = keel_cursor_seek(c, (keel_val){w->kbuf, kl}, &k, &v);
-        i = m_lower(m, w->kbuf, kl);
-    }
-    check_at(m, i, rc, k, v);
-    if (rc) {
-        keel_cursor_close(c);
-        return;
-    }
-    memcpy(pos, ent_key(m->v[i]), m->v[i]->klen);
-    poslen = m->v[i]->klen;
+    bool on = false; /* positioned */
     int nsteps = (int)between(w, 1, m->n < 50 ? 60 : 150);
-    trace(w, "dance b=%d start=%d n=%zu steps=%d", b, start, m->n, nsteps);
-    /* action weights (out of 100): next, prev, cursor_del, current, put, del, seek */
-    const size_t t_next = 40, t_prev = t_next + 15, t_cdel = t_prev + (w->shrinking ? 17 : 8),
-                 t_cur = t_cdel + 8, t_put = t_cur + (w->shrinking ? 8 : 14), t_del = t_put + (w->shrinking ? 6 : 2);
+    trace(w, "dance b=%d n=%zu steps=%d", b, m->n, nsteps);
+    /* action weights (out of 100) */
+    const size_t t_next = 36, t_prev = t_next + 14, t_ends = t_prev + 4, t_seek = t_ends + 5,
+                 t_cdel = t_seek + (w->shrinking ? 17 : 8), t_cur = t_cdel + 8,
+                 t_put = t_cur + (w->shrinking ? 8 : 14);
     for (int s = 0; s < nsteps; s++) {
-        size_t a = below(w, 100);
-        if (a < t_next) { /* next */
-            w->op = "dance-next";
-            i = m_upper(m, pos, poslen);
-            rc = keel_cursor_next(c, &k, &v);
-            trace(w, "  next -> %zu/%zu", i, m->n);
+        size_t a = below(w, 100), i;
+        int rc;
+        if (a < t_prev) { /* next / prev */
+            bool fwd = a < t_next;
+            w->op = fwd ? "dance-next" : "dance-prev";
+            if (fwd)
+                i = on ? m_upper(m, pos, poslen) : 0;
+            else {
+                i = on ? m_lower(m, pos, poslen) : m->n;
+                i = i ? i - 1 : m->n;
+            }
+            rc = fwd ? keel_cursor_next(c, &k, &v) : keel_cursor_prev(c, &k, &v);
+            trace(w, "  %s%s -> %zu/%zu", fwd ? "next" : "prev", on ? "" : " (unpositioned)", i, m->n);
             check_at(m, i, rc, k, v);
-        } else if (a < t_prev) { /* prev */
-            w->op = "dance-prev";
-            i = m_lower(m, pos, poslen);
-            rc = keel_cursor_prev(c, &k, &v);
-            trace(w, "  prev -> %zu/%zu", i ? i - 1 : m->n, m->n);
-            check_at(m, i ? i - 1 : m->n, rc, k, v);
-            i = i ? i - 1 : m->n;
+        } else if (a < t_ends) { /* first / last */
+            bool first = chance(w, 50);
+            w->op = first ? "dance-first" : "dance-last";
+            i = first ? 0 : m->n ? m->n - 1 : m->n;
+            rc = first ? keel_cursor_first(c, &k, &v) : keel_cursor_last(c, &k, &v);
+            trace(w, "  %s -> %zu/%zu", first ? "first" : "last", i, m->n);
+            check_at(m, i, rc, k, v);
+            if (rc)
+                on = false;
+        } else if (a < t_seek) {
+            w->op = "dance-seek";
+            size_t kl = pick_key(w, m, w->kbuf, 30);
+            i = m_lower(m, w->kbuf, kl);
+            rc = keel_cursor_seek(c, (keel_val){w->kbuf, kl}, &k, &v);
+            trace(w, "  seek -> %zu/%zu", i, m->n);
+            check_at(m, i, rc, k, v);
+            if (rc)
+                on = false;
         } else if (a < t_cdel) { /* cursor_del */
             w->op = "dance-cursor_del";
-            bool present = m_get(m, pos, poslen) != NULL;
-            trace(w, "  cursor_del %s", present ? "" : "(gone)");
+            bool present = on && m_get(m, pos, poslen) != NULL;
+            trace(w, "  cursor_del%s", !on ? " (unpositioned)" : present ? "" : " (gone)");
             rc = keel_cursor_del(c);
-            if (!present) {
+            if (!on) {
+                CHECK_RC(rc, KEEL_BADCURSOR);
+            } else if (!present) {
                 CHECK_RC(rc, KEEL_NOTFOUND);
             } else {
                 CHECK_RC(rc, 0);
@@ -834,39 +838,41 @@ static void op_dance(struct world *w, int b)
             continue;
         } else if (a < t_cur) { /* current */
             w->op = "dance-current";
-            const struct ent *e = m_get(m, pos, poslen);
+            const struct ent *e = on ? m_get(m, pos, poslen) : NULL;
             rc = keel_cursor_current(c, &k, &v);
-            trace(w, "  current %s", e ? "" : "(gone)");
-            if (!e) {
+            trace(w, "  current%s", !on ? " (unpositioned)" : e ? "" : " (gone)");
+            if (!on) {
+                CHECK_RC(rc, KEEL_BADCURSOR);
+            } else if (!e) {
                 CHECK_RC(rc, KEEL_NOTFOUND);
             } else {
                 CHECK_RC(rc, 0);
                 check_entry(e, k, v);
             }
             continue;
-        } else if (a < t_put) { /* put beside the cursor, or the cursor's own key */
+        } else if (a < t_put) { /* put beside the cursor, or at its own key */
             w->op = "dance-put";
             size_t kl;
-            if (chance(w, 25)) {
+            bool at = on && chance(w, 25);
+            if (at) {
                 memcpy(w->kbuf, pos, poslen);
                 kl = poslen;
             } else {
                 kl = pick_key(w, m, w->kbuf, 40);
             }
             struct ent *e = gen_ent(w, w->kbuf, kl);
-            trace(w, "  put klen=%zu vlen=%zu%s", kl, e->vlen,
-                  kl == poslen && !memcmp(w->kbuf, pos, kl) ? " (at cursor)" : "");
+            trace(w, "  put klen=%zu vlen=%zu%s", kl, e->vlen, at ? " (at cursor)" : "");
             CHECK_RC(keel_put(w->w, w->h[b], (keel_val){ent_key(e), kl}, (keel_val){ent_val(e), e->vlen}, 0),
                      0);
             m_put(m, e);
             w->changed = true;
             w->stats.puts++;
             continue;
-        } else if (a < t_del) { /* delete elsewhere (maybe the cursor's key) */
+        } else { /* delete elsewhere (maybe the cursor's key) */
             w->op = "dance-del";
             size_t kl = pick_key(w, m, w->kbuf, 80);
             bool present = m_get(m, w->kbuf, kl) != NULL;
-            trace(w, "  del klen=%zu %s", kl, present ? "" : "(absent)");
+            trace(w, "  del klen=%zu%s", kl, present ? "" : " (absent)");
             CHECK_RC(keel_del(w->w, w->h[b], (keel_val){w->kbuf, kl}), present ? 0 : KEEL_NOTFOUND);
             if (present) {
                 m_del(m, w->kbuf, kl);
@@ -874,19 +880,11 @@ static void op_dance(struct world *w, int b)
                 w->stats.dels++;
             }
             continue;
-        } else { /* seek elsewhere */
-            w->op = "dance-seek";
-            size_t kl = pick_key(w, m, w->kbuf, 30);
-            i = m_lower(m, w->kbuf, kl);
-            rc = keel_cursor_seek(c, (keel_val){w->kbuf, kl}, &k, &v);
-            trace(w, "  seek -> %zu/%zu", i, m->n);
-            check_at(m, i, rc, k, v);
-            if (rc)
-                break; /* where a failed seek leaves the cursor is not specified */
         }
         if (rc == 0) { /* the cursor moved to entry i */
             memcpy(pos, ent_key(m->v[i]), m->v[i]->klen);
             poslen = m->v[i]->klen;
+            on = true;
         }
     }
     keel_cursor_close(c);

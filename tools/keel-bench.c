@@ -1,0 +1,519 @@
+/*
+ * keel-bench — the same workloads on keel and on LMDB, side by side.
+ *
+ * Each (workload, engine) pair runs in a forked child so that its peak RSS
+ * can be read from wait4(); both engines get the same keys, generated from
+ * the same seed.  Every workload checks its own result (keys found, entries
+ * scanned) and the benchmark exits non-zero if one is wrong.
+ *
+ *   keel-bench [-n N] [-d DIR] [-w WORKLOAD] [-e keel|lmdb]
+ *
+ * Workloads follow redb's published benchmark: 24-byte random keys,
+ * 150-byte values.  See doc/benchmarks.md for a run and its reading.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "keel.h"
+#ifdef HAVE_LMDB
+#include <lmdb.h>
+#endif
+
+#define KEY_LEN 24
+#define VAL_LEN 150
+
+static uint64_t N = 1000000;
+static const char *dir = "/tmp";
+static char path_buf[2][512];
+
+static void die(const char *what, const char *msg)
+{
+    fprintf(stderr, "keel-bench: %s: %s\n", what, msg);
+    exit(3);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* key i: 24 pseudo-random bytes, the same in every process */
+static void make_key(uint64_t i, uint8_t *k)
+{
+    for (int j = 0; j < 3; j++) {
+        uint64_t x = mix(i * 3 + (uint64_t)j);
+        memcpy(k + 8 * j, &x, 8);
+    }
+}
+
+/* key i in sorted order: big-endian i, then filler */
+static void make_sorted_key(uint64_t i, uint8_t *k)
+{
+    for (int j = 0; j < 8; j++)
+        k[j] = (uint8_t)(i >> (56 - 8 * j));
+    memset(k + 8, 'k', KEY_LEN - 8);
+}
+
+static void make_val(uint64_t i, uint8_t *v, size_t len)
+{
+    uint64_t x = mix(i ^ 0xABCDEF);
+    for (size_t j = 0; j < len; j++)
+        v[j] = (uint8_t)(x >> (8 * (j & 7))) ^ (uint8_t)j;
+}
+
+/* ---- engines ---- */
+struct engine {
+    const char *name;
+    void (*open)(const char *path);
+    void (*close)(void);
+    void (*begin)(bool write);
+    void (*commit)(void);
+    void (*put)(const void *k, size_t kl, const void *v, size_t vl, bool append);
+    bool (*get)(const void *k, size_t kl, size_t *vl); /* found? */
+    bool (*del)(const void *k, size_t kl);
+    /* walk up to n entries from the first >= k (k NULL = first); returns count */
+    uint64_t (*range)(const void *k, size_t kl, uint64_t n);
+    void (*reader_thread_begin)(void); /* per-thread read txn begin/end for the 2-thread test */
+    bool (*reader_get)(const void *k, size_t kl);
+    void (*reader_thread_end)(void);
+};
+
+/* keel */
+static keel_db *kdb;
+static keel_txn *ktxn;
+static __thread keel_txn *kread;
+static void kcheck(int rc, const char *what)
+{
+    if (rc)
+        die(what, keel_strerror(rc));
+}
+static void k_open(const char *path)
+{
+    kcheck(keel_open(path, NULL, &kdb), "keel_open");
+}
+static void k_close(void) { keel_close(kdb); }
+static void k_begin(bool w) { kcheck(keel_begin(kdb, w ? 0 : KEEL_RDONLY, &ktxn), "keel_begin"); }
+static void k_commit(void) { kcheck(keel_commit(ktxn), "keel_commit"); }
+static void k_put(const void *k, size_t kl, const void *v, size_t vl, bool append)
+{
+    kcheck(keel_put(ktxn, 0, (keel_val){k, kl}, (keel_val){v, vl}, append ? KEEL_APPEND : 0), "keel_put");
+}
+static bool k_get(const void *k, size_t kl, size_t *vl)
+{
+    keel_val v;
+    int rc = keel_get(ktxn, 0, (keel_val){k, kl}, &v);
+    if (rc && rc != KEEL_NOTFOUND)
+        die("keel_get", keel_strerror(rc));
+    *vl = v.len;
+    return rc == 0;
+}
+static bool k_del(const void *k, size_t kl)
+{
+    int rc = keel_del(ktxn, 0, (keel_val){k, kl});
+    if (rc && rc != KEEL_NOTFOUND)
+        die("keel_del", keel_strerror(rc));
+    return rc == 0;
+}
+static uint64_t k_range(const void *k, size_t kl, uint64_t n)
+{
+    keel_cursor *c;
+    kcheck(keel_cursor_open(ktxn, 0, &c), "keel_cursor_open");
+    keel_val key, val;
+    uint64_t got = 0;
+    int rc = k ? keel_cursor_seek(c, (keel_val){k, kl}, &key, &val) : keel_cursor_first(c, &key, &val);
+    while (rc == 0 && got < n) {
+        got++;
+        rc = keel_cursor_next(c, &key, &val);
+    }
+    keel_cursor_close(c);
+    return got;
+}
+static void k_rbegin(void) { kcheck(keel_begin(kdb, KEEL_RDONLY, &kread), "keel_begin"); }
+static bool k_rget(const void *k, size_t kl)
+{
+    keel_val v;
+    return keel_get(kread, 0, (keel_val){k, kl}, &v) == 0;
+}
+static void k_rend(void) { keel_abort(kread); }
+static const struct engine keel_engine = {"keel", k_open, k_close, k_begin, k_commit, k_put, k_get,
+                                          k_del, k_range, k_rbegin, k_rget, k_rend};
+
+#ifdef HAVE_LMDB
+static MDB_env *lenv;
+static MDB_txn *ltxn;
+static MDB_dbi ldbi;
+static __thread MDB_txn *lread;
+static void lcheck(int rc, const char *what)
+{
+    if (rc)
+        die(what, mdb_strerror(rc));
+}
+static void l_open(const char *path)
+{
+    lcheck(mdb_env_create(&lenv), "mdb_env_create");
+    size_t map = (size_t)N * 2048; /* LMDB needs a map size: room for every workload */
+    if (map < ((size_t)1 << 30))
+        map = (size_t)1 << 30;
+    lcheck(mdb_env_set_mapsize(lenv, map), "mdb_env_set_mapsize");
+    lcheck(mdb_env_set_maxreaders(lenv, 126), "mdb_env_set_maxreaders");
+    lcheck(mdb_env_open(lenv, path, MDB_NOSUBDIR | MDB_NOTLS, 0644), "mdb_env_open");
+    MDB_txn *t;
+    lcheck(mdb_txn_begin(lenv, NULL, 0, &t), "mdb_txn_begin");
+    lcheck(mdb_dbi_open(t, NULL, 0, &ldbi), "mdb_dbi_open");
+    lcheck(mdb_txn_commit(t), "mdb_txn_commit");
+}
+static void l_close(void) { mdb_env_close(lenv); }
+static void l_begin(bool w) { lcheck(mdb_txn_begin(lenv, NULL, w ? 0 : MDB_RDONLY, &ltxn), "mdb_txn_begin"); }
+static void l_commit(void) { lcheck(mdb_txn_commit(ltxn), "mdb_txn_commit"); }
+static void l_put(const void *k, size_t kl, const void *v, size_t vl, bool append)
+{
+    MDB_val key = {kl, (void *)k}, val = {vl, (void *)v};
+    lcheck(mdb_put(ltxn, ldbi, &key, &val, append ? MDB_APPEND : 0), "mdb_put");
+}
+static bool l_get(const void *k, size_t kl, size_t *vl)
+{
+    MDB_val key = {kl, (void *)k}, val;
+    int rc = mdb_get(ltxn, ldbi, &key, &val);
+    if (rc && rc != MDB_NOTFOUND)
+        die("mdb_get", mdb_strerror(rc));
+    *vl = val.mv_size;
+    return rc == 0;
+}
+static bool l_del(const void *k, size_t kl)
+{
+    MDB_val key = {kl, (void *)k};
+    int rc = mdb_del(ltxn, ldbi, &key, NULL);
+    if (rc && rc != MDB_NOTFOUND)
+        die("mdb_del", mdb_strerror(rc));
+    return rc == 0;
+}
+static uint64_t l_range(const void *k, size_t kl, uint64_t n)
+{
+    MDB_cursor *c;
+    lcheck(mdb_cursor_open(ltxn, ldbi, &c), "mdb_cursor_open");
+    MDB_val key = {kl, (void *)k}, val;
+    uint64_t got = 0;
+    int rc = mdb_cursor_get(c, &key, &val, k ? MDB_SET_RANGE : MDB_FIRST);
+    while (rc == 0 && got < n) {
+        got++;
+        rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    return got;
+}
+static void l_rbegin(void) { lcheck(mdb_txn_begin(lenv, NULL, MDB_RDONLY, &lread), "mdb_txn_begin"); }
+static bool l_rget(const void *k, size_t kl)
+{
+    MDB_val key = {kl, (void *)k}, val;
+    return mdb_get(lread, ldbi, &key, &val) == 0;
+}
+static void l_rend(void) { mdb_txn_abort(lread); }
+static const struct engine lmdb_engine = {"lmdb", l_open, l_close, l_begin, l_commit, l_put, l_get,
+                                          l_del, l_range, l_rbegin, l_rget, l_rend};
+#endif
+
+/* ---- workloads: each returns the number of operations, or dies ---- */
+static const struct engine *E;
+static const char *P;
+
+static void fail(const char *what) { die(E->name, what); }
+
+static void load_random(uint64_t n, size_t vlen)
+{
+    uint8_t k[KEY_LEN], *v = malloc(vlen);
+    E->begin(true);
+    for (uint64_t i = 0; i < n; i++) {
+        make_key(i, k);
+        make_val(i, v, vlen);
+        E->put(k, KEY_LEN, v, vlen, false);
+    }
+    E->commit();
+    free(v);
+}
+
+static uint64_t w_bulk(void) { load_random(N, VAL_LEN); return N; }
+static uint64_t w_bulk_4k(void) { load_random(N / 100, 4096); return N / 100; }
+static uint64_t w_bulk_64k(void) { load_random(N / 1000, 65536); return N / 1000; }
+
+static uint64_t w_sorted(void)
+{
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    E->begin(true);
+    for (uint64_t i = 0; i < N; i++) {
+        make_sorted_key(i, k);
+        make_val(i, v, VAL_LEN);
+        E->put(k, KEY_LEN, v, VAL_LEN, false);
+    }
+    E->commit();
+    return N;
+}
+
+static uint64_t w_commits_1(void)
+{
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    for (uint64_t i = 0; i < 1000; i++) {
+        make_key(N + i, k);
+        make_val(i, v, VAL_LEN);
+        E->begin(true);
+        E->put(k, KEY_LEN, v, VAL_LEN, false);
+        E->commit();
+    }
+    return 1000;
+}
+
+static uint64_t w_commits_1000(void)
+{
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    for (uint64_t c = 0; c < 100; c++) {
+        E->begin(true);
+        for (uint64_t i = 0; i < 1000; i++) {
+            make_key(2 * N + c * 1000 + i, k);
+            make_val(i, v, VAL_LEN);
+            E->put(k, KEY_LEN, v, VAL_LEN, false);
+        }
+        E->commit();
+    }
+    return 100;
+}
+
+static uint64_t w_reads(void)
+{
+    uint8_t k[KEY_LEN];
+    uint64_t found = 0;
+    E->begin(false);
+    for (uint64_t i = 0; i < N; i++) {
+        make_key(mix(i) % N, k);
+        size_t vl;
+        if (E->get(k, KEY_LEN, &vl) && vl == VAL_LEN)
+            found++;
+    }
+    E->commit();
+    if (found != N)
+        fail("random reads: keys missing");
+    return N;
+}
+
+static uint64_t w_ranges(void)
+{
+    uint8_t k[KEY_LEN];
+    uint64_t got = 0, n = 100000;
+    E->begin(false);
+    for (uint64_t i = 0; i < n; i++) {
+        make_key(mix(i + 7) % N, k);
+        got += E->range(k, KEY_LEN, 10);
+    }
+    E->commit();
+    if (got < n * 9)
+        fail("range reads: too few entries");
+    return n;
+}
+
+static uint64_t w_scan(void)
+{
+    E->begin(false);
+    uint64_t got = E->range(NULL, 0, UINT64_MAX);
+    E->commit();
+    if (got != N + 1000 + 100 * 1000) /* bulk load, then the two commit workloads */
+        fail("full scan: wrong count");
+    return got;
+}
+
+static void *reader_thread(void *arg)
+{
+    uint64_t seed = (uint64_t)(uintptr_t)arg, found = 0;
+    uint8_t k[KEY_LEN];
+    E->reader_thread_begin();
+    for (uint64_t i = 0; i < N; i++) {
+        make_key(mix(i + seed) % N, k);
+        found += E->reader_get(k, KEY_LEN);
+    }
+    E->reader_thread_end();
+    return (void *)(uintptr_t)found;
+}
+
+static uint64_t w_reads_2t(void)
+{
+    pthread_t t[2];
+    for (uintptr_t i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, reader_thread, (void *)(i * 1000003 + 1));
+    uint64_t found = 0;
+    for (int i = 0; i < 2; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        found += (uint64_t)(uintptr_t)r;
+    }
+    if (found != 2 * N)
+        fail("2-thread reads: keys missing");
+    return 2 * N;
+}
+
+static uint64_t w_remove_half(void)
+{
+    uint8_t k[KEY_LEN];
+    uint64_t gone = 0;
+    E->begin(true);
+    for (uint64_t i = 0; i < N; i += 2) {
+        make_key(i, k);
+        gone += E->del(k, KEY_LEN);
+    }
+    E->commit();
+    if (gone != (N + 1) / 2)
+        fail("removal: keys missing");
+    return gone;
+}
+
+struct workload {
+    const char *name;
+    uint64_t (*run)(void);
+    bool fresh; /* starts from an empty file */
+    const char *unit;
+};
+
+/* runs in the order given: later ones use the data earlier ones wrote */
+static const struct workload workloads[] = {
+    {"bulk load (random)", w_bulk, true, "puts/s"},
+    {"individual commits", w_commits_1, false, "commits/s"},
+    {"batch commits x1000", w_commits_1000, false, "commits/s"},
+    {"random reads", w_reads, false, "gets/s"},
+    {"range reads (10)", w_ranges, false, "ranges/s"},
+    {"full scan", w_scan, false, "entries/s"},
+    {"random reads 2 threads", w_reads_2t, false, "gets/s"},
+    {"remove half", w_remove_half, false, "dels/s"},
+    {"bulk load (sorted)", w_sorted, true, "puts/s"},
+    {"bulk load 4 KiB values", w_bulk_4k, true, "puts/s"},
+    {"bulk load 64 KiB values", w_bulk_64k, true, "puts/s"},
+};
+#define NWORK (sizeof workloads / sizeof workloads[0])
+
+struct result {
+    double rate;
+    long rss_kb;
+    uint64_t file_size;
+    int ok;
+};
+
+static void remove_db(const char *p)
+{
+    char lock[600];
+    snprintf(lock, sizeof lock, "%s-lock", p);
+    unlink(p);
+    unlink(lock);
+}
+
+static struct result run_one(const struct engine *e, const char *path, const struct workload *w)
+{
+    struct result r = {0};
+    int fds[2];
+    if (pipe(fds))
+        die("pipe", strerror(errno));
+    if (w->fresh)
+        remove_db(path);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        E = e;
+        P = path;
+        e->open(path);
+        double t0 = now_s();
+        uint64_t ops = w->run();
+        double dt = now_s() - t0;
+        e->close();
+        double rate = ops / (dt > 0 ? dt : 1e-9);
+        if (write(fds[1], &rate, sizeof rate) != sizeof rate)
+            _exit(4);
+        _exit(0);
+    }
+    close(fds[1]);
+    double rate = 0;
+    ssize_t got = read(fds[0], &rate, sizeof rate);
+    close(fds[0]);
+    int status;
+    struct rusage ru;
+    wait4(pid, &status, 0, &ru);
+    r.ok = got == sizeof rate && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    r.rate = rate;
+    r.rss_kb = ru.ru_maxrss;
+    struct stat st;
+    r.file_size = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+    return r;
+}
+
+int main(int argc, char **argv)
+{
+    const char *only = NULL, *engine_only = NULL;
+    int opt;
+    while ((opt = getopt(argc, argv, "n:d:w:e:")) != -1) {
+        switch (opt) {
+        case 'n': N = strtoull(optarg, NULL, 10); break;
+        case 'd': dir = optarg; break;
+        case 'w': only = optarg; break;
+        case 'e': engine_only = optarg; break;
+        default:
+            fprintf(stderr, "usage: keel-bench [-n N] [-d DIR] [-w WORKLOAD-SUBSTRING] [-e keel|lmdb]\n");
+            return 2;
+        }
+    }
+    if (N < 1000)
+        N = 1000;
+    const struct engine *engines[2] = {&keel_engine, NULL};
+    int ne = 1;
+#ifdef HAVE_LMDB
+    engines[ne++] = &lmdb_engine;
+#endif
+    snprintf(path_buf[0], sizeof path_buf[0], "%s/keel-bench-%d.keel", dir, (int)getpid());
+    snprintf(path_buf[1], sizeof path_buf[1], "%s/keel-bench-%d.lmdb", dir, (int)getpid());
+    printf("keel-bench: N=%" PRIu64 ", %d-byte keys, %d-byte values, files in %s\n", N, KEY_LEN, VAL_LEN, dir);
+    printf("%-26s %14s %14s %8s %10s %10s\n", "workload", "keel", "lmdb", "ratio", "keel RSS", "lmdb RSS");
+    int bad = 0;
+    uint64_t size_after_remove[2] = {0, 0};
+    for (size_t w = 0; w < NWORK; w++) {
+        if (only && !strstr(workloads[w].name, only))
+            continue;
+        struct result res[2];
+        memset(res, 0, sizeof res);
+        for (int e = 0; e < ne; e++) {
+            if (engine_only && strcmp(engine_only, engines[e]->name))
+                continue;
+            res[e] = run_one(engines[e], path_buf[e], &workloads[w]);
+            if (!res[e].ok) {
+                fprintf(stderr, "keel-bench: %s failed on %s\n", workloads[w].name, engines[e]->name);
+                bad = 1;
+            }
+        }
+        if (workloads[w].run == w_remove_half)
+            for (int e = 0; e < ne; e++)
+                size_after_remove[e] = res[e].file_size;
+        double ratio = res[1].rate > 0 ? res[0].rate / res[1].rate : 0;
+        printf("%-26s %14.0f %14.0f %8.2f %9ldK %9ldK  %s\n", workloads[w].name, res[0].rate, res[1].rate, ratio,
+               res[0].rss_kb, res[1].rss_kb, workloads[w].unit);
+        fflush(stdout);
+    }
+    if (size_after_remove[0] && size_after_remove[1])
+        printf("%-26s %13.1fM %13.1fM %8.2f  (file size after removing half; lower is better)\n", "file size",
+               size_after_remove[0] / 1048576.0, size_after_remove[1] / 1048576.0,
+               (double)size_after_remove[0] / (double)size_after_remove[1]);
+    for (int e = 0; e < 2; e++)
+        remove_db(path_buf[e]);
+    return bad;
+}
