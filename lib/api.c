@@ -57,6 +57,7 @@ static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
     if (rc)
         return rc;
     r0 = meta_check(buf, got, 0, &m0);
+    int r1_keel = KEEL_INVALID; /* a damaged or newer meta 1 found while probing page sizes */
     for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
         if (r0 == 0 && ps != m0.page_size)
             continue;
@@ -65,7 +66,11 @@ static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
         r1 = meta_check(buf, got, ps, &m1);
         if (r1 == 0 || r0 == 0)
             break;
+        if (r1 != KEEL_INVALID)
+            r1_keel = r1;
     }
+    if (r1 == KEEL_INVALID) /* later probes past the real meta 1 must not hide what it said */
+        r1 = r1_keel;
     if (r0 && r1) {
         if (r0 == KEEL_VERSION || r1 == KEEL_VERSION)
             return KEEL_VERSION;
@@ -134,6 +139,7 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     db->clock_ctx = o.clock_ctx;
     db->purge_per_commit = o.purge_per_commit == 0 ? 100 : o.purge_per_commit;
     db->map_size = o.max_size ? o.max_size : (sizeof(void *) >= 8 ? DEFAULT_MAP_SIZE : ((uint64_t)1 << 30));
+    os_watch_fork();
     db->fork_gen = os_fork_generation();
     db->bucket_cap = 8;
     db->nbuckets = 1;

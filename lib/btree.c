@@ -21,18 +21,39 @@
 
 #include "internal.h"
 
-int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+/* Bytewise order, a prefix first.  The first 8 bytes are compared as one
+ * big-endian word: most comparisons end there without a call to memcmp. */
+static inline int key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {
-    int c = memcmp(a, b, alen < blen ? alen : blen);
+    size_t n = alen < blen ? alen : blen;
+    if (n >= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) {
+            x = __builtin_bswap64(x);
+            y = __builtin_bswap64(y);
+            return x < y ? -1 : 1;
+        }
+    }
+    else {
+        for (size_t i = 0; i < n; i++) /* short keys (branch separators are often 1-3 bytes) */
+            if (a[i] != b[i])
+                return a[i] < b[i] ? -1 : 1;
+        return alen < blen ? -1 : alen > blen;
+    }
+    int c = memcmp(a + 8, b + 8, n - 8);
     if (c)
         return c;
     return alen < blen ? -1 : alen > blen;
 }
 
+int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) { return key_cmp(a, alen, b, blen); }
+
 static inline size_t usable(const keel_txn *txn) { return txn->db->psize - PAGE_HDR; }
 
 /* ---- checked node access ---- */
-int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
+static inline int node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
 {
     unsigned off = page_slot(page, i);
     bool leaf = page_flags(page) & P_LEAF;
@@ -45,6 +66,11 @@ int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **
         return KEEL_CORRUPTED;
     *node = n;
     return 0;
+}
+
+int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
+{
+    return node_at(page, i, psize, node);
 }
 
 int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want)
@@ -64,17 +90,6 @@ static size_t node_size(const uint8_t *page, const uint8_t *n)
 
 static inline const uint8_t *node_ptr(const uint8_t *page, unsigned i) { return page + page_slot(page, i); }
 
-static void node_key(const uint8_t *page, const uint8_t *n, const uint8_t **k, size_t *klen)
-{
-    if (page_flags(page) & P_LEAF) {
-        *k = leaf_node_key(n);
-        *klen = leaf_node_ksize(n);
-    } else {
-        *k = branch_node_key(n);
-        *klen = branch_node_ksize(n);
-    }
-}
-
 /* In a leaf: the first index whose key is >= key (nkeys if none); *exact when equal.
  * In a branch: the last index i >= 1 whose key is <= key, else 0. */
 static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, size_t klen,
@@ -87,12 +102,18 @@ static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, s
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;
         const uint8_t *n;
-        if (bt_node_at(page, mid, ps, &n))
+        if (node_at(page, mid, ps, &n))
             return KEEL_CORRUPTED;
         const uint8_t *k;
         size_t kl;
-        node_key(page, n, &k, &kl);
-        int c = bt_cmp(k, kl, key, klen);
+        if (leaf) {
+            k = leaf_node_key(n);
+            kl = leaf_node_ksize(n);
+        } else {
+            k = branch_node_key(n);
+            kl = branch_node_ksize(n);
+        }
+        int c = key_cmp(k, kl, key, klen);
         if (c < 0)
             lo = mid + 1;
         else {
@@ -143,7 +164,7 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
             return 0;
         }
         const uint8_t *n;
-        if ((rc = bt_node_at(page, idx, txn->db->psize, &n)))
+        if ((rc = node_at(page, idx, txn->db->psize, &n)))
             return rc;
         pg = branch_node_child(n);
     }

@@ -149,16 +149,12 @@ int os_file_size(int fd, uint64_t *size)
 }
 int os_close(int fd) { return keel_os.close(fd) ? errno : 0; }
 
-static uint64_t fork_generation;
-static void on_fork_child(void) { __atomic_add_fetch(&fork_generation, 1, __ATOMIC_SEQ_CST); }
+uint64_t os_fork_gen;
+static void on_fork_child(void) { __atomic_add_fetch(&os_fork_gen, 1, __ATOMIC_SEQ_CST); }
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static void install_fork_hook(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
-uint64_t os_fork_generation(void)
-{
-    pthread_once(&fork_once, install_fork_hook);
-    return __atomic_load_n(&fork_generation, __ATOMIC_SEQ_CST);
-}
+void os_watch_fork(void) { pthread_once(&fork_once, install_fork_hook); }
 
 int os_lock(int fd, int exclusive, int wait)
 {

@@ -58,8 +58,11 @@ int os_ftruncate(int fd, uint64_t len);
 int os_file_size(int fd, uint64_t *size);
 int os_close(int fd);
 
-/* Bumped in the child after fork(), so handles can tell they were inherited. */
-uint64_t os_fork_generation(void);
+/* Bumped in the child after fork(), so handles can tell they were inherited.
+ * os_watch_fork() installs the hook (keel_open calls it). */
+extern uint64_t os_fork_gen;
+void os_watch_fork(void);
+static inline uint64_t os_fork_generation(void) { return __atomic_load_n(&os_fork_gen, __ATOMIC_RELAXED); }
 
 /* Open-file-description locks on a whole file (F_OFD_*): they belong to the
  * descriptor, so closing another descriptor of the same file keeps them. */

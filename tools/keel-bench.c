@@ -481,8 +481,10 @@ int main(int argc, char **argv)
 #ifdef HAVE_LMDB
     engines[ne++] = &lmdb_engine;
 #endif
-    snprintf(path_buf[0], sizeof path_buf[0], "%s/keel-bench-%d.keel", dir, (int)getpid());
-    snprintf(path_buf[1], sizeof path_buf[1], "%s/keel-bench-%d.lmdb", dir, (int)getpid());
+    /* with -w the file names are fixed, so runs can build on each other */
+    int tag = only ? 0 : (int)getpid();
+    snprintf(path_buf[0], sizeof path_buf[0], "%s/keel-bench-%d.keel", dir, tag);
+    snprintf(path_buf[1], sizeof path_buf[1], "%s/keel-bench-%d.lmdb", dir, tag);
     printf("keel-bench: N=%" PRIu64 ", %d-byte keys, %d-byte values, files in %s\n", N, KEY_LEN, VAL_LEN, dir);
     printf("%-26s %14s %14s %8s %10s %10s\n", "workload", "keel", "lmdb", "ratio", "keel RSS", "lmdb RSS");
     int bad = 0;
@@ -513,7 +515,8 @@ int main(int argc, char **argv)
         printf("%-26s %13.1fM %13.1fM %8.2f  (file size after removing half; lower is better)\n", "file size",
                size_after_remove[0] / 1048576.0, size_after_remove[1] / 1048576.0,
                (double)size_after_remove[0] / (double)size_after_remove[1]);
-    for (int e = 0; e < 2; e++)
-        remove_db(path_buf[e]);
+    if (!only) /* with -w the files stay, so a later -w can reuse them (see doc/benchmarks.md) */
+        for (int e = 0; e < 2; e++)
+            remove_db(path_buf[e]);
     return bad;
 }
