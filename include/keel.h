@@ -74,14 +74,13 @@ enum {
     KEEL_BADCURSOR = -30813,    /* a closed cursor, or one not positioned */
     KEEL_BUSY = -30814,         /* this handle already has a write txn open */
     KEEL_BADFLAGS = -30815,     /* unknown or contradictory flags */
-    KEEL_BADNAME = -30816,      /* bucket name empty, too long or reserved */
+    KEEL_BADNAME = -30816,      /* bucket name empty or longer than 255 bytes */
     KEEL_LOCKFILE = -30817,     /* the lock file is not a keel lock file or is damaged */
     KEEL_FORKED = -30818,       /* a handle inherited across fork(): open the db again */
-    KEEL_TXN_FULL = -30819,     /* the txn holds more dirty pages than memory allows */
-    KEEL_NOMEM = -30820,        /* out of memory */
-    KEEL_MISMATCH = -30821,     /* compare-and-swap: the value differs */
-    KEEL_NOTNUMBER = -30822,    /* increment: the value is not a decimal integer */
-    KEEL_OVERFLOW = -30823,     /* increment: the result does not fit in int64 */
+    KEEL_NOMEM = -30819,        /* out of memory */
+    KEEL_MISMATCH = -30820,     /* compare-and-swap: the value differs */
+    KEEL_NOTNUMBER = -30821,    /* increment: the value is not a decimal integer */
+    KEEL_OVERFLOW = -30822,     /* increment or deadline: the result does not fit in int64 */
 };
 
 /* ---- opening ----------------------------------------------------------- */

@@ -71,9 +71,11 @@ static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
     }
     if (r1 == KEEL_INVALID) /* later probes past the real meta 1 must not hide what it said */
         r1 = r1_keel;
+    /* A newer library wrote here: never read (and later overwrite) an older
+     * state of its file through the other meta. */
+    if (r0 == KEEL_VERSION || r1 == KEEL_VERSION)
+        return KEEL_VERSION;
     if (r0 && r1) {
-        if (r0 == KEEL_VERSION || r1 == KEEL_VERSION)
-            return KEEL_VERSION;
         if (r0 == KEEL_INVALID && r1 == KEEL_INVALID)
             return KEEL_INVALID;
         return KEEL_CORRUPTED;
@@ -167,30 +169,32 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     }
     if ((rc = lockfile_open(&db->lock, path, o.max_readers ? o.max_readers : DEFAULT_MAX_READERS, rdonly)))
         goto fail;
-    /* creation happens under the writer lock, so two creators cannot race */
-    if ((rc = lockfile_writer_lock(&db->lock)))
-        goto fail;
     uint64_t fsize;
     if ((rc = os_file_size(db->fd, &fsize)))
-        goto unlock;
+        goto fail;
     if (fsize == 0) {
         if (rdonly) {
             rc = KEEL_INVALID;
-            goto unlock;
+            goto fail;
         }
-        db->psize = o.page_size ? o.page_size : KEEL_MIN_PAGE;
-        if ((rc = write_initial_metas(db)) || (rc = os_file_size(db->fd, &fsize)))
-            goto unlock;
+        /* creation happens under the writer lock, so two creators cannot
+         * race; opening an existing file never waits for a writer */
+        if ((rc = lockfile_writer_lock(&db->lock)))
+            goto fail;
+        if ((rc = os_file_size(db->fd, &fsize)) == 0 && fsize == 0) {
+            db->psize = o.page_size ? o.page_size : KEEL_MIN_PAGE;
+            if ((rc = write_initial_metas(db)) == 0)
+                rc = os_file_size(db->fd, &fsize);
+        }
+        lockfile_writer_unlock(&db->lock);
+        if (rc)
+            goto fail;
     }
     struct meta m;
     if ((rc = read_metas(db, fsize, &m)))
-        goto unlock;
-    db->psize = m.page_size;
-    db->file_size = fsize;
-unlock:
-    lockfile_writer_unlock(&db->lock);
-    if (rc)
         goto fail;
+    db->psize = m.page_size;
+    db->file_size = db->synced_size = fsize;
     if (db->map_size % db->psize)
         db->map_size -= db->map_size % db->psize;
     void *map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);

@@ -716,7 +716,9 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     return rc;
 }
 
-int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry)
+/* Deletes key; with live_only, an entry whose expiry is <= txn->now counts
+ * as absent and is left alone (a failed call changes nothing). */
+static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry, bool live_only)
 {
     struct bt_path path;
     bool exact;
@@ -725,6 +727,14 @@ int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry
         return rc;
     if (!exact)
         return KEEL_NOTFOUND;
+    if (live_only) {
+        const uint8_t *cur;
+        if ((rc = node_at(path.page[path.depth - 1], path.idx[path.depth - 1], txn->db->psize, &cur)))
+            return rc;
+        int64_t e = leaf_node_expiry(cur);
+        if (e && e <= txn->now)
+            return KEEL_NOTFOUND;
+    }
     if ((rc = touch_path(txn, t, &path)))
         return rc;
     int lv = path.depth - 1;
@@ -742,6 +752,16 @@ int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry
     t->entries--;
     txn->gen++;
     return rebalance(txn, t, &path, lv);
+}
+
+int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry)
+{
+    return del_entry(txn, t, key, old_expiry, false);
+}
+
+int bt_del_live(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry)
+{
+    return del_entry(txn, t, key, old_expiry, true);
 }
 
 int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expiry, int64_t *old_expiry)

@@ -2,7 +2,8 @@
  * copy.c — hot copies of a database (keel_copy, `keel copy`).
  *
  * Contract: the copy is one read snapshot, so writers go on meanwhile.
- *   - Plain: pages 2..npages-1 of the snapshot as they are, then both metas
+ *   - Plain: pages 2..npages-1 of the snapshot as they are (read with
+ *     pread), then both metas
  *     set to the snapshot's meta; pages free in the snapshot are copied too
  *     (their content does not matter: the copy's free tree says they are free).
  *   - Compact: a new database filled bucket by bucket in key order with
@@ -33,10 +34,21 @@ static int copy_pages(keel_db *db, const char *dest)
     uint32_t ps = db->psize;
     uint64_t start = 2, end = txn->meta.npages;
     const uint64_t chunk = 256; /* pages per write */
+    /* pread, not the map: a writer may shrink the file under pages that are
+     * free in this snapshot, and reading those through the map would fault;
+     * pread just comes back short, and their content does not matter */
+    uint8_t *buf = os_malloc((size_t)(chunk * ps));
+    if (!buf)
+        rc = KEEL_NOMEM;
     for (uint64_t p = start; p < end && !rc; p += chunk) {
         uint64_t n = end - p < chunk ? end - p : chunk;
-        rc = os_pwrite_full(fd, db->map + p * ps, (size_t)(n * ps), p * ps);
+        size_t got;
+        if ((rc = os_pread_upto(db->fd, buf, (size_t)(n * ps), p * ps, &got)))
+            break;
+        memset(buf + got, 0, (size_t)(n * ps) - got);
+        rc = os_pwrite_full(fd, buf, (size_t)(n * ps), p * ps);
     }
+    os_free(buf);
     if (!rc) {
         uint8_t *metas = os_calloc(2 * (size_t)ps);
         if (!metas)

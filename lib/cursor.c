@@ -80,6 +80,8 @@ static int load(keel_cursor *c, keel_val *key, keel_val *val)
         return rc;
     size_t kl = leaf_node_ksize(n);
     const uint8_t *k = leaf_node_key(n);
+    if (kl == 0) /* no tree holds an empty key: a damaged node (and memcpy from a NULL keybuf) */
+        return KEEL_CORRUPTED;
     if (!txn->rdonly) {
         if (kl > c->keycap) {
             uint8_t *b = os_realloc(c->keybuf, kl);
@@ -310,7 +312,8 @@ int cursor_current(keel_cursor *c, keel_val *key, keel_val *val)
         return rc;
     if ((rc = sync(c, t)))
         return rc;
-    if (c->state != CUR_ON)
+    /* the entry may have expired since we moved onto it (expire_at in the past) */
+    if (c->state != CUR_ON || expired_here(c))
         return KEEL_NOTFOUND;
     return load(c, key, val);
 }
@@ -325,7 +328,7 @@ int cursor_del(keel_cursor *c, int64_t *old_expiry)
         return rc;
     if ((rc = sync(c, t)))
         return rc;
-    if (c->state != CUR_ON)
+    if (c->state != CUR_ON || expired_here(c)) /* an expired entry is absent, as for keel_del */
         return KEEL_NOTFOUND;
     keel_val k = {c->keybuf, c->keylen};
     if ((rc = bt_del(c->txn, t, k, old_expiry)))

@@ -26,7 +26,6 @@ const char *keel_strerror(int err)
     case KEEL_BADNAME: return "KEEL_BADNAME: bucket name empty or longer than 255 bytes";
     case KEEL_LOCKFILE: return "KEEL_LOCKFILE: the lock file is not a keel lock file or is damaged";
     case KEEL_FORKED: return "KEEL_FORKED: handle inherited across fork(); open the database again";
-    case KEEL_TXN_FULL: return "KEEL_TXN_FULL: the transaction is too large";
     case KEEL_NOMEM: return "KEEL_NOMEM: out of memory";
     case KEEL_MISMATCH: return "KEEL_MISMATCH: the current value differs from the expected one";
     case KEEL_NOTNUMBER: return "KEEL_NOTNUMBER: the value is not a decimal integer";

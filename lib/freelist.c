@@ -13,11 +13,14 @@
  *   - freelist_reclaim() is called by the allocator when the pool is empty.
  *     It deletes the record it loads; pages needed for that come from the
  *     end of the file (txn->reclaiming), so it never recurses.
- *   - freelist_record() runs at commit, in "final mode": no page enters or
- *     leaves the pool, new pages come from the end of the file, and pages
- *     freed meanwhile join this txn's record.  Rewriting the record repeats
- *     until it stops growing; it converges because a page is copied at most
- *     once per txn and a record rewrite of equal size is done in place.
+ *   - freelist_record() runs at commit, in "final mode": no page enters the
+ *     pool, new pages come off its low end (the end of the file only when it
+ *     is empty: taking them there every commit kept the tail in use, so the
+ *     file never shrank and grew a few pages per commit), and pages freed
+ *     meanwhile join this txn's record.  Rewriting the records repeats until
+ *     neither list changes; it converges because the pool only shrinks, a
+ *     page is copied at most once per txn and a record rewrite of equal size
+ *     is done in place.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -109,20 +112,25 @@ out:
     return rc;
 }
 
-/* Write pages v[0..n) as records (txnid, first_chunk ...). */
-static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, const uint64_t *v, size_t n)
+/* Write the first n pages of *pv as records (txnid, first_chunk ...).  Each
+ * chunk is copied out first: a bt_put may add to (and move) the vector. */
+static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, const struct pgvec *pv, size_t n)
 {
     size_t per = chunk_pages(txn);
     uint8_t key[FREE_KEY_SIZE];
-    for (size_t i = 0, chunk = first_chunk; i < n; i += per, chunk++) {
+    uint64_t *buf = os_malloc(per * sizeof(uint64_t));
+    if (!buf)
+        return KEEL_NOMEM;
+    int rc = 0;
+    for (size_t i = 0, chunk = first_chunk; i < n && !rc; i += per, chunk++) {
         size_t cnt = n - i < per ? n - i : per;
+        memcpy(buf, pv->v + i, cnt * sizeof(uint64_t));
         free_key(key, txnid, (uint32_t)chunk);
-        int rc = bt_put(txn, &txn->meta.trees[TREE_FREE], (keel_val){key, FREE_KEY_SIZE},
-                        (keel_val){v + i, cnt * 8}, 0, 0, NULL);
-        if (rc)
-            return rc;
+        rc = bt_put(txn, &txn->meta.trees[TREE_FREE], (keel_val){key, FREE_KEY_SIZE}, (keel_val){buf, cnt * 8}, 0,
+                    0, NULL);
     }
-    return 0;
+    os_free(buf);
+    return rc;
 }
 
 /* The next free chunk number under txn id 0. */
@@ -173,19 +181,37 @@ int freelist_record(keel_txn *txn)
         pool->n -= drop;
     }
     txn->final_mode = true;
-    if (pool->n) {
-        uint32_t chunk;
-        if ((rc = next_zero_chunk(txn, &chunk)))
-            return rc;
-        if ((rc = write_records(txn, 0, chunk, pool->v, pool->n)))
-            return rc;
-    }
-    size_t written = (size_t)-1;
-    for (int round = 0; txn->freed.n != written; round++) {
+    /* Pages the free tree needs now come off the low end of the pool (not
+     * the end of the file, which would keep the tail in use for ever), so
+     * the pool's records are rewritten until neither list changes.  Taking
+     * the lowest page shortens only the last chunk; a chunk left empty is
+     * deleted. */
+    uint32_t chunk = 0;
+    if (pool->n && (rc = next_zero_chunk(txn, &chunk)))
+        return rc;
+    size_t per = chunk_pages(txn);
+    size_t pool_written = (size_t)-1, freed_written = (size_t)-1, chunks = 0;
+    for (int round = 0; pool->n != pool_written || txn->freed.n != freed_written; round++) {
         if (round > 64)
             return KEEL_CORRUPTED; /* cannot happen: see the contract above */
-        written = txn->freed.n;
-        if (written && (rc = write_records(txn, txn->txnid, 0, txn->freed.v, written)))
+        if (pool->n != pool_written) {
+            pool_written = pool->n;
+            if (pool_written && (rc = write_records(txn, 0, chunk, pool, pool_written)))
+                return rc;
+            size_t now = (pool_written + per - 1) / per;
+            for (size_t c = now; c < chunks; c++) {
+                uint8_t key[FREE_KEY_SIZE];
+                free_key(key, 0, (uint32_t)(chunk + c));
+                rc = bt_del(txn, &txn->meta.trees[TREE_FREE], (keel_val){key, FREE_KEY_SIZE}, NULL);
+                if (rc && rc != KEEL_NOTFOUND)
+                    return rc;
+            }
+            if (now > chunks)
+                chunks = now;
+            continue; /* the pool first: it can only shrink */
+        }
+        freed_written = txn->freed.n;
+        if (freed_written && (rc = write_records(txn, txn->txnid, 0, &txn->freed, freed_written)))
             return rc;
     }
     txn->meta.free_pages += pool->n + txn->freed.n;

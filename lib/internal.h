@@ -70,6 +70,7 @@ struct keel_db {
     uint64_t map_size;
     uint8_t *map;
     uint64_t file_size; /* last known size; maintained by the writer */
+    uint64_t synced_size; /* file size at the last successful fsync */
     struct lockfile lock;
     uint64_t fork_gen;
     int64_t (*clock)(void *ctx);
@@ -185,6 +186,8 @@ int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val
 int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
            int64_t *old_expiry);
 int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry);
+/* bt_del, but an expired entry (expiry <= txn->now) is KEEL_NOTFOUND and stays */
+int bt_del_live(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry);
 int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expiry, int64_t *old_expiry);
 int bt_drop(keel_txn *txn, struct tree_desc *t); /* frees every page of the tree */
 int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node); /* checked */

@@ -109,6 +109,17 @@ int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers
     if ((rc = os_file_size(fd, &size)))
         goto fail;
     bool fresh = sole && size == 0;
+    if (sole && !fresh && size >= sizeof(struct lock_header) &&
+        (size - sizeof(struct lock_header)) % sizeof(struct reader_slot) == 0) {
+        /* `magic` is written last: a zero magic in a lock-file-shaped file is
+         * an initialiser killed half way (after the ftruncate or the memset).
+         * Nobody else uses the file: start over as with a fresh one. */
+        uint32_t magic = 1;
+        size_t got;
+        if ((rc = os_pread_upto(fd, &magic, sizeof magic, 0, &got)))
+            goto fail;
+        fresh = got == sizeof magic && magic == 0;
+    }
     if (fresh) {
         if ((rc = os_ftruncate(fd, lock_size(max_readers))))
             goto fail;
@@ -134,6 +145,8 @@ int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers
     }
     if (sole) {
         uint32_t n = fresh ? max_readers : h->max_readers;
+        h->magic = 0; /* first, whatever order memset writes in: see above */
+        atomic_thread_fence(memory_order_seq_cst);
         memset(m, 0, (size_t)size);
         if ((rc = init_header(h, n)))
             goto fail_map;
@@ -191,6 +204,8 @@ static uint64_t process_start(int32_t pid)
     char *p = strrchr(buf, ')'); /* the command name may hold spaces */
     if (!p)
         return 0;
+    if (p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
+        return UINT64_MAX; /* a zombie: dead, though kill(pid, 0) still succeeds */
     /* after ")" come fields 3..: skip to field 22 */
     int field = 2;
     for (; *p && field < 22; p++)
@@ -240,6 +255,7 @@ void reader_publish(struct lockfile *lf, int slot, uint64_t txnid)
 void reader_release(struct lockfile *lf, int slot)
 {
     atomic_store(&lf->slots[slot].txnid, 0);
+    atomic_store(&lf->slots[slot].start, 0); /* see readers_oldest */
     atomic_store(&lf->slots[slot].pid, 0);
 }
 
@@ -251,6 +267,8 @@ static bool slot_alive(struct reader_slot *s, int32_t pid)
     if (kill(pid, 0) != 0 && errno == ESRCH)
         return false;
     uint64_t want = atomic_load(&s->start), now = process_start(pid);
+    if (now == UINT64_MAX)
+        return false; /* a zombie */
     return want == 0 || now == 0 || want == now; /* unknown start times count as alive */
 }
 
@@ -267,9 +285,16 @@ uint64_t readers_oldest(struct lockfile *lf, uint64_t newest)
         /* Only a slot that pins an old snapshot (or when called with newest=0,
          * every slot: the table is full) is worth the cost of a liveness check. */
         bool pins = t != 0 && t < newest;
+        uint64_t start;
         if ((pins || newest == 0) &&
-            (pid == me ? atomic_load(&s->start) != my_start() : !slot_alive(s, pid))) {
-            /* the owner is gone: free the slot unless it changed hands meanwhile */
+            (pid == me ? (start = atomic_load(&s->start)) != 0 && start != my_start()
+                       : !slot_alive(s, pid))) {
+            /* The owner is gone: free the slot unless it changed hands
+             * meanwhile.  A free slot keeps start = 0: a new owner claims it
+             * (pid) before it stores its start, and in between a stale start
+             * would make it look dead.  A late store of 0 here over a new
+             * owner's start only makes it "unknown", which counts as alive. */
+            atomic_store(&s->start, 0);
             if (atomic_compare_exchange_strong(&s->pid, &pid, 0))
                 continue;
             t = atomic_load(&s->txnid);

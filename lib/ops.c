@@ -13,10 +13,15 @@
 
 #include "internal.h"
 
-static int write_args(keel_txn *txn, keel_val key)
+/* The bucket too: a bad handle must answer KEEL_BADBUCKET before poison()
+ * could end the txn (as keel_put does). */
+static int write_args(keel_txn *txn, keel_bucket b, keel_val key)
 {
     int rc = txn_check(txn, true);
-    return rc ? rc : check_key(txn, key);
+    if (rc || (rc = check_key(txn, key)))
+        return rc;
+    struct tree_desc *t;
+    return bucket_tree(txn, b, &t);
 }
 
 static int deadline(keel_txn *txn, int64_t ttl_ms, int64_t *at)
@@ -31,7 +36,7 @@ static int deadline(keel_txn *txn, int64_t ttl_ms, int64_t *at)
 /* ---- expiry ---- */
 int keel_put_ttl(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t ttl_ms, unsigned flags)
 {
-    int rc = write_args(txn, key);
+    int rc = write_args(txn, b, key);
     if (rc)
         return rc;
     if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND))
@@ -48,7 +53,7 @@ int keel_put_ttl(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64
 
 int keel_expire_at(keel_txn *txn, keel_bucket b, keel_val key, int64_t unix_ms)
 {
-    int rc = write_args(txn, key);
+    int rc = write_args(txn, b, key);
     if (rc)
         return rc;
     if (unix_ms <= 0)
@@ -58,7 +63,7 @@ int keel_expire_at(keel_txn *txn, keel_bucket b, keel_val key, int64_t unix_ms)
 
 int keel_expire(keel_txn *txn, keel_bucket b, keel_val key, int64_t ttl_ms)
 {
-    int rc = write_args(txn, key);
+    int rc = write_args(txn, b, key);
     if (rc)
         return rc;
     int64_t at;
@@ -69,7 +74,7 @@ int keel_expire(keel_txn *txn, keel_bucket b, keel_val key, int64_t ttl_ms)
 
 int keel_persist(keel_txn *txn, keel_bucket b, keel_val key)
 {
-    int rc = write_args(txn, key);
+    int rc = write_args(txn, b, key);
     return rc ? rc : poison(txn, ttl_set(txn, b, key, 0));
 }
 
@@ -114,7 +119,7 @@ int keel_purge(keel_txn *txn, size_t max, size_t *purged)
 /* ---- atomic operations ---- */
 int keel_cas(keel_txn *txn, keel_bucket b, keel_val key, const keel_val *expected, keel_val new_val)
 {
-    int rc = write_args(txn, key);
+    int rc = write_args(txn, b, key);
     if (rc)
         return rc;
     if ((!new_val.data && new_val.len) || (expected && !expected->data && expected->len))
@@ -158,7 +163,7 @@ static bool parse_int64(const uint8_t *s, size_t n, int64_t *out)
 
 int keel_incr(keel_txn *txn, keel_bucket b, keel_val key, int64_t delta, int64_t *result)
 {
-    int rc = write_args(txn, key);
+    int rc = write_args(txn, b, key);
     if (rc)
         return rc;
     if (!result)
@@ -236,6 +241,7 @@ int keel_put_many(keel_txn *txn, keel_bucket b, const keel_val *keys, const keel
             if (rc != KEEL_NOTFOUND)
                 return rc ? rc : KEEL_EXISTS;
         }
+        rc = 0; /* the last lookup's KEEL_NOTFOUND must not stop the duplicate scan */
         const keel_val **sorted = os_malloc(n * sizeof(*sorted));
         if (!sorted)
             return KEEL_NOMEM;

@@ -14,24 +14,28 @@
 
 static int libc_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
 
-static const struct keel_os libc_os = {
-    .open = libc_open,
-    .close = close,
-    .pread = pread,
-    .pwrite = pwrite,
-    .pwritev = pwritev,
-    .fsync = fsync,
-    .fdatasync = fdatasync,
-    .ftruncate = ftruncate,
-    .fstat = fstat,
-    .mmap = mmap,
-    .munmap = munmap,
-    .malloc = malloc,
-    .realloc = realloc,
-    .free = free,
-};
+/* A macro, not a copy of libc_os: a const object is no constant
+ * expression in C, and clang (the fuzz build) refuses it as an initializer. */
+#define LIBC_OS                   \
+    {                             \
+        .open = libc_open,        \
+        .close = close,           \
+        .pread = pread,           \
+        .pwrite = pwrite,         \
+        .pwritev = pwritev,       \
+        .fsync = fsync,           \
+        .fdatasync = fdatasync,   \
+        .ftruncate = ftruncate,   \
+        .fstat = fstat,           \
+        .mmap = mmap,             \
+        .munmap = munmap,         \
+        .malloc = malloc,         \
+        .realloc = realloc,       \
+        .free = free,             \
+    }
+static const struct keel_os libc_os = LIBC_OS;
 
-struct keel_os keel_os = libc_os;
+struct keel_os keel_os = LIBC_OS;
 
 void os_reset(void) { keel_os = libc_os; }
 

@@ -123,10 +123,12 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
     memcpy(&m, buf, META_SIZE);
     if (m.magic != KEEL_MAGIC)
         return KEEL_INVALID;
-    if (m.version != KEEL_FORMAT_VERSION)
-        return m.version > KEEL_FORMAT_VERSION ? KEEL_VERSION : KEEL_CORRUPTED;
+    /* the checksum first: a garbled version field is damage (the other meta
+     * takes over), not a newer library's meta (which refuses the open) */
     if (m.checksum != XXH3_64bits(&m, META_SUM_BYTES))
         return KEEL_CORRUPTED;
+    if (m.version != KEEL_FORMAT_VERSION)
+        return m.version > KEEL_FORMAT_VERSION ? KEEL_VERSION : KEEL_CORRUPTED;
     if (m.page_size < KEEL_MIN_PAGE || m.page_size > KEEL_MAX_PAGE || (m.page_size & (m.page_size - 1)))
         return KEEL_CORRUPTED;
     if (expect_psize && m.page_size != expect_psize)
@@ -229,6 +231,10 @@ int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
             if (!found && npages > 1 && txn->pool.n > 4096)
                 break; /* a long run is not forming: take fresh pages */
         }
+    } else if (npages == 1) {
+        /* recording the free list: the lowest pooled page (freelist_record
+         * rewrites the pool's records after) */
+        found = pool_take(&txn->pool, 1, &pg);
     }
     if (!found) {
         pg = txn->meta.npages;
@@ -240,7 +246,7 @@ int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
     uint8_t *b = os_malloc(bytes);
     if (!b)
         return KEEL_NOMEM;
-    memset(b, 0, PAGE_HDR);
+    memset(b, 0, npages == 1 ? bytes : PAGE_HDR); /* overflow runs: bt_put fills them whole */
     wr64(b + PH_PGNO, pg);
     int rc = dirty_insert(&txn->dirty, pg, npages, b);
     if (rc) {
@@ -372,7 +378,8 @@ static int write_pages(keel_txn *txn)
             t->slots[n++] = t->slots[i];
     for (size_t i = n; i < t->cap; i++)
         t->slots[i].pgno = 0;
-    qsort(t->slots, n, sizeof(struct dirty), cmp_dirty);
+    if (n) /* a commit may hold no dirty page (a bucket created and dropped): slots may be NULL */
+        qsort(t->slots, n, sizeof(struct dirty), cmp_dirty);
     t->count = n; /* no lookups after this; pager_txn_release still frees every buffer */
 
     enum { MAXIOV = 64 };
@@ -400,11 +407,11 @@ int pager_write_out(keel_txn *txn)
 {
     keel_db *db = txn->db;
     uint64_t used = txn->meta.npages * db->psize;
-    uint64_t old_size = db->file_size;
     int rc = pager_grow(db, used);
     if (rc)
         return rc;
-    bool grew = db->file_size != old_size;
+    /* any size change since the last sync (even one a failed commit made) */
+    bool grew = db->file_size != db->synced_size;
     if ((rc = write_pages(txn)))
         return rc;
     if (!(db->flags & KEEL_NOSYNC)) {
@@ -414,6 +421,7 @@ int pager_write_out(keel_txn *txn)
             db->panic = 1;
             return KEEL_PANIC;
         }
+        db->synced_size = db->file_size;
     }
     txn->meta.txnid = txn->txnid;
     meta_seal(&txn->meta);

@@ -85,8 +85,11 @@ int ttl_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *
     int64_t exp;
     if ((rc = bt_get(txn, t, key, val, &exp)))
         return rc;
-    if (!live(txn, exp))
+    if (!live(txn, exp)) {
+        if (val)
+            *val = (keel_val){NULL, 0};
         return KEEL_NOTFOUND;
+    }
     if (expiry)
         *expiry = exp;
     return 0;
@@ -113,12 +116,10 @@ int ttl_del(keel_txn *txn, keel_bucket b, keel_val key)
     if (rc)
         return rc;
     int64_t old;
-    if ((rc = bt_del(txn, t, key, &old)))
+    if ((rc = bt_del_live(txn, t, key, &old))) /* an expired key is absent: left for purge */
         return rc;
     bucket_mark_dirty(txn, b);
-    if ((rc = expiry_update(txn, t->id, key, old, 0)))
-        return rc;
-    return live(txn, old) ? 0 : KEEL_NOTFOUND; /* it was gone already; now it is gone for good */
+    return expiry_update(txn, t->id, key, old, 0);
 }
 
 int ttl_set(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry)

@@ -128,6 +128,17 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
         }
         txn->txnid = txn->meta.txnid + 1;
         txn->oldest = readers_oldest(&db->lock, txn->meta.txnid);
+        /* Without a meta sync the newest meta may not be on disk yet: a crash
+         * falls back to the one before, so what the newest commit freed
+         * (pages the one before still uses) must wait one more commit. */
+        if ((db->flags & KEEL_NOMETASYNC) && txn->oldest > 0 && txn->oldest == txn->meta.txnid)
+            txn->oldest--;
+        /* KEEL_NOMETASYNC: the newest meta may not be on disk yet, so a crash
+         * can still bring back the commit before it.  The pages that commit
+         * uses (the ones the newest commit freed) stay untouched until this
+         * commit's data sync has made the newest meta durable. */
+        if ((db->flags & KEEL_NOMETASYNC) && txn->meta.txnid && txn->oldest >= txn->meta.txnid)
+            txn->oldest = txn->meta.txnid - 1;
         pthread_mutex_lock(&db->mu);
         db->wtxn = txn;
         db->writer_thread = pthread_self();
@@ -148,8 +159,11 @@ fail:
 static void txn_end(keel_txn *txn)
 {
     keel_db *db = txn->db;
+    /* A txn inherited across fork(): the reader slot and the writer lock are
+     * the parent's (shared memory), only the child's copy of memory goes. */
+    bool inherited = txn->fork_gen != os_fork_generation();
     if (txn->rdonly) {
-        if (txn->slot >= 0)
+        if (txn->slot >= 0 && !inherited)
             reader_release(&db->lock, txn->slot);
         txn->slot = -1;
     } else {
@@ -157,7 +171,8 @@ static void txn_end(keel_txn *txn)
         pthread_mutex_lock(&db->mu);
         db->wtxn = NULL;
         pthread_mutex_unlock(&db->mu);
-        lockfile_writer_unlock(&db->lock);
+        if (!inherited)
+            lockfile_writer_unlock(&db->lock);
     }
     txn_put(txn);
 }

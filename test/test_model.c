@@ -182,7 +182,6 @@ struct world {
     keel_bucket h[NB];
 
     keel_txn *w;                 /* the write txn (always open between steps) */
-    bool changed;                /* w made a change */
     struct model cur[NB];        /* what w must see */
     struct model com[NB];        /* the last committed state */
     uint64_t com_id;             /* its txn id */
@@ -500,15 +499,30 @@ static void verify_committed(struct world *w, bool gets)
  * Txn lifecycle
  * ====================================================================== */
 
-/* After a commit of write txn `id`: the newest snapshot must be `id` if the
- * txn changed anything (a commit of nothing may or may not take an id). */
-static void after_commit(struct world *w, uint64_t id)
+/* Does the write txn's state differ from the committed one?  Entries are
+ * immutable, so comparing pointers is enough: a put makes a new one. */
+static bool models_differ(const struct model *a, const struct model *b)
+{
+    for (int i = 0; i < NB; i++) {
+        if (a[i].n != b[i].n)
+            return true;
+        for (size_t j = 0; j < a[i].n; j++)
+            if (a[i].v[j] != b[i].v[j])
+                return true;
+    }
+    return false;
+}
+
+/* After the commit of write txn `id`: the newest snapshot is `id` if the txn
+ * left the data changed; a txn that changed nothing, or undid its changes,
+ * may or may not take an id. */
+static void after_commit(struct world *w, uint64_t id, bool differ)
 {
     keel_txn *t;
     CHECK_RC(keel_begin(w->db, KEEL_RDONLY, &t), 0);
     uint64_t got = keel_txn_id(t);
     keel_abort(t);
-    if (w->changed || got != w->com_id)
+    if (differ || got != w->com_id)
         CHECK_INT(got, id);
     w->com_id = got;
 }
@@ -517,7 +531,6 @@ static void begin_write(struct world *w)
 {
     CHECK_RC(keel_begin(w->db, 0, &w->w), 0);
     CHECK_INT(keel_txn_id(w->w), w->com_id + 1);
-    w->changed = false;
 }
 
 static void reader_end(struct world *w)
@@ -552,9 +565,10 @@ static void do_commit(struct world *w)
     w->op = "commit";
     trace(w, "commit");
     uint64_t id = keel_txn_id(w->w);
+    bool differ = models_differ(w->cur, w->com);
     CHECK_RC(keel_commit(w->w), 0);
     w->w = NULL;
-    after_commit(w, id);
+    after_commit(w, id, differ);
     for (int b = 0; b < NB; b++)
         m_copy(&w->com[b], &w->cur[b]);
     verify_committed(w, chance(w, 25));
@@ -626,8 +640,9 @@ static void do_reopen(struct world *w)
     w->op = "reopen";
     if (chance(w, 50)) {
         uint64_t id = keel_txn_id(w->w);
+        bool differ = models_differ(w->cur, w->com);
         CHECK_RC(keel_commit(w->w), 0);
-        after_commit(w, id);
+        after_commit(w, id, differ);
         for (int b = 0; b < NB; b++)
             m_copy(&w->com[b], &w->cur[b]);
     } else {
@@ -685,7 +700,6 @@ static void op_put(struct world *w, int b, bool nooverwrite)
         return;
     }
     CHECK_RC(rc, 0);
-    w->changed = true;
     m_put(m, e);
     if (chance(w, 30))
         check_get(w, w->w, w->h[b], m, w->kbuf, kl);
@@ -705,7 +719,6 @@ static void op_del(struct world *w, int b)
         return;
     }
     CHECK_RC(rc, 0);
-    w->changed = true;
     m_del(m, w->kbuf, kl);
     if (chance(w, 30))
         check_get(w, w->w, w->h[b], m, w->kbuf, kl);
@@ -832,7 +845,6 @@ static void op_dance(struct world *w, int b)
             } else {
                 CHECK_RC(rc, 0);
                 m_del(m, pos, poslen);
-                w->changed = true;
                 w->stats.dels++;
             }
             continue;
@@ -865,7 +877,6 @@ static void op_dance(struct world *w, int b)
             CHECK_RC(keel_put(w->w, w->h[b], (keel_val){ent_key(e), kl}, (keel_val){ent_val(e), e->vlen}, 0),
                      0);
             m_put(m, e);
-            w->changed = true;
             w->stats.puts++;
             continue;
         } else { /* delete elsewhere (maybe the cursor's key) */
@@ -876,7 +887,6 @@ static void op_dance(struct world *w, int b)
             CHECK_RC(keel_del(w->w, w->h[b], (keel_val){w->kbuf, kl}), present ? 0 : KEEL_NOTFOUND);
             if (present) {
                 m_del(m, w->kbuf, kl);
-                w->changed = true;
                 w->stats.dels++;
             }
             continue;
@@ -914,7 +924,6 @@ static void op_cursor_sweep(struct world *w, int b)
         } else {
             CHECK_RC(keel_cursor_del(c), 0);
             m_del(m, ent_key(m->v[i]), m->v[i]->klen);
-            w->changed = true;
             w->stats.dels++;
         }
         rc = keel_cursor_next(c, &k, &v);
@@ -967,7 +976,6 @@ static void op_bulk(struct world *w, int b)
             flags = KEEL_APPEND;
         CHECK_RC(keel_put(w->w, w->h[b], (keel_val){w->kbuf, kl}, (keel_val){ent_val(e), vl}, flags), 0);
         m_put(m, e);
-        w->changed = true;
         w->stats.puts++;
     }
     if (chance(w, 20))
@@ -1003,7 +1011,6 @@ static void op_drop(struct world *w, int b)
     w->op = "drop";
     trace(w, "drop b=%d n=%zu", b, w->cur[b].n);
     CHECK_RC(keel_bucket_drop(w->w, w->h[b]), 0);
-    w->changed = true;
     m_clear(&w->cur[b]);
     if (b != 0) {
         keel_val v;
@@ -1068,8 +1075,7 @@ static void setup_world(struct world *w, uint32_t psize, uint64_t seed, unsigned
         CHECK_RC(keel_bucket_open(t, bucket_names[b], KEEL_CREATE, &w->h[b]), 0);
     uint64_t id = keel_txn_id(t);
     CHECK_RC(keel_commit(t), 0);
-    w->changed = true;
-    after_commit(w, id);
+    after_commit(w, id, true); /* the buckets were created */
     verify_committed(w, true);
     begin_write(w);
 }

@@ -9,12 +9,18 @@
  *                 read txn begun afterwards, in this process and another
  *   dead_reader   kill -9 of a reader holding a snapshot: its slot is freed
  *                 by the next writer and the file stops growing
+ *   dead_readers_full  a table full of killed readers: the next reader
+ *                 frees their slots
+ *   slot_claim    a reader preempted between claiming a slot freed from a
+ *                 dead reader and storing its start time is not taken for
+ *                 dead (white-box: the slot layout of doc/format.md)
  *   dead_writer   kill -9 of a writer at random points (in txns, in
  *                 commits): the next writer gets the lock (robust mutex),
  *                 the file checks clean, the counter is the last
  *                 acknowledged commit or the one in flight
  *   two_handles   one file opened twice in a process; handles across fork()
- *   bad_lockfile  garbage or truncated lock files give KEEL_LOCKFILE
+ *   bad_lockfile  garbage or truncated lock files give KEEL_LOCKFILE; one
+ *                 left by an initialiser killed before `magic` is redone
  *   growth        a reader process opened early sees a file grown by MBs
  *
  * Children never call cmocka: they report through their exit status (and a
@@ -267,6 +273,9 @@ static bool readers_has(keel_db *db, int32_t pid, uint64_t txnid, size_t *count)
             return true;
     return false;
 }
+
+static void put1(keel_db *db, const char *k, const char *v);
+static void assert_get(keel_txn *t, const char *k, const char *want);
 
 /* ==== 1. bank invariant ===================================================== */
 
@@ -674,6 +683,151 @@ static void test_dead_reader(void **state)
     keel_close(db);
 }
 
+/* A reader table full of killed readers: the next reader frees their slots. */
+static void test_dead_readers_full(void **state)
+{
+    (void)state;
+    stage = "dead_readers_full";
+    tu_path(path, sizeof path, "mp-readersfull");
+    enum { SLOTS = 4 };
+    keel_options o = {.max_readers = SLOTS, .flags = KEEL_NOSYNC};
+    keel_db *db;
+    assert_int_equal(keel_open(path, &o, &db), 0); /* creates the lock file: 4 slots */
+    put1(db, "k", "v");
+    int p[2];
+    make_pipe(p);
+    pid_t kid[SLOTS];
+    for (int i = 0; i < SLOTS; i++) {
+        if ((kid[i] = spawn()) == 0) {
+            close(p[0]);
+            keel_db *rdb = child_open(0);
+            keel_txn *t;
+            CHILD_RC(keel_begin(rdb, KEEL_RDONLY, &t), 0);
+            char one = 1;
+            CHILD_CHECK(write_all(p[1], &one, 1) == 0);
+            for (;;)
+                pause();
+        }
+        char one;
+        assert_int_equal(read_all(p[0], &one, 1), 1);
+    }
+    close(p[0]);
+    close(p[1]);
+    keel_txn *t;
+    assert_int_equal(keel_begin(db, KEEL_RDONLY, &t), KEEL_READERS_FULL);
+    size_t n = 0;
+    assert_int_equal(keel_db_readers(db, NULL, 0, &n), 0);
+    assert_int_equal(n, SLOTS);
+    for (int i = 0; i < SLOTS; i++) {
+        kill(kid[i], SIGKILL);
+        int st = reap(kid[i]);
+        assert_true(WIFSIGNALED(st));
+    }
+    /* no commit since: the dead snapshots are the newest, only a full table
+     * makes them worth a liveness check */
+    assert_int_equal(keel_begin(db, KEEL_RDONLY, &t), 0);
+    assert_get(t, "k", "v");
+    assert_int_equal(keel_db_readers(db, NULL, 0, &n), 0);
+    assert_int_equal(n, 1);
+    keel_abort(t);
+    put1(db, "k", "w");
+    assert_clean(db);
+    keel_close(db);
+}
+
+/* A reader slot as doc/format.md (section 11) lays it out. */
+struct slot_view {
+    _Atomic int32_t pid;
+    uint32_t pad0;
+    _Atomic uint64_t txnid, start;
+    uint8_t pad[40];
+};
+_Static_assert(sizeof(struct slot_view) == 64, "reader slot is 64 bytes");
+
+/* A reader claims a free slot (pid 0 -> its pid) before it stores its start
+ * time.  A slot freed from a dead reader must not make the next owner look
+ * dead in between: a writer scanning then must leave the slot alone.  The
+ * preemption right after the claim is simulated by a process that makes
+ * exactly that claim and stops. */
+static void test_slot_claim(void **state)
+{
+    (void)state;
+    stage = "slot_claim";
+    tu_path(path, sizeof path, "mp-slotclaim");
+    char lpath[600];
+    snprintf(lpath, sizeof lpath, "%s-lock", path);
+    keel_db *db = open_db(KEEL_NOSYNC);
+    put1(db, "a", "1");
+    int fd = open(lpath, O_RDWR);
+    assert_true(fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_true(st.st_size >= 128 + 64);
+    size_t nslots = ((size_t)st.st_size - 128) / 64;
+    uint8_t *map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    assert_true(map != MAP_FAILED);
+    close(fd);
+    struct slot_view *slots = (struct slot_view *)(map + 128);
+
+    /* a reader dies holding a snapshot; a writer frees its slot */
+    int p[2];
+    make_pipe(p);
+    pid_t dead = spawn();
+    if (dead == 0) {
+        keel_db *rdb = child_open(0);
+        keel_txn *t;
+        CHILD_RC(keel_begin(rdb, KEEL_RDONLY, &t), 0);
+        char one = 1;
+        CHILD_CHECK(write_all(p[1], &one, 1) == 0);
+        for (;;)
+            pause();
+    }
+    char byte;
+    assert_int_equal(read_all(p[0], &byte, 1), 1);
+    size_t idx = nslots;
+    for (size_t i = 0; i < nslots; i++)
+        if (slots[i].pid == dead)
+            idx = i;
+    assert_true(idx < nslots);
+    kill(dead, SIGKILL);
+    reap(dead);
+    put1(db, "b", "2");
+    keel_txn *w;
+    assert_int_equal(keel_begin(db, 0, &w), 0);
+    keel_abort(w);
+    assert_int_equal(slots[idx].pid, 0);
+
+    /* a new reader claims it and is preempted */
+    pid_t claimer = spawn();
+    if (claimer == 0) {
+        int32_t zero = 0;
+        CHILD_CHECK(atomic_compare_exchange_strong(&slots[idx].pid, &zero, (int32_t)getpid()));
+        char one = 1;
+        CHILD_CHECK(write_all(p[1], &one, 1) == 0);
+        for (;;)
+            pause();
+    }
+    assert_int_equal(read_all(p[0], &byte, 1), 1);
+    put1(db, "c", "3");
+    assert_int_equal(keel_begin(db, 0, &w), 0); /* computes the oldest snapshot */
+    keel_abort(w);
+    if (slots[idx].pid != claimer)
+        fail_msg("a writer freed slot %zu of live reader %d (start %" PRIu64 ", txnid %" PRIu64 ")", idx,
+                 (int)claimer, (uint64_t)slots[idx].start, (uint64_t)slots[idx].txnid);
+    /* and if that reader dies there, its slot is still recovered */
+    kill(claimer, SIGKILL);
+    reap(claimer);
+    put1(db, "d", "4");
+    assert_int_equal(keel_begin(db, 0, &w), 0);
+    keel_abort(w);
+    assert_int_equal(slots[idx].pid, 0);
+    close(p[0]);
+    close(p[1]);
+    munmap(map, (size_t)st.st_size);
+    assert_clean(db);
+    keel_close(db);
+}
+
 /* ==== 4. kill -9 of the writer ================================================ */
 
 #define DW_KEYS 8
@@ -806,12 +960,18 @@ static void test_dead_writer(void **state)
     long rounds = 30 * tu_scale();
     struct dw_shared *sh = shared_alloc(sizeof *sh);
     int phases[4] = {0};
-    uint64_t counter = 0, acked_total = 0;
+    uint64_t counter = 0, acked_total = 0, unacked = 0;
     keel_db *keep = NULL; /* held across the kill, so the lock file is not reinitialised */
     for (long round = 0; round < rounds; round++) {
-        bool hold = round % 3 != 2; /* else: the verifier is the sole user */
+        /* every third round nobody else has the db open: the writer is the
+         * sole user (it reinitialises the lock file) and so is the verifier */
+        bool hold = round % 3 != 2;
         if (hold && !keep)
             keep = open_db(0);
+        if (!hold && keep) {
+            keel_close(keep);
+            keep = NULL;
+        }
         atomic_store(&sh->phase, 0);
         atomic_store(&sh->in_flight, 0);
         int p[2];
@@ -830,7 +990,7 @@ static void test_dead_writer(void **state)
             assert_int_equal(read_all(p[0], &got, sizeof got), 1);
             assert_int_equal(got, counter);
         }
-        usleep((useconds_t)(tu_rand(&rs) % 20001));
+        usleep((useconds_t)(tu_rand(&rs) % (early ? 1001 : 20001)));
         kill(kid, SIGKILL);
         int st = reap(kid);
         if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
@@ -851,26 +1011,39 @@ static void test_dead_writer(void **state)
             first = false;
         }
         close(p[0]);
+        /* the acknowledgements allow last or last+1; where the writer died
+         * narrows it: before keel_commit nothing of txn i is durable, after
+         * keel_commit returned all of it is */
+        uint64_t i = atomic_load(&sh->in_flight), lo = last, hi = last + 1;
+        if (ph == 0)
+            hi = c0;
+        else if (ph == 1)
+            hi = i - 1;
+        else if (ph == 2 && i - 1 > lo)
+            lo = i - 1;
+        else if (ph == 3)
+            lo = i;
+        if (lo > hi || (ph && (i < last || i > last + 1)))
+            fail_msg("dead_writer: died in phase %d of txn %" PRIu64 ", last ack %" PRIu64, ph, i, last);
+        uint64_t before = counter;
         if (hold) {
             stage = "dead_writer: write txn after the kill (held handle)";
-            dw_verify(keep, last, last + 1, &counter);
+            dw_verify(keep, lo, hi, &counter);
         } else {
-            if (keep) {
-                keel_close(keep);
-                keep = NULL;
-            }
             stage = "dead_writer: write txn after the kill (fresh open)";
             keel_db *db = open_db(0);
-            dw_verify(db, last, last + 1, &counter);
+            dw_verify(db, lo, hi, &counter);
             keel_close(db);
         }
+        if (counter == last + 1 && counter > before)
+            unacked++;
         stage = "dead_writer";
     }
     if (keep)
         keel_close(keep);
     print_message("dead_writer: %ld kills (starting %d, in txn %d, in commit %d, after commit %d), "
-                  "%" PRIu64 " acknowledged commits, counter %" PRIu64 "\n",
-                  rounds, phases[0], phases[1], phases[2], phases[3], acked_total, counter);
+                  "%" PRIu64 " acknowledged commits, %" PRIu64 " durable but unacknowledged, counter %" PRIu64 "\n",
+                  rounds, phases[0], phases[1], phases[2], phases[3], acked_total, unacked, counter);
     /* a last check in another process, as a brand new user */
     pid_t kid = spawn();
     if (kid == 0) {
@@ -985,8 +1158,13 @@ static void test_two_handles(void **state)
     uint64_t rsnap = keel_txn_id(rr);
     assert_int_equal(keel_begin(db2, 0, &w), 0);
     assert_int_equal(keel_put(w, 0, tu_val("w"), tu_val("parent"), 0), 0);
+    int c2p[2], p2c[2];
+    make_pipe(c2p);
+    make_pipe(p2c);
     kid = spawn();
     if (kid == 0) {
+        close(c2p[0]);
+        close(p2c[1]);
         keel_txn *t = NULL;
         keel_val v;
         CHILD_RC(keel_begin(db2, 0, &t), KEEL_FORKED);
@@ -999,24 +1177,35 @@ static void test_two_handles(void **state)
         CHILD_RC(keel_commit(rr), KEEL_FORKED);
         CHILD_RC(keel_commit(w), KEEL_FORKED);
         keel_close(db2);
-        /* a fresh handle works, and sees the parent's reader slot untouched */
+        char byte = 1;
+        CHILD_CHECK(write_all(c2p[1], &byte, 1) == 0);
+        /* keel_open takes the writer lock (doc/format.md): wait until the
+         * parent has committed */
+        CHILD_CHECK(read_all(p2c[0], &byte, 1) == 1);
         keel_db *db = child_open(0);
         CHILD_CHECK(readers_has(db, getppid(), rsnap, NULL));
         CHILD_RC(keel_begin(db, KEEL_RDONLY, &t), 0);
-        CHILD_RC(keel_get(t, 0, tu_val("k"), &v), 0);
-        CHILD_CHECK(v.len == 2 && memcmp(v.data, "v4", 2) == 0);
-        CHILD_RC(keel_get(t, 0, tu_val("w"), &v), KEEL_NOTFOUND);
+        CHILD_RC(keel_get(t, 0, tu_val("w"), &v), 0);
+        CHILD_CHECK(v.len == 6 && memcmp(v.data, "parent", 6) == 0);
         keel_abort(t);
         keel_close(db);
         _exit(0);
     }
-    assert_exited_ok(kid, "two_handles forked child");
-    /* the parent's txns are intact */
+    close(c2p[1]);
+    close(p2c[0]);
+    char byte;
+    assert_int_equal(read_all(c2p[0], &byte, 1), 1);
+    /* the parent's txns are intact: its reader slot is still published */
     assert_true(readers_has(db2, getpid(), rsnap, NULL));
     assert_get(rr, "k", "v4");
     assert_get(w, "w", "parent");
     assert_int_equal(keel_commit(w), 0);
     assert_get(rr, "w", NULL);
+    assert_int_equal(write_all(p2c[1], &byte, 1), 0);
+    assert_exited_ok(kid, "two_handles forked child");
+    close(c2p[0]);
+    close(p2c[1]);
+    assert_true(readers_has(db2, getpid(), rsnap, NULL));
     keel_abort(rr);
 
     /* the writer lock is free for another process */
@@ -1135,6 +1324,22 @@ static void test_bad_lockfile(void **state)
     expect_lockfile_error("one byte too long", db_bytes, db_len);
     assert_int_equal(truncate(lpath, (off_t)3 << 30), 0); /* sparse */
     expect_lockfile_error("3 GiB", db_bytes, db_len);
+
+    /* An opener killed while it initialised the lock file (after the
+     * ftruncate or the memset, before `magic`, which is written last) leaves
+     * a zero magic: the next sole user starts over instead of failing. */
+    memset(bad, 0, lock_len);
+    write_file(lpath, bad, lock_len);
+    db = open_db(0);
+    put1(db, "z", "1");
+    keel_close(db);
+    memcpy(bad, good, lock_len);
+    memset(bad, 0, 4);
+    write_file(lpath, bad, lock_len);
+    db = open_db(KEEL_RDONLY);
+    keel_close(db);
+    free(db_bytes);
+    db_bytes = read_file(path, &db_len);
 
     /* an empty lock file is a fresh one; a valid one left behind is reused */
     write_file(lpath, "", 0);
@@ -1301,6 +1506,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bank, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visibility, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_reader, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_readers_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slot_claim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_lockfile, setup, teardown),

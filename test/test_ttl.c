@@ -510,17 +510,33 @@ static void test_cursor_write(void **state)
     assert_memory_equal(kv.data, "c7", 2);
     assert_int_equal(keel_cursor_prev(c, &kv, &vv), 0);
     assert_memory_equal(kv.data, "c2", 2);
+    /* the entry under the cursor expires: current and cursor_del see it absent,
+     * next and prev step off it */
+    assert_int_equal(keel_cursor_seek(c, tu_val("c7"), &kv, &vv), 0);
+    assert_int_equal(keel_expire_at(t, 0, tu_val("c7"), T0 - 3), 0);
+    assert_int_equal(keel_cursor_current(c, &kv, &vv), KEEL_NOTFOUND);
+    assert_int_equal(keel_cursor_del(c), KEEL_NOTFOUND);
+    assert_int_equal(keel_cursor_next(c, &kv, &vv), 0);
+    assert_memory_equal(kv.data, "c8", 2);
+    assert_int_equal(keel_cursor_prev(c, &kv, &vv), 0);
+    assert_memory_equal(kv.data, "c2", 2);
+    assert_int_equal(keel_persist(t, 0, tu_val("c7")), KEEL_NOTFOUND);
+    assert_int_equal(keel_put(t, 0, tu_val("c7"), tu_val("c7"), 0), 0); /* back, without expiry */
+    assert_int_equal(keel_cursor_next(c, &kv, &vv), 0);
+    assert_memory_equal(kv.data, "c7", 2);
+    assert_int_equal(keel_cursor_current(c, &kv, &vv), 0);
+    assert_memory_equal(kv.data, "c7", 2);
     keel_cursor_close(c);
-    /* the expired keys are still there (NOTFOUND from del removes them for good) */
+    /* the expired keys are still there: a delete of one answers NOTFOUND and changes nothing */
     assert_int_equal(keel_del(t, 0, tu_val("c4")), KEEL_NOTFOUND);
     assert_int_equal(keel_commit(t), 0);
     assert_clean(db);
-    assert_false(phys_has(db, 0, "c4"));
+    assert_true(phys_has(db, 0, "c4"));
     assert_true(phys_has(db, 0, "c5"));
     assert_true(phys_has(db, 0, "c0"));
     assert_false(phys_has(db, 0, "c3"));
     t = wbegin(db);
-    assert_int_equal(purge(t, 100), 3); /* c0, c5, c9 */
+    assert_int_equal(purge(t, 100), 4); /* c0, c4, c5, c9 */
     assert_int_equal(keel_commit(t), 0);
     clock_now = T0 + 1; /* c6's expiry would have come now; it was deleted */
     t = wbegin(db);
@@ -642,7 +658,44 @@ static void test_snapshot_clock(void **state)
     expect_exp(t, 0, "w", 0, T0 + 130, T0 + 129);
     expect(t, 0, "s40", NULL);
     expect(t, 0, "s10", "1");
+    /* a reader keeps its snapshot while a writer purges what it still sees */
+    clock_now = T0 + 1000;
+    keel_txn *w = wbegin(db);
+    assert_int_equal(purge(w, 1000), 30); /* s21..s49 and w */
+    assert_int_equal(keel_commit(w), 0);
+    expect(t, 0, "s45", "s45");
+    expect_exp(t, 0, "w", 0, T0 + 130, T0 + 129);
     keel_abort(t);
+    t = rbegin(db);
+    expect(t, 0, "s45", NULL);
+    keel_abort(t);
+    clock_now = T0;
+    assert_false(phys_has(db, 0, "s45"));
+    assert_true(phys_has(db, 0, "s10"));
+    /* the largest expiry times */
+    t = wbegin(db);
+    assert_int_equal(keel_expire_at(t, 0, tu_val("s10"), INT64_MAX), 0);
+    expect_exp(t, 0, "s10", 0, INT64_MAX, T0);
+    assert_int_equal(keel_put_ttl(t, 0, tu_val("max"), tu_val("m"), INT64_MAX - T0, 0), 0);
+    expect_exp(t, 0, "max", 0, INT64_MAX, T0);
+    int rc = keel_put_ttl(t, 0, tu_val("max"), tu_val("m"), INT64_MAX - T0 + 1, 0); /* past int64 */
+    assert_true(rc == KEEL_OVERFLOW || rc == KEEL_BADARG);
+    expect_exp(t, 0, "max", 0, INT64_MAX, T0);
+    assert_int_equal(keel_expire_at(t, 0, tu_val("s10"), 1), 0); /* the smallest */
+    expect(t, 0, "s10", NULL);
+    assert_int_equal(purge(t, 10), 1);
+    assert_int_equal(keel_commit(t), 0);
+    clock_now = INT64_MAX - 1;
+    t = rbegin(db);
+    expect_exp(t, 0, "max", 0, INT64_MAX, INT64_MAX - 1);
+    keel_abort(t);
+    clock_now = INT64_MAX;
+    t = wbegin(db);
+    expect(t, 0, "max", NULL);
+    rc = keel_put_ttl(t, 0, tu_val("max"), tu_val("m"), 1, 0);
+    assert_true(rc == KEEL_OVERFLOW || rc == KEEL_BADARG);
+    assert_int_equal(purge(t, 10), 1);
+    assert_int_equal(keel_commit(t), 0);
     assert_clean(db);
     keel_close(db);
 }
@@ -974,21 +1027,22 @@ static void test_interactions(void **state)
     assert_int_equal(keel_get(t, b, (keel_val){bigk, 300}, &got), KEEL_NOTFOUND);
     assert_int_equal(keel_commit(t), 0);
     assert_clean(db);
-    /* what remains to purge: n c e ov bigk bigk300 x_exp x_expat x_pers x_cas2
-     * l_noow (x_del was removed by its delete, the others were rewritten) */
+    /* what remains to purge: n c e ov bigk bigk300 x_del x_exp x_expat x_pers
+     * x_cas2 l_noow (a delete of expired x_del changed nothing; the others
+     * were rewritten) */
     keel_stat st0;
     t = rbegin(db);
     assert_int_equal(keel_bucket_stat(t, b, &st0), 0);
     keel_abort(t);
     assert_true(st0.overflow_pages > 0);
     t = wbegin(db);
-    assert_int_equal(purge(t, 1000), 11);
+    assert_int_equal(purge(t, 1000), 12);
     assert_int_equal(keel_commit(t), 0);
     t = rbegin(db);
     keel_stat st1;
     assert_int_equal(keel_bucket_stat(t, b, &st1), 0);
     keel_abort(t);
-    assert_int_equal(st1.entries, st0.entries - 11);
+    assert_int_equal(st1.entries, st0.entries - 12);
     assert_int_equal(st1.overflow_pages, 0);
     assert_clean(db);
     clock_now = T0 + 1000000;
@@ -1028,6 +1082,7 @@ static void test_drop_bucket(void **state)
     fill_ttl(t, gone, "g", 400, 10, 0);
     fill_ttl(t, gone, "G", 40, 10, 400); /* long keys */
     fill_ttl(t, stays, "s", 200, 10, 0);
+    fill_ttl(t, stays, "g", 40, 10, 0); /* the same keys and expiry times as in "gone" */
     fill_ttl(t, again, "a", 100, 10, 0);
     fill_ttl(t, 0, "d", 100, 10, 0);
     assert_int_equal(keel_commit(t), 0);
@@ -1054,10 +1109,10 @@ static void test_drop_bucket(void **state)
 
     clock_now = T0 + 10000000;
     t = wbegin(db);
-    assert_int_equal(purge(t, 100000), 150 + 6); /* only the ones of "stays" and the new "again" */
+    assert_int_equal(purge(t, 100000), 150 + 30 + 6); /* only the ones of "stays" and the new "again" */
     assert_int_equal(keel_commit(t), 0);
     assert_clean(db);
-    assert_int_equal(phys_entries(db, stays), 50);
+    assert_int_equal(phys_entries(db, stays), 50 + 10);
     assert_int_equal(phys_entries(db, again), 2);
 
     /* drop in the same txn that expired and purged keys */
@@ -1306,17 +1361,27 @@ static void test_space_reuse(void **state)
 #define MB 2  /* buckets in the model: the default one and "mb" */
 #define MK 24 /* keys per bucket */
 
+#define MVALMAX 6000 /* values up to here: some go to overflow pages */
+
 struct ment {
     bool present; /* in the file (maybe expired) */
     int64_t exp;  /* 0 = none */
     size_t len;
-    char val[32];
+    char val[MVALMAX];
 };
 
 static struct ment model[MB][MK], saved_model[MB][MK];
 static uint32_t bucket_ids[MB];
 
-static void mkey(char *buf, int i) { snprintf(buf, 8, "m%02d", (i % 100 + 100) % 100); }
+#define MKEYMAX 512
+static size_t mklen = 3; /* key length: "m%02d", padded */
+
+static void mkey(char *buf, int i)
+{
+    snprintf(buf, MKEYMAX, "m%02d", (i % 100 + 100) % 100);
+    memset(buf + 3, 'p', mklen - 3);
+    buf[mklen] = 0;
+}
 
 static bool mvisible(const struct ment *e, int64_t now) { return e->present && (e->exp == 0 || e->exp > now); }
 
@@ -1380,7 +1445,7 @@ static size_t mpurge(size_t max, int64_t now)
 
 static void mverify(keel_txn *t, const keel_bucket *bk, int64_t now, bool walks)
 {
-    char k[8];
+    char k[MKEYMAX];
     for (int b = 0; b < MB; b++) {
         for (int i = 0; i < MK; i++) {
             mkey(k, i);
@@ -1410,8 +1475,8 @@ static void mverify(keel_txn *t, const keel_bucket *bk, int64_t now, bool walks)
                 i++;
             assert_true(i < MK);
             mkey(k, i);
-            assert_int_equal(kv.len, 3);
-            assert_memory_equal(kv.data, k, 3);
+            assert_int_equal(kv.len, mklen);
+            assert_memory_equal(kv.data, k, mklen);
             assert_int_equal(vv.len, model[b][i].len);
             i++;
         }
@@ -1425,7 +1490,7 @@ static void mverify(keel_txn *t, const keel_bucket *bk, int64_t now, bool walks)
                 i--;
             assert_true(i >= 0);
             mkey(k, i);
-            assert_memory_equal(kv.data, k, 3);
+            assert_memory_equal(kv.data, k, mklen);
             i--;
         }
         assert_int_equal(rc, KEEL_NOTFOUND);
@@ -1443,7 +1508,7 @@ static void mverify_physical(keel_db *db, const keel_bucket *bk)
     clock_now = 1;
     keel_txn *t = rbegin(db);
     clock_now = saved;
-    char k[8];
+    char k[MKEYMAX];
     for (int b = 0; b < MB; b++) {
         uint64_t n = 0;
         for (int i = 0; i < MK; i++) {
@@ -1475,7 +1540,11 @@ static void random_value(uint64_t *seed, char *buf, size_t *len)
     static const char *const fixed[] = {"", "abc", "01", " 1", "-0", "9223372036854775807",
                                         "-9223372036854775808", "12a", "0"};
     uint64_t x = tu_rand(seed);
-    if (x % 4 == 0) {
+    if (x % 16 == 1) { /* an overflow value */
+        *len = 2100 + (size_t)((x >> 8) % (MVALMAX - 2100));
+        for (size_t i = 0; i < *len; i++)
+            buf[i] = (char)('a' + (i * 7 + (x >> 24)) % 26);
+    } else if (x % 4 == 0) {
         const char *s = fixed[(x >> 8) % (sizeof fixed / sizeof fixed[0])];
         *len = strlen(s);
         memcpy(buf, s, *len);
@@ -1484,14 +1553,15 @@ static void random_value(uint64_t *seed, char *buf, size_t *len)
     }
 }
 
-static void test_model(void **state)
+static void run_model(size_t key_len, uint64_t seed_def)
 {
-    (void)state;
-    tu_path(path, sizeof path, "ttl-model");
+    mklen = key_len;
+    tu_remove(path);
+    clock_now = T0;
     const int32_t ppc = 3;
     keel_db *db = open_db(ppc, KEEL_NOSYNC);
-    uint64_t seed = tu_seed(0x7e57ab1e);
-    fprintf(stderr, "model: seed 0x%llx\n", (unsigned long long)seed);
+    uint64_t seed = tu_seed(seed_def);
+    fprintf(stderr, "model: keys of %zu bytes, seed 0x%llx\n", key_len, (unsigned long long)seed);
     memset(model, 0, sizeof model);
     keel_bucket bk[MB], tick;
     keel_txn *t = wbegin(db);
@@ -1523,12 +1593,12 @@ static void test_model(void **state)
             x = tu_rand(&seed);
             int b = (int)(x % MB), i = (int)((x >> 4) % MK);
             uint64_t y = tu_rand(&seed);
-            char k[8];
+            char k[MKEYMAX];
             mkey(k, i);
             keel_val key = tu_val(k);
             struct ment *e = &model[b][i];
             bool vis = mvisible(e, now);
-            char vbuf[32];
+            static char vbuf[MVALMAX];
             size_t vlen;
             random_value(&seed, vbuf, &vlen);
             keel_val val = {vbuf, vlen};
@@ -1566,9 +1636,10 @@ static void test_model(void **state)
             case 4: /* del */
                 rc = keel_del(t, bk[b], key);
                 assert_int_equal(rc, vis ? 0 : KEEL_NOTFOUND);
-                if (e->present)
-                    dirty = true; /* an expired key is removed for good */
-                e->present = false;
+                if (vis) { /* an expired key stays, for purge */
+                    dirty = true;
+                    e->present = false;
+                }
                 break;
             case 5: /* persist */
                 rc = keel_persist(t, bk[b], key);
@@ -1662,9 +1733,9 @@ static void test_model(void **state)
                     assert_int_equal(rc, KEEL_NOTFOUND);
                 } else {
                     assert_int_equal(rc, 0);
-                    char k2[8];
+                    char k2[MKEYMAX];
                     mkey(k2, j);
-                    assert_memory_equal(kv.data, k2, 3);
+                    assert_memory_equal(kv.data, k2, mklen);
                     assert_int_equal(keel_cursor_del(c), 0);
                     model[b][j].present = false;
                     dirty = true;
@@ -1674,7 +1745,7 @@ static void test_model(void **state)
             }
             case 11: { /* get_many of the whole bucket, and keel_ttl */
                 keel_val keys[MK], vals[MK];
-                char names[MK][8];
+                static char names[MK][MKEYMAX];
                 for (int j = 0; j < MK; j++) {
                     mkey(names[j], j);
                     keys[j] = tu_val(names[j]);
@@ -1737,6 +1808,14 @@ static void test_model(void **state)
     assert_true(auto_purged > 0);
     for (int i = 4; i <= 8; i++)
         assert_true(ops_fail[i] > 0); /* and failed (NOTFOUND, NOTNUMBER, MISMATCH) */
+}
+
+static void test_model(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "ttl-model");
+    run_model(3, 0x7e57ab1e);   /* one leaf */
+    run_model(400, 0x7e57ab1f); /* several leaves; expiry keys past the stack buffer */
 }
 
 int main(void)

@@ -144,7 +144,8 @@ static int read_line(struct reader *r, char **line, size_t *len)
 {
     size_t scanned = 0; /* bytes of buf[pos, end) known to hold no newline */
     for (;;) {
-        char *nl = memchr(r->buf + r->pos + scanned, '\n', r->end - r->pos - scanned);
+        size_t avail = r->end - r->pos - scanned;
+        char *nl = avail ? memchr(r->buf + r->pos + scanned, '\n', avail) : NULL;
         if (nl) {
             size_t n = (size_t)(nl - (r->buf + r->pos));
             if (n > r->max_line)
@@ -204,7 +205,7 @@ struct parse {
     char *database; /* the current section's database= value */
 };
 
-static int fail(struct parse *ps, int code, unsigned long line, const char *fmt, ...)
+static int parse_fail(struct parse *ps, int code, unsigned long line, const char *fmt, ...)
 {
     if (ps->err && ps->errlen) {
         int n = snprintf(ps->err, ps->errlen, "line %lu: ", line);
@@ -220,7 +221,7 @@ static int fail(struct parse *ps, int code, unsigned long line, const char *fmt,
     return code;
 }
 
-static void warn(struct parse *ps, unsigned long line, const char *fmt, ...)
+static void parse_warn(struct parse *ps, unsigned long line, const char *fmt, ...)
 {
     if (!ps->p->warning)
         return;
@@ -235,7 +236,7 @@ static void warn(struct parse *ps, unsigned long line, const char *fmt, ...)
 /* A callback said stop: its message, behind the line number. */
 static int stopped(struct parse *ps, unsigned long line, const char *cbmsg)
 {
-    return fail(ps, DUMP_ESTOP, line, "%s", cbmsg[0] ? cbmsg : "stopped");
+    return parse_fail(ps, DUMP_ESTOP, line, "%s", cbmsg[0] ? cbmsg : "stopped");
 }
 
 static int line_error(struct parse *ps, int lr)
@@ -243,11 +244,11 @@ static int line_error(struct parse *ps, int lr)
     unsigned long at = ps->r.lineno + 1;
     switch (lr) {
     case LINE_ERR_READ:
-        return fail(ps, DUMP_EREAD, at, "read error: %s", strerror(errno ? errno : EIO));
+        return parse_fail(ps, DUMP_EREAD, at, "read error: %s", strerror(errno ? errno : EIO));
     case LINE_ERR_NOMEM:
-        return fail(ps, DUMP_ENOMEM, at, "out of memory reading a long line");
+        return parse_fail(ps, DUMP_ENOMEM, at, "out of memory reading a long line");
     default:
-        return fail(ps, DUMP_EINPUT, at, "line longer than %zu bytes", ps->r.max_line);
+        return parse_fail(ps, DUMP_EINPUT, at, "line longer than %zu bytes", ps->r.max_line);
     }
 }
 
@@ -267,19 +268,19 @@ static int decode(struct parse *ps, bool print, char *s, size_t len, size_t col0
     if (print) {
         size_t bad;
         if (dump_unescape(s, len, outlen, &bad))
-            return fail(ps, DUMP_EINPUT, ps->r.lineno,
+            return parse_fail(ps, DUMP_EINPUT, ps->r.lineno,
                         "bad escape at column %zu (a backslash must be followed by a backslash or two hex digits)",
                         col0 + bad);
         return 0;
     }
     if (len & 1)
-        return fail(ps, DUMP_EINPUT, ps->r.lineno, "odd number of hex digits (%zu)", len);
+        return parse_fail(ps, DUMP_EINPUT, ps->r.lineno, "odd number of hex digits (%zu)", len);
     for (size_t i = 0; i < len; i += 2) {
         int hi = hexval((unsigned char)s[i]), lo = hexval((unsigned char)s[i + 1]);
         if (hi < 0 || lo < 0) {
             size_t at = hi < 0 ? i : i + 1;
             char b[8];
-            return fail(ps, DUMP_EINPUT, ps->r.lineno, "bad hex digit %s at column %zu",
+            return parse_fail(ps, DUMP_EINPUT, ps->r.lineno, "bad hex digit %s at column %zu",
                         show((unsigned char)s[at], b), col0 + at);
         }
         s[i / 2] = (char)(hi << 4 | lo);
@@ -296,7 +297,7 @@ static int keep_key(struct parse *ps, const char *k, size_t len)
             ncap *= 2;
         char *nk = realloc(ps->key, ncap);
         if (!nk)
-            return fail(ps, DUMP_ENOMEM, ps->r.lineno, "out of memory for a key of %zu bytes", len);
+            return parse_fail(ps, DUMP_ENOMEM, ps->r.lineno, "out of memory for a key of %zu bytes", len);
         ps->key = nk;
         ps->keycap = ncap;
     }
@@ -373,21 +374,21 @@ static int header_line(struct parse *ps, struct dump_section *s, char *line, siz
 {
     unsigned long ln = ps->r.lineno;
     if (len > 0 && line[0] == ' ')
-        return fail(ps, DUMP_EINPUT, ln, "data line in the header (no HEADER=END before it)");
+        return parse_fail(ps, DUMP_EINPUT, ln, "data line in the header (no HEADER=END before it)");
     char *eq = memchr(line, '=', len);
     if (!eq)
-        return fail(ps, DUMP_EINPUT, ln, "expected a header line KEYWORD=VALUE (or HEADER=END)");
+        return parse_fail(ps, DUMP_EINPUT, ln, "expected a header line KEYWORD=VALUE (or HEADER=END)");
     size_t klen = (size_t)(eq - line);
     char *v = eq + 1;
     size_t vlen = len - klen - 1;
     uint64_t n;
     if (is(line, klen, "HEADER")) {
         if (!is(v, vlen, "END"))
-            return fail(ps, DUMP_EINPUT, ln, "expected HEADER=END");
+            return parse_fail(ps, DUMP_EINPUT, ln, "expected HEADER=END");
         *done = true;
     } else if (is(line, klen, "VERSION")) {
         if (!number(v, vlen, 3, &n) || n < 1)
-            return fail(ps, DUMP_EINPUT, ln, "unsupported VERSION=%.*s (1 to %d are understood)",
+            return parse_fail(ps, DUMP_EINPUT, ln, "unsupported VERSION=%.*s (1 to %d are understood)",
                         (int)(vlen > 40 ? 40 : vlen), v, DUMP_VERSION);
         s->version = (int)n;
     } else if (is(line, klen, "format")) {
@@ -396,18 +397,18 @@ static int header_line(struct parse *ps, struct dump_section *s, char *line, siz
         else if (is(v, vlen, "bytevalue"))
             s->print = 0;
         else
-            return fail(ps, DUMP_EINPUT, ln, "unsupported format (print or bytevalue are understood)");
+            return parse_fail(ps, DUMP_EINPUT, ln, "unsupported format (print or bytevalue are understood)");
     } else if (is(line, klen, "type")) {
         if (!is(v, vlen, "btree"))
-            return fail(ps, DUMP_EINPUT, ln, "unsupported type (only btree is understood)");
+            return parse_fail(ps, DUMP_EINPUT, ln, "unsupported type (only btree is understood)");
     } else if (is(line, klen, "database")) {
         if (vlen == 0)
-            return fail(ps, DUMP_EINPUT, ln, "empty database name");
+            return parse_fail(ps, DUMP_EINPUT, ln, "empty database name");
         if (memchr(v, '\0', vlen))
-            return fail(ps, DUMP_EINPUT, ln, "database name holds a NUL byte");
+            return parse_fail(ps, DUMP_EINPUT, ln, "database name holds a NUL byte");
         char *d = malloc(vlen + 1);
         if (!d)
-            return fail(ps, DUMP_ENOMEM, ln, "out of memory");
+            return parse_fail(ps, DUMP_ENOMEM, ln, "out of memory");
         memcpy(d, v, vlen);
         d[vlen] = 0;
         free(ps->database);
@@ -415,27 +416,27 @@ static int header_line(struct parse *ps, struct dump_section *s, char *line, siz
         s->database = d;
     } else if (is(line, klen, "mapsize")) {
         if (!number(v, vlen, UINT64_MAX, &n))
-            return fail(ps, DUMP_EINPUT, ln, "mapsize is not a decimal number");
+            return parse_fail(ps, DUMP_EINPUT, ln, "mapsize is not a decimal number");
         s->mapsize = n;
     } else if (is(line, klen, "maxreaders")) {
         if (!number(v, vlen, UINT32_MAX, &n))
-            return fail(ps, DUMP_EINPUT, ln, "maxreaders is not a decimal number");
+            return parse_fail(ps, DUMP_EINPUT, ln, "maxreaders is not a decimal number");
         s->maxreaders = (uint32_t)n;
     } else if (is(line, klen, "db_pagesize")) {
         if (!number(v, vlen, UINT32_MAX, &n))
-            return fail(ps, DUMP_EINPUT, ln, "db_pagesize is not a decimal number");
+            return parse_fail(ps, DUMP_EINPUT, ln, "db_pagesize is not a decimal number");
         s->pagesize = (uint32_t)n;
     } else if (is(line, klen, "mapaddr")) {
         /* a fixed map address: meaningless here */
     } else if (in_list(dup_flags, line, klen)) {
         if (!is(v, vlen, "0"))
-            return fail(ps, DUMP_EINPUT, ln, "%.*s: duplicate keys are not supported (a keel key has one value)",
+            return parse_fail(ps, DUMP_EINPUT, ln, "%.*s: duplicate keys are not supported (a keel key has one value)",
                         (int)klen, line);
     } else if (in_list(order_flags, line, klen)) {
         if (!is(v, vlen, "0"))
-            warn(ps, ln, "%.*s ignored: keys are stored in bytewise order", (int)klen, line);
+            parse_warn(ps, ln, "%.*s ignored: keys are stored in bytewise order", (int)klen, line);
     } else {
-        warn(ps, ln, "unrecognized keyword ignored: %.*s", (int)(klen > 60 ? 60 : klen), line);
+        parse_warn(ps, ln, "unrecognized keyword ignored: %.*s", (int)(klen > 60 ? 60 : klen), line);
     }
     return 0;
 }
@@ -455,7 +456,7 @@ static int section(struct parse *ps, char *line, size_t len)
             break;
         lr = read_line(&ps->r, &line, &len);
         if (lr == LINE_EOF)
-            return fail(ps, DUMP_EINPUT, ps->r.lineno, "unexpected end of input in the header (no HEADER=END)");
+            return parse_fail(ps, DUMP_EINPUT, ps->r.lineno, "unexpected end of input in the header (no HEADER=END)");
         if (lr != LINE_OK)
             return line_error(ps, lr);
     }
@@ -466,7 +467,7 @@ static int section(struct parse *ps, char *line, size_t len)
     for (;;) {
         lr = read_line(&ps->r, &line, &len);
         if (lr == LINE_EOF)
-            return fail(ps, DUMP_EINPUT, ps->r.lineno,
+            return parse_fail(ps, DUMP_EINPUT, ps->r.lineno,
                         "unexpected end of input: the section that starts on line %lu has no DATA=END", s.line);
         if (lr != LINE_OK)
             return line_error(ps, lr);
@@ -475,12 +476,12 @@ static int section(struct parse *ps, char *line, size_t len)
                 return rc;
         } else if (is(line, len, "DATA=END")) {
             if (have_key)
-                return fail(ps, DUMP_EINPUT, ps->r.lineno, "the key on line %lu has no value line", ps->keyline);
+                return parse_fail(ps, DUMP_EINPUT, ps->r.lineno, "the key on line %lu has no value line", ps->keyline);
             if (ps->p->section_end && ps->p->section_end(ps->p->ctx, ps->r.lineno, msg, sizeof msg))
                 return stopped(ps, ps->r.lineno, msg);
             return 0;
         } else {
-            return fail(ps, DUMP_EINPUT, ps->r.lineno,
+            return parse_fail(ps, DUMP_EINPUT, ps->r.lineno,
                         "expected a data line (one leading space) or DATA=END");
         }
     }
@@ -507,7 +508,7 @@ static int plain(struct parse *ps)
             return rc;
     }
     if (have_key)
-        return fail(ps, DUMP_EINPUT, ps->r.lineno, "the key on line %lu has no value line (end of input)",
+        return parse_fail(ps, DUMP_EINPUT, ps->r.lineno, "the key on line %lu has no value line (end of input)",
                     ps->keyline);
     if (ps->p->section_end && ps->p->section_end(ps->p->ctx, ps->r.lineno, msg, sizeof msg))
         return stopped(ps, ps->r.lineno, msg);
@@ -541,6 +542,11 @@ int dump_parse(FILE *in, const struct dump_parser *p, char *err, size_t errlen)
             }
             if (len == 0) /* blank lines between sections */
                 continue;
+            if (line[0] == ' ') {
+                rc = parse_fail(&ps, DUMP_EINPUT, ps.r.lineno,
+                                "data line outside a section (expected a header line such as VERSION=3)");
+                break;
+            }
             if ((rc = section(&ps, line, len)))
                 break;
         }

@@ -10,7 +10,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PKGS="meson ninja-build gcc pkg-config libcmocka-dev libxxhash-dev"
+PKGS="meson ninja-build gcc pkg-config libcmocka-dev libxxhash-dev lmdb-utils"
 
 install_missing() {
     missing=""

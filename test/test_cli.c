@@ -1,0 +1,1461 @@
+/*
+ * test_cli.c — the `keel` command-line tool, run as a program, and its dump
+ * format parser (tools/dumpfmt.c, compiled into this test) called directly.
+ *
+ *   - dump → load → dump gives the same text: binary keys and values, empty
+ *     values, overflow values, both formats, -a with several buckets, -s,
+ *     expiry times (far in the future, so that nothing expires meanwhile);
+ *     the loaded database also equals the source entry by entry.
+ *   - malformed input: non-zero exit, the line number in the message, and
+ *     the database byte for byte as it was (the load is one txn).
+ *   - -N, -T, stat, check (clean, a damaged leaf, random damage: never a
+ *     crash), copy and copy --compact, the shell verbs, usage errors.
+ *   - the real LMDB tools (skipped when mdb_load / mdb_dump are not on PATH):
+ *     LMDB → keel and keel → LMDB give the same data lines.
+ *   - the parser on its own: random mutations never crash it, and a
+ *     generated stream of many records is parsed in constant memory.
+ *
+ * The `keel` binary is found next to this test's build directory:
+ * build/test/test_cli → build/tools/keel (or $MESON_BUILD_ROOT/tools/keel).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "format.h"
+#include "testutil.h"
+
+#include "../tools/dumpfmt.c" /* the parser under test, and its writer */
+
+#define OK(x) assert_int_equal((x), 0)
+
+static char keel_bin[4096];
+static char dir[1024]; /* a private temporary directory */
+static char path_a[2048], path_b[2048], path_c[2048], txt[2048], txt2[2048];
+
+/* ---- files ---------------------------------------------------------------- */
+static char *read_file(const char *p, size_t *len)
+{
+    FILE *f = fopen(p, "rb");
+    if (!f) {
+        if (len)
+            *len = 0;
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *b = malloc(cap + 1);
+    assert_non_null(b);
+    size_t got;
+    while ((got = fread(b + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) {
+            cap *= 2;
+            b = realloc(b, cap + 1);
+            assert_non_null(b);
+        }
+    }
+    fclose(f);
+    b[n] = 0;
+    if (len)
+        *len = n;
+    return b;
+}
+
+static void write_file(const char *p, const void *data, size_t len)
+{
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    OK(fclose(f));
+}
+
+static void write_text(const char *p, const char *s) { write_file(p, s, strlen(s)); }
+
+static bool exists(const char *p) { return access(p, F_OK) == 0; }
+
+static void in_dir(char *buf, size_t size, const char *name) { snprintf(buf, size, "%s/%s", dir, name); }
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+/* ---- running programs ------------------------------------------------------ */
+struct run {
+    int code;      /* exit code; -1 if killed by a signal */
+    int sig;       /* the signal, if any */
+    char *out, *err;
+    size_t outlen;
+};
+
+static void run_free(struct run *r)
+{
+    free(r->out);
+    free(r->err);
+    memset(r, 0, sizeof *r);
+}
+
+/* Runs argv (argv[0] found on PATH unless it has a '/') with stdin from
+ * in_path (NULL = /dev/null); collects stdout, stderr and the exit status. */
+static struct run runv(const char *in_path, char *const argv[])
+{
+    char outp[2048], errp[2048];
+    in_dir(outp, sizeof outp, "run.out");
+    in_dir(errp, sizeof errp, "run.err");
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int in = open(in_path ? in_path : "/dev/null", O_RDONLY);
+        int out = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int err = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (in < 0 || out < 0 || err < 0)
+            _exit(126);
+        dup2(in, 0), dup2(out, 1), dup2(err, 2);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    struct run r = {0};
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    r.sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+    r.out = read_file(outp, &r.outlen);
+    r.err = read_file(errp, NULL);
+    if (!r.out)
+        r.out = strdup("");
+    if (!r.err)
+        r.err = strdup("");
+    return r;
+}
+
+#define KEEL(in, ...) runv((in), (char *const[]){keel_bin, __VA_ARGS__, NULL})
+#define PROG(in, ...) runv((in), (char *const[]){__VA_ARGS__, NULL})
+
+/* Runs keel and asserts it exits 0; answers its stdout (caller frees). */
+static char *keel_ok(const char *in, char *const args[])
+{
+    char *argv[32];
+    int n = 0;
+    argv[n++] = keel_bin;
+    for (int i = 0; args[i]; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    struct run r = runv(in, argv);
+    if (r.code != 0)
+        fprintf(stderr, "keel %s exited %d (signal %d): %s\n", args[0], r.code, r.sig, r.err);
+    assert_int_equal(r.code, 0);
+    char *out = r.out;
+    free(r.err);
+    return out;
+}
+#define KEEL_OK(in, ...) keel_ok((in), (char *const[]){__VA_ARGS__, NULL})
+
+static bool on_path(const char *prog)
+{
+    const char *p = getenv("PATH");
+    if (!p)
+        return false;
+    char *copy = strdup(p), *save = NULL;
+    bool found = false;
+    for (char *d = strtok_r(copy, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
+        char full[2048];
+        snprintf(full, sizeof full, "%s/%s", *d ? d : ".", prog);
+        found = access(full, X_OK) == 0;
+    }
+    free(copy);
+    return found;
+}
+
+/* The lines of text that start with one of the prefixes, joined. */
+static char *keep_lines(const char *text, const char *const *prefixes)
+{
+    size_t n = strlen(text);
+    char *out = malloc(n + 1);
+    assert_non_null(out);
+    size_t o = 0;
+    for (const char *l = text; *l;) {
+        const char *e = strchr(l, '\n');
+        size_t len = e ? (size_t)(e - l + 1) : strlen(l);
+        for (int i = 0; prefixes[i]; i++) {
+            if (strncmp(l, prefixes[i], strlen(prefixes[i])) == 0) {
+                memcpy(out + o, l, len);
+                o += len;
+                break;
+            }
+        }
+        l += len;
+    }
+    out[o] = 0;
+    return out;
+}
+
+static const char *const data_and_names[] = {" ", "database=", NULL};
+
+/* ---- databases -------------------------------------------------------------- */
+#define FAR_FUTURE 4102444800000LL /* 2100-01-01 in ms */
+
+static void put(keel_txn *t, keel_bucket b, const void *k, size_t kl, const void *v, size_t vl)
+{
+    OK(keel_put(t, b, (keel_val){k, kl}, (keel_val){v, vl}, 0));
+}
+
+/* A database with binary keys and values, empty and overflow values, keys
+ * with spaces, backslashes and newlines, two named buckets, and (ttls)
+ * absolute expiry times far in the future on some keys. */
+static void fill_db(const char *p, bool ttls)
+{
+    keel_db *db;
+    keel_txn *t;
+    OK(keel_open(p, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    keel_bucket d = KEEL_DEFAULT_BUCKET, b1, b2;
+    OK(keel_bucket_open(t, "b1", KEEL_CREATE, &b1));
+    OK(keel_bucket_open(t, "b two", KEEL_CREATE, &b2));
+    for (int i = 0; i < 256; i++) {
+        uint8_t k[3] = {'k', (uint8_t)i, (uint8_t)(255 - i)}, v[64];
+        for (int j = 0; j < 64; j++)
+            v[j] = (uint8_t)(i * 7 + j);
+        put(t, d, k, sizeof k, v, (size_t)(i % 64));
+    }
+    put(t, d, "space key ", 10, " lead and trail ", 16);
+    put(t, d, "back\\slash", 10, "new\nline\ttab\\", 13);
+    put(t, d, "empty", 5, "", 0);
+    put(t, d, "\0\0\0", 3, "\0", 1);
+    static uint8_t big[20000];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (uint8_t)(i * 31 + 7);
+    put(t, d, "big", 3, big, sizeof big);
+    for (int i = 0; i < 600; i++) {
+        char k[32], v[64];
+        int kl = snprintf(k, sizeof k, "key%05d", i), vl = snprintf(v, sizeof v, "value %d\\%d", i, i * i);
+        put(t, b1, k, (size_t)kl, v, (size_t)vl);
+    }
+    put(t, b2, "\xff\xfe", 2, "=", 1);
+    put(t, b2, "DATA=END", 8, "HEADER=END", 10);
+    if (ttls) {
+        OK(keel_expire_at(t, d, (keel_val){"empty", 5}, FAR_FUTURE + 1));
+        OK(keel_expire_at(t, d, (keel_val){"big", 3}, FAR_FUTURE + 2));
+        for (int i = 0; i < 600; i += 7) {
+            char k[32];
+            int kl = snprintf(k, sizeof k, "key%05d", i);
+            OK(keel_expire_at(t, b1, (keel_val){k, (size_t)kl}, FAR_FUTURE + i * 1000));
+        }
+    }
+    OK(keel_commit(t));
+    keel_close(db);
+}
+
+static int list_names(const char *name, void *ctx)
+{
+    char *buf = ctx;
+    strcat(buf, name);
+    strcat(buf, "\n");
+    return 0;
+}
+
+/* Every bucket of a and b holds the same entries with the same expiry times. */
+static void assert_same_db(const char *pa, const char *pb)
+{
+    keel_db *da, *db;
+    keel_txn *ta, *tb;
+    OK(keel_open(pa, NULL, &da));
+    OK(keel_open(pb, NULL, &db));
+    OK(keel_begin(da, KEEL_RDONLY, &ta));
+    OK(keel_begin(db, KEEL_RDONLY, &tb));
+    char na[8192] = "", nb[8192] = "";
+    OK(keel_bucket_list(ta, list_names, na));
+    OK(keel_bucket_list(tb, list_names, nb));
+    assert_string_equal(na, nb);
+    char *save = NULL, *name = NULL;
+    bool first = true;
+    while (first || name) {
+        keel_bucket ba = KEEL_DEFAULT_BUCKET, bb = KEEL_DEFAULT_BUCKET;
+        if (name) {
+            OK(keel_bucket_open(ta, name, 0, &ba));
+            OK(keel_bucket_open(tb, name, 0, &bb));
+        }
+        keel_cursor *ca, *cb;
+        OK(keel_cursor_open(ta, ba, &ca));
+        OK(keel_cursor_open(tb, bb, &cb));
+        keel_val ka, va, kb, vb;
+        int ra = keel_cursor_first(ca, &ka, &va), rb = keel_cursor_first(cb, &kb, &vb);
+        size_t n = 0;
+        while (ra == 0 && rb == 0) {
+            assert_int_equal(ka.len, kb.len);
+            assert_memory_equal(ka.data, kb.data, ka.len);
+            assert_int_equal(va.len, vb.len);
+            if (va.len)
+                assert_memory_equal(va.data, vb.data, va.len);
+            int64_t ea, eb;
+            OK(keel_expiry_at(ta, ba, ka, &ea));
+            OK(keel_expiry_at(tb, bb, kb, &eb));
+            assert_int_equal(ea, eb);
+            ra = keel_cursor_next(ca, &ka, &va);
+            rb = keel_cursor_next(cb, &kb, &vb);
+            n++;
+        }
+        assert_int_equal(ra, KEEL_NOTFOUND);
+        assert_int_equal(rb, KEEL_NOTFOUND);
+        keel_cursor_close(ca);
+        keel_cursor_close(cb);
+        name = strtok_r(first ? na : NULL, "\n", &save);
+        first = false;
+    }
+    keel_abort(ta);
+    keel_abort(tb);
+    keel_close(da);
+    keel_close(db);
+}
+
+static void remove_db(const char *p)
+{
+    tu_remove(p);
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+static int setup(void **state)
+{
+    (void)state;
+    const char *root = getenv("MESON_BUILD_ROOT");
+    keel_bin[0] = 0;
+    if (root && *root) {
+        snprintf(keel_bin, sizeof keel_bin, "%s/tools/keel", root);
+        if (access(keel_bin, X_OK) != 0)
+            keel_bin[0] = 0;
+    }
+    if (!keel_bin[0]) {
+        char exe[4000];
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        if (n <= 0)
+            return -1;
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (!slash)
+            return -1;
+        *slash = 0;
+        snprintf(keel_bin, sizeof keel_bin, "%s/../tools/keel", exe);
+    }
+    if (access(keel_bin, X_OK) != 0) {
+        fprintf(stderr, "test_cli: no keel binary at %s\n", keel_bin);
+        return -1;
+    }
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/keel-cli-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir))
+        return -1;
+    in_dir(path_a, sizeof path_a, "a.db");
+    in_dir(path_b, sizeof path_b, "b.db");
+    in_dir(path_c, sizeof path_c, "c.db");
+    in_dir(txt, sizeof txt, "dump.txt");
+    in_dir(txt2, sizeof txt2, "dump2.txt");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    return 0;
+}
+
+/* Each test starts with no databases. */
+static int fresh(void **state)
+{
+    (void)state;
+    remove_db(path_a);
+    remove_db(path_b);
+    remove_db(path_c);
+    return 0;
+}
+
+/* ---- round trips ---------------------------------------------------------------- */
+/* keel dump [-p] [-a | -s BUCKET] DB; bucket "*" = -a, NULL = the default bucket */
+static char *keel_dump(const char *db, bool print, const char *bucket)
+{
+    char *args[8];
+    int n = 0;
+    args[n++] = "dump";
+    if (print)
+        args[n++] = "-p";
+    if (bucket && strcmp(bucket, "*") == 0) {
+        args[n++] = "-a";
+    } else if (bucket) {
+        args[n++] = "-s";
+        args[n++] = (char *)bucket;
+    }
+    args[n++] = (char *)db;
+    args[n] = NULL;
+    return keel_ok(NULL, args);
+}
+
+static void roundtrip(bool print, bool ttls)
+{
+    fill_db(path_a, ttls);
+    char *d1 = print ? KEEL_OK(NULL, "dump", "-a", "-p", "-o", txt, path_a)
+                     : KEEL_OK(NULL, "dump", "-a", "-o", txt, path_a);
+    assert_string_equal(d1, ""); /* -o: nothing on stdout */
+    free(d1);
+    d1 = read_file(txt, NULL);
+    char *again = keel_dump(path_a, print, "*");
+    assert_string_equal(d1, again); /* -o and stdout agree */
+    free(again);
+    assert_non_null(strstr(d1, print ? "format=print\n" : "format=bytevalue\n"));
+    /* the default bucket first, without database=, then the named ones */
+    assert_memory_equal(d1, "VERSION=3\nformat=", 17);
+    assert_true(strstr(d1, "database=") > strstr(d1, "DATA=END"));
+    assert_non_null(strstr(d1, "database=b1\n"));
+    assert_non_null(strstr(d1, "database=b two\n"));
+    assert_non_null(strstr(d1, "db_pagesize=4096\n"));
+    assert_non_null(strstr(d1, "mapsize="));
+    assert_non_null(strstr(d1, "maxreaders="));
+    if (ttls) {
+        assert_non_null(strstr(d1, "database=" DUMP_EXPIRY_PREFIX "\n"));
+        assert_non_null(strstr(d1, "database=" DUMP_EXPIRY_PREFIX "b1\n"));
+        assert_null(strstr(d1, "database=" DUMP_EXPIRY_PREFIX "b two\n"));
+    } else {
+        assert_null(strstr(d1, DUMP_EXPIRY_PREFIX));
+    }
+    if (print)
+        assert_non_null(strstr(d1, " back\\\\slash\n new\\0aline\\09tab\\\\\n"));
+    free(KEEL_OK(txt, "load", path_b));
+    char *d2 = keel_dump(path_b, print, "*");
+    assert_string_equal(d1, d2);
+    assert_same_db(path_a, path_b);
+    free(d2);
+
+    /* one bucket with -s: its header names it; it loads back into it */
+    char *s1 = keel_dump(path_a, print, "b1");
+    assert_non_null(strstr(s1, "database=b1\n"));
+    assert_null(strstr(s1, "database=b two"));
+    assert_true(!ttls == !strstr(s1, "database=" DUMP_EXPIRY_PREFIX "b1\n"));
+    write_text(txt2, s1);
+    free(KEEL_OK(txt2, "load", path_c));
+    char *s2 = keel_dump(path_c, print, "b1");
+    assert_string_equal(s1, s2);
+    /* the default bucket alone: no database= line but for its expiry section */
+    char *s3 = keel_dump(path_a, print, NULL);
+    const char *head = print ? "VERSION=3\nformat=print\ntype=btree\n" : "VERSION=3\nformat=bytevalue\ntype=btree\n";
+    assert_true(strncmp(s3, head, strlen(head)) == 0);
+    assert_true(!ttls == !strstr(s3, "database="));
+    free(s1);
+    free(s2);
+    free(s3);
+    free(d1);
+}
+
+static void test_roundtrip_bytevalue(void **state)
+{
+    (void)state;
+    roundtrip(false, false);
+}
+
+static void test_roundtrip_print(void **state)
+{
+    (void)state;
+    roundtrip(true, false);
+}
+
+static void test_roundtrip_ttl(void **state)
+{
+    (void)state;
+    roundtrip(false, true);
+}
+
+static void test_roundtrip_ttl_print(void **state)
+{
+    (void)state;
+    roundtrip(true, true);
+}
+
+/* A database whose only bucket has 64 KiB pages and keys too long for 4 KiB
+ * pages: a load into a new file takes db_pagesize from the header. */
+static void test_roundtrip_pagesize(void **state)
+{
+    (void)state;
+    keel_options o = {.page_size = 65536};
+    keel_db *db;
+    keel_txn *t;
+    OK(keel_open(path_a, &o, &db));
+    OK(keel_begin(db, 0, &t));
+    static char k[10000];
+    memset(k, 'x', sizeof k);
+    OK(keel_put(t, KEEL_DEFAULT_BUCKET, (keel_val){k, sizeof k}, (keel_val){"v", 1}, 0));
+    OK(keel_commit(t));
+    keel_close(db);
+    char *d1 = KEEL_OK(NULL, "dump", "-a", "-o", txt, path_a);
+    free(d1);
+    d1 = read_file(txt, NULL);
+    assert_non_null(strstr(d1, "db_pagesize=65536\n"));
+    free(KEEL_OK(txt, "load", path_b));
+    char *d2 = KEEL_OK(NULL, "dump", "-a", path_b);
+    assert_string_equal(d1, d2);
+    free(d1);
+    free(d2);
+}
+
+/* ---- malformed input ----------------------------------------------------------------- */
+struct bad {
+    const char *what;
+    const char *input;
+    const char *line; /* "line N" expected in the message */
+    const char *says; /* and this */
+    bool plain;       /* -T */
+};
+
+#define HDR "VERSION=3\nformat=bytevalue\ntype=btree\nHEADER=END\n"
+#define PHDR "VERSION=3\nformat=print\ntype=btree\nHEADER=END\n"
+static const struct bad bads[] = {
+    {"bad hex", HDR " 6b\n 7z\nDATA=END\n", "line 6:", "bad hex digit 'z'", false},
+    {"odd hex digits", HDR " 6b6\n 76\nDATA=END\n", "line 5:", "odd number of hex digits", false},
+    {"missing HEADER=END", "VERSION=3\nformat=bytevalue\ntype=btree\n 6b\n 76\nDATA=END\n", "line 4:",
+     "HEADER=END", false},
+    {"end of input in header", "VERSION=3\nformat=print\n", "line 2:", "no HEADER=END", false},
+    {"odd line", HDR " 6b\n 76\nsomething else\nDATA=END\n", "line 7:", "expected a data line", false},
+    {"key without value", HDR " 6b\n 76\n 6c\nDATA=END\n", "line 8:", "the key on line 7 has no value", false},
+    {"bad VERSION", "VERSION=4\nformat=print\ntype=btree\nHEADER=END\nDATA=END\n", "line 1:",
+     "unsupported VERSION", false},
+    {"VERSION not a number", "VERSION=three\nHEADER=END\nDATA=END\n", "line 1:", "unsupported VERSION", false},
+    {"bad format", "VERSION=3\nformat=hex\nHEADER=END\nDATA=END\n", "line 2:", "unsupported format", false},
+    {"bad type", "VERSION=3\ntype=hash\nHEADER=END\nDATA=END\n", "line 2:", "unsupported type", false},
+    {"dupsort", "VERSION=3\ndupsort=1\nHEADER=END\nDATA=END\n", "line 2:", "duplicate keys", false},
+    {"no DATA=END", HDR " 6b\n 76\n", "line 6:", "no DATA=END", false},
+    {"bad escape", PHDR " k\\q1\n v\nDATA=END\n", "line 5:", "bad escape at column 3", false},
+    {"short escape", PHDR " k\n v\\4\nDATA=END\n", "line 6:", "bad escape", false},
+    {"header line without =", "VERSION=3\nnonsense\nHEADER=END\nDATA=END\n", "line 2:", "KEYWORD=VALUE", false},
+    {"data outside a section", HDR "DATA=END\n 6b\n", "line 6:", "data line outside a section", false},
+    {"empty key", HDR " \n 76\nDATA=END\n", "line 5:", "KEEL_BADVALSIZE", false},
+    {"bad expiry time", HDR " 6b\n 76\nDATA=END\nVERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX
+     "\ntype=btree\nHEADER=END\n k\n soon\nDATA=END\n", "line 13:", "not a positive decimal", false},
+    {"expiry for a missing key", HDR " 6b\n 76\nDATA=END\nVERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX
+     "\ntype=btree\nHEADER=END\n nokey\n 4102444800000\nDATA=END\n", "line 13:", "KEEL_NOTFOUND", false},
+    {"bucket name too long", "VERSION=3\ndatabase=x"
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\nHEADER=END\nDATA=END\n",
+     "line 1:", "KEEL_BADNAME", false},
+    /* a good section, then a bad one: the good one is not kept either */
+    {"second section bad", HDR " 6e6577\n 76\nDATA=END\n" HDR " 6b\n 7\nDATA=END\n", "line 13:",
+     "odd number", false},
+    {"plain: key without value", "a\nb\nc\n", "line 3:", "the key on line 3 has no value", true},
+    {"plain: bad escape", "a\nb\\zz\n", "line 2:", "bad escape", true},
+};
+
+static void test_malformed(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    size_t before_len, after_len;
+    char *before = read_file(path_a, &before_len);
+    char *dump_before = KEEL_OK(NULL, "dump", "-a", path_a);
+    for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
+        const struct bad *b = &bads[i];
+        write_text(txt, b->input);
+        struct run r = b->plain ? KEEL(txt, "load", "-T", path_a) : KEEL(txt, "load", path_a);
+        if (r.code != 1 || !strstr(r.err, b->line) || !strstr(r.err, b->says))
+            fprintf(stderr, "case '%s': exit %d, stderr:\n%s", b->what, r.code, r.err);
+        assert_int_equal(r.code, 1);
+        assert_non_null(strstr(r.err, "keel: load "));
+        assert_non_null(strstr(r.err, b->line));
+        assert_non_null(strstr(r.err, b->says));
+        run_free(&r);
+        char *after = read_file(path_a, &after_len);
+        assert_int_equal(before_len, after_len);
+        assert_memory_equal(before, after, before_len); /* byte for byte as it was */
+        free(after);
+        /* into a file that does not exist: none is left behind */
+        remove_db(path_b);
+        r = b->plain ? KEEL(txt, "load", "-T", "-f", txt, path_b) : KEEL(NULL, "load", "-f", txt, path_b);
+        assert_int_equal(r.code, 1);
+        assert_false(exists(path_b));
+        run_free(&r);
+    }
+    char *dump_after = KEEL_OK(NULL, "dump", "-a", path_a);
+    assert_string_equal(dump_before, dump_after);
+    free(dump_before);
+    free(dump_after);
+    free(before);
+}
+
+/* Unknown header keywords are warnings, as in mdb_load; so are key-order flags. */
+static void test_warnings(void **state)
+{
+    (void)state;
+    write_text(txt, "VERSION=3\nformat=print\nfoo=bar\nreversekey=1\nmapaddr=0x7f00\ntype=btree\nHEADER=END\n"
+                    " k\n v\nDATA=END\n\n");
+    struct run r = KEEL(txt, "load", path_a);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.err, "line 3: warning: unrecognized keyword ignored: foo"));
+    assert_non_null(strstr(r.err, "line 4: warning: reversekey"));
+    assert_null(strstr(r.err, "records/s")); /* no progress when stderr is not a terminal */
+    run_free(&r);
+    char *v = KEEL_OK(NULL, "get", path_a, "k");
+    assert_string_equal(v, "v\n");
+    free(v);
+    /* empty input: a valid, empty database */
+    write_text(txt, "");
+    free(KEEL_OK(txt, "load", path_b));
+    assert_true(exists(path_b));
+    char *c = KEEL_OK(NULL, "check", path_b);
+    free(c);
+}
+
+/* ---- -N, -T, -s ---------------------------------------------------------------------- */
+static void test_nooverwrite(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "k1", "old"));
+    write_text(txt, PHDR " k1\n new\n k2\n v2\nDATA=END\n"
+                    "VERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX "\ntype=btree\nHEADER=END\n"
+                    " k1\n 4102444800000\n k2\n 4102444800001\nDATA=END\n");
+    free(KEEL_OK(txt, "load", "-N", path_a));
+    char *v = KEEL_OK(NULL, "get", path_a, "k1");
+    assert_string_equal(v, "old\n");
+    free(v);
+    v = KEEL_OK(NULL, "get", path_a, "k2");
+    assert_string_equal(v, "v2\n");
+    free(v);
+    v = KEEL_OK(NULL, "ttl", path_a, "k1"); /* skipped: its expiry too */
+    assert_string_equal(v, "-1\n");
+    free(v);
+    v = KEEL_OK(NULL, "ttl", path_a, "k2");
+    assert_true(atoll(v) > 0);
+    free(v);
+    v = KEEL_OK(NULL, "buckets", path_a); /* the list of skipped keys is gone */
+    assert_string_equal(v, "");
+    free(v);
+    /* without -N the value is replaced */
+    free(KEEL_OK(txt, "load", path_a));
+    v = KEEL_OK(NULL, "get", path_a, "k1");
+    assert_string_equal(v, "new\n");
+    free(v);
+    v = KEEL_OK(NULL, "ttl", path_a, "k1");
+    assert_true(atoll(v) > 0);
+    free(v);
+}
+
+static void test_plain_text(void **state)
+{
+    (void)state;
+    write_text(txt, "alpha\nfirst value\nb\\5c\\0a\\00\n\nlast\nno newline at the end");
+    free(KEEL_OK(txt, "load", "-T", "-s", "t", path_a));
+    char *d = KEEL_OK(NULL, "dump", "-p", "-s", "t", path_a);
+    assert_non_null(strstr(d, "HEADER=END\n alpha\n first value\n b\\\\\\0a\\00\n \n last\n no newline at the end\n"
+                              "DATA=END\n"));
+    free(d);
+    /* -s also names the target of sections without database= */
+    write_text(txt, PHDR " x\n y\nDATA=END\n");
+    free(KEEL_OK(txt, "load", "-s", "other", path_a));
+    d = KEEL_OK(NULL, "get", path_a, "-s", "other", "x");
+    assert_string_equal(d, "y\n");
+    free(d);
+}
+
+/* ---- check ------------------------------------------------------------------------------ */
+/* The first leaf page holding the given bytes. */
+static uint64_t find_leaf(const uint8_t *file, size_t len, size_t ps, const char *needle)
+{
+    for (uint64_t p = 2; (p + 1) * ps <= len; p++) {
+        const uint8_t *pg = file + p * ps;
+        if (page_flags(pg) == P_LEAF && memmem(pg, ps, needle, strlen(needle)))
+            return p;
+    }
+    return 0;
+}
+
+static void test_check(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    struct run r = KEEL(NULL, "check", path_a);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "no problems"));
+    run_free(&r);
+
+    size_t len;
+    uint8_t *file = (uint8_t *)read_file(path_a, &len);
+    uint64_t leaf = find_leaf(file, len, 4096, "key00300");
+    assert_true(leaf >= 2);
+    /* the leaf's slot array: offsets now point between nodes */
+    uint8_t *pg = file + leaf * 4096;
+    for (unsigned i = 0; i < 8; i++)
+        pg[PAGE_HDR + i] ^= 0x5a;
+    write_file(path_c, file, len);
+    r = KEEL(NULL, "check", path_c);
+    assert_int_equal(r.code, 1);
+    assert_int_equal(r.sig, 0);
+    assert_non_null(strstr(r.out, "problem: "));
+    run_free(&r);
+    /* its key bytes: keys out of order */
+    free(file);
+    file = (uint8_t *)read_file(path_a, &len);
+    pg = file + leaf * 4096;
+    uint8_t *at = memmem(pg, 4096, "key00300", 8);
+    at[3] = '9';
+    write_file(path_c, file, len);
+    r = KEEL(NULL, "check", path_c);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.out, "problem: "));
+    run_free(&r);
+    /* both metas garbled: the file does not open; exit 1 with the error */
+    free(file);
+    file = (uint8_t *)read_file(path_a, &len);
+    memset(file + 40, 0xee, 64);
+    memset(file + 4096 + 40, 0xee, 64);
+    write_file(path_c, file, len);
+    r = KEEL(NULL, "check", path_c);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "keel: open "));
+    run_free(&r);
+    /* not a file at all */
+    r = KEEL(NULL, "check", dir);
+    assert_int_equal(r.code, 1);
+    run_free(&r);
+    free(file);
+}
+
+/* Random damage to random pages: check exits 0 or 1, never crashes; neither
+ * do dump and stat on the same file. */
+static void test_check_random_damage(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    size_t len;
+    uint8_t *clean = (uint8_t *)read_file(path_a, &len);
+    uint8_t *file = malloc(len);
+    uint64_t seed = tu_seed(0xC11C4EC);
+    size_t npages = len / 4096;
+    long rounds = 40 * tu_scale();
+    int found = 0;
+    for (long i = 0; i < rounds; i++) {
+        memcpy(file, clean, len);
+        uint64_t pg = 2 + tu_rand(&seed) % (npages - 2);
+        int flips = 1 + (int)(tu_rand(&seed) % 16);
+        for (int f = 0; f < flips; f++)
+            file[pg * 4096 + tu_rand(&seed) % 4096] ^= (uint8_t)(1 + tu_rand(&seed) % 255);
+        remove_db(path_c);
+        write_file(path_c, file, len);
+        struct run r = KEEL(NULL, "check", path_c);
+        if (r.sig || (r.code != 0 && r.code != 1))
+            fprintf(stderr, "round %ld (page %" PRIu64 ", seed %#" PRIx64 "): exit %d signal %d\n%s", i, pg,
+                    tu_seed(0xC11C4EC), r.code, r.sig, r.err);
+        assert_int_equal(r.sig, 0);
+        assert_true(r.code == 0 || r.code == 1);
+        found += r.code == 1;
+        run_free(&r);
+        r = KEEL(NULL, "dump", "-a", path_c);
+        assert_int_equal(r.sig, 0);
+        assert_true(r.code == 0 || r.code == 1);
+        run_free(&r);
+        r = KEEL(NULL, "stat", path_c);
+        assert_int_equal(r.sig, 0);
+        run_free(&r);
+    }
+    assert_true(found > 0);
+    free(file);
+    free(clean);
+}
+
+/* ---- copy, stat --------------------------------------------------------------------- */
+static void test_copy(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    /* churn, so the compact copy differs from the plain one */
+    keel_db *db;
+    keel_txn *t;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    keel_bucket b1;
+    OK(keel_bucket_open(t, "b1", 0, &b1));
+    for (int i = 1; i < 600; i += 2) {
+        char k[32];
+        int kl = snprintf(k, sizeof k, "key%05d", i);
+        OK(keel_del(t, b1, (keel_val){k, (size_t)kl}));
+    }
+    OK(keel_commit(t));
+    keel_close(db);
+    char *d0 = KEEL_OK(NULL, "dump", "-a", path_a);
+    free(KEEL_OK(NULL, "copy", path_a, path_b));
+    free(KEEL_OK(NULL, "copy", "--compact", path_a, path_c));
+    char *c = KEEL_OK(NULL, "check", path_b);
+    free(c);
+    c = KEEL_OK(NULL, "check", path_c);
+    free(c);
+    char *d1 = KEEL_OK(NULL, "dump", "-a", path_b);
+    char *d2 = KEEL_OK(NULL, "dump", "-a", path_c);
+    assert_string_equal(d0, d1);
+    assert_string_equal(d0, d2);
+    struct stat sa, sc;
+    OK(stat(path_a, &sa));
+    OK(stat(path_c, &sc));
+    assert_true(sc.st_size <= sa.st_size);
+    /* the destination must not exist */
+    struct run r = KEEL(NULL, "copy", path_a, path_b);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "keel: copy "));
+    run_free(&r);
+    free(d0);
+    free(d1);
+    free(d2);
+}
+
+static void test_stat(void **state)
+{
+    (void)state;
+    fill_db(path_a, false);
+    /* a reader of ours, one commit behind */
+    keel_db *db;
+    keel_txn *rt, *wt;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, KEEL_RDONLY, &rt));
+    OK(keel_begin(db, 0, &wt));
+    OK(keel_put(wt, KEEL_DEFAULT_BUCKET, tu_val("one more"), tu_val("x"), 0));
+    OK(keel_commit(wt));
+    char *s = KEEL_OK(NULL, "stat", path_a);
+    const char *fields[] = {"page size:           4096", "depth:", "entries:", "branch pages:", "leaf pages:",
+                            "overflow pages:", "free pages:", "file size:", "last txn id:", "oldest reader lag:   1",
+                            "readers:             1 in use", "(default)            entries 262", "b1 ",
+                            "entries 600", "b two ", NULL};
+    for (int i = 0; fields[i]; i++) {
+        if (!strstr(s, fields[i]))
+            fprintf(stderr, "stat output lacks '%s':\n%s", fields[i], s);
+        assert_non_null(strstr(s, fields[i]));
+    }
+    char pidline[64];
+    snprintf(pidline, sizeof pidline, "reader pid %d: snapshot ", (int)getpid());
+    assert_non_null(strstr(s, pidline));
+    assert_non_null(strstr(s, ", lag 1\n"));
+    free(s);
+    keel_abort(rt);
+    keel_close(db);
+}
+
+/* Reading commands work while another process holds the write txn: dump
+ * sees the last commit, not the open txn's changes. */
+static void test_while_writing(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    char *before = keel_dump(path_a, false, "*");
+    keel_db *db;
+    keel_txn *wt;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, 0, &wt));
+    OK(keel_put(wt, KEEL_DEFAULT_BUCKET, tu_val("uncommitted"), tu_val("x"), 0));
+    char *during = keel_dump(path_a, false, "*");
+    assert_string_equal(before, during);
+    free(KEEL_OK(NULL, "stat", path_a));
+    free(KEEL_OK(NULL, "check", path_a));
+    free(KEEL_OK(NULL, "copy", "--compact", path_a, path_b));
+    struct run r = KEEL(NULL, "get", path_a, "uncommitted");
+    assert_int_equal(r.code, 1);
+    run_free(&r);
+    OK(keel_commit(wt));
+    keel_close(db);
+    char *c = keel_dump(path_b, false, "*");
+    assert_string_equal(before, c);
+    free(c);
+    free(before);
+    free(during);
+    /* a missing database is an error, and stays missing */
+    r = KEEL(NULL, "dump", path_c);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "keel: open "));
+    assert_false(exists(path_c));
+    run_free(&r);
+}
+
+/* ---- shell verbs ------------------------------------------------------------------------ */
+static void test_verbs(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "hello", "world"));
+    free(KEEL_OK(NULL, "put", path_a, "-s", "fruit", "apple", "red"));
+    free(KEEL_OK(NULL, "put", path_a, "-s", "fruit", "apricot", "orange", "--ttl", "100000000"));
+    free(KEEL_OK(NULL, "put", "-e", path_a, "bin\\00\\ff", "tab\\09back\\\\"));
+    free(KEEL_OK(NULL, "put", path_a, "-dash", "-5")); /* not options: a key and a value */
+    char *o = KEEL_OK(NULL, "get", path_a, "hello");
+    assert_string_equal(o, "world\n");
+    free(o);
+    o = KEEL_OK(NULL, "get", path_a, "-e", "bin\\00\\ff");
+    assert_string_equal(o, "tab\\09back\\\\\n");
+    free(o);
+    o = KEEL_OK(NULL, "get", path_a, "--", "-dash");
+    assert_string_equal(o, "-5\n");
+    free(o);
+    o = KEEL_OK(NULL, "scan", path_a);
+    assert_string_equal(o, "-dash\t-5\nbin\\00\\ff\ttab\\09back\\\\\nhello\tworld\n");
+    free(o);
+    o = KEEL_OK(NULL, "scan", path_a, "-s", "fruit", "--prefix", "ap", "--limit", "1");
+    assert_string_equal(o, "apple\tred\n");
+    free(o);
+    o = KEEL_OK(NULL, "scan", path_a, "-s", "fruit", "--prefix", "apr");
+    assert_string_equal(o, "apricot\torange\n");
+    free(o);
+    o = KEEL_OK(NULL, "ttl", path_a, "-s", "fruit", "apricot");
+    long long ttl = atoll(o);
+    assert_true(ttl > 99000000 && ttl <= 100000000);
+    free(o);
+    o = KEEL_OK(NULL, "ttl", path_a, "-s", "fruit", "apple");
+    assert_string_equal(o, "-1\n");
+    free(o);
+    o = KEEL_OK(NULL, "incr", path_a, "n");
+    assert_string_equal(o, "1\n");
+    free(o);
+    o = KEEL_OK(NULL, "incr", path_a, "n", "-11");
+    assert_string_equal(o, "-10\n");
+    free(o);
+    o = KEEL_OK(NULL, "buckets", path_a);
+    assert_string_equal(o, "fruit\n");
+    free(o);
+    free(KEEL_OK(NULL, "del", path_a, "hello"));
+
+    struct run r = KEEL(NULL, "get", path_a, "hello");
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "keel: get hello: KEEL_NOTFOUND"));
+    run_free(&r);
+    r = KEEL(NULL, "del", path_a, "hello");
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "KEEL_NOTFOUND"));
+    run_free(&r);
+    r = KEEL(NULL, "incr", path_a, "-s", "fruit", "apple");
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "keel: incr apple: KEEL_NOTNUMBER"));
+    run_free(&r);
+    r = KEEL(NULL, "get", path_a, "-s", "nosuch", "k");
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "keel: bucket nosuch: KEEL_NOTFOUND"));
+    run_free(&r);
+    r = KEEL(NULL, "get", path_b, "k"); /* reads never create the file */
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "keel: open "));
+    assert_false(exists(path_b));
+    run_free(&r);
+    r = KEEL(NULL, "ttl", path_a, "hello");
+    assert_int_equal(r.code, 1);
+    run_free(&r);
+    r = KEEL(NULL, "put", path_a, "-e", "bad\\zescape", "v");
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+}
+
+static void test_usage(void **state)
+{
+    (void)state;
+    struct run r = KEEL(NULL, "help");
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "exit codes"));
+    assert_non_null(strstr(r.out, "keel dump [-a | -s BUCKET] [-p] [-o FILE] DB"));
+    assert_non_null(strstr(r.out, "\\xx"));
+    run_free(&r);
+    const char *const bad[][6] = {
+        {"frobnicate", NULL},       {"dump", NULL},          {"dump", "-a", "-s", "x", "db", NULL},
+        {"dump", "-q", "db", NULL}, {"load", NULL},          {"load", "a", "b", NULL},
+        {"get", "db", NULL},        {"put", "db", "k", NULL}, {"incr", "db", "k", "notanumber", NULL},
+        {"put", "db", "k", "v", "--ttl", NULL},              {"copy", "db", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[8] = {keel_bin};
+        for (int j = 0; bad[i][j]; j++)
+            argv[j + 1] = (char *)bad[i][j];
+        r = runv(NULL, argv);
+        if (r.code != 2)
+            fprintf(stderr, "usage case %zu (%s): exit %d\n", i, bad[i][0], r.code);
+        assert_int_equal(r.code, 2);
+        assert_non_null(strstr(r.err, "usage"));
+        run_free(&r);
+    }
+    r = runv(NULL, (char *[]){keel_bin, NULL});
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+}
+
+/* ---- progress on a terminal ----------------------------------------------------------- */
+static void test_progress_tty(void **state)
+{
+    (void)state;
+    write_text(txt, PHDR " a\n b\nDATA=END\n");
+    int m = posix_openpt(O_RDWR | O_NOCTTY);
+    if (m < 0 || grantpt(m) || unlockpt(m)) {
+        if (m >= 0)
+            close(m);
+        skip();
+    }
+    char *slave = ptsname(m);
+    assert_non_null(slave);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int s = open(slave, O_RDWR | O_NOCTTY);
+        int in = open(txt, O_RDONLY);
+        int null = open("/dev/null", O_WRONLY);
+        if (s < 0 || in < 0 || null < 0)
+            _exit(126);
+        dup2(in, 0), dup2(null, 1), dup2(s, 2);
+        close(m);
+        execl(keel_bin, keel_bin, "load", path_a, (char *)NULL);
+        _exit(127);
+    }
+    char buf[4096];
+    size_t n = 0;
+    for (;;) { /* read until the child is gone and the pty is drained */
+        ssize_t got = read(m, buf + n, sizeof buf - 1 - n);
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+        if (n >= sizeof buf - 1)
+            break;
+    }
+    buf[n] = 0;
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    close(m);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_non_null(strstr(buf, "1 records"));
+    assert_non_null(strstr(buf, "records/s"));
+}
+
+/* A load of many records through a pipe: counted, no progress text on a
+ * pipe, and a dump of the same size. */
+static void test_big_load(void **state)
+{
+    (void)state;
+    long n = 100000 * tu_scale();
+    FILE *f = fopen(txt, "w");
+    assert_non_null(f);
+    fputs(PHDR, f);
+    for (long i = 0; i < n; i++)
+        fprintf(f, " key%09ld\n value of key %ld\n", i * 7919 % n, i);
+    fputs("DATA=END\n", f);
+    OK(fclose(f));
+    struct run r = KEEL(txt, "load", path_a);
+    assert_int_equal(r.code, 0);
+    assert_string_equal(r.err, "");
+    run_free(&r);
+    keel_db *db;
+    OK(keel_open(path_a, NULL, &db));
+    keel_stat st;
+    OK(keel_db_stat(db, &st));
+    assert_int_equal(st.entries, (uint64_t)n);
+    keel_close(db);
+    free(KEEL_OK(NULL, "check", path_a));
+}
+
+/* ---- LMDB's own tools ------------------------------------------------------------------ */
+static bool have_lmdb_tools(void)
+{
+    if (on_path("mdb_load") && on_path("mdb_dump"))
+        return true;
+    fprintf(stderr, "test_cli: mdb_load / mdb_dump not on PATH (Debian: lmdb-utils): LMDB interop skipped\n");
+    return false;
+}
+
+/* bytevalue input for mdb_load: binary keys and values, empty values.
+ * LMDB 0.9.24's mdb_dump -p does not double a backslash (so its print
+ * output is ambiguous where one occurs): no backslashes for that case. */
+static void write_lmdb_input(const char *p, bool named, bool backslashes)
+{
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    const char *dbs[] = {named ? "alpha" : NULL, named ? "beta gamma" : NULL};
+    for (int d = 0; d < (named ? 2 : 1); d++) {
+        fprintf(f, "VERSION=3\nformat=bytevalue\n");
+        if (dbs[d])
+            fprintf(f, "database=%s\n", dbs[d]);
+        fprintf(f, "type=btree\nmapsize=67108864\nHEADER=END\n");
+        for (int i = 0; i < 300; i++) {
+            uint8_t k[4] = {(uint8_t)(i >> 8), (uint8_t)i, (uint8_t)d, backslashes ? 0x5c : 0x7c}, v[40];
+            size_t vl = (size_t)(i % 41);
+            for (size_t j = 0; j < vl; j++)
+                if ((v[j] = (uint8_t)(i + j * 13)) == 0x5c && !backslashes)
+                    v[j] = 0x7c;
+            dump_write_record(f, 0, k, sizeof k, v, vl);
+        }
+        dump_write_record(f, 0, "text key", 8, backslashes ? "a \\ value" : "a | value", 9);
+        dump_write_end(f);
+    }
+    OK(fclose(f));
+}
+
+static void lmdb_to_keel(bool named, bool print)
+{
+    char lpath[2048];
+    in_dir(lpath, sizeof lpath, "l.mdb");
+    remove_db(lpath);
+    remove_db(path_b);
+    write_lmdb_input(txt, named, !print);
+    struct run r = PROG(NULL, "mdb_load", "-n", "-f", txt, lpath);
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    char *argv[8] = {"mdb_dump", "-n"};
+    int n = 2;
+    if (named)
+        argv[n++] = "-a";
+    if (print)
+        argv[n++] = "-p";
+    argv[n++] = lpath;
+    argv[n] = NULL;
+    r = runv(NULL, argv);
+    assert_int_equal(r.code, 0);
+    char *ldump = r.out;
+    free(r.err);
+    write_text(txt2, ldump);
+    free(KEEL_OK(txt2, "load", path_b));
+    char *kdump = named ? (print ? KEEL_OK(NULL, "dump", "-a", "-p", path_b) : KEEL_OK(NULL, "dump", "-a", path_b))
+                        : (print ? KEEL_OK(NULL, "dump", "-p", path_b) : KEEL_OK(NULL, "dump", path_b));
+    char *a = keep_lines(ldump, data_and_names), *b = keep_lines(kdump, data_and_names);
+    assert_true(strlen(a) > 1000);
+    assert_string_equal(a, b);
+    /* the headers agree too, but for what is the engine's own */
+    const char *const hdr[] = {"VERSION=", "format=", "type=", "HEADER=END", "DATA=END", NULL};
+    char *ha = keep_lines(ldump, hdr), *hb = keep_lines(kdump, hdr);
+    if (named) { /* keel dump -a writes the (empty) default bucket first: drop its section */
+        const char *second = strstr(hb, "VERSION=");
+        second = strstr(second + 1, "VERSION=");
+        assert_non_null(second);
+        assert_string_equal(ha, second);
+    } else {
+        assert_string_equal(ha, hb);
+    }
+    free(ha);
+    free(hb);
+    free(a);
+    free(b);
+    free(ldump);
+    free(kdump);
+    remove_db(lpath);
+}
+
+static void test_lmdb_to_keel(void **state)
+{
+    (void)state;
+    if (!have_lmdb_tools())
+        skip();
+    lmdb_to_keel(false, false);
+    lmdb_to_keel(false, true);
+    lmdb_to_keel(true, false);
+    lmdb_to_keel(true, true);
+}
+
+/* keel → LMDB: the default bucket becomes LMDB's main database, named
+ * buckets named databases.  (LMDB 0.9.24's mdb_load misreads escapes in
+ * print format, so the print-format case keeps to plain printable text.) */
+static void keel_to_lmdb(bool named, bool print)
+{
+    char lpath[2048];
+    in_dir(lpath, sizeof lpath, "l.mdb");
+    remove_db(lpath);
+    remove_db(path_a);
+    keel_db *db;
+    keel_txn *t;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    keel_bucket b = KEEL_DEFAULT_BUCKET, b2 = KEEL_DEFAULT_BUCKET;
+    if (named) {
+        OK(keel_bucket_open(t, "first", KEEL_CREATE, &b));
+        OK(keel_bucket_open(t, "second one", KEEL_CREATE, &b2));
+    }
+    for (int i = 0; i < 500; i++) {
+        char k[32], v[64];
+        uint8_t bk[3] = {(uint8_t)i, 0, (uint8_t)(i * 3)}, bv[8] = {0, 1, 2, 0x5c, 0xff, (uint8_t)i, 10, 13};
+        int kl = snprintf(k, sizeof k, "key %04d", i), vl = snprintf(v, sizeof v, "value %d", i * i);
+        put(t, b, k, (size_t)kl, v, (size_t)(i % 10 ? vl : 0));
+        if (!print)
+            put(t, b2, bk, sizeof bk, bv, (size_t)(i % 9));
+    }
+    OK(keel_commit(t));
+    keel_close(db);
+    char *kdump = print ? KEEL_OK(NULL, "dump", "-a", "-p", "-o", txt, path_a)
+                        : KEEL_OK(NULL, "dump", "-a", "-o", txt, path_a);
+    free(kdump);
+    kdump = read_file(txt, NULL);
+    struct run r = PROG(NULL, "mdb_load", "-n", "-f", txt, lpath);
+    if (r.code)
+        fprintf(stderr, "mdb_load: %s", r.err);
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    char *argv[8] = {"mdb_dump", "-n"};
+    int n = 2;
+    if (named)
+        argv[n++] = "-a";
+    if (print)
+        argv[n++] = "-p";
+    argv[n++] = lpath;
+    argv[n] = NULL;
+    r = runv(NULL, argv);
+    assert_int_equal(r.code, 0);
+    char *a = keep_lines(kdump, data_and_names), *l = keep_lines(r.out, data_and_names);
+    assert_true(strlen(a) > 1000);
+    assert_string_equal(a, l);
+    run_free(&r);
+    free(a);
+    free(l);
+    free(kdump);
+    remove_db(lpath);
+}
+
+static void test_keel_to_lmdb(void **state)
+{
+    (void)state;
+    if (!have_lmdb_tools())
+        skip();
+    keel_to_lmdb(false, false);
+    keel_to_lmdb(false, true);
+    keel_to_lmdb(true, false);
+    keel_to_lmdb(true, true);
+}
+
+/* ---- the parser on its own ---------------------------------------------------------- */
+struct counts {
+    unsigned long sections, records, ends;
+    size_t bytes;
+};
+
+static int c_section(void *ctx, const struct dump_section *s, char *err, size_t errlen)
+{
+    (void)s, (void)err, (void)errlen;
+    ((struct counts *)ctx)->sections++;
+    return 0;
+}
+
+static int c_record(void *ctx, const void *k, size_t kl, const void *v, size_t vl, unsigned long line, char *err,
+                    size_t errlen)
+{
+    (void)line, (void)err, (void)errlen;
+    struct counts *c = ctx;
+    c->records++;
+    /* touch every byte, so ASan sees any read past the end */
+    for (size_t i = 0; i < kl; i++)
+        c->bytes += ((const uint8_t *)k)[i];
+    for (size_t i = 0; i < vl; i++)
+        c->bytes += ((const uint8_t *)v)[i];
+    return 0;
+}
+
+static int c_end(void *ctx, unsigned long line, char *err, size_t errlen)
+{
+    (void)line, (void)err, (void)errlen;
+    ((struct counts *)ctx)->ends++;
+    return 0;
+}
+
+static int parse_mem(const void *data, size_t len, unsigned flags, size_t max_line, struct counts *c, char *err,
+                     size_t errlen)
+{
+    FILE *f = fmemopen((void *)data, len, "r");
+    if (!f) /* fmemopen refuses empty buffers on some libcs */
+        f = fopen("/dev/null", "r");
+    assert_non_null(f);
+    struct dump_parser p = {.flags = flags, .max_line = max_line, .ctx = c, .section = c_section,
+                            .record = c_record, .section_end = c_end};
+    memset(c, 0, sizeof *c);
+    int rc = dump_parse(f, &p, err, errlen);
+    fclose(f);
+    return rc;
+}
+
+static void test_parser_direct(void **state)
+{
+    (void)state;
+    struct counts c;
+    char err[256];
+    const char *good = HDR " 6b\n 76\n 6B4C\n \nDATA=END\n\n" PHDR " a b\n \\00\\\\\nDATA=END";
+    OK(parse_mem(good, strlen(good), 0, 0, &c, err, sizeof err));
+    assert_int_equal(c.sections, 2);
+    assert_int_equal(c.records, 3);
+    assert_int_equal(c.ends, 2);
+    /* a line over max_line */
+    assert_int_equal(parse_mem(good, strlen(good), 0, 8, &c, err, sizeof err), DUMP_EINPUT);
+    assert_non_null(strstr(err, "longer than 8"));
+    /* NUL bytes in lines are data */
+    const char nul[] = "VERSION=3\nformat=print\nHEADER=END\n a\0b\n c\nDATA=END\n";
+    OK(parse_mem(nul, sizeof nul - 1, 0, 0, &c, err, sizeof err));
+    assert_int_equal(c.records, 1);
+    /* err may be NULL when errlen is 0 */
+    assert_int_equal(parse_mem("x\n", 2, 0, 0, &c, NULL, 0), DUMP_EINPUT);
+    /* empty input: zero sections; plain: one empty section */
+    OK(parse_mem("", 0, 0, 0, &c, err, sizeof err));
+    assert_int_equal(c.sections, 0);
+    OK(parse_mem("", 0, DUMP_PLAIN, 0, &c, err, sizeof err));
+    assert_int_equal(c.sections, 1);
+    assert_int_equal(c.records, 0);
+}
+
+static int stop_at_second(void *ctx, const void *k, size_t kl, const void *v, size_t vl, unsigned long line, char *err,
+                          size_t errlen)
+{
+    (void)k, (void)kl, (void)v, (void)vl, (void)line;
+    struct counts *c = ctx;
+    if (++c->records == 2) {
+        snprintf(err, errlen, "enough");
+        return 1;
+    }
+    return 0;
+}
+
+static void test_parser_stop(void **state)
+{
+    (void)state;
+    const char *in = PHDR " a\n b\n c\n d\nDATA=END\n";
+    FILE *f = fmemopen((void *)in, strlen(in), "r");
+    struct counts c = {0};
+    struct dump_parser p = {.ctx = &c, .record = stop_at_second};
+    char err[128];
+    assert_int_equal(dump_parse(f, &p, err, sizeof err), DUMP_ESTOP);
+    assert_string_equal(err, "line 7: enough");
+    fclose(f);
+}
+
+/* Random mutations of a valid dump: the parser answers, never crashes, never
+ * reads outside its buffers (ASan build). */
+static void test_parser_mutations(void **state)
+{
+    (void)state;
+    const char *base = HDR " 6b6579\n 76616c7565\n 00ff\n \nDATA=END\n" PHDR " k\\00ey\n va\\\\l\n x\n \nDATA=END\n"
+                       "VERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX "b\ntype=btree\nmapsize=1\n"
+                       "maxreaders=2\ndb_pagesize=4096\ndupsort=0\nHEADER=END\n k\n 12\nDATA=END\n";
+    size_t blen = strlen(base);
+    char *buf = malloc(blen + 64);
+    uint64_t seed = tu_seed(0xF022);
+    long rounds = 20000 * tu_scale();
+    static const char alphabet[] = " \n\\=0123456789abcdefxzDATEND";
+    int ok = 0;
+    for (long i = 0; i < rounds; i++) {
+        memcpy(buf, base, blen);
+        size_t len = blen;
+        int muts = 1 + (int)(tu_rand(&seed) % 4);
+        for (int m = 0; m < muts; m++) {
+            size_t at = tu_rand(&seed) % len;
+            switch (tu_rand(&seed) % 4) {
+            case 0: buf[at] = alphabet[tu_rand(&seed) % (sizeof alphabet - 1)]; break;
+            case 1: buf[at] = (char)tu_rand(&seed); break;
+            case 2: len = at + 1; break; /* truncate */
+            default: /* delete a byte */
+                memmove(buf + at, buf + at + 1, len - at - 1);
+                len--;
+                break;
+            }
+            if (len == 0)
+                break;
+        }
+        struct counts c;
+        char err[200];
+        int rc = parse_mem(buf, len, (tu_rand(&seed) & 7) == 0 ? DUMP_PLAIN : 0, tu_rand(&seed) % 3 ? 0 : 16, &c,
+                           err, sizeof err);
+        assert_true(rc == DUMP_OK || rc == DUMP_EINPUT);
+        if (rc == DUMP_EINPUT)
+            assert_true(strncmp(err, "line ", 5) == 0);
+        ok += rc == DUMP_OK;
+    }
+    assert_true(ok > 0);
+    free(buf);
+}
+
+/* A generated stream of many records (never held in memory): the parser's
+ * memory stays flat. */
+struct gen {
+    long n, i;
+    char line[96];
+    size_t len, pos;
+    int stage; /* 0 header, 1 records, 2 end, 3 done */
+};
+
+static ssize_t gen_read(void *cookie, char *buf, size_t size)
+{
+    struct gen *g = cookie;
+    size_t out = 0;
+    while (out < size) {
+        if (g->pos == g->len) {
+            if (g->stage == 0) {
+                g->len = (size_t)snprintf(g->line, sizeof g->line, "%s", PHDR);
+                g->stage = 1;
+            } else if (g->stage == 1 && g->i < g->n) {
+                g->len = (size_t)snprintf(g->line, sizeof g->line, " key%012ld\n value \\00 %ld\n", g->i, g->i);
+                g->i++;
+            } else if (g->stage == 1) {
+                g->len = (size_t)snprintf(g->line, sizeof g->line, "DATA=END\n");
+                g->stage = 3;
+            } else {
+                break;
+            }
+            g->pos = 0;
+        }
+        size_t n = g->len - g->pos < size - out ? g->len - g->pos : size - out;
+        memcpy(buf + out, g->line + g->pos, n);
+        g->pos += n;
+        out += n;
+    }
+    return (ssize_t)out;
+}
+
+static long maxrss_kb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+static void test_parser_streams(void **state)
+{
+    (void)state;
+    struct gen g = {.n = 1000000 * tu_scale()};
+    FILE *f = fopencookie(&g, "r", (cookie_io_functions_t){.read = gen_read});
+    assert_non_null(f);
+    struct counts c = {0};
+    struct dump_parser p = {.ctx = &c, .record = c_record, .section = c_section, .section_end = c_end};
+    long before = maxrss_kb();
+    char err[128];
+    OK(dump_parse(f, &p, err, sizeof err));
+    long after = maxrss_kb();
+    fclose(f);
+    assert_int_equal(c.records, (unsigned long)g.n);
+    assert_int_equal(c.ends, 1);
+    /* ~40 MB of text went through; the peak moved by less than 8 MB */
+    assert_true(after - before < 8 * 1024);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_roundtrip_bytevalue, fresh),
+        cmocka_unit_test_setup(test_roundtrip_print, fresh),
+        cmocka_unit_test_setup(test_roundtrip_ttl, fresh),
+        cmocka_unit_test_setup(test_roundtrip_ttl_print, fresh),
+        cmocka_unit_test_setup(test_roundtrip_pagesize, fresh),
+        cmocka_unit_test_setup(test_malformed, fresh),
+        cmocka_unit_test_setup(test_warnings, fresh),
+        cmocka_unit_test_setup(test_nooverwrite, fresh),
+        cmocka_unit_test_setup(test_plain_text, fresh),
+        cmocka_unit_test_setup(test_check, fresh),
+        cmocka_unit_test_setup(test_check_random_damage, fresh),
+        cmocka_unit_test_setup(test_copy, fresh),
+        cmocka_unit_test_setup(test_stat, fresh),
+        cmocka_unit_test_setup(test_while_writing, fresh),
+        cmocka_unit_test_setup(test_verbs, fresh),
+        cmocka_unit_test_setup(test_usage, fresh),
+        cmocka_unit_test_setup(test_progress_tty, fresh),
+        cmocka_unit_test_setup(test_big_load, fresh),
+        cmocka_unit_test_setup(test_lmdb_to_keel, fresh),
+        cmocka_unit_test_setup(test_keel_to_lmdb, fresh),
+        cmocka_unit_test(test_parser_direct),
+        cmocka_unit_test(test_parser_stop),
+        cmocka_unit_test(test_parser_mutations),
+        cmocka_unit_test(test_parser_streams),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

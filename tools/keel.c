@@ -1,0 +1,1138 @@
+/*
+ * keel — the command-line tool.  One program, one subcommand per job:
+ *
+ *   dump / load     the mdb_dump text format (tools/dumpfmt.c, doc/dump-format.md)
+ *   stat / check    statistics and the integrity walk
+ *   copy            hot copies, plain or compacted
+ *   get put del scan incr ttl buckets    shell verbs, one txn each
+ *
+ * Conventions: every failure prints "keel: <what>: <reason>" to stderr.
+ * Exit codes: 0 success, 1 failure (and `check` found problems), 2 bad usage.
+ * Keys and values printed by the shell verbs use print escapes: printable
+ * ASCII as is, a backslash doubled, any other byte as \xx.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dumpfmt.h"
+#include "keel.h"
+
+#define EXIT_OK 0
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+
+/* what `keel dump` puts in mapsize= and maxreaders=: keel's defaults for the
+ * address reservation and the reader table, which this tool opens with */
+#define DUMP_MAPSIZE ((uint64_t)1 << 40)
+#define DUMP_MAXREADERS 126
+
+/* ---- messages ------------------------------------------------------------ */
+static int fail(const char *what, int rc)
+{
+    fprintf(stderr, "keel: %s: %s\n", what, keel_strerror(rc));
+    return EXIT_FAIL;
+}
+
+/* fail() with a formatted <what> */
+static int failf(int rc, const char *fmt, ...)
+{
+    char what[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return fail(what, rc);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Up to max bytes of data with print escapes into buf, for messages. */
+static const char *shown(const void *data, size_t len, char *buf, size_t size)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = data;
+    size_t o = 0, i;
+    for (i = 0; i < len && o + 5 < size; i++) {
+        unsigned char c = p[i];
+        if (c >= 0x20 && c <= 0x7e && c != '\\') {
+            buf[o++] = (char)c;
+        } else if (c == '\\') {
+            buf[o++] = '\\';
+            buf[o++] = '\\';
+        } else {
+            buf[o++] = '\\';
+            buf[o++] = hex[c >> 4];
+            buf[o++] = hex[c & 15];
+        }
+    }
+    if (i < len && o + 4 <= size) {
+        memcpy(buf + o, "...", 3);
+        o += 3;
+    }
+    buf[o] = 0;
+    return buf;
+}
+
+static const char *bucket_label(const char *name) { return name ? name : "(default)"; }
+
+/* ---- usage ------------------------------------------------------------- */
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage;
+    const char *summary;
+};
+static const struct command *find_command(const char *name);
+
+static int usage_of(const char *cmd)
+{
+    const struct command *c = find_command(cmd);
+    fprintf(stderr, "usage: keel %s\n", c ? c->usage : "help");
+    fprintf(stderr, "       keel help    (every command, the escapes, the exit codes)\n");
+    return EXIT_USAGE;
+}
+
+/* ---- arguments ----------------------------------------------------------
+ * Options may stand before, between or after the positional arguments.
+ * For the shell verbs an argument starting with '-' that is no known option
+ * is positional (a key, a value, a negative delta); "--" ends the options. */
+struct opt {
+    const char *name;   /* "-s", "--ttl" */
+    const char **value; /* for options with an argument */
+    bool *flag;         /* for flags */
+};
+
+static int parse_args(int argc, char **argv, const struct opt *opts, bool dash_positional, char **pos, int maxpos,
+                      int *npos)
+{
+    *npos = 0;
+    bool only_pos = false;
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        const struct opt *o = NULL;
+        const char *inline_val = NULL;
+        if (!only_pos && a[0] == '-' && a[1]) {
+            if (strcmp(a, "--") == 0) {
+                only_pos = true;
+                continue;
+            }
+            for (const struct opt *q = opts; q && q->name; q++) {
+                size_t n = strlen(q->name);
+                if (strcmp(a, q->name) == 0) {
+                    o = q;
+                    break;
+                }
+                if (q->value && a[1] == '-' && strncmp(a, q->name, n) == 0 && a[n] == '=') {
+                    o = q;
+                    inline_val = a + n + 1;
+                    break;
+                }
+            }
+            if (!o && !dash_positional) {
+                fprintf(stderr, "keel %s: unknown option %s\n", argv[0], a);
+                return -1;
+            }
+        }
+        if (o) {
+            if (o->flag) {
+                *o->flag = true;
+            } else if (inline_val) {
+                *o->value = inline_val;
+            } else {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "keel %s: option %s needs a value\n", argv[0], a);
+                    return -1;
+                }
+                *o->value = argv[++i];
+            }
+            continue;
+        }
+        if (*npos >= maxpos) {
+            fprintf(stderr, "keel %s: too many arguments\n", argv[0]);
+            return -1;
+        }
+        pos[(*npos)++] = a;
+    }
+    return 0;
+}
+
+static bool parse_i64(const char *s, int64_t *out)
+{
+    if (!*s)
+        return false;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* An argument as a keel_val: as given, or with print escapes decoded (-e).
+ * Decoding works in place in argv's memory. */
+static int arg_val(const char *what, char *arg, bool escaped, keel_val *v)
+{
+    size_t len = strlen(arg);
+    if (escaped) {
+        size_t bad;
+        if (dump_unescape(arg, len, &len, &bad)) {
+            fprintf(stderr, "keel: %s: bad escape at offset %zu (use \\\\ or \\xx)\n", what, bad);
+            return -1;
+        }
+    }
+    *v = (keel_val){arg, len};
+    return 0;
+}
+
+/* ---- opening ------------------------------------------------------------- */
+static int open_db(const char *path, bool write, keel_db **db)
+{
+    keel_options o;
+    memset(&o, 0, sizeof o);
+    if (!write)
+        o.flags = KEEL_RDONLY;
+    int rc = keel_open(path, &o, db);
+    if (rc)
+        failf(rc, "open %s", path);
+    return rc;
+}
+
+static bool file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* Opens bucket name (NULL = default) in txn; prints the error. */
+static int open_bucket(keel_txn *txn, const char *name, unsigned flags, keel_bucket *b)
+{
+    *b = KEEL_DEFAULT_BUCKET;
+    if (!name)
+        return 0;
+    int rc = keel_bucket_open(txn, name, flags, b);
+    if (rc)
+        failf(rc, "bucket %s", name);
+    return rc;
+}
+
+/* ======================================================================== */
+/* dump                                                                      */
+/* ======================================================================== */
+struct dumper {
+    keel_txn *txn;
+    FILE *out;
+    bool print;
+    uint32_t pagesize;
+};
+
+/* The bucket's records, then its expiry section if any key expires. */
+static int dump_bucket(struct dumper *d, const char *name)
+{
+    keel_bucket b;
+    if (open_bucket(d->txn, name, 0, &b))
+        return EXIT_FAIL;
+    if (name && strchr(name, '\n'))
+        return failf(KEEL_BADNAME, "dump bucket '%s': a newline in its name cannot be written in a header", name);
+    if (name && strncmp(name, DUMP_EXPIRY_PREFIX, strlen(DUMP_EXPIRY_PREFIX)) == 0)
+        fprintf(stderr, "keel: dump: warning: bucket '%s' has the name of an expiry section; keel load will "
+                        "read it as one\n", name);
+    struct dump_info h = {.print = d->print, .database = name, .mapsize = DUMP_MAPSIZE,
+                          .maxreaders = DUMP_MAXREADERS, .pagesize = d->pagesize};
+    int rc = dump_write_header(d->out, &h);
+    keel_cursor *c = NULL;
+    keel_val k, v;
+    uint64_t expiring = 0;
+    if (!rc)
+        rc = keel_cursor_open(d->txn, b, &c);
+    for (int r = rc ? rc : keel_cursor_first(c, &k, &v); !rc; r = keel_cursor_next(c, &k, &v)) {
+        if (r) {
+            rc = r == KEEL_NOTFOUND ? 0 : r;
+            break;
+        }
+        int64_t at;
+        if ((rc = keel_expiry_at(d->txn, b, k, &at)))
+            break;
+        expiring += at != 0;
+        rc = dump_write_record(d->out, d->print, k.data, k.len, v.data, v.len);
+    }
+    if (!rc)
+        rc = dump_write_end(d->out);
+    if (!rc && expiring) { /* the companion section: key -> absolute expiry ms */
+        char ename[KEEL_MAX_BUCKET_NAME + sizeof DUMP_EXPIRY_PREFIX];
+        snprintf(ename, sizeof ename, "%s%s", DUMP_EXPIRY_PREFIX, name ? name : "");
+        h.database = ename;
+        rc = dump_write_header(d->out, &h);
+        for (int r = rc ? rc : keel_cursor_first(c, &k, &v); !rc; r = keel_cursor_next(c, &k, &v)) {
+            if (r) {
+                rc = r == KEEL_NOTFOUND ? 0 : r;
+                break;
+            }
+            int64_t at;
+            if ((rc = keel_expiry_at(d->txn, b, k, &at)))
+                break;
+            if (at) {
+                char num[24];
+                int n = snprintf(num, sizeof num, "%" PRId64, at);
+                rc = dump_write_record(d->out, d->print, k.data, k.len, num, (size_t)n);
+            }
+        }
+        if (!rc)
+            rc = dump_write_end(d->out);
+    }
+    keel_cursor_close(c);
+    if (rc)
+        return failf(rc, "dump bucket %s", bucket_label(name));
+    return EXIT_OK;
+}
+
+struct names {
+    char **v;
+    size_t n, cap;
+};
+
+static int collect_name(const char *name, void *ctx)
+{
+    struct names *ns = ctx;
+    if (ns->n == ns->cap) {
+        size_t cap = ns->cap ? ns->cap * 2 : 16;
+        char **v = realloc(ns->v, cap * sizeof(char *));
+        if (!v)
+            return KEEL_NOMEM;
+        ns->v = v;
+        ns->cap = cap;
+    }
+    if (!(ns->v[ns->n] = strdup(name)))
+        return KEEL_NOMEM;
+    ns->n++;
+    return 0;
+}
+
+static void free_names(struct names *ns)
+{
+    for (size_t i = 0; i < ns->n; i++)
+        free(ns->v[i]);
+    free(ns->v);
+}
+
+static int cmd_dump(int argc, char **argv)
+{
+    bool all = false, print = false;
+    const char *bucket = NULL, *outpath = NULL;
+    struct opt opts[] = {{"-a", NULL, &all}, {"-p", NULL, &print}, {"-s", &bucket, NULL}, {"-o", &outpath, NULL},
+                         {NULL, NULL, NULL}};
+    char *pos[1];
+    int np;
+    if (parse_args(argc, argv, opts, false, pos, 1, &np) || np != 1 || (all && bucket))
+        return usage_of("dump");
+    const char *path = pos[0];
+    keel_db *db;
+    if (open_db(path, false, &db))
+        return EXIT_FAIL;
+    keel_stat st;
+    int rc = keel_db_stat(db, &st);
+    if (rc) {
+        keel_close(db);
+        return failf(rc, "stat %s", path);
+    }
+    FILE *out = stdout;
+    if (outpath && !(out = fopen(outpath, "w"))) {
+        keel_close(db);
+        return failf(errno, "open %s", outpath);
+    }
+    static char obuf[1 << 20];
+    setvbuf(out, obuf, _IOFBF, sizeof obuf);
+    struct dumper d = {.out = out, .print = print, .pagesize = st.page_size};
+    int ex = EXIT_OK;
+    if ((rc = keel_begin(db, KEEL_RDONLY, &d.txn))) { /* one snapshot for every section */
+        ex = failf(rc, "begin a read txn on %s", path);
+    } else if (all) {
+        struct names ns = {0};
+        if ((rc = keel_bucket_list(d.txn, collect_name, &ns)))
+            ex = failf(rc, "list the buckets of %s", path);
+        else
+            ex = dump_bucket(&d, NULL);
+        for (size_t i = 0; i < ns.n && ex == EXIT_OK; i++)
+            ex = dump_bucket(&d, ns.v[i]);
+        free_names(&ns);
+    } else {
+        ex = dump_bucket(&d, bucket);
+    }
+    keel_abort(d.txn);
+    keel_close(db);
+    if (fflush(out) || ferror(out)) {
+        if (ex == EXIT_OK)
+            ex = failf(errno ? errno : EIO, "write %s", outpath ? outpath : "standard output");
+    }
+    if (out != stdout && fclose(out) && ex == EXIT_OK)
+        ex = failf(errno, "close %s", outpath);
+    if (ex != EXIT_OK && outpath)
+        unlink(outpath); /* no half dumps left behind */
+    return ex;
+}
+
+/* ======================================================================== */
+/* load                                                                      */
+/* ======================================================================== */
+struct loader {
+    const char *path;   /* the database */
+    const char *bucket; /* -s: target of sections without database= */
+    bool nooverwrite;   /* -N */
+    bool created;       /* the file did not exist before this load */
+    keel_db *db;
+    keel_txn *txn;
+
+    keel_bucket b;     /* the current section's bucket */
+    char bname[KEEL_MAX_BUCKET_NAME + 16];
+    bool expiry;       /* the current section holds expiry times */
+
+    /* -N: keys skipped because they existed, so that their expiry times in
+     * the input are skipped too; a bucket of this txn, dropped before commit */
+    keel_bucket skips;
+    bool have_skips;
+
+    uint64_t records, loaded, skipped, expiries;
+    bool tty;
+    double t0, shown_at;
+};
+
+static void load_progress(struct loader *ld, bool final)
+{
+    if (!ld->tty)
+        return;
+    double t = now_s();
+    if (!final && t - ld->shown_at < 0.5)
+        return;
+    ld->shown_at = t;
+    double el = t - ld->t0;
+    fprintf(stderr, "\rkeel load: %" PRIu64 " records, %.0f records/s%s", ld->records,
+            el > 0 ? (double)ld->records / el : 0.0, final ? "\n" : "   ");
+}
+
+static int load_open(struct loader *ld, uint32_t pagesize, char *err, size_t errlen)
+{
+    if (ld->db)
+        return 0;
+    keel_options o;
+    memset(&o, 0, sizeof o);
+    /* a new file takes the dumped page size, so keys as long as the source
+     * allowed still fit; LMDB's 4096 is keel's default anyway */
+    if (ld->created && pagesize >= 4096 && pagesize <= 65536 && !(pagesize & (pagesize - 1)))
+        o.page_size = pagesize;
+    int rc = keel_open(ld->path, &o, &ld->db);
+    if (!rc && (rc = keel_begin(ld->db, 0, &ld->txn))) {
+        keel_close(ld->db);
+        ld->db = NULL;
+    }
+    if (rc)
+        snprintf(err, errlen, "open %s: %s", ld->path, keel_strerror(rc));
+    return rc;
+}
+
+static int load_section(void *ctx, const struct dump_section *s, char *err, size_t errlen)
+{
+    struct loader *ld = ctx;
+    int rc = load_open(ld, s->pagesize, err, errlen);
+    if (rc)
+        return rc;
+    const char *target = s->database ? s->database : ld->bucket;
+    size_t plen = strlen(DUMP_EXPIRY_PREFIX);
+    ld->expiry = s->database && strncmp(s->database, DUMP_EXPIRY_PREFIX, plen) == 0;
+    if (ld->expiry)
+        target = s->database[plen] ? s->database + plen : ld->bucket;
+    snprintf(ld->bname, sizeof ld->bname, "%s", bucket_label(target));
+    ld->b = KEEL_DEFAULT_BUCKET;
+    if (target && (rc = keel_bucket_open(ld->txn, target, ld->expiry ? 0 : KEEL_CREATE, &ld->b))) {
+        if (ld->expiry && rc == KEEL_NOTFOUND)
+            snprintf(err, errlen, "expiry section for bucket %s, which holds no data: %s", ld->bname,
+                     keel_strerror(rc));
+        else
+            snprintf(err, errlen, "bucket %s: %s", ld->bname, keel_strerror(rc));
+        return rc;
+    }
+    return 0;
+}
+
+/* -N: remember a skipped key in a bucket private to this txn. */
+static int remember_skip(struct loader *ld, keel_val k)
+{
+    if (!ld->have_skips) {
+        char name[64];
+        snprintf(name, sizeof name, "__keel_load_skipped__.%ld", (long)getpid());
+        int rc = keel_bucket_open(ld->txn, name, 0, &ld->skips);
+        if (rc == 0)
+            return KEEL_EXISTS; /* a real bucket of that name: do not touch it */
+        if (rc != KEEL_NOTFOUND || (rc = keel_bucket_open(ld->txn, name, KEEL_CREATE, &ld->skips)))
+            return rc;
+        ld->have_skips = true;
+    }
+    return keel_put(ld->txn, ld->skips, k, (keel_val){"", 0}, 0);
+}
+
+static bool was_skipped(struct loader *ld, keel_val k)
+{
+    keel_val v;
+    return ld->have_skips && keel_get(ld->txn, ld->skips, k, &v) == 0;
+}
+
+/* An expiry value: a positive decimal int64 of ms since the epoch. */
+static bool parse_expiry(const void *data, size_t len, int64_t *out)
+{
+    const char *s = data;
+    if (len == 0 || len > 19)
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        int d = s[i] - '0';
+        if (v > (INT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return v > 0;
+}
+
+static int load_record(void *ctx, const void *key, size_t klen, const void *val, size_t vlen, unsigned long line,
+                       char *err, size_t errlen)
+{
+    (void)line;
+    struct loader *ld = ctx;
+    keel_val k = {key, klen}, v = {val, vlen};
+    char kb[100];
+    int rc;
+    ld->records++;
+    if (!ld->expiry) {
+        rc = keel_put(ld->txn, ld->b, k, v, ld->nooverwrite ? KEEL_NOOVERWRITE : 0);
+        if (rc == KEEL_EXISTS && ld->nooverwrite) {
+            ld->skipped++;
+            if ((rc = remember_skip(ld, k))) {
+                snprintf(err, errlen, "note skipped key '%s': %s", shown(key, klen, kb, sizeof kb), keel_strerror(rc));
+                return rc;
+            }
+        } else if (rc) {
+            snprintf(err, errlen, "put key '%s' into bucket %s: %s", shown(key, klen, kb, sizeof kb), ld->bname,
+                     keel_strerror(rc));
+            return rc;
+        } else {
+            ld->loaded++;
+        }
+    } else {
+        int64_t at;
+        if (!parse_expiry(val, vlen, &at)) {
+            char vb[60];
+            snprintf(err, errlen, "expiry time '%s' of key '%s' is not a positive decimal number of ms",
+                     shown(val, vlen, vb, sizeof vb), shown(key, klen, kb, sizeof kb));
+            return KEEL_BADARG;
+        }
+        if (ld->nooverwrite && was_skipped(ld, k))
+            return 0;
+        if ((rc = keel_expire_at(ld->txn, ld->b, k, at))) {
+            snprintf(err, errlen, "set the expiry of key '%s' in bucket %s: %s", shown(key, klen, kb, sizeof kb),
+                     ld->bname, keel_strerror(rc));
+            return rc;
+        }
+        ld->expiries++;
+    }
+    if ((ld->records & 0xfff) == 0)
+        load_progress(ld, false);
+    return 0;
+}
+
+static void load_warning(void *ctx, unsigned long line, const char *msg)
+{
+    (void)ctx;
+    fprintf(stderr, "keel: load: line %lu: warning: %s\n", line, msg);
+}
+
+/* Takes away what a failed load created: a database file that did not exist. */
+static void load_undo(struct loader *ld)
+{
+    keel_abort(ld->txn);
+    ld->txn = NULL;
+    keel_close(ld->db);
+    ld->db = NULL;
+    if (ld->created) {
+        char lock[PATH_MAX + 8];
+        snprintf(lock, sizeof lock, "%s-lock", ld->path);
+        unlink(ld->path);
+        unlink(lock);
+    }
+}
+
+static int cmd_load(int argc, char **argv)
+{
+    bool plain = false, noover = false;
+    const char *bucket = NULL, *inpath = NULL;
+    struct opt opts[] = {{"-T", NULL, &plain}, {"-N", NULL, &noover}, {"-s", &bucket, NULL}, {"-f", &inpath, NULL},
+                         {NULL, NULL, NULL}};
+    char *pos[1];
+    int np;
+    if (parse_args(argc, argv, opts, false, pos, 1, &np) || np != 1)
+        return usage_of("load");
+    struct loader ld = {.path = pos[0], .bucket = bucket, .nooverwrite = noover};
+    ld.created = !file_exists(ld.path);
+    ld.tty = isatty(2);
+    ld.t0 = ld.shown_at = now_s();
+    const char *src = inpath ? inpath : "standard input";
+    FILE *in = stdin;
+    if (inpath && !(in = fopen(inpath, "r")))
+        return failf(errno, "open %s", inpath);
+    struct dump_parser p = {.flags = plain ? DUMP_PLAIN : 0, .ctx = &ld, .section = load_section,
+                            .record = load_record, .warning = load_warning};
+    char err[1024];
+    int prc = dump_parse(in, &p, err, sizeof err);
+    if (in != stdin)
+        fclose(in);
+    if (ld.tty && ld.records)
+        load_progress(&ld, true);
+    if (prc) {
+        load_undo(&ld);
+        fprintf(stderr, "keel: load %s: %s\n", src, err);
+        fprintf(stderr, "keel: load: nothing was written; %s is as it was\n", ld.path);
+        return EXIT_FAIL;
+    }
+    int rc = 0;
+    if (!ld.db && load_open(&ld, 0, err, sizeof err)) { /* empty input: the database still exists afterwards */
+        load_undo(&ld);
+        fprintf(stderr, "keel: load: %s\n", err);
+        return EXIT_FAIL;
+    }
+    if (ld.have_skips && (rc = keel_bucket_drop(ld.txn, ld.skips))) {
+        load_undo(&ld);
+        return failf(rc, "load: drop the list of skipped keys");
+    }
+    if (ld.tty)
+        fprintf(stderr, "keel load: committing...\r");
+    rc = keel_commit(ld.txn);
+    ld.txn = NULL;
+    if (rc) {
+        load_undo(&ld);
+        return failf(rc, "load: commit to %s", ld.path);
+    }
+    keel_close(ld.db);
+    if (ld.tty)
+        fprintf(stderr, "keel load: %" PRIu64 " records loaded, %" PRIu64 " skipped, %" PRIu64
+                        " expiry times, %.1f s\n",
+                ld.loaded, ld.skipped, ld.expiries, now_s() - ld.t0);
+    return EXIT_OK;
+}
+
+/* ======================================================================== */
+/* stat, check, copy                                                        */
+/* ======================================================================== */
+static void print_tree_stat(const char *label, const keel_stat *s)
+{
+    printf("  %-20s entries %" PRIu64 ", depth %u, branch pages %" PRIu64 ", leaf pages %" PRIu64
+           ", overflow pages %" PRIu64 "\n",
+           label, s->entries, s->depth, s->branch_pages, s->leaf_pages, s->overflow_pages);
+}
+
+static int stat_buckets(keel_db *db, const char *path)
+{
+    keel_txn *txn;
+    int rc = keel_begin(db, KEEL_RDONLY, &txn);
+    if (rc)
+        return failf(rc, "begin a read txn on %s", path);
+    struct names ns = {0};
+    keel_stat s;
+    if ((rc = keel_bucket_list(txn, collect_name, &ns)) == 0 &&
+        (rc = keel_bucket_stat(txn, KEEL_DEFAULT_BUCKET, &s)) == 0) {
+        printf("buckets:             %zu named, and the default bucket\n", ns.n);
+        print_tree_stat("(default)", &s);
+        for (size_t i = 0; i < ns.n && !rc; i++) {
+            keel_bucket b;
+            if ((rc = keel_bucket_open(txn, ns.v[i], 0, &b)) || (rc = keel_bucket_stat(txn, b, &s)))
+                break;
+            char label[KEEL_MAX_BUCKET_NAME * 3 + 8];
+            print_tree_stat(shown(ns.v[i], strlen(ns.v[i]), label, sizeof label), &s);
+        }
+    }
+    free_names(&ns);
+    keel_abort(txn);
+    return rc ? failf(rc, "stat the buckets of %s", path) : EXIT_OK;
+}
+
+static int stat_readers(keel_db *db, const char *path)
+{
+    size_t cap = 64, count;
+    keel_reader_info *r = NULL;
+    int rc;
+    for (;;) {
+        keel_reader_info *nr = realloc(r, cap * sizeof *r);
+        if (!nr) {
+            free(r);
+            return fail("stat readers", KEEL_NOMEM);
+        }
+        r = nr;
+        if ((rc = keel_db_readers(db, r, cap, &count)) || count <= cap)
+            break;
+        cap = count;
+    }
+    if (rc) {
+        free(r);
+        return failf(rc, "list the readers of %s", path);
+    }
+    uint64_t oldest = 0;
+    for (size_t i = 0; i < count; i++)
+        if (r[i].lag > oldest)
+            oldest = r[i].lag;
+    printf("readers:             %zu in use\n", count);
+    printf("oldest reader lag:   %" PRIu64 " txns%s\n", oldest, count ? "" : " (no readers)");
+    for (size_t i = 0; i < count; i++)
+        printf("  reader pid %" PRId32 ": snapshot %" PRIu64 ", lag %" PRIu64 "\n", r[i].pid, r[i].txnid, r[i].lag);
+    free(r);
+    return EXIT_OK;
+}
+
+static int cmd_stat(int argc, char **argv)
+{
+    char *pos[1];
+    int np;
+    if (parse_args(argc, argv, NULL, false, pos, 1, &np) || np != 1)
+        return usage_of("stat");
+    keel_db *db;
+    if (open_db(pos[0], false, &db))
+        return EXIT_FAIL;
+    keel_stat st;
+    int rc = keel_db_stat(db, &st);
+    if (rc) {
+        keel_close(db);
+        return failf(rc, "stat %s", pos[0]);
+    }
+    printf("database:            %s\n", pos[0]);
+    printf("page size:           %u\n", st.page_size);
+    printf("file size:           %" PRIu64 " bytes (%" PRIu64 " pages)\n", st.file_size,
+           st.page_size ? st.file_size / st.page_size : 0);
+    printf("last txn id:         %" PRIu64 "\n", st.last_txnid);
+    printf("depth:               %u\n", st.depth);
+    printf("entries:             %" PRIu64 "\n", st.entries);
+    printf("branch pages:        %" PRIu64 "\n", st.branch_pages);
+    printf("leaf pages:          %" PRIu64 "\n", st.leaf_pages);
+    printf("overflow pages:      %" PRIu64 "\n", st.overflow_pages);
+    printf("free pages:          %" PRIu64 "\n", st.free_pages);
+    int ex = stat_buckets(db, pos[0]);
+    if (ex == EXIT_OK)
+        ex = stat_readers(db, pos[0]);
+    keel_close(db);
+    return ex;
+}
+
+static void check_report(void *ctx, const char *msg)
+{
+    (void)ctx;
+    printf("problem: %s\n", msg);
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    char *pos[1];
+    int np;
+    if (parse_args(argc, argv, NULL, false, pos, 1, &np) || np != 1)
+        return usage_of("check");
+    keel_db *db;
+    if (open_db(pos[0], false, &db))
+        return EXIT_FAIL;
+    uint64_t problems = 0;
+    int rc = keel_check(db, check_report, NULL, &problems);
+    keel_close(db);
+    if (rc)
+        return failf(rc, "check %s", pos[0]);
+    if (problems) {
+        printf("%s: %" PRIu64 " problem%s\n", pos[0], problems, problems == 1 ? "" : "s");
+        return EXIT_FAIL;
+    }
+    printf("%s: ok, no problems\n", pos[0]);
+    return EXIT_OK;
+}
+
+static int cmd_copy(int argc, char **argv)
+{
+    bool compact = false;
+    struct opt opts[] = {{"--compact", NULL, &compact}, {"-c", NULL, &compact}, {NULL, NULL, NULL}};
+    char *pos[2];
+    int np;
+    if (parse_args(argc, argv, opts, false, pos, 2, &np) || np != 2)
+        return usage_of("copy");
+    keel_db *db;
+    if (open_db(pos[0], false, &db))
+        return EXIT_FAIL;
+    int rc = keel_copy(db, pos[1], compact ? KEEL_COPY_COMPACT : 0);
+    keel_close(db);
+    if (rc)
+        return failf(rc, "copy %s to %s", pos[0], pos[1]);
+    return EXIT_OK;
+}
+
+/* ======================================================================== */
+/* shell verbs                                                               */
+/* ======================================================================== */
+struct verb { /* what every verb shares: the db, -s, -e, one txn */
+    const char *path;
+    const char *bucket;
+    bool escaped;
+    keel_db *db;
+    keel_txn *txn;
+    keel_bucket b;
+};
+
+/* Opens db, txn and bucket; writes create the file and the bucket. */
+static int verb_begin(struct verb *vb, bool write)
+{
+    if (!write && !file_exists(vb->path))
+        return failf(ENOENT, "open %s", vb->path);
+    if (open_db(vb->path, write, &vb->db))
+        return EXIT_FAIL;
+    int rc = keel_begin(vb->db, write ? 0 : KEEL_RDONLY, &vb->txn);
+    if (rc) {
+        keel_close(vb->db);
+        return failf(rc, "begin a txn on %s", vb->path);
+    }
+    if (open_bucket(vb->txn, vb->bucket, write ? KEEL_CREATE : 0, &vb->b)) {
+        keel_abort(vb->txn);
+        keel_close(vb->db);
+        return EXIT_FAIL;
+    }
+    return EXIT_OK;
+}
+
+/* Commits (write) or ends (read) the txn; closes the db. */
+static int verb_end(struct verb *vb, bool commit)
+{
+    int rc = 0;
+    if (commit)
+        rc = keel_commit(vb->txn);
+    else
+        keel_abort(vb->txn);
+    keel_close(vb->db);
+    return rc ? failf(rc, "commit to %s", vb->path) : EXIT_OK;
+}
+
+static void print_escaped(const void *data, size_t len) { dump_write_escaped(stdout, data, len); }
+
+/* keel VERB DB [-s BUCKET] [-e] args...: npos_min..npos_max positionals after DB */
+static int verb_args(int argc, char **argv, struct verb *vb, struct opt *extra, char **pos, int min, int max,
+                     int *np)
+{
+    struct opt opts[8];
+    int n = 0;
+    opts[n++] = (struct opt){"-s", &vb->bucket, NULL};
+    opts[n++] = (struct opt){"-e", NULL, &vb->escaped};
+    for (; extra && extra->name && n < 7; extra++)
+        opts[n++] = *extra;
+    opts[n] = (struct opt){NULL, NULL, NULL};
+    char *all[8];
+    if (parse_args(argc, argv, opts, true, all, max + 1, np) || *np < min + 1) {
+        usage_of(argv[0]);
+        return -1;
+    }
+    vb->path = all[0];
+    (*np)--;
+    for (int i = 0; i < *np; i++)
+        pos[i] = all[i + 1];
+    return 0;
+}
+
+static int cmd_get(int argc, char **argv)
+{
+    struct verb vb = {0};
+    char *pos[1];
+    int np;
+    keel_val k, v;
+    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np))
+        return EXIT_USAGE;
+    if (arg_val("key", pos[0], vb.escaped, &k))
+        return EXIT_USAGE;
+    if (verb_begin(&vb, false))
+        return EXIT_FAIL;
+    int rc = keel_get(vb.txn, vb.b, k, &v);
+    if (rc) {
+        verb_end(&vb, false);
+        char kb[100];
+        return failf(rc, "get %s", shown(k.data, k.len, kb, sizeof kb));
+    }
+    print_escaped(v.data, v.len);
+    putchar('\n');
+    return verb_end(&vb, false);
+}
+
+static int cmd_put(int argc, char **argv)
+{
+    struct verb vb = {0};
+    const char *ttl_arg = NULL;
+    struct opt extra[] = {{"--ttl", &ttl_arg, NULL}, {NULL, NULL, NULL}};
+    char *pos[2];
+    int np;
+    keel_val k, v;
+    int64_t ttl = 0;
+    if (verb_args(argc, argv, &vb, extra, pos, 2, 2, &np))
+        return EXIT_USAGE;
+    if (ttl_arg && (!parse_i64(ttl_arg, &ttl) || ttl <= 0)) {
+        fprintf(stderr, "keel put: --ttl wants a positive number of milliseconds\n");
+        return usage_of("put");
+    }
+    if (arg_val("key", pos[0], vb.escaped, &k) || arg_val("value", pos[1], vb.escaped, &v))
+        return EXIT_USAGE;
+    if (verb_begin(&vb, true))
+        return EXIT_FAIL;
+    int rc = ttl ? keel_put_ttl(vb.txn, vb.b, k, v, ttl, 0) : keel_put(vb.txn, vb.b, k, v, 0);
+    if (rc) {
+        verb_end(&vb, false);
+        char kb[100];
+        return failf(rc, "put %s", shown(k.data, k.len, kb, sizeof kb));
+    }
+    return verb_end(&vb, true);
+}
+
+static int cmd_del(int argc, char **argv)
+{
+    struct verb vb = {0};
+    char *pos[1];
+    int np;
+    keel_val k;
+    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np))
+        return EXIT_USAGE;
+    if (arg_val("key", pos[0], vb.escaped, &k))
+        return EXIT_USAGE;
+    if (!file_exists(vb.path))
+        return failf(ENOENT, "open %s", vb.path);
+    if (verb_begin(&vb, true))
+        return EXIT_FAIL;
+    int rc = keel_del(vb.txn, vb.b, k);
+    if (rc) {
+        verb_end(&vb, false);
+        char kb[100];
+        return failf(rc, "del %s", shown(k.data, k.len, kb, sizeof kb));
+    }
+    return verb_end(&vb, true);
+}
+
+static int cmd_scan(int argc, char **argv)
+{
+    struct verb vb = {0};
+    const char *prefix_arg = NULL, *limit_arg = NULL;
+    struct opt extra[] = {{"--prefix", &prefix_arg, NULL}, {"--limit", &limit_arg, NULL}, {NULL, NULL, NULL}};
+    char *pos[1];
+    int np;
+    int64_t limit = -1;
+    keel_val prefix = {"", 0};
+    if (verb_args(argc, argv, &vb, extra, pos, 0, 0, &np))
+        return EXIT_USAGE;
+    if (limit_arg && (!parse_i64(limit_arg, &limit) || limit < 0)) {
+        fprintf(stderr, "keel scan: --limit wants a number >= 0\n");
+        return usage_of("scan");
+    }
+    if (prefix_arg && arg_val("prefix", (char *)prefix_arg, vb.escaped, &prefix))
+        return EXIT_USAGE;
+    if (verb_begin(&vb, false))
+        return EXIT_FAIL;
+    keel_cursor *c;
+    int rc = keel_cursor_open(vb.txn, vb.b, &c);
+    keel_val k, v;
+    if (!rc)
+        rc = prefix.len ? keel_cursor_seek(c, prefix, &k, &v) : keel_cursor_first(c, &k, &v);
+    for (int64_t n = 0; !rc && (limit < 0 || n < limit); n++) {
+        if (k.len < prefix.len || memcmp(k.data, prefix.data, prefix.len) != 0)
+            break;
+        print_escaped(k.data, k.len);
+        putchar('\t');
+        print_escaped(v.data, v.len);
+        putchar('\n');
+        rc = keel_cursor_next(c, &k, &v);
+    }
+    if (rc == KEEL_NOTFOUND)
+        rc = 0;
+    keel_cursor_close(c);
+    verb_end(&vb, false);
+    if (rc)
+        return failf(rc, "scan %s", vb.path);
+    if (fflush(stdout))
+        return failf(errno, "write standard output");
+    return EXIT_OK;
+}
+
+static int cmd_incr(int argc, char **argv)
+{
+    struct verb vb = {0};
+    char *pos[2];
+    int np;
+    keel_val k;
+    int64_t delta = 1, result;
+    if (verb_args(argc, argv, &vb, NULL, pos, 1, 2, &np))
+        return EXIT_USAGE;
+    if (np == 2 && !parse_i64(pos[1], &delta)) {
+        fprintf(stderr, "keel incr: DELTA must be a decimal 64-bit integer\n");
+        return usage_of("incr");
+    }
+    if (arg_val("key", pos[0], vb.escaped, &k))
+        return EXIT_USAGE;
+    if (verb_begin(&vb, true))
+        return EXIT_FAIL;
+    int rc = keel_incr(vb.txn, vb.b, k, delta, &result);
+    if (rc) {
+        verb_end(&vb, false);
+        char kb[100];
+        return failf(rc, "incr %s", shown(k.data, k.len, kb, sizeof kb));
+    }
+    int ex = verb_end(&vb, true);
+    if (ex == EXIT_OK)
+        printf("%" PRId64 "\n", result);
+    return ex;
+}
+
+static int cmd_ttl(int argc, char **argv)
+{
+    struct verb vb = {0};
+    char *pos[1];
+    int np;
+    keel_val k;
+    int64_t ms;
+    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np))
+        return EXIT_USAGE;
+    if (arg_val("key", pos[0], vb.escaped, &k))
+        return EXIT_USAGE;
+    if (verb_begin(&vb, false))
+        return EXIT_FAIL;
+    int rc = keel_ttl(vb.txn, vb.b, k, &ms);
+    verb_end(&vb, false);
+    if (rc) {
+        char kb[100];
+        return failf(rc, "ttl %s", shown(k.data, k.len, kb, sizeof kb));
+    }
+    printf("%" PRId64 "\n", ms);
+    return EXIT_OK;
+}
+
+static int print_name(const char *name, void *ctx)
+{
+    (void)ctx;
+    print_escaped(name, strlen(name));
+    putchar('\n');
+    return 0;
+}
+
+static int cmd_buckets(int argc, char **argv)
+{
+    char *pos[1];
+    int np;
+    if (parse_args(argc, argv, NULL, false, pos, 1, &np) || np != 1)
+        return usage_of("buckets");
+    struct verb vb = {.path = pos[0]};
+    if (verb_begin(&vb, false))
+        return EXIT_FAIL;
+    int rc = keel_bucket_list(vb.txn, print_name, NULL);
+    verb_end(&vb, false);
+    return rc ? failf(rc, "list the buckets of %s", vb.path) : EXIT_OK;
+}
+
+/* ======================================================================== */
+/* help and dispatch                                                         */
+/* ======================================================================== */
+static int cmd_help(int argc, char **argv);
+
+static const struct command commands[] = {
+    {"dump", cmd_dump, "dump [-a | -s BUCKET] [-p] [-o FILE] DB",
+     "write buckets in mdb_dump's text format (-a every bucket, -p print format)"},
+    {"load", cmd_load, "load [-s BUCKET] [-N] [-T] [-f FILE] DB",
+     "read that format into DB, in one txn (-N skip existing keys, -T plain text pairs)"},
+    {"stat", cmd_stat, "stat DB", "page size, depth, entries, pages by kind, free pages, readers"},
+    {"check", cmd_check, "check DB", "walk the newest snapshot; list every problem"},
+    {"copy", cmd_copy, "copy [--compact] DB DEST", "a consistent copy while writers go on"},
+    {"get", cmd_get, "get DB [-s BUCKET] [-e] KEY", "print a value"},
+    {"put", cmd_put, "put DB [-s BUCKET] [-e] [--ttl MS] KEY VALUE", "store a value (a plain put clears the TTL)"},
+    {"del", cmd_del, "del DB [-s BUCKET] [-e] KEY", "delete a key"},
+    {"scan", cmd_scan, "scan DB [-s BUCKET] [-e] [--prefix P] [--limit N]", "print KEY<tab>VALUE lines in key order"},
+    {"incr", cmd_incr, "incr DB [-s BUCKET] [-e] KEY [DELTA]", "add DELTA (default 1) to a decimal counter"},
+    {"ttl", cmd_ttl, "ttl DB [-s BUCKET] [-e] KEY", "ms until the key expires, -1 if it does not"},
+    {"buckets", cmd_buckets, "buckets DB", "list the named buckets"},
+    {"help", cmd_help, "help [COMMAND]", "this text"},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; name && i < NCOMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+    if (argc > 1) {
+        const struct command *c = find_command(argv[1]);
+        if (!c) {
+            fprintf(stderr, "keel: no command '%s' (keel help lists them)\n", argv[1]);
+            return EXIT_USAGE;
+        }
+        printf("usage: keel %s\n  %s\n", c->usage, c->summary);
+        return EXIT_OK;
+    }
+    printf("keel %d.%d.%d — the keel database tool\n\nusage:\n", KEEL_VERSION_MAJOR, KEEL_VERSION_MINOR,
+           KEEL_VERSION_PATCH);
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        printf("  keel %-52s %s\n", commands[i].usage, commands[i].summary);
+    printf("\n"
+           "BUCKET defaults to the default bucket.  Commands that only read open DB\n"
+           "read-only and never create it; put, incr and load create a missing DB.\n"
+           "\n"
+           "Binary data: get, scan and buckets print keys and values with print\n"
+           "escapes, as mdb_dump -p does: printable ASCII as it is, a backslash as \\\\,\n"
+           "every other byte as \\xx (two lowercase hex digits).  scan separates key\n"
+           "and value with a tab, which is always escaped inside them.  KEY, VALUE and\n"
+           "P are taken byte for byte as given; with -e they are read with the same\n"
+           "escapes, so what scan prints can be passed back.  An argument starting\n"
+           "with '-' that is not an option counts as a key or value; \"--\" ends the\n"
+           "options.\n"
+           "\n"
+           "dump / load: the text format of LMDB's mdb_dump / mdb_load (see\n"
+           "doc/dump-format.md).  Expiry times travel in companion sections named\n"
+           "%s<bucket>.  load runs in ONE write txn: on any error nothing is\n"
+           "written (a DB that load created is removed again).\n"
+           "\n"
+           "exit codes:\n"
+           "  0  success (check: no problems)\n"
+           "  1  failure: an error was printed as \"keel: <what>: <reason>\"; a key that\n"
+           "     is not found; check found problems or could not open DB\n"
+           "  2  bad usage (usage printed)\n",
+           DUMP_EXPIRY_PREFIX);
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        cmd_help(1, argv);
+        return EXIT_USAGE;
+    }
+    const char *name = argv[1];
+    if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0)
+        name = "help";
+    if (strcmp(name, "--version") == 0) {
+        printf("keel %d.%d.%d\n", KEEL_VERSION_MAJOR, KEEL_VERSION_MINOR, KEEL_VERSION_PATCH);
+        return EXIT_OK;
+    }
+    const struct command *c = find_command(name);
+    if (!c) {
+        fprintf(stderr, "keel: unknown command '%s'\n", argv[1]);
+        fprintf(stderr, "usage: keel COMMAND ...   (keel help lists them)\n");
+        return EXIT_USAGE;
+    }
+    argv[1] = (char *)c->name;
+    return c->run(argc - 1, argv + 1);
+}
