@@ -88,6 +88,39 @@ static size_t node_size(const uint8_t *page, const uint8_t *n)
     return (page_flags(page) & P_LEAF) ? leaf_node_size(n) : branch_node_size(n);
 }
 
+/* A page from the map about to be changed, checked whole (after
+ * bt_check_page): every node inside the node area [upper, psize), no two
+ * overlapping.  Reads check only the nodes they visit (node_at), but edits
+ * shift, copy and rebuild every node of a page through unchecked accessors,
+ * so a damaged node anywhere in it would make them read or write out of
+ * bounds.  It runs once per page copied for writing: O(page), as the copy.
+ * Dirty pages are built here and keep the property. */
+static int check_nodes(keel_txn *txn, const uint8_t *page)
+{
+    uint32_t ps = txn->db->psize, upper = page_upper(page);
+    unsigned n = page_nkeys(page);
+    size_t hdr = (page_flags(page) & P_LEAF) ? LEAF_HDR : BRANCH_HDR;
+    uint64_t starts[KEEL_MAX_PAGE / 64]; /* a bit per offset where a node starts */
+    memset(starts, 0, ps / 64 * sizeof(uint64_t));
+    for (unsigned i = 0; i < n; i++) {
+        uint32_t off = page_slot(page, i);
+        if (off < upper || off + hdr > ps || off + node_size(page, page + off) > ps)
+            return KEEL_CORRUPTED;
+        if (starts[off / 64] & (1ull << (off % 64)))
+            return KEEL_CORRUPTED; /* two slots, one node */
+        starts[off / 64] |= 1ull << (off % 64);
+    }
+    uint32_t end = upper; /* in offset order, each node must start after the last one ended */
+    for (uint32_t w = 0; w < ps / 64; w++)
+        for (uint64_t bits = starts[w]; bits; bits &= bits - 1) {
+            uint32_t off = w * 64 + (uint32_t)__builtin_ctzll(bits);
+            if (off < end)
+                return KEEL_CORRUPTED;
+            end = off + (uint32_t)node_size(page, page + off);
+        }
+    return 0;
+}
+
 static inline const uint8_t *node_ptr(const uint8_t *page, unsigned i) { return page + page_slot(page, i); }
 
 /* In a leaf: the first index whose key is >= key (nkeys if none); *exact when equal.
@@ -196,6 +229,21 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
     return 0;
 }
 
+/* The overflow run of a leaf node with N_BIG, checked as a read checks it
+ * (inside the snapshot, its first page an overflow page of that length)
+ * before it is freed: a damaged pointer must not free pages in use or
+ * past the end of the file. */
+static int overflow_run(keel_txn *txn, const uint8_t *node, uint64_t *ov, uint32_t *npages)
+{
+    keel_val v;
+    int rc = bt_leaf_value(txn, node, &v);
+    if (rc)
+        return rc;
+    *ov = rd64(leaf_node_val(node));
+    *npages = overflow_pages_for(txn, leaf_node_vsize(node));
+    return 0;
+}
+
 int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry)
 {
     struct bt_path path;
@@ -291,7 +339,9 @@ static uint8_t *make_branch_node(uint64_t child, const uint8_t *key, size_t klen
 }
 
 /* Where to split pieces [0, n) so both halves fit: balanced by bytes, or
- * everything left but the last when the new piece was appended. */
+ * everything left but the last when the new piece was appended.  0 when no
+ * split fits: nodes of a damaged page can be too big to share two pages
+ * (filling a page past its end would follow). */
 static size_t choose_split(const struct piece *pc, size_t n, size_t cap, bool append)
 {
     size_t total = 0;
@@ -302,7 +352,7 @@ static size_t choose_split(const struct piece *pc, size_t n, size_t cap, bool ap
         if (left <= cap)
             return n - 1;
     }
-    size_t best = 1, left = 0, best_diff = SIZE_MAX;
+    size_t best = 0, left = 0, best_diff = SIZE_MAX;
     for (size_t s = 1; s < n; s++) {
         left += pc[s - 1].size + 2;
         size_t right = total - left;
@@ -363,6 +413,10 @@ static int split_insert(keel_txn *txn, struct tree_desc *t, struct bt_path *path
         pc[i] = (struct piece){nd, node_size(copy, nd)};
     }
     size_t s = choose_split(pc, n + 1, usable(txn), append && idx == n);
+    if (s == 0) {
+        os_free(pc);
+        return KEEL_CORRUPTED;
+    }
 
     /* the separator: for leaves the shortest prefix of the right's first key
      * that still sorts above the left's last key */
@@ -445,8 +499,19 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
     for (int level = 0; level < path->depth; level++) {
         uint64_t np;
         uint8_t *buf;
-        int rc = page_touch(txn, path->pgno[level], &np, &buf);
-        if (rc)
+        int rc;
+        uint8_t *d = page_dirty(txn, path->pgno[level]);
+        if (!d && (rc = check_nodes(txn, path->page[level])))
+            return rc;
+        /* Already dirty: it must be the page the search saw (not one
+         * allocated since, at a number a damaged free tree gave out while in
+         * use) and on the path once (a damaged tree can loop back). */
+        if (d && d != path->page[level])
+            return KEEL_CORRUPTED;
+        for (int l = 0; d && l < level; l++)
+            if (path->page[l] == d)
+                return KEEL_CORRUPTED;
+        if ((rc = page_touch(txn, path->pgno[level], &np, &buf)))
             return rc;
         if (np != path->pgno[level]) {
             if (level == 0)
@@ -630,6 +695,17 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     unsigned sib = li == pidx ? ri : li;
     uint64_t sibpg = branch_node_child(node_ptr(parent, sib)), newpg;
     uint8_t *sibbuf;
+    /* The sibling was never searched: check it as a search would, whole as
+     * a page to change, and not a page of the path itself (a damaged parent
+     * can point twice at one child; the merge would free it under us). */
+    const uint8_t *sp;
+    if ((rc = page_get(txn, sibpg, &sp)) || (rc = bt_check_page(txn, sp, sibpg, flags)))
+        return rc;
+    for (int l = 0; l <= level; l++)
+        if (path->page[l] == sp)
+            return KEEL_CORRUPTED;
+    if (!page_dirty(txn, sibpg) && (rc = check_nodes(txn, sp)))
+        return rc;
     if ((rc = page_touch(txn, sibpg, &newpg, &sibbuf)))
         return rc;
     if (newpg != sibpg)
@@ -683,6 +759,11 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     }
     /* share: rebuild both halves, then replace the separator in the parent */
     size_t s = choose_split(pc, ln + rn, usable(txn), false);
+    if (s == 0) {
+        os_free(joined);
+        os_free(pc);
+        return KEEL_CORRUPTED;
+    }
     const uint8_t *rk;
     size_t rkl;
     uint8_t *first = NULL;

@@ -11,8 +11,9 @@
  *     reclaiming one and writing back what is left costs O(chunk), never a
  *     pass over all free space (LMDB and bbolt rewrote or scanned theirs).
  *   - freelist_reclaim() is called by the allocator when the pool is empty.
- *     It deletes the record it loads; pages needed for that come from the
- *     end of the file (txn->reclaiming), so it never recurses.
+ *     It loads the record into the pool first, then deletes it; pages that
+ *     deletion needs come from the pool (or the end of the file), and
+ *     txn->reclaiming stops it from reclaiming again, so it never recurses.
  *   - freelist_record() runs at commit, in "final mode": no page enters the
  *     pool, new pages come off its low end (the end of the file only when it
  *     is empty: taking them there every commit kept the tail in use, so the

@@ -2,10 +2,12 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> pager -> btree -> cursor -> freelist, bucket -> txn -> api
+ *   os -> lockfile -> pager -> btree -> cursor -> freelist, bucket -> ttl -> txn -> ops, api
  *
- * with one deliberate loop: pager's allocator asks the free-space layer
- * (freelist.c, built on btree) for reusable pages when its pool is empty.
+ * with two deliberate loops: pager's allocator asks the free-space layer
+ * (freelist.c, built on btree) for reusable pages when its pool is empty,
+ * and a user cursor looks its bucket's descriptor up in bucket.c (the
+ * bucket table may move while the cursor lives).
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H

@@ -5,7 +5,8 @@
  * allocation, goes through the table `keel_os`.  Tests replace its members
  * to record writes (crash simulation) or to fail the Nth call (fault
  * injection).  Nothing above this layer calls open/pwrite/fsync/mmap/malloc
- * directly.  Functions here return 0 or a positive errno.
+ * on the database or lock file directly (lockfile.c reads /proc/PID/stat
+ * with plain open/read: that is not the database's I/O).  Functions here return 0 or a positive errno.
  */
 #ifndef KEEL_OS_H
 #define KEEL_OS_H
