@@ -53,20 +53,7 @@ int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) { retur
 static inline size_t usable(const keel_txn *txn) { return txn->db->psize - PAGE_HDR; }
 
 /* ---- checked node access ---- */
-static inline int node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
-{
-    unsigned off = page_slot(page, i);
-    bool leaf = page_flags(page) & P_LEAF;
-    size_t hdr = leaf ? LEAF_HDR : BRANCH_HDR;
-    if (off < PAGE_HDR + 2 * page_nkeys(page) || off + hdr > psize)
-        return KEEL_CORRUPTED;
-    const uint8_t *n = page + off;
-    size_t sz = leaf ? leaf_node_size(n) : branch_node_size(n);
-    if (off + sz > psize)
-        return KEEL_CORRUPTED;
-    *node = n;
-    return 0;
-}
+#define node_at page_node
 
 int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
 {
@@ -608,9 +595,9 @@ int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64
     if (exact) {
         const uint8_t *old = node_ptr(leaf, idx);
         if (leaf_node_flags(old) & N_BIG) {
-            uint64_t ov = rd64(leaf_node_val(old));
-            uint32_t onp = overflow_pages_for(txn, leaf_node_vsize(old));
-            if ((rc = page_free(txn, ov, onp)))
+            uint64_t ov;
+            uint32_t onp;
+            if ((rc = overflow_run(txn, old, &ov, &onp)) || (rc = page_free(txn, ov, onp)))
                 goto out;
             t->overflow_pages -= onp;
         }
@@ -824,8 +811,9 @@ static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *
     if (old_expiry)
         *old_expiry = leaf_node_expiry(old);
     if (leaf_node_flags(old) & N_BIG) {
-        uint32_t onp = overflow_pages_for(txn, leaf_node_vsize(old));
-        if ((rc = page_free(txn, rd64(leaf_node_val(old)), onp)))
+        uint64_t ov;
+        uint32_t onp;
+        if ((rc = overflow_run(txn, old, &ov, &onp)) || (rc = page_free(txn, ov, onp)))
             return rc;
         t->overflow_pages -= onp;
     }
@@ -897,12 +885,13 @@ struct walker {
     int (*fn)(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level);
     void *ctx;
     unsigned depth;
-};
+    uint64_t budget; /* pages left to visit: a damaged tree can share pages (a DAG), */
+};                   /* reaching exponentially many; no tree has more pages than the file */
 
 static int walk_page(struct walker *w, uint64_t pg, unsigned level)
 {
     keel_txn *txn = w->txn;
-    if (level >= w->depth)
+    if (level >= w->depth || w->budget-- == 0)
         return KEEL_CORRUPTED;
     const uint8_t *page;
     int rc = page_get(txn, pg, &page);
@@ -922,10 +911,9 @@ static int walk_page(struct walker *w, uint64_t pg, unsigned level)
             if ((rc = walk_page(w, branch_node_child(nd), level + 1)))
                 return rc;
         } else if (leaf_node_flags(nd) & N_BIG) {
-            uint64_t ov = rd64(leaf_node_val(nd));
-            if (ov < 2 || ov >= txn->meta.npages)
-                return KEEL_CORRUPTED;
-            if ((rc = w->fn(w->ctx, ov, overflow_pages_for(txn, leaf_node_vsize(nd)), P_OVERFLOW, (int)level)))
+            uint64_t ov;
+            uint32_t np;
+            if ((rc = overflow_run(txn, nd, &ov, &np)) || (rc = w->fn(w->ctx, ov, np, P_OVERFLOW, (int)level)))
                 return rc;
         }
     }
@@ -939,7 +927,7 @@ int bt_walk(keel_txn *txn, const struct tree_desc *t,
         return 0;
     if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
         return KEEL_CORRUPTED;
-    struct walker w = {txn, fn, ctx, t->depth};
+    struct walker w = {txn, fn, ctx, t->depth, txn->meta.npages};
     return walk_page(&w, t->root, 0);
 }
 

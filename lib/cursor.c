@@ -64,20 +64,17 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int l
             return 0;
         }
         const uint8_t *n;
-        if ((rc = bt_node_at(page, idx, txn->db->psize, &n)))
+        if ((rc = page_node(page, idx, txn->db->psize, &n)))
             return rc;
         pg = branch_node_child(n);
     }
 }
 
 /* Read the entry under the cursor; in a write txn remember its key. */
-static int load(keel_cursor *c, keel_val *key, keel_val *val)
+static int load_node(keel_cursor *c, const uint8_t *n, keel_val *key, keel_val *val)
 {
     keel_txn *txn = c->txn;
-    const uint8_t *leaf = c->page[c->depth - 1], *n;
-    int rc = bt_node_at(leaf, c->idx[c->depth - 1], txn->db->psize, &n);
-    if (rc)
-        return rc;
+    int rc;
     size_t kl = leaf_node_ksize(n);
     const uint8_t *k = leaf_node_key(n);
     if (kl == 0) /* no tree holds an empty key: a damaged node (and memcpy from a NULL keybuf) */
@@ -94,14 +91,27 @@ static int load(keel_cursor *c, keel_val *key, keel_val *val)
         c->keylen = kl;
         c->gen = txn->gen;
     }
-    if (val && (rc = bt_leaf_value(txn, n, val)))
-        return rc;
+    if (val) {
+        if (!(leaf_node_flags(n) & N_BIG)) {
+            val->data = leaf_node_val(n);
+            val->len = leaf_node_vsize(n);
+        } else if ((rc = bt_leaf_value(txn, n, val))) {
+            return rc;
+        }
+    }
     if (key) {
         key->data = k;
         key->len = kl;
     }
     c->state = CUR_ON;
     return 0;
+}
+
+static int load(keel_cursor *c, keel_val *key, keel_val *val)
+{
+    const uint8_t *n;
+    int rc = page_node(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &n);
+    return rc ? rc : load_node(c, n, key, val);
 }
 
 /* Move the path one entry forward (dir > 0) or back; KEEL_NOTFOUND at the end. */
@@ -128,7 +138,7 @@ static int step(keel_cursor *c, const struct tree_desc *t, int dir)
         return KEEL_NOTFOUND;
     c->idx[up] = dir > 0 ? c->idx[up] + 1 : c->idx[up] - 1;
     const uint8_t *n;
-    int rc = bt_node_at(c->page[up], c->idx[up], c->txn->db->psize, &n);
+    int rc = page_node(c->page[up], c->idx[up], c->txn->db->psize, &n);
     if (rc)
         return rc;
     return descend(c, t, branch_node_child(n), up + 1, dir < 0);
@@ -139,7 +149,7 @@ static bool expired_here(keel_cursor *c)
     if (c->all)
         return false;
     const uint8_t *n;
-    if (bt_node_at(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &n))
+    if (page_node(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &n))
         return false; /* load() reports the damage */
     int64_t e = leaf_node_expiry(n);
     return e != 0 && e <= c->txn->now;
@@ -272,6 +282,24 @@ static int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
 {
     if (c->state == CUR_UNSET)
         return dir > 0 ? cursor_first(c, key, val) : cursor_last(c, key, val);
+    /* the common case: a neighbour in the same leaf of an unchanged tree */
+    if (c->state == CUR_ON && (c->txn->rdonly || c->gen == c->txn->gen)) {
+        int lv = c->depth - 1;
+        unsigned i = c->idx[lv];
+        if (dir > 0 ? i + 1 < page_nkeys(c->page[lv]) : i > 0) {
+            c->idx[lv] = dir > 0 ? i + 1 : i - 1;
+            const uint8_t *n;
+            int rc = page_node(c->page[lv], c->idx[lv], c->txn->db->psize, &n);
+            if (rc) {
+                c->idx[lv] = i;
+                return rc;
+            }
+            int64_t e = c->all ? 0 : leaf_node_expiry(n);
+            if (e == 0 || e > c->txn->now)
+                return load_node(c, n, key, val);
+            c->idx[lv] = i; /* an expired neighbour: the general path, from where we were */
+        }
+    }
     struct tree_desc *t;
     int rc = tree_of(c, &t);
     if (rc)

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "keel.h"
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "keel's file format is little-endian; big-endian hosts are not supported yet"
 #endif
@@ -114,6 +116,23 @@ static inline size_t branch_node_size(const uint8_t *n) { return BRANCH_HDR + br
 /* Expiry-tree keys: big-endian expiry time (ms since the epoch), big-endian
  * bucket id, then the entry's key; the value is empty. */
 #define EXPIRY_KEY_PREFIX 12u
+
+/* The i-th node of a page, checked to lie inside the page (a damaged slot
+ * or size gives KEEL_CORRUPTED, never a read outside). */
+static inline int page_node(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
+{
+    unsigned off = page_slot(page, i);
+    bool leaf = page_flags(page) & P_LEAF;
+    size_t hdr = leaf ? LEAF_HDR : BRANCH_HDR;
+    if (off < PAGE_HDR + 2 * page_nkeys(page) || off + hdr > psize)
+        return KEEL_CORRUPTED;
+    const uint8_t *n = page + off;
+    size_t sz = leaf ? leaf_node_size(n) : branch_node_size(n);
+    if (off + sz > psize)
+        return KEEL_CORRUPTED;
+    *node = n;
+    return 0;
+}
 
 /* Free-tree keys: big-endian txn id then big-endian chunk number, so that
  * memcmp order is numeric order. Values: arrays of little-endian u64 pgnos. */

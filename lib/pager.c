@@ -241,6 +241,11 @@ int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
         if (pg + npages > db->map_size / db->psize)
             return KEEL_FULL;
         txn->meta.npages += npages;
+    } else {
+        /* a damaged free tree can list a page twice: never two buffers for one number */
+        for (uint32_t i = 0; i < npages; i++)
+            if (dirty_find(&txn->dirty, pg + i))
+                return KEEL_CORRUPTED;
     }
     size_t bytes = (size_t)npages * db->psize;
     uint8_t *b = os_malloc(bytes);
