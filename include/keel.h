@@ -59,7 +59,7 @@ typedef struct {
 enum {
     KEEL_OK = 0,
     KEEL_NOTFOUND = -30800,     /* key or bucket not found, or cursor past the end */
-    KEEL_EXISTS = -30801,       /* key exists (KEEL_NOOVERWRITE) or bucket exists */
+    KEEL_EXISTS = -30801,       /* the key exists (KEEL_NOOVERWRITE) */
     KEEL_CORRUPTED = -30802,    /* the file is damaged */
     KEEL_INVALID = -30803,      /* not a keel file */
     KEEL_VERSION = -30804,      /* a keel file of another format version */
@@ -96,7 +96,7 @@ typedef struct keel_options { /* zero-initialised = defaults */
 } keel_options;
 
 int keel_open(const char *path, const keel_options *opts, keel_db **out);
-void keel_close(keel_db *db);
+void keel_close(keel_db *db); /* aborts the handle's txns still open; end them first */
 
 /* ---- transactions ------------------------------------------------------ */
 int keel_begin(keel_db *db, unsigned flags, keel_txn **out); /* 0 = write txn, KEEL_RDONLY = read txn */

@@ -228,8 +228,11 @@ void keel_close(keel_db *db)
         return;
     /* In a child after fork() the write txn and the writer lock belong to
      * the parent: only the child's memory and descriptors go. */
-    if (db->wtxn && db->fork_gen == os_fork_generation())
-        txn_abort(db->wtxn);
+    /* Txns still open end here (their reader slots would otherwise pin old
+     * pages for as long as another process keeps the lock file open). */
+    if (db->fork_gen == os_fork_generation())
+        while (db->live_txns)
+            txn_abort(db->live_txns);
     db_free(db);
 }
 

@@ -101,8 +101,9 @@ static inline const uint8_t *leaf_node_key(const uint8_t *n) { return n + LEAF_H
 static inline const uint8_t *leaf_node_val(const uint8_t *n) { return leaf_node_key(n) + leaf_node_ksize(n); }
 static inline size_t leaf_node_size(const uint8_t *n)
 {
-    return LEAF_HDR + leaf_node_extra(n) + leaf_node_ksize(n) +
-           ((leaf_node_flags(n) & N_BIG) ? 8u : leaf_node_vsize(n));
+    /* summed in size_t: in 32 bits a damaged vsize near 4 GiB wraps to a small size */
+    return (size_t)LEAF_HDR + leaf_node_extra(n) + leaf_node_ksize(n) +
+           ((leaf_node_flags(n) & N_BIG) ? 8u : (size_t)leaf_node_vsize(n));
 }
 static inline int64_t leaf_node_expiry(const uint8_t *n)
 {

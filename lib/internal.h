@@ -87,6 +87,7 @@ struct keel_db {
     char **bucket_names; /* handle -> name; [0] = NULL for the default bucket */
     uint32_t nbuckets, bucket_cap;
     keel_txn *spare_txns; /* finished txn objects kept for reuse */
+    keel_txn *live_txns;  /* txns begun and not ended: keel_close ends them */
     keel_cursor *spare_cursors;
     keel_txn *wtxn; /* the write txn, if one is open on this handle */
     pthread_t writer_thread;
@@ -108,6 +109,7 @@ struct keel_txn {
     uint32_t magic;
     keel_db *db;
     keel_txn *next_spare;
+    keel_txn *live_prev, *live_next; /* in db->live_txns */
     bool rdonly;
     int error;      /* sticky: a write op failed half way; only abort is allowed */
     int slot;       /* reader slot, -1 for none */

@@ -128,7 +128,7 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
     if (m.checksum != XXH3_64bits(&m, META_SUM_BYTES))
         return KEEL_CORRUPTED;
     if (m.version != KEEL_FORMAT_VERSION)
-        return m.version > KEEL_FORMAT_VERSION ? KEEL_VERSION : KEEL_CORRUPTED;
+        return KEEL_VERSION; /* older or newer: not a format this library reads */
     if (m.page_size < KEEL_MIN_PAGE || m.page_size > KEEL_MAX_PAGE || (m.page_size & (m.page_size - 1)))
         return KEEL_CORRUPTED;
     if (expect_psize && m.page_size != expect_psize)

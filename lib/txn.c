@@ -44,6 +44,17 @@ static void txn_put(keel_txn *t)
     for (keel_cursor *c = t->cursors; c; c = c->next)
         c->txn = NULL; /* detached: further use gives KEEL_BADCURSOR */
     t->cursors = NULL;
+    pthread_mutex_lock(&db->mu);
+    if (t->live_prev || db->live_txns == t) { /* unlink from the live list */
+        if (t->live_prev)
+            t->live_prev->live_next = t->live_next;
+        else
+            db->live_txns = t->live_next;
+        if (t->live_next)
+            t->live_next->live_prev = t->live_prev;
+    }
+    t->live_prev = t->live_next = NULL;
+    pthread_mutex_unlock(&db->mu);
     for (uint32_t i = 0; i < t->nbuckets_cap; i++)
         t->buckets[i].state = BUCKET_UNKNOWN, t->buckets[i].dirty = false;
     pthread_mutex_lock(&db->mu);
@@ -133,12 +144,6 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
          * (pages the one before still uses) must wait one more commit. */
         if ((db->flags & KEEL_NOMETASYNC) && txn->oldest > 0 && txn->oldest == txn->meta.txnid)
             txn->oldest--;
-        /* KEEL_NOMETASYNC: the newest meta may not be on disk yet, so a crash
-         * can still bring back the commit before it.  The pages that commit
-         * uses (the ones the newest commit freed) stay untouched until this
-         * commit's data sync has made the newest meta durable. */
-        if ((db->flags & KEEL_NOMETASYNC) && txn->meta.txnid && txn->oldest >= txn->meta.txnid)
-            txn->oldest = txn->meta.txnid - 1;
         pthread_mutex_lock(&db->mu);
         db->wtxn = txn;
         db->writer_thread = pthread_self();
@@ -146,6 +151,13 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     }
     txn->now = now_ms(db);
     txn->magic = TXN_MAGIC;
+    pthread_mutex_lock(&db->mu);
+    txn->live_prev = NULL;
+    txn->live_next = db->live_txns;
+    if (db->live_txns)
+        db->live_txns->live_prev = txn;
+    db->live_txns = txn;
+    pthread_mutex_unlock(&db->mu);
     *out = txn;
     return 0;
 fail:
