@@ -125,6 +125,10 @@ static int copy_compact(keel_db *db, const char *dest)
     keel_db *out;
     int rc = keel_open(dest, &o, &out);
     if (rc) {
+        /* keel_open may have created the lock file before it failed */
+        char lock[4200];
+        snprintf(lock, sizeof lock, "%s-lock", dest);
+        unlink(lock);
         unlink(dest);
         return rc;
     }

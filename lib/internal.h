@@ -92,6 +92,7 @@ struct keel_db {
     keel_txn *wtxn; /* the write txn, if one is open on this handle */
     pthread_t writer_thread;
     int32_t purge_per_commit; /* expired keys each write commit removes */
+    size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
 };
 
 /* ---- transactions ------------------------------------------------------- */
@@ -123,7 +124,8 @@ struct keel_txn {
     keel_cursor *cursors; /* open cursors, detached when the txn ends */
 
     /* write txns only */
-    struct dirty_table dirty;
+    struct dirty_table dirty; /* buf NULL: spilled, the page is in the file */
+    size_t dirty_bytes;       /* bytes of dirty buffers held in memory */
     struct pgvec freed; /* pages this txn stopped using that older snapshots may read */
     struct pgvec pool;  /* pages reusable now; sorted descending (pop takes the lowest) */
     uint64_t oldest;    /* oldest snapshot any reader may hold */
@@ -160,11 +162,15 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
 void meta_seal(struct meta *m);
 int pager_newest_meta(keel_db *db, struct meta *out); /* from the map */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
+uint64_t page_map_limit(const keel_txn *txn); /* pages below it are backed by the file */
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
 int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
 int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
+/* Over db->max_dirty bytes of dirty pages: write them out early (no sync,
+ * no meta: nothing points at them yet) and free their buffers. */
+int pager_maybe_spill(keel_txn *txn);
 void pager_txn_release(keel_txn *txn); /* drops dirty pages and lists */
 int pager_grow(keel_db *db, uint64_t need_bytes);
 void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);

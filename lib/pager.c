@@ -135,6 +135,8 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
         return KEEL_CORRUPTED;
     if (m.npages < 2 || m.npages > (UINT64_MAX / m.page_size))
         return KEEL_CORRUPTED;
+    if (m.txnid == UINT64_MAX) /* the next commit's id would wrap to 0 and lose to the other meta */
+        return KEEL_CORRUPTED;
     for (int i = 0; i < TREE_COUNT; i++) {
         const struct tree_desc *t = &m.trees[i];
         if (t->root == 1 || (t->root && t->root >= m.npages) || t->depth > KEEL_MAX_DEPTH ||
@@ -168,16 +170,28 @@ uint8_t *page_dirty(keel_txn *txn, uint64_t pgno)
     return d ? d->buf : NULL;
 }
 
+/* Pages readable through the map.  A write txn's npages also counts the
+ * pages it took at the end of the file, which have no file behind them
+ * until its commit: a number there that is not dirty (any more) is reached
+ * only through damage, and the map would answer SIGBUS. */
+uint64_t page_map_limit(const keel_txn *txn)
+{
+    uint64_t n = txn->meta.npages;
+    if (!txn->rdonly && n > txn->db->file_size / txn->db->psize)
+        n = txn->db->file_size / txn->db->psize;
+    return n;
+}
+
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out)
 {
     if (!txn->rdonly && txn->dirty.count) {
         struct dirty *d = dirty_find(&txn->dirty, pgno);
-        if (d) {
+        if (d && d->buf) { /* a spilled page (buf NULL) is read from the file */
             *out = d->buf;
             return 0;
         }
     }
-    if (pgno < 2 || pgno >= txn->meta.npages)
+    if (pgno < 2 || pgno >= (txn->rdonly ? txn->meta.npages : page_map_limit(txn)))
         return KEEL_CORRUPTED;
     const uint8_t *p = txn->db->map + pgno * txn->db->psize;
     if (page_pgno(p) != pgno)
@@ -258,6 +272,7 @@ int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
         os_free(b);
         return rc;
     }
+    txn->dirty_bytes += bytes;
     *pgno = pg;
     *buf = b;
     return 0;
@@ -267,6 +282,8 @@ int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
 {
     struct dirty *d = dirty_find(&txn->dirty, pgno);
     if (d) { /* written only by this txn: nobody else can see it */
+        if (d->buf)
+            txn->dirty_bytes -= (size_t)d->npages * txn->db->psize;
         os_free(d->buf);
         dirty_remove(&txn->dirty, d);
         if (!txn->final_mode) {
@@ -299,10 +316,20 @@ int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
 
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
 {
-    uint8_t *d = page_dirty(txn, pgno);
-    if (d) {
+    struct dirty *de = dirty_find(&txn->dirty, pgno);
+    if (de && !de->buf) { /* spilled: ours already, back into memory at the same number */
+        const uint8_t *p;
+        if (de->npages != 1 || pgno >= page_map_limit(txn))
+            return KEEL_CORRUPTED;
+        p = txn->db->map + pgno * txn->db->psize;
+        if (!(de->buf = os_malloc(txn->db->psize)))
+            return KEEL_NOMEM;
+        memcpy(de->buf, p, txn->db->psize);
+        txn->dirty_bytes += txn->db->psize;
+    }
+    if (de) {
         *newpgno = pgno;
-        *buf = d;
+        *buf = de->buf;
         return 0;
     }
     const uint8_t *old;
@@ -330,6 +357,7 @@ void pager_txn_release(keel_txn *txn)
             os_free(t->slots[i].buf);
     os_free(t->slots);
     memset(t, 0, sizeof(*t));
+    txn->dirty_bytes = 0;
     pgvec_free(&txn->freed);
     pgvec_free(&txn->pool);
 }
@@ -368,43 +396,63 @@ void pager_maybe_shrink(keel_db *db, uint64_t used)
 /* ---- commit ---- */
 static int cmp_dirty(const void *a, const void *b)
 {
-    uint64_t x = ((const struct dirty *)a)->pgno, y = ((const struct dirty *)b)->pgno;
+    uint64_t x = (*(struct dirty *const *)a)->pgno, y = (*(struct dirty *const *)b)->pgno;
     return x < y ? -1 : x > y;
 }
 
-static int write_pages(keel_txn *txn)
+/* Writes every dirty page that still has a buffer, in page order, contiguous
+ * runs in one pwritev.  With spill, the buffers are freed afterwards: the
+ * pages now live in the file (at numbers no snapshot can see) until the txn
+ * touches them again. */
+static int write_dirty(keel_txn *txn, bool spill)
 {
     keel_db *db = txn->db;
     struct dirty_table *t = &txn->dirty;
+    struct dirty **v = os_malloc((t->count ? t->count : 1) * sizeof(*v));
+    if (!v)
+        return KEEL_NOMEM;
     size_t n = 0;
-    /* compact the table in place into a sorted array: the txn is ending */
     for (size_t i = 0; i < t->cap; i++)
-        if (t->slots[i].pgno)
-            t->slots[n++] = t->slots[i];
-    for (size_t i = n; i < t->cap; i++)
-        t->slots[i].pgno = 0;
-    if (n) /* a commit may hold no dirty page (a bucket created and dropped): slots may be NULL */
-        qsort(t->slots, n, sizeof(struct dirty), cmp_dirty);
-    t->count = n; /* no lookups after this; pager_txn_release still frees every buffer */
-
+        if (t->slots[i].pgno && t->slots[i].buf)
+            v[n++] = &t->slots[i];
+    qsort(v, n, sizeof(*v), cmp_dirty);
     enum { MAXIOV = 64 };
     struct iovec iov[MAXIOV];
-    size_t i = 0;
-    while (i < n) {
-        uint64_t start = t->slots[i].pgno, next = start;
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc;) {
+        uint64_t start = v[i]->pgno, next = start;
         int cnt = 0;
-        while (i < n && cnt < MAXIOV && t->slots[i].pgno == next) {
-            iov[cnt].iov_base = t->slots[i].buf;
-            iov[cnt].iov_len = (size_t)t->slots[i].npages * db->psize;
-            next += t->slots[i].npages;
+        while (i < n && cnt < MAXIOV && v[i]->pgno == next) {
+            iov[cnt].iov_base = v[i]->buf;
+            iov[cnt].iov_len = (size_t)v[i]->npages * db->psize;
+            next += v[i]->npages;
             cnt++;
             i++;
         }
-        int rc = cnt == 1 ? os_pwrite_full(db->fd, iov[0].iov_base, iov[0].iov_len, start * db->psize)
-                          : os_pwritev_full(db->fd, iov, cnt, start * db->psize);
+        rc = cnt == 1 ? os_pwrite_full(db->fd, iov[0].iov_base, iov[0].iov_len, start * db->psize)
+                      : os_pwritev_full(db->fd, iov, cnt, start * db->psize);
         if (rc)
-            return rc == EFBIG || rc == ENOSPC ? KEEL_FULL : rc;
+            rc = rc == EFBIG || rc == ENOSPC ? KEEL_FULL : rc;
     }
+    if (!rc && spill)
+        for (size_t i = 0; i < n; i++) {
+            txn->dirty_bytes -= (size_t)v[i]->npages * db->psize;
+            os_free(v[i]->buf);
+            v[i]->buf = NULL;
+        }
+    os_free(v);
+    return rc;
+}
+
+int pager_maybe_spill(keel_txn *txn)
+{
+    keel_db *db = txn->db;
+    if (txn->dirty_bytes <= db->max_dirty)
+        return 0;
+    int rc = pager_grow(db, txn->meta.npages * db->psize); /* the file must be there to write into */
+    if (rc || (rc = write_dirty(txn, true)))
+        return rc;
+    txn->gen++; /* cursors holding page pointers look again */
     return 0;
 }
 
@@ -417,7 +465,7 @@ int pager_write_out(keel_txn *txn)
         return rc;
     /* any size change since the last sync (even one a failed commit made) */
     bool grew = db->file_size != db->synced_size;
-    if ((rc = write_pages(txn)))
+    if ((rc = write_dirty(txn, false)))
         return rc;
     if (!(db->flags & KEEL_NOSYNC)) {
         /* fdatasync does not make a size change durable everywhere */

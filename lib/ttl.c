@@ -97,8 +97,11 @@ int ttl_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *
 
 int ttl_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t expiry, unsigned flags)
 {
+    int rc = pager_maybe_spill(txn); /* between operations: no page pointer is held */
+    if (rc)
+        return rc;
     struct tree_desc *t;
-    int rc = bucket_tree(txn, b, &t);
+    rc = bucket_tree(txn, b, &t);
     if (rc)
         return rc;
     int64_t old;
@@ -111,8 +114,11 @@ int ttl_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t ex
 
 int ttl_del(keel_txn *txn, keel_bucket b, keel_val key)
 {
+    int rc = pager_maybe_spill(txn); /* between operations: no page pointer is held */
+    if (rc)
+        return rc;
     struct tree_desc *t;
-    int rc = bucket_tree(txn, b, &t);
+    rc = bucket_tree(txn, b, &t);
     if (rc)
         return rc;
     int64_t old;
@@ -124,8 +130,11 @@ int ttl_del(keel_txn *txn, keel_bucket b, keel_val key)
 
 int ttl_set(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry)
 {
+    int rc = pager_maybe_spill(txn); /* between operations: no page pointer is held */
+    if (rc)
+        return rc;
     struct tree_desc *t;
-    int rc = bucket_tree(txn, b, &t);
+    rc = bucket_tree(txn, b, &t);
     if (rc)
         return rc;
     int64_t cur;

@@ -165,6 +165,75 @@ static void test_random_4k(void **state) { (void)state; random_workload(4096); }
 static void test_random_8k(void **state) { (void)state; random_workload(8192); }
 static void test_random_64k(void **state) { (void)state; random_workload(65536); }
 
+/* A write txn bigger than max_dirty writes pages out early: the txn still
+ * reads its own writes, cursors stay valid, abort leaves the db as it was,
+ * commit is complete and clean. */
+static void test_spill(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "bt-spill");
+    keel_options o = {.max_dirty = 256 * 1024};
+    keel_db *db;
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    put_n(db, 0, 2000, 1, 50); /* something committed to keep */
+    uint64_t seed = tu_seed(77);
+    static uint8_t val[20000];
+    char k[32];
+    for (int round = 0; round < 2; round++) { /* 0: abort, 1: commit */
+        keel_txn *t;
+        assert_int_equal(keel_begin(db, 0, &t), 0);
+        keel_cursor *c;
+        assert_int_equal(keel_cursor_open(t, 0, &c), 0);
+        keel_val ck, cv;
+        assert_int_equal(keel_cursor_first(c, &ck, &cv), 0);
+        int walked = 1;
+        for (int i = 0; i < 30000; i++) {
+            uint64_t x = tu_rand(&seed) % 100000;
+            snprintf(k, sizeof k, "s%08llu", (unsigned long long)x);
+            size_t vl = x % 97 == 0 ? 5000 + x % 15000 : 20 + x % 100;
+            memset(val, (int)(x & 0xff), vl);
+            assert_int_equal(keel_put(t, 0, tu_val(k), (keel_val){val, vl}, 0), 0);
+            if (i % 1000 == 0) { /* read back our own writes, some spilled by now */
+                keel_val got;
+                assert_int_equal(keel_get(t, 0, tu_val(k), &got), 0);
+                assert_int_equal(got.len, vl);
+                assert_memory_equal(got.data, val, vl);
+                if (keel_cursor_next(c, &ck, &cv) == 0)
+                    walked++;
+            }
+        }
+        assert_true(walked > 1);
+        /* 30,000 puts dirty megabytes; spilling keeps the txn near its bound */
+        assert_true(t->dirty_bytes < 2 * o.max_dirty + 20000);
+        keel_cursor_close(c);
+        /* every key of the first phase is still there */
+        for (int i = 0; i < 2000; i += 37) {
+            snprintf(k, sizeof k, "k%09d", i);
+            keel_val got;
+            assert_int_equal(keel_get(t, 0, tu_val(k), &got), 0);
+            assert_int_equal(got.len, 50);
+        }
+        if (round == 0) {
+            keel_abort(t);
+            keel_stat st;
+            assert_int_equal(keel_db_stat(db, &st), 0);
+            assert_int_equal(st.entries, 2000);
+        } else {
+            assert_int_equal(keel_commit(t), 0);
+        }
+        assert_clean(db);
+    }
+    keel_close(db);
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    assert_clean(db);
+    keel_stat st;
+    assert_int_equal(keel_db_stat(db, &st), 0);
+    assert_true(st.entries > 2000 + 20000);
+    keel_close(db);
+    tu_remove(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -173,6 +242,7 @@ int main(void)
         cmocka_unit_test(test_random_4k),
         cmocka_unit_test(test_random_8k),
         cmocka_unit_test(test_random_64k),
+        cmocka_unit_test(test_spill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
