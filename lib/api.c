@@ -86,6 +86,34 @@ static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
     return 0;
 }
 
+/* Did a creation stop half way (a crash inside write_initial_metas)?  Then
+ * the file holds nothing but zeros and pieces of the two initial metas
+ * (txn id 0, no data): it is safe to start it over.  Anything else (a
+ * foreign file, real data) is left alone. */
+static bool unfinished_creation(keel_db *db, uint64_t fsize)
+{
+    if (fsize > 2 * (uint64_t)KEEL_MAX_PAGE)
+        return false;
+    uint8_t *buf = os_malloc((size_t)fsize + 1);
+    size_t got;
+    if (!buf || os_pread_upto(db->fd, buf, (size_t)fsize, 0, &got) || got != fsize) {
+        os_free(buf);
+        return false;
+    }
+    /* blank out initial metas wherever one can be: offset 0 and one page size on */
+    for (uint64_t off = 0; off <= KEEL_MAX_PAGE; off = off ? off * 2 : KEEL_MIN_PAGE) {
+        struct meta m;
+        if (off + META_SIZE <= fsize && meta_check(buf + off, META_SIZE, 0, &m) == 0 && m.txnid == 0 &&
+            m.npages == 2 && (off == 0 || off == m.page_size))
+            memset(buf + off, 0, META_SIZE);
+    }
+    bool blank = true;
+    for (uint64_t i = 0; i < fsize && blank; i++)
+        blank = buf[i] == 0;
+    os_free(buf);
+    return blank;
+}
+
 static void db_free(keel_db *db)
 {
     if (db->map)
@@ -173,6 +201,9 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     uint64_t fsize;
     if ((rc = os_file_size(db->fd, &fsize)))
         goto fail;
+    struct meta m;
+    if (fsize != 0 && !rdonly && read_metas(db, fsize, &m) != 0 && unfinished_creation(db, fsize))
+        fsize = 0; /* start the creation over (under the lock, below) */
     if (fsize == 0) {
         if (rdonly) {
             rc = KEEL_INVALID;
@@ -182,16 +213,16 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
          * race; opening an existing file never waits for a writer */
         if ((rc = lockfile_writer_lock(&db->lock)))
             goto fail;
-        if ((rc = os_file_size(db->fd, &fsize)) == 0 && fsize == 0) {
+        if ((rc = os_file_size(db->fd, &fsize)) == 0 &&
+            (fsize == 0 || (read_metas(db, fsize, &m) != 0 && unfinished_creation(db, fsize)))) {
             db->psize = o.page_size ? o.page_size : KEEL_MIN_PAGE;
-            if ((rc = write_initial_metas(db)) == 0)
+            if ((rc = os_ftruncate(db->fd, 0)) == 0 && (rc = write_initial_metas(db)) == 0)
                 rc = os_file_size(db->fd, &fsize);
         }
         lockfile_writer_unlock(&db->lock);
         if (rc)
             goto fail;
     }
-    struct meta m;
     if ((rc = read_metas(db, fsize, &m)))
         goto fail;
     db->psize = m.page_size;
