@@ -37,10 +37,18 @@ static int write_initial_metas(keel_db *db)
     meta_seal(&m);
     memcpy(buf, &m, META_SIZE);
     memcpy(buf + ps, &m, META_SIZE);
-    int rc = os_pwrite_full(db->fd, buf, 2 * ps, 0);
-    os_free(buf);
-    if (!rc && !(db->flags & KEEL_NOSYNC))
+    /* Page 1 first, made durable, then page 0: a crash in between leaves
+     * page 0 all zeros, which no truncated real file has (truncation keeps
+     * the front), so keel_open can tell an unfinished creation and redo it. */
+    bool sync = !(db->flags & KEEL_NOSYNC);
+    int rc = os_pwrite_full(db->fd, buf + ps, ps, ps);
+    if (!rc && sync)
         rc = os_fsync(db->fd);
+    if (!rc)
+        rc = os_pwrite_full(db->fd, buf, ps, 0);
+    if (!rc && sync)
+        rc = os_fsync(db->fd);
+    os_free(buf);
     return rc;
 }
 
@@ -87,9 +95,10 @@ static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
 }
 
 /* Did a creation stop half way (a crash inside write_initial_metas)?  Then
- * the file holds nothing but zeros and pieces of the two initial metas
- * (txn id 0, no data): it is safe to start it over.  Anything else (a
- * foreign file, real data) is left alone. */
+ * page 0 is still all zeros (it is written last) and the rest holds nothing
+ * but zeros and a piece of the initial meta of page 1 (txn id 0, no data):
+ * it is safe to start it over.  Anything else (a foreign file, a truncated
+ * real one, real data) is left alone and refused. */
 static bool unfinished_creation(keel_db *db, uint64_t fsize)
 {
     if (fsize > 2 * (uint64_t)KEEL_MAX_PAGE)
@@ -101,10 +110,10 @@ static bool unfinished_creation(keel_db *db, uint64_t fsize)
         return false;
     }
     /* blank out initial metas wherever one can be: offset 0 and one page size on */
-    for (uint64_t off = 0; off <= KEEL_MAX_PAGE; off = off ? off * 2 : KEEL_MIN_PAGE) {
+    for (uint64_t off = KEEL_MIN_PAGE; off <= KEEL_MAX_PAGE; off *= 2) {
         struct meta m;
         if (off + META_SIZE <= fsize && meta_check(buf + off, META_SIZE, 0, &m) == 0 && m.txnid == 0 &&
-            m.npages == 2 && (off == 0 || off == m.page_size))
+            m.npages == 2 && off == m.page_size)
             memset(buf + off, 0, META_SIZE);
     }
     bool blank = true;
@@ -202,7 +211,7 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     if ((rc = os_file_size(db->fd, &fsize)))
         goto fail;
     struct meta m;
-    if (fsize != 0 && !rdonly && read_metas(db, fsize, &m) != 0 && unfinished_creation(db, fsize))
+    if (fsize != 0 && !rdonly && (read_metas(db, fsize, &m) != 0 || m.txnid == 0) && unfinished_creation(db, fsize))
         fsize = 0; /* start the creation over (under the lock, below) */
     if (fsize == 0) {
         if (rdonly) {
@@ -214,7 +223,7 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
         if ((rc = lockfile_writer_lock(&db->lock)))
             goto fail;
         if ((rc = os_file_size(db->fd, &fsize)) == 0 &&
-            (fsize == 0 || (read_metas(db, fsize, &m) != 0 && unfinished_creation(db, fsize)))) {
+            (fsize == 0 || ((read_metas(db, fsize, &m) != 0 || m.txnid == 0) && unfinished_creation(db, fsize)))) {
             db->psize = o.page_size ? o.page_size : KEEL_MIN_PAGE;
             if ((rc = os_ftruncate(db->fd, 0)) == 0 && (rc = write_initial_metas(db)) == 0)
                 rc = os_file_size(db->fd, &fsize);

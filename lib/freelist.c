@@ -63,6 +63,12 @@ static int cmp_desc(const void *a, const void *b)
     return x > y ? -1 : x < y;
 }
 
+static int cmp_asc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 int freelist_reclaim(keel_txn *txn)
 {
     struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
@@ -114,8 +120,12 @@ out:
 }
 
 /* Write the first n pages of *pv as records (txnid, first_chunk ...).  Each
- * chunk is copied out first: a bt_put may add to (and move) the vector. */
-static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, const struct pgvec *pv, size_t n)
+ * chunk is copied out first: a bt_put may add to (and move) the vector.
+ * With lowest_first (the pool, kept descending), chunks are cut from the
+ * end of the vector, so the first record holds the lowest pages: reclaimed
+ * first, they fill the file from the front and let its tail go. */
+static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, const struct pgvec *pv, size_t n,
+                         bool lowest_first)
 {
     size_t per = chunk_pages(txn);
     uint8_t key[FREE_KEY_SIZE];
@@ -125,7 +135,7 @@ static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, co
     int rc = 0;
     for (size_t i = 0, chunk = first_chunk; i < n && !rc; i += per, chunk++) {
         size_t cnt = n - i < per ? n - i : per;
-        memcpy(buf, pv->v + i, cnt * sizeof(uint64_t));
+        memcpy(buf, pv->v + (lowest_first ? n - i - cnt : i), cnt * sizeof(uint64_t));
         free_key(key, txnid, (uint32_t)chunk);
         rc = bt_put(txn, &txn->meta.trees[TREE_FREE], (keel_val){key, FREE_KEY_SIZE}, (keel_val){buf, cnt * 8}, 0,
                     0, NULL);
@@ -163,8 +173,23 @@ int freelist_record(keel_txn *txn)
     struct pgvec *pool = &txn->pool;
     int rc;
     /* When much of the file is free, load a few more records so the tail
-     * can be given back (bounded work per commit). */
-    for (int i = 0; i < 4 && !txn->reclaim_exhausted && txn->meta.free_pages > txn->meta.npages / 4; i++) {
+     * can be given back (bounded work per commit).  When most of it is free,
+     * load every reclaimable record once: the free pages at the end are then
+     * all in the pool and the file shrinks in one commit.  That costs
+     * O(free space), so it backs off: tried again after 2, 4, 8 ... commits
+     * (the free tree's own pages may still sit at the end the first time),
+     * and from 2 again once the free space has grown by a quarter. */
+    keel_db *db = txn->db;
+    uint64_t fp = txn->meta.free_pages;
+    if (fp > db->shrink_tried + db->shrink_tried / 4)
+        db->shrink_backoff = 0, db->shrink_next = 0;
+    bool all = fp > txn->meta.npages / 2 && txn->txnid >= db->shrink_next;
+    if (all) {
+        db->shrink_tried = fp;
+        db->shrink_backoff = db->shrink_backoff ? db->shrink_backoff * 2 : 2;
+        db->shrink_next = txn->txnid + db->shrink_backoff;
+    }
+    for (int i = 0; !txn->reclaim_exhausted && (all || (i < 4 && txn->meta.free_pages > txn->meta.npages / 4)); i++) {
         rc = freelist_reclaim(txn);
         if (rc == KEEL_NOTFOUND)
             break;
@@ -197,7 +222,7 @@ int freelist_record(keel_txn *txn)
             return KEEL_CORRUPTED; /* cannot happen: see the contract above */
         if (pool->n != pool_written) {
             pool_written = pool->n;
-            if (pool_written && (rc = write_records(txn, 0, chunk, pool, pool_written)))
+            if (pool_written && (rc = write_records(txn, 0, chunk, pool, pool_written, true)))
                 return rc;
             size_t now = (pool_written + per - 1) / per;
             for (size_t c = now; c < chunks; c++) {
@@ -212,7 +237,8 @@ int freelist_record(keel_txn *txn)
             continue; /* the pool first: it can only shrink */
         }
         freed_written = txn->freed.n;
-        if (freed_written && (rc = write_records(txn, txn->txnid, 0, &txn->freed, freed_written)))
+        qsort(txn->freed.v, freed_written, sizeof(uint64_t), cmp_asc); /* low pages in the first record */
+        if (freed_written && (rc = write_records(txn, txn->txnid, 0, &txn->freed, freed_written, false)))
             return rc;
     }
     txn->meta.free_pages += pool->n + txn->freed.n;

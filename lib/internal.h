@@ -93,6 +93,8 @@ struct keel_db {
     pthread_t writer_thread;
     int32_t purge_per_commit; /* expired keys each write commit removes */
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
+    uint64_t shrink_tried;    /* free pages when freelist_record last loaded them all */
+    uint64_t shrink_backoff, shrink_next; /* ... and when it may again (txn id) */
 };
 
 /* ---- transactions ------------------------------------------------------- */
@@ -118,6 +120,7 @@ struct keel_txn {
     int64_t now;    /* clock read once at begin */
     uint64_t txnid; /* snapshot id (read) or id being written (write) */
     struct meta meta; /* working copy (write) or the snapshot's meta (read) */
+    uint64_t snap_npages; /* write txns: npages of the meta it began from */
     uint64_t gen;   /* bumped by every change: cursors re-seek when it moves */
     struct bucket_state *buckets;
     uint32_t nbuckets_cap;

@@ -51,7 +51,7 @@ static size_t hash_pgno(uint64_t pgno, size_t cap) { return (size_t)((pgno * 0x9
 
 static struct dirty *dirty_find(struct dirty_table *t, uint64_t pgno)
 {
-    if (!t->cap)
+    if (!t->cap || pgno == 0) /* 0 marks an empty slot: a damaged pointer to page 0 must not find one */
         return NULL;
     for (size_t i = hash_pgno(pgno, t->cap);; i = (i + 1) & (t->cap - 1)) {
         if (t->slots[i].pgno == pgno)
@@ -493,6 +493,11 @@ int pager_write_out(keel_txn *txn)
             return KEEL_PANIC;
         }
     }
-    pager_maybe_shrink(db, used);
+    /* Without a meta sync the previous meta may be the one a crash brings
+     * back: keep the file long enough for it. */
+    uint64_t keep = used;
+    if ((db->flags & KEEL_NOMETASYNC) && txn->snap_npages * db->psize > keep)
+        keep = txn->snap_npages * db->psize;
+    pager_maybe_shrink(db, keep);
     return 0;
 }

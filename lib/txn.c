@@ -138,6 +138,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
             goto fail;
         }
         txn->txnid = txn->meta.txnid + 1;
+        txn->snap_npages = txn->meta.npages;
         txn->oldest = readers_oldest(&db->lock, txn->meta.txnid);
         /* Without a meta sync the newest meta may not be on disk yet: a crash
          * falls back to the one before, so what the newest commit freed

@@ -460,6 +460,9 @@ static void order_check(uint64_t off, const uint8_t *buf, size_t len)
     uint64_t ps = R.psize;
     if ((R.flags & KEEL_NOSYNC) || order_checks_off || R.cur_size < 2 * ps) /* not while creating */
         return;
+    struct meta m0;
+    if (off == 0 && len == ps && meta_check(buf, len, (uint32_t)ps, &m0) == 0 && m0.txnid == 0)
+        return; /* creation's second step: page 0 after page 1 is durable */
     if (off < 2 * ps) {
         /* a meta write */
         if (!((off == 0 || off == ps) && len == SECTOR))
@@ -1621,16 +1624,21 @@ static void test_create(void **state)
         keel_close(db);
         nosync_mode = false;
         rec_disarm();
-        /* the images the creation could leave: each prefix of its sectors */
+        /* the images the creation could leave: keel writes page 1, syncs,
+         * then writes page 0; each prefix of those sectors, in that order */
         size_t size;
         uint8_t *file = read_file(path, &size);
         assert_true(size == 2 * (size_t)ps);
-        for (size_t cut = 0; cut <= size / SECTOR; cut++) {
+        size_t half = size / 2 / SECTOR;
+        for (size_t cut = 0; cut <= 2 * half; cut++) {
             for (int z = 0; z < 2; z++) {
                 img_gen = 0; /* not based on a durable image */
                 img_reserve(size);
-                memcpy(img, file, cut * SECTOR);
-                img_size = cut * SECTOR;
+                memset(img, 0, size);
+                size_t p1 = cut < half ? cut : half, p0 = cut < half ? 0 : cut - half;
+                memcpy(img + size / 2, file + size / 2, p1 * SECTOR);
+                memcpy(img, file, p0 * SECTOR);
+                img_size = p0 == 0 && p1 > 0 ? size / 2 + p1 * SECTOR : (p0 ? size : 0);
                 if (z) /* the size reached the disk, not the data */
                     img_extend(size, false);
                 write_img_file();
@@ -1652,7 +1660,7 @@ static void test_create(void **state)
                     assert_int_equal(keel_put(t, 0, tu_val("k"), tu_val("v"), 0), 0);
                     assert_int_equal(keel_commit(t), 0);
                     assert_int_equal(keel_check(d2, report, NULL, &problems), 0);
-                    assert_int_equal(problems, 0);
+                    if (problems) fail_msg("creation image cut %zu z %d ps %d: %llu problems after a commit", cut, z, ps, (unsigned long long)problems);
                     keel_close(d2);
                 } else {
                     /* an unfinished creation holds no data: keel_open starts it over */

@@ -720,9 +720,10 @@ static int cmd_stat(int argc, char **argv)
     printf("file size:           %" PRIu64 " bytes (%" PRIu64 " pages)\n", st.file_size,
            st.page_size ? st.file_size / st.page_size : 0);
     printf("last txn id:         %" PRIu64 "\n", st.last_txnid);
-    printf("depth:               %u\n", st.depth);
-    printf("entries:             %" PRIu64 "\n", st.entries);
-    printf("branch pages:        %" PRIu64 "\n", st.branch_pages);
+    printf("depth:               %u (the deepest bucket)\n", st.depth);
+    printf("entries:             %" PRIu64 " (all buckets)\n", st.entries);
+    printf("branch pages:        %" PRIu64 " (all trees: buckets, catalog, expiry and free-space trees)\n",
+           st.branch_pages);
     printf("leaf pages:          %" PRIu64 "\n", st.leaf_pages);
     printf("overflow pages:      %" PRIu64 "\n", st.overflow_pages);
     printf("free pages:          %" PRIu64 "\n", st.free_pages);
@@ -1086,7 +1087,7 @@ static int cmd_help(int argc, char **argv)
     printf("keel %d.%d.%d — the keel database tool\n\nusage:\n", KEEL_VERSION_MAJOR, KEEL_VERSION_MINOR,
            KEEL_VERSION_PATCH);
     for (size_t i = 0; i < NCOMMANDS; i++)
-        printf("  keel %-52s %s\n", commands[i].usage, commands[i].summary);
+        printf("  keel %s\n      %s\n", commands[i].usage, commands[i].summary);
     printf("\n"
            "BUCKET defaults to the default bucket.  Commands that only read open DB\n"
            "read-only and never create it; put, incr and load create a missing DB.\n"

@@ -3,7 +3,11 @@
 #
 #   tools/run.sh demo    install what is missing, build, run the example round trip
 #   tools/run.sh test    install what is missing, build, run the whole test suite,
-#                        then again under AddressSanitizer + UndefinedBehaviorSanitizer
+#                        then again under AddressSanitizer + UndefinedBehaviorSanitizer,
+#                        then `tools/run.sh fuzz`
+#   tools/run.sh fuzz    build the libFuzzer targets (fuzz/build.sh, clang) and run each
+#                        for KEEL_FUZZ_SECONDS (default 60; 0 skips the fuzzing); their
+#                        regression inputs replay in `meson test` (test_fuzz_replay)
 #
 # Environment: KEEL_TEST_SCALE=N multiplies the randomized tests' iteration
 # counts (default 1); KEEL_SEED=N changes their seed.
@@ -11,6 +15,8 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PKGS="meson ninja-build gcc pkg-config libcmocka-dev libxxhash-dev lmdb-utils"
+
+FUZZ_PKGS="clang libclang-rt-14-dev" # clang 14 and its libFuzzer runtime (Debian 12)
 
 install_missing() {
     missing=""
@@ -34,6 +40,16 @@ build() { # build DIR [meson options...]
     ninja -C "$dir"
 }
 
+fuzz_all() { # each fuzz target for KEEL_FUZZ_SECONDS, one after the other (fuzz/README.md)
+    secs=${KEEL_FUZZ_SECONDS:-60}
+    [ "$secs" -gt 0 ] || return 0
+    PKGS="$PKGS $FUZZ_PKGS"
+    install_missing
+    for t in fuzz_file fuzz_ops fuzz_dump fuzz_lock; do
+        fuzz/run.sh "$t" "$secs"
+    done
+}
+
 case "${1:-}" in
 demo)
     install_missing
@@ -48,9 +64,13 @@ test)
     meson test -C build --print-errorlogs
     build build-san -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
     meson test -C build-san --print-errorlogs
+    fuzz_all
+    ;;
+fuzz)
+    fuzz_all
     ;;
 *)
-    echo "usage: tools/run.sh demo|test" >&2
+    echo "usage: tools/run.sh demo|test|fuzz" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,308 @@
+/*
+ * fuzz_file.c — hostile database files: keel must answer KEEL_CORRUPTED (or
+ * another error) and never crash, hang, leak or read out of bounds.
+ *
+ * Input: byte 0 holds options, the rest is the database file image.
+ *   bits 0-1  the page size used to find meta 1 for re-sealing: 4096, 8192,
+ *             16384, 65536 (meta 0 says the real one; see below)
+ *   bit 2     keep the meta checksums as they are.  Otherwise every meta
+ *             whose magic is right gets a correct XXH3 checksum, so that
+ *             mutations of meta fields (roots, npages, depth, counts) reach
+ *             the tree code instead of dying at the checksum.
+ *   bit 3     the clock stands far in the future (every key with an expiry
+ *             has expired), else at 1000 ms
+ *   bit 4     open read-only (no write txn)
+ *
+ * Then: open, keel_check, a read txn that walks every bucket (default and
+ * keel_bucket_list) with cursors forwards and backwards and gets some keys,
+ * a small write txn (puts incl. an overflow value and a TTL, deletes, CAS,
+ * incr, cursor deletes, bucket create/drop, purge) and commit, reopen, check
+ * and walk again.
+ *
+ * Oracle: beyond "no crash": if the first keel_check found no problem and
+ * the write txn committed, the reopened file must check clean too (a valid
+ * file stays valid after a write).
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "format.h"
+#include "fuzz.h"
+#include "keel.h"
+
+#define FF_STEPS 600  /* cursor steps per walk: a damaged tree may share pages (a DAG of huge fan-out) */
+#define FF_KEYS 8     /* keys remembered per walk for gets and deletes */
+#define FF_BUCKETS 12 /* named buckets visited */
+
+static int64_t ff_clock(void *ctx) { return *(const int64_t *)ctx; }
+
+static void ff_report(void *ctx, const char *msg)
+{
+    (void)ctx;
+    fprintf(stderr, "  check: %s\n", msg);
+}
+
+struct ff_keys {
+    size_t n;
+    uint8_t *k[FF_KEYS];
+    size_t len[FF_KEYS];
+};
+
+static void ff_keep(struct ff_keys *ks, keel_val k)
+{
+    if (ks->n >= FF_KEYS || k.len == 0 || k.len > 65535)
+        return;
+    uint8_t *c = malloc(k.len);
+    if (!c)
+        return;
+    memcpy(c, k.data, k.len);
+    ks->k[ks->n] = c;
+    ks->len[ks->n++] = k.len;
+}
+
+static void ff_keys_free(struct ff_keys *ks)
+{
+    for (size_t i = 0; i < ks->n; i++)
+        free(ks->k[i]);
+    ks->n = 0;
+}
+
+static void ff_touch(keel_val v)
+{
+    /* read every byte handed out: ASan sees a value that runs off its page */
+    volatile uint8_t sink = 0;
+    const uint8_t *p = v.data;
+    for (size_t i = 0; i < v.len; i += 97)
+        sink ^= p[i];
+    if (v.len)
+        sink ^= p[v.len - 1];
+    (void)sink;
+}
+
+/* Walks bucket b both ways, remembers some keys, gets them back. */
+static void ff_walk(keel_txn *txn, keel_bucket b, struct ff_keys *ks)
+{
+    keel_cursor *c;
+    if (keel_cursor_open(txn, b, &c))
+        return;
+    keel_val k, v;
+    int rc, steps = 0;
+    for (rc = keel_cursor_first(c, &k, &v); rc == 0 && steps < FF_STEPS; rc = keel_cursor_next(c, &k, &v), steps++) {
+        ff_touch(k);
+        ff_touch(v);
+        if (steps % 7 == 0)
+            ff_keep(ks, k);
+    }
+    steps = 0;
+    for (rc = keel_cursor_last(c, &k, &v); rc == 0 && steps < FF_STEPS; rc = keel_cursor_prev(c, &k, &v), steps++) {
+        ff_touch(k);
+        ff_touch(v);
+        if (steps == 0)
+            ff_keep(ks, k);
+    }
+    if (keel_cursor_current(c, &k, &v) == 0) {
+        ff_touch(k);
+        ff_touch(v);
+    }
+    for (size_t i = 0; i < ks->n; i++) {
+        keel_val key = {ks->k[i], ks->len[i]};
+        if (keel_cursor_seek(c, key, &k, &v) == 0) {
+            ff_touch(k);
+            ff_touch(v);
+            if (keel_cursor_next(c, &k, &v) == 0)
+                ff_touch(v);
+            if (keel_cursor_prev(c, &k, &v) == 0)
+                ff_touch(v);
+        }
+        if (keel_get(txn, b, key, &v) == 0)
+            ff_touch(v);
+        int64_t t;
+        keel_ttl(txn, b, key, &t);
+        keel_expiry_at(txn, b, key, &t);
+    }
+    if (ks->n) {
+        keel_val keys[FF_KEYS], vals[FF_KEYS];
+        for (size_t i = 0; i < ks->n; i++)
+            keys[i] = (keel_val){ks->k[i], ks->len[i]};
+        if (keel_get_many(txn, b, keys, vals, ks->n) == 0)
+            for (size_t i = 0; i < ks->n; i++)
+                ff_touch(vals[i]);
+    }
+    keel_stat st;
+    keel_bucket_stat(txn, b, &st);
+    keel_cursor_close(c);
+}
+
+struct ff_names {
+    int n;
+    char *name[FF_BUCKETS];
+};
+
+static int ff_name(const char *name, void *ctx)
+{
+    struct ff_names *nm = ctx;
+    if (nm->n >= FF_BUCKETS)
+        return 1; /* a damaged catalog can be huge: stop */
+    nm->name[nm->n++] = strdup(name);
+    return 0;
+}
+
+static void ff_names_free(struct ff_names *nm)
+{
+    for (int i = 0; i < nm->n; i++)
+        free(nm->name[i]);
+    nm->n = 0;
+}
+
+/* A read txn over everything; fills names and the default bucket's keys. */
+static void ff_read_all(keel_db *db, struct ff_names *nm, struct ff_keys *ks)
+{
+    keel_txn *txn;
+    if (keel_begin(db, KEEL_RDONLY, &txn))
+        return;
+    ff_walk(txn, KEEL_DEFAULT_BUCKET, ks);
+    keel_bucket_list(txn, ff_name, nm);
+    for (int i = 0; i < nm->n; i++) {
+        keel_bucket b;
+        if (nm->name[i] && keel_bucket_open(txn, nm->name[i], 0, &b) == 0) {
+            struct ff_keys bk = {0};
+            ff_walk(txn, b, &bk);
+            ff_keys_free(&bk);
+        }
+    }
+    keel_abort(txn);
+    keel_stat st;
+    keel_db_stat(db, &st);
+    keel_reader_info ri[4];
+    size_t cnt;
+    keel_db_readers(db, ri, 4, &cnt);
+}
+
+/* A small write txn over what the read found; the commit's result. */
+static int ff_write(keel_db *db, const struct ff_names *nm, const struct ff_keys *ks)
+{
+    keel_txn *w;
+    int rc = keel_begin(db, 0, &w);
+    if (rc)
+        return rc;
+    static uint8_t big[20000];
+    memset(big, 'v', sizeof big);
+    keel_val k;
+    int64_t r;
+    /* each call may fail (damage found): the txn then only aborts, and every
+     * later call must say so instead of going on */
+    keel_put(w, 0, (keel_val){"fuzz-small", 10}, (keel_val){"value", 5}, 0);
+    keel_put(w, 0, (keel_val){"fuzz-big", 8}, (keel_val){big, sizeof big}, 0);
+    keel_put_ttl(w, 0, (keel_val){"fuzz-ttl", 8}, (keel_val){"t", 1}, 5000, 0);
+    keel_incr(w, 0, (keel_val){"fuzz-n", 6}, 3, &r);
+    keel_cas(w, 0, (keel_val){"fuzz-small", 10}, &(keel_val){"value", 5}, (keel_val){"other", 5});
+    for (size_t i = 0; i < ks->n && i < 3; i++) {
+        k = (keel_val){ks->k[i], ks->len[i]};
+        if (i == 0)
+            keel_del(w, 0, k);
+        else if (i == 1)
+            keel_put(w, 0, k, (keel_val){big, 3000}, KEEL_KEEPTTL);
+        else
+            keel_expire(w, 0, k, 10);
+    }
+    keel_bucket b;
+    if (nm->n > 0 && keel_bucket_open(w, nm->name[0], 0, &b) == 0) {
+        keel_cursor *c;
+        if (keel_cursor_open(w, b, &c) == 0) {
+            keel_val ck, cv;
+            int n = 0;
+            for (int cr = keel_cursor_first(c, &ck, &cv); cr == 0 && n < 40; cr = keel_cursor_next(c, &ck, &cv), n++)
+                if (n % 3 == 0)
+                    keel_cursor_del(c);
+            keel_cursor_close(c);
+        }
+        keel_put(w, b, (keel_val){"fuzz-in-bucket", 14}, (keel_val){big, 600}, 0);
+    }
+    if (nm->n > 1 && keel_bucket_open(w, nm->name[1], 0, &b) == 0)
+        keel_bucket_drop(w, b);
+    if (keel_bucket_open(w, "fuzz-new", KEEL_CREATE, &b) == 0)
+        keel_put(w, b, (keel_val){"k", 1}, (keel_val){big, 100}, 0);
+    size_t purged;
+    keel_purge(w, 10, &purged);
+    return keel_commit(w);
+}
+
+static void ff_reseal(uint8_t *img, size_t n, size_t off)
+{
+    if (n < off + META_SIZE || rd32(img + off) != KEEL_MAGIC)
+        return;
+    uint64_t sum = XXH3_64bits(img + off, META_SUM_BYTES);
+    memcpy(img + off + META_SUM_BYTES, &sum, 8);
+}
+
+FUZZ_ENTRY(file)
+{
+    if (size < 1)
+        return 0;
+    static const uint32_t sizes[4] = {4096, 8192, 16384, 65536};
+    unsigned opt = data[0];
+    size_t n = size - 1;
+    uint8_t *img = malloc(n ? n : 1);
+    FUZZ_CHECK(img);
+    if (n)
+        memcpy(img, data + 1, n);
+    if (!(opt & 4)) {
+        ff_reseal(img, n, 0);
+        ff_reseal(img, n, sizes[opt & 3]);
+    }
+    const char *path = fuzz_path(0, "file.db");
+    fuzz_remove_db(path);
+    FUZZ_CHECK(fuzz_write_file(path, img, n) == 0);
+    free(img);
+
+    int64_t now = (opt & 8) ? ((int64_t)1 << 60) : 1000;
+    keel_options o = {.flags = KEEL_NOSYNC | ((opt & 16) ? KEEL_RDONLY : 0u),
+                      .max_size = (uint64_t)1 << 30,
+                      .clock = ff_clock,
+                      .clock_ctx = &now};
+    keel_db *db;
+    int rc = keel_open(path, &o, &db);
+    if (rc) {
+        FUZZ_CHECK(keel_strerror(rc) != NULL);
+        FUZZ_CHECK(db == NULL);
+        fuzz_remove_db(path);
+        return 0;
+    }
+    uint64_t problems = 0;
+    int crc = keel_check(db, NULL, NULL, &problems);
+    bool clean = crc == 0 && problems == 0;
+
+    struct ff_names nm = {0};
+    struct ff_keys ks = {0};
+    ff_read_all(db, &nm, &ks);
+    int wrc = (opt & 16) ? KEEL_READONLY : ff_write(db, &nm, &ks);
+    ff_names_free(&nm);
+    ff_keys_free(&ks);
+    keel_close(db);
+
+    /* reopen: what the commit wrote must read back */
+    o.flags &= ~(unsigned)KEEL_RDONLY;
+    rc = keel_open(path, &o, &db);
+    if (clean && wrc == 0)
+        FUZZ_CHECK(rc == 0);
+    if (rc == 0) {
+        crc = keel_check(db, NULL, NULL, &problems);
+        if (clean && wrc == 0) {
+            if (crc || problems) {
+                fprintf(stderr, "keel_check after a clean commit: rc %d, %llu problems\n", crc,
+                        (unsigned long long)problems);
+                keel_check(db, ff_report, NULL, &problems);
+                FUZZ_CHECK(!"a clean file checks dirty after a commit");
+            }
+        }
+        ff_read_all(db, &nm, &ks);
+        ff_names_free(&nm);
+        ff_keys_free(&ks);
+        keel_close(db);
+    }
+    fuzz_remove_db(path);
+    return 0;
+}

@@ -1,0 +1,142 @@
+/*
+ * fuzz_lock.c — a hostile lock file beside a valid database: keel_open must
+ * answer KEEL_LOCKFILE or work, and a read and a write txn must then work;
+ * never a crash.
+ *
+ * Input: byte 0 holds options, the rest is lock-file bytes.
+ *   bit 0  0: the bytes are the whole lock file, there before anybody opens
+ *             the database (the opener is its sole user: it validates, then
+ *             re-initialises a valid one).
+ *          1: handle A opens the database first; then the bytes overwrite
+ *             the lock file from offset 0 while A has it mapped: header
+ *             fields and the reader table, but never the writer mutex
+ *             (bytes 32..72: a process-shared mutex is trusted by design; a
+ *             garbage one can block forever).  A runs a read and a write
+ *             txn; a second handle B opens (not the sole user: it validates
+ *             and uses the file as it is) and does the same.
+ *   bits 1-2  max_readers asked for: 0 (default), 1, 3, 200
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "format.h"
+#include "fuzz.h"
+#include "keel.h"
+
+#define FL_MUTEX_OFF 32 /* offsetof(struct lock_header, writer) in lib/lockfile.c */
+
+static uint8_t *fl_image;
+static size_t fl_image_len;
+
+/* The valid database beside the lock file: made once, rewritten each run. */
+static void fl_make_template(void)
+{
+    const char *path = fuzz_path(1, "lock-template.db");
+    fuzz_remove_db(path);
+    keel_db *db;
+    keel_options o = {.flags = KEEL_NOSYNC};
+    FUZZ_CHECK(keel_open(path, &o, &db) == 0);
+    keel_txn *w;
+    FUZZ_CHECK(keel_begin(db, 0, &w) == 0);
+    keel_bucket b;
+    FUZZ_CHECK(keel_bucket_open(w, "b", KEEL_CREATE, &b) == 0);
+    for (int i = 0; i < 50; i++) {
+        char k[16];
+        int n = snprintf(k, sizeof k, "key%03d", i);
+        FUZZ_CHECK(keel_put(w, i & 1 ? b : 0, (keel_val){k, (size_t)n}, (keel_val){k, (size_t)n}, 0) == 0);
+    }
+    FUZZ_CHECK(keel_commit(w) == 0);
+    keel_close(db);
+    FILE *f = fopen(path, "rb");
+    FUZZ_CHECK(f);
+    struct meta m[2];
+    FUZZ_CHECK(fread(&m[0], sizeof m[0], 1, f) == 1);
+    FUZZ_CHECK(fseek(f, m[0].page_size, SEEK_SET) == 0);
+    FUZZ_CHECK(fread(&m[1], sizeof m[1], 1, f) == 1);
+    const struct meta *nm = m[0].txnid >= m[1].txnid ? &m[0] : &m[1];
+    fl_image_len = (size_t)(nm->npages * nm->page_size);
+    fl_image = malloc(fl_image_len);
+    FUZZ_CHECK(fl_image);
+    FUZZ_CHECK(fseek(f, 0, SEEK_SET) == 0);
+    FUZZ_CHECK(fread(fl_image, 1, fl_image_len, f) == fl_image_len);
+    fclose(f);
+    fuzz_remove_db(path);
+}
+
+/* A read txn and a write txn on db: the results must be `ok` codes. */
+static void fl_use(keel_db *db, bool tolerate_full)
+{
+    keel_txn *r;
+    int rc = keel_begin(db, KEEL_RDONLY, &r);
+    FUZZ_CHECK(rc == 0 || (tolerate_full && rc == KEEL_READERS_FULL));
+    if (rc == 0) {
+        keel_val v;
+        rc = keel_get(r, 0, (keel_val){"key000", 6}, &v);
+        FUZZ_CHECK(rc == 0 && v.len == 6 && memcmp(v.data, "key000", 6) == 0);
+        keel_abort(r);
+    }
+    keel_txn *w;
+    FUZZ_CHECK(keel_begin(db, 0, &w) == 0);
+    FUZZ_CHECK(keel_put(w, 0, (keel_val){"new", 3}, (keel_val){"value", 5}, 0) == 0);
+    rc = keel_del(w, 0, (keel_val){"key002", 6}); /* the second handle finds it gone */
+    FUZZ_CHECK(rc == 0 || rc == KEEL_NOTFOUND);
+    FUZZ_CHECK(keel_commit(w) == 0);
+    size_t cnt;
+    keel_reader_info ri[8];
+    FUZZ_CHECK(keel_db_readers(db, ri, 8, &cnt) == 0);
+}
+
+FUZZ_ENTRY(lock)
+{
+    if (size < 1)
+        return 0;
+    if (!fl_image)
+        fl_make_template();
+    static const uint32_t readers[4] = {0, 1, 3, 200};
+    unsigned opt = data[0];
+    const uint8_t *bytes = data + 1;
+    size_t n = size - 1;
+    const char *path = fuzz_path(1, "lock.db");
+    char lpath[700];
+    snprintf(lpath, sizeof lpath, "%s-lock", path);
+    fuzz_remove_db(path);
+    FUZZ_CHECK(fuzz_write_file(path, fl_image, fl_image_len) == 0);
+    keel_options o = {.flags = KEEL_NOSYNC, .max_readers = readers[(opt >> 1) & 3]};
+    keel_db *a = NULL, *b = NULL;
+    int rc;
+    if (!(opt & 1)) {
+        FUZZ_CHECK(fuzz_write_file(lpath, bytes, n) == 0);
+        rc = keel_open(path, &o, &a);
+        FUZZ_CHECK(rc == 0 || rc == KEEL_LOCKFILE);
+        if (rc == 0) {
+            fl_use(a, false);
+            keel_close(a);
+        }
+    } else {
+        FUZZ_CHECK(keel_open(path, &o, &a) == 0);
+        int fd = open(lpath, O_WRONLY | O_CLOEXEC);
+        FUZZ_CHECK(fd >= 0);
+        /* everything but the writer mutex */
+        size_t mutex_end = FL_MUTEX_OFF + sizeof(pthread_mutex_t);
+        size_t head = n < FL_MUTEX_OFF ? n : FL_MUTEX_OFF;
+        FUZZ_CHECK(pwrite(fd, bytes, head, 0) == (ssize_t)head);
+        if (n > mutex_end)
+            FUZZ_CHECK(pwrite(fd, bytes + mutex_end, n - mutex_end, (off_t)mutex_end) == (ssize_t)(n - mutex_end));
+        close(fd);
+        fl_use(a, true);
+        rc = keel_open(path, &o, &b);
+        FUZZ_CHECK(rc == 0 || rc == KEEL_LOCKFILE);
+        if (rc == 0) {
+            fl_use(b, true);
+            keel_close(b);
+        }
+        keel_close(a);
+    }
+    fuzz_remove_db(path);
+    return 0;
+}

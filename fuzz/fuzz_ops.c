@@ -1,0 +1,1376 @@
+/*
+ * fuzz_ops.c — operation sequences checked step by step against an
+ * in-memory model.  Any difference (a result code, a value, an expiry, a
+ * cursor position, a count, a keel_check problem) aborts.
+ *
+ * Input: byte 0 holds options, then operations, each an opcode byte and its
+ * argument bytes (missing bytes read as 0; at most FO_MAX_OPS operations).
+ *   byte 0 bits 0-1  page size 4096, 8192, 16384, 65536
+ *          bits 2-3  purge_per_commit: none, 1, 3, 100
+ *
+ * Three buckets: the default one and "alpha", "beta" (created, dropped and
+ * re-created by the input).  One write txn at a time (begun on demand) with
+ * one cursor; one read txn that may stay open across commits (MVCC: it must
+ * keep seeing its snapshot).  The clock (keel_options.clock) moves forwards
+ * and backwards; a clock that goes back brings expired but unpurged keys
+ * back, so the model keeps them and purges exactly as keel does: oldest
+ * expiry first, by (expiry, bucket id, key).
+ *
+ * The model: per bucket a sorted array of (key, value, expiry) whose keys
+ * and values are immutable reference-counted blobs, so the committed state,
+ * the write txn's state and the reader's snapshot are cheap copies.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzz.h"
+#include "keel.h"
+
+#define FO_MAX_OPS 400
+#define FO_NB 3
+#define FO_BYTES_BUDGET ((size_t)3 << 20) /* value bytes written per input: keeps each run short */
+
+static const char *const fo_names[FO_NB] = {NULL, "alpha", "beta"};
+
+/* ---- blobs and the model ---- */
+struct blob {
+    int refs;
+    size_t len;
+    uint8_t d[];
+};
+
+static struct blob *blob_new(const void *p, size_t n)
+{
+    struct blob *b = malloc(sizeof *b + n);
+    FUZZ_CHECK(b);
+    b->refs = 1;
+    b->len = n;
+    if (n)
+        memcpy(b->d, p, n);
+    return b;
+}
+static struct blob *blob_ref(struct blob *b)
+{
+    b->refs++;
+    return b;
+}
+static void blob_unref(struct blob *b)
+{
+    if (b && --b->refs == 0)
+        free(b);
+}
+
+struct ment {
+    struct blob *k, *v;
+    int64_t exp; /* 0 = none */
+};
+
+struct mbucket {
+    bool exists;
+    uint32_t id;
+    size_t n, cap;
+    struct ment *e;
+};
+
+struct mstate {
+    struct mbucket b[FO_NB];
+    uint64_t next_id;
+};
+
+static int fo_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    size_t n = al < bl ? al : bl;
+    int c = n ? memcmp(a, b, n) : 0;
+    if (c)
+        return c;
+    return al < bl ? -1 : al > bl;
+}
+
+/* index of the first entry >= key; *found when equal */
+static size_t mb_find(const struct mbucket *mb, const uint8_t *k, size_t kl, bool *found)
+{
+    size_t lo = 0, hi = mb->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (fo_cmp(mb->e[mid].k->d, mb->e[mid].k->len, k, kl) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = lo < mb->n && fo_cmp(mb->e[lo].k->d, mb->e[lo].k->len, k, kl) == 0;
+    return lo;
+}
+
+static void mb_clear(struct mbucket *mb)
+{
+    for (size_t i = 0; i < mb->n; i++) {
+        blob_unref(mb->e[i].k);
+        blob_unref(mb->e[i].v);
+    }
+    mb->n = 0;
+}
+
+static void mb_remove(struct mbucket *mb, size_t i)
+{
+    blob_unref(mb->e[i].k);
+    blob_unref(mb->e[i].v);
+    memmove(&mb->e[i], &mb->e[i + 1], (mb->n - i - 1) * sizeof mb->e[0]);
+    mb->n--;
+}
+
+/* Sets key to (value, exp), inserting or replacing. */
+static void mb_set(struct mbucket *mb, const uint8_t *k, size_t kl, struct blob *v, int64_t exp)
+{
+    bool found;
+    size_t i = mb_find(mb, k, kl, &found);
+    if (found) {
+        blob_unref(mb->e[i].v);
+        mb->e[i].v = blob_ref(v);
+        mb->e[i].exp = exp;
+        return;
+    }
+    if (mb->n == mb->cap) {
+        mb->cap = mb->cap ? 2 * mb->cap : 16;
+        mb->e = realloc(mb->e, mb->cap * sizeof mb->e[0]);
+        FUZZ_CHECK(mb->e);
+    }
+    memmove(&mb->e[i + 1], &mb->e[i], (mb->n - i) * sizeof mb->e[0]);
+    mb->e[i] = (struct ment){blob_new(k, kl), blob_ref(v), exp};
+    mb->n++;
+}
+
+static void ms_free(struct mstate *s)
+{
+    for (int b = 0; b < FO_NB; b++) {
+        mb_clear(&s->b[b]);
+        free(s->b[b].e);
+    }
+    memset(s, 0, sizeof *s);
+}
+
+static void ms_copy(struct mstate *dst, const struct mstate *src)
+{
+    *dst = *src;
+    for (int b = 0; b < FO_NB; b++) {
+        struct mbucket *d = &dst->b[b];
+        d->cap = d->n;
+        d->e = d->n ? malloc(d->n * sizeof d->e[0]) : NULL;
+        FUZZ_CHECK(d->n == 0 || d->e);
+        for (size_t i = 0; i < d->n; i++) {
+            d->e[i] = src->b[b].e[i];
+            blob_ref(d->e[i].k);
+            blob_ref(d->e[i].v);
+        }
+    }
+}
+
+static bool live(int64_t exp, int64_t now) { return exp == 0 || exp > now; }
+
+/* ---- the run ---- */
+struct fo {
+    const uint8_t *p;
+    size_t n;
+    keel_db *db;
+    keel_options opts;
+    const char *path;
+    int64_t clk;
+    size_t max_key;
+    size_t bytes; /* value bytes written so far */
+    int ppc;
+    struct mstate C; /* committed */
+    /* the write txn */
+    keel_txn *w;
+    struct mstate W;
+    int64_t wnow;
+    bool wchanged; /* the txn changed something: its commit purges (purge_per_commit) */
+    bool wsure;    /* ... and certainly so for keel too (a named bucket was written) */
+    /* the read txn */
+    keel_txn *r;
+    struct mstate S;
+    int64_t rnow;
+    /* bucket handles, valid for the db's life */
+    bool known[FO_NB];
+    keel_bucket h[FO_NB];
+    /* the write txn's cursor */
+    keel_cursor *cur;
+    int cur_b;
+    bool cur_on;      /* positioned (not unset) */
+    struct blob *cur_key;
+    int step;
+    uint8_t keybuf[70000];
+    uint8_t valbuf[70000];
+};
+
+#define EXPECT(f, got, want)                                                                              \
+    do {                                                                                                  \
+        int g_ = (got), w_ = (want);                                                                      \
+        if (g_ != w_)                                                                                     \
+            fuzz_fail(__FILE__, __LINE__, "step %d: %s answered %d (%s), the model says %d (%s)", (f)->step, \
+                      #got, g_, keel_strerror(g_), w_, keel_strerror(w_));                                \
+    } while (0)
+
+static unsigned take(struct fo *f)
+{
+    if (!f->n)
+        return 0;
+    f->n--;
+    return *f->p++;
+}
+
+static int64_t fo_clock(void *ctx) { return *(const int64_t *)ctx; }
+
+/* Key selector -> key bytes in f->keybuf. */
+static size_t make_key(struct fo *f, unsigned sel)
+{
+    uint8_t *k = f->keybuf;
+    if (sel < 8) {
+        k[0] = (uint8_t)('a' + sel);
+        return 1;
+    }
+    if (sel < 24)
+        return (size_t)sprintf((char *)k, "key%02u", sel - 8);
+    if (sel < 32) { /* a long shared prefix: long separators */
+        memset(k, 'p', 100);
+        return 100 + (size_t)sprintf((char *)k + 100, "%u", sel);
+    }
+    if (sel < 36) {
+        size_t n = 800 + (sel - 32) * 50;
+        if (n > f->max_key)
+            n = f->max_key;
+        memset(k, 'L', n);
+        k[n - 1] = (uint8_t)sel;
+        return n;
+    }
+    if (sel == 36) {
+        memset(k, 'M', f->max_key);
+        return f->max_key;
+    }
+    if (sel == 37) {
+        memset(k, 'M', f->max_key + 1);
+        return f->max_key + 1; /* too long */
+    }
+    if (sel == 38)
+        return 0; /* empty: too short */
+    if (sel < 48) {
+        static const uint8_t bin[9][4] = {{0}, {0, 0}, {0xff}, {0xff, 0xff, 0xff}, {0, 0xff}, {0xff, 0},
+                                          {0x7f}, {0x80, 1}, {1, 2, 3, 4}};
+        static const size_t bl[9] = {1, 2, 1, 3, 2, 2, 1, 2, 4};
+        memcpy(k, bin[sel - 39], bl[sel - 39]);
+        return bl[sel - 39];
+    }
+    return (size_t)sprintf((char *)k, "r%05u", (sel - 48) * 5);
+}
+
+static size_t range_key(struct fo *f, unsigned i) { return (size_t)sprintf((char *)f->keybuf, "r%05u", i); }
+
+/* Value selector -> a new blob.  Selector 12 sizes the value so that the
+ * leaf node of a key of klen bytes is exactly as big as an inline node may
+ * be (give or take a byte or the 8 of an expiry time). */
+static struct blob *make_val(struct fo *f, unsigned sel, unsigned pat, size_t klen)
+{
+    static const size_t lens[15] = {0, 1, 3, 8, 20, 50, 100, 300, 1000, 1900, 2100, 4000, 9000, 20000, 70000};
+    static const char *const nums[16] = {"0",   "1",  "-1",   "42", "-9223372036854775808", "9223372036854775807",
+                                         "007", "-0", "+1",   " 1", "1a", "", "99999999999999999999", "-",
+                                         "10",  "-9223372036854775807"};
+    if (sel % 16 == 15) {
+        const char *s = nums[pat % 16];
+        return blob_new(s, strlen(s));
+    }
+    size_t n = lens[sel % 16];
+    if (sel % 16 == 12) {
+        size_t inline_max = (f->opts.page_size - 16) / 2 - 2;
+        static const int adj[6] = {0, -1, 1, -8, 8, -9};
+        long want = (long)inline_max - 8 - (long)klen + adj[pat % 6];
+        n = want > 0 ? (size_t)want : 0;
+    }
+    if (f->bytes + n > FO_BYTES_BUDGET)
+        n = n > 20 ? 20 : n;
+    f->bytes += n;
+    for (size_t i = 0; i < n; i++)
+        f->valbuf[i] = (uint8_t)(pat + i * 31 + (i >> 8));
+    return blob_new(f->valbuf, n);
+}
+
+/* A write to bucket b succeeded.  keel commits (and purges) only when the
+ * txn holds dirty or freed pages or a changed bucket descriptor: a named
+ * bucket is marked on every write, but changes to trees that were empty at
+ * begin can cancel out (put then delete in an empty default bucket), so
+ * only a named bucket's write makes it certain. */
+static void changed(struct fo *f, int b)
+{
+    f->wchanged = true;
+    if (b != 0)
+        f->wsure = true;
+}
+
+static bool key_ok(const struct fo *f, size_t kl) { return kl >= 1 && kl <= f->max_key; }
+
+static void check_val(struct fo *f, keel_val got, const struct blob *want, const char *what)
+{
+    if (got.len != want->len || (want->len && memcmp(got.data, want->d, want->len)))
+        fuzz_fail(__FILE__, __LINE__, "step %d: %s: value of %zu bytes differs from the model's %zu bytes", f->step,
+                  what, got.len, want->len);
+}
+
+/* ---- txns ---- */
+static void close_cursor(struct fo *f)
+{
+    if (f->cur)
+        keel_cursor_close(f->cur);
+    f->cur = NULL;
+    blob_unref(f->cur_key);
+    f->cur_key = NULL;
+    f->cur_on = false;
+}
+
+static void ensure_w(struct fo *f)
+{
+    if (f->w)
+        return;
+    EXPECT(f, keel_begin(f->db, 0, &f->w), 0);
+    ms_copy(&f->W, &f->C);
+    f->wnow = f->clk;
+    f->wchanged = f->wsure = false;
+}
+
+struct exp_ent {
+    int64_t exp;
+    uint32_t id;
+    int b;
+    struct blob *k;
+};
+
+static int cmp_exp(const void *a, const void *b)
+{
+    const struct exp_ent *x = a, *y = b;
+    if (x->exp != y->exp)
+        return x->exp < y->exp ? -1 : 1;
+    if (x->id != y->id)
+        return x->id < y->id ? -1 : 1;
+    return fo_cmp(x->k->d, x->k->len, y->k->d, y->k->len);
+}
+
+/* keel's purge: up to max expired entries, (expiry, bucket id, key) order.
+ * *named (may be NULL) tells whether a named bucket lost an entry. */
+static size_t model_purge(struct mstate *s, int64_t now, size_t max, bool *named)
+{
+    if (named)
+        *named = false;
+    size_t n = 0, cap = 0;
+    struct exp_ent *v = NULL;
+    for (int b = 0; b < FO_NB; b++) {
+        if (!s->b[b].exists)
+            continue;
+        for (size_t i = 0; i < s->b[b].n; i++) {
+            struct ment *e = &s->b[b].e[i];
+            if (e->exp == 0 || e->exp > now)
+                continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 32;
+                v = realloc(v, cap * sizeof *v);
+                FUZZ_CHECK(v);
+            }
+            v[n++] = (struct exp_ent){e->exp, s->b[b].id, b, blob_ref(e->k)};
+        }
+    }
+    if (n)
+        qsort(v, n, sizeof *v, cmp_exp);
+    size_t done = n < max ? n : max;
+    for (size_t i = 0; i < done; i++) {
+        bool found;
+        struct mbucket *mb = &s->b[v[i].b];
+        size_t at = mb_find(mb, v[i].k->d, v[i].k->len, &found);
+        FUZZ_CHECK(found);
+        mb_remove(mb, at);
+        if (named && v[i].b != 0)
+            *named = true;
+    }
+    for (size_t i = 0; i < n; i++)
+        blob_unref(v[i].k);
+    free(v);
+    return done;
+}
+
+static bool handle(struct fo *f, keel_txn *txn, const struct mstate *s, int b);
+
+/* Did the commit just made purge (giving P) or not (giving f->W)?  Only
+ * asked when the model cannot tell (see changed()): the on-disk entry
+ * counts decide, and must match one of the two. */
+static bool commit_purged(struct fo *f, const struct mstate *P)
+{
+    keel_txn *r;
+    EXPECT(f, keel_begin(f->db, KEEL_RDONLY, &r), 0);
+    bool is_p = true, is_w = true;
+    for (int b = 0; b < FO_NB; b++) {
+        if (!f->W.b[b].exists)
+            continue;
+        if (!f->known[b])
+            FUZZ_CHECK(handle(f, r, &f->W, b));
+        keel_stat st;
+        EXPECT(f, keel_bucket_stat(r, f->h[b], &st), 0);
+        is_p = is_p && st.entries == P->b[b].n;
+        is_w = is_w && st.entries == f->W.b[b].n;
+    }
+    keel_abort(r);
+    if (!is_p && !is_w)
+        fuzz_fail(__FILE__, __LINE__, "step %d: after commit the entry counts match neither a purge nor none",
+                  f->step);
+    return is_p;
+}
+
+static void do_commit(struct fo *f)
+{
+    ensure_w(f);
+    close_cursor(f);
+    EXPECT(f, keel_commit(f->w), 0);
+    f->w = NULL;
+    if (f->wchanged && f->ppc > 0) {
+        struct mstate P;
+        ms_copy(&P, &f->W);
+        if (model_purge(&P, f->wnow, (size_t)f->ppc, NULL)) {
+            bool purged = f->wsure || commit_purged(f, &P);
+            if (purged) {
+                ms_free(&f->W);
+                f->W = P;
+                memset(&P, 0, sizeof P);
+            }
+        }
+        ms_free(&P);
+    }
+    ms_free(&f->C);
+    f->C = f->W;
+    memset(&f->W, 0, sizeof f->W);
+}
+
+static void do_abort(struct fo *f)
+{
+    close_cursor(f);
+    if (!f->w)
+        return;
+    keel_abort(f->w);
+    f->w = NULL;
+    ms_free(&f->W);
+}
+
+static void end_reader(struct fo *f)
+{
+    if (!f->r)
+        return;
+    keel_abort(f->r);
+    f->r = NULL;
+    ms_free(&f->S);
+}
+
+static void do_open(struct fo *f)
+{
+    EXPECT(f, keel_open(f->path, &f->opts, &f->db), 0);
+    memset(f->known, 0, sizeof f->known);
+    f->known[0] = true;
+    f->h[0] = KEEL_DEFAULT_BUCKET;
+    f->max_key = keel_max_key_size(f->db);
+}
+
+static void do_reopen(struct fo *f)
+{
+    end_reader(f);
+    do_abort(f);
+    keel_close(f->db);
+    f->db = NULL;
+    do_open(f);
+}
+
+/* The handle of bucket b in txn (a write or read txn whose model is s);
+ * false when the bucket is absent (checked against the model). */
+static bool handle(struct fo *f, keel_txn *txn, const struct mstate *s, int b)
+{
+    if (f->known[b])
+        return true;
+    keel_bucket h;
+    int rc = keel_bucket_open(txn, fo_names[b], 0, &h);
+    EXPECT(f, rc, s->b[b].exists ? 0 : KEEL_NOTFOUND);
+    if (rc == 0) {
+        f->known[b] = true;
+        f->h[b] = h;
+    }
+    return rc == 0;
+}
+
+/* ---- comparing a whole bucket ---- */
+static void verify_bucket(struct fo *f, keel_txn *txn, const struct mstate *s, int64_t now, int b)
+{
+    if (!f->known[b] && !handle(f, txn, s, b))
+        return;
+    const struct mbucket *mb = &s->b[b];
+    keel_cursor *c;
+    int rc = keel_cursor_open(txn, f->h[b], &c);
+    EXPECT(f, rc, mb->exists ? 0 : KEEL_BADBUCKET);
+    if (rc)
+        return;
+    keel_val k, v;
+    size_t i = 0;
+    for (rc = keel_cursor_first(c, &k, &v); rc == 0; rc = keel_cursor_next(c, &k, &v), i++) {
+        while (i < mb->n && !live(mb->e[i].exp, now))
+            i++;
+        if (i >= mb->n)
+            fuzz_fail(__FILE__, __LINE__, "step %d: bucket %d: the cursor found more entries than the model", f->step,
+                      b);
+        if (fo_cmp(k.data, k.len, mb->e[i].k->d, mb->e[i].k->len))
+            fuzz_fail(__FILE__, __LINE__, "step %d: bucket %d: key %zu differs", f->step, b, i);
+        check_val(f, v, mb->e[i].v, "forward walk");
+    }
+    EXPECT(f, rc, KEEL_NOTFOUND);
+    while (i < mb->n && !live(mb->e[i].exp, now))
+        i++;
+    if (i != mb->n)
+        fuzz_fail(__FILE__, __LINE__, "step %d: bucket %d: the cursor missed entries", f->step, b);
+    size_t j = mb->n;
+    for (rc = keel_cursor_last(c, &k, &v); rc == 0; rc = keel_cursor_prev(c, &k, &v)) {
+        while (j > 0 && !live(mb->e[j - 1].exp, now))
+            j--;
+        FUZZ_CHECK(j > 0);
+        j--;
+        if (fo_cmp(k.data, k.len, mb->e[j].k->d, mb->e[j].k->len))
+            fuzz_fail(__FILE__, __LINE__, "step %d: bucket %d: backward key %zu differs", f->step, b, j);
+        check_val(f, v, mb->e[j].v, "backward walk");
+    }
+    EXPECT(f, rc, KEEL_NOTFOUND);
+    while (j > 0 && !live(mb->e[j - 1].exp, now))
+        j--;
+    FUZZ_CHECK(j == 0);
+    keel_cursor_close(c);
+    keel_stat st;
+    EXPECT(f, keel_bucket_stat(txn, f->h[b], &st), 0);
+    if (st.entries != mb->n) /* every entry on disk, expired ones too */
+        fuzz_fail(__FILE__, __LINE__, "step %d: bucket %d: stat says %llu entries, the model %zu", f->step, b,
+                  (unsigned long long)st.entries, mb->n);
+}
+
+struct list_ctx {
+    int n;
+    char names[4][16];
+};
+
+static int list_cb(const char *name, void *ctx)
+{
+    struct list_ctx *l = ctx;
+    FUZZ_CHECK(l->n < 4 && strlen(name) < 16);
+    strcpy(l->names[l->n++], name);
+    return 0;
+}
+
+static void verify_all(struct fo *f, keel_txn *txn, const struct mstate *s, int64_t now)
+{
+    for (int b = 0; b < FO_NB; b++)
+        verify_bucket(f, txn, s, now, b);
+    struct list_ctx l = {0};
+    EXPECT(f, keel_bucket_list(txn, list_cb, &l), 0);
+    int want = 0;
+    for (int b = 1; b < FO_NB; b++) {
+        if (!s->b[b].exists)
+            continue;
+        FUZZ_CHECK(want < l.n && strcmp(l.names[want], fo_names[b]) == 0);
+        want++;
+    }
+    FUZZ_CHECK(want == l.n);
+}
+
+static void check_db(struct fo *f)
+{
+    uint64_t problems;
+    EXPECT(f, keel_check(f->db, NULL, NULL, &problems), 0);
+    if (problems)
+        fuzz_fail(__FILE__, __LINE__, "step %d: keel_check found %llu problems", f->step, (unsigned long long)problems);
+}
+
+/* ---- single-key operations in the write txn ---- */
+static int wbucket(struct fo *f, int b) /* 0: usable; else the code every op answers */
+{
+    if (!f->known[b] && !handle(f, f->w, &f->W, b))
+        return -1; /* no handle: skip */
+    return f->W.b[b].exists ? 0 : KEEL_BADBUCKET;
+}
+
+static void op_put(struct fo *f, bool ttl)
+{
+    int b = (int)(take(f) % FO_NB);
+    size_t kl = make_key(f, take(f));
+    unsigned vs = take(f), pat = take(f), fl = take(f);
+    ensure_w(f);
+    int bs = wbucket(f, b);
+    if (bs < 0)
+        return;
+    struct blob *v = make_val(f, vs, pat, kl);
+    static const int64_t ttls[8] = {1, 2, 10, 100, 1000, 100000, 0, INT64_MAX};
+    unsigned flags = ttl ? ((fl & 1) ? KEEL_NOOVERWRITE : 0)
+                         : (unsigned[]){0, KEEL_NOOVERWRITE, KEEL_KEEPTTL, KEEL_APPEND}[fl % 4];
+    int64_t t = ttls[(fl >> 1) % 8];
+    keel_val key = {f->keybuf, kl}, val = {v->d, v->len};
+    int rc = ttl ? keel_put_ttl(f->w, f->h[b], key, val, t, flags) : keel_put(f->w, f->h[b], key, val, flags);
+    int want;
+    int64_t at = 0;
+    if (!key_ok(f, kl))
+        want = KEEL_BADVALSIZE;
+    else if (bs)
+        want = bs;
+    else if (ttl && t <= 0)
+        want = KEEL_BADARG;
+    else if (ttl && __builtin_add_overflow(f->wnow, t, &at))
+        want = KEEL_OVERFLOW;
+    else {
+        struct mbucket *mb = &f->W.b[b];
+        bool found;
+        size_t i = mb_find(mb, f->keybuf, kl, &found);
+        bool present = found && live(mb->e[i].exp, f->wnow);
+        if ((flags & KEEL_NOOVERWRITE) && present)
+            want = KEEL_EXISTS;
+        else {
+            want = 0;
+            int64_t exp = ttl ? at : ((flags & KEEL_KEEPTTL) && present ? mb->e[i].exp : 0);
+            mb_set(mb, f->keybuf, kl, v, exp);
+            changed(f, b);
+        }
+    }
+    EXPECT(f, rc, want);
+    blob_unref(v);
+}
+
+static void op_del(struct fo *f)
+{
+    int b = (int)(take(f) % FO_NB);
+    size_t kl = make_key(f, take(f));
+    ensure_w(f);
+    int bs = wbucket(f, b);
+    if (bs < 0)
+        return;
+    int rc = keel_del(f->w, f->h[b], (keel_val){f->keybuf, kl});
+    int want;
+    if (!key_ok(f, kl))
+        want = KEEL_BADVALSIZE;
+    else if (bs)
+        want = bs;
+    else {
+        struct mbucket *mb = &f->W.b[b];
+        bool found;
+        size_t i = mb_find(mb, f->keybuf, kl, &found);
+        if (!found || !live(mb->e[i].exp, f->wnow))
+            want = KEEL_NOTFOUND; /* an expired key is absent: it stays for purge */
+        else {
+            want = 0;
+            mb_remove(mb, i);
+            changed(f, b);
+        }
+    }
+    EXPECT(f, rc, want);
+}
+
+/* get, ttl and expiry_at of one key in a txn whose model is s at time now */
+static void check_get(struct fo *f, keel_txn *txn, const struct mstate *s, int64_t now, int b, size_t kl)
+{
+    keel_val key = {f->keybuf, kl}, v;
+    int rc = keel_get(txn, f->h[b], key, &v);
+    int64_t ttl = 0, at = 0;
+    int rc2 = keel_ttl(txn, f->h[b], key, &ttl);
+    int rc3 = keel_expiry_at(txn, f->h[b], key, &at);
+    int want;
+    const struct ment *e = NULL;
+    if (!key_ok(f, kl))
+        want = KEEL_BADVALSIZE;
+    else if (!s->b[b].exists)
+        want = KEEL_BADBUCKET;
+    else {
+        bool found;
+        size_t i = mb_find(&s->b[b], f->keybuf, kl, &found);
+        if (found && live(s->b[b].e[i].exp, now)) {
+            e = &s->b[b].e[i];
+            want = 0;
+        } else
+            want = KEEL_NOTFOUND;
+    }
+    EXPECT(f, rc, want);
+    EXPECT(f, rc2, want);
+    EXPECT(f, rc3, want);
+    if (e) {
+        check_val(f, v, e->v, "get");
+        FUZZ_CHECK(ttl == (e->exp ? e->exp - now : -1));
+        FUZZ_CHECK(at == e->exp);
+    }
+}
+
+static void op_get(struct fo *f)
+{
+    int b = (int)(take(f) % FO_NB);
+    size_t kl = make_key(f, take(f));
+    ensure_w(f);
+    if (wbucket(f, b) < 0)
+        return;
+    check_get(f, f->w, &f->W, f->wnow, b, kl);
+}
+
+/* Redis's integer rule, written again from the spec */
+static bool model_int(const struct blob *v, int64_t *out)
+{
+    size_t n = v->len;
+    const uint8_t *s = v->d;
+    if (n == 0 || n > 20)
+        return false;
+    bool neg = s[0] == '-';
+    size_t i = neg ? 1 : 0;
+    if (i == n)
+        return false;
+    if (s[i] == '0') {
+        if (n != 1)
+            return false;
+        *out = 0;
+        return true;
+    }
+    __int128 x = 0;
+    for (; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        x = x * 10 + (s[i] - '0');
+    }
+    if (neg)
+        x = -x;
+    if (x > INT64_MAX || x < INT64_MIN)
+        return false;
+    *out = (int64_t)x;
+    return true;
+}
+
+static void op_cas(struct fo *f)
+{
+    int b = (int)(take(f) % FO_NB);
+    size_t kl = make_key(f, take(f));
+    unsigned mode = take(f) % 3, vs = take(f), pat = take(f);
+    ensure_w(f);
+    int bs = wbucket(f, b);
+    if (bs < 0)
+        return;
+    struct mbucket *mb = &f->W.b[b];
+    bool found = false;
+    size_t i = key_ok(f, kl) && !bs ? mb_find(mb, f->keybuf, kl, &found) : 0;
+    bool present = found && live(mb->e[i].exp, f->wnow);
+    struct blob *nv = make_val(f, vs, pat, kl);
+    struct blob *expv = NULL;
+    if (mode == 1)
+        expv = present ? blob_ref(mb->e[i].v) : make_val(f, vs + 1, pat, kl);
+    else if (mode == 2)
+        expv = make_val(f, pat, vs, kl);
+    keel_val ev = expv ? (keel_val){expv->d, expv->len} : (keel_val){0};
+    int rc = keel_cas(f->w, f->h[b], (keel_val){f->keybuf, kl}, expv ? &ev : NULL, (keel_val){nv->d, nv->len});
+    int want;
+    if (!key_ok(f, kl))
+        want = KEEL_BADVALSIZE;
+    else if (bs)
+        want = bs;
+    else if (!expv ? present
+                   : (!present || mb->e[i].v->len != expv->len ||
+                      (expv->len && memcmp(mb->e[i].v->d, expv->d, expv->len))))
+        want = KEEL_MISMATCH;
+    else {
+        want = 0;
+        mb_set(mb, f->keybuf, kl, nv, present ? mb->e[i].exp : 0);
+        changed(f, b);
+    }
+    EXPECT(f, rc, want);
+    blob_unref(nv);
+    blob_unref(expv);
+}
+
+static void op_incr(struct fo *f)
+{
+    int b = (int)(take(f) % FO_NB);
+    size_t kl = make_key(f, take(f));
+    static const int64_t deltas[8] = {1, -1, 5, 1000, INT64_MAX, INT64_MIN, 0, -7};
+    int64_t d = deltas[take(f) % 8];
+    ensure_w(f);
+    int bs = wbucket(f, b);
+    if (bs < 0)
+        return;
+    int64_t res = 0;
+    int rc = keel_incr(f->w, f->h[b], (keel_val){f->keybuf, kl}, d, &res);
+    int want;
+    int64_t v = 0;
+    if (!key_ok(f, kl))
+        want = KEEL_BADVALSIZE;
+    else if (bs)
+        want = bs;
+    else {
+        struct mbucket *mb = &f->W.b[b];
+        bool found;
+        size_t i = mb_find(mb, f->keybuf, kl, &found);
+        bool present = found && live(mb->e[i].exp, f->wnow);
+        if (present && !model_int(mb->e[i].v, &v))
+            want = KEEL_NOTNUMBER;
+        else if (__builtin_add_overflow(v, d, &v))
+            want = KEEL_OVERFLOW;
+        else {
+            want = 0;
+            char buf[32];
+            int n = snprintf(buf, sizeof buf, "%lld", (long long)v);
+            struct blob *nb = blob_new(buf, (size_t)n);
+            mb_set(mb, f->keybuf, kl, nb, present ? mb->e[i].exp : 0);
+            blob_unref(nb);
+            changed(f, b);
+        }
+    }
+    EXPECT(f, rc, want);
+    if (want == 0)
+        FUZZ_CHECK(res == v);
+}
+
+static void op_expire(struct fo *f)
+{
+    int b = (int)(take(f) % FO_NB);
+    size_t kl = make_key(f, take(f));
+    unsigned mode = take(f) % 3, sel = take(f);
+    static const int64_t ttls[8] = {1, 2, 10, 100, 1000, 100000, 0, INT64_MAX};
+    static const int64_t rel[6] = {-10, 0, 10, 1000, 1, -1000000};
+    ensure_w(f);
+    int bs = wbucket(f, b);
+    if (bs < 0)
+        return;
+    keel_val key = {f->keybuf, kl};
+    int rc, want = 0;
+    int64_t target = 0; /* the new expiry */
+    if (mode == 0) {
+        int64_t t = ttls[sel % 8];
+        rc = keel_expire(f->w, f->h[b], key, t);
+        if (t <= 0)
+            want = KEEL_BADARG;
+        else if (__builtin_add_overflow(f->wnow, t, &target))
+            want = KEEL_OVERFLOW;
+    } else if (mode == 1) {
+        target = sel % 7 == 6 ? 0 : f->wnow + rel[sel % 7 % 6];
+        rc = keel_expire_at(f->w, f->h[b], key, target);
+        if (target <= 0)
+            want = KEEL_BADARG;
+    } else {
+        rc = keel_persist(f->w, f->h[b], key);
+    }
+    if (!key_ok(f, kl))
+        want = KEEL_BADVALSIZE;
+    else if (bs)
+        want = bs;
+    else if (want == 0) {
+        struct mbucket *mb = &f->W.b[b];
+        bool found;
+        size_t i = mb_find(mb, f->keybuf, kl, &found);
+        if (!found || !live(mb->e[i].exp, f->wnow))
+            want = KEEL_NOTFOUND;
+        else {
+            /* a named bucket is marked changed even when the expiry stays */
+            if (mb->e[i].exp != target || b != 0)
+                changed(f, b);
+            mb->e[i].exp = target;
+        }
+    }
+    EXPECT(f, rc, want);
+}
+
+/* ---- the cursor ---- */
+/* first live index > key (dir 1) or last live index < key (dir -1); -1 if none */
+static long model_step(const struct mbucket *mb, int64_t now, const struct blob *key, int dir)
+{
+    bool found;
+    size_t i = mb_find(mb, key->d, key->len, &found);
+    if (dir > 0) {
+        for (size_t j = found ? i + 1 : i; j < mb->n; j++)
+            if (live(mb->e[j].exp, now))
+                return (long)j;
+    } else {
+        for (size_t j = i; j-- > 0;)
+            if (live(mb->e[j].exp, now))
+                return (long)j;
+    }
+    return -1;
+}
+
+static long model_edge(const struct mbucket *mb, int64_t now, int dir)
+{
+    if (dir > 0) {
+        for (size_t j = 0; j < mb->n; j++)
+            if (live(mb->e[j].exp, now))
+                return (long)j;
+    } else {
+        for (size_t j = mb->n; j-- > 0;)
+            if (live(mb->e[j].exp, now))
+                return (long)j;
+    }
+    return -1;
+}
+
+static void cursor_result(struct fo *f, int rc, keel_val k, keel_val v, const struct mbucket *mb, long want,
+                          bool unset_on_miss)
+{
+    if (want < 0) {
+        EXPECT(f, rc, KEEL_NOTFOUND);
+        if (unset_on_miss) {
+            f->cur_on = false;
+            blob_unref(f->cur_key);
+            f->cur_key = NULL;
+        }
+        return;
+    }
+    EXPECT(f, rc, 0);
+    const struct ment *e = &mb->e[want];
+    if (fo_cmp(k.data, k.len, e->k->d, e->k->len))
+        fuzz_fail(__FILE__, __LINE__, "step %d: the cursor is on another key than the model's", f->step);
+    check_val(f, v, e->v, "cursor");
+    blob_unref(f->cur_key);
+    f->cur_key = blob_ref(e->k);
+    f->cur_on = true;
+}
+
+static void op_cursor(struct fo *f)
+{
+    int b = (int)(take(f) % FO_NB);
+    unsigned m = take(f) % 8;
+    unsigned ksel = m == 4 ? take(f) : 0;
+    ensure_w(f);
+    if (m == 7) {
+        close_cursor(f);
+        return;
+    }
+    int bs = wbucket(f, b);
+    if (bs < 0)
+        return;
+    if (f->cur && f->cur_b != b)
+        close_cursor(f);
+    if (!f->cur) {
+        int rc = keel_cursor_open(f->w, f->h[b], &f->cur);
+        EXPECT(f, rc, bs);
+        if (rc)
+            return;
+        f->cur_b = b;
+        f->cur_on = false;
+    }
+    struct mbucket *mb = &f->W.b[b];
+    keel_val k = {0}, v = {0};
+    int rc;
+    switch (m) {
+    case 0:
+    case 1: {
+        int dir = m == 0 ? 1 : -1;
+        rc = dir > 0 ? keel_cursor_first(f->cur, &k, &v) : keel_cursor_last(f->cur, &k, &v);
+        if (bs) {
+            EXPECT(f, rc, bs);
+            return;
+        }
+        cursor_result(f, rc, k, v, mb, model_edge(mb, f->wnow, dir), true);
+        return;
+    }
+    case 2:
+    case 3: {
+        int dir = m == 2 ? 1 : -1;
+        rc = dir > 0 ? keel_cursor_next(f->cur, &k, &v) : keel_cursor_prev(f->cur, &k, &v);
+        if (bs) {
+            EXPECT(f, rc, bs);
+            return;
+        }
+        if (!f->cur_on) /* an unpositioned cursor starts at the edge */
+            cursor_result(f, rc, k, v, mb, model_edge(mb, f->wnow, dir), true);
+        else
+            cursor_result(f, rc, k, v, mb, model_step(mb, f->wnow, f->cur_key, dir), false);
+        return;
+    }
+    case 4: {
+        size_t kl = make_key(f, ksel);
+        rc = keel_cursor_seek(f->cur, (keel_val){f->keybuf, kl}, &k, &v);
+        if (!key_ok(f, kl)) {
+            EXPECT(f, rc, KEEL_BADVALSIZE);
+            return;
+        }
+        if (bs) {
+            EXPECT(f, rc, bs);
+            return;
+        }
+        bool found;
+        size_t i = mb_find(mb, f->keybuf, kl, &found);
+        long want = -1;
+        for (size_t j = i; j < mb->n; j++)
+            if (live(mb->e[j].exp, f->wnow)) {
+                want = (long)j;
+                break;
+            }
+        cursor_result(f, rc, k, v, mb, want, true);
+        return;
+    }
+    case 5: {
+        rc = keel_cursor_current(f->cur, &k, &v);
+        if (!f->cur_on) {
+            EXPECT(f, rc, KEEL_BADCURSOR);
+            return;
+        }
+        if (bs) {
+            EXPECT(f, rc, bs);
+            return;
+        }
+        bool found;
+        size_t i = mb_find(mb, f->cur_key->d, f->cur_key->len, &found);
+        cursor_result(f, rc, k, v, mb, found && live(mb->e[i].exp, f->wnow) ? (long)i : -1, false);
+        return;
+    }
+    case 6: {
+        rc = keel_cursor_del(f->cur);
+        if (!f->cur_on) {
+            EXPECT(f, rc, KEEL_BADCURSOR);
+            return;
+        }
+        if (bs) {
+            EXPECT(f, rc, bs);
+            return;
+        }
+        bool found;
+        size_t i = mb_find(mb, f->cur_key->d, f->cur_key->len, &found);
+        if (found && live(mb->e[i].exp, f->wnow)) {
+            EXPECT(f, rc, 0);
+            mb_remove(mb, i);
+            changed(f, b);
+        } else {
+            EXPECT(f, rc, KEEL_NOTFOUND);
+        }
+        return;
+    }
+    }
+}
+
+/* ---- buckets, purge, readers, ranges ---- */
+static void op_bucket(struct fo *f)
+{
+    int b = 1 + (int)(take(f) % (FO_NB - 1));
+    unsigned m = take(f) % 4;
+    ensure_w(f);
+    struct mbucket *mb = &f->W.b[b];
+    if (m < 2) {
+        keel_bucket h;
+        int rc = keel_bucket_open(f->w, fo_names[b], m ? KEEL_CREATE : 0, &h);
+        if (mb->exists || m) {
+            EXPECT(f, rc, 0);
+            if (!mb->exists) {
+                mb->exists = true;
+                if (f->W.next_id == 0)
+                    f->W.next_id = 1;
+                mb->id = (uint32_t)f->W.next_id++;
+                changed(f, b);
+            }
+            FUZZ_CHECK(!f->known[b] || f->h[b] == h);
+            f->known[b] = true;
+            f->h[b] = h;
+        } else {
+            EXPECT(f, rc, KEEL_NOTFOUND);
+        }
+        return;
+    }
+    if (m == 3)
+        b = 0; /* the default bucket is emptied */
+    mb = &f->W.b[b];
+    int bs = wbucket(f, b);
+    if (bs < 0)
+        return;
+    int rc = keel_bucket_drop(f->w, f->h[b]);
+    EXPECT(f, rc, bs);
+    if (rc == 0) {
+        if (b != 0 || mb->n)
+            changed(f, b);
+        mb_clear(mb);
+        if (b != 0)
+            mb->exists = false;
+    }
+}
+
+static void op_purge(struct fo *f)
+{
+    static const size_t maxes[8] = {0, 1, 2, 3, 5, 8, 1000, 1};
+    size_t max = maxes[take(f) % 8];
+    ensure_w(f);
+    size_t purged = 99;
+    EXPECT(f, keel_purge(f->w, max, &purged), 0);
+    bool named;
+    size_t want = model_purge(&f->W, f->wnow, max, &named);
+    if (purged != want)
+        fuzz_fail(__FILE__, __LINE__, "step %d: purge removed %zu, the model %zu", f->step, purged, want);
+    if (want)
+        changed(f, named ? 1 : 0);
+}
+
+static void op_reader(struct fo *f)
+{
+    unsigned m = take(f) % 4;
+    int b = (int)(take(f) % FO_NB);
+    unsigned ksel = take(f);
+    if (m == 0 || !f->r) {
+        end_reader(f);
+        EXPECT(f, keel_begin(f->db, KEEL_RDONLY, &f->r), 0);
+        ms_copy(&f->S, &f->C);
+        f->rnow = f->clk;
+        if (m == 0)
+            return;
+    }
+    if (m == 3) {
+        end_reader(f);
+        return;
+    }
+    if (!f->known[b] && !handle(f, f->r, &f->S, b))
+        return;
+    if (m == 1)
+        check_get(f, f->r, &f->S, f->rnow, b, make_key(f, ksel));
+    else
+        verify_bucket(f, f->r, &f->S, f->rnow, b);
+    /* writes in a read txn are refused */
+    EXPECT(f, keel_put(f->r, f->h[b], (keel_val){"x", 1}, (keel_val){"y", 1}, 0), KEEL_READONLY);
+}
+
+static void op_range(struct fo *f, bool del)
+{
+    int b = (int)(take(f) % FO_NB);
+    unsigned start = take(f) * 5, count = 1 + take(f) % 200, vs = take(f);
+    ensure_w(f);
+    int bs = wbucket(f, b);
+    if (bs < 0)
+        return;
+    struct mbucket *mb = &f->W.b[b];
+    for (unsigned i = start; i < start + count; i++) {
+        size_t kl = range_key(f, i);
+        keel_val key = {f->keybuf, kl};
+        if (del) {
+            int rc = keel_del(f->w, f->h[b], key);
+            int want = bs;
+            if (!bs) {
+                bool found;
+                size_t at = mb_find(mb, f->keybuf, kl, &found);
+                want = found && live(mb->e[at].exp, f->wnow) ? 0 : KEEL_NOTFOUND;
+                if (want == 0) {
+                    mb_remove(mb, at);
+                    changed(f, b);
+                }
+            }
+            EXPECT(f, rc, want);
+        } else {
+            struct blob *v = make_val(f, vs % 13, i, kl); /* mostly up to 2100 bytes: many pages */
+            int rc = keel_put(f->w, f->h[b], key, (keel_val){v->d, v->len}, (vs & 0x80) ? KEEL_APPEND : 0);
+            EXPECT(f, rc, bs);
+            if (!bs) {
+                mb_set(mb, f->keybuf, kl, v, 0);
+                changed(f, b);
+            }
+            blob_unref(v);
+        }
+    }
+}
+
+static void op_many(struct fo *f, bool put)
+{
+    int b = (int)(take(f) % FO_NB);
+    size_t n = 1 + take(f) % 4;
+    keel_val keys[4], vals[4];
+    uint8_t *kcopy[4];
+    for (size_t i = 0; i < n; i++) {
+        size_t kl = make_key(f, take(f) % 40); /* includes the too long and the empty key */
+        kcopy[i] = malloc(kl ? kl : 1);
+        FUZZ_CHECK(kcopy[i]);
+        memcpy(kcopy[i], f->keybuf, kl);
+        keys[i] = (keel_val){kcopy[i], kl};
+    }
+    unsigned vs = take(f), fl = take(f);
+    ensure_w(f);
+    int bs = wbucket(f, b);
+    struct blob *v = make_val(f, vs % 13, fl, keys[0].len);
+    if (bs >= 0) {
+        struct mbucket *mb = &f->W.b[b];
+        bool keys_ok = true;
+        for (size_t i = 0; i < n; i++)
+            keys_ok = keys_ok && key_ok(f, keys[i].len);
+        int want = 0;
+        if (put) {
+            unsigned flags = (unsigned[]){0, KEEL_NOOVERWRITE, KEEL_KEEPTTL, 0}[fl % 4];
+            for (size_t i = 0; i < n; i++)
+                vals[i] = (keel_val){v->d, v->len};
+            int rc = keel_put_many(f->w, f->h[b], keys, vals, n, flags);
+            if (bs)
+                want = bs;
+            else if (!keys_ok)
+                want = KEEL_BADVALSIZE;
+            else {
+                if (flags & KEEL_NOOVERWRITE) {
+                    for (size_t i = 0; i < n && !want; i++) {
+                        bool found;
+                        size_t at = mb_find(mb, keys[i].data, keys[i].len, &found);
+                        if (found && live(mb->e[at].exp, f->wnow))
+                            want = KEEL_EXISTS;
+                        for (size_t j = 0; j < i; j++)
+                            if (fo_cmp(keys[i].data, keys[i].len, keys[j].data, keys[j].len) == 0)
+                                want = KEEL_EXISTS;
+                    }
+                }
+                if (!want) {
+                    for (size_t i = 0; i < n; i++) {
+                        bool found;
+                        size_t at = mb_find(mb, keys[i].data, keys[i].len, &found);
+                        bool present = found && live(mb->e[at].exp, f->wnow);
+                        int64_t exp = (flags & KEEL_KEEPTTL) && present ? mb->e[at].exp : 0;
+                        mb_set(mb, keys[i].data, keys[i].len, v, exp);
+                    }
+                    changed(f, b);
+                }
+            }
+            EXPECT(f, rc, want);
+        } else {
+            int rc = keel_get_many(f->w, f->h[b], keys, vals, n);
+            want = !keys_ok ? KEEL_BADVALSIZE : bs;
+            EXPECT(f, rc, want);
+            for (size_t i = 0; rc == 0 && i < n; i++) {
+                bool found;
+                size_t at = mb_find(mb, keys[i].data, keys[i].len, &found);
+                if (found && live(mb->e[at].exp, f->wnow))
+                    check_val(f, vals[i], mb->e[at].v, "get_many");
+                else
+                    FUZZ_CHECK(vals[i].data == NULL && vals[i].len == 0);
+            }
+        }
+    }
+    blob_unref(v);
+    for (size_t i = 0; i < n; i++)
+        free(kcopy[i]);
+}
+
+static void op_clock(struct fo *f)
+{
+    static const int64_t d[8] = {1, 7, 100, 1000, 60000, -1, -1000, 1000000};
+    f->clk += d[take(f) % 8];
+    if (f->clk < 1)
+        f->clk = 1;
+}
+
+FUZZ_ENTRY(ops)
+{
+    if (size < 1)
+        return 0;
+    static const uint32_t psizes[4] = {4096, 8192, 16384, 65536};
+    static const int ppcs[4] = {-1, 1, 3, 100};
+    struct fo *f = calloc(1, sizeof *f);
+    FUZZ_CHECK(f);
+    f->p = data + 1;
+    f->n = size - 1;
+    f->clk = 1000000000;
+    f->ppc = ppcs[(data[0] >> 2) & 3];
+    f->opts = (keel_options){.page_size = psizes[data[0] & 3],
+                             .flags = KEEL_NOSYNC,
+                             .max_size = (uint64_t)1 << 28,
+                             .clock = fo_clock,
+                             .clock_ctx = &f->clk,
+                             .purge_per_commit = f->ppc};
+    f->path = fuzz_path(2, "ops.db");
+    fuzz_remove_db(f->path);
+    f->C.b[0].exists = true;
+    f->C.next_id = 1;
+    do_open(f);
+
+    static int trace = -1; /* KEEL_FUZZ_TRACE=1: print each step's opcode and argument bytes */
+    if (trace < 0)
+        trace = getenv("KEEL_FUZZ_TRACE") != NULL;
+    for (f->step = 0; f->n > 0 && f->step < FO_MAX_OPS; f->step++) {
+        if (trace) {
+            fprintf(stderr, "step %d: op %u args", f->step, f->p[0] % 24);
+            for (size_t i = 1; i < 7 && i < f->n; i++)
+                fprintf(stderr, " %u", f->p[i]);
+            fprintf(stderr, "%s%s\n", f->w ? " [w]" : "", f->r ? " [r]" : "");
+        }
+        unsigned op = take(f) % 24;
+        switch (op) {
+        case 0:
+        case 1:
+        case 2:
+            op_put(f, false);
+            break;
+        case 3:
+            op_put(f, true);
+            break;
+        case 4:
+            op_del(f);
+            break;
+        case 5:
+            op_get(f);
+            break;
+        case 6:
+            op_cas(f);
+            break;
+        case 7:
+            op_incr(f);
+            break;
+        case 8:
+            op_expire(f);
+            break;
+        case 9:
+        case 10:
+            op_cursor(f);
+            break;
+        case 11:
+            do_commit(f);
+            break;
+        case 12:
+            do_abort(f);
+            break;
+        case 13:
+            do_reopen(f);
+            break;
+        case 14:
+            op_clock(f);
+            break;
+        case 15:
+            op_purge(f);
+            break;
+        case 16:
+            op_bucket(f);
+            break;
+        case 17:
+            op_reader(f);
+            break;
+        case 18: {
+            int b = (int)(take(f) % FO_NB);
+            ensure_w(f);
+            if (wbucket(f, b) >= 0)
+                verify_bucket(f, f->w, &f->W, f->wnow, b);
+            break;
+        }
+        case 19:
+            op_range(f, false);
+            break;
+        case 20:
+            op_range(f, true);
+            break;
+        case 21:
+            check_db(f);
+            break;
+        case 22:
+            op_many(f, true);
+            break;
+        case 23:
+            op_many(f, false);
+            break;
+        }
+    }
+    /* the end: commit, reopen, everything must read back and check clean */
+    if (f->w) {
+        ensure_w(f);
+        verify_all(f, f->w, &f->W, f->wnow);
+        do_commit(f);
+    }
+    if (f->r) {
+        verify_all(f, f->r, &f->S, f->rnow);
+        end_reader(f);
+    }
+    do_reopen(f);
+    check_db(f);
+    keel_txn *r;
+    EXPECT(f, keel_begin(f->db, KEEL_RDONLY, &r), 0);
+    verify_all(f, r, &f->C, f->clk);
+    keel_abort(r);
+    keel_close(f->db);
+    fuzz_remove_db(f->path);
+    ms_free(&f->C);
+    free(f);
+    return 0;
+}

@@ -1,0 +1,424 @@
+/*
+ * make_corpus.c — writes the seed corpora of the fuzz targets:
+ *
+ *   make_corpus DIR     (fuzz/build.sh builds it; fuzz/make_corpus.sh runs it on fuzz/corpus)
+ *
+ *   DIR/fuzz_file/  valid database files of several shapes (empty, small,
+ *                   named buckets with TTLs, overflow values, a deep tree of
+ *                   long keys, a free tree after many commits, a dropped
+ *                   bucket, a wide tree) at 4, 8 and 16 KiB pages; each file
+ *                   is the option byte, then the file cut to the meta's npages
+ *   DIR/fuzz_lock/  lock files taken from a database in use
+ *   DIR/fuzz_ops/   operation streams (pseudo-random, fixed seeds)
+ *   DIR/fuzz_dump/  dump texts in both formats, plain (-T) text, odd headers
+ *
+ * The output is deterministic: running it again gives the same files.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "dumpfmt.h"
+#include "format.h"
+#include "fuzz.h"
+#include "keel.h"
+
+static const char *outdir;
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "make_corpus: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+#define OK(call)                                                                              \
+    do {                                                                                      \
+        int rc_ = (call);                                                                     \
+        if (rc_)                                                                              \
+            die("%s:%d: %s: %s", __FILE__, __LINE__, #call, keel_strerror(rc_));               \
+    } while (0)
+
+static void put_file(const char *target, const char *name, const void *head, size_t hlen, const void *body,
+                     size_t blen)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", outdir, target);
+    mkdir(path, 0755);
+    snprintf(path, sizeof path, "%s/%s/%s", outdir, target, name);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        die("%s: %s", path, strerror(errno));
+    if ((hlen && fwrite(head, 1, hlen, f) != hlen) || (blen && fwrite(body, 1, blen, f) != blen) || fclose(f))
+        die("%s: write failed", path);
+}
+
+static uint8_t *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        die("%s: %s", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(n ? (size_t)n : 1);
+    if (!b || fread(b, 1, (size_t)n, f) != (size_t)n)
+        die("%s: read failed", path);
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+static int64_t clock_fn(void *ctx) { return *(const int64_t *)ctx; }
+static int64_t now = 1000;
+
+static keel_db *open_db(const char *path, uint32_t psize)
+{
+    keel_options o = {.page_size = psize, .flags = KEEL_NOSYNC, .clock = clock_fn, .clock_ctx = &now,
+                      .purge_per_commit = -1};
+    keel_db *db;
+    OK(keel_open(path, &o, &db));
+    return db;
+}
+
+static keel_val sv(const char *s) { return (keel_val){s, strlen(s)}; }
+
+/* ---- database shapes ---- */
+static void shape_empty(keel_db *db) { (void)db; }
+
+static void shape_small(keel_db *db)
+{
+    keel_txn *w;
+    OK(keel_begin(db, 0, &w));
+    for (int i = 0; i < 10; i++) {
+        char k[16], v[32];
+        snprintf(k, sizeof k, "k%02d", i);
+        snprintf(v, sizeof v, "value %d", i * i);
+        OK(keel_put(w, 0, sv(k), sv(v), 0));
+    }
+    OK(keel_commit(w));
+}
+
+static void shape_buckets(keel_db *db)
+{
+    keel_txn *w;
+    OK(keel_begin(db, 0, &w));
+    const char *names[3] = {"alpha", "beta", "gamma"};
+    for (int b = 0; b < 3; b++) {
+        keel_bucket h;
+        OK(keel_bucket_open(w, names[b], KEEL_CREATE, &h));
+        for (int i = 0; i < 20; i++) {
+            char k[16];
+            snprintf(k, sizeof k, "%s-%02d", names[b], i);
+            if (i % 4 == 1)
+                OK(keel_put_ttl(w, h, sv(k), sv("expiring"), 500 + 100 * i, 0));
+            else
+                OK(keel_put(w, h, sv(k), sv(k), 0));
+        }
+    }
+    OK(keel_put_ttl(w, 0, sv("default-ttl"), sv("x"), 5000, 0));
+    OK(keel_put(w, 0, sv("default"), sv("y"), 0));
+    int64_t r;
+    OK(keel_incr(w, 0, sv("counter"), 41, &r));
+    OK(keel_commit(w));
+}
+
+static void shape_overflow(keel_db *db)
+{
+    keel_stat st;
+    OK(keel_db_stat(db, &st));
+    size_t ps = st.page_size;
+    uint8_t *big = malloc(3 * ps);
+    for (size_t i = 0; i < 3 * ps; i++)
+        big[i] = (uint8_t)(i * 7);
+    keel_txn *w;
+    OK(keel_begin(db, 0, &w));
+    OK(keel_put(w, 0, sv("big1"), (keel_val){big, 3 * ps}, 0));
+    OK(keel_put(w, 0, sv("big2"), (keel_val){big, ps + ps / 5}, 0));
+    OK(keel_put(w, 0, sv("small"), sv("s"), 0));
+    OK(keel_put_ttl(w, 0, sv("big-ttl"), (keel_val){big, ps}, 100000, 0));
+    OK(keel_commit(w));
+    free(big);
+}
+
+static void shape_deep(keel_db *db)
+{
+    size_t mk = keel_max_key_size(db);
+    char *k = malloc(mk + 1);
+    memset(k, 'x', mk);
+    keel_txn *w;
+    OK(keel_begin(db, 0, &w));
+    for (int i = 0; i < 12; i++) {
+        snprintf(k + mk - 4, 5, "%04d", i * 37 % 1000);
+        OK(keel_put(w, 0, (keel_val){k, mk}, sv("v"), 0));
+    }
+    OK(keel_commit(w));
+    keel_stat st;
+    OK(keel_db_stat(db, &st));
+    if (st.depth < 3)
+        die("deep shape has depth %u", st.depth);
+    free(k);
+}
+
+static void shape_freelist(keel_db *db)
+{
+    for (int round = 0; round < 6; round++) {
+        keel_txn *w;
+        OK(keel_begin(db, 0, &w));
+        for (int i = 0; i < 60; i++) {
+            char k[16], v[200];
+            snprintf(k, sizeof k, "f%03d", (i * 7 + round * 13) % 90);
+            memset(v, 'a' + round, sizeof v);
+            if ((i + round) % 3 == 0) {
+                int rc = keel_del(w, 0, sv(k));
+                if (rc && rc != KEEL_NOTFOUND)
+                    OK(rc);
+            } else {
+                OK(keel_put(w, 0, sv(k), (keel_val){v, 50 + (size_t)i * 2}, 0));
+            }
+        }
+        OK(keel_commit(w));
+    }
+}
+
+static void shape_dropped(keel_db *db)
+{
+    keel_txn *w;
+    keel_bucket b, c;
+    OK(keel_begin(db, 0, &w));
+    OK(keel_bucket_open(w, "doomed", KEEL_CREATE, &b));
+    OK(keel_bucket_open(w, "kept", KEEL_CREATE, &c));
+    for (int i = 0; i < 80; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "d%03d", i);
+        OK(keel_put(w, b, sv(k), sv("some value that takes room"), 0));
+        if (i % 10 == 0)
+            OK(keel_put_ttl(w, c, sv(k), sv("kv"), 100 + i, 0));
+    }
+    OK(keel_commit(w));
+    OK(keel_begin(db, 0, &w));
+    OK(keel_bucket_open(w, "doomed", 0, &b));
+    OK(keel_bucket_drop(w, b));
+    OK(keel_commit(w));
+}
+
+static void shape_wide(keel_db *db)
+{
+    keel_txn *w;
+    OK(keel_begin(db, 0, &w));
+    for (int i = 0; i < 400; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "w%05d", i * 3);
+        OK(keel_put(w, 0, sv(k), sv("0123456789"), 0));
+    }
+    OK(keel_commit(w));
+}
+
+struct shape {
+    const char *name;
+    void (*fn)(keel_db *);
+    unsigned sizes; /* bit i: page size 4096 << i */
+};
+
+static const struct shape shapes[] = {
+    {"empty", shape_empty, 0xF},       {"small", shape_small, 0x7},       {"buckets", shape_buckets, 0x3},
+    {"overflow", shape_overflow, 0x3}, {"deep", shape_deep, 0x3},         {"freelist", shape_freelist, 0x3},
+    {"dropped", shape_dropped, 0x1},   {"wide", shape_wide, 0x1},
+};
+
+/* The file as keel left it, cut to the newest meta's npages. */
+static uint8_t *db_image(const char *path, size_t *len)
+{
+    size_t n;
+    uint8_t *img = read_all(path, &n);
+    struct meta m0, m1;
+    memcpy(&m0, img, sizeof m0);
+    memcpy(&m1, img + m0.page_size, sizeof m1);
+    const struct meta *m = m0.txnid >= m1.txnid ? &m0 : &m1;
+    size_t want = (size_t)(m->npages * m->page_size);
+    if (want > n)
+        die("%s: shorter than its meta", path);
+    *len = want;
+    return img;
+}
+
+static void make_files(void)
+{
+    const char *path = fuzz_path(0, "corpus.db");
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        for (unsigned i = 0; i < 4; i++) {
+            if (!(shapes[s].sizes & (1u << i)))
+                continue;
+            uint32_t ps = 4096u << (i == 3 ? 4 : i);
+            fuzz_remove_db(path);
+            keel_db *db = open_db(path, ps);
+            shapes[s].fn(db);
+            uint64_t problems;
+            OK(keel_check(db, NULL, NULL, &problems));
+            if (problems)
+                die("shape %s: %llu problems", shapes[s].name, (unsigned long long)problems);
+            keel_close(db);
+            size_t len;
+            uint8_t *img = db_image(path, &len);
+            char name[64];
+            snprintf(name, sizeof name, "%s-%u", shapes[s].name, ps);
+            uint8_t opt = (uint8_t)(i == 3 ? 3 : i); /* page size bits; checksums re-sealed; clock at 1000 */
+            if (!strcmp(shapes[s].name, "buckets"))
+                opt |= 8; /* every TTL expired */
+            put_file("fuzz_file", name, &opt, 1, img, len);
+            free(img);
+        }
+    }
+    fuzz_remove_db(path);
+}
+
+static void make_locks(void)
+{
+    const char *path = fuzz_path(0, "lock.db");
+    char lpath[700];
+    snprintf(lpath, sizeof lpath, "%s-lock", path);
+    static const uint32_t readers[2] = {4, 126};
+    for (int i = 0; i < 2; i++) {
+        fuzz_remove_db(path);
+        keel_options o = {.max_readers = readers[i], .flags = KEEL_NOSYNC};
+        keel_db *db;
+        OK(keel_open(path, &o, &db));
+        keel_txn *r;
+        OK(keel_begin(db, KEEL_RDONLY, &r));
+        size_t len;
+        uint8_t *lk = read_all(lpath, &len);
+        /* the pid and start time in the taken slot are this process's: zero
+         * them so the file is the same on every run */
+        memset(lk + 128, 0, len > 128 ? (len - 128 < 64 ? len - 128 : 64) : 0);
+        keel_abort(r);
+        keel_close(db);
+        char name[64];
+        uint8_t opt = (uint8_t)(i ? 2 : 6); /* max_readers option 1 or 200 */
+        snprintf(name, sizeof name, "valid-%u", readers[i]);
+        put_file("fuzz_lock", name, &opt, 1, lk, len);
+        opt |= 1;
+        snprintf(name, sizeof name, "valid-%u-in-use", readers[i]);
+        put_file("fuzz_lock", name, &opt, 1, lk, len);
+        memset(lk, 0, 4); /* magic 0: an initialiser that died half way */
+        opt &= (uint8_t)~1;
+        snprintf(name, sizeof name, "half-initialised-%u", readers[i]);
+        put_file("fuzz_lock", name, &opt, 1, lk, len);
+        free(lk);
+    }
+    uint8_t z = 0;
+    put_file("fuzz_lock", "empty", &z, 1, NULL, 0);
+    fuzz_remove_db(path);
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint8_t rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint8_t)(rng >> 32);
+}
+
+static void make_ops(void)
+{
+    static const size_t lens[6] = {16, 60, 200, 500, 1200, 3000};
+    for (int i = 0; i < 6; i++) {
+        uint8_t buf[3000];
+        for (size_t j = 0; j < lens[i]; j++)
+            buf[j] = rnd();
+        buf[0] = (uint8_t)(i * 5); /* page sizes and purge settings */
+        char name[32];
+        snprintf(name, sizeof name, "random-%zu", lens[i]);
+        put_file("fuzz_ops", name, NULL, 0, buf, lens[i]);
+    }
+    /* a hand-made sequence: puts, a reader, commit, more writes, cursor walk, reopen */
+    static const uint8_t seq[] = {
+        0x04,                            /* 4 KiB pages, purge 1 per commit */
+        16, 0, 1,                        /* create "alpha" */
+        0, 1, 10, 5, 7, 0,               /* put alpha key02 */
+        3, 0, 11, 3, 9, 2,               /* put_ttl default key03 ttl 2 */
+        19, 0, 4, 150, 9,                /* range put default 150 keys of 1900 bytes */
+        11,                              /* commit */
+        17, 0, 0, 0,                     /* reader begins */
+        20, 0, 6, 80, 0,                 /* range delete */
+        14, 3,                           /* clock +1000 */
+        11,                              /* commit (the reader still sees the old state) */
+        17, 2, 0, 0,                     /* reader scans the default bucket */
+        9, 0, 0, 9, 0, 2, 9, 0, 6, 9, 0, 2, 9, 0, 3, /* cursor first, next, del, next, prev */
+        7, 0, 12, 1,                     /* incr */
+        6, 0, 12, 0, 3, 1,               /* cas */
+        15, 2,                           /* purge */
+        13,                              /* reopen */
+        21,                              /* check */
+    };
+    put_file("fuzz_ops", "handmade", NULL, 0, seq, sizeof seq);
+}
+
+static void make_dumps(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    struct dump_info h = {.print = 1, .database = NULL, .mapsize = 1048576, .maxreaders = 126, .pagesize = 4096};
+    dump_write_header(m, &h);
+    dump_write_record(m, 1, "key", 3, "value", 5);
+    dump_write_record(m, 1, "bin\x01\xff", 5, "back\\slash", 10);
+    dump_write_record(m, 1, "empty", 5, "", 0);
+    dump_write_end(m);
+    h.print = 0;
+    h.database = "users";
+    dump_write_header(m, &h);
+    dump_write_record(m, 0, "alice", 5, "admin", 5);
+    dump_write_record(m, 0, "bob", 3, "\x00\x01\x02", 3);
+    dump_write_end(m);
+    h.print = 1;
+    h.database = DUMP_EXPIRY_PREFIX "users";
+    dump_write_header(m, &h);
+    dump_write_record(m, 1, "alice", 5, "1700000000000", 13);
+    dump_write_end(m);
+    fclose(m);
+    uint8_t opt = 0;
+    put_file("fuzz_dump", "sections", &opt, 1, buf, len);
+    opt = 4; /* stop at the third record */
+    put_file("fuzz_dump", "sections-stop", &opt, 1, buf, len);
+    opt = 8; /* stop at the second section */
+    put_file("fuzz_dump", "sections-stop2", &opt, 1, buf, len);
+    free(buf);
+
+    static const char odd[] = "VERSION=2\nformat=bytevalue\ntype=btree\nmapaddr=0\nreversekey=1\nduplicates=0\n"
+                              "somethingnew=x\nHEADER=END\n 6b6579\n 76616c7565\nDATA=END\n\n"
+                              "format=print\ndatabase=b=c\nHEADER=END\n a\\5cb\n c\nDATA=END\n";
+    opt = 0;
+    put_file("fuzz_dump", "odd-header", &opt, 1, odd, sizeof odd - 1);
+    opt = 2; /* max_line 64 */
+    put_file("fuzz_dump", "odd-header-short-lines", &opt, 1, odd, sizeof odd - 1);
+
+    static const char plain[] = "key\nvalue\nbin\\01\\ff\n\nlast\nno newline at the end";
+    opt = 1;
+    put_file("fuzz_dump", "plain", &opt, 1, plain, sizeof plain - 1);
+    opt = 0;
+    put_file("fuzz_dump", "empty", &opt, 1, NULL, 0);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: make_corpus DIR\n");
+        return 2;
+    }
+    outdir = argv[1];
+    mkdir(outdir, 0755);
+    make_files();
+    make_locks();
+    make_ops();
+    make_dumps();
+    return 0;
+}
