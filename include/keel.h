@@ -162,7 +162,14 @@ int keel_db_del(keel_db *db, const char *bucket, keel_val key);
 int keel_db_incr(keel_db *db, const char *bucket, keel_val key, int64_t delta, int64_t *result);
 int keel_db_cas(keel_db *db, const char *bucket, keel_val key, const keel_val *expected, keel_val new_val);
 
-/* ---- cursors ----------------------------------------------------------- */
+/* ---- cursors -----------------------------------------------------------
+ * A cursor walks one bucket in key order and stays valid across its own
+ * txn's puts and deletes.  Stepping past either end answers KEEL_NOTFOUND and
+ * leaves the cursor where it was.  A first/last/seek that finds nothing
+ * leaves it unpositioned: next() then acts as first(), prev() as last(), and
+ * current()/del() answer KEEL_BADCURSOR.  After keel_cursor_del, next()
+ * yields the entry after the deleted one and prev() the one before it.
+ * Cursors of a finished txn answer KEEL_BADCURSOR; close them anyway. */
 int keel_cursor_open(keel_txn *txn, keel_bucket b, keel_cursor **out);
 int keel_cursor_first(keel_cursor *c, keel_val *key, keel_val *val);
 int keel_cursor_last(keel_cursor *c, keel_val *key, keel_val *val);
