@@ -226,7 +226,16 @@ static bool pool_take(struct pgvec *pool, uint32_t n, uint64_t *pgno)
     return false;
 }
 
+static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero);
+
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
+{
+    return alloc_pages(txn, npages, pgno, buf, npages == 1);
+}
+
+/* zero: clear the whole buffer (a page built from scratch must not carry
+ * heap garbage to disk); else only the header (the caller fills it all). */
+static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero)
 {
     keel_db *db = txn->db;
     uint64_t pg = 0;
@@ -265,7 +274,7 @@ int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
     uint8_t *b = os_malloc(bytes);
     if (!b)
         return KEEL_NOMEM;
-    memset(b, 0, npages == 1 ? bytes : PAGE_HDR); /* overflow runs: bt_put fills them whole */
+    memset(b, 0, zero ? bytes : PAGE_HDR);
     wr64(b + PH_PGNO, pg);
     int rc = dirty_insert(&txn->dirty, pg, npages, b);
     if (rc) {
@@ -338,7 +347,7 @@ int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
         return rc;
     uint64_t np;
     uint8_t *b;
-    if ((rc = page_alloc(txn, 1, &np, &b)))
+    if ((rc = alloc_pages(txn, 1, &np, &b, false)))
         return rc;
     memcpy(b, old, txn->db->psize);
     wr64(b + PH_PGNO, np);
