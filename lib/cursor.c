@@ -137,11 +137,21 @@ static int step(keel_cursor *c, const struct tree_desc *t, int dir)
     if (up < 0)
         return KEEL_NOTFOUND;
     c->idx[up] = dir > 0 ? c->idx[up] + 1 : c->idx[up] - 1;
-    const uint8_t *n;
-    int rc = page_node(c->page[up], c->idx[up], c->txn->db->psize, &n);
-    if (rc)
+    uint32_t ps = c->txn->db->psize;
+    const uint8_t *n, *was = c->page[level];
+    unsigned was_idx = c->idx[level];
+    int rc = page_node(c->page[up], c->idx[up], ps, &n);
+    if (rc || (rc = descend(c, t, branch_node_child(n), up + 1, dir < 0)))
         return rc;
-    return descend(c, t, branch_node_child(n), up + 1, dir < 0);
+    /* Into the next leaf the keys must go on growing (shrinking, going
+     * back).  A damaged tree can share pages (a DAG): without this a walk
+     * could come back to a leaf again and again, exponentially often.  One
+     * key comparison per leaf crossed. */
+    const uint8_t *a, *b;
+    if ((rc = page_node(was, was_idx, ps, &a)) || (rc = page_node(c->page[level], c->idx[level], ps, &b)))
+        return rc;
+    int cmp = bt_cmp(leaf_node_key(b), leaf_node_ksize(b), leaf_node_key(a), leaf_node_ksize(a));
+    return (dir > 0 ? cmp > 0 : cmp < 0) ? 0 : KEEL_CORRUPTED;
 }
 
 static bool expired_here(keel_cursor *c)

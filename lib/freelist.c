@@ -237,7 +237,8 @@ int freelist_record(keel_txn *txn)
             continue; /* the pool first: it can only shrink */
         }
         freed_written = txn->freed.n;
-        qsort(txn->freed.v, freed_written, sizeof(uint64_t), cmp_asc); /* low pages in the first record */
+        if (freed_written) /* low pages in the first record */
+            qsort(txn->freed.v, freed_written, sizeof(uint64_t), cmp_asc);
         if (freed_written && (rc = write_records(txn, txn->txnid, 0, &txn->freed, freed_written, false)))
             return rc;
     }
