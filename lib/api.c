@@ -109,7 +109,7 @@ static bool unfinished_creation(keel_db *db, uint64_t fsize)
         os_free(buf);
         return false;
     }
-    /* blank out initial metas wherever one can be: offset 0 and one page size on */
+    /* blank out an initial meta at one page size on (page 0 must be zeros already) */
     for (uint64_t off = KEEL_MIN_PAGE; off <= KEEL_MAX_PAGE; off *= 2) {
         struct meta m;
         if (off + META_SIZE <= fsize && meta_check(buf + off, META_SIZE, 0, &m) == 0 && m.txnid == 0 &&
@@ -232,10 +232,14 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
         if (rc)
             goto fail;
     }
-    if ((rc = read_metas(db, fsize, &m)))
+    rc = read_metas(db, fsize, &m);
+    if (rc == KEEL_CORRUPTED && os_file_size(db->fd, &fsize) == 0) /* a writer may have grown it meanwhile */
+        rc = read_metas(db, fsize, &m);
+    if (rc)
         goto fail;
     db->psize = m.page_size;
-    db->file_size = db->synced_size = fsize;
+    db->file_size = fsize;
+    db->synced_size = 0; /* unknown: a killed writer may have grown it unsynced; the first commit fsyncs */
     if (db->map_size % db->psize)
         db->map_size -= db->map_size % db->psize;
     void *map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);
@@ -267,13 +271,12 @@ void keel_close(keel_db *db)
 {
     if (!db)
         return;
-    /* In a child after fork() the write txn and the writer lock belong to
-     * the parent: only the child's memory and descriptors go. */
     /* Txns still open end here (their reader slots would otherwise pin old
-     * pages for as long as another process keeps the lock file open). */
-    if (db->fork_gen == os_fork_generation())
-        while (db->live_txns)
-            txn_abort(db->live_txns);
+     * pages for as long as another process keeps the lock file open).  In a
+     * child after fork() they end too, but txn_end leaves the parent's slots
+     * and writer lock alone: only the child's memory goes. */
+    while (db->live_txns)
+        txn_abort(db->live_txns);
     db_free(db);
 }
 

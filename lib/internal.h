@@ -132,7 +132,7 @@ struct keel_txn {
     struct pgvec freed; /* pages this txn stopped using that older snapshots may read */
     struct pgvec pool;  /* pages reusable now; sorted descending (pop takes the lowest) */
     uint64_t oldest;    /* oldest snapshot any reader may hold */
-    bool reclaiming;    /* inside freelist_reclaim: allocate from the end of file */
+    bool reclaiming;    /* inside freelist_reclaim: take from the pool or the end of file, never reclaim again */
     bool final_mode;    /* recording the free list at commit: no pool changes */
     bool reclaim_exhausted; /* no reclaimable record left */
     uint8_t *scratch[2]; /* page-sized buffers for rebuilding pages; [nest] */

@@ -6,13 +6,15 @@
  * Contract:
  *   - The writer lock is a process-shared, robust pthread mutex: when its
  *     holder dies the next locker gets EOWNERDEAD, marks it consistent and
- *     goes on.  Nothing needs repair: a dead writer never wrote a meta page,
- *     so the file is at its last commit.
+ *     goes on.  Nothing needs repair: a dead writer's meta write is either
+ *     whole (its commit happened) or torn (the checksum fails and the other
+ *     meta wins), so the file is at a commit.
  *   - A reader slot holds (pid, snapshot txn id).  A reader publishes its
  *     snapshot and then re-reads the newest meta (txn.c): a writer computing
  *     the oldest snapshot either sees the slot or committed before the
  *     re-read, which makes the reader retry.  Slots of dead processes are
- *     freed when the writer computes the oldest snapshot.
+ *     freed when the writer computes the oldest snapshot, when the table is
+ *     full, and when the sole user reinitialises the file at open.
  *   - The file is created and initialised under an exclusive OFD lock; every
  *     user then holds a shared OFD lock for as long as it has the db open.
  */

@@ -15,7 +15,7 @@
  *     one in the future: cost O(expired * log n), never a scan of keys that
  *     do not expire.  Each write commit purges up to db->purge_per_commit.
  *   - Redis's rules: a plain put clears the expiry unless KEEL_KEEPTTL; an
- *     increment keeps it; a delete removes it.
+ *     increment (and a CAS) keeps it; a delete removes it.
  */
 #include <string.h>
 

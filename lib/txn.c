@@ -132,7 +132,9 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
             lockfile_writer_unlock(&db->lock);
             goto fail;
         }
-        if (txn->meta.npages * db->psize > db->file_size) {
+        /* the file must hold the snapshot, and the commit needs an id that
+         * meta_check accepts (only a damaged meta has none left) */
+        if (txn->meta.npages * db->psize > db->file_size || txn->meta.txnid >= UINT64_MAX - 1) {
             lockfile_writer_unlock(&db->lock);
             rc = KEEL_CORRUPTED;
             goto fail;

@@ -510,8 +510,10 @@ static int plain(struct parse *ps)
     if (have_key)
         return parse_fail(ps, DUMP_EINPUT, ps->r.lineno, "the key on line %lu has no value line (end of input)",
                     ps->keyline);
-    if (ps->p->section_end && ps->p->section_end(ps->p->ctx, ps->r.lineno, msg, sizeof msg))
-        return stopped(ps, ps->r.lineno, msg);
+    /* line numbers count from 1: an empty input ends its section "on line 1" */
+    unsigned long end = ps->r.lineno ? ps->r.lineno : 1;
+    if (ps->p->section_end && ps->p->section_end(ps->p->ctx, end, msg, sizeof msg))
+        return stopped(ps, end, msg);
     return 0;
 }
 

@@ -40,14 +40,25 @@ build() { # build DIR [meson options...]
     ninja -C "$dir"
 }
 
-fuzz_all() { # each fuzz target for KEEL_FUZZ_SECONDS, one after the other (fuzz/README.md)
+# Each fuzz target for KEEL_FUZZ_SECONDS, one after the other (fuzz/README.md).
+# A finding is printed with the path of its input.  It fails the run only with
+# KEEL_FUZZ_STRICT=1: a fresh random finding must not block landing other
+# work, while every finding once kept in fuzz/regress/ fails `meson test`
+# (test_fuzz_replay) for ever after.  See doc/testing.md.
+fuzz_all() {
     secs=${KEEL_FUZZ_SECONDS:-60}
     [ "$secs" -gt 0 ] || return 0
     PKGS="$PKGS $FUZZ_PKGS"
     install_missing
+    found=""
     for t in fuzz_file fuzz_ops fuzz_dump fuzz_lock; do
-        fuzz/run.sh "$t" "$secs"
+        fuzz/run.sh "$t" "$secs" || found="$found $t"
     done
+    if [ -n "$found" ]; then
+        echo "FUZZ FINDINGS in:$found (inputs under build-fuzz/artifacts/; fix and keep them in fuzz/regress/)" >&2
+        [ "${KEEL_FUZZ_STRICT:-0}" = 1 ] && return 1
+    fi
+    return 0
 }
 
 case "${1:-}" in
