@@ -83,6 +83,12 @@ int dump_write_escaped(FILE *out, const void *data, size_t len)
     return out_status(out);
 }
 
+int dump_write_hex(FILE *out, const void *data, size_t len)
+{
+    write_encoded(out, 0, data, len);
+    return out_status(out);
+}
+
 int dump_write_record(FILE *out, int print, const void *key, size_t klen, const void *val, size_t vlen)
 {
     putc(' ', out);
@@ -123,6 +129,21 @@ int dump_unescape(char *s, size_t len, size_t *outlen, size_t *bad_at)
         i += 3;
     }
     *outlen = o;
+    return 0;
+}
+
+int dump_unhex(char *s, size_t len, size_t *outlen, size_t *bad_at)
+{
+    for (size_t i = 0; i < len; i += 2) {
+        int hi = hexval((unsigned char)s[i]), lo = i + 1 < len ? hexval((unsigned char)s[i + 1]) : -1;
+        if (hi < 0 || lo < 0) {
+            if (bad_at)
+                *bad_at = hi < 0 ? i : i + 1;
+            return -1;
+        }
+        s[i / 2] = (char)(hi << 4 | lo);
+    }
+    *outlen = len / 2;
     return 0;
 }
 

@@ -44,10 +44,17 @@ int dump_write_end(FILE *out);
  * every other byte as \xx in lowercase hex), no leading space, no newline. */
 int dump_write_escaped(FILE *out, const void *data, size_t len);
 
+/* Writes data as lowercase hex, two digits a byte, no space, no newline. */
+int dump_write_hex(FILE *out, const void *data, size_t len);
+
 /* Decodes print escapes in place: s[0..len) becomes s[0..*outlen).  Answers
  * 0, or -1 for a backslash not followed by a backslash or two hex digits
  * (*bad_at gets its offset in s). */
 int dump_unescape(char *s, size_t len, size_t *outlen, size_t *bad_at);
+
+/* Decodes hex (two digits a byte, either case) in place, as dump_unescape;
+ * -1 for a character that is not a hex digit or an odd count (*bad_at). */
+int dump_unhex(char *s, size_t len, size_t *outlen, size_t *bad_at);
 
 /* ---- parsing ------------------------------------------------------------ */
 struct dump_section { /* a parsed header; pointers valid during the callback */

@@ -4,10 +4,12 @@
  *   dump / load     the mdb_dump text format (tools/dumpfmt.c, doc/dump-format.md)
  *   stat / check    statistics and the integrity walk
  *   copy            hot copies, plain or compacted
- *   get put del scan incr ttl buckets    shell verbs, one txn each
+ *   get put del scan incr ttl expire persist purge buckets readers
+ *                   shell verbs, one txn each
  *
  * Conventions: every failure prints "keel: <what>: <reason>" to stderr.
- * Exit codes: 0 success, 1 failure (and `check` found problems), 2 bad usage.
+ * Exit codes: 0 success, 1 not found (and `check` found problems), 2 bad
+ * usage or any other error.  doc/keel.1 is the manual.
  * Keys and values printed by the shell verbs use print escapes: printable
  * ASCII as is, a backslash doubled, any other byte as \xx.
  */
@@ -27,7 +29,8 @@
 #include "keel.h"
 
 #define EXIT_OK 0
-#define EXIT_FAIL 1
+#define EXIT_NOTFOUND 1 /* a key or bucket not found, check found problems, put --nx found the key */
+#define EXIT_FAIL 2     /* any other error */
 #define EXIT_USAGE 2
 
 /* what `keel dump` puts in mapsize= and maxreaders=: keel's defaults for the
@@ -39,7 +42,7 @@
 static int fail(const char *what, int rc)
 {
     fprintf(stderr, "keel: %s: %s\n", what, keel_strerror(rc));
-    return EXIT_FAIL;
+    return rc == KEEL_NOTFOUND ? EXIT_NOTFOUND : EXIT_FAIL;
 }
 
 /* fail() with a formatted <what> */
@@ -181,22 +184,6 @@ static bool parse_i64(const char *s, int64_t *out)
         return false;
     *out = v;
     return true;
-}
-
-/* An argument as a keel_val: as given, or with print escapes decoded (-e).
- * Decoding works in place in argv's memory. */
-static int arg_val(const char *what, char *arg, bool escaped, keel_val *v)
-{
-    size_t len = strlen(arg);
-    if (escaped) {
-        size_t bad;
-        if (dump_unescape(arg, len, &len, &bad)) {
-            fprintf(stderr, "keel: %s: bad escape at offset %zu (use \\\\ or \\xx)\n", what, bad);
-            return -1;
-        }
-    }
-    *v = (keel_val){arg, len};
-    return 0;
 }
 
 /* ---- opening ------------------------------------------------------------- */
@@ -668,7 +655,9 @@ static int stat_buckets(keel_db *db, const char *path)
     return rc ? failf(rc, "stat the buckets of %s", path) : EXIT_OK;
 }
 
-static int stat_readers(keel_db *db, const char *path)
+/* The reader slots in use; brief (stat) prints the count and the oldest lag
+ * first, as labelled lines. */
+static int print_readers(keel_db *db, const char *path, bool brief)
 {
     size_t cap = 64, count;
     keel_reader_info *r = NULL;
@@ -692,10 +681,16 @@ static int stat_readers(keel_db *db, const char *path)
     for (size_t i = 0; i < count; i++)
         if (r[i].lag > oldest)
             oldest = r[i].lag;
-    printf("readers:             %zu in use\n", count);
-    printf("oldest reader lag:   %" PRIu64 " txns%s\n", oldest, count ? "" : " (no readers)");
+    if (brief) {
+        printf("readers:             %zu in use\n", count);
+        printf("oldest reader lag:   %" PRIu64 " txns%s\n", oldest, count ? "" : " (no readers)");
+    } else {
+        printf("pid\tsnapshot\tlag\n");
+    }
     for (size_t i = 0; i < count; i++)
-        printf("  reader pid %" PRId32 ": snapshot %" PRIu64 ", lag %" PRIu64 "\n", r[i].pid, r[i].txnid, r[i].lag);
+        printf(brief ? "  reader pid %" PRId32 ": snapshot %" PRIu64 ", lag %" PRIu64 "\n"
+                     : "%" PRId32 "\t%" PRIu64 "\t%" PRIu64 "\n",
+               r[i].pid, r[i].txnid, r[i].lag);
     free(r);
     return EXIT_OK;
 }
@@ -729,7 +724,7 @@ static int cmd_stat(int argc, char **argv)
     printf("free pages:          %" PRIu64 "\n", st.free_pages);
     int ex = stat_buckets(db, pos[0]);
     if (ex == EXIT_OK)
-        ex = stat_readers(db, pos[0]);
+        ex = print_readers(db, pos[0], true);
     keel_close(db);
     return ex;
 }
@@ -740,6 +735,10 @@ static void check_report(void *ctx, const char *msg)
     printf("problem: %s\n", msg);
 }
 
+/* A file too damaged to open or to walk has failed the check (exit 1); a
+ * path that is not there or cannot be read is an error like any other. */
+static bool check_failed(int rc) { return rc == KEEL_CORRUPTED || rc == KEEL_INVALID || rc == KEEL_VERSION; }
+
 static int cmd_check(int argc, char **argv)
 {
     char *pos[1];
@@ -747,16 +746,19 @@ static int cmd_check(int argc, char **argv)
     if (parse_args(argc, argv, NULL, false, pos, 1, &np) || np != 1)
         return usage_of("check");
     keel_db *db;
-    if (open_db(pos[0], false, &db))
-        return EXIT_FAIL;
-    uint64_t problems = 0;
-    int rc = keel_check(db, check_report, NULL, &problems);
-    keel_close(db);
+    int rc = open_db(pos[0], false, &db);
     if (rc)
-        return failf(rc, "check %s", pos[0]);
+        return check_failed(rc) ? EXIT_NOTFOUND : EXIT_FAIL;
+    uint64_t problems = 0;
+    rc = keel_check(db, check_report, NULL, &problems);
+    keel_close(db);
+    if (rc) {
+        failf(rc, "check %s", pos[0]);
+        return check_failed(rc) ? EXIT_NOTFOUND : EXIT_FAIL;
+    }
     if (problems) {
         printf("%s: %" PRIu64 " problem%s\n", pos[0], problems, problems == 1 ? "" : "s");
-        return EXIT_FAIL;
+        return EXIT_NOTFOUND;
     }
     printf("%s: ok, no problems\n", pos[0]);
     return EXIT_OK;
@@ -783,16 +785,19 @@ static int cmd_copy(int argc, char **argv)
 /* ======================================================================== */
 /* shell verbs                                                               */
 /* ======================================================================== */
-struct verb { /* what every verb shares: the db, -s, -e, one txn */
+struct verb { /* what every verb shares: the db, its bucket, the encoding, one txn */
     const char *path;
     const char *bucket;
-    bool escaped;
+    bool escaped; /* -e: KEY/VALUE arguments carry print escapes */
+    bool hex;     /* --hex: arguments are hex, and so is what is printed */
+    bool ms;      /* --ms: times are in milliseconds, not seconds */
     keel_db *db;
     keel_txn *txn;
     keel_bucket b;
 };
 
-/* Opens db, txn and bucket; writes create the file and the bucket. */
+/* Opens db, txn and bucket; writes create the file and the bucket.  Answers
+ * an exit code (a missing bucket of a read is "not found"). */
 static int verb_begin(struct verb *vb, bool write)
 {
     if (!write && !file_exists(vb->path))
@@ -800,14 +805,11 @@ static int verb_begin(struct verb *vb, bool write)
     if (open_db(vb->path, write, &vb->db))
         return EXIT_FAIL;
     int rc = keel_begin(vb->db, write ? 0 : KEEL_RDONLY, &vb->txn);
+    if (!rc && vb->bucket && (rc = keel_bucket_open(vb->txn, vb->bucket, write ? KEEL_CREATE : 0, &vb->b)))
+        keel_abort(vb->txn);
     if (rc) {
         keel_close(vb->db);
-        return failf(rc, "begin a txn on %s", vb->path);
-    }
-    if (open_bucket(vb->txn, vb->bucket, write ? KEEL_CREATE : 0, &vb->b)) {
-        keel_abort(vb->txn);
-        keel_close(vb->db);
-        return EXIT_FAIL;
+        return vb->bucket && vb->txn ? failf(rc, "bucket %s", vb->bucket) : failf(rc, "begin a txn on %s", vb->path);
     }
     return EXIT_OK;
 }
@@ -824,17 +826,62 @@ static int verb_end(struct verb *vb, bool commit)
     return rc ? failf(rc, "commit to %s", vb->path) : EXIT_OK;
 }
 
-static void print_escaped(const void *data, size_t len) { dump_write_escaped(stdout, data, len); }
+/* Ends the txn without committing and reports rc for the key: the exit code. */
+static int verb_fail(struct verb *vb, int rc, const char *what, keel_val k)
+{
+    verb_end(vb, false);
+    char kb[100];
+    return failf(rc, "%s %s", what, shown(k.data, k.len, kb, sizeof kb));
+}
 
-/* keel VERB DB [-s BUCKET] [-e] args...: npos_min..npos_max positionals after DB */
-static int verb_args(int argc, char **argv, struct verb *vb, struct opt *extra, char **pos, int min, int max,
+/* An argument as a keel_val: as given, hex (--hex) or with print escapes
+ * decoded (-e).  Decoding works in place in argv's memory. */
+static int arg_val(const struct verb *vb, const char *what, char *arg, keel_val *v)
+{
+    size_t len = strlen(arg), bad;
+    if (vb->hex && dump_unhex(arg, len, &len, &bad)) {
+        fprintf(stderr, "keel: %s: bad hex at offset %zu (two hex digits a byte)\n", what, bad);
+        return -1;
+    }
+    if (!vb->hex && vb->escaped && dump_unescape(arg, len, &len, &bad)) {
+        fprintf(stderr, "keel: %s: bad escape at offset %zu (use \\\\ or \\xx)\n", what, bad);
+        return -1;
+    }
+    *v = (keel_val){arg, len};
+    return 0;
+}
+
+static void print_data(const struct verb *vb, const void *data, size_t len)
+{
+    if (vb->hex)
+        dump_write_hex(stdout, data, len);
+    else
+        dump_write_escaped(stdout, data, len);
+}
+
+/* A time argument: a positive number of seconds, or of ms with --ms. */
+static bool arg_duration(const struct verb *vb, const char *s, int64_t *ms)
+{
+    int64_t n;
+    if (!parse_i64(s, &n) || n <= 0 || (!vb->ms && n > INT64_MAX / 1000))
+        return false;
+    *ms = vb->ms ? n : n * 1000;
+    return true;
+}
+
+/* keel VERB DB [options] args...: min..max positionals after DB; every verb
+ * takes -s/--bucket, -e, --hex and --ms besides its own extra options. */
+static int verb_args(int argc, char **argv, struct verb *vb, const struct opt *extra, char **pos, int min, int max,
                      int *np)
 {
-    struct opt opts[8];
+    struct opt opts[12];
     int n = 0;
     opts[n++] = (struct opt){"-s", &vb->bucket, NULL};
+    opts[n++] = (struct opt){"--bucket", &vb->bucket, NULL};
     opts[n++] = (struct opt){"-e", NULL, &vb->escaped};
-    for (; extra && extra->name && n < 7; extra++)
+    opts[n++] = (struct opt){"--hex", NULL, &vb->hex};
+    opts[n++] = (struct opt){"--ms", NULL, &vb->ms};
+    for (; extra && extra->name && n < 11; extra++)
         opts[n++] = *extra;
     opts[n] = (struct opt){NULL, NULL, NULL};
     char *all[8];
@@ -853,21 +900,16 @@ static int cmd_get(int argc, char **argv)
 {
     struct verb vb = {0};
     char *pos[1];
-    int np;
+    int np, ex;
     keel_val k, v;
-    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np))
+    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np) || arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
-    if (arg_val("key", pos[0], vb.escaped, &k))
-        return EXIT_USAGE;
-    if (verb_begin(&vb, false))
-        return EXIT_FAIL;
+    if ((ex = verb_begin(&vb, false)))
+        return ex;
     int rc = keel_get(vb.txn, vb.b, k, &v);
-    if (rc) {
-        verb_end(&vb, false);
-        char kb[100];
-        return failf(rc, "get %s", shown(k.data, k.len, kb, sizeof kb));
-    }
-    print_escaped(v.data, v.len);
+    if (rc)
+        return verb_fail(&vb, rc, "get", k);
+    print_data(&vb, v.data, v.len);
     putchar('\n');
     return verb_end(&vb, false);
 }
@@ -876,83 +918,122 @@ static int cmd_put(int argc, char **argv)
 {
     struct verb vb = {0};
     const char *ttl_arg = NULL;
-    struct opt extra[] = {{"--ttl", &ttl_arg, NULL}, {NULL, NULL, NULL}};
+    bool nx = false, keepttl = false;
+    struct opt extra[] = {{"--ttl", &ttl_arg, NULL}, {"--nx", NULL, &nx}, {"--keepttl", NULL, &keepttl},
+                          {NULL, NULL, NULL}};
     char *pos[2];
-    int np;
+    int np, ex;
     keel_val k, v;
     int64_t ttl = 0;
     if (verb_args(argc, argv, &vb, extra, pos, 2, 2, &np))
         return EXIT_USAGE;
-    if (ttl_arg && (!parse_i64(ttl_arg, &ttl) || ttl <= 0)) {
-        fprintf(stderr, "keel put: --ttl wants a positive number of milliseconds\n");
+    if ((ttl_arg && !arg_duration(&vb, ttl_arg, &ttl)) || (ttl_arg && keepttl)) {
+        fprintf(stderr, "keel put: --ttl wants a positive number of seconds (of ms with --ms), and not with "
+                        "--keepttl\n");
         return usage_of("put");
     }
-    if (arg_val("key", pos[0], vb.escaped, &k) || arg_val("value", pos[1], vb.escaped, &v))
+    if (arg_val(&vb, "key", pos[0], &k) || arg_val(&vb, "value", pos[1], &v))
         return EXIT_USAGE;
-    if (verb_begin(&vb, true))
-        return EXIT_FAIL;
-    int rc = ttl ? keel_put_ttl(vb.txn, vb.b, k, v, ttl, 0) : keel_put(vb.txn, vb.b, k, v, 0);
-    if (rc) {
-        verb_end(&vb, false);
-        char kb[100];
-        return failf(rc, "put %s", shown(k.data, k.len, kb, sizeof kb));
+    if ((ex = verb_begin(&vb, true)))
+        return ex;
+    unsigned flags = (nx ? KEEL_NOOVERWRITE : 0) | (keepttl ? KEEL_KEEPTTL : 0);
+    int rc = ttl ? keel_put_ttl(vb.txn, vb.b, k, v, ttl, flags) : keel_put(vb.txn, vb.b, k, v, flags);
+    if (rc == KEEL_EXISTS) { /* --nx: an answer, not a failure of the tool */
+        verb_fail(&vb, rc, "put", k);
+        return EXIT_NOTFOUND;
     }
+    if (rc)
+        return verb_fail(&vb, rc, "put", k);
     return verb_end(&vb, true);
 }
 
-static int cmd_del(int argc, char **argv)
+/* del and persist: one key, one write, KEEL_NOTFOUND when absent */
+static int verb_key_write(int argc, char **argv, int (*op)(keel_txn *, keel_bucket, keel_val))
 {
     struct verb vb = {0};
     char *pos[1];
-    int np;
+    int np, ex;
     keel_val k;
-    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np))
-        return EXIT_USAGE;
-    if (arg_val("key", pos[0], vb.escaped, &k))
+    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np) || arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
     if (!file_exists(vb.path))
         return failf(ENOENT, "open %s", vb.path);
-    if (verb_begin(&vb, true))
-        return EXIT_FAIL;
-    int rc = keel_del(vb.txn, vb.b, k);
-    if (rc) {
-        verb_end(&vb, false);
-        char kb[100];
-        return failf(rc, "del %s", shown(k.data, k.len, kb, sizeof kb));
+    if ((ex = verb_begin(&vb, true)))
+        return ex;
+    int rc = op(vb.txn, vb.b, k);
+    if (rc)
+        return verb_fail(&vb, rc, argv[0], k);
+    return verb_end(&vb, true);
+}
+
+static int cmd_del(int argc, char **argv) { return verb_key_write(argc, argv, keel_del); }
+static int cmd_persist(int argc, char **argv) { return verb_key_write(argc, argv, keel_persist); }
+
+static int cmd_expire(int argc, char **argv)
+{
+    struct verb vb = {0};
+    char *pos[2];
+    int np, ex;
+    keel_val k;
+    int64_t ttl;
+    if (verb_args(argc, argv, &vb, NULL, pos, 2, 2, &np))
+        return EXIT_USAGE;
+    if (!arg_duration(&vb, pos[1], &ttl)) {
+        fprintf(stderr, "keel expire: the time to live is a positive number of seconds (of ms with --ms)\n");
+        return usage_of("expire");
     }
+    if (arg_val(&vb, "key", pos[0], &k))
+        return EXIT_USAGE;
+    if (!file_exists(vb.path))
+        return failf(ENOENT, "open %s", vb.path);
+    if ((ex = verb_begin(&vb, true)))
+        return ex;
+    int rc = keel_expire(vb.txn, vb.b, k, ttl);
+    if (rc)
+        return verb_fail(&vb, rc, "expire", k);
     return verb_end(&vb, true);
 }
 
 static int cmd_scan(int argc, char **argv)
 {
     struct verb vb = {0};
-    const char *prefix_arg = NULL, *limit_arg = NULL;
-    struct opt extra[] = {{"--prefix", &prefix_arg, NULL}, {"--limit", &limit_arg, NULL}, {NULL, NULL, NULL}};
+    const char *prefix_arg = NULL, *from_arg = NULL, *limit_arg = NULL;
+    struct opt extra[] = {{"--prefix", &prefix_arg, NULL}, {"--from", &from_arg, NULL},
+                          {"--limit", &limit_arg, NULL}, {NULL, NULL, NULL}};
     char *pos[1];
-    int np;
+    int np, ex;
     int64_t limit = -1;
-    keel_val prefix = {"", 0};
+    keel_val prefix = {"", 0}, from = {"", 0};
     if (verb_args(argc, argv, &vb, extra, pos, 0, 0, &np))
         return EXIT_USAGE;
     if (limit_arg && (!parse_i64(limit_arg, &limit) || limit < 0)) {
         fprintf(stderr, "keel scan: --limit wants a number >= 0\n");
         return usage_of("scan");
     }
-    if (prefix_arg && arg_val("prefix", (char *)prefix_arg, vb.escaped, &prefix))
+    if ((prefix_arg && arg_val(&vb, "prefix", (char *)prefix_arg, &prefix)) ||
+        (from_arg && arg_val(&vb, "from", (char *)from_arg, &from)))
         return EXIT_USAGE;
-    if (verb_begin(&vb, false))
-        return EXIT_FAIL;
+    if ((ex = verb_begin(&vb, false)))
+        return ex;
+    /* start at the later of the prefix and --from: the first key >= both */
+    keel_val start = prefix;
+    if (from.len) {
+        size_t n = from.len < prefix.len ? from.len : prefix.len;
+        int c = memcmp(from.data, prefix.data, n);
+        if (c > 0 || (c == 0 && from.len > prefix.len))
+            start = from;
+    }
     keel_cursor *c;
     int rc = keel_cursor_open(vb.txn, vb.b, &c);
     keel_val k, v;
     if (!rc)
-        rc = prefix.len ? keel_cursor_seek(c, prefix, &k, &v) : keel_cursor_first(c, &k, &v);
+        rc = start.len ? keel_cursor_seek(c, start, &k, &v) : keel_cursor_first(c, &k, &v);
     for (int64_t n = 0; !rc && (limit < 0 || n < limit); n++) {
         if (k.len < prefix.len || memcmp(k.data, prefix.data, prefix.len) != 0)
             break;
-        print_escaped(k.data, k.len);
+        print_data(&vb, k.data, k.len);
         putchar('\t');
-        print_escaped(v.data, v.len);
+        print_data(&vb, v.data, v.len);
         putchar('\n');
         rc = keel_cursor_next(c, &k, &v);
     }
@@ -971,7 +1052,7 @@ static int cmd_incr(int argc, char **argv)
 {
     struct verb vb = {0};
     char *pos[2];
-    int np;
+    int np, ex;
     keel_val k;
     int64_t delta = 1, result;
     if (verb_args(argc, argv, &vb, NULL, pos, 1, 2, &np))
@@ -980,17 +1061,14 @@ static int cmd_incr(int argc, char **argv)
         fprintf(stderr, "keel incr: DELTA must be a decimal 64-bit integer\n");
         return usage_of("incr");
     }
-    if (arg_val("key", pos[0], vb.escaped, &k))
+    if (arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
-    if (verb_begin(&vb, true))
-        return EXIT_FAIL;
+    if ((ex = verb_begin(&vb, true)))
+        return ex;
     int rc = keel_incr(vb.txn, vb.b, k, delta, &result);
-    if (rc) {
-        verb_end(&vb, false);
-        char kb[100];
-        return failf(rc, "incr %s", shown(k.data, k.len, kb, sizeof kb));
-    }
-    int ex = verb_end(&vb, true);
+    if (rc)
+        return verb_fail(&vb, rc, "incr", k);
+    ex = verb_end(&vb, true);
     if (ex == EXIT_OK)
         printf("%" PRId64 "\n", result);
     return ex;
@@ -1000,45 +1078,86 @@ static int cmd_ttl(int argc, char **argv)
 {
     struct verb vb = {0};
     char *pos[1];
-    int np;
+    int np, ex;
     keel_val k;
     int64_t ms;
-    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np))
+    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np) || arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
-    if (arg_val("key", pos[0], vb.escaped, &k))
-        return EXIT_USAGE;
-    if (verb_begin(&vb, false))
-        return EXIT_FAIL;
+    if ((ex = verb_begin(&vb, false)))
+        return ex;
     int rc = keel_ttl(vb.txn, vb.b, k, &ms);
+    if (rc)
+        return verb_fail(&vb, rc, "ttl", k);
     verb_end(&vb, false);
-    if (rc) {
-        char kb[100];
-        return failf(rc, "ttl %s", shown(k.data, k.len, kb, sizeof kb));
-    }
-    printf("%" PRId64 "\n", ms);
+    /* seconds round as Redis's TTL does (to the nearest); -1 stays -1 */
+    printf("%" PRId64 "\n", ms < 0 || vb.ms ? ms : (ms + 500) / 1000);
     return EXIT_OK;
+}
+
+static int cmd_purge(int argc, char **argv)
+{
+    struct verb vb = {0};
+    char *pos[1];
+    int np, ex;
+    int64_t max = INT64_MAX;
+    if (verb_args(argc, argv, &vb, NULL, pos, 0, 1, &np))
+        return EXIT_USAGE;
+    if (np == 1 && (!parse_i64(pos[0], &max) || max <= 0)) {
+        fprintf(stderr, "keel purge: MAX must be a number > 0\n");
+        return usage_of("purge");
+    }
+    if (!file_exists(vb.path))
+        return failf(ENOENT, "open %s", vb.path);
+    vb.bucket = NULL; /* purge spans every bucket */
+    if ((ex = verb_begin(&vb, true)))
+        return ex;
+    size_t purged = 0;
+    int rc = keel_purge(vb.txn, (size_t)max, &purged);
+    if (rc) {
+        verb_end(&vb, false);
+        return failf(rc, "purge %s", vb.path);
+    }
+    if ((ex = verb_end(&vb, true)) == EXIT_OK)
+        printf("%zu\n", purged);
+    return ex;
 }
 
 static int print_name(const char *name, void *ctx)
 {
-    (void)ctx;
-    print_escaped(name, strlen(name));
+    print_data(ctx, name, strlen(name));
     putchar('\n');
     return 0;
 }
 
 static int cmd_buckets(int argc, char **argv)
 {
+    struct verb vb = {0};
+    char *pos[1];
+    int np, ex;
+    if (verb_args(argc, argv, &vb, NULL, pos, 0, 0, &np))
+        return EXIT_USAGE;
+    vb.bucket = NULL;
+    if ((ex = verb_begin(&vb, false)))
+        return ex;
+    int rc = keel_bucket_list(vb.txn, print_name, &vb);
+    verb_end(&vb, false);
+    return rc ? failf(rc, "list the buckets of %s", vb.path) : EXIT_OK;
+}
+
+static int cmd_readers(int argc, char **argv)
+{
     char *pos[1];
     int np;
     if (parse_args(argc, argv, NULL, false, pos, 1, &np) || np != 1)
-        return usage_of("buckets");
-    struct verb vb = {.path = pos[0]};
-    if (verb_begin(&vb, false))
+        return usage_of("readers");
+    if (!file_exists(pos[0]))
+        return failf(ENOENT, "open %s", pos[0]);
+    keel_db *db;
+    if (open_db(pos[0], false, &db))
         return EXIT_FAIL;
-    int rc = keel_bucket_list(vb.txn, print_name, NULL);
-    verb_end(&vb, false);
-    return rc ? failf(rc, "list the buckets of %s", vb.path) : EXIT_OK;
+    int ex = print_readers(db, pos[0], false);
+    keel_close(db);
+    return ex;
 }
 
 /* ======================================================================== */
@@ -1051,16 +1170,22 @@ static const struct command commands[] = {
      "write buckets in mdb_dump's text format (-a every bucket, -p print format)"},
     {"load", cmd_load, "load [-s BUCKET] [-N] [-T] [-f FILE] DB",
      "read that format into DB, in one txn (-N skip existing keys, -T plain text pairs)"},
-    {"stat", cmd_stat, "stat DB", "page size, depth, entries, pages by kind, free pages, readers"},
+    {"stat", cmd_stat, "stat DB", "page size, depth, entries per bucket, pages by kind, free pages, readers"},
     {"check", cmd_check, "check DB", "walk the newest snapshot; list every problem"},
     {"copy", cmd_copy, "copy [--compact] DB DEST", "a consistent copy while writers go on"},
-    {"get", cmd_get, "get DB [-s BUCKET] [-e] KEY", "print a value"},
-    {"put", cmd_put, "put DB [-s BUCKET] [-e] [--ttl MS] KEY VALUE", "store a value (a plain put clears the TTL)"},
-    {"del", cmd_del, "del DB [-s BUCKET] [-e] KEY", "delete a key"},
-    {"scan", cmd_scan, "scan DB [-s BUCKET] [-e] [--prefix P] [--limit N]", "print KEY<tab>VALUE lines in key order"},
-    {"incr", cmd_incr, "incr DB [-s BUCKET] [-e] KEY [DELTA]", "add DELTA (default 1) to a decimal counter"},
-    {"ttl", cmd_ttl, "ttl DB [-s BUCKET] [-e] KEY", "ms until the key expires, -1 if it does not"},
-    {"buckets", cmd_buckets, "buckets DB", "list the named buckets"},
+    {"get", cmd_get, "get DB [VERB-OPTIONS] KEY", "print a value"},
+    {"put", cmd_put, "put DB [VERB-OPTIONS] [--ttl T] [--nx] [--keepttl] KEY VALUE",
+     "store a value; --ttl: expire in T seconds; --nx: only if absent (exit 1 if present)"},
+    {"del", cmd_del, "del DB [VERB-OPTIONS] KEY", "delete a key"},
+    {"scan", cmd_scan, "scan DB [VERB-OPTIONS] [--prefix P] [--from K] [--limit N]",
+     "print KEY<tab>VALUE lines in key order"},
+    {"incr", cmd_incr, "incr DB [VERB-OPTIONS] KEY [DELTA]", "add DELTA (default 1) to a decimal counter"},
+    {"ttl", cmd_ttl, "ttl DB [VERB-OPTIONS] KEY", "seconds until the key expires (ms with --ms), -1 if never"},
+    {"expire", cmd_expire, "expire DB [VERB-OPTIONS] KEY T", "make a key expire in T seconds (ms with --ms)"},
+    {"persist", cmd_persist, "persist DB [VERB-OPTIONS] KEY", "remove a key's expiry"},
+    {"purge", cmd_purge, "purge DB [MAX]", "remove up to MAX (default all) expired keys; print how many"},
+    {"buckets", cmd_buckets, "buckets DB [--hex]", "list the named buckets"},
+    {"readers", cmd_readers, "readers DB", "the reader slots in use: pid, snapshot txn id, lag"},
     {"help", cmd_help, "help [COMMAND]", "this text"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
@@ -1089,8 +1214,11 @@ static int cmd_help(int argc, char **argv)
     for (size_t i = 0; i < NCOMMANDS; i++)
         printf("  keel %s\n      %s\n", commands[i].usage, commands[i].summary);
     printf("\n"
-           "BUCKET defaults to the default bucket.  Commands that only read open DB\n"
-           "read-only and never create it; put, incr and load create a missing DB.\n"
+           "VERB-OPTIONS: -s BUCKET or --bucket BUCKET (default: the default bucket),\n"
+           "-e (arguments carry print escapes), --hex (arguments and output in hex),\n"
+           "--ms (times in milliseconds instead of seconds).  Commands that only\n"
+           "read open DB read-only and never create it; put, incr and load create a\n"
+           "missing DB.  keel COMMAND --help shows one command.\n"
            "\n"
            "Binary data: get, scan and buckets print keys and values with print\n"
            "escapes, as mdb_dump -p does: printable ASCII as it is, a backslash as \\\\,\n"
@@ -1108,9 +1236,10 @@ static int cmd_help(int argc, char **argv)
            "\n"
            "exit codes:\n"
            "  0  success (check: no problems)\n"
-           "  1  failure: an error was printed as \"keel: <what>: <reason>\"; a key that\n"
-           "     is not found; check found problems or could not open DB\n"
-           "  2  bad usage (usage printed)\n",
+           "  1  not found: a key or bucket (\"keel: <what>: KEEL_NOTFOUND\"), put --nx\n"
+           "     found the key, check found problems\n"
+           "  2  bad usage (usage printed), or any other error, printed as\n"
+           "     \"keel: <what>: <reason>\" (a malformed load names the line)\n",
            DUMP_EXPIRY_PREFIX);
     return EXIT_OK;
 }
@@ -1134,6 +1263,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: keel COMMAND ...   (keel help lists them)\n");
         return EXIT_USAGE;
     }
+    /* keel COMMAND --help (or -h right after COMMAND): that command's usage */
+    for (int i = 2; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--help") == 0 || (i == 2 && strcmp(argv[i], "-h") == 0))
+            return cmd_help(2, (char *[]){"help", (char *)c->name, NULL});
     argv[1] = (char *)c->name;
     return c->run(argc - 1, argv + 1);
 }
