@@ -561,6 +561,7 @@ static struct result run_one(const struct engine *e, const char *path, const str
         die("pipe", strerror(errno));
     if (w->fresh)
         remove_db(path);
+    fflush(stdout); /* or a child that exits through exit() prints the buffer again */
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);
