@@ -79,7 +79,20 @@ static void merge_into_pool(struct pgvec *pool, size_t start)
     size_t m = pool->n - start;
     if (m == 0)
         return;
-    qsort(pool->v + start, m, sizeof(uint64_t), cmp_desc);
+    /* records are written sorted (freed ascending, pool chunks descending):
+     * check for that in one pass before paying for a sort */
+    uint64_t *r = pool->v + start;
+    size_t up = 0, down = 0;
+    for (size_t x = 1; x < m; x++)
+        up += r[x] > r[x - 1], down += r[x] < r[x - 1];
+    if (up && !down) /* ascending: reverse it */
+        for (size_t a = 0, b = m - 1; a < b; a++, b--) {
+            uint64_t t = r[a];
+            r[a] = r[b];
+            r[b] = t;
+        }
+    else if (up) /* neither: a record not written by keel's own order */
+        qsort(r, m, sizeof(uint64_t), cmp_desc);
     if (start == 0 || pool->v[start - 1] > pool->v[start])
         return; /* already in order: every new page is below the old ones */
     uint64_t *tmp = os_malloc(m * sizeof(uint64_t));
