@@ -26,6 +26,13 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden visibility: only what this header
+ * declares is exported, so calls between its own files bind directly
+ * (no PLT, no interposition) and can be inlined. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 #define KEEL_VERSION_MAJOR 0
 #define KEEL_VERSION_MINOR 1
 #define KEEL_VERSION_PATCH 0
@@ -212,6 +219,10 @@ int keel_copy(keel_db *db, const char *dest_path, unsigned flags);
 int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ctx, uint64_t *problems);
 
 const char *keel_strerror(int err);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

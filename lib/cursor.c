@@ -288,7 +288,8 @@ int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
     return load(c, kout, vout);
 }
 
-static int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+/* always inlined: cursor_next and cursor_prev each get a copy with dir constant */
+static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
 {
     if (c->state == CUR_UNSET)
         return dir > 0 ? cursor_first(c, key, val) : cursor_last(c, key, val);

@@ -69,6 +69,50 @@ static int cmp_asc(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The pool is kept descending.  Its first `start` pages already are; sort
+ * the record just appended (at most chunk_pages()) and merge it in from the
+ * low end.  Sorting the whole pool again made each reclaim O(P log P): after
+ * a big delete the pool holds thousands of pages and commits reclaim several
+ * records each, so that sort was most of a small commit's CPU time. */
+static void merge_into_pool(struct pgvec *pool, size_t start)
+{
+    size_t m = pool->n - start;
+    if (m == 0)
+        return;
+    /* records are written sorted (freed ascending, pool chunks descending):
+     * check for that in one pass before paying for a sort */
+    uint64_t *r = pool->v + start;
+    size_t up = 0, down = 0;
+    for (size_t x = 1; x < m; x++)
+        up += r[x] > r[x - 1], down += r[x] < r[x - 1];
+    if (up && !down) /* ascending: reverse it */
+        for (size_t a = 0, b = m - 1; a < b; a++, b--) {
+            uint64_t t = r[a];
+            r[a] = r[b];
+            r[b] = t;
+        }
+    else if (up) /* neither: a record not written by keel's own order */
+        qsort(r, m, sizeof(uint64_t), cmp_desc);
+    if (start == 0 || pool->v[start - 1] > pool->v[start])
+        return; /* already in order: every new page is below the old ones */
+    uint64_t *tmp = os_malloc(m * sizeof(uint64_t));
+    if (!tmp) { /* no memory for the merge: sort it all, as correct and slower */
+        qsort(pool->v, pool->n, sizeof(uint64_t), cmp_desc);
+        return;
+    }
+    memcpy(tmp, pool->v + start, m * sizeof(uint64_t));
+    /* fill from the end with the smaller of the two smallest left; k >= i
+     * always, so no old page is overwritten before it is moved */
+    size_t i = start, j = m, k = pool->n;
+    while (j > 0) {
+        if (i > 0 && pool->v[i - 1] < tmp[j - 1])
+            pool->v[--k] = pool->v[--i];
+        else
+            pool->v[--k] = tmp[--j];
+    }
+    os_free(tmp);
+}
+
 int freelist_reclaim(keel_txn *txn)
 {
     struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
@@ -108,7 +152,7 @@ int freelist_reclaim(keel_txn *txn)
             goto out;
         }
     }
-    qsort(pool->v, pool->n, sizeof(uint64_t), cmp_desc);
+    merge_into_pool(pool, start);
     if ((rc = bt_del(txn, ft, (keel_val){key, FREE_KEY_SIZE}, NULL)))
         goto out;
     txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;

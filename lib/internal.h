@@ -241,7 +241,23 @@ int ttl_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), v
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out);
 int txn_commit(keel_txn *txn);
 void txn_abort(keel_txn *txn);
-int txn_check(const keel_txn *txn, bool write); /* usable? */
+/* Is the txn usable?  Inline: every API call and every cursor step asks. */
+static inline int txn_check(const keel_txn *txn, bool write)
+{
+    if (!txn)
+        return KEEL_BADARG;
+    if (txn->magic != TXN_MAGIC)
+        return KEEL_BADTXN;
+    if (txn->db->panic)
+        return KEEL_PANIC;
+    if (txn->fork_gen != os_fork_generation())
+        return KEEL_FORKED;
+    if (txn->error)
+        return KEEL_BADTXN;
+    if (write && txn->rdonly)
+        return KEEL_READONLY;
+    return 0;
+}
 void txn_free_spares(keel_db *db);
 
 /* ---- api.c: shared argument checks ---- */

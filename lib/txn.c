@@ -63,23 +63,6 @@ static void txn_put(keel_txn *t)
     pthread_mutex_unlock(&db->mu);
 }
 
-int txn_check(const keel_txn *txn, bool write)
-{
-    if (!txn)
-        return KEEL_BADARG;
-    if (txn->magic != TXN_MAGIC)
-        return KEEL_BADTXN;
-    if (txn->db->panic)
-        return KEEL_PANIC;
-    if (txn->fork_gen != os_fork_generation())
-        return KEEL_FORKED;
-    if (txn->error)
-        return KEEL_BADTXN;
-    if (write && txn->rdonly)
-        return KEEL_READONLY;
-    return 0;
-}
-
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
 {
     if (db->panic)

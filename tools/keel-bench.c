@@ -9,7 +9,12 @@
  *   keel-bench [-n N] [-d DIR] [-w WORKLOAD] [-e keel|lmdb]
  *
  * Workloads follow redb's published benchmark: 24-byte random keys,
- * 150-byte values.  See doc/benchmarks.md for a run and its reading.
+ * 150-byte values.  Keel-only rows (put with TTL, purge) are compared with
+ * keel's own plain put and delete rows; 2 reader processes with 2 threads.
+ * "file size" is the database file's st_size after "remove half": live
+ * pages plus the pages that txn freed (copy-on-write keeps the old copies
+ * until the commit, so they cannot be reused within it).
+ * See doc/benchmarks.md for a run and its reading.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -236,6 +241,7 @@ static const struct engine lmdb_engine = {"lmdb", l_open, l_close, l_begin, l_co
 /* ---- workloads: each returns the number of operations, or dies ---- */
 static const struct engine *E;
 static const char *P;
+static double t_start; /* a workload with untimed setup moves it forward */
 
 static void fail(const char *what) { die(E->name, what); }
 
@@ -383,28 +389,154 @@ static uint64_t w_remove_half(void)
     return gone;
 }
 
+/* 2 processes, each with its own handle, as 2-thread reads; timed from when both are open */
+static uint64_t w_reads_2p(void)
+{
+    int ready[2], go[2];
+    if (pipe(ready) || pipe(go))
+        fail("pipe");
+    pid_t pid[2];
+    for (int p = 0; p < 2; p++) {
+        pid[p] = fork();
+        if (pid[p] < 0)
+            fail("fork");
+        if (pid[p] == 0) {
+            E->open(P);
+            char c = 'r';
+            if (write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
+                _exit(5);
+            uint64_t found = (uint64_t)(uintptr_t)reader_thread((void *)(uintptr_t)(p * 1000003 + 1));
+            E->close();
+            _exit(found == N ? 0 : 6);
+        }
+    }
+    char c[2];
+    if (read(ready[0], c, 1) != 1 || read(ready[0], c + 1, 1) != 1)
+        fail("2-process reads: a reader did not start");
+    t_start = now_s();
+    if (write(go[1], "gg", 2) != 2)
+        fail("pipe");
+    int bad = 0;
+    for (int p = 0; p < 2; p++) {
+        int st;
+        if (waitpid(pid[p], &st, 0) != pid[p] || !WIFEXITED(st) || WEXITSTATUS(st))
+            bad = 1;
+    }
+    close(ready[0]), close(ready[1]), close(go[0]), close(go[1]);
+    if (bad)
+        fail("2-process reads: keys missing");
+    return 2 * N;
+}
+
+/* delete every key in one txn; the load before it is not timed */
+static uint64_t w_delete_all(void)
+{
+    load_random(N, VAL_LEN);
+    t_start = now_s();
+    uint8_t k[KEY_LEN];
+    uint64_t gone = 0;
+    E->begin(true);
+    for (uint64_t i = 0; i < N; i++) {
+        make_key(i, k);
+        gone += E->del(k, KEY_LEN);
+    }
+    E->commit();
+    if (gone != N)
+        fail("delete all: keys missing");
+    return N;
+}
+
+/* keel only: the same load as "bulk load (random)", every key with a TTL */
+static uint64_t w_put_ttl(void)
+{
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    kcheck(keel_begin(kdb, 0, &ktxn), "keel_begin");
+    for (uint64_t i = 0; i < N; i++) {
+        make_key(i, k);
+        make_val(i, v, VAL_LEN);
+        kcheck(keel_put_ttl(ktxn, 0, (keel_val){k, KEY_LEN}, (keel_val){v, VAL_LEN}, 3600 * 1000, 0),
+               "keel_put_ttl");
+    }
+    kcheck(keel_commit(ktxn), "keel_commit");
+    return N;
+}
+
+/* keel only: N keys expire, one keel_purge removes them (compare with "delete all") */
+static int64_t fake_now;
+static int64_t fake_clock(void *ctx)
+{
+    (void)ctx;
+    return fake_now;
+}
+static uint64_t w_purge(void)
+{
+    keel_close(kdb);
+    keel_options o = {0};
+    o.clock = fake_clock;
+    o.purge_per_commit = -1; /* only the timed keel_purge removes anything */
+    fake_now = 1000000;
+    kcheck(keel_open(P, &o, &kdb), "keel_open");
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    kcheck(keel_begin(kdb, 0, &ktxn), "keel_begin");
+    for (uint64_t i = 0; i < N; i++) {
+        make_key(i, k);
+        make_val(i, v, VAL_LEN);
+        kcheck(keel_put_ttl(ktxn, 0, (keel_val){k, KEY_LEN}, (keel_val){v, VAL_LEN}, 1000, 0), "keel_put_ttl");
+    }
+    kcheck(keel_commit(ktxn), "keel_commit");
+    fake_now += 2000; /* all expired */
+    t_start = now_s();
+    size_t purged = 0;
+    kcheck(keel_begin(kdb, 0, &ktxn), "keel_begin");
+    kcheck(keel_purge(ktxn, SIZE_MAX, &purged), "keel_purge");
+    kcheck(keel_commit(ktxn), "keel_commit");
+    if (purged != N)
+        fail("purge: wrong count");
+    kcheck(keel_begin(kdb, KEEL_RDONLY, &ktxn), "keel_begin");
+    uint64_t left = k_range(NULL, 0, UINT64_MAX);
+    keel_abort(ktxn);
+    if (left != 0)
+        fail("purge: keys left");
+    return N;
+}
+
 struct workload {
     const char *name;
     uint64_t (*run)(void);
     bool fresh; /* starts from an empty file */
     const char *unit;
+    bool keel_only; /* keel features LMDB lacks: the ratio column compares with another keel row */
+    bool self_open; /* opens the file itself (in child processes) */
 };
 
 /* runs in the order given: later ones use the data earlier ones wrote */
 static const struct workload workloads[] = {
-    {"bulk load (random)", w_bulk, true, "puts/s"},
-    {"individual commits", w_commits_1, false, "commits/s"},
-    {"batch commits x1000", w_commits_1000, false, "commits/s"},
-    {"random reads", w_reads, false, "gets/s"},
-    {"range reads (10)", w_ranges, false, "ranges/s"},
-    {"full scan", w_scan, false, "entries/s"},
-    {"random reads 2 threads", w_reads_2t, false, "gets/s"},
-    {"remove half", w_remove_half, false, "dels/s"},
-    {"bulk load (sorted)", w_sorted, true, "puts/s"},
-    {"bulk load 4 KiB values", w_bulk_4k, true, "puts/s"},
-    {"bulk load 64 KiB values", w_bulk_64k, true, "puts/s"},
+    {"bulk load (random)", w_bulk, true, "puts/s", false, false},
+    {"individual commits", w_commits_1, false, "commits/s", false, false},
+    {"batch commits x1000", w_commits_1000, false, "commits/s", false, false},
+    {"random reads", w_reads, false, "gets/s", false, false},
+    {"range reads (10)", w_ranges, false, "ranges/s", false, false},
+    {"full scan", w_scan, false, "entries/s", false, false},
+    {"random reads 2 threads", w_reads_2t, false, "gets/s", false, false},
+    {"random reads 2 processes", w_reads_2p, false, "gets/s", false, true},
+    {"remove half", w_remove_half, false, "dels/s", false, false},
+    {"bulk load (sorted)", w_sorted, true, "puts/s", false, false},
+    {"bulk load 4 KiB values", w_bulk_4k, true, "puts/s", false, false},
+    {"bulk load 64 KiB values", w_bulk_64k, true, "puts/s", false, false},
+    {"delete all", w_delete_all, true, "dels/s", false, false},
+    /* keel only; the ratio column is explained where it is printed */
+    {"put with TTL", w_put_ttl, true, "puts/s", true, false},
+    {"purge expired", w_purge, true, "keys/s", true, false},
 };
 #define NWORK (sizeof workloads / sizeof workloads[0])
+
+static size_t find_workload(uint64_t (*run)(void))
+{
+    size_t i = 0;
+    while (i < NWORK - 1 && workloads[i].run != run)
+        i++;
+    return i;
+}
 
 struct result {
     double rate;
@@ -429,16 +561,19 @@ static struct result run_one(const struct engine *e, const char *path, const str
         die("pipe", strerror(errno));
     if (w->fresh)
         remove_db(path);
+    fflush(stdout); /* or a child that exits through exit() prints the buffer again */
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);
         E = e;
         P = path;
-        e->open(path);
-        double t0 = now_s();
+        if (!w->self_open)
+            e->open(path);
+        t_start = now_s();
         uint64_t ops = w->run();
-        double dt = now_s() - t0;
-        e->close();
+        double dt = now_s() - t_start;
+        if (!w->self_open)
+            e->close();
         double rate = ops / (dt > 0 ? dt : 1e-9);
         if (write(fds[1], &rate, sizeof rate) != sizeof rate)
             _exit(4);
@@ -488,6 +623,8 @@ int main(int argc, char **argv)
     printf("keel-bench: N=%" PRIu64 ", %d-byte keys, %d-byte values, files in %s\n", N, KEY_LEN, VAL_LEN, dir);
     printf("%-26s %14s %14s %8s %10s %10s\n", "workload", "keel", "lmdb", "ratio", "keel RSS", "lmdb RSS");
     int bad = 0;
+    double rate[NWORK][2];
+    memset(rate, 0, sizeof rate);
     uint64_t size_after_remove[2] = {0, 0};
     for (size_t w = 0; w < NWORK; w++) {
         if (only && !strstr(workloads[w].name, only))
@@ -496,6 +633,8 @@ int main(int argc, char **argv)
         memset(res, 0, sizeof res);
         for (int e = 0; e < ne; e++) {
             if (engine_only && strcmp(engine_only, engines[e]->name))
+                continue;
+            if (workloads[w].keel_only && e > 0)
                 continue;
             res[e] = run_one(engines[e], path_buf[e], &workloads[w]);
             if (!res[e].ok) {
@@ -506,11 +645,31 @@ int main(int argc, char **argv)
         if (workloads[w].run == w_remove_half)
             for (int e = 0; e < ne; e++)
                 size_after_remove[e] = res[e].file_size;
+        for (int e = 0; e < 2; e++)
+            rate[w][e] = res[e].rate;
+        if (workloads[w].keel_only) {
+            printf("%-26s %14.0f %14s %8s %9ldK %10s  %s (keel only)\n", workloads[w].name, res[0].rate, "-", "-",
+                   res[0].rss_kb, "-", workloads[w].unit);
+            fflush(stdout);
+            continue;
+        }
         double ratio = res[1].rate > 0 ? res[0].rate / res[1].rate : 0;
         printf("%-26s %14.0f %14.0f %8.2f %9ldK %9ldK  %s\n", workloads[w].name, res[0].rate, res[1].rate, ratio,
                res[0].rss_kb, res[1].rss_kb, workloads[w].unit);
         fflush(stdout);
     }
+    /* comparisons between rows of one engine (same N, same keys) */
+    size_t i_bulk = find_workload(w_bulk), i_ttl = find_workload(w_put_ttl), i_del = find_workload(w_delete_all),
+           i_purge = find_workload(w_purge), i_2t = find_workload(w_reads_2t), i_2p = find_workload(w_reads_2p);
+    if (rate[i_ttl][0] > 0 && rate[i_bulk][0] > 0)
+        printf("%-26s %14.2f %14s %8s  (cost of a TTL put / a plain put; lower is better)\n", "TTL put cost",
+               rate[i_bulk][0] / rate[i_ttl][0], "-", "-");
+    if (rate[i_purge][0] > 0 && rate[i_del][0] > 0)
+        printf("%-26s %14.2f %14s %8s  (purge of N expired keys / N deletes, speed; higher is better)\n",
+               "purge vs delete", rate[i_purge][0] / rate[i_del][0], "-", "-");
+    if (rate[i_2p][0] > 0 && rate[i_2t][0] > 0)
+        printf("%-26s %14.2f %14.2f %8s  (2 processes / 2 threads, speed)\n", "processes vs threads",
+               rate[i_2p][0] / rate[i_2t][0], rate[i_2t][1] > 0 ? rate[i_2p][1] / rate[i_2t][1] : 0, "-");
     if (size_after_remove[0] && size_after_remove[1])
         printf("%-26s %13.1fM %13.1fM %8.2f  (file size after removing half; lower is better)\n", "file size",
                size_after_remove[0] / 1048576.0, size_after_remove[1] / 1048576.0,
