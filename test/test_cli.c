@@ -1010,6 +1010,10 @@ static void test_verbs_more(void **state)
     r = KEEL(NULL, "purge", path_a, "zero");
     assert_int_equal(r.code, 2);
     run_free(&r);
+    r = KEEL(NULL, "purge", path_a, "-s", "f");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "usage"));
+    run_free(&r);
     /* --hex both ways, and bad hex */
     free(KEEL_OK(NULL, "put", "--hex", path_a, "00ff10", "DEAD"));
     o = KEEL_OK(NULL, "get", path_a, "-e", "\\00\\ff\\10");

@@ -1108,7 +1108,10 @@ static int cmd_purge(int argc, char **argv)
     }
     if (!file_exists(vb.path))
         return failf(ENOENT, "open %s", vb.path);
-    vb.bucket = NULL; /* purge spans every bucket */
+    if (vb.bucket) { /* purge spans every bucket, in expiry order */
+        fprintf(stderr, "keel purge: purges every bucket; -s is not for it\n");
+        return usage_of("purge");
+    }
     if ((ex = verb_begin(&vb, true)))
         return ex;
     size_t purged = 0;
@@ -1136,7 +1139,10 @@ static int cmd_buckets(int argc, char **argv)
     int np, ex;
     if (verb_args(argc, argv, &vb, NULL, pos, 0, 0, &np))
         return EXIT_USAGE;
-    vb.bucket = NULL;
+    if (vb.bucket) {
+        fprintf(stderr, "keel buckets: lists every bucket; -s is not for it\n");
+        return usage_of("buckets");
+    }
     if ((ex = verb_begin(&vb, false)))
         return ex;
     int rc = keel_bucket_list(vb.txn, print_name, &vb);
