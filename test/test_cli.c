@@ -878,6 +878,87 @@ static void test_while_writing(void **state)
     run_free(&r);
 }
 
+/* keel copy (plain and --compact) while a writer process commits in a loop:
+ * every commit i sets the 40 keys k00..k39 and "c" to i, so a copy holds a
+ * committed state exactly when all 41 values are equal; each copy must also
+ * pass keel check. */
+#define HOT_KEYS 40
+static void hot_commit(keel_db *db, long i)
+{
+    keel_txn *t;
+    char v[32], k[8];
+    snprintf(v, sizeof v, "%ld", i);
+    if (keel_begin(db, 0, &t))
+        _exit(3);
+    for (int j = 0; j < HOT_KEYS; j++) {
+        snprintf(k, sizeof k, "k%02d", j);
+        if (keel_put(t, KEEL_DEFAULT_BUCKET, tu_val(k), tu_val(v), 0))
+            _exit(4);
+    }
+    if (keel_put(t, KEEL_DEFAULT_BUCKET, tu_val("c"), tu_val(v), 0) || keel_commit(t))
+        _exit(5);
+}
+
+static void test_copy_while_committing(void **state)
+{
+    (void)state;
+    keel_db *db;
+    OK(keel_open(path_a, &(keel_options){.flags = KEEL_NOSYNC}, &db));
+    hot_commit(db, 0);
+    keel_close(db);
+    int go[2];
+    OK(pipe(go));
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) { /* the writer: commits until the parent closes the pipe */
+        close(go[1]);
+        if (keel_open(path_a, &(keel_options){.flags = KEEL_NOSYNC}, &db))
+            _exit(2);
+        fcntl(go[0], F_SETFL, O_NONBLOCK);
+        char b;
+        for (long i = 1;; i++) {
+            hot_commit(db, i);
+            if (read(go[0], &b, 1) == 0) /* EOF: the parent is done */
+                break;
+        }
+        keel_close(db);
+        _exit(0);
+    }
+    close(go[0]);
+    long copies = 6 * tu_scale(), first = -1, last = -1;
+    for (long n = 0; n < copies; n++) {
+        remove_db(path_b);
+        free(n % 2 ? KEEL_OK(NULL, "copy", "--compact", path_a, path_b) : KEEL_OK(NULL, "copy", path_a, path_b));
+        free(KEEL_OK(NULL, "check", path_b));
+        char *out = KEEL_OK(NULL, "scan", path_b);
+        /* "c\tI\nk00\tI\n...": every value the same I */
+        char *save, *line = strtok_r(out, "\n", &save);
+        long want = -1, lines = 0;
+        for (; line; line = strtok_r(NULL, "\n", &save), lines++) {
+            char *tab = strchr(line, '\t');
+            assert_non_null(tab);
+            long got = atol(tab + 1);
+            if (want < 0)
+                want = got;
+            if (got != want)
+                fprintf(stderr, "copy %ld: %s holds %ld, other keys %ld\n", n, line, got, want);
+            assert_int_equal(got, want);
+        }
+        assert_int_equal(lines, HOT_KEYS + 1);
+        if (first < 0)
+            first = want;
+        assert_true(want >= last); /* copies never go back */
+        last = want;
+        free(out);
+    }
+    close(go[1]);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    /* the writer really ran during the copies */
+    assert_true(last > first);
+}
+
 /* ---- shell verbs ------------------------------------------------------------------------ */
 static void test_verbs(void **state)
 {
@@ -1597,6 +1678,7 @@ int main(void)
         cmocka_unit_test_setup(test_while_writing, fresh),
         cmocka_unit_test_setup(test_verbs, fresh),
         cmocka_unit_test_setup(test_verbs_more, fresh),
+        cmocka_unit_test_setup(test_copy_while_committing, fresh),
         cmocka_unit_test(test_man_page),
         cmocka_unit_test_setup(test_usage, fresh),
         cmocka_unit_test_setup(test_progress_tty, fresh),
