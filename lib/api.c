@@ -53,9 +53,11 @@ static int write_initial_metas(keel_db *db)
 }
 
 /* Reads both metas with pread (the map is not set up yet) and picks the
- * newest valid one.  Meta 0 gives the page size; if it is damaged, meta 1 is
- * looked for at each possible page size. */
-static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
+ * newest valid one (*slot: which); a meta found torn at open (the lock
+ * file's bad_meta) counts as damaged.  Meta 0 gives the page size; if it is
+ * damaged, meta 1 is looked for at each possible page size.  With
+ * check_size, the chosen meta's pages must fit in the file. */
+static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *out, unsigned *slot)
 {
     uint8_t buf[META_SIZE];
     struct meta m0, m1;
@@ -64,7 +66,10 @@ static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
     int rc = os_pread_upto(db->fd, buf, META_SIZE, 0, &got);
     if (rc)
         return rc;
+    uint64_t bad = lockfile_bad_meta(&db->lock);
     r0 = meta_check(buf, got, 0, &m0);
+    if (r0 == 0 && bad && m0.checksum == bad)
+        r0 = KEEL_CORRUPTED;
     int r1_keel = KEEL_INVALID; /* a damaged or newer meta 1 found while probing page sizes */
     for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
         if (r0 == 0 && ps != m0.page_size)
@@ -72,6 +77,8 @@ static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
         if ((rc = os_pread_upto(db->fd, buf, META_SIZE, ps, &got)))
             return rc;
         r1 = meta_check(buf, got, ps, &m1);
+        if (r1 == 0 && bad && m1.checksum == bad)
+            r1 = KEEL_CORRUPTED;
         if (r1 == 0 || r0 == 0)
             break;
         if (r1 != KEEL_INVALID)
@@ -88,10 +95,36 @@ static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
             return KEEL_INVALID;
         return KEEL_CORRUPTED;
     }
-    *out = (r0 == 0 && (r1 != 0 || m0.txnid >= m1.txnid)) ? m0 : m1;
-    if (out->npages * out->page_size > fsize)
+    *slot = (r0 == 0 && (r1 != 0 || m0.txnid >= m1.txnid)) ? 0 : 1;
+    *out = *slot == 0 ? m0 : m1;
+    if (check_size && out->npages * out->page_size > fsize)
         return KEEL_CORRUPTED;
     return 0;
+}
+
+static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
+{
+    unsigned slot;
+    return pick_meta(db, fsize, true, out, &slot);
+}
+
+/* The first opener after a crash: was the newest commit torn?  Only a
+ * one-flush commit can be (its pages and meta shared one sync); then the
+ * lock file tells every user to ignore its meta, and the previous commit,
+ * durable before it began, is the newest.  The caller is the sole user, so
+ * no writer changes the pages while they are checked. */
+static int check_last_commit(keel_db *db, uint64_t fsize)
+{
+    struct meta m;
+    unsigned slot;
+    if (pick_meta(db, fsize, false, &m, &slot) || !(m.flags & META_F_ONEFLUSH))
+        return 0; /* nothing to check (read_metas reports what is wrong) */
+    int rc = pager_verify_commit(db->fd, fsize, &m, slot);
+    if (rc == KEEL_CORRUPTED) {
+        lockfile_set_bad_meta(&db->lock, m.checksum);
+        rc = 0;
+    }
+    return rc;
 }
 
 /* Did a creation stop half way (a crash inside write_initial_metas)?  Then
@@ -232,6 +265,10 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
         if (rc)
             goto fail;
     }
+    if (db->lock.sole && (rc = check_last_commit(db, fsize)))
+        goto fail;
+    if ((rc = lockfile_share(&db->lock)))
+        goto fail;
     rc = read_metas(db, fsize, &m);
     if (rc == KEEL_CORRUPTED && os_file_size(db->fd, &fsize) == 0) /* a writer may have grown it meanwhile */
         rc = read_metas(db, fsize, &m);
@@ -277,6 +314,7 @@ void keel_close(keel_db *db)
      * and writer lock alone: only the child's memory goes. */
     while (db->live_txns)
         txn_abort(db->live_txns);
+    pager_confirm(db);
     db_free(db);
 }
 

@@ -55,6 +55,8 @@ static int copy_pages(keel_db *db, const char *dest)
             rc = KEEL_NOMEM;
         else {
             struct meta m = txn->meta;
+            m.flags = 0; /* the copy is synced whole before it is used: no commit list to check */
+            m.commit_list_sum = 0;
             meta_seal(&m);
             memcpy(metas, &m, META_SIZE);
             memcpy(metas + ps, &m, META_SIZE);

@@ -44,16 +44,38 @@ struct meta {
     uint32_t magic;
     uint32_t version;
     uint32_t page_size;
-    uint32_t flags; /* none defined yet */
+    uint32_t flags; /* META_F_* */
     uint64_t txnid; /* the commit that wrote it */
     uint64_t npages; /* pages in use: the first page number never allocated */
     uint64_t free_pages; /* pages recorded in the free tree */
     uint64_t next_bucket_id; /* id for the next bucket created; ids are never reused */
-    uint64_t reserved[2];
+    uint64_t reserved;
+    uint64_t commit_list_sum; /* META_F_ONEFLUSH: XXH3-64 of the commit list (below) */
     struct tree_desc trees[TREE_COUNT];
     uint64_t checksum; /* XXH3-64 of every byte above */
 };
 #define META_SIZE ((size_t)sizeof(struct meta))
+
+/* Meta flags.
+ * ONEFLUSH: the commit wrote its pages and this meta before one sync, in no
+ *   particular order, so a power cut can leave this meta whole and some of
+ *   its pages not.  The commit list after the meta names every page the
+ *   commit wrote and their checksum; the first opener after a crash checks
+ *   them (pager_verify_meta) and falls back to the other meta if they differ.
+ * UNSYNCED: written without a sync of the meta (KEEL_NOMETASYNC, KEEL_NOSYNC):
+ *   a crash may bring back the meta before it, so the next commit keeps that
+ *   one's pages one commit longer and does not use ONEFLUSH. */
+#define META_F_ONEFLUSH 0x1u
+#define META_F_UNSYNCED 0x2u
+#define META_F_KNOWN (META_F_ONEFLUSH | META_F_UNSYNCED)
+
+/* The commit list: at offset META_LIST_OFF of a ONEFLUSH meta's page.
+ *   u32 nruns | u32 zero | u64 pages_sum | nruns x (u64 first pgno, u64 count)
+ * pages_sum is XXH3-64 of the listed pages' bytes, runs in ascending order. */
+#define META_LIST_OFF 512u
+#define META_LIST_HDR 16u
+#define META_LIST_RUN 16u
+static inline size_t meta_list_max_runs(uint32_t psize) { return (psize - META_LIST_OFF - META_LIST_HDR) / META_LIST_RUN; }
 #define META_SUM_BYTES offsetof(struct meta, checksum)
 _Static_assert(sizeof(struct tree_desc) == TREE_DESC_SIZE, "tree_desc layout");
 _Static_assert(sizeof(struct meta) == 64 + 4 * TREE_DESC_SIZE + 8, "meta layout");

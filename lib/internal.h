@@ -49,11 +49,17 @@ struct lockfile {
     struct lock_header *hdr;
     struct reader_slot *slots;
     uint32_t max_readers;
+    bool sole; /* holds the exclusive lock: nobody else has the db open */
 };
 int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers, bool rdonly);
+int lockfile_share(struct lockfile *lf); /* the sole user lets others in */
+/* The checksum of a meta every user must ignore (a torn one-flush commit), 0 if none. */
+uint64_t lockfile_bad_meta(const struct lockfile *lf);
+void lockfile_set_bad_meta(struct lockfile *lf, uint64_t checksum);
 void lockfile_close(struct lockfile *lf);
 int lockfile_writer_lock(struct lockfile *lf);
 void lockfile_writer_unlock(struct lockfile *lf);
+int lockfile_writer_trylock(struct lockfile *lf); /* 0, or EBUSY while another holds it */
 /* Takes a slot and publishes txnid in it; *slot receives its index. */
 int reader_acquire(struct lockfile *lf, int *slot);
 void reader_publish(struct lockfile *lf, int slot, uint64_t txnid);
@@ -95,6 +101,7 @@ struct keel_db {
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
     uint64_t shrink_tried;    /* free pages when freelist_record last loaded them all */
     uint64_t shrink_backoff, shrink_next; /* ... and when it may again (txn id) */
+    uint64_t unconfirmed; /* this handle's last commit, if one-flush: keel_close confirms it */
 };
 
 /* ---- transactions ------------------------------------------------------- */
@@ -171,6 +178,8 @@ int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
 int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
 int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
+int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot);
+void pager_confirm(keel_db *db); /* at close: see pager.c */
 /* Over db->max_dirty bytes of dirty pages: write them out early (no sync,
  * no meta: nothing points at them yet) and free their buffers. */
 int pager_maybe_spill(keel_txn *txn);

@@ -17,6 +17,9 @@
  *     full, and when the sole user reinitialises the file at open.
  *   - The file is created and initialised under an exclusive OFD lock; every
  *     user then holds a shared OFD lock for as long as it has the db open.
+ *     The sole user keeps the exclusive lock until lockfile_share(): keel_open
+ *     checks the newest commit first (a crash may have torn it), before any
+ *     other process can begin a txn on it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,7 +34,7 @@
 #include "internal.h"
 
 #define LOCK_MAGIC 0x4B4C4F43u /* "COLK" */
-#define LOCK_VERSION 1u
+#define LOCK_VERSION 2u /* 2: bad_meta */
 
 struct lock_header {
     uint32_t magic;
@@ -39,7 +42,10 @@ struct lock_header {
     uint32_t max_readers;
     uint32_t header_size;
     uint64_t total_size;
-    uint64_t reserved;
+    /* Checksum of a meta that must be ignored, 0 = none: the first opener
+     * after a crash found that meta's one-flush commit torn (pager.c).  The
+     * commit that next writes into that meta's slot clears it. */
+    _Atomic uint64_t bad_meta;
     pthread_mutex_t writer;
     uint8_t pad[128 - 32 - sizeof(pthread_mutex_t)];
 };
@@ -152,9 +158,8 @@ int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers
         memset(m, 0, (size_t)size);
         if ((rc = init_header(h, n)))
             goto fail_map;
-        if ((rc = os_lock(fd, 0, 1))) /* downgrade: others may come in now */
-            goto fail_map;
     }
+    lf->sole = sole;
     lf->max_readers = h->max_readers;
     lf->slots = (struct reader_slot *)((uint8_t *)m + sizeof(struct lock_header));
     lf->fd = fd;
@@ -166,6 +171,26 @@ fail:
     lf->fd = -1;
     os_close(fd);
     return rc;
+}
+
+int lockfile_share(struct lockfile *lf)
+{
+    if (!lf->sole)
+        return 0;
+    int rc = os_lock(lf->fd, 0, 1); /* downgrade: others may come in now */
+    if (rc == 0)
+        lf->sole = false;
+    return rc;
+}
+
+uint64_t lockfile_bad_meta(const struct lockfile *lf)
+{
+    return atomic_load_explicit(&lf->hdr->bad_meta, memory_order_acquire);
+}
+
+void lockfile_set_bad_meta(struct lockfile *lf, uint64_t checksum)
+{
+    atomic_store_explicit(&lf->hdr->bad_meta, checksum, memory_order_release);
 }
 
 void lockfile_close(struct lockfile *lf)
@@ -182,6 +207,14 @@ int lockfile_writer_lock(struct lockfile *lf)
 {
     int rc = pthread_mutex_lock(&lf->hdr->writer);
     if (rc == EOWNERDEAD) /* the last writer died mid-txn: its txn never committed */
+        rc = pthread_mutex_consistent(&lf->hdr->writer);
+    return rc;
+}
+
+int lockfile_writer_trylock(struct lockfile *lf)
+{
+    int rc = pthread_mutex_trylock(&lf->hdr->writer);
+    if (rc == EOWNERDEAD)
         rc = pthread_mutex_consistent(&lf->hdr->writer);
     return rc;
 }

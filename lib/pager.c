@@ -12,9 +12,13 @@
  *     reclaimed from the free tree (pages no reader can see any more), the
  *     end of the file.
  *   - pager_write_out() is the commit protocol: grow the file, write dirty
- *     pages in page order, sync (fsync when the size changed), write the
- *     meta into the slot the previous commit did not use, sync again.  A
- *     failed sync poisons the handle (KEEL_PANIC).
+ *     pages in page order, write the meta into the slot the previous commit
+ *     did not use.  Two syncs (pages, then meta) make the order durable; one
+ *     sync suffices when the meta lists the pages it needs with their
+ *     checksum (META_F_ONEFLUSH), because then keel_open can tell a torn
+ *     commit (pager_verify_commit) and fall back to the previous meta, which
+ *     was durable before this commit began.  fsync instead of fdatasync when
+ *     the size changed.  A failed sync poisons the handle (KEEL_PANIC).
  */
 #include <errno.h>
 #include <limits.h>
@@ -127,7 +131,7 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
      * takes over), not a newer library's meta (which refuses the open) */
     if (m.checksum != XXH3_64bits(&m, META_SUM_BYTES))
         return KEEL_CORRUPTED;
-    if (m.version != KEEL_FORMAT_VERSION)
+    if (m.version != KEEL_FORMAT_VERSION || (m.flags & ~META_F_KNOWN))
         return KEEL_VERSION; /* older or newer: not a format this library reads */
     if (m.page_size < KEEL_MIN_PAGE || m.page_size > KEEL_MAX_PAGE || (m.page_size & (m.page_size - 1)))
         return KEEL_CORRUPTED;
@@ -152,6 +156,13 @@ int pager_newest_meta(keel_db *db, struct meta *out)
     struct meta a, b;
     int ra = meta_check(db->map, META_SIZE, db->psize, &a);
     int rb = meta_check(db->map + db->psize, META_SIZE, db->psize, &b);
+    uint64_t bad = lockfile_bad_meta(&db->lock);
+    if (bad) { /* a torn one-flush commit found at open: as if its meta were torn */
+        if (!ra && a.checksum == bad)
+            ra = KEEL_CORRUPTED;
+        if (!rb && b.checksum == bad)
+            rb = KEEL_CORRUPTED;
+    }
     if (ra && rb)
         return KEEL_CORRUPTED;
     if (ra)
@@ -409,11 +420,37 @@ static int cmp_dirty(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The page list of a one-flush commit, built by write_dirty inside the meta
+ * page's buffer (format.h: the commit list). */
+struct commit_list {
+    uint8_t *block; /* META_LIST_HDR, then the runs */
+    size_t max_runs, nruns;
+    bool ok; /* every page of the commit is listed and summed */
+};
+
+static bool list_add(struct commit_list *cl, uint64_t first, uint64_t count)
+{
+    if (cl->nruns) {
+        uint8_t *last = cl->block + META_LIST_HDR + (cl->nruns - 1) * META_LIST_RUN;
+        if (rd64(last) + rd64(last + 8) == first) {
+            wr64(last + 8, rd64(last + 8) + count);
+            return true;
+        }
+    }
+    if (cl->nruns == cl->max_runs)
+        return false;
+    uint8_t *r = cl->block + META_LIST_HDR + cl->nruns++ * META_LIST_RUN;
+    wr64(r, first);
+    wr64(r + 8, count);
+    return true;
+}
+
 /* Writes every dirty page that still has a buffer, in page order, contiguous
  * runs in one pwritev.  With spill, the buffers are freed afterwards: the
  * pages now live in the file (at numbers no snapshot can see) until the txn
- * touches them again. */
-static int write_dirty(keel_txn *txn, bool spill)
+ * touches them again.  With cl, also lists and sums the pages when they fit
+ * (cl->ok); pages spilled earlier were not kept to sum, so then they don't. */
+static int write_dirty(keel_txn *txn, bool spill, struct commit_list *cl)
 {
     keel_db *db = txn->db;
     struct dirty_table *t = &txn->dirty;
@@ -425,6 +462,19 @@ static int write_dirty(keel_txn *txn, bool spill)
         if (t->slots[i].pgno && t->slots[i].buf)
             v[n++] = &t->slots[i];
     qsort(v, n, sizeof(*v), cmp_dirty);
+    XXH3_state_t *sum = NULL;
+    if (cl) {
+        cl->ok = n == t->count;
+        cl->nruns = 0;
+        for (size_t i = 0; i < n && cl->ok; i++)
+            cl->ok = list_add(cl, v[i]->pgno, v[i]->npages);
+        if (cl->ok && !(sum = XXH3_createState())) {
+            os_free(v);
+            return KEEL_NOMEM;
+        }
+        if (cl->ok)
+            XXH3_64bits_reset(sum);
+    }
     enum { MAXIOV = 64 };
     struct iovec iov[MAXIOV];
     int rc = 0;
@@ -434,6 +484,8 @@ static int write_dirty(keel_txn *txn, bool spill)
         while (i < n && cnt < MAXIOV && v[i]->pgno == next) {
             iov[cnt].iov_base = v[i]->buf;
             iov[cnt].iov_len = (size_t)v[i]->npages * db->psize;
+            if (sum)
+                XXH3_64bits_update(sum, iov[cnt].iov_base, iov[cnt].iov_len);
             next += v[i]->npages;
             cnt++;
             i++;
@@ -442,6 +494,12 @@ static int write_dirty(keel_txn *txn, bool spill)
                       : os_pwritev_full(db->fd, iov, cnt, start * db->psize);
         if (rc)
             rc = rc == EFBIG || rc == ENOSPC ? KEEL_FULL : rc;
+    }
+    if (sum) {
+        wr32(cl->block, (uint32_t)cl->nruns);
+        wr32(cl->block + 4, 0);
+        wr64(cl->block + 8, XXH3_64bits_digest(sum));
+        XXH3_freeState(sum);
     }
     if (!rc && spill)
         for (size_t i = 0; i < n; i++) {
@@ -459,9 +517,20 @@ int pager_maybe_spill(keel_txn *txn)
     if (txn->dirty_bytes <= db->max_dirty)
         return 0;
     int rc = pager_grow(db, txn->meta.npages * db->psize); /* the file must be there to write into */
-    if (rc || (rc = write_dirty(txn, true)))
+    if (rc || (rc = write_dirty(txn, true, NULL)))
         return rc;
     txn->gen++; /* cursors holding page pointers look again */
+    return 0;
+}
+
+static int sync_or_panic(keel_db *db, bool full)
+{
+    if (full ? os_fsync(db->fd) : os_fdatasync(db->fd)) {
+        db->panic = 1;
+        return KEEL_PANIC;
+    }
+    if (full)
+        db->synced_size = db->file_size;
     return 0;
 }
 
@@ -472,41 +541,149 @@ int pager_write_out(keel_txn *txn)
     int rc = pager_grow(db, used);
     if (rc)
         return rc;
-    /* any size change since the last sync (even one a failed commit made) */
+    /* any size change since the last sync (even one a failed commit made);
+     * fdatasync does not make a size change durable everywhere */
     bool grew = db->file_size != db->synced_size;
-    if ((rc = write_dirty(txn, false)))
-        return rc;
-    if (!(db->flags & KEEL_NOSYNC)) {
-        /* fdatasync does not make a size change durable everywhere */
-        rc = grew ? os_fsync(db->fd) : os_fdatasync(db->fd);
-        if (rc) {
-            db->panic = 1;
-            return KEEL_PANIC;
-        }
-        db->synced_size = db->file_size;
-    }
+    bool sync = !(db->flags & KEEL_NOSYNC);
+    bool metasync = sync && !(db->flags & KEEL_NOMETASYNC);
+    uint8_t *mbuf = os_calloc(db->psize);
+    if (!mbuf)
+        return KEEL_NOMEM;
+    /* One flush for pages and meta when the meta can vouch for the pages (its
+     * commit list) and the meta before it is durable: that is what a torn
+     * commit falls back to. */
+    struct commit_list cl = {mbuf + META_LIST_OFF, meta_list_max_runs(db->psize), 0, false};
+    bool try_one = metasync && !(txn->meta.flags & META_F_UNSYNCED);
+    if ((rc = write_dirty(txn, false, try_one ? &cl : NULL)))
+        goto out;
+    bool one = try_one && cl.ok;
+    if (sync && !one && (rc = sync_or_panic(db, grew)))
+        goto out;
+    size_t mlen = 512;
     txn->meta.txnid = txn->txnid;
+    txn->meta.flags = one ? META_F_ONEFLUSH : metasync ? 0 : META_F_UNSYNCED;
+    txn->meta.commit_list_sum = 0;
+    if (one) {
+        size_t list_len = META_LIST_HDR + cl.nruns * META_LIST_RUN;
+        txn->meta.commit_list_sum = XXH3_64bits(cl.block, list_len);
+        mlen = (META_LIST_OFF + list_len + 511) / 512 * 512;
+    }
     meta_seal(&txn->meta);
-    uint8_t buf[512];
-    memset(buf, 0, sizeof(buf));
-    memcpy(buf, &txn->meta, META_SIZE);
-    if ((rc = os_pwrite_full(db->fd, buf, sizeof(buf), (txn->txnid & 1) * db->psize))) {
+    memcpy(mbuf, &txn->meta, META_SIZE);
+    if ((rc = os_pwrite_full(db->fd, mbuf, mlen, (txn->txnid & 1) * db->psize))) {
         /* the meta may be half written, or whole in the page cache: we cannot
          * tell the caller "not committed" truthfully any more */
         db->panic = 1;
-        return KEEL_PANIC;
+        rc = KEEL_PANIC;
+        goto out;
     }
-    if (!(db->flags & (KEEL_NOSYNC | KEEL_NOMETASYNC))) {
-        if (os_fdatasync(db->fd)) {
-            db->panic = 1;
-            return KEEL_PANIC;
-        }
-    }
+    if (metasync && (rc = sync_or_panic(db, one && grew)))
+        goto out;
+    db->unconfirmed = one ? txn->txnid : 0;
+    /* The slot of a meta found torn at open has just been overwritten. */
+    if (lockfile_bad_meta(&db->lock))
+        lockfile_set_bad_meta(&db->lock, 0);
     /* Without a meta sync the previous meta may be the one a crash brings
      * back: keep the file long enough for it. */
     uint64_t keep = used;
-    if ((db->flags & KEEL_NOMETASYNC) && txn->snap_npages * db->psize > keep)
+    if (!metasync && txn->snap_npages * db->psize > keep)
         keep = txn->snap_npages * db->psize;
     pager_maybe_shrink(db, keep);
-    return 0;
+out:
+    os_free(mbuf);
+    return rc;
+}
+
+/* At close, a one-flush commit of this handle's that is still the newest is
+ * copied, flag cleared, into the other meta slot: both metas then hold that
+ * commit, so the first open after a later crash has nothing to roll back
+ * to, and damage to its pages reads as damage (KEEL_CORRUPTED), never as a
+ * torn commit.  (A commit torn by a crash is always the newest one, so only
+ * a process that did not close can leave one.)  Best effort: it does not
+ * wait for another writer, whose commit supersedes this one anyway, and a
+ * failure leaves the one-flush commit, durable, as the newest. */
+void pager_confirm(keel_db *db)
+{
+    if (!db->unconfirmed || db->panic || db->fork_gen != os_fork_generation() || !db->map)
+        return;
+    if (lockfile_writer_trylock(&db->lock))
+        return;
+    struct meta m;
+    if (pager_newest_meta(db, &m) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
+        uint8_t buf[512];
+        memset(buf, 0, sizeof buf);
+        m.flags = 0;
+        m.commit_list_sum = 0;
+        meta_seal(&m);
+        memcpy(buf, &m, META_SIZE);
+        if (os_pwrite_full(db->fd, buf, sizeof buf, ((m.txnid + 1) & 1) * db->psize) == 0)
+            (void)os_fdatasync(db->fd);
+    }
+    lockfile_writer_unlock(&db->lock);
+    db->unconfirmed = 0;
+}
+
+/* Is the one-flush commit of meta m (read from slot `slot`) whole in the
+ * file?  Read with pread: keel_open calls it before the map exists, as the
+ * sole user (no writer can change the pages meanwhile).  0 = whole,
+ * KEEL_CORRUPTED = torn (or a damaged list), else an I/O error. */
+int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot)
+{
+    uint32_t ps = m->page_size;
+    if (m->npages > fsize / ps) /* the growth it needed did not survive */
+        return KEEL_CORRUPTED;
+    enum { CHUNK = 1 << 16 };
+    uint8_t *buf = os_malloc(CHUNK > ps ? CHUNK : ps);
+    if (!buf)
+        return KEEL_NOMEM;
+    size_t got;
+    int rc = os_pread_upto(fd, buf, ps - META_LIST_OFF, (uint64_t)slot * ps + META_LIST_OFF, &got);
+    if (rc)
+        goto out;
+    uint32_t nruns = rd32(buf);
+    size_t list_len = META_LIST_HDR + (size_t)nruns * META_LIST_RUN;
+    rc = KEEL_CORRUPTED;
+    if (got != ps - META_LIST_OFF || nruns > meta_list_max_runs(ps) || rd32(buf + 4) ||
+        XXH3_64bits(buf, list_len) != m->commit_list_sum)
+        goto out;
+    uint64_t want = rd64(buf + 8);
+    size_t nr = nruns;
+    uint64_t *runs = os_malloc((nr ? nr : 1) * 2 * sizeof(uint64_t));
+    if (!runs) {
+        rc = KEEL_NOMEM;
+        goto out;
+    }
+    uint64_t end = 2;
+    for (size_t i = 0; i < nr; i++) {
+        runs[2 * i] = rd64(buf + META_LIST_HDR + i * META_LIST_RUN);
+        runs[2 * i + 1] = rd64(buf + META_LIST_HDR + i * META_LIST_RUN + 8);
+        /* ascending, inside the commit's pages */
+        if (runs[2 * i] < end || runs[2 * i + 1] == 0 || runs[2 * i + 1] > m->npages - runs[2 * i]) {
+            os_free(runs);
+            goto out;
+        }
+        end = runs[2 * i] + runs[2 * i + 1];
+    }
+    XXH3_state_t *sum = XXH3_createState();
+    rc = sum ? 0 : KEEL_NOMEM;
+    if (sum)
+        XXH3_64bits_reset(sum);
+    for (size_t i = 0; i < nr && !rc; i++) {
+        uint64_t off = runs[2 * i] * ps, left = runs[2 * i + 1] * ps;
+        while (left && !rc) {
+            size_t n = left < CHUNK ? (size_t)left : CHUNK;
+            if (!(rc = os_pread_upto(fd, buf, n, off, &got)) && got != n)
+                rc = KEEL_CORRUPTED;
+            XXH3_64bits_update(sum, buf, got);
+            off += n;
+            left -= n;
+        }
+    }
+    if (!rc && XXH3_64bits_digest(sum) != want)
+        rc = KEEL_CORRUPTED;
+    XXH3_freeState(sum);
+    os_free(runs);
+out:
+    os_free(buf);
+    return rc;
 }

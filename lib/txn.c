@@ -125,10 +125,10 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
         txn->txnid = txn->meta.txnid + 1;
         txn->snap_npages = txn->meta.npages;
         txn->oldest = readers_oldest(&db->lock, txn->meta.txnid);
-        /* Without a meta sync the newest meta may not be on disk yet: a crash
-         * falls back to the one before, so what the newest commit freed
+        /* A newest meta written without a sync may not be on disk yet: a
+         * crash falls back to the one before, so what the newest commit freed
          * (pages the one before still uses) must wait one more commit. */
-        if ((db->flags & KEEL_NOMETASYNC) && txn->oldest > 0 && txn->oldest == txn->meta.txnid)
+        if ((txn->meta.flags & META_F_UNSYNCED) && txn->oldest > 0 && txn->oldest == txn->meta.txnid)
             txn->oldest--;
         pthread_mutex_lock(&db->mu);
         db->wtxn = txn;

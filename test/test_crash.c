@@ -281,7 +281,7 @@ static struct recorder {
     uint64_t rng;
     /* counts */
     uint64_t syncs, fsyncs, writes, metas, truncs, shrinks, grows;
-    uint64_t meta_checks, cow_checks;
+    uint64_t meta_checks, cow_checks, oneflush_metas;
 } R = {.fd = -1};
 
 /* ---- acknowledged states ---- */
@@ -465,20 +465,53 @@ static void order_check(uint64_t off, const uint8_t *buf, size_t len)
         return; /* creation's second step: page 0 after page 1 is durable */
     if (off < 2 * ps) {
         /* a meta write */
-        if (!((off == 0 || off == ps) && len == SECTOR))
+        if (!((off == 0 || off == ps) && len % SECTOR == 0 && len >= SECTOR && len <= ps))
             fail_msg("%s: write of %zu bytes at %llu inside the meta pages", cur_workload, len,
                      (unsigned long long)off);
-        for (size_t i = 0; i < R.npend; i++)
-            if (R.pend[i].kind == OP_WRITE || R.pend[i].kind == OP_TRUNC)
-                fail_msg("%s: meta written while a %s at %llu (+%llu) is not yet synced", cur_workload,
-                         R.pend[i].kind == OP_WRITE ? "write" : "truncate", (unsigned long long)R.pend[i].off,
-                         (unsigned long long)R.pend[i].len);
         struct meta m;
         assert_int_equal(meta_check(buf, len, R.psize, &m), 0);
-        if (m.npages * ps > R.size_fsynced)
-            fail_msg("%s: meta %llu needs %llu bytes, but only %llu were made durable by fsync", cur_workload,
-                     (unsigned long long)m.txnid, (unsigned long long)(m.npages * ps),
-                     (unsigned long long)R.size_fsynced);
+        if (m.flags & META_F_ONEFLUSH) {
+            /* one flush for pages and meta: every write still pending must
+             * be a page the meta lists (it is checked at open), and the
+             * meta before must be durable (it is what a torn commit falls
+             * back to) */
+            assert_true(len >= META_LIST_OFF + META_LIST_HDR);
+            const uint8_t *list = buf + META_LIST_OFF;
+            size_t nruns = rd32(list);
+            assert_true(META_LIST_OFF + META_LIST_HDR + nruns * META_LIST_RUN <= len);
+            assert_true(XXH3_64bits(list, META_LIST_HDR + nruns * META_LIST_RUN) == m.commit_list_sum);
+            for (size_t i = 0; i < R.npend; i++) {
+                struct op *o = &R.pend[i];
+                if (o->kind != OP_WRITE)
+                    continue;
+                bool listed = false;
+                for (size_t r = 0; r < nruns && !listed; r++) {
+                    uint64_t first = rd64(list + META_LIST_HDR + r * META_LIST_RUN);
+                    uint64_t count = rd64(list + META_LIST_HDR + r * META_LIST_RUN + 8);
+                    listed = o->off >= first * ps && o->off + o->len <= (first + count) * ps;
+                }
+                if (!listed)
+                    fail_msg("%s: one-flush meta %llu written while a write at %llu (+%llu) it does not list is "
+                             "not yet synced",
+                             cur_workload, (unsigned long long)m.txnid, (unsigned long long)o->off,
+                             (unsigned long long)o->len);
+            }
+            if (m.npages * ps > R.cur_size)
+                fail_msg("%s: meta %llu needs %llu bytes, the file has %llu", cur_workload,
+                         (unsigned long long)m.txnid, (unsigned long long)(m.npages * ps),
+                         (unsigned long long)R.cur_size);
+            R.oneflush_metas++;
+        } else {
+            for (size_t i = 0; i < R.npend; i++)
+                if (R.pend[i].kind == OP_WRITE || R.pend[i].kind == OP_TRUNC)
+                    fail_msg("%s: meta written while a %s at %llu (+%llu) is not yet synced", cur_workload,
+                             R.pend[i].kind == OP_WRITE ? "write" : "truncate", (unsigned long long)R.pend[i].off,
+                             (unsigned long long)R.pend[i].len);
+            if (m.npages * ps > R.size_fsynced)
+                fail_msg("%s: meta %llu needs %llu bytes, but only %llu were made durable by fsync", cur_workload,
+                         (unsigned long long)m.txnid, (unsigned long long)(m.npages * ps),
+                         (unsigned long long)R.size_fsynced);
+        }
         R.meta_checks++;
         return;
     }
@@ -1461,16 +1494,18 @@ static void run_workload(const struct wspec *ws, uint64_t seed)
         check_img();
     }
     print_message("%-22s %3d txns, %5llu crash points, %6llu images, %4llu syncs (%llu fsync), %llu meta writes, "
-                  "%llu grows, %llu shrinks, %llu meta/%llu COW order checks, file %llu KiB, %.1fs\n",
+                  "%llu grows, %llu shrinks, %llu meta (%llu one-flush)/%llu COW order checks, file %llu KiB, %.1fs\n",
                   ws->name, ws->ntxn, (unsigned long long)(crash_points - points0),
                   (unsigned long long)(images_total - images0), (unsigned long long)R.syncs,
                   (unsigned long long)R.fsyncs, (unsigned long long)R.metas, (unsigned long long)R.grows,
                   (unsigned long long)R.shrinks, (unsigned long long)R.meta_checks,
-                  (unsigned long long)R.cow_checks, (unsigned long long)(st.file_size >> 10), now_s() - t0);
+                  (unsigned long long)R.oneflush_metas, (unsigned long long)R.cow_checks, (unsigned long long)(st.file_size >> 10), now_s() - t0);
     if (ws->shrink && !nosync_mode)
         assert_true(R.shrinks > 0);
     if (!nosync_mode)
         assert_true(R.syncs > 0);
+    if (!(R.flags & (KEEL_NOSYNC | KEEL_NOMETASYNC)) && !order_checks_off)
+        assert_true(R.oneflush_metas > 0); /* the one-flush protocol was exercised */
     rec_disarm();
     tu_remove(path);
 }

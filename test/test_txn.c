@@ -545,13 +545,15 @@ static uint8_t *make_generations(const char *p, uint32_t psize, int n, size_t *s
         assert_int_equal(keel_txn_id(t), (uint64_t)i);
         OK(keel_commit(t));
     }
-    keel_close(db);
+    /* the image is taken before keel_close, as a crash would leave it: close
+     * copies the newest meta into the other slot (pager_confirm) */
     *size = (size_t)file_size(p);
     uint8_t *img = malloc(*size);
     assert_non_null(img);
     int fd = open(p, O_RDONLY);
     assert_int_equal(pread(fd, img, *size, 0), (ssize_t)*size);
     close(fd);
+    keel_close(db);
     return img;
 }
 
