@@ -95,7 +95,7 @@ static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *
             return KEEL_INVALID;
         return KEEL_CORRUPTED;
     }
-    *slot = (r0 == 0 && (r1 != 0 || m0.txnid >= m1.txnid)) ? 0 : 1;
+    *slot = (r0 == 0 && (r1 != 0 || meta_newer(&m0, &m1))) ? 0 : 1;
     *out = *slot == 0 ? m0 : m1;
     if (check_size && out->npages * out->page_size > fsize)
         return KEEL_CORRUPTED;

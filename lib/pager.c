@@ -151,6 +151,16 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
     return 0;
 }
 
+/* Which of two valid metas is the newest: the higher txn id; on a tie (a
+ * one-flush meta and the copy keel_close made of it) the copy, which needs
+ * no check of its pages; else a (slot 0). */
+bool meta_newer(const struct meta *a, const struct meta *b)
+{
+    if (a->txnid != b->txnid)
+        return a->txnid > b->txnid;
+    return !(a->flags & META_F_ONEFLUSH) || (b->flags & META_F_ONEFLUSH);
+}
+
 int pager_newest_meta(keel_db *db, struct meta *out)
 {
     struct meta a, b;
@@ -170,7 +180,7 @@ int pager_newest_meta(keel_db *db, struct meta *out)
     else if (rb)
         *out = a;
     else
-        *out = a.txnid >= b.txnid ? a : b;
+        *out = meta_newer(&a, &b) ? a : b;
     return 0;
 }
 
@@ -425,11 +435,18 @@ static int cmp_dirty(const void *a, const void *b)
 struct commit_list {
     uint8_t *block; /* META_LIST_HDR, then the runs */
     size_t max_runs, nruns;
+    uint64_t pages;
     bool ok; /* every page of the commit is listed and summed */
 };
 
+/* A one-flush commit is checked by reading its pages back at the first open
+ * after a crash; bigger commits take the second sync instead, which costs
+ * them little, so that this check stays short. */
+#define ONEFLUSH_MAX_BYTES ((uint64_t)8 << 20)
+
 static bool list_add(struct commit_list *cl, uint64_t first, uint64_t count)
 {
+    cl->pages += count;
     if (cl->nruns) {
         uint8_t *last = cl->block + META_LIST_HDR + (cl->nruns - 1) * META_LIST_RUN;
         if (rd64(last) + rd64(last + 8) == first) {
@@ -466,8 +483,9 @@ static int write_dirty(keel_txn *txn, bool spill, struct commit_list *cl)
     if (cl) {
         cl->ok = n == t->count;
         cl->nruns = 0;
+        cl->pages = 0;
         for (size_t i = 0; i < n && cl->ok; i++)
-            cl->ok = list_add(cl, v[i]->pgno, v[i]->npages);
+            cl->ok = list_add(cl, v[i]->pgno, v[i]->npages) && cl->pages <= ONEFLUSH_MAX_BYTES / db->psize;
         if (cl->ok && !(sum = XXH3_createState())) {
             os_free(v);
             return KEEL_NOMEM;
@@ -552,7 +570,7 @@ int pager_write_out(keel_txn *txn)
     /* One flush for pages and meta when the meta can vouch for the pages (its
      * commit list) and the meta before it is durable: that is what a torn
      * commit falls back to. */
-    struct commit_list cl = {mbuf + META_LIST_OFF, meta_list_max_runs(db->psize), 0, false};
+    struct commit_list cl = {.block = mbuf + META_LIST_OFF, .max_runs = meta_list_max_runs(db->psize)};
     bool try_one = metasync && !(txn->meta.flags & META_F_UNSYNCED);
     if ((rc = write_dirty(txn, false, try_one ? &cl : NULL)))
         goto out;
