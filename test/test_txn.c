@@ -708,6 +708,150 @@ static void test_meta_fallback(void **state)
 
 /* ---- truncated files ------------------------------------------------------- */
 
+/* The first page of the newest commit's commit list (format.md), in an image. */
+static uint64_t first_listed_page(const uint8_t *img, uint32_t ps, const struct meta *m)
+{
+    assert_true(m->flags & META_F_ONEFLUSH);
+    const uint8_t *list = img + (m->txnid & 1) * ps + META_LIST_OFF;
+    assert_true(rd32(list) >= 1);
+    assert_true(XXH3_64bits(list, META_LIST_HDR + rd32(list) * META_LIST_RUN) == m->commit_list_sum);
+    return rd64(list + META_LIST_HDR);
+}
+
+/* One-flush commits (design.md §6): a newest commit whose pages did not all
+ * arrive is rolled back by the first opener, for every user; after a clean
+ * close the same damage is damage, not a rollback. */
+static void test_torn_commit(void **state)
+{
+    (void)state;
+    const uint32_t ps = 4096;
+    const int n = 6;
+    tu_path(path, sizeof path, "txn-torn");
+    size_t size;
+    uint8_t *img = make_generations(path, ps, n, &size); /* as a crash leaves it */
+    struct meta m = newest_meta(path, ps);
+    assert_int_equal(m.txnid, (uint64_t)n);
+    uint64_t pg = first_listed_page(img, ps, &m);
+
+    /* untouched: the newest commit, checked and kept */
+    restore(path, img, size);
+    expect_generation(path, n, n, 0);
+
+    /* one byte of one listed page differs: a torn commit, rolled back;
+     * a read-only first opener decides the same (it writes only the lock file) */
+    for (int ro = 0; ro <= 1; ro++) {
+        restore(path, img, size);
+        flip(path, pg * ps + ps / 2, 0x40);
+        uint64_t digest = file_digest(path);
+        expect_generation(path, n - 1, n, ro ? KEEL_RDONLY : 0);
+        assert_int_equal(file_digest(path), digest); /* the check writes nothing */
+    }
+
+    /* every user of the open file follows the first opener's verdict, and
+     * the next commit takes the lost one's id and slot */
+    restore(path, img, size);
+    flip(path, pg * ps + 17, 0x01);
+    keel_db *first = open_db(path, 0, 0);
+    keel_db *second = open_db(path, 0, 0); /* not the sole user: does not check */
+    keel_txn *t;
+    OK(keel_begin(second, KEEL_RDONLY, &t));
+    assert_int_equal(keel_txn_id(t), (uint64_t)(n - 1));
+    keel_abort(t);
+    assert_int_equal(check_problems(second), 0);
+    OK(keel_begin(second, 0, &t));
+    assert_int_equal(keel_txn_id(t), (uint64_t)n);
+    put_str(t, 0, "after", "torn");
+    OK(keel_commit(t));
+    OK(keel_begin(first, KEEL_RDONLY, &t));
+    assert_int_equal(keel_txn_id(t), (uint64_t)n);
+    expect_str(t, 0, "after", "torn");
+    keel_abort(t);
+    keel_close(second);
+    keel_close(first);
+    first = open_db(path, 0, 0);
+    OK(keel_begin(first, KEEL_RDONLY, &t));
+    assert_int_equal(keel_txn_id(t), (uint64_t)n);
+    expect_str(t, 0, "after", "torn");
+    char k[16];
+    snprintf(k, sizeof k, "c%d", n);
+    expect_str(t, 0, k, NULL); /* the torn commit's own key stays lost */
+    keel_abort(t);
+    assert_int_equal(check_problems(first), 0);
+    keel_close(first);
+
+    /* the growth a one-flush commit needed did not survive: torn too */
+    {
+        char gpath[512];
+        tu_path(gpath, sizeof gpath, "txn-torn-grow");
+        tu_remove(gpath);
+        keel_db *g = open_db(gpath, ps, 0);
+        OK(keel_begin(g, 0, &t));
+        put_str(t, 0, "gen", "1");
+        OK(keel_commit(t));
+        OK(keel_begin(g, 0, &t));
+        static uint8_t big[100000];
+        OK(keel_put(t, 0, tu_val("big"), (keel_val){big, sizeof big}, 0)); /* 25 pages at the end */
+        OK(keel_commit(t));
+        struct meta gm = newest_meta(gpath, ps);
+        assert_true(gm.flags & META_F_ONEFLUSH);
+        /* the file as a crash leaves it, less the size change */
+        size_t gsize = (size_t)(gm.npages - 1) * ps;
+        uint8_t *gimg = malloc(gsize);
+        int fd = open(gpath, O_RDONLY);
+        assert_int_equal(pread(fd, gimg, gsize, 0), (ssize_t)gsize);
+        close(fd);
+        keel_close(g);
+        restore(gpath, gimg, gsize);
+        free(gimg);
+        g = open_db(gpath, 0, 0);
+        OK(keel_begin(g, KEEL_RDONLY, &t));
+        expect_str(t, 0, "big", NULL);
+        keel_abort(t);
+        keel_close(g);
+        tu_remove(gpath);
+    }
+
+    /* after keel_close the newest meta is in both slots: the same damage is
+     * reported as damage and nothing is rolled back */
+    restore(path, img, size);
+    keel_db *db = open_db(path, 0, 0);
+    OK(keel_begin(db, 0, &t));
+    put_str(t, 0, "closed", "cleanly");
+    OK(keel_commit(t));
+    keel_close(db);
+    m = newest_meta(path, ps);
+    assert_int_equal(m.txnid, (uint64_t)n + 1);
+    {
+        int fd = open(path, O_RDONLY);
+        struct meta copy;
+        assert_int_equal(pread(fd, &copy, sizeof copy, (off_t)((m.txnid + 1) & 1) * ps), (ssize_t)sizeof copy);
+        close(fd);
+        assert_int_equal(copy.txnid, m.txnid); /* the other slot holds the same commit */
+        assert_int_equal(copy.flags & META_F_ONEFLUSH, 0);
+        m = (m.flags & META_F_ONEFLUSH) ? m : copy;
+    }
+    free(img);
+    size = (size_t)file_size(path);
+    img = malloc(size);
+    {
+        int fd = open(path, O_RDONLY);
+        assert_int_equal(pread(fd, img, size, 0), (ssize_t)size);
+        close(fd);
+        struct meta orig;
+        memcpy(&orig, img + (m.txnid & 1) * ps, sizeof orig);
+        pg = first_listed_page(img, ps, &orig);
+    }
+    flip(path, pg * ps + 8, 0x01); /* the page's flags: every walk notices */
+    db = open_db(path, 0, 0);
+    OK(keel_begin(db, KEEL_RDONLY, &t));
+    assert_int_equal(keel_txn_id(t), (uint64_t)n + 1);
+    keel_abort(t);
+    assert_true(check_problems(db) > 0);
+    keel_close(db);
+    free(img);
+    tu_remove(path);
+}
+
 static void test_truncated(void **state)
 {
     (void)state;
@@ -896,6 +1040,7 @@ int main(void)
         cmocka_unit_test(test_failed_txn_disk_full),
         cmocka_unit_test(test_failed_txn_nomem),
         cmocka_unit_test(test_meta_fallback),
+        cmocka_unit_test(test_torn_commit),
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_stat),
     };
