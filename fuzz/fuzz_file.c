@@ -233,10 +233,42 @@ static int ff_write(keel_db *db, const struct ff_names *nm, const struct ff_keys
     return keel_commit(w);
 }
 
+/* A one-flush meta's commit list (format.md) is re-sealed too: the pages'
+ * sum over what the image holds of them, then the list's sum, so that
+ * mutated pages of the newest commit reach the tree code instead of only
+ * its rollback at open (bit 2 keeps the sums, and tests the rollback). */
+static void ff_reseal_list(uint8_t *img, size_t n, size_t off)
+{
+    struct meta m;
+    memcpy(&m, img + off, META_SIZE);
+    uint32_t ps = m.page_size;
+    if (!(m.flags & META_F_ONEFLUSH) || ps < KEEL_MIN_PAGE || ps > KEEL_MAX_PAGE || (ps & (ps - 1)) ||
+        n < off + ps)
+        return;
+    uint8_t *list = img + off + META_LIST_OFF;
+    uint32_t nruns = rd32(list);
+    if (nruns > meta_list_max_runs(ps))
+        return;
+    XXH3_state_t *st = XXH3_createState();
+    FUZZ_CHECK(st);
+    XXH3_64bits_reset(st);
+    for (uint32_t i = 0; i < nruns; i++) {
+        uint64_t first = rd64(list + META_LIST_HDR + i * META_LIST_RUN);
+        uint64_t count = rd64(list + META_LIST_HDR + i * META_LIST_RUN + 8);
+        if (first < n / ps && count <= n / ps - first)
+            XXH3_64bits_update(st, img + first * ps, count * ps);
+    }
+    wr64(list + 8, XXH3_64bits_digest(st));
+    XXH3_freeState(st);
+    m.commit_list_sum = XXH3_64bits(list, META_LIST_HDR + (size_t)nruns * META_LIST_RUN);
+    memcpy(img + off, &m, META_SIZE);
+}
+
 static void ff_reseal(uint8_t *img, size_t n, size_t off)
 {
     if (n < off + META_SIZE || rd32(img + off) != KEEL_MAGIC)
         return;
+    ff_reseal_list(img, n, off);
     uint64_t sum = XXH3_64bits(img + off, META_SUM_BYTES);
     memcpy(img + off + META_SUM_BYTES, &sum, 8);
 }

@@ -8,6 +8,8 @@
  *                   long keys, a free tree after many commits, a dropped
  *                   bucket, a wide tree) at 4, 8 and 16 KiB pages; each file
  *                   is the option byte, then the file cut to the meta's npages
+ *                   and, made in the default sync mode, a small database as a
+ *                   crash after a one-flush commit leaves it (crashed-oneflush-*)
  *   DIR/fuzz_lock/  lock files taken from a database in use
  *   DIR/fuzz_ops/   operation streams (pseudo-random, fixed seeds)
  *   DIR/fuzz_dump/  dump texts in both formats, plain (-T) text, odd headers
@@ -80,9 +82,11 @@ static uint8_t *read_all(const char *path, size_t *len)
 static int64_t clock_fn(void *ctx) { return *(const int64_t *)ctx; }
 static int64_t now = 1000;
 
+static bool synced; /* default sync mode: one-flush commits (a slower corpus build) */
+
 static keel_db *open_db(const char *path, uint32_t psize)
 {
-    keel_options o = {.page_size = psize, .flags = KEEL_NOSYNC, .clock = clock_fn, .clock_ctx = &now,
+    keel_options o = {.page_size = psize, .flags = synced ? 0 : KEEL_NOSYNC, .clock = clock_fn, .clock_ctx = &now,
                       .purge_per_commit = -1};
     keel_db *db;
     OK(keel_open(path, &o, &db));
@@ -242,12 +246,41 @@ static uint8_t *db_image(const char *path, size_t *len)
     struct meta m0, m1;
     memcpy(&m0, img, sizeof m0);
     memcpy(&m1, img + m0.page_size, sizeof m1);
-    const struct meta *m = m0.txnid >= m1.txnid ? &m0 : &m1;
+    const struct meta *m = m0.txnid >= m1.txnid ? &m0 : &m1; /* a tie: the same npages */
     size_t want = (size_t)(m->npages * m->page_size);
     if (want > n)
         die("%s: shorter than its meta", path);
     *len = want;
     return img;
+}
+
+/* A small database as a crash after a one-flush commit leaves it (the
+ * image taken before keel_close, which would copy the meta): the newest
+ * meta carries its commit list, the other holds the commit before. */
+static void make_crashed_files(void)
+{
+    const char *path = fuzz_path(0, "corpus.db");
+    for (unsigned i = 0; i < 2; i++) {
+        uint32_t ps = 4096u << i;
+        fuzz_remove_db(path);
+        synced = true;
+        keel_db *db = open_db(path, ps);
+        synced = false;
+        shape_small(db);
+        keel_txn *t;
+        OK(keel_begin(db, 0, &t));
+        OK(keel_put(t, 0, sv("last"), sv("commit"), 0));
+        OK(keel_commit(t));
+        size_t len;
+        uint8_t *img = db_image(path, &len);
+        keel_close(db);
+        char name[64];
+        snprintf(name, sizeof name, "crashed-oneflush-%u", ps);
+        uint8_t opt = (uint8_t)i;
+        put_file("fuzz_file", name, &opt, 1, img, len);
+        free(img);
+    }
+    fuzz_remove_db(path);
 }
 
 static void make_files(void)
@@ -417,6 +450,7 @@ int main(int argc, char **argv)
     outdir = argv[1];
     mkdir(outdir, 0755);
     make_files();
+    make_crashed_files();
     make_locks();
     make_ops();
     make_dumps();
