@@ -76,35 +76,53 @@ static size_t node_size(const uint8_t *page, const uint8_t *n)
 }
 
 /* A page from the map about to be changed, checked whole (after
- * bt_check_page): every node inside the node area [upper, psize), no two
- * overlapping.  Reads check only the nodes they visit (node_at), but edits
- * shift, copy and rebuild every node of a page through unchecked accessors,
- * so a damaged node anywhere in it would make them read or write out of
- * bounds.  It runs once per page copied for writing: O(page), as the copy.
- * Dirty pages are built here and keep the property. */
+ * bt_check_page): the nodes tile the node area [upper, psize) exactly, as
+ * format.md requires (packed, no gaps), and the slots point at those nodes,
+ * each at a different one.  Reads check only the nodes they visit (node_at),
+ * but edits shift, copy and rebuild every node of a page through unchecked
+ * accessors, so a damaged node anywhere in it would make them read or write
+ * out of bounds.  It runs once per page copied for writing, so it is one
+ * walk along the node area (a size per node) and one pass over the slots (a
+ * bit test each), with no key decoded and no sort.  Dirty pages are built
+ * here and keep the property. */
 static int check_nodes(keel_txn *txn, const uint8_t *page)
 {
     uint32_t ps = txn->db->psize, upper = page_upper(page);
-    unsigned n = page_nkeys(page);
-    size_t hdr = (page_flags(page) & P_LEAF) ? LEAF_HDR : BRANCH_HDR;
-    uint64_t starts[KEEL_MAX_PAGE / 64]; /* a bit per offset where a node starts */
-    memset(starts, 0, ps / 64 * sizeof(uint64_t));
-    for (unsigned i = 0; i < n; i++) {
-        uint32_t off = page_slot(page, i);
-        if (off < upper || off + hdr > ps || off + node_size(page, page + off) > ps)
-            return KEEL_CORRUPTED;
-        if (starts[off / 64] & (1ull << (off % 64)))
-            return KEEL_CORRUPTED; /* two slots, one node */
-        starts[off / 64] |= 1ull << (off % 64);
-    }
-    uint32_t end = upper; /* in offset order, each node must start after the last one ended */
-    for (uint32_t w = 0; w < ps / 64; w++)
-        for (uint64_t bits = starts[w]; bits; bits &= bits - 1) {
-            uint32_t off = w * 64 + (uint32_t)__builtin_ctzll(bits);
-            if (off < end)
+    unsigned n = page_nkeys(page), count = 0;
+    uint64_t starts[KEEL_MAX_PAGE / 64]; /* a bit per offset where a node starts; words below upper unused */
+    memset(starts + upper / 64, 0, (ps / 64 - upper / 64) * sizeof(uint64_t));
+    uint32_t off = upper;
+    if (page_flags(page) & P_LEAF) {
+        while (off < ps && count < n) {
+            if (ps - off < LEAF_HDR)
                 return KEEL_CORRUPTED;
-            end = off + (uint32_t)node_size(page, page + off);
+            size_t size = leaf_node_size(page + off);
+            if (size > ps - off)
+                return KEEL_CORRUPTED;
+            starts[off / 64] |= 1ull << (off % 64);
+            off += (uint32_t)size;
+            count++;
         }
+    } else {
+        while (off < ps && count < n) {
+            if (ps - off < BRANCH_HDR)
+                return KEEL_CORRUPTED;
+            size_t size = branch_node_size(page + off);
+            if (size > ps - off)
+                return KEEL_CORRUPTED;
+            starts[off / 64] |= 1ull << (off % 64);
+            off += (uint32_t)size;
+            count++;
+        }
+    }
+    if (off != ps || count != n) /* a gap, a node too many or too few */
+        return KEEL_CORRUPTED;
+    for (unsigned i = 0; i < n; i++) {
+        uint32_t s = page_slot(page, i);
+        if (s < upper || s >= ps || !(starts[s / 64] & (1ull << (s % 64))))
+            return KEEL_CORRUPTED; /* not the start of a node, or one a slot before took */
+        starts[s / 64] &= ~(1ull << (s % 64));
+    }
     return 0;
 }
 
