@@ -87,41 +87,41 @@ static size_t node_size(const uint8_t *page, const uint8_t *n)
  * here and keep the property. */
 static int check_nodes(keel_txn *txn, const uint8_t *page)
 {
-    uint32_t ps = txn->db->psize, upper = page_upper(page);
-    unsigned n = page_nkeys(page), count = 0;
-    uint64_t starts[KEEL_MAX_PAGE / 64]; /* a bit per offset where a node starts; words below upper unused */
-    memset(starts + upper / 64, 0, (ps / 64 - upper / 64) * sizeof(uint64_t));
-    uint32_t off = upper;
+    uint32_t upper = page_upper(page), area = txn->db->psize - upper; /* bt_check_page: upper <= psize */
+    const uint8_t *base = page + upper;
+    unsigned n = page_nkeys(page);
+    uint64_t starts[KEEL_MAX_PAGE / 64]; /* a bit per offset from upper where a node starts */
+    memset(starts, 0, (area + 63) / 64 * sizeof(uint64_t));
+    uint32_t at = 0; /* offset from upper; at <= area throughout */
     if (page_flags(page) & P_LEAF) {
-        while (off < ps && count < n) {
-            if (ps - off < LEAF_HDR)
+        for (unsigned i = 0; i < n; i++) {
+            if (area - at < LEAF_HDR)
                 return KEEL_CORRUPTED;
-            size_t size = leaf_node_size(page + off);
-            if (size > ps - off)
+            size_t size = leaf_node_size(base + at);
+            if (size > area - at)
                 return KEEL_CORRUPTED;
-            starts[off / 64] |= 1ull << (off % 64);
-            off += (uint32_t)size;
-            count++;
+            starts[at / 64] |= 1ull << (at % 64);
+            at += (uint32_t)size;
         }
     } else {
-        while (off < ps && count < n) {
-            if (ps - off < BRANCH_HDR)
+        for (unsigned i = 0; i < n; i++) {
+            if (area - at < BRANCH_HDR)
                 return KEEL_CORRUPTED;
-            size_t size = branch_node_size(page + off);
-            if (size > ps - off)
+            size_t size = branch_node_size(base + at);
+            if (size > area - at)
                 return KEEL_CORRUPTED;
-            starts[off / 64] |= 1ull << (off % 64);
-            off += (uint32_t)size;
-            count++;
+            starts[at / 64] |= 1ull << (at % 64);
+            at += (uint32_t)size;
         }
     }
-    if (off != ps || count != n) /* a gap, a node too many or too few */
+    if (at != area) /* a gap, or nodes beyond the n the header counts */
         return KEEL_CORRUPTED;
     for (unsigned i = 0; i < n; i++) {
-        uint32_t s = page_slot(page, i);
-        if (s < upper || s >= ps || !(starts[s / 64] & (1ull << (s % 64))))
+        uint32_t s = page_slot(page, i) - upper; /* below upper: wraps, fails the test */
+        uint64_t bit = 1ull << (s % 64);
+        if (s >= area || !(starts[s / 64] & bit))
             return KEEL_CORRUPTED; /* not the start of a node, or one a slot before took */
-        starts[s / 64] &= ~(1ull << (s % 64));
+        starts[s / 64] ^= bit;
     }
     return 0;
 }
