@@ -363,44 +363,54 @@ static __attribute__((noinline)) int move_general(keel_cursor *c, keel_val *key,
     return rc;
 }
 
-/* Onto entry i of the cursor's leaf, the cases the inline path leaves out
- * (write txns, overflow values, damage). */
-static __attribute__((noinline)) int move_in_leaf(keel_cursor *c, unsigned i, keel_val *key, keel_val *val)
+/* Onto entry i of the cursor's leaf, the tree unchanged: every case the
+ * inline path in move() leaves out (write txns, entries with an expiry time
+ * or an overflow value, damage). */
+static __attribute__((noinline)) int move_in_leaf(keel_cursor *c, unsigned i, keel_val *key, keel_val *val, int dir)
 {
     int lv = c->depth - 1;
     struct entry e;
     int rc = leaf_entry(c->page[lv], i, c->txn->db->psize, &e);
-    if (rc == 0 && (rc = load_entry(c, &e, key, val)) == 0)
-        c->idx[lv] = i;
-    return rc;
+    if (rc)
+        return rc;
+    if (e.expiry != 0 && e.expiry <= c->txn->now && !c->all)
+        return move_general(c, key, val, dir); /* expired: the general path skips it, from where we are */
+    if ((rc = load_entry(c, &e, key, val)))
+        return rc;
+    c->idx[lv] = i;
+    return 0;
 }
 
 /* always inlined: cursor_next and cursor_prev each get a copy with dir
- * constant.  The common case, a live neighbour in the same leaf of a read
- * txn with its value inline, calls nothing, so it saves no registers. */
+ * constant.  Inline is only the common case: in a read txn, a neighbour in
+ * the same leaf that is a plain entry (no flags: no expiry time, value
+ * inline).  It is checked as leaf_entry() checks (node after the slot array,
+ * header and body inside the page) and calls nothing, so it costs a few
+ * dozen instructions. */
 static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
 {
     keel_txn *txn = c->txn;
     if (c->state == CUR_ON && (txn->rdonly || c->gen == txn->gen)) { /* the tree has not changed */
         int lv = c->depth - 1;
         const uint8_t *page = c->page[lv];
-        unsigned i = c->idx[lv] + (unsigned)dir; /* from 0 back: wraps, fails the test */
-        if (i < page_nkeys(page)) {
-            struct entry e;
-            int rc = leaf_entry(page, i, txn->db->psize, &e);
-            if (rc)
-                return rc;
-            if (e.expiry == 0 || e.expiry > txn->now || c->all) {
-                if (!txn->rdonly || (e.flags & N_BIG) || e.klen == 0)
-                    return move_in_leaf(c, i, key, val);
-                if (val)
-                    *val = (keel_val){e.key + e.klen, e.vlen};
-                if (key)
-                    *key = (keel_val){e.key, e.klen};
-                c->idx[lv] = i;
-                return 0;
+        unsigned i = c->idx[lv] + (unsigned)dir, nkeys = page_nkeys(page); /* from 0 back: wraps */
+        if (i < nkeys) {
+            uint32_t ps = txn->db->psize;
+            unsigned off = page_slot(page, i);
+            if (txn->rdonly && off >= PAGE_HDR + 2 * nkeys && off <= ps - LEAF_HDR) {
+                const uint8_t *n = page + off;
+                size_t klen = leaf_node_ksize(n);
+                uint32_t vlen = leaf_node_vsize(n);
+                if (leaf_node_flags(n) == 0 && klen != 0 && klen + vlen <= ps - LEAF_HDR - off) {
+                    if (val)
+                        *val = (keel_val){n + LEAF_HDR + klen, vlen};
+                    if (key)
+                        *key = (keel_val){n + LEAF_HDR, klen};
+                    c->idx[lv] = i;
+                    return 0;
+                }
             }
-            /* an expired neighbour: the general path, from where we are */
+            return move_in_leaf(c, i, key, val, dir);
         }
     }
     return move_general(c, key, val, dir);
