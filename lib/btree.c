@@ -128,17 +128,25 @@ static int check_nodes(keel_txn *txn, const uint8_t *page)
 
 static inline const uint8_t *node_ptr(const uint8_t *page, unsigned i) { return page + page_slot(page, i); }
 
-/* In a leaf: the first index whose key is >= key (nkeys if none); *exact when equal.
- * In a branch: the last index i >= 1 whose key is <= key, else 0. */
-static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, size_t klen,
-                       unsigned *idx, bool *exact)
+/* The first index in [lo, hi) whose key is >= key (hi if none); *exact when
+ * equal.  Always inlined: page_search gets a copy for leaves and one for
+ * branches, so that the leaf-only prefetch costs the branches nothing. */
+static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page, uint32_t ps, bool leaf,
+                                                             unsigned lo, unsigned hi, const uint8_t *key,
+                                                             size_t klen, unsigned *idx, bool *exact)
 {
-    uint32_t ps = txn->db->psize;
-    bool leaf = page_flags(page) & P_LEAF;
-    unsigned lo = leaf ? 0 : 1, hi = page_nkeys(page);
-    *exact = false;
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;
+        /* In a leaf, the probe after this one is one of two nodes: ask for
+         * both now, so that a leaf not in the cache costs about one memory
+         * wait per two probes, not one per probe.  Leaves only: in a big
+         * tree they are the pages not in the cache, the branches above them
+         * mostly are.  (A prefetch never faults, and the slots read here lie
+         * in the slot array bt_check_page checked.) */
+        if (leaf && hi - lo > 2) {
+            __builtin_prefetch(page + page_slot(page, lo + (mid - lo) / 2) + 8);
+            __builtin_prefetch(page + page_slot(page, mid + 1 + (hi - mid - 1) / 2) + 8);
+        }
         const uint8_t *n;
         if (node_at(page, mid, ps, &n))
             return KEEL_CORRUPTED;
@@ -160,15 +168,25 @@ static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, s
                 *exact = true;
         }
     }
-    if (leaf) {
-        *idx = lo;
-        return 0;
-    }
+    *idx = lo;
+    return 0;
+}
+
+/* In a leaf: the first index whose key is >= key (nkeys if none); *exact when equal.
+ * In a branch: the last index i >= 1 whose key is <= key, else 0. */
+static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, size_t klen,
+                       unsigned *idx, bool *exact)
+{
+    uint32_t ps = txn->db->psize;
+    *exact = false;
+    if (page_flags(page) & P_LEAF)
+        return lower_bound(page, ps, true, 0, page_nkeys(page), key, klen, idx, exact);
+    unsigned lo;
+    int rc = lower_bound(page, ps, false, 1, page_nkeys(page), key, klen, &lo, exact);
+    if (rc)
+        return rc;
     /* lo = first branch key > key (or equal when exact) */
-    if (*exact)
-        *idx = lo;
-    else
-        *idx = lo - 1;
+    *idx = *exact ? lo : lo - 1;
     *exact = false;
     return 0;
 }
