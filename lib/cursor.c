@@ -202,31 +202,41 @@ static bool expired_here(keel_cursor *c)
     return e.expiry != 0 && e.expiry <= c->txn->now;
 }
 
-/* Move on in direction dir while the entry under the cursor has expired. */
-static int skip_expired(keel_cursor *c, const struct tree_desc *t, int dir)
+/* From the cursor's position, move on in direction dir past expired
+ * entries, then hand out the entry reached. */
+static int settle(keel_cursor *c, const struct tree_desc *t, int dir, keel_val *key, keel_val *val)
 {
-    while (expired_here(c)) {
-        int rc = step(c, t, dir);
+    for (;;) {
+        int lv = c->depth - 1;
+        struct entry e;
+        int rc = leaf_entry(c->page[lv], c->idx[lv], c->txn->db->psize, &e);
         if (rc)
             return rc;
+        if (e.expiry == 0 || e.expiry > c->txn->now || c->all)
+            return load_entry(c, &e, key, val);
+        if ((rc = step(c, t, dir)))
+            return rc;
     }
-    return 0;
 }
 
+/* A copy of the path, level by level (strided, so the compiler copies it
+ * inline rather than with three memcpy calls for a few levels). */
 struct saved_path {
     int depth;
-    uint64_t pgno[KEEL_MAX_DEPTH];
-    const uint8_t *page[KEEL_MAX_DEPTH];
-    unsigned idx[KEEL_MAX_DEPTH];
+    struct {
+        uint64_t pgno;
+        const uint8_t *page;
+        unsigned idx;
+    } level[KEEL_MAX_DEPTH];
 };
 
 static void save_path(const keel_cursor *c, struct saved_path *sp)
 {
     sp->depth = c->depth;
-    for (int i = 0; i < c->depth; i++) { /* a few levels: cheaper than three memcpy calls */
-        sp->pgno[i] = c->pgno[i];
-        sp->page[i] = c->page[i];
-        sp->idx[i] = c->idx[i];
+    for (int i = 0; i < c->depth; i++) {
+        sp->level[i].pgno = c->pgno[i];
+        sp->level[i].page = c->page[i];
+        sp->level[i].idx = c->idx[i];
     }
 }
 
@@ -234,9 +244,9 @@ static void restore_path(keel_cursor *c, const struct saved_path *sp)
 {
     c->depth = sp->depth;
     for (int i = 0; i < c->depth; i++) {
-        c->pgno[i] = sp->pgno[i];
-        c->page[i] = sp->page[i];
-        c->idx[i] = sp->idx[i];
+        c->pgno[i] = sp->level[i].pgno;
+        c->page[i] = sp->level[i].page;
+        c->idx[i] = sp->level[i].idx;
     }
 }
 
@@ -291,11 +301,9 @@ int cursor_first(keel_cursor *c, keel_val *key, keel_val *val)
         c->state = CUR_UNSET;
         return KEEL_NOTFOUND;
     }
-    if ((rc = descend(c, t, t->root, 0, false)) || (rc = skip_expired(c, t, 1))) {
+    if ((rc = descend(c, t, t->root, 0, false)) || (rc = settle(c, t, 1, key, val)))
         c->state = CUR_UNSET;
-        return rc;
-    }
-    return load(c, key, val);
+    return rc;
 }
 
 int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
@@ -308,11 +316,9 @@ int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
         c->state = CUR_UNSET;
         return KEEL_NOTFOUND;
     }
-    if ((rc = descend(c, t, t->root, 0, true)) || (rc = skip_expired(c, t, -1))) {
+    if ((rc = descend(c, t, t->root, 0, true)) || (rc = settle(c, t, -1, key, val)))
         c->state = CUR_UNSET;
-        return rc;
-    }
-    return load(c, key, val);
+    return rc;
 }
 
 int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
@@ -322,11 +328,9 @@ int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
     if (rc)
         return rc;
     bool exact;
-    if ((rc = seek_path(c, t, key.data, key.len, &exact)) || (rc = skip_expired(c, t, 1))) {
+    if ((rc = seek_path(c, t, key.data, key.len, &exact)) || (rc = settle(c, t, 1, kout, vout)))
         c->state = CUR_UNSET;
-        return rc;
-    }
-    return load(c, kout, vout);
+    return rc;
 }
 
 /* Every move but the common one: into another leaf, past expired entries,
@@ -355,9 +359,7 @@ static __attribute__((noinline)) int move_general(keel_cursor *c, keel_val *key,
     if (!(c->state == CUR_AFTER_DEL && dir > 0))
         rc = step(c, t, dir);
     if (rc == 0)
-        rc = skip_expired(c, t, dir);
-    if (rc == 0)
-        rc = load(c, key, val);
+        rc = settle(c, t, dir, key, val);
     if (rc)
         restore_path(c, &sp); /* a failed step leaves the cursor where it was */
     return rc;
