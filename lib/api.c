@@ -167,7 +167,12 @@ static void db_free(keel_db *db)
         os_free(db->bucket_names[i]);
     os_free(db->bucket_names);
     txn_free_spares(db);
-    keel_cursor *c = db->spare_cursors;
+    keel_cursor *c = db->spare_cursor;
+    if (c) {
+        os_free(c->keybuf);
+        os_free(c);
+    }
+    c = db->spare_cursors;
     while (c) {
         keel_cursor *n = c->next;
         os_free(c->keybuf);
@@ -484,11 +489,16 @@ int keel_cursor_open(keel_txn *txn, keel_bucket b, keel_cursor **out)
     if ((rc = bucket_tree(txn, b, &t)))
         return rc;
     keel_db *db = txn->db;
-    pthread_mutex_lock(&db->mu);
-    keel_cursor *c = db->spare_cursors;
-    if (c)
-        db->spare_cursors = c->next;
-    pthread_mutex_unlock(&db->mu);
+    /* a short range opens and closes a cursor per query: one spare is taken
+     * and given back with an atomic exchange, more go through the lock */
+    keel_cursor *c = __atomic_exchange_n(&db->spare_cursor, NULL, __ATOMIC_ACQUIRE);
+    if (!c) {
+        pthread_mutex_lock(&db->mu);
+        c = db->spare_cursors;
+        if (c)
+            db->spare_cursors = c->next;
+        pthread_mutex_unlock(&db->mu);
+    }
     if (!c && !(c = os_calloc(sizeof(*c))))
         return KEEL_NOMEM;
     cursor_init(c, txn, b, NULL);
@@ -524,6 +534,9 @@ void keel_cursor_close(keel_cursor *c)
         os_free(c);
         return;
     }
+    keel_cursor *none = NULL;
+    if (__atomic_compare_exchange_n(&db->spare_cursor, &none, c, false, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+        return;
     pthread_mutex_lock(&db->mu);
     c->next = db->spare_cursors;
     db->spare_cursors = c;

@@ -70,48 +70,86 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int l
     }
 }
 
-/* Read the entry under the cursor; in a write txn remember its key. */
-static int load_node(keel_cursor *c, const uint8_t *n, keel_val *key, keel_val *val)
+/* A leaf entry, its fields read once. */
+struct entry {
+    const uint8_t *node;
+    const uint8_t *key;
+    size_t klen;
+    uint32_t vlen;
+    unsigned flags;
+    int64_t expiry; /* 0 = none */
+};
+
+/* Entry i of a leaf (the cursor's last level: its kind and header were
+ * checked when the cursor entered it), checked as page_node() checks a node
+ * (starts after the slot array, header and body end inside the page), with
+ * each field read once for the check and the caller.  The check is a few
+ * compares on values the caller needs anyway, which is why the cursor checks
+ * each entry it visits rather than each leaf whole on entry: a whole-leaf
+ * check costs a size decode per node, more than this, and a short range
+ * (seek + 10 next) visits only part of the leaf. */
+static inline int leaf_entry(const uint8_t *page, unsigned i, uint32_t ps, struct entry *e)
+{
+    unsigned off = page_slot(page, i);
+    if (off < PAGE_HDR + 2 * page_nkeys(page) || off > ps - LEAF_HDR)
+        return KEEL_CORRUPTED;
+    const uint8_t *n = page + off;
+    unsigned flags = leaf_node_flags(n);
+    size_t extra = (flags & N_EXPIRES) ? 8 : 0, klen = leaf_node_ksize(n);
+    uint32_t vlen = leaf_node_vsize(n);
+    if (extra + klen + ((flags & N_BIG) ? 8 : (size_t)vlen) > ps - LEAF_HDR - off)
+        return KEEL_CORRUPTED;
+    e->node = n;
+    e->key = n + LEAF_HDR + extra;
+    e->klen = klen;
+    e->vlen = vlen;
+    e->flags = flags;
+    e->expiry = extra ? (int64_t)rd64(n + LEAF_HDR) : 0;
+    return 0;
+}
+
+/* Write txns: the cursor's key, to search for it again after a change. */
+static __attribute__((noinline)) int remember_key(keel_cursor *c, const uint8_t *k, size_t kl)
+{
+    if (kl > c->keycap) {
+        uint8_t *b = os_realloc(c->keybuf, kl);
+        if (!b)
+            return KEEL_NOMEM;
+        c->keybuf = b;
+        c->keycap = kl;
+    }
+    memcpy(c->keybuf, k, kl);
+    c->keylen = kl;
+    c->gen = c->txn->gen;
+    return 0;
+}
+
+/* Hand out the entry the cursor moves onto.  On an error nothing about the
+ * cursor has changed. */
+static inline int load_entry(keel_cursor *c, const struct entry *e, keel_val *key, keel_val *val)
 {
     keel_txn *txn = c->txn;
     int rc;
-    size_t kl = leaf_node_ksize(n);
-    const uint8_t *k = leaf_node_key(n);
-    if (kl == 0) /* no tree holds an empty key: a damaged node (and memcpy from a NULL keybuf) */
+    if (e->klen == 0) /* no tree holds an empty key: a damaged node (and memcpy from a NULL keybuf) */
         return KEEL_CORRUPTED;
-    if (!txn->rdonly) {
-        if (kl > c->keycap) {
-            uint8_t *b = os_realloc(c->keybuf, kl);
-            if (!b)
-                return KEEL_NOMEM;
-            c->keybuf = b;
-            c->keycap = kl;
-        }
-        memcpy(c->keybuf, k, kl);
-        c->keylen = kl;
-        c->gen = txn->gen;
-    }
-    if (val) {
-        if (!(leaf_node_flags(n) & N_BIG)) {
-            val->data = leaf_node_val(n);
-            val->len = leaf_node_vsize(n);
-        } else if ((rc = bt_leaf_value(txn, n, val))) {
-            return rc;
-        }
-    }
-    if (key) {
-        key->data = k;
-        key->len = kl;
-    }
+    keel_val v = {e->key + e->klen, e->vlen};
+    if (val && (e->flags & N_BIG) && (rc = bt_leaf_value(txn, e->node, &v)))
+        return rc;
+    if (!txn->rdonly && (rc = remember_key(c, e->key, e->klen)))
+        return rc;
+    if (val)
+        *val = v;
+    if (key)
+        *key = (keel_val){e->key, e->klen};
     c->state = CUR_ON;
     return 0;
 }
 
 static int load(keel_cursor *c, keel_val *key, keel_val *val)
 {
-    const uint8_t *n;
-    int rc = page_node(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &n);
-    return rc ? rc : load_node(c, n, key, val);
+    struct entry e;
+    int rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &e);
+    return rc ? rc : load_entry(c, &e, key, val);
 }
 
 /* Move the path one entry forward (dir > 0) or back; KEEL_NOTFOUND at the end. */
@@ -158,45 +196,58 @@ static bool expired_here(keel_cursor *c)
 {
     if (c->all)
         return false;
-    const uint8_t *n;
-    if (page_node(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &n))
+    struct entry e;
+    if (leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &e))
         return false; /* load() reports the damage */
-    int64_t e = leaf_node_expiry(n);
-    return e != 0 && e <= c->txn->now;
+    return e.expiry != 0 && e.expiry <= c->txn->now;
 }
 
-/* Move on in direction dir while the entry under the cursor has expired. */
-static int skip_expired(keel_cursor *c, const struct tree_desc *t, int dir)
+/* From the cursor's position, move on in direction dir past expired
+ * entries, then hand out the entry reached. */
+static int settle(keel_cursor *c, const struct tree_desc *t, int dir, keel_val *key, keel_val *val)
 {
-    while (expired_here(c)) {
-        int rc = step(c, t, dir);
+    for (;;) {
+        int lv = c->depth - 1;
+        struct entry e;
+        int rc = leaf_entry(c->page[lv], c->idx[lv], c->txn->db->psize, &e);
         if (rc)
             return rc;
+        if (e.expiry == 0 || e.expiry > c->txn->now || c->all)
+            return load_entry(c, &e, key, val);
+        if ((rc = step(c, t, dir)))
+            return rc;
     }
-    return 0;
 }
 
+/* A copy of the path, level by level (strided, so the compiler copies it
+ * inline rather than with three memcpy calls for a few levels). */
 struct saved_path {
     int depth;
-    uint64_t pgno[KEEL_MAX_DEPTH];
-    const uint8_t *page[KEEL_MAX_DEPTH];
-    unsigned idx[KEEL_MAX_DEPTH];
+    struct {
+        uint64_t pgno;
+        const uint8_t *page;
+        unsigned idx;
+    } level[KEEL_MAX_DEPTH];
 };
 
 static void save_path(const keel_cursor *c, struct saved_path *sp)
 {
     sp->depth = c->depth;
-    memcpy(sp->pgno, c->pgno, (size_t)c->depth * sizeof(uint64_t));
-    memcpy(sp->page, c->page, (size_t)c->depth * sizeof(void *));
-    memcpy(sp->idx, c->idx, (size_t)c->depth * sizeof(unsigned));
+    for (int i = 0; i < c->depth; i++) {
+        sp->level[i].pgno = c->pgno[i];
+        sp->level[i].page = c->page[i];
+        sp->level[i].idx = c->idx[i];
+    }
 }
 
 static void restore_path(keel_cursor *c, const struct saved_path *sp)
 {
     c->depth = sp->depth;
-    memcpy(c->pgno, sp->pgno, (size_t)c->depth * sizeof(uint64_t));
-    memcpy(c->page, sp->page, (size_t)c->depth * sizeof(void *));
-    memcpy(c->idx, sp->idx, (size_t)c->depth * sizeof(unsigned));
+    for (int i = 0; i < c->depth; i++) {
+        c->pgno[i] = sp->level[i].pgno;
+        c->page[i] = sp->level[i].page;
+        c->idx[i] = sp->level[i].idx;
+    }
 }
 
 /* Position at the first entry >= key; *exact when it is equal. */
@@ -250,11 +301,9 @@ int cursor_first(keel_cursor *c, keel_val *key, keel_val *val)
         c->state = CUR_UNSET;
         return KEEL_NOTFOUND;
     }
-    if ((rc = descend(c, t, t->root, 0, false)) || (rc = skip_expired(c, t, 1))) {
+    if ((rc = descend(c, t, t->root, 0, false)) || (rc = settle(c, t, 1, key, val)))
         c->state = CUR_UNSET;
-        return rc;
-    }
-    return load(c, key, val);
+    return rc;
 }
 
 int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
@@ -267,11 +316,9 @@ int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
         c->state = CUR_UNSET;
         return KEEL_NOTFOUND;
     }
-    if ((rc = descend(c, t, t->root, 0, true)) || (rc = skip_expired(c, t, -1))) {
+    if ((rc = descend(c, t, t->root, 0, true)) || (rc = settle(c, t, -1, key, val)))
         c->state = CUR_UNSET;
-        return rc;
-    }
-    return load(c, key, val);
+    return rc;
 }
 
 int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
@@ -281,36 +328,18 @@ int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
     if (rc)
         return rc;
     bool exact;
-    if ((rc = seek_path(c, t, key.data, key.len, &exact)) || (rc = skip_expired(c, t, 1))) {
+    if ((rc = seek_path(c, t, key.data, key.len, &exact)) || (rc = settle(c, t, 1, kout, vout)))
         c->state = CUR_UNSET;
-        return rc;
-    }
-    return load(c, kout, vout);
+    return rc;
 }
 
-/* always inlined: cursor_next and cursor_prev each get a copy with dir constant */
-static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+/* Every move but the common one: into another leaf, past expired entries,
+ * after a change to the tree, from an unpositioned cursor.  Kept out of line
+ * so that the common case below saves and restores no registers. */
+static __attribute__((noinline)) int move_general(keel_cursor *c, keel_val *key, keel_val *val, int dir)
 {
     if (c->state == CUR_UNSET)
         return dir > 0 ? cursor_first(c, key, val) : cursor_last(c, key, val);
-    /* the common case: a neighbour in the same leaf of an unchanged tree */
-    if (c->state == CUR_ON && (c->txn->rdonly || c->gen == c->txn->gen)) {
-        int lv = c->depth - 1;
-        unsigned i = c->idx[lv];
-        if (dir > 0 ? i + 1 < page_nkeys(c->page[lv]) : i > 0) {
-            c->idx[lv] = dir > 0 ? i + 1 : i - 1;
-            const uint8_t *n;
-            int rc = page_node(c->page[lv], c->idx[lv], c->txn->db->psize, &n);
-            if (rc) {
-                c->idx[lv] = i;
-                return rc;
-            }
-            int64_t e = c->all ? 0 : leaf_node_expiry(n);
-            if (e == 0 || e > c->txn->now)
-                return load_node(c, n, key, val);
-            c->idx[lv] = i; /* an expired neighbour: the general path, from where we were */
-        }
-    }
     struct tree_desc *t;
     int rc = tree_of(c, &t);
     if (rc)
@@ -330,12 +359,63 @@ static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *
     if (!(c->state == CUR_AFTER_DEL && dir > 0))
         rc = step(c, t, dir);
     if (rc == 0)
-        rc = skip_expired(c, t, dir);
-    if (rc) {
-        restore_path(c, &sp);
+        rc = settle(c, t, dir, key, val);
+    if (rc)
+        restore_path(c, &sp); /* a failed step leaves the cursor where it was */
+    return rc;
+}
+
+/* Onto entry i of the cursor's leaf, the tree unchanged: every case the
+ * inline path in move() leaves out (write txns, entries with an expiry time
+ * or an overflow value, damage). */
+static __attribute__((noinline)) int move_in_leaf(keel_cursor *c, unsigned i, keel_val *key, keel_val *val, int dir)
+{
+    int lv = c->depth - 1;
+    struct entry e;
+    int rc = leaf_entry(c->page[lv], i, c->txn->db->psize, &e);
+    if (rc)
         return rc;
+    if (e.expiry != 0 && e.expiry <= c->txn->now && !c->all)
+        return move_general(c, key, val, dir); /* expired: the general path skips it, from where we are */
+    if ((rc = load_entry(c, &e, key, val)))
+        return rc;
+    c->idx[lv] = i;
+    return 0;
+}
+
+/* always inlined: cursor_next and cursor_prev each get a copy with dir
+ * constant.  Inline is only the common case: in a read txn, a neighbour in
+ * the same leaf that is a plain entry (no flags: no expiry time, value
+ * inline).  It is checked as leaf_entry() checks (node after the slot array,
+ * header and body inside the page) and calls nothing, so it costs a few
+ * dozen instructions. */
+static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+{
+    keel_txn *txn = c->txn;
+    if (c->state == CUR_ON && (txn->rdonly || c->gen == txn->gen)) { /* the tree has not changed */
+        int lv = c->depth - 1;
+        const uint8_t *page = c->page[lv];
+        unsigned i = c->idx[lv] + (unsigned)dir, nkeys = page_nkeys(page); /* from 0 back: wraps */
+        if (i < nkeys) {
+            uint32_t ps = txn->db->psize;
+            unsigned off = page_slot(page, i);
+            if (txn->rdonly && off >= PAGE_HDR + 2 * nkeys && off <= ps - LEAF_HDR) {
+                const uint8_t *n = page + off;
+                size_t klen = leaf_node_ksize(n);
+                uint32_t vlen = leaf_node_vsize(n);
+                if (leaf_node_flags(n) == 0 && klen != 0 && klen + vlen <= ps - LEAF_HDR - off) {
+                    if (val)
+                        *val = (keel_val){n + LEAF_HDR + klen, vlen};
+                    if (key)
+                        *key = (keel_val){n + LEAF_HDR, klen};
+                    c->idx[lv] = i;
+                    return 0;
+                }
+            }
+            return move_in_leaf(c, i, key, val, dir);
+        }
     }
-    return load(c, key, val);
+    return move_general(c, key, val, dir);
 }
 
 int cursor_next(keel_cursor *c, keel_val *key, keel_val *val) { return move(c, key, val, 1); }

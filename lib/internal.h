@@ -89,6 +89,7 @@ struct keel_db {
     size_t max_node;   /* biggest node: two always fit in a page */
     size_t inline_max; /* leaf nodes up to this size keep their value inline */
 
+    keel_cursor *spare_cursor; /* one closed cursor kept for reuse, taken and put back atomically */
     pthread_mutex_t mu; /* guards the fields below */
     char **bucket_names; /* handle -> name; [0] = NULL for the default bucket */
     uint32_t nbuckets, bucket_cap;
