@@ -208,6 +208,17 @@ int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned wa
 int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
 int bt_walk(keel_txn *txn, const struct tree_desc *t,
             int (*fn)(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level), void *ctx);
+/* bt_put(txn, t, key, val, 0, 0, NULL) for a run of new keys in increasing
+ * order: f remembers the leaf the last one went into, and while nothing
+ * else has changed the txn (txn->gen) a key inside that leaf's bounds goes
+ * straight in, without a search from the root.  Zero f before the run. */
+struct bt_finger {
+    struct bt_path path; /* touched: every page is a dirty buffer */
+    uint64_t gen;        /* txn->gen when path and bounds were valid; 0 = never */
+    const uint8_t *lo, *hi; /* the leaf's bounds (separators); NULL = unbounded */
+    size_t lolen, hilen;
+};
+int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, struct bt_finger *f);
 
 /* ---- cursor.c ----------------------------------------------------------- */
 int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *t);
