@@ -24,11 +24,10 @@
 
 static size_t expiry_key(uint8_t *buf, int64_t expiry, uint32_t id, keel_val key)
 {
-    uint64_t e = (uint64_t)expiry;
-    for (int i = 0; i < 8; i++)
-        buf[i] = (uint8_t)(e >> (56 - 8 * i));
-    for (int i = 0; i < 4; i++)
-        buf[8 + i] = (uint8_t)(id >> (24 - 8 * i));
+    uint64_t e = __builtin_bswap64((uint64_t)expiry);
+    uint32_t b = __builtin_bswap32(id);
+    memcpy(buf, &e, 8);
+    memcpy(buf + 8, &b, 4);
     memcpy(buf + EXPIRY_KEY_PREFIX, key.data, key.len);
     return EXPIRY_KEY_PREFIX + key.len;
 }
@@ -158,20 +157,23 @@ static inline int xcmp(const struct xent *a, const struct xent *b, const uint8_t
     return (a->len > b->len) - (a->len < b->len);
 }
 
-/* A merge sort (stable, and a run already in order costs one compare per
- * merge): returns v or tmp, whichever holds the result. */
-static struct xent *sort_log(struct xent *v, struct xent *tmp, size_t n, const uint8_t *keys)
+static void insertion_sort(struct xent *v, size_t n, const uint8_t *keys)
 {
-    for (size_t s = 0; s < n; s += XRUN) {
-        size_t e = s + XRUN < n ? s + XRUN : n;
-        for (size_t i = s + 1; i < e; i++) {
-            struct xent x = v[i];
-            size_t j = i;
-            for (; j > s && xcmp(&v[j - 1], &x, keys) > 0; j--)
-                v[j] = v[j - 1];
-            v[j] = x;
-        }
+    for (size_t i = 1; i < n; i++) {
+        struct xent x = v[i];
+        size_t j = i;
+        for (; j > 0 && xcmp(&v[j - 1], &x, keys) > 0; j--)
+            v[j] = v[j - 1];
+        v[j] = x;
     }
+}
+
+/* A merge sort (a run already in order costs one compare per merge):
+ * returns v or tmp, whichever holds the result. */
+static struct xent *merge_sort(struct xent *v, struct xent *tmp, size_t n, const uint8_t *keys)
+{
+    for (size_t s = 0; s < n; s += XRUN)
+        insertion_sort(v + s, n - s < XRUN ? n - s : XRUN, keys);
     struct xent *src = v, *dst = tmp;
     for (size_t w = XRUN; w < n; w *= 2) {
         for (size_t s = 0; s < n; s += 2 * w) {
@@ -192,6 +194,52 @@ static struct xent *sort_log(struct xent *v, struct xent *tmp, size_t n, const u
         dst = t;
     }
     return src;
+}
+
+/* Sorts the log: returns v or tmp (n entries each), whichever holds the
+ * result.  What correctness needs from it is only that equal entries end up
+ * next to each other (their deltas are summed); the order itself is for
+ * speed, since bt_put_next places a key right wherever it comes.  One radix pass on the highest bits in which the sort words
+ * differ (for one expiry time and bucket: the first key bytes), then a
+ * merge sort of each bucket (a few entries each for random keys).  Keys
+ * that agree on those bits (a long common prefix) only make the buckets
+ * bigger: it degrades to the merge sort, O(n log n) either way. */
+static struct xent *sort_log(struct xent *v, struct xent *tmp, size_t n, const uint8_t *keys)
+{
+    if (n < 256)
+        return merge_sort(v, tmp, n, keys);
+    uint64_t d0 = 0, d1 = 0, d2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        d0 |= v[i].w[0] ^ v[0].w[0];
+        d1 |= v[i].w[1] ^ v[0].w[1];
+        d2 |= v[i].w[2] ^ v[0].w[2];
+    }
+    int w = d0 ? 0 : d1 ? 1 : 2;
+    uint64_t d = d0 ? d0 : d1 ? d1 : d2;
+    unsigned bits = 63 - (unsigned)__builtin_clzll(n); /* about one entry per bucket, at most 2^16 buckets */
+    if (bits > 16)
+        bits = 16;
+    uint32_t *end = d ? os_calloc((((size_t)1 << bits) + 1) * sizeof(*end)) : NULL;
+    if (!end) /* every word equal (keys differ past 12 bytes), or no memory for the counts */
+        return merge_sort(v, tmp, n, keys);
+    int top = 63 - __builtin_clzll(d);
+    unsigned shift = top + 1 >= (int)bits ? (unsigned)(top + 1 - (int)bits) : 0;
+    uint64_t mask = ((uint64_t)1 << bits) - 1;
+    for (size_t i = 0; i < n; i++)
+        end[((v[i].w[w] >> shift) & mask) + 1]++;
+    for (size_t b = 1; b <= mask + 1; b++)
+        end[b] += end[b - 1];
+    for (size_t i = 0; i < n; i++)
+        tmp[end[(v[i].w[w] >> shift) & mask]++] = v[i]; /* end[b] moves to the end of bucket b */
+    for (size_t b = 0, s = 0; b <= mask; s = end[b++]) {
+        size_t len = end[b] - s;
+        if (len <= XRUN)
+            insertion_sort(tmp + s, len, keys);
+        else if (merge_sort(tmp + s, v + s, len, keys) != tmp + s)
+            memcpy(tmp + s, v + s, len * sizeof(*v));
+    }
+    os_free(end);
+    return tmp;
 }
 
 int ttl_flush(keel_txn *txn)
