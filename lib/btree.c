@@ -988,34 +988,36 @@ static int finger_bounds(keel_txn *txn, struct bt_finger *f)
     return 0;
 }
 
-/* page_search in a leaf of the finger (page_search itself stays inlined in
- * bt_search, the path of every get).  Runs mostly append: the last key is
- * tried first. */
-static int leaf_find(keel_txn *txn, const uint8_t *leaf, keel_val key, unsigned *idx, bool *exact)
+/* Where key goes in the finger's leaf (page_search for it: page_search
+ * itself stays inlined in bt_search, the path of every get); *inside false
+ * when key is outside the leaf's bounds.  Runs mostly append, so the leaf's
+ * last key is tried first: a key above it is above the low bound too. */
+static int finger_find(keel_txn *txn, struct bt_finger *f, keel_val key, bool *inside, bool *exact)
 {
     uint32_t ps = txn->db->psize;
-    unsigned lo = 0, hi = page_nkeys(leaf);
-    const uint8_t *n;
+    const uint8_t *leaf = f->path.page[f->path.depth - 1], *n;
+    unsigned lo = 0, hi = page_nkeys(leaf), *idx = &f->path.idx[f->path.depth - 1];
     *exact = false;
-    if (hi > 0) {
-        if (node_at(leaf, hi - 1, ps, &n))
-            return KEEL_CORRUPTED;
-        int c = key_cmp(leaf_node_key(n), leaf_node_ksize(n), key.data, key.len);
-        if (c < 0)
-            lo = hi;
-        else if (c == 0) {
-            *exact = true;
-            lo = hi - 1;
-            hi = lo;
-        }
-        else
-            hi--;
+    *inside = false;
+    if (hi == 0 || (f->hi && key_cmp(key.data, key.len, f->hi, f->hilen) >= 0))
+        return 0;
+    if (node_at(leaf, hi - 1, ps, &n))
+        return KEEL_CORRUPTED;
+    int c = key_cmp(leaf_node_key(n), leaf_node_ksize(n), key.data, key.len);
+    if (c <= 0) {
+        *idx = c ? hi : hi - 1;
+        *exact = c == 0;
+        *inside = true;
+        return 0;
     }
+    if (f->lo && key_cmp(key.data, key.len, f->lo, f->lolen) < 0)
+        return 0;
+    hi--;
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;
         if (node_at(leaf, mid, ps, &n))
             return KEEL_CORRUPTED;
-        int c = key_cmp(leaf_node_key(n), leaf_node_ksize(n), key.data, key.len);
+        c = key_cmp(leaf_node_key(n), leaf_node_ksize(n), key.data, key.len);
         if (c < 0)
             lo = mid + 1;
         else {
@@ -1025,6 +1027,7 @@ static int leaf_find(keel_txn *txn, const uint8_t *leaf, keel_val key, unsigned 
         }
     }
     *idx = lo;
+    *inside = true;
     return 0;
 }
 
@@ -1038,14 +1041,11 @@ int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, 
     int rc;
     bool exact;
     struct bt_path *p = &f->path;
-    bool cached = f->gen == txn->gen && p->depth > 0 &&
-                  (!f->lo || key_cmp(key.data, key.len, f->lo, f->lolen) >= 0) &&
-                  (!f->hi || key_cmp(key.data, key.len, f->hi, f->hilen) < 0);
+    bool inside = false;
+    if (f->gen == txn->gen && p->depth > 0 && (rc = finger_find(txn, f, key, &inside, &exact)))
+        return rc;
     f->gen = 0;
-    if (cached) {
-        if ((rc = leaf_find(txn, p->page[p->depth - 1], key, &p->idx[p->depth - 1], &exact)))
-            return rc;
-    } else {
+    if (!inside) {
         rc = bt_search(txn, t, key.data, key.len, p, &exact);
         if (rc == KEEL_NOTFOUND) /* an empty tree: bt_put makes its first leaf */
             return bt_put(txn, t, key, val, 0, 0, NULL);
