@@ -23,7 +23,13 @@
  *   auto_purge    write commits purge up to purge_per_commit; < 0 disables
  *   space_reuse   put + expire + purge cycles keep the file bounded
  *   model         random ops against an in-memory model (KEEL_SEED,
- *                 KEEL_TEST_SCALE)
+ *                 KEEL_TEST_SCALE); once more with a tiny max_dirty
+ *   log_abort     the expiry log: an abort after buffered (and early
+ *                 applied) changes leaves nothing; committed, both agree
+ *   log_purge_same_txn  a purge sees the txn's own expiry changes
+ *   log_order     the expiry tree's keys against an independent sort
+ *   log_commit_fails    a commit failing at each allocation leaves the
+ *                 last commit
  *
  * keel_check() runs after every phase and must report no problem.
  */
