@@ -1011,3 +1011,122 @@ int bt_drop(keel_txn *txn, struct tree_desc *t)
     txn->gen++;
     return 0;
 }
+
+/* ---- runs of inserts in key order ---- */
+
+/* The bounds of the leaf at the end of a touched path: lo = the separator
+ * that leads to it (NULL: the leftmost leaf), hi = the next one (NULL: the
+ * rightmost leaf).  They point into the path's dirty branch pages. */
+static int finger_bounds(keel_txn *txn, struct bt_finger *f)
+{
+    uint32_t ps = txn->db->psize;
+    f->lo = f->hi = NULL;
+    f->lolen = f->hilen = 0;
+    for (int l = f->path.depth - 2; l >= 0 && (!f->lo || !f->hi); l--) {
+        const uint8_t *page = f->path.page[l], *n;
+        unsigned i = f->path.idx[l];
+        if (!f->lo && i > 0) {
+            if (node_at(page, i, ps, &n))
+                return KEEL_CORRUPTED;
+            f->lo = branch_node_key(n);
+            f->lolen = branch_node_ksize(n);
+        }
+        if (!f->hi && i + 1 < page_nkeys(page)) {
+            if (node_at(page, i + 1, ps, &n))
+                return KEEL_CORRUPTED;
+            f->hi = branch_node_key(n);
+            f->hilen = branch_node_ksize(n);
+        }
+    }
+    return 0;
+}
+
+/* Where key goes in the finger's leaf (page_search for it: page_search
+ * itself stays inlined in bt_search, the path of every get); *inside false
+ * when key is outside the leaf's bounds.  Runs mostly append, so the leaf's
+ * last key is tried first: a key above it is above the low bound too. */
+static int finger_find(keel_txn *txn, struct bt_finger *f, keel_val key, bool *inside, bool *exact)
+{
+    uint32_t ps = txn->db->psize;
+    const uint8_t *leaf = f->path.page[f->path.depth - 1], *n;
+    unsigned lo = 0, hi = page_nkeys(leaf), *idx = &f->path.idx[f->path.depth - 1];
+    *exact = false;
+    *inside = false;
+    if (hi == 0 || (f->hi && key_cmp(key.data, key.len, f->hi, f->hilen) >= 0))
+        return 0;
+    if (node_at(leaf, hi - 1, ps, &n))
+        return KEEL_CORRUPTED;
+    int c = key_cmp(leaf_node_key(n), leaf_node_ksize(n), key.data, key.len);
+    if (c <= 0) {
+        *idx = c ? hi : hi - 1;
+        *exact = c == 0;
+        *inside = true;
+        return 0;
+    }
+    if (f->lo && key_cmp(key.data, key.len, f->lo, f->lolen) < 0)
+        return 0;
+    hi--;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        if (node_at(leaf, mid, ps, &n))
+            return KEEL_CORRUPTED;
+        c = key_cmp(leaf_node_key(n), leaf_node_ksize(n), key.data, key.len);
+        if (c < 0)
+            lo = mid + 1;
+        else {
+            hi = mid;
+            if (c == 0)
+                *exact = true;
+        }
+    }
+    *idx = lo;
+    *inside = true;
+    return 0;
+}
+
+int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, struct bt_finger *f)
+{
+    size_t size = LEAF_HDR + key.len + val.len;
+    if (size > txn->db->inline_max) {
+        f->gen = 0;
+        return bt_put(txn, t, key, val, 0, 0, NULL);
+    }
+    int rc;
+    bool exact;
+    struct bt_path *p = &f->path;
+    bool inside = false;
+    if (f->gen == txn->gen && p->depth > 0 && (rc = finger_find(txn, f, key, &inside, &exact)))
+        return rc;
+    f->gen = 0;
+    if (!inside) {
+        rc = bt_search(txn, t, key.data, key.len, p, &exact);
+        if (rc == KEEL_NOTFOUND) /* an empty tree: bt_put makes its first leaf */
+            return bt_put(txn, t, key, val, 0, 0, NULL);
+        if (rc || exact || (rc = touch_path(txn, t, p)) || (rc = finger_bounds(txn, f)))
+            return rc ? rc : bt_put(txn, t, key, val, 0, 0, NULL);
+    }
+    if (exact) /* an overwrite: not what a run of new keys is for */
+        return bt_put(txn, t, key, val, 0, 0, NULL);
+    uint8_t stackbuf[512];
+    uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
+    if (!node)
+        return KEEL_NOMEM;
+    wr16(node, 0);
+    wr16(node + 2, (uint16_t)key.len);
+    wr32(node + 4, (uint32_t)val.len);
+    memcpy(node + LEAF_HDR, key.data, key.len);
+    if (val.len)
+        memcpy(node + LEAF_HDR + key.len, val.data, val.len);
+    int lv = p->depth - 1;
+    uint8_t *leaf = p->page[lv];
+    unsigned idx = p->idx[lv];
+    bool fits = page_room(leaf) >= size + 2;
+    t->entries++;
+    /* at the end of the rightmost leaf: an append, so a split leaves the left page full */
+    rc = insert_at(txn, t, p, lv, idx, node, size, !f->hi && idx == page_nkeys(leaf));
+    if (node != stackbuf)
+        os_free(node);
+    if (!rc && fits) /* no split: the path and the bounds still hold */
+        f->gen = txn->gen;
+    return rc;
+}

@@ -105,6 +105,15 @@ struct keel_db {
     uint64_t unconfirmed; /* this handle's last commit, if one-flush: keel_close confirms it */
 };
 
+/* ---- the expiry log (ttl.c) ---------------------------------------------- */
+struct xent;
+struct expiry_log { /* a write txn's expiry-tree changes, applied sorted (ttl_flush) */
+    struct xent *v;
+    size_t n, cap;
+    uint8_t *keys; /* the user keys, back to back */
+    size_t used, keycap;
+};
+
 /* ---- transactions ------------------------------------------------------- */
 #define TXN_MAGIC 0x4B54584Eu  /* live */
 #define TXN_DEAD 0xDEADD00Du   /* finished: use gives KEEL_BADTXN */
@@ -145,6 +154,7 @@ struct keel_txn {
     bool reclaim_exhausted; /* no reclaimable record left */
     uint8_t *scratch[2]; /* page-sized buffers for rebuilding pages; [nest] */
     int nest;
+    struct expiry_log xlog; /* expiry-tree changes not applied yet (ttl.c) */
 };
 
 struct keel_cursor {
@@ -219,6 +229,17 @@ int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned wa
 int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
 int bt_walk(keel_txn *txn, const struct tree_desc *t,
             int (*fn)(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level), void *ctx);
+/* bt_put(txn, t, key, val, 0, 0, NULL) for a run of new keys in increasing
+ * order: f remembers the leaf the last one went into, and while nothing
+ * else has changed the txn (txn->gen) a key inside that leaf's bounds goes
+ * straight in, without a search from the root.  Set f->gen = 0 first. */
+struct bt_finger {
+    struct bt_path path; /* touched: every page is a dirty buffer */
+    uint64_t gen;        /* txn->gen when path and bounds were valid; 0 = never */
+    const uint8_t *lo, *hi; /* the leaf's bounds (separators); NULL = unbounded */
+    size_t lolen, hilen;
+};
+int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, struct bt_finger *f);
 
 /* ---- cursor.c ----------------------------------------------------------- */
 int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *t);
@@ -247,6 +268,11 @@ int ttl_set(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry); /* 0 = 
 int ttl_forget_bucket(keel_txn *txn, struct tree_desc *t);
 int ttl_purge(keel_txn *txn, size_t max, size_t *purged);
 int ttl_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), void *ctx, uint64_t *entries);
+/* Applies the expiry log to the expiry tree; every reader of that tree in a
+ * write txn calls it first, and so does commit.  ttl_log_free drops the log
+ * (the txn ends). */
+int ttl_flush(keel_txn *txn);
+void ttl_log_free(keel_txn *txn);
 
 /* ---- txn.c -------------------------------------------------------------- */
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out);

@@ -6,8 +6,9 @@
  *   - An entry's expiry time (ms since the epoch) lives in its leaf node, so
  *     a read needs no second lookup.  The expiry tree holds one entry per
  *     expiring key, keyed (expiry BE64, bucket id BE32, key), empty value,
- *     changed in the same txn as the bucket: they always agree (keel_check
- *     verifies it).
+ *     changed in the same txn as the bucket: they agree at every commit and
+ *     wherever the txn reads the expiry tree (keel_check verifies it).  Within
+ *     a write txn its changes wait in a log, applied sorted (below).
  *   - A txn reads the clock once, at begin (txn->now).  A key whose expiry is
  *     <= txn->now is absent for every read, cursor, ttl, CAS, increment and
  *     NOOVERWRITE check; it stays on disk until purged.
@@ -23,11 +24,10 @@
 
 static size_t expiry_key(uint8_t *buf, int64_t expiry, uint32_t id, keel_val key)
 {
-    uint64_t e = (uint64_t)expiry;
-    for (int i = 0; i < 8; i++)
-        buf[i] = (uint8_t)(e >> (56 - 8 * i));
-    for (int i = 0; i < 4; i++)
-        buf[8 + i] = (uint8_t)(id >> (24 - 8 * i));
+    uint64_t e = __builtin_bswap64((uint64_t)expiry);
+    uint32_t b = __builtin_bswap32(id);
+    memcpy(buf, &e, 8);
+    memcpy(buf + 8, &b, 4);
     memcpy(buf + EXPIRY_KEY_PREFIX, key.data, key.len);
     return EXPIRY_KEY_PREFIX + key.len;
 }
@@ -48,29 +48,275 @@ static uint32_t expiry_key_bucket(const uint8_t *k)
     return id;
 }
 
+/* ---- the expiry log ----
+ *
+ * The expiry-tree half of a change is not made at once but logged: +1 for
+ * an entry that joins the tree, -1 for one that leaves it.  The log is
+ * applied sorted (ttl_flush) before anything in the txn reads the expiry
+ * tree (purge), when it outgrows a quarter of max_dirty, and first thing at
+ * commit.  Why: the puts of one txn mostly share one expiry time (now + the
+ * same TTL), so in put order their entries fall at random places of the
+ * newest part of the tree, each a search and a leaf of its own; sorted, they
+ * are one run of increasing keys, usually past every entry already there,
+ * and bt_put_next appends them to the rightmost leaf without a search each.
+ *
+ * For one entry the log's +1s and -1s alternate (its key gains and loses
+ * that expiry in turn), so their sum is the net change: -1, 0 or +1.
+ * Nothing but purge and commit reads a write txn's expiry tree (keel_check
+ * and copies read committed snapshots), so the two trees agree wherever
+ * they can be seen.  The log dies with the txn: an abort, or a commit that
+ * fails, leaves nothing. */
+struct xent {
+    uint64_t w[3]; /* sort words: expiry; bucket id << 32 | key bytes 0-3; key bytes 4-11 (big-endian, zero padded) */
+    uint32_t off;  /* the key in log->keys */
+    uint16_t len;
+    int16_t delta; /* +1 joins the expiry tree, -1 leaves it */
+};
+#define XWORD_KEY 12u /* key bytes the sort words hold */
+#define XRUN 16u      /* the sort: insertion sort of runs this long, then merges */
+
+/* n <= 8 bytes as a big-endian word, zero padded on the right */
+static inline uint64_t be_word(const uint8_t *p, size_t n)
+{
+    uint64_t v;
+    if (n >= 8) {
+        memcpy(&v, p, 8);
+        return __builtin_bswap64(v);
+    }
+    v = 0;
+    for (size_t i = 0; i < 8; i++)
+        v = (v << 8) | (i < n ? p[i] : 0u);
+    return v;
+}
+
+/* Log bytes past which the log is applied early: it holds about what the
+ * expiry tree's new pages will, so it shares the dirty-page budget. */
+static size_t log_limit(const keel_txn *txn)
+{
+    size_t lim = txn->db->max_dirty / 4;
+    return lim < ((size_t)1 << 30) ? lim : ((size_t)1 << 30); /* key offsets are 32-bit */
+}
+
+static int log_add(keel_txn *txn, int64_t exp, uint32_t id, keel_val key, int delta)
+{
+    struct expiry_log *l = &txn->xlog;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        struct xent *v = os_realloc(l->v, cap * sizeof(*v));
+        if (!v)
+            return KEEL_NOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    if (key.len > l->keycap - l->used) {
+        size_t cap = l->keycap ? 2 * l->keycap : 1024;
+        while (key.len > cap - l->used)
+            cap *= 2;
+        uint8_t *k = os_realloc(l->keys, cap);
+        if (!k)
+            return KEEL_NOMEM;
+        l->keys = k;
+        l->keycap = cap;
+    }
+    const uint8_t *kd = key.data;
+    struct xent *e = &l->v[l->n++];
+    e->w[0] = (uint64_t)exp;
+    if (key.len >= XWORD_KEY) {
+        uint32_t k0;
+        memcpy(&k0, kd, 4);
+        e->w[1] = (uint64_t)id << 32 | __builtin_bswap32(k0);
+        e->w[2] = be_word(kd + 4, 8);
+    } else {
+        e->w[1] = (uint64_t)id << 32 | be_word(kd, key.len < 4 ? key.len : 4) >> 32;
+        e->w[2] = key.len > 4 ? be_word(kd + 4, key.len - 4) : 0;
+    }
+    e->off = (uint32_t)l->used;
+    e->len = (uint16_t)key.len;
+    e->delta = (int16_t)delta;
+    memcpy(l->keys + l->used, kd, key.len);
+    l->used += key.len;
+    if (l->n * sizeof(struct xent) + l->used > log_limit(txn))
+        return ttl_flush(txn);
+    return 0;
+}
+
+/* Expiry-tree key order (expiry time, bucket id, key bytewise, a prefix first). */
+static inline int xcmp(const struct xent *a, const struct xent *b, const uint8_t *keys)
+{
+    for (int i = 0; i < 3; i++)
+        if (a->w[i] != b->w[i])
+            return a->w[i] < b->w[i] ? -1 : 1;
+    /* the first 12 key bytes agree (zero padded): a key that ends within
+     * them is a prefix of the other, or equal to it */
+    if (a->len > XWORD_KEY && b->len > XWORD_KEY) {
+        size_t n = (a->len < b->len ? a->len : b->len) - XWORD_KEY;
+        int c = memcmp(keys + a->off + XWORD_KEY, keys + b->off + XWORD_KEY, n);
+        if (c)
+            return c;
+    }
+    return (a->len > b->len) - (a->len < b->len);
+}
+
+static void insertion_sort(struct xent *v, size_t n, const uint8_t *keys)
+{
+    for (size_t i = 1; i < n; i++) {
+        struct xent x = v[i];
+        size_t j = i;
+        for (; j > 0 && xcmp(&v[j - 1], &x, keys) > 0; j--)
+            v[j] = v[j - 1];
+        v[j] = x;
+    }
+}
+
+/* A merge sort (a run already in order costs one compare per merge):
+ * returns v or tmp, whichever holds the result. */
+static struct xent *merge_sort(struct xent *v, struct xent *tmp, size_t n, const uint8_t *keys)
+{
+    for (size_t s = 0; s < n; s += XRUN)
+        insertion_sort(v + s, n - s < XRUN ? n - s : XRUN, keys);
+    struct xent *src = v, *dst = tmp;
+    for (size_t w = XRUN; w < n; w *= 2) {
+        for (size_t s = 0; s < n; s += 2 * w) {
+            size_t m = n - s > w ? s + w : n, e = n - s > 2 * w ? s + 2 * w : n;
+            if (m == e || xcmp(&src[m - 1], &src[m], keys) <= 0) {
+                memcpy(dst + s, src + s, (e - s) * sizeof(*src));
+                continue;
+            }
+            size_t i = s, j = m, k = s;
+            while (i < m && j < e)
+                dst[k++] = xcmp(&src[j], &src[i], keys) < 0 ? src[j++] : src[i++];
+            memcpy(dst + k, src + i, (m - i) * sizeof(*src));
+            k += m - i;
+            memcpy(dst + k, src + j, (e - j) * sizeof(*src));
+        }
+        struct xent *t = src;
+        src = dst;
+        dst = t;
+    }
+    return src;
+}
+
+/* Sorts the log: returns v or tmp (n entries each), whichever holds the
+ * result.  What correctness needs from it is only that equal entries end up
+ * next to each other (their deltas are summed); the order itself is for
+ * speed, since bt_put_next places a key right wherever it comes.  One radix pass on the highest bits in which the sort words
+ * differ (for one expiry time and bucket: the first key bytes), then a
+ * merge sort of each bucket (a few entries each for random keys).  Keys
+ * that agree on those bits (a long common prefix) only make the buckets
+ * bigger: it degrades to the merge sort, O(n log n) either way. */
+static struct xent *sort_log(struct xent *v, struct xent *tmp, size_t n, const uint8_t *keys)
+{
+    if (n < 256)
+        return merge_sort(v, tmp, n, keys);
+    uint64_t d0 = 0, d1 = 0, d2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        d0 |= v[i].w[0] ^ v[0].w[0];
+        d1 |= v[i].w[1] ^ v[0].w[1];
+        d2 |= v[i].w[2] ^ v[0].w[2];
+    }
+    int w = d0 ? 0 : d1 ? 1 : 2;
+    uint64_t d = d0 ? d0 : d1 ? d1 : d2;
+    unsigned bits = 63 - (unsigned)__builtin_clzll(n); /* about one entry per bucket, at most 2^16 buckets */
+    if (bits > 16)
+        bits = 16;
+    uint32_t *end = d ? os_calloc((((size_t)1 << bits) + 1) * sizeof(*end)) : NULL;
+    if (!end) /* every word equal (keys differ past 12 bytes), or no memory for the counts */
+        return merge_sort(v, tmp, n, keys);
+    int top = 63 - __builtin_clzll(d);
+    unsigned shift = top + 1 >= (int)bits ? (unsigned)(top + 1 - (int)bits) : 0;
+    uint64_t mask = ((uint64_t)1 << bits) - 1;
+    for (size_t i = 0; i < n; i++)
+        end[((v[i].w[w] >> shift) & mask) + 1]++;
+    for (size_t b = 1; b <= mask + 1; b++)
+        end[b] += end[b - 1];
+    for (size_t i = 0; i < n; i++)
+        tmp[end[(v[i].w[w] >> shift) & mask]++] = v[i]; /* end[b] moves to the end of bucket b */
+    for (size_t b = 0, s = 0; b <= mask; s = end[b++]) {
+        size_t len = end[b] - s;
+        if (len <= XRUN)
+            insertion_sort(tmp + s, len, keys);
+        else if (merge_sort(tmp + s, v + s, len, keys) != tmp + s)
+            memcpy(tmp + s, v + s, len * sizeof(*v));
+    }
+    os_free(end);
+    return tmp;
+}
+
+int ttl_flush(keel_txn *txn)
+{
+    struct expiry_log *l = &txn->xlog;
+    if (l->n == 0)
+        return 0;
+    struct xent *tmp = NULL;
+    uint8_t *buf = NULL;
+    int rc = 0;
+    if (l->n > XRUN && !(tmp = os_malloc(l->n * sizeof(*tmp)))) {
+        rc = KEEL_NOMEM;
+        goto out;
+    }
+    struct xent *v = sort_log(l->v, tmp, l->n, l->keys);
+    size_t m = 0; /* the net changes, compacted in place */
+    for (size_t i = 0, j; i < l->n; i = j) {
+        int net = v[i].delta;
+        for (j = i + 1; j < l->n && xcmp(&v[i], &v[j], l->keys) == 0; j++)
+            net += v[j].delta;
+        if (net < -1 || net > 1) { /* not alternating: the trees disagreed */
+            rc = KEEL_CORRUPTED;
+            goto out;
+        }
+        if (net) {
+            v[m] = v[i];
+            v[m++].delta = (int16_t)net;
+        }
+    }
+    if (!(buf = os_malloc(EXPIRY_KEY_PREFIX + txn->db->max_key))) {
+        rc = KEEL_NOMEM;
+        goto out;
+    }
+    struct tree_desc *et = &txn->meta.trees[TREE_EXPIRY];
+    /* removals first, so the adds are one uninterrupted run for the finger */
+    for (size_t i = 0; i < m && !rc; i++)
+        if (v[i].delta < 0) {
+            size_t n = expiry_key(buf, (int64_t)v[i].w[0], (uint32_t)(v[i].w[1] >> 32),
+                                  (keel_val){l->keys + v[i].off, v[i].len});
+            rc = bt_del(txn, et, (keel_val){buf, n}, NULL);
+            if (rc == KEEL_NOTFOUND)
+                rc = KEEL_CORRUPTED; /* the trees disagree */
+        }
+    struct bt_finger f;
+    f.gen = 0;
+    f.path.depth = 0;
+    for (size_t i = 0; i < m && !rc; i++)
+        if (v[i].delta > 0) {
+            size_t n = expiry_key(buf, (int64_t)v[i].w[0], (uint32_t)(v[i].w[1] >> 32),
+                                  (keel_val){l->keys + v[i].off, v[i].len});
+            rc = bt_put_next(txn, et, (keel_val){buf, n}, (keel_val){"", 0}, &f);
+        }
+out:
+    os_free(tmp);
+    os_free(buf);
+    l->n = l->used = 0; /* applied, or the txn failed and can only abort */
+    return rc;
+}
+
+void ttl_log_free(keel_txn *txn)
+{
+    struct expiry_log *l = &txn->xlog;
+    os_free(l->v);
+    os_free(l->keys);
+    memset(l, 0, sizeof(*l));
+}
+
 /* Moves the expiry entry of (id, key) from old_exp to new_exp (0 = none). */
 int expiry_update(keel_txn *txn, uint32_t id, keel_val key, int64_t old_exp, int64_t new_exp)
 {
     if (old_exp == new_exp)
         return 0;
-    struct tree_desc *et = &txn->meta.trees[TREE_EXPIRY];
-    uint8_t stackbuf[256];
-    uint8_t *buf = key.len + EXPIRY_KEY_PREFIX <= sizeof(stackbuf) ? stackbuf : os_malloc(key.len + EXPIRY_KEY_PREFIX);
-    if (!buf)
-        return KEEL_NOMEM;
     int rc = 0;
-    if (old_exp) {
-        size_t n = expiry_key(buf, old_exp, id, key);
-        rc = bt_del(txn, et, (keel_val){buf, n}, NULL);
-        if (rc == KEEL_NOTFOUND)
-            rc = KEEL_CORRUPTED; /* the trees disagree */
-    }
-    if (!rc && new_exp) {
-        size_t n = expiry_key(buf, new_exp, id, key);
-        rc = bt_put(txn, et, (keel_val){buf, n}, (keel_val){"", 0}, 0, 0, NULL);
-    }
-    if (buf != stackbuf)
-        os_free(buf);
+    if (old_exp)
+        rc = log_add(txn, old_exp, id, key, -1);
+    if (!rc && new_exp)
+        rc = log_add(txn, new_exp, id, key, +1);
     return rc;
 }
 
@@ -153,7 +399,7 @@ int ttl_set(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry)
  * dropped: a walk of the bucket, which the drop pays for anyway. */
 int ttl_forget_bucket(keel_txn *txn, struct tree_desc *t)
 {
-    if (t->root == 0 || txn->meta.trees[TREE_EXPIRY].root == 0)
+    if (t->root == 0 || (txn->meta.trees[TREE_EXPIRY].root == 0 && txn->xlog.n == 0))
         return 0;
     keel_cursor c;
     memset(&c, 0, sizeof(c));
@@ -214,9 +460,13 @@ static int bucket_by_id(keel_txn *txn, uint32_t id, keel_bucket *out)
 
 int ttl_purge(keel_txn *txn, size_t max, size_t *purged)
 {
+    if (purged)
+        *purged = 0;
+    int rc = ttl_flush(txn); /* the expiry tree is read below: it must be complete */
+    if (rc)
+        return rc;
     struct tree_desc *et = &txn->meta.trees[TREE_EXPIRY];
     size_t n = 0;
-    int rc = 0;
     keel_cursor c;
     memset(&c, 0, sizeof(c));
     cursor_init(&c, txn, 0, et);
@@ -274,13 +524,15 @@ int ttl_purge(keel_txn *txn, size_t max, size_t *purged)
 /* For keel_check: does every expiry entry name a live node with that expiry? */
 int ttl_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), void *ctx, uint64_t *entries)
 {
+    int rc = txn->rdonly ? 0 : ttl_flush(txn); /* keel_check reads a snapshot: no log there */
+    if (rc)
+        return rc;
     struct tree_desc *et = &txn->meta.trees[TREE_EXPIRY];
     keel_cursor c;
     memset(&c, 0, sizeof(c));
     cursor_init(&c, txn, 0, et);
     c.all = true;
     keel_val k;
-    int rc;
     uint64_t n = 0;
     for (rc = cursor_first(&c, &k, NULL); rc == 0; rc = cursor_next(&c, &k, NULL)) {
         n++;

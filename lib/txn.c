@@ -165,6 +165,7 @@ static void txn_end(keel_txn *txn)
             reader_release(&db->lock, txn->slot);
         txn->slot = -1;
     } else {
+        ttl_log_free(txn);
         pager_txn_release(txn);
         pthread_mutex_lock(&db->mu);
         db->wtxn = NULL;
@@ -190,7 +191,8 @@ static bool has_changes(keel_txn *txn)
 int txn_commit(keel_txn *txn)
 {
     int rc = 0;
-    if (txn->rdonly || !has_changes(txn))
+    /* the expiry log first: it is the rest of the txn's changes */
+    if (txn->rdonly || (rc = ttl_flush(txn)) || !has_changes(txn))
         goto out;
     if (txn->db->purge_per_commit > 0 && (rc = ttl_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
         goto out;

@@ -23,7 +23,13 @@
  *   auto_purge    write commits purge up to purge_per_commit; < 0 disables
  *   space_reuse   put + expire + purge cycles keep the file bounded
  *   model         random ops against an in-memory model (KEEL_SEED,
- *                 KEEL_TEST_SCALE)
+ *                 KEEL_TEST_SCALE); once more with a tiny max_dirty
+ *   log_abort     the expiry log: an abort after buffered (and early
+ *                 applied) changes leaves nothing; committed, both agree
+ *   log_purge_same_txn  a purge sees the txn's own expiry changes
+ *   log_order     the expiry tree's keys against an independent sort
+ *   log_commit_fails    a commit failing at each allocation leaves the
+ *                 last commit
  *
  * keel_check() runs after every phase and must report no problem.
  */
@@ -67,10 +73,12 @@ static void assert_clean(keel_db *db)
     assert_int_equal(problems, 0);
 }
 
+static uint64_t open_max_dirty; /* 0 = the default; small values make the expiry log apply early */
+
 static keel_db *open_db(int32_t purge_per_commit, unsigned flags)
 {
     keel_options o = {.clock = test_clock, .clock_ctx = &clock_now, .purge_per_commit = purge_per_commit,
-                      .flags = flags};
+                      .flags = flags, .max_dirty = open_max_dirty};
     keel_db *db = NULL;
     assert_int_equal(keel_open(path, &o, &db), 0);
     assert_non_null(db);
@@ -172,6 +180,7 @@ static int setup(void **state)
     (void)state;
     clock_now = T0;
     path[0] = 0;
+    open_max_dirty = 0;
     return 0;
 }
 
@@ -181,6 +190,8 @@ static int teardown(void **state)
     if (path[0])
         tu_remove(path);
     clock_now = T0;
+    open_max_dirty = 0;
+    os_reset();
     return 0;
 }
 
@@ -1816,6 +1827,446 @@ static void test_model(void **state)
     tu_path(path, sizeof path, "ttl-model");
     run_model(3, 0x7e57ab1e);   /* one leaf */
     run_model(400, 0x7e57ab1f); /* several leaves; expiry keys past the stack buffer */
+    open_max_dirty = 600;       /* the expiry log applied every few changes, pages spilled at every op */
+    run_model(20, 0x7e57ab20);
+}
+
+/* ---- the expiry log -------------------------------------------------------------- */
+
+/* Expiry-tree changes wait in the write txn's log and are applied sorted
+ * before a purge, when the log outgrows max_dirty / 4, and at commit.  These
+ * tests look at the expiry tree itself (internal.h): its entry count, and its
+ * keys in order against a list sorted here, independently of ttl.c. */
+
+static uint64_t expiry_entries(keel_db *db)
+{
+    keel_txn *t = rbegin(db);
+    uint64_t n = t->meta.trees[TREE_EXPIRY].entries;
+    keel_abort(t);
+    return n;
+}
+
+#define LK 120 /* keys per bucket */
+#define LB 3   /* buckets: default, "la", "lb" */
+static int64_t lexp[LB][LK]; /* -1: absent; 0: no expiry; else the expiry time */
+
+static void lkey(char *buf, int i) { snprintf(buf, 16, "L%03d", (i * 37) % LK); }
+
+/* A run of random changes in one txn, mirrored in lexp. */
+static void log_ops(keel_txn *t, const keel_bucket *bk, uint64_t *seed, int n)
+{
+    static const int64_t ttls[] = {500, 1000, 1000, 1000, 2000}; /* mostly one expiry time */
+    for (int op = 0; op < n; op++) {
+        uint64_t x = tu_rand(seed);
+        int b = (int)(x % LB), i = (int)((x >> 8) % LK);
+        char k[16];
+        lkey(k, i);
+        int64_t *e = &lexp[b][i];
+        bool present = *e >= 0;
+        switch ((x >> 20) % 6) {
+        case 0:
+        case 1:
+        case 2: {
+            int64_t ttl = ttls[(x >> 32) % 5];
+            put_ttl(t, bk[b], k, "v", ttl);
+            *e = clock_now + ttl;
+            break;
+        }
+        case 3:
+            put(t, bk[b], k, "plain", 0);
+            *e = 0;
+            break;
+        case 4:
+            assert_int_equal(keel_del(t, bk[b], tu_val(k)), present ? 0 : KEEL_NOTFOUND);
+            *e = -1;
+            break;
+        case 5:
+            assert_int_equal(keel_persist(t, bk[b], tu_val(k)), present ? 0 : KEEL_NOTFOUND);
+            if (present)
+                *e = 0;
+            break;
+        }
+    }
+}
+
+static uint64_t lcount(void)
+{
+    uint64_t n = 0;
+    for (int b = 0; b < LB; b++)
+        for (int i = 0; i < LK; i++)
+            n += lexp[b][i] > 0;
+    return n;
+}
+
+static void lverify(keel_db *db, const keel_bucket *bk)
+{
+    keel_txn *t = rbegin(db);
+    for (int b = 0; b < LB; b++)
+        for (int i = 0; i < LK; i++) {
+            char k[16];
+            lkey(k, i);
+            int64_t at = 77;
+            assert_int_equal(keel_expiry_at(t, bk[b], tu_val(k), &at), lexp[b][i] >= 0 ? 0 : KEEL_NOTFOUND);
+            if (lexp[b][i] >= 0)
+                assert_int_equal(at, lexp[b][i]);
+        }
+    keel_abort(t);
+    assert_int_equal(expiry_entries(db), lcount());
+    assert_clean(db);
+}
+
+/* An abort after buffered (and, with a small max_dirty, partly applied)
+ * changes leaves nothing; the same changes committed leave both trees agreeing. */
+static void test_log_abort(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "ttl-log-abort");
+    for (int pass = 0; pass < 2; pass++) {
+        open_max_dirty = pass ? 4096 : 0; /* pass 1: the log is applied every ~20 changes */
+        tu_remove(path);
+        clock_now = T0;
+        keel_db *db = open_db(-1, KEEL_NOSYNC);
+        keel_bucket bk[LB];
+        keel_txn *t = wbegin(db);
+        bk[0] = KEEL_DEFAULT_BUCKET;
+        bk[1] = bucket(t, "la");
+        bk[2] = bucket(t, "lb");
+        for (int b = 0; b < LB; b++)
+            for (int i = 0; i < LK; i++)
+                lexp[b][i] = -1;
+        uint64_t seed = tu_seed(0x10ab0e7 + (uint64_t)pass);
+        log_ops(t, bk, &seed, 400);
+        assert_int_equal(keel_commit(t), 0);
+        lverify(db, bk);
+        assert_true(lcount() > 100);
+
+        for (int round = 0; round < 6; round++) {
+            clock_now += 7;
+            int64_t saved[LB][LK];
+            memcpy(saved, lexp, sizeof saved);
+            uint64_t seed_before = seed;
+            t = wbegin(db);
+            log_ops(t, bk, &seed, 300);
+            keel_abort(t);
+            memcpy(lexp, saved, sizeof saved);
+            lverify(db, bk);
+            seed = seed_before; /* the same changes again, committed */
+            t = wbegin(db);
+            log_ops(t, bk, &seed, 300);
+            assert_int_equal(keel_commit(t), 0);
+            lverify(db, bk);
+        }
+        keel_close(db);
+    }
+}
+
+/* A purge in the txn that made the keys expire sees them; the txn's later
+ * changes still reach the expiry tree. */
+static void test_log_purge_same_txn(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "ttl-log-purge");
+    keel_db *db = open_db(-1, KEEL_NOSYNC);
+    keel_txn *t = wbegin(db);
+    keel_bucket b = bucket(t, "p");
+    char k[16];
+    for (int i = 0; i < 500; i++) {
+        snprintf(k, sizeof k, "p%03d", (i * 7) % 500);
+        put_ttl(t, b, k, "v", 1000 + i % 3);
+    }
+    for (int i = 0; i < 500; i += 5) { /* 100 keys expire at once, in the past */
+        snprintf(k, sizeof k, "p%03d", i);
+        assert_int_equal(keel_expire_at(t, b, tu_val(k), clock_now - 1 - i % 4), 0);
+    }
+    for (int i = 1; i < 500; i += 10) { /* 50 deleted */
+        snprintf(k, sizeof k, "p%03d", i);
+        assert_int_equal(keel_del(t, b, tu_val(k)), 0);
+    }
+    assert_int_equal(purge(t, SIZE_MAX), 100);
+    assert_int_equal(purge(t, SIZE_MAX), 0);
+    keel_stat st;
+    assert_int_equal(keel_bucket_stat(t, b, &st), 0);
+    assert_int_equal(st.entries, 350);
+    for (int i = 2; i < 500; i += 10) { /* changes after the purge */
+        snprintf(k, sizeof k, "p%03d", i);
+        assert_int_equal(keel_persist(t, b, tu_val(k)), 0);
+    }
+    assert_int_equal(keel_commit(t), 0);
+    assert_clean(db);
+    assert_int_equal(expiry_entries(db), 300);
+
+    /* expired in an earlier txn, purged in the one that also puts new keys */
+    clock_now += 1002;
+    t = wbegin(db);
+    for (int i = 0; i < 200; i++) {
+        snprintf(k, sizeof k, "n%03d", i);
+        put_ttl(t, b, k, "v", 1000);
+    }
+    assert_int_equal(purge(t, 10), 10);
+    snprintf(k, sizeof k, "n%03d", 3);
+    put_ttl(t, b, k, "w", 1);
+    assert_int_equal(purge(t, SIZE_MAX), 290);
+    assert_int_equal(keel_commit(t), 0);
+    assert_clean(db);
+    assert_int_equal(expiry_entries(db), 200);
+    keel_close(db);
+}
+
+/* ---- order: the expiry tree's keys are (expiry BE, bucket id BE, key) ---- */
+struct lent {
+    uint8_t k[420];
+    size_t len;
+};
+
+static int lent_cmp(const void *a, const void *b)
+{
+    const struct lent *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->k, y->k, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+static void lent_make(struct lent *e, int64_t exp, uint32_t id, const uint8_t *key, size_t klen)
+{
+    for (int i = 0; i < 8; i++)
+        e->k[i] = (uint8_t)((uint64_t)exp >> (56 - 8 * i));
+    for (int i = 0; i < 4; i++)
+        e->k[8 + i] = (uint8_t)(id >> (24 - 8 * i));
+    memcpy(e->k + 12, key, klen);
+    e->len = 12 + klen;
+}
+
+/* Keys whose order the sort must get right: prefixes of each other, zero
+ * bytes, keys equal in their first 4 or 12 bytes (what the log's sort words
+ * hold) and differing after, long keys, plus random ones; several buckets
+ * and expiry times, written in random order, some taken out and put back
+ * in the same txn. */
+#define NOK 160
+static uint8_t okeys[NOK][400];
+static size_t oklen[NOK];
+
+static void make_order_keys(uint64_t *seed)
+{
+    static const char *fixed[] = {"a", "a\0", "a\0\0", "a\1", "ab", "abc", "abcd", "abcd\0", "abcde",
+                                  "abcdefghijk", "abcdefghijkl", "abcdefghijkl\0", "abcdefghijklm",
+                                  "abcdefghijklmn", "abcdefghijkm", "abcdefghijkk", "\xff", "\xff\xff",
+                                  "\x01", "zzzz", "zzz\xff"};
+    static const size_t flen[] = {1, 2, 3, 2, 2, 3, 4, 5, 5, 11, 12, 13, 13, 14, 12, 12, 1, 2, 1, 4, 4};
+    int n = 0;
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++, n++) {
+        memcpy(okeys[n], fixed[i], flen[i]);
+        oklen[n] = flen[i];
+    }
+    for (int i = 0; i < 20; i++, n++) { /* long keys: a shared 300-byte prefix, then one differing byte */
+        memset(okeys[n], 'P', 300);
+        okeys[n][300] = (uint8_t)(i * 11);
+        oklen[n] = 301 + (size_t)(i % 3) * 30;
+        memset(okeys[n] + 301, i % 2 ? 0 : 0xff, oklen[n] - 301);
+    }
+    for (int i = 0; i < 20; i++, n++) { /* 13..20 bytes: the first 12 shared, the rest differ */
+        memcpy(okeys[n], "SHAREDPREFIX", 12);
+        oklen[n] = 13 + (size_t)(i % 8);
+        for (size_t j = 12; j < oklen[n]; j++)
+            okeys[n][j] = (uint8_t)tu_rand(seed);
+    }
+    while (n < NOK) { /* random, 1..40 bytes, maybe a duplicate (then skipped) */
+        oklen[n] = 1 + tu_rand(seed) % 40;
+        for (size_t j = 0; j < oklen[n]; j++)
+            okeys[n][j] = (uint8_t)(tu_rand(seed) % 4 == 0 ? 0 : tu_rand(seed));
+        bool dup = false;
+        for (int m = 0; m < n && !dup; m++)
+            dup = oklen[m] == oklen[n] && !memcmp(okeys[m], okeys[n], oklen[n]);
+        n += !dup;
+    }
+}
+
+/* The expiry tree holds exactly want[0..n), in memcmp order. */
+static void expect_expiry_tree(keel_db *db, struct lent *want, size_t n)
+{
+    qsort(want, n, sizeof want[0], lent_cmp);
+    keel_txn *t = rbegin(db);
+    keel_cursor c;
+    memset(&c, 0, sizeof c);
+    cursor_init(&c, t, 0, &t->meta.trees[TREE_EXPIRY]);
+    c.all = true;
+    keel_val k, v;
+    size_t got = 0;
+    int rc;
+    for (rc = cursor_first(&c, &k, &v); rc == 0; rc = cursor_next(&c, &k, &v), got++) {
+        assert_true(got < n);
+        assert_int_equal(k.len, want[got].len);
+        assert_memory_equal(k.data, want[got].k, k.len);
+        assert_int_equal(v.len, 0);
+    }
+    assert_int_equal(rc, KEEL_NOTFOUND);
+    assert_int_equal(got, n);
+    free(c.keybuf);
+    keel_abort(t);
+}
+
+static void test_log_order(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "ttl-log-order");
+    keel_db *db = open_db(-1, KEEL_NOSYNC);
+    uint64_t seed = tu_seed(0x0dde7);
+    make_order_keys(&seed);
+    enum { OB = 3 };
+    static int64_t oexp[OB][NOK]; /* 0 = no expiry, else the time */
+    keel_bucket bk[OB];
+    uint32_t ids[OB];
+    keel_txn *t = wbegin(db);
+    bk[0] = KEEL_DEFAULT_BUCKET;
+    bk[1] = bucket(t, "o1");
+    bk[2] = bucket(t, "o2");
+    for (int b = 0; b < OB; b++) {
+        struct tree_desc *td;
+        assert_int_equal(bucket_tree(t, bk[b], &td), 0);
+        ids[b] = td->id;
+    }
+    for (int round = 0; round < 3; round++) {
+        /* every key of every bucket, in random order: a TTL of 100 (most), 50 or none */
+        int perm[OB * NOK];
+        for (int i = 0; i < OB * NOK; i++)
+            perm[i] = i;
+        for (int i = OB * NOK - 1; i > 0; i--) {
+            int j = (int)(tu_rand(&seed) % (uint64_t)(i + 1)), x = perm[i];
+            perm[i] = perm[j];
+            perm[j] = x;
+        }
+        for (int n = 0; n < OB * NOK; n++) {
+            int b = perm[n] / NOK, i = perm[n] % NOK;
+            keel_val k = {okeys[i], oklen[i]};
+            uint64_t r = tu_rand(&seed) % 10;
+            int64_t ttl = r < 7 ? 100 : r < 9 ? 50 : 0;
+            if (ttl) {
+                assert_int_equal(keel_put_ttl(t, bk[b], k, tu_val("v"), ttl, 0), 0);
+                oexp[b][i] = clock_now + ttl;
+            } else {
+                assert_int_equal(keel_put(t, bk[b], k, tu_val("v"), 0), 0);
+                oexp[b][i] = 0;
+            }
+        }
+        /* some entries leave and come back with the same expiry time in this txn:
+         * added and removed (or removed and added) entries cancel out */
+        for (int n = 0; n < NOK; n++) {
+            int b = (int)(tu_rand(&seed) % OB), i = (int)(tu_rand(&seed) % NOK);
+            if (!oexp[b][i])
+                continue;
+            keel_val k = {okeys[i], oklen[i]};
+            assert_int_equal(keel_persist(t, bk[b], k), 0);
+            assert_int_equal(keel_expire_at(t, bk[b], k, oexp[b][i]), 0);
+        }
+        assert_int_equal(keel_commit(t), 0);
+        assert_clean(db);
+
+        /* the expiry tree, key by key, against the list sorted here */
+        static struct lent want[OB * NOK];
+        size_t nw = 0;
+        for (int b = 0; b < OB; b++)
+            for (int i = 0; i < NOK; i++)
+                if (oexp[b][i])
+                    lent_make(&want[nw++], oexp[b][i], ids[b], okeys[i], oklen[i]);
+        expect_expiry_tree(db, want, nw);
+        clock_now += 30; /* the next round's times differ: old entries move */
+        t = wbegin(db);
+    }
+    keel_abort(t);
+
+    /* one txn whose entries agree in every sort word (one time, one bucket,
+     * the first 12 key bytes): only the bytes after them order it */
+    t = wbegin(db);
+    keel_bucket same = bucket(t, "same");
+    struct tree_desc *td;
+    assert_int_equal(bucket_tree(t, same, &td), 0);
+    uint32_t sid = td->id;
+    static struct lent want[600 + OB * NOK];
+    size_t nw = 0;
+    for (int i = 0; i < 600; i++) {
+        uint8_t k[40];
+        memcpy(k, "SAMEPREFIX12", 12);
+        size_t len = 12 + (size_t)(tu_rand(&seed) % 20);
+        for (size_t j = 12; j < len; j++)
+            k[j] = (uint8_t)(tu_rand(&seed) % 3);
+        keel_val kv = {k, len};
+        int64_t at = 0;
+        if (keel_expiry_at(t, same, kv, &at) == 0) /* a duplicate: already listed */
+            continue;
+        assert_int_equal(keel_put_ttl(t, same, kv, tu_val("s"), 100, 0), 0);
+        lent_make(&want[nw++], clock_now + 100, sid, k, len);
+    }
+    assert_true(nw > 300);
+    assert_int_equal(keel_commit(t), 0);
+    assert_clean(db);
+    size_t nall = nw;
+    for (int b = 0; b < OB; b++)
+        for (int i = 0; i < NOK; i++)
+            if (oexp[b][i]) {
+                assert_true(nall < 600 + OB * NOK);
+                lent_make(&want[nall++], oexp[b][i], ids[b], okeys[i], oklen[i]);
+            }
+    expect_expiry_tree(db, want, nall);
+    keel_close(db);
+}
+
+/* A commit that fails while applying the log (no memory) leaves the file as
+ * the last commit left it. */
+static long alloc_calls, alloc_fail_at;
+static void *failing_malloc(size_t n) { return ++alloc_calls == alloc_fail_at ? NULL : malloc(n); }
+static void *failing_realloc(void *p, size_t n) { return ++alloc_calls == alloc_fail_at ? NULL : realloc(p, n); }
+
+static void test_log_commit_fails(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "ttl-log-fail");
+    int failures = 0;
+    for (long nth = 1;; nth++) {
+        tu_remove(path);
+        keel_db *db = open_db(-1, KEEL_NOSYNC);
+        keel_txn *t = wbegin(db);
+        char k[16];
+        for (int i = 0; i < 400; i++) {
+            snprintf(k, sizeof k, "c%03d", (i * 13) % 400);
+            put_ttl(t, 0, k, "v", 1000);
+        }
+        assert_int_equal(keel_commit(t), 0);
+        t = wbegin(db);
+        for (int i = 0; i < 600; i++) { /* 600 new keys, 50 moved, 50 persisted, 50 deleted */
+            snprintf(k, sizeof k, "d%03d", (i * 7) % 600);
+            put_ttl(t, 0, k, "v", 2000);
+        }
+        for (int i = 0; i < 400; i += 2) {
+            snprintf(k, sizeof k, "c%03d", i);
+            if (i % 8 == 0)
+                put_ttl(t, 0, k, "w", 3000);
+            else if (i % 8 == 2)
+                assert_int_equal(keel_persist(t, 0, tu_val(k)), 0);
+            else if (i % 8 == 4)
+                assert_int_equal(keel_del(t, 0, tu_val(k)), 0);
+        }
+        alloc_calls = 0;
+        alloc_fail_at = nth;
+        keel_os.malloc = failing_malloc;
+        keel_os.realloc = failing_realloc;
+        int rc = keel_commit(t);
+        os_reset();
+        bool reached = alloc_calls >= nth;
+        if (rc) { /* nothing changed */
+            assert_int_equal(rc, KEEL_NOMEM);
+            failures++;
+            assert_int_equal(expiry_entries(db), 400);
+            assert_int_equal(phys_entries(db, 0), 400);
+        } else { /* all of it (a failed allocation can be answered by a slower way) */
+            assert_int_equal(expiry_entries(db), 400 + 600 - 50 - 50);
+            assert_int_equal(phys_entries(db, 0), 400 + 600 - 50);
+        }
+        assert_clean(db);
+        keel_close(db);
+        if (!reached)
+            break;
+    }
+    fprintf(stderr, "log commit: %d of the commit's allocations failed it\n", failures);
+    assert_true(failures >= 3); /* at least the log's sort buffer and key buffer, and the pages */
 }
 
 int main(void)
@@ -1834,6 +2285,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_auto_purge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_space_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_model, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_abort, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_purge_same_txn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_commit_fails, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
