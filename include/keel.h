@@ -101,7 +101,7 @@ typedef struct keel_options { /* zero-initialised = defaults */
     void *clock_ctx;
     int32_t purge_per_commit; /* expired keys each write commit removes: 0 = 100, < 0 = none */
     uint64_t max_dirty;       /* bytes of changed pages a write txn keeps in memory before it
-                                 writes them to free space in the file early; 0 = 256 MiB */
+                                 writes them to free space in the file early; 0 = 512 MiB */
 } keel_options;
 
 int keel_open(const char *path, const keel_options *opts, keel_db **out);
