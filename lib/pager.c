@@ -370,6 +370,8 @@ int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
     uint8_t *b;
     if ((rc = alloc_pages(txn, 1, &np, &b, false)))
         return rc;
+    if (np == pgno) /* a damaged free tree gave out the page being copied: freeing it would free the copy */
+        return KEEL_CORRUPTED;
     memcpy(b, old, txn->db->psize);
     wr64(b + PH_PGNO, np);
     if ((rc = page_free(txn, pgno, 1)))
