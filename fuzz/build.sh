@@ -47,7 +47,7 @@ compile() { # DIR FLAGS... SRC: compiles SRC into DIR, prints the object
 # The library twice: with comparison tracing (-fsanitize-coverage=trace-cmp,
 # part of fuzzer-no-link), and without it for fuzz_ops.  fuzz_ops's input
 # is opcodes and selectors, never the keys, values or page fields that lib/
-# compares, so those traces cannot guide its mutations; they were about 40 %
+# compares, so those traces cannot guide its mutations; they were 30-40 %
 # of its CPU time.  Edge coverage of lib/ and the comparisons of fuzz_ops.c
 # itself stay.  The file, dump and lock targets compare input bytes directly
 # and keep everything.
