@@ -73,25 +73,33 @@ const char *fuzz_path(int slot, const char *name)
     return paths[slot & 3];
 }
 
-int fuzz_write_file(const char *path, const void *data, size_t n)
+static int write_all(int fd, const void *data, size_t n)
+{
+    const char *p = data;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int fuzz_write_file2(const char *path, const void *a, size_t an, const void *b, size_t bn)
 {
     unlink(path); /* a fresh inode: no map of an earlier run can see it */
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return -1;
-    const char *p = data;
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w <= 0) {
-            close(fd);
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
+    int rc = write_all(fd, a, an);
+    if (rc == 0)
+        rc = write_all(fd, b, bn);
     close(fd);
-    return 0;
+    return rc;
 }
+
+int fuzz_write_file(const char *path, const void *data, size_t n) { return fuzz_write_file2(path, data, n, NULL, 0); }
 
 void fuzz_remove_db(const char *path)
 {

@@ -43,6 +43,8 @@ const char *fuzz_tmpdir(void);
 const char *fuzz_path(int slot, const char *name);
 /* Replaces the file with exactly these bytes: 0 or -1. */
 int fuzz_write_file(const char *path, const void *data, size_t n);
+/* The same with the bytes a then b. */
+int fuzz_write_file2(const char *path, const void *a, size_t an, const void *b, size_t bn);
 /* Removes path and path-lock. */
 void fuzz_remove_db(const char *path);
 

@@ -3,7 +3,8 @@
 #
 # Builds the targets (fuzz/build.sh) and runs one of fuzz_file, fuzz_ops,
 # fuzz_dump, fuzz_lock for SECONDS, one process (the machine is shared).
-# Long runs: fuzz/run.sh fuzz_file 14400.
+# Long runs: nice -n 19 fuzz/run.sh fuzz_ops 14400.  Extra options go to
+# libFuzzer, e.g. -runs=12000000 to stop after that many executions.
 #
 #   build-fuzz/corpus/TARGET      the growing corpus (seeded from fuzz/corpus/TARGET, kept between runs)
 #   build-fuzz/artifacts/TARGET/  crash-*, leak-*, timeout-*, oom-* inputs
@@ -42,7 +43,12 @@ rc=$?
 set -e
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
 cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1)
-echo "fuzz/run.sh: $t: ${execs:-?} executions in ${secs}s, $cov, exit $rc"
+corp=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -n 1)
+# "Done N runs in S second(s)": the real duration (a -runs=N limit may end it early)
+took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
+rate=""
+[ -n "$execs" ] && [ -n "$took" ] && [ "$took" -gt 0 ] && rate=", $((execs / took)) exec/s"
+echo "fuzz/run.sh: $t: ${execs:-?} executions in ${took:-?}s$rate, $cov, $corp, exit $rc"
 if [ $rc -ne 0 ]; then
     grep -m 5 -E 'ERROR|runtime error|fuzz check failed|Test unit written' "$log" >&2 || true
     echo "fuzz/run.sh: $t found something: see $log and $out/artifacts/$t/" >&2
