@@ -237,7 +237,7 @@ static int ff_write(keel_db *db, const struct ff_names *nm, const struct ff_keys
  * sum over what the image holds of them, then the list's sum, so that
  * mutated pages of the newest commit reach the tree code instead of only
  * its rollback at open (bit 2 keeps the sums, and tests the rollback). */
-static void ff_reseal_list(uint8_t *img, size_t n, size_t off)
+static void ff_reseal_list(uint8_t *img, size_t n, const uint8_t *full, size_t fulln, size_t off)
 {
     struct meta m;
     memcpy(&m, img + off, META_SIZE);
@@ -255,8 +255,9 @@ static void ff_reseal_list(uint8_t *img, size_t n, size_t off)
     for (uint32_t i = 0; i < nruns; i++) {
         uint64_t first = rd64(list + META_LIST_HDR + i * META_LIST_RUN);
         uint64_t count = rd64(list + META_LIST_HDR + i * META_LIST_RUN + 8);
-        if (first < n / ps && count <= n / ps - first)
-            XXH3_64bits_update(st, img + first * ps, count * ps);
+        /* listed pages are >= 2: never re-sealed, so the input's bytes are theirs */
+        if (first < fulln / ps && count <= fulln / ps - first)
+            XXH3_64bits_update(st, full + first * ps, count * ps);
     }
     wr64(list + 8, XXH3_64bits_digest(st));
     XXH3_freeState(st);
@@ -264,11 +265,13 @@ static void ff_reseal_list(uint8_t *img, size_t n, size_t off)
     memcpy(img + off, &m, META_SIZE);
 }
 
-static void ff_reseal(uint8_t *img, size_t n, size_t off)
+/* img: the head of the image being re-sealed (n bytes); full: the whole
+ * image as given (fulln bytes). */
+static void ff_reseal(uint8_t *img, size_t n, const uint8_t *full, size_t fulln, size_t off)
 {
     if (n < off + META_SIZE || rd32(img + off) != KEEL_MAGIC)
         return;
-    ff_reseal_list(img, n, off);
+    ff_reseal_list(img, n, full, fulln, off);
     uint64_t sum = XXH3_64bits(img + off, META_SUM_BYTES);
     memcpy(img + off + META_SUM_BYTES, &sum, 8);
 }
@@ -287,8 +290,8 @@ FUZZ_ENTRY(file)
     size_t hn = n < sizeof head ? n : sizeof head;
     memcpy(head, data + 1, hn);
     if (!(opt & 4)) {
-        ff_reseal(head, hn, 0);
-        ff_reseal(head, hn, sizes[opt & 3]);
+        ff_reseal(head, hn, data + 1, n, 0);
+        ff_reseal(head, hn, data + 1, n, sizes[opt & 3]);
     }
     const char *path = fuzz_path(0, "file.db");
     fuzz_remove_db(path);
