@@ -33,7 +33,9 @@ static int copy_pages(keel_db *db, const char *dest)
     }
     uint32_t ps = db->psize;
     uint64_t start = 2, end = txn->meta.npages;
-    const uint64_t chunk = 256; /* pages per write */
+    /* pages per write: up to 256, never more than the copy needs (a small
+     * database at 64 KiB pages must not cost a 16 MiB buffer) */
+    const uint64_t chunk = end - start < 256 ? (end > start ? end - start : 1) : 256;
     /* pread, not the map: a writer may shrink the file under pages that are
      * free in this snapshot, and reading those through the map would fault;
      * pread just comes back short, and their content does not matter */
