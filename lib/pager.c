@@ -677,8 +677,9 @@ int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned s
     for (size_t i = 0; i < nr; i++) {
         runs[2 * i] = rd64(buf + META_LIST_HDR + i * META_LIST_RUN);
         runs[2 * i + 1] = rd64(buf + META_LIST_HDR + i * META_LIST_RUN + 8);
-        /* ascending, inside the commit's pages */
-        if (runs[2 * i] < end || runs[2 * i + 1] == 0 || runs[2 * i + 1] > m->npages - runs[2 * i]) {
+        /* ascending, inside the commit's pages (first < npages before npages - first) */
+        if (runs[2 * i] < end || runs[2 * i] >= m->npages || runs[2 * i + 1] == 0 ||
+            runs[2 * i + 1] > m->npages - runs[2 * i]) {
             os_free(runs);
             goto out;
         }
