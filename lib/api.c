@@ -68,7 +68,7 @@ static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *
         return rc;
     uint64_t bad = lockfile_bad_meta(&db->lock);
     r0 = meta_check(buf, got, 0, &m0);
-    if (r0 == 0 && bad && m0.checksum == bad)
+    if (r0 == 0 && meta_is_bad(&m0, bad))
         r0 = KEEL_CORRUPTED;
     int r1_keel = KEEL_INVALID; /* a damaged or newer meta 1 found while probing page sizes */
     for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
@@ -77,7 +77,7 @@ static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *
         if ((rc = os_pread_upto(db->fd, buf, META_SIZE, ps, &got)))
             return rc;
         r1 = meta_check(buf, got, ps, &m1);
-        if (r1 == 0 && bad && m1.checksum == bad)
+        if (r1 == 0 && meta_is_bad(&m1, bad))
             r1 = KEEL_CORRUPTED;
         if (r1 == 0 || r0 == 0)
             break;

@@ -182,6 +182,7 @@ enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
 void meta_seal(struct meta *m);
 bool meta_newer(const struct meta *a, const struct meta *b);
+bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file's bad_meta */
 int pager_newest_meta(keel_db *db, struct meta *out); /* from the map */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
 uint64_t page_map_limit(const keel_txn *txn); /* pages below it are backed by the file */

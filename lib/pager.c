@@ -151,6 +151,14 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
     return 0;
 }
 
+/* Is m the meta the lock file's bad_meta names?  Only a one-flush meta can
+ * be torn, so only one is ever named: a damaged or hostile lock file cannot
+ * hide any other. */
+bool meta_is_bad(const struct meta *m, uint64_t bad)
+{
+    return bad && m->checksum == bad && (m->flags & META_F_ONEFLUSH);
+}
+
 /* Which of two valid metas is the newest: the higher txn id; on a tie (a
  * one-flush meta and the copy keel_close made of it) the copy, which needs
  * no check of its pages; else a (slot 0). */
@@ -168,9 +176,9 @@ int pager_newest_meta(keel_db *db, struct meta *out)
     int rb = meta_check(db->map + db->psize, META_SIZE, db->psize, &b);
     uint64_t bad = lockfile_bad_meta(&db->lock);
     if (bad) { /* a torn one-flush commit found at open: as if its meta were torn */
-        if (!ra && a.checksum == bad)
+        if (!ra && meta_is_bad(&a, bad))
             ra = KEEL_CORRUPTED;
-        if (!rb && b.checksum == bad)
+        if (!rb && meta_is_bad(&b, bad))
             rb = KEEL_CORRUPTED;
     }
     if (ra && rb)
