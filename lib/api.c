@@ -666,7 +666,7 @@ int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *coun
     if (!db || !count || (max && !out))
         return KEEL_BADARG;
     struct meta m;
-    int rc = pager_newest_meta(db, &m);
+    int rc = pager_newest_meta(db, &m, NULL);
     if (rc)
         return rc;
     return readers_list(&db->lock, m.txnid, out, max, count);

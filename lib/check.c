@@ -200,6 +200,10 @@ static void check_free(struct checker *ck)
             problem(ck, "record of key size %zu, value size %zu", k.len, v.len);
             continue;
         }
+        uint64_t freed_by = free_key_txnid(k.data);
+        if (freed_by > txn->meta.txnid) /* the next commit would overwrite it */
+            problem(ck, "record of txn %llu, after the snapshot's txn %llu", (unsigned long long)freed_by,
+                    (unsigned long long)txn->meta.txnid);
         for (size_t i = 0; i < v.len / 8; i++) {
             uint64_t pg = rd64((const uint8_t *)v.data + 8 * i);
             mark(ck, pg, 1, "free");

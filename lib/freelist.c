@@ -36,7 +36,7 @@ static void free_key(uint8_t k[FREE_KEY_SIZE], uint64_t txnid, uint32_t chunk)
         k[8 + i] = (uint8_t)(chunk >> (24 - 8 * i));
 }
 
-static uint64_t key_txnid(const uint8_t *k)
+uint64_t free_key_txnid(const uint8_t *k)
 {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++)
@@ -133,7 +133,7 @@ int freelist_reclaim(keel_txn *txn)
     }
     uint8_t key[FREE_KEY_SIZE];
     memcpy(key, k.data, FREE_KEY_SIZE);
-    if (key_txnid(key) > txn->oldest) {
+    if (free_key_txnid(key) > txn->oldest) {
         rc = KEEL_NOTFOUND; /* a reader may still see these */
         goto out;
     }
@@ -206,8 +206,27 @@ static int next_zero_chunk(keel_txn *txn, uint32_t *chunk)
         rc = cursor_prev(&c, &k, NULL);
     else if (rc == KEEL_NOTFOUND)
         rc = cursor_last(&c, &k, NULL);
-    if (rc == 0 && k.len == FREE_KEY_SIZE && key_txnid(k.data) == 0)
+    if (rc == 0 && k.len == FREE_KEY_SIZE && free_key_txnid(k.data) == 0)
         *chunk = key_chunk(k.data) + 1;
+    os_free(c.keybuf);
+    return rc == KEEL_NOTFOUND ? 0 : rc;
+}
+
+/* Records are written under this txn's id, which must be new to the tree: a
+ * record of it or a later txn already there is damage (a commit's records
+ * would overwrite it and lose its pages for ever). */
+static int check_newest_record(keel_txn *txn)
+{
+    struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
+    if (ft->root == 0)
+        return 0;
+    keel_cursor c;
+    memset(&c, 0, sizeof(c));
+    cursor_init(&c, txn, 0, ft);
+    keel_val k;
+    int rc = cursor_last(&c, &k, NULL);
+    if (rc == 0 && (k.len != FREE_KEY_SIZE || free_key_txnid(k.data) >= txn->txnid))
+        rc = KEEL_CORRUPTED;
     os_free(c.keybuf);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
@@ -215,7 +234,9 @@ static int next_zero_chunk(keel_txn *txn, uint32_t *chunk)
 int freelist_record(keel_txn *txn)
 {
     struct pgvec *pool = &txn->pool;
-    int rc;
+    int rc = check_newest_record(txn);
+    if (rc)
+        return rc;
     /* When much of the file is free, load a few more records so the tail
      * can be given back (bounded work per commit).  When most of it is free,
      * load every reclaimable record once: the free pages at the end are then

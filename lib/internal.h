@@ -138,6 +138,7 @@ struct keel_txn {
     uint64_t txnid; /* snapshot id (read) or id being written (write) */
     struct meta meta; /* working copy (write) or the snapshot's meta (read) */
     uint64_t snap_npages; /* write txns: npages of the meta it began from */
+    unsigned meta_slot;   /* write txns: the slot (0, 1) of that meta; the commit writes the other */
     uint64_t gen;   /* bumped by every change: cursors re-seek when it moves */
     struct bucket_state *buckets;
     uint32_t nbuckets_cap;
@@ -183,7 +184,7 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
 void meta_seal(struct meta *m);
 bool meta_newer(const struct meta *a, const struct meta *b);
 bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file's bad_meta */
-int pager_newest_meta(keel_db *db, struct meta *out); /* from the map */
+int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
 uint64_t page_map_limit(const keel_txn *txn); /* pages below it are backed by the file */
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
@@ -203,6 +204,7 @@ void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 /* ---- freelist.c: the free tree ------------------------------------------ */
 int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */
 int freelist_record(keel_txn *txn);   /* at commit: writes pool leftovers and this txn's freed pages */
+uint64_t free_key_txnid(const uint8_t *k); /* the txn id of a free-tree key (FREE_KEY_SIZE bytes) */
 
 /* ---- btree.c ------------------------------------------------------------ */
 struct bt_path {

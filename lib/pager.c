@@ -169,7 +169,7 @@ bool meta_newer(const struct meta *a, const struct meta *b)
     return !(a->flags & META_F_ONEFLUSH) || (b->flags & META_F_ONEFLUSH);
 }
 
-int pager_newest_meta(keel_db *db, struct meta *out)
+int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot)
 {
     struct meta a, b;
     int ra = meta_check(db->map, META_SIZE, db->psize, &a);
@@ -183,12 +183,10 @@ int pager_newest_meta(keel_db *db, struct meta *out)
     }
     if (ra && rb)
         return KEEL_CORRUPTED;
-    if (ra)
-        *out = b;
-    else if (rb)
-        *out = a;
-    else
-        *out = meta_newer(&a, &b) ? a : b;
+    unsigned s = (!ra && (rb || meta_newer(&a, &b))) ? 0 : 1;
+    *out = s == 0 ? a : b;
+    if (slot)
+        *slot = s;
     return 0;
 }
 
@@ -598,7 +596,10 @@ int pager_write_out(keel_txn *txn)
     }
     meta_seal(&txn->meta);
     memcpy(mbuf, &txn->meta, META_SIZE);
-    if ((rc = os_pwrite_full(db->fd, mbuf, mlen, (txn->txnid & 1) * db->psize))) {
+    /* Into the slot the txn's snapshot does not hold: that meta stays whole
+     * whatever becomes of this write.  (Not by txn id: a damaged or hostile
+     * file can hold a snapshot's meta in the slot its id's parity names.) */
+    if ((rc = os_pwrite_full(db->fd, mbuf, mlen, (uint64_t)(1 - txn->meta_slot) * db->psize))) {
         /* the meta may be half written, or whole in the page cache: we cannot
          * tell the caller "not committed" truthfully any more */
         db->panic = 1;
@@ -637,14 +638,15 @@ void pager_confirm(keel_db *db)
     if (lockfile_writer_trylock(&db->lock))
         return;
     struct meta m;
-    if (pager_newest_meta(db, &m) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
+    unsigned slot;
+    if (pager_newest_meta(db, &m, &slot) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
         uint8_t buf[512];
         memset(buf, 0, sizeof buf);
         m.flags = 0;
         m.commit_list_sum = 0;
         meta_seal(&m);
         memcpy(buf, &m, META_SIZE);
-        if (os_pwrite_full(db->fd, buf, sizeof buf, ((m.txnid + 1) & 1) * db->psize) == 0)
+        if (os_pwrite_full(db->fd, buf, sizeof buf, (uint64_t)(1 - slot) * db->psize) == 0)
             (void)os_fdatasync(db->fd);
     }
     lockfile_writer_unlock(&db->lock);

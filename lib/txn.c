@@ -99,10 +99,10 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
             goto fail;
         for (;;) {
             struct meta again;
-            if ((rc = pager_newest_meta(db, &txn->meta)))
+            if ((rc = pager_newest_meta(db, &txn->meta, NULL)))
                 goto fail;
             reader_publish(&db->lock, txn->slot, txn->meta.txnid ? txn->meta.txnid : 1);
-            if ((rc = pager_newest_meta(db, &again)))
+            if ((rc = pager_newest_meta(db, &again, NULL)))
                 goto fail;
             if (again.txnid == txn->meta.txnid)
                 break;
@@ -111,7 +111,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     } else {
         if ((rc = lockfile_writer_lock(&db->lock)))
             goto fail;
-        if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = pager_newest_meta(db, &txn->meta))) {
+        if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = pager_newest_meta(db, &txn->meta, &txn->meta_slot))) {
             lockfile_writer_unlock(&db->lock);
             goto fail;
         }
