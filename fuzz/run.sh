@@ -8,7 +8,10 @@
 #
 #   build-fuzz/corpus/TARGET      the growing corpus (seeded from fuzz/corpus/TARGET, kept between runs)
 #   build-fuzz/artifacts/TARGET/  crash-*, leak-*, timeout-*, oom-* inputs
-#   build-fuzz/logs/TARGET.log    libFuzzer's output
+#   build-fuzz/logs/TARGET.log    libFuzzer's output (FUZZ_LOG=FILE: elsewhere)
+#
+# Both cores: start it twice with -runs=N/2 and a FUZZ_LOG for the second;
+# each process picks up what the other adds to the corpus (libFuzzer's -reload).
 #
 # A finding: fix it, then copy the input to fuzz/regress/TARGET/ (a name
 # saying what it was) so that test_fuzz_replay replays it in every
@@ -32,7 +35,7 @@ fuzz/build.sh "$out" >/dev/null
 mkdir -p "$out/corpus/$t" "$out/artifacts/$t" "$out/logs"
 dict=""
 [ -f "fuzz/$t.dict" ] && dict="-dict=fuzz/$t.dict"
-log="$out/logs/$t.log"
+log=${FUZZ_LOG:-$out/logs/$t.log} # FUZZ_LOG: a second process on the same corpus needs its own
 echo "fuzz/run.sh: $t for ${secs}s (log: $log)"
 set +e
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=1} \
