@@ -167,6 +167,7 @@ static void db_free(keel_db *db)
         os_free(db->bucket_names[i]);
     os_free(db->bucket_names);
     txn_free_spares(db);
+    pager_free_pagebufs(db);
     keel_cursor *c = db->spare_cursor;
     if (c) {
         os_free(c->keybuf);

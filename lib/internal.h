@@ -103,6 +103,8 @@ struct keel_db {
     uint64_t shrink_tried;    /* free pages when freelist_record last loaded them all */
     uint64_t shrink_backoff, shrink_next; /* ... and when it may again (txn id) */
     uint64_t unconfirmed; /* this handle's last commit, if one-flush: keel_close confirms it */
+    uint8_t **pagebufs;   /* page buffers kept for the next write txn (pager.c; the writer only) */
+    size_t npagebufs;
 };
 
 /* ---- the expiry log (ttl.c) ---------------------------------------------- */
@@ -198,6 +200,7 @@ void pager_confirm(keel_db *db); /* at close: see pager.c */
  * no meta: nothing points at them yet) and free their buffers. */
 int pager_maybe_spill(keel_txn *txn);
 void pager_txn_release(keel_txn *txn); /* drops dirty pages and lists */
+void pager_free_pagebufs(keel_db *db); /* at close */
 int pager_grow(keel_db *db, uint64_t need_bytes);
 void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 
