@@ -63,12 +63,6 @@ static int cmp_desc(const void *a, const void *b)
     return x > y ? -1 : x < y;
 }
 
-static int cmp_asc(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* The pool is kept descending.  Its first `start` pages already are; sort
  * the record just appended (at most chunk_pages()) and merge it in from the
  * low end.  Sorting the whole pool again made each reclaim O(P log P): after
@@ -302,8 +296,8 @@ int freelist_record(keel_txn *txn)
             continue; /* the pool first: it can only shrink */
         }
         freed_written = txn->freed.n;
-        if (freed_written) /* low pages in the first record */
-            qsort(txn->freed.v, freed_written, sizeof(uint64_t), cmp_asc);
+        if (freed_written && (rc = sort_u64(txn->freed.v, freed_written))) /* low pages in the first record */
+            return rc;
         if (freed_written && (rc = write_records(txn, txn->txnid, 0, &txn->freed, freed_written, false)))
             return rc;
     }

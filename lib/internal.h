@@ -29,6 +29,7 @@ struct pgvec { /* a growable array of page numbers */
 };
 int pgvec_push(struct pgvec *pv, uint64_t pgno);
 void pgvec_free(struct pgvec *pv);
+int sort_u64(uint64_t *v, size_t n); /* ascending; KEEL_NOMEM */
 
 struct dirty { /* a page (or overflow run) written by this txn, not yet on disk */
     uint64_t pgno; /* 0 = empty slot */
