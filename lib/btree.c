@@ -339,11 +339,21 @@ struct piece {
     size_t size;
 };
 
+/* The page holds just these nodes, in this order (they fit: the caller
+ * chose them with choose_split).  Node i goes below node i-1, as a run of
+ * page_insert_node at the end would put it, without its per-node work. */
 static void page_fill(uint8_t *page, unsigned flags, uint32_t psize, const struct piece *pc, size_t n)
 {
-    page_init(page, flags, psize);
-    for (size_t i = 0; i < n; i++)
-        page_insert_node(page, (unsigned)i, pc[i].p, pc[i].size);
+    uint32_t upper = psize;
+    uint8_t *slots = page + PAGE_HDR;
+    for (size_t i = 0; i < n; i++) {
+        upper -= (uint32_t)pc[i].size;
+        memcpy(page + upper, pc[i].p, pc[i].size);
+        wr16(slots + 2 * i, (uint16_t)upper);
+    }
+    wr16(page + PH_FLAGS, (uint16_t)flags);
+    wr16(page + PH_NKEYS, (uint16_t)n);
+    wr32(page + PH_UPPER, upper);
 }
 
 static uint8_t *scratch(keel_txn *txn)
