@@ -107,14 +107,23 @@ static void merge_into_pool(struct pgvec *pool, size_t start)
     os_free(tmp);
 }
 
-int freelist_reclaim(keel_txn *txn)
+/* A cursor on the free tree (the caller frees c->keybuf); false if the tree is empty. */
+static bool free_cursor(keel_txn *txn, keel_cursor *c)
 {
     struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
     if (ft->root == 0)
-        return KEEL_NOTFOUND;
+        return false;
+    memset(c, 0, sizeof(*c));
+    cursor_init(c, txn, 0, ft);
+    return true;
+}
+
+int freelist_reclaim(keel_txn *txn)
+{
+    struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
     keel_cursor c;
-    memset(&c, 0, sizeof(c));
-    cursor_init(&c, txn, 0, ft);
+    if (!free_cursor(txn, &c))
+        return KEEL_NOTFOUND;
     txn->reclaiming = true;
     txn->nest++;
     keel_val k, v;
@@ -186,12 +195,9 @@ static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, co
 static int next_zero_chunk(keel_txn *txn, uint32_t *chunk)
 {
     *chunk = 0;
-    struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
-    if (ft->root == 0)
-        return 0;
     keel_cursor c;
-    memset(&c, 0, sizeof(c));
-    cursor_init(&c, txn, 0, ft);
+    if (!free_cursor(txn, &c))
+        return 0;
     uint8_t key[FREE_KEY_SIZE];
     free_key(key, 1, 0);
     keel_val k;
@@ -211,12 +217,9 @@ static int next_zero_chunk(keel_txn *txn, uint32_t *chunk)
  * would overwrite it and lose its pages for ever). */
 static int check_newest_record(keel_txn *txn)
 {
-    struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
-    if (ft->root == 0)
-        return 0;
     keel_cursor c;
-    memset(&c, 0, sizeof(c));
-    cursor_init(&c, txn, 0, ft);
+    if (!free_cursor(txn, &c))
+        return 0;
     keel_val k;
     int rc = cursor_last(&c, &k, NULL);
     if (rc == 0 && (k.len != FREE_KEY_SIZE || free_key_txnid(k.data) >= txn->txnid))
