@@ -38,7 +38,11 @@ dict=""
 log=${FUZZ_LOG:-$out/logs/$t.log} # FUZZ_LOG: a second process on the same corpus needs its own
 echo "fuzz/run.sh: $t for ${secs}s (log: $log)"
 set +e
-ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=1} \
+# The allocator keeps freed memory instead of returning it to the kernel, and
+# its quarantine (of freed blocks, to catch use after free) is 32 MB, not 256:
+# each return was a madvise and a TLB flush on both cores, and the runs spent
+# a third of their time there (perf); a corpus replays 28-30 % faster.
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=1:allocator_release_to_os_interval_ms=-1:quarantine_size_mb=32} \
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
 "$out/$t" "$out/corpus/$t" "fuzz/corpus/$t" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2560 \
     -max_len="$maxlen" -artifact_prefix="$out/artifacts/$t/" -print_final_stats=1 $dict "$@" >"$log" 2>&1
