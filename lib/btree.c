@@ -458,6 +458,31 @@ static bool choose_split3(const struct piece *pc, size_t n, size_t cap, size_t *
     return true;
 }
 
+/* A share without rebuilding the pages: of the pieces "L's ln nodes, then
+ * R's, with node inserted at position at", L is to hold the first s.  Only
+ * the nodes that change sides move (one or two, mostly), one at a time
+ * across the boundary, then node goes in.  Every state on the way holds
+ * part of the final pages, so each insert has room. */
+static void share_move(uint8_t *L, uint8_t *R, unsigned ln, unsigned s, unsigned at, const uint8_t *node,
+                       size_t size)
+{
+    unsigned keep = s - (at < s); /* old nodes that end in L */
+    for (; ln > keep; ln--) {     /* L's last node to R's front */
+        const uint8_t *nd = node_ptr(L, ln - 1);
+        page_insert_node(R, 0, nd, leaf_node_size(nd));
+        page_remove_node(L, ln - 1);
+    }
+    for (; ln < keep; ln++) { /* R's first node to L's end */
+        const uint8_t *nd = node_ptr(R, 0);
+        page_insert_node(L, ln, nd, leaf_node_size(nd));
+        page_remove_node(R, 0);
+    }
+    if (at < s)
+        page_insert_node(L, at, node, size);
+    else
+        page_insert_node(R, at - s, node, size);
+}
+
 /* A full leaf (not an append) first looks at its siblings that are dirty
  * already (no page to copy and write for them).  One with room takes a
  * share: the two are rebuilt balanced with the new node.  If the roomier one
@@ -535,12 +560,21 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
             return rc;
         count_page(t, P_LEAF, 1);
     }
-    uint8_t *sc = scratch(txn);
-    if (!sc)
-        return KEEL_NOMEM;
-    memcpy(sc, sib_left ? sib : page, ps);
-    memcpy(sc + ps, sib_left ? page : sib, ps);
-    unsigned ln = page_nkeys(sc), rn = page_nkeys(sc + ps), at = sib_left ? ln + idx : idx, n = ln + rn + 1;
+    uint8_t *L = sib_left ? sib : page, *R = sib_left ? page : sib;
+    /* the pieces: L's nodes, then R's, the new node among them; read in
+     * place for a share (only sizes and the separator, before any change),
+     * from a copy for three pages (rebuilt from the pieces) */
+    const uint8_t *lsrc = L, *rsrc = R;
+    if (three) {
+        uint8_t *sc = scratch(txn);
+        if (!sc)
+            return KEEL_NOMEM;
+        memcpy(sc, L, ps);
+        memcpy(sc + ps, R, ps);
+        lsrc = sc;
+        rsrc = sc + ps;
+    }
+    unsigned ln = page_nkeys(L), rn = page_nkeys(R), at = sib_left ? ln + idx : idx, n = ln + rn + 1;
     struct piece *pc = os_malloc(n * sizeof(*pc));
     if (!pc)
         return KEEL_NOMEM;
@@ -549,7 +583,7 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
             pc[i] = (struct piece){node, size};
             continue;
         }
-        const uint8_t *nd = j < ln ? node_ptr(sc, j) : node_ptr(sc + ps, j - ln);
+        const uint8_t *nd = j < ln ? node_ptr(lsrc, j) : node_ptr(rsrc, j - ln);
         pc[i] = (struct piece){nd, leaf_node_size(nd)};
         j++;
     }
@@ -586,14 +620,13 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
         }
         return KEEL_NOTFOUND;
     }
-    uint8_t *L = sib_left ? sib : page, *R = sib_left ? page : sib;
     if (three) {
         page_fill(L, P_LEAF, ps, pc, s1);
         page_fill(mid, P_LEAF, ps, pc + s1, s2 - s1);
+        page_fill(R, P_LEAF, ps, pc + s2, n - s2);
     } else {
-        page_fill(L, P_LEAF, ps, pc, s2);
+        share_move(L, R, ln, s2, at, node, size);
     }
-    page_fill(R, P_LEAF, ps, pc + s2, n - s2);
     os_free(pc);
     txn->gen++;
     uint8_t *old = parent + page_slot(parent, ri);
