@@ -319,11 +319,14 @@ static struct blob *make_val(struct fo *f, unsigned sel, unsigned pat, size_t kl
  * txn holds dirty or freed pages or a changed bucket descriptor: a named
  * bucket is marked on every write, but changes to trees that were empty at
  * begin can cancel out (put then delete in an empty default bucket), so
- * only a named bucket's write makes it certain. */
+ * only a write to a named bucket that existed when the txn began makes it
+ * certain.  (One created in this txn can be dropped again in it, leaving
+ * nothing to commit: a fuzz_ops finding in this model, not in keel,
+ * fuzz/regress/fuzz_ops/bucket-created-and-dropped-in-one-txn.) */
 static void changed(struct fo *f, int b)
 {
     f->wchanged = true;
-    if (b != 0)
+    if (b != 0 && f->C.b[b].exists && f->C.b[b].id == f->W.b[b].id)
         f->wsure = true;
 }
 
