@@ -485,7 +485,7 @@ static void share_move(uint8_t *L, uint8_t *R, unsigned ln, unsigned s, unsigned
 
 /* A full leaf (not an append) first looks at its siblings that are dirty
  * already (no page to copy and write for them).  One with room takes a
- * share: the two are rebuilt balanced with the new node.  If the roomier one
+ * share: the two end balanced with the new node (share_move).  If the roomier one
  * is nearly full too, the two become three pages, each about two thirds
  * full, where a plain split would leave two half-full pages beside a full
  * one.  The separators in the parent change to match.  This is a B*-tree's
@@ -504,46 +504,40 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
     uint8_t *page = path->page[level];
     uint8_t *parent = path->page[level - 1];
     unsigned pidx = path->idx[level - 1], pn = page_nkeys(parent);
-    uint8_t *sib = NULL;
-    unsigned sidx = 0;
-    size_t room = 0;
+    uint8_t *sib = NULL; /* the roomier dirty sibling */
+    unsigned sidx = 0, cidx = 0;
+    size_t room = 0, croom = 0; /* ... and the roomier clean one worth its copy */
     int rc;
     for (int d = -1; d <= 1; d += 2) {
         if ((d < 0 && pidx == 0) || (d > 0 && pidx + 1 >= pn))
             continue;
         unsigned i = pidx + (unsigned)d;
-        uint8_t *b = page_dirty(txn, branch_node_child(node_ptr(parent, i)));
-        /* a damaged parent can point twice at one page, or at a branch */
-        if (!b || b == page || page_flags(b) != P_LEAF || page_nkeys(b) == 0)
-            continue;
-        if (!sib || page_room(b) > room) {
-            room = page_room(b);
-            sib = b;
-            sidx = i;
-        }
-    }
-    if (!sib) { /* a clean sibling: only for a share worth its copy */
-        for (int d = -1; d <= 1; d += 2) {
-            if ((d < 0 && pidx == 0) || (d > 0 && pidx + 1 >= pn))
-                continue;
-            unsigned i = pidx + (unsigned)d;
-            uint64_t pg = branch_node_child(node_ptr(parent, i));
-            const uint8_t *sp;
-            if (page_dirty(txn, pg) || page_get(txn, pg, &sp) || bt_check_page(txn, sp, pg, P_LEAF))
-                continue;
-            if (page_room(sp) >= usable(txn) / 8 + size + 2 && page_room(sp) > room) {
-                room = page_room(sp);
+        uint64_t pg = branch_node_child(node_ptr(parent, i));
+        uint8_t *b = page_dirty(txn, pg);
+        const uint8_t *sp;
+        if (b) { /* a damaged parent can point twice at one page, or at a branch */
+            if (b != page && page_flags(b) == P_LEAF && page_nkeys(b) && (!sib || page_room(b) > room)) {
+                room = page_room(b);
+                sib = b;
                 sidx = i;
             }
+        } else if (!page_get(txn, pg, &sp) && !bt_check_page(txn, sp, pg, P_LEAF) &&
+                   page_room(sp) >= usable(txn) / 8 + size + 2 && page_room(sp) > croom) {
+            croom = page_room(sp);
+            cidx = i;
         }
-        if (!room)
+    }
+    if (!sib) { /* a clean sibling: checked whole, then copied */
+        if (!croom)
             return KEEL_NOTFOUND;
-        uint64_t pg = branch_node_child(node_ptr(parent, sidx)), np;
+        uint64_t pg = branch_node_child(node_ptr(parent, cidx)), np;
         const uint8_t *sp;
         if ((rc = page_get(txn, pg, &sp)) || (rc = check_nodes(txn, sp)) || (rc = page_touch(txn, pg, &np, &sib)))
             return rc;
         if (np != pg)
-            wr64(parent + page_slot(parent, sidx), np);
+            wr64(parent + page_slot(parent, cidx), np);
+        room = croom;
+        sidx = cidx;
     }
     /* a share needs the sibling a sixteenth of a page clear of the new node,
      * so the next inserts find room (not a share per insert); with less the
