@@ -190,6 +190,12 @@ bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file'
 int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
 uint64_t page_map_limit(const keel_txn *txn); /* pages below it are backed by the file */
+/* A page page_get gave out lies in the map, or is a dirty buffer of this
+ * write txn (built by keel from checked pages: btree.c trusts its nodes). */
+static inline bool page_in_map(const keel_db *db, const uint8_t *p)
+{
+    return (uintptr_t)p - (uintptr_t)db->map < db->map_size;
+}
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
