@@ -756,21 +756,26 @@ static int insert_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
 static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
 {
     for (int level = 0; level < path->depth; level++) {
+        uint8_t *page = path->page[level];
+        int rc;
+        if (!page_in_map(txn->db, page)) {
+            /* Dirty already (page_get gives out no other buffer): this
+             * txn's copy, under the same number.  It must be on the path
+             * once: a damaged tree can point back at a page (its number
+             * since given to a page of this txn by a damaged free tree). */
+            for (int l = 0; l < level; l++)
+                if (path->page[l] == page)
+                    return KEEL_CORRUPTED;
+            continue;
+        }
+        /* From the file, and not dirty since the search: a page allocated
+         * in between (bt_put's overflow run) at this number came from a
+         * damaged free tree that gave out a page in use. */
+        if (page_dirty(txn, path->pgno[level]))
+            return KEEL_CORRUPTED;
         uint64_t np;
         uint8_t *buf;
-        int rc;
-        uint8_t *d = page_dirty(txn, path->pgno[level]);
-        if (!d && (rc = check_nodes(txn, path->page[level])))
-            return rc;
-        /* Already dirty: it must be the page the search saw (not one
-         * allocated since, at a number a damaged free tree gave out while in
-         * use) and on the path once (a damaged tree can loop back). */
-        if (d && d != path->page[level])
-            return KEEL_CORRUPTED;
-        for (int l = 0; d && l < level; l++)
-            if (path->page[l] == d)
-                return KEEL_CORRUPTED;
-        if ((rc = page_touch(txn, path->pgno[level], &np, &buf)))
+        if ((rc = check_nodes(txn, page)) || (rc = page_touch(txn, path->pgno[level], &np, &buf)))
             return rc;
         if (np != path->pgno[level]) {
             if (level == 0)

@@ -461,6 +461,60 @@ static void test_damaged_leaf(void **state)
     tu_remove(path);
 }
 
+/* A damaged free tree that gives out a page in use, in the middle of a put:
+ * the put searches the default tree (its root leaf P, read from the file),
+ * then allocates the value's overflow page, whose reclaim copies the free
+ * tree's leaf into page P (the record says P is free).  touch_path must
+ * see that P is now a dirty page of another tree and refuse: taking that
+ * buffer as the default tree's leaf would put the new key into the free tree. */
+static void test_free_tree_gives_out_a_page_on_the_path(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "btree-freepath");
+    keel_options o = {.page_size = 4096}; /* synced: the next txn may reuse what the last one freed */
+    keel_db *db;
+    keel_txn *t;
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    const char *keys[] = {"a", "b"};
+    for (int i = 0; i < 2; i++) { /* the second commit frees the first's leaf: record (2: [that leaf]) */
+        assert_int_equal(keel_begin(db, 0, &t), 0);
+        assert_int_equal(keel_put(t, 0, tu_val(keys[i]), tu_val("v"), 0), 0);
+        assert_int_equal(keel_commit(t), 0);
+    }
+    keel_close(db);
+
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    struct meta m[2];
+    for (unsigned s = 0; s < 2; s++)
+        assert_int_equal(pread(fd, &m[s], sizeof m[s], (off_t)s * 4096), (ssize_t)sizeof m[s]);
+    const struct meta *nm = m[0].txnid > m[1].txnid ? &m[0] : &m[1];
+    assert_int_equal(nm->txnid, 2);
+    uint64_t leaf = nm->trees[TREE_DEFAULT].root, free_leaf = nm->trees[TREE_FREE].root;
+    assert_int_equal(nm->trees[TREE_DEFAULT].depth, 1);
+    assert_int_equal(nm->trees[TREE_FREE].depth, 1);
+    uint8_t page[4096];
+    assert_int_equal(pread(fd, page, sizeof page, (off_t)(free_leaf * 4096)), (ssize_t)sizeof page);
+    assert_int_equal(page_nkeys(page), 1);
+    uint8_t *node = page + page_slot(page, 0);
+    assert_int_equal(leaf_node_ksize(node), FREE_KEY_SIZE);
+    assert_int_equal(leaf_node_vsize(node), 8); /* one page: the first commit's leaf */
+    uint8_t *rec = (uint8_t *)leaf_node_val(node);
+    assert_int_not_equal(rd64(rec), leaf);
+    wr64(rec, leaf); /* now the free tree says the live leaf is free */
+    assert_int_equal(pwrite(fd, page, sizeof page, (off_t)(free_leaf * 4096)), (ssize_t)sizeof page);
+    close(fd);
+
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    static uint8_t big[3000]; /* an overflow page: allocated between the search and the copy */
+    assert_int_equal(keel_put(t, 0, tu_val("c"), (keel_val){big, sizeof big}, 0), KEEL_CORRUPTED);
+    keel_abort(t);
+    keel_close(db);
+    tu_remove(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -473,6 +527,7 @@ int main(void)
         cmocka_unit_test(test_random_64k),
         cmocka_unit_test(test_spill),
         cmocka_unit_test(test_damaged_leaf),
+        cmocka_unit_test(test_free_tree_gives_out_a_page_on_the_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
