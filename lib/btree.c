@@ -259,7 +259,7 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
     if (page_flags(p) != P_OVERFLOW || page_upper(p) != need)
         return KEEL_CORRUPTED;
     /* a run in the map must end inside the file (a dirty one is a buffer of need pages) */
-    if (p >= txn->db->map && p < txn->db->map + txn->db->map_size && ov + need > page_map_limit(txn))
+    if (page_in_map(txn->db, p) && ov + need > page_map_limit(txn))
         return KEEL_CORRUPTED;
     val->data = p + PAGE_HDR;
     val->len = vsize;
