@@ -6,7 +6,11 @@
  * the same seed.  Every workload checks its own result (keys found, entries
  * scanned) and the benchmark exits non-zero if one is wrong.
  *
- *   keel-bench [-n N] [-d DIR] [-w WORKLOAD] [-e keel|lmdb]
+ *   keel-bench [-n N] [-d DIR] [-w WORKLOAD] [-e keel|lmdb] [-r ROUNDS]
+ *
+ * -r runs the whole table ROUNDS times and ends with the median of the
+ * rounds' ratios per row (and their min-max): on a noisy shared machine one
+ * round's ratio can move by a third.
  *
  * Workloads follow redb's published benchmark: 24-byte random keys,
  * 150-byte values.  Keel-only rows (put with TTL, purge) are compared with
@@ -547,8 +551,8 @@ struct result {
 
 static void remove_db(const char *p)
 {
-    char lock[600];
-    snprintf(lock, sizeof lock, "%s-lock", p);
+    char lock[sizeof path_buf[0] + 8];
+    snprintf(lock, sizeof lock, "%.*s-lock", (int)sizeof path_buf[0], p);
     unlink(p);
     unlink(lock);
 }
@@ -594,23 +598,117 @@ static struct result run_one(const struct engine *e, const char *path, const str
     return r;
 }
 
+/* One round: every selected workload on each engine, in table order (later
+ * workloads use the files earlier ones left), one table line each. */
+static int run_round(const struct engine *const *engines, int ne, const char *only, const char *engine_only,
+                     struct result res[NWORK][2])
+{
+    int bad = 0;
+    printf("%-26s %14s %14s %8s %10s %10s\n", "workload", "keel", "lmdb", "ratio", "keel RSS", "lmdb RSS");
+    for (size_t w = 0; w < NWORK; w++) {
+        memset(res[w], 0, sizeof res[w]);
+        if (only && !strstr(workloads[w].name, only))
+            continue;
+        for (int e = 0; e < ne; e++) {
+            if (engine_only && strcmp(engine_only, engines[e]->name))
+                continue;
+            if (workloads[w].keel_only && e > 0)
+                continue;
+            res[w][e] = run_one(engines[e], path_buf[e], &workloads[w]);
+            if (!res[w][e].ok) {
+                fprintf(stderr, "keel-bench: %s failed on %s\n", workloads[w].name, engines[e]->name);
+                bad = 1;
+            }
+        }
+        if (workloads[w].keel_only) {
+            printf("%-26s %14.0f %14s %8s %9ldK %10s  %s (keel only)\n", workloads[w].name, res[w][0].rate, "-", "-",
+                   res[w][0].rss_kb, "-", workloads[w].unit);
+        } else {
+            double ratio = res[w][1].rate > 0 ? res[w][0].rate / res[w][1].rate : 0;
+            printf("%-26s %14.0f %14.0f %8.2f %9ldK %9ldK  %s\n", workloads[w].name, res[w][0].rate, res[w][1].rate,
+                   ratio, res[w][0].rss_kb, res[w][1].rss_kb, workloads[w].unit);
+        }
+        fflush(stdout);
+    }
+    return bad;
+}
+
+/* The rows computed from others: keel's TTL put against its plain put, and
+ * so on; file size after "remove half".  ratio[] receives them for the
+ * summary (0 where a row did not run). */
+enum { D_TTL, D_PURGE, D_PROC_KEEL, D_PROC_LMDB, D_SIZE, D_COUNT };
+static void derived_rows(struct result res[NWORK][2], double d[D_COUNT], bool print)
+{
+    size_t i_bulk = find_workload(w_bulk), i_ttl = find_workload(w_put_ttl), i_del = find_workload(w_delete_all),
+           i_purge = find_workload(w_purge), i_2t = find_workload(w_reads_2t), i_2p = find_workload(w_reads_2p),
+           i_rm = find_workload(w_remove_half);
+    memset(d, 0, D_COUNT * sizeof d[0]);
+    if (res[i_ttl][0].rate > 0 && res[i_bulk][0].rate > 0)
+        d[D_TTL] = res[i_bulk][0].rate / res[i_ttl][0].rate;
+    if (res[i_purge][0].rate > 0 && res[i_del][0].rate > 0)
+        d[D_PURGE] = res[i_purge][0].rate / res[i_del][0].rate;
+    if (res[i_2p][0].rate > 0 && res[i_2t][0].rate > 0)
+        d[D_PROC_KEEL] = res[i_2p][0].rate / res[i_2t][0].rate;
+    if (res[i_2p][1].rate > 0 && res[i_2t][1].rate > 0)
+        d[D_PROC_LMDB] = res[i_2p][1].rate / res[i_2t][1].rate;
+    uint64_t sz[2] = {res[i_rm][0].file_size, res[i_rm][1].file_size};
+    if (sz[0] && sz[1])
+        d[D_SIZE] = (double)sz[0] / (double)sz[1];
+    if (!print)
+        return;
+    if (d[D_TTL] > 0)
+        printf("%-26s %14.2f %14s %8s  (cost of a TTL put / a plain put; lower is better)\n", "TTL put cost",
+               d[D_TTL], "-", "-");
+    if (d[D_PURGE] > 0)
+        printf("%-26s %14.2f %14s %8s  (purge of N expired keys / N deletes, speed; higher is better)\n",
+               "purge vs delete", d[D_PURGE], "-", "-");
+    if (d[D_PROC_KEEL] > 0)
+        printf("%-26s %14.2f %14.2f %8s  (2 processes / 2 threads, speed)\n", "processes vs threads", d[D_PROC_KEEL],
+               d[D_PROC_LMDB], "-");
+    if (d[D_SIZE] > 0)
+        printf("%-26s %13.1fM %13.1fM %8.2f  (file size after removing half; lower is better)\n", "file size",
+               sz[0] / 1048576.0, sz[1] / 1048576.0, d[D_SIZE]);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* median, min and max of v[0..n) (n >= 1; v is sorted in place) */
+static void spread(double *v, int n, double *med, double *lo, double *hi)
+{
+    qsort(v, (size_t)n, sizeof v[0], cmp_double);
+    *med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    *lo = v[0];
+    *hi = v[n - 1];
+}
+
+#define MAX_ROUNDS 15
+
 int main(int argc, char **argv)
 {
     const char *only = NULL, *engine_only = NULL;
-    int opt;
-    while ((opt = getopt(argc, argv, "n:d:w:e:")) != -1) {
+    int opt, rounds = 1;
+    while ((opt = getopt(argc, argv, "n:d:w:e:r:")) != -1) {
         switch (opt) {
         case 'n': N = strtoull(optarg, NULL, 10); break;
         case 'd': dir = optarg; break;
         case 'w': only = optarg; break;
         case 'e': engine_only = optarg; break;
+        case 'r': rounds = atoi(optarg); break;
         default:
-            fprintf(stderr, "usage: keel-bench [-n N] [-d DIR] [-w WORKLOAD-SUBSTRING] [-e keel|lmdb]\n");
+            fprintf(stderr, "usage: keel-bench [-n N] [-d DIR] [-w WORKLOAD-SUBSTRING] [-e keel|lmdb] [-r ROUNDS]\n");
             return 2;
         }
     }
     if (N < 1000)
         N = 1000;
+    if (rounds < 1 || rounds > MAX_ROUNDS) {
+        fprintf(stderr, "keel-bench: -r takes 1 to %d rounds\n", MAX_ROUNDS);
+        return 2;
+    }
     const struct engine *engines[2] = {&keel_engine, NULL};
     int ne = 1;
 #ifdef HAVE_LMDB
@@ -621,61 +719,48 @@ int main(int argc, char **argv)
     snprintf(path_buf[0], sizeof path_buf[0], "%s/keel-bench-%d.keel", dir, tag);
     snprintf(path_buf[1], sizeof path_buf[1], "%s/keel-bench-%d.lmdb", dir, tag);
     printf("keel-bench: N=%" PRIu64 ", %d-byte keys, %d-byte values, files in %s\n", N, KEY_LEN, VAL_LEN, dir);
-    printf("%-26s %14s %14s %8s %10s %10s\n", "workload", "keel", "lmdb", "ratio", "keel RSS", "lmdb RSS");
     int bad = 0;
-    double rate[NWORK][2];
-    memset(rate, 0, sizeof rate);
-    uint64_t size_after_remove[2] = {0, 0};
-    for (size_t w = 0; w < NWORK; w++) {
-        if (only && !strstr(workloads[w].name, only))
-            continue;
-        struct result res[2];
-        memset(res, 0, sizeof res);
-        for (int e = 0; e < ne; e++) {
-            if (engine_only && strcmp(engine_only, engines[e]->name))
-                continue;
-            if (workloads[w].keel_only && e > 0)
-                continue;
-            res[e] = run_one(engines[e], path_buf[e], &workloads[w]);
-            if (!res[e].ok) {
-                fprintf(stderr, "keel-bench: %s failed on %s\n", workloads[w].name, engines[e]->name);
-                bad = 1;
-            }
-        }
-        if (workloads[w].run == w_remove_half)
-            for (int e = 0; e < ne; e++)
-                size_after_remove[e] = res[e].file_size;
-        for (int e = 0; e < 2; e++)
-            rate[w][e] = res[e].rate;
-        if (workloads[w].keel_only) {
-            printf("%-26s %14.0f %14s %8s %9ldK %10s  %s (keel only)\n", workloads[w].name, res[0].rate, "-", "-",
-                   res[0].rss_kb, "-", workloads[w].unit);
-            fflush(stdout);
-            continue;
-        }
-        double ratio = res[1].rate > 0 ? res[0].rate / res[1].rate : 0;
-        printf("%-26s %14.0f %14.0f %8.2f %9ldK %9ldK  %s\n", workloads[w].name, res[0].rate, res[1].rate, ratio,
-               res[0].rss_kb, res[1].rss_kb, workloads[w].unit);
-        fflush(stdout);
+    static struct result res[MAX_ROUNDS][NWORK][2];
+    double derived[MAX_ROUNDS][D_COUNT];
+    for (int r = 0; r < rounds; r++) {
+        if (rounds > 1)
+            printf("%sround %d of %d\n", r ? "\n" : "", r + 1, rounds);
+        bad |= run_round(engines, ne, only, engine_only, res[r]);
+        derived_rows(res[r], derived[r], true);
+        if (!only) /* a round starts from fresh files; with -w they stay for a later -w (doc/benchmarks.md) */
+            for (int e = 0; e < 2; e++)
+                remove_db(path_buf[e]);
     }
-    /* comparisons between rows of one engine (same N, same keys) */
-    size_t i_bulk = find_workload(w_bulk), i_ttl = find_workload(w_put_ttl), i_del = find_workload(w_delete_all),
-           i_purge = find_workload(w_purge), i_2t = find_workload(w_reads_2t), i_2p = find_workload(w_reads_2p);
-    if (rate[i_ttl][0] > 0 && rate[i_bulk][0] > 0)
-        printf("%-26s %14.2f %14s %8s  (cost of a TTL put / a plain put; lower is better)\n", "TTL put cost",
-               rate[i_bulk][0] / rate[i_ttl][0], "-", "-");
-    if (rate[i_purge][0] > 0 && rate[i_del][0] > 0)
-        printf("%-26s %14.2f %14s %8s  (purge of N expired keys / N deletes, speed; higher is better)\n",
-               "purge vs delete", rate[i_purge][0] / rate[i_del][0], "-", "-");
-    if (rate[i_2p][0] > 0 && rate[i_2t][0] > 0)
-        printf("%-26s %14.2f %14.2f %8s  (2 processes / 2 threads, speed)\n", "processes vs threads",
-               rate[i_2p][0] / rate[i_2t][0], rate[i_2t][1] > 0 ? rate[i_2p][1] / rate[i_2t][1] : 0, "-");
-    if (size_after_remove[0] && size_after_remove[1])
-        printf("%-26s %13.1fM %13.1fM %8.2f  (file size after removing half; lower is better)\n", "file size",
-               size_after_remove[0] / 1048576.0, size_after_remove[1] / 1048576.0,
-               (double)size_after_remove[0] / (double)size_after_remove[1]);
-    if (!only) /* with -w the files stay, so a later -w can reuse them (see doc/benchmarks.md) */
-        for (int e = 0; e < 2; e++)
-            remove_db(path_buf[e]);
+    if (rounds == 1)
+        return bad;
+    /* the summary: each round alternated the engines on the same machine
+     * state, so a round's ratio is the measurement, and the median of the
+     * rounds' ratios the figure to read (min-max shows the noise) */
+    printf("\nmedian of %d rounds (min-max): ratio keel/lmdb, or keel's own comparison\n", rounds);
+    double v[MAX_ROUNDS], med, lo, hi;
+    for (size_t w = 0; w < NWORK; w++) {
+        if (workloads[w].keel_only)
+            continue;
+        int n = 0;
+        for (int r = 0; r < rounds; r++)
+            if (res[r][w][0].rate > 0 && res[r][w][1].rate > 0)
+                v[n++] = res[r][w][0].rate / res[r][w][1].rate;
+        if (n == 0)
+            continue;
+        spread(v, n, &med, &lo, &hi);
+        printf("%-26s %8.2f  (%.2f-%.2f)\n", workloads[w].name, med, lo, hi);
+    }
+    static const char *const dname[D_COUNT] = {"TTL put cost", "purge vs delete", "processes vs threads",
+                                               "  (lmdb)", "file size"};
+    for (int d = 0; d < D_COUNT; d++) {
+        int n = 0;
+        for (int r = 0; r < rounds; r++)
+            if (derived[r][d] > 0)
+                v[n++] = derived[r][d];
+        if (n == 0)
+            continue;
+        spread(v, n, &med, &lo, &hi);
+        printf("%-26s %8.2f  (%.2f-%.2f)\n", dname[d], med, lo, hi);
+    }
     return bad;
 }
