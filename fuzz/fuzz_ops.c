@@ -4,7 +4,8 @@
  * cursor position, a count, a keel_check problem) aborts.
  *
  * Input: byte 0 holds options, then operations, each an opcode byte and its
- * argument bytes (missing bytes read as 0; at most FO_MAX_OPS operations).
+ * argument bytes (missing bytes read as 0; at most FO_MAX_OPS operations;
+ * what an input may cost: FO_BYTES_BUDGET below).
  *   byte 0 bits 0-1  page size 4096, 8192, 16384, 65536
  *          bits 2-3  purge_per_commit: none, 1, 3, 100
  *
@@ -30,7 +31,24 @@
 
 #define FO_MAX_OPS 400
 #define FO_NB 3
-#define FO_BYTES_BUDGET ((size_t)3 << 20) /* value bytes written per input: keeps each run short */
+/* What one input may cost.  A run must take about a millisecond (10
+ * million executions in a few hours of one core), so:
+ *  - values: FO_BYTES_BUDGET bytes per input, then values are cut to 20
+ *    bytes.  256 KiB still makes overflow values (70000 bytes overflow even
+ *    64 KiB pages) and dozens of leaves at 4 KiB pages; range ops with long
+ *    keys (range_key) make trees of three and four levels from a few dozen;
+ *  - range put/delete (ops 19, 20): up to 32 keys each (was 200);
+ *  - reopen (op 13) and keel_check (op 21): FO_MAX_REOPENS and FO_MAX_CHECKS
+ *    times in the middle of an input, later ones are no-ops; every input
+ *    still ends with a commit, a reopen, keel_check and a full comparison;
+ *  - fuzz/run.sh gives fuzz_ops -max_len=512 (was 4096): ~100 operations.
+ * Before (3 MiB, 200-key ranges, no limits, 4096 bytes) a grown corpus ran
+ * at 30-170 exec/s.  KEEL_FUZZ_STATS=1 prints what each input reached
+ * (page size, operations, value bytes, reopens, checks, per bucket the
+ * depth, entries and pages). */
+#define FO_BYTES_BUDGET ((size_t)256 << 10)
+#define FO_MAX_REOPENS 2
+#define FO_MAX_CHECKS 2
 
 static const char *const fo_names[FO_NB] = {NULL, "alpha", "beta"};
 
@@ -77,11 +95,17 @@ struct ment {
     int64_t exp; /* 0 = none */
 };
 
+/* A bucket's entry array is shared (copy on write) between the committed
+ * state, the write txn's and the reader's: *refs counts the states holding
+ * it, and the entries' blob references belong to the array.  Copying every
+ * array at each write txn's begin and freeing one at each commit was 5 % of
+ * the run time. */
 struct mbucket {
     bool exists;
     uint32_t id;
     size_t n, cap;
     struct ment *e;
+    int *refs; /* with e */
 };
 
 struct mstate {
@@ -89,13 +113,39 @@ struct mstate {
     uint64_t next_id;
 };
 
+/* Compares 8 bytes at a time without memcmp: under the fuzzer every memcmp
+ * goes through ASan's interceptor and libFuzzer's comparison hook, a few per
+ * cent of the run time for the model's binary searches alone. */
 FO_NOCOV static int fo_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
 {
-    size_t n = al < bl ? al : bl;
-    int c = n ? memcmp(a, b, n) : 0;
-    if (c)
-        return c;
+    size_t n = al < bl ? al : bl, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x, y;
+        __builtin_memcpy(&x, a + i, 8);
+        __builtin_memcpy(&y, b + i, 8);
+        if (x != y) {
+            x = __builtin_bswap64(x);
+            y = __builtin_bswap64(y);
+            return x < y ? -1 : 1;
+        }
+    }
+    for (; i < n; i++)
+        if (a[i] != b[i])
+            return a[i] < b[i] ? -1 : 1;
     return al < bl ? -1 : al > bl;
+}
+
+/* Moves n entries from src to dst (they may overlap) one struct at a time:
+ * ASan's memmove is a byte loop (internal_memmove), and shifting the tail of
+ * a bucket of a few thousand entries on every insert was 4 % of the time. */
+FO_NOCOV static void ment_move(struct ment *dst, const struct ment *src, size_t n)
+{
+    if (dst < src)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = src[i];
+    else
+        for (size_t i = n; i-- > 0;)
+            dst[i] = src[i];
 }
 
 /* index of the first entry >= key; *found when equal */
@@ -113,20 +163,51 @@ FO_NOCOV static size_t mb_find(const struct mbucket *mb, const uint8_t *k, size_
     return lo;
 }
 
-FO_NOCOV static void mb_clear(struct mbucket *mb)
+/* Lets go of the array (the entries too when no other state has it). */
+FO_NOCOV static void mb_release(struct mbucket *mb)
 {
-    for (size_t i = 0; i < mb->n; i++) {
-        blob_unref(mb->e[i].k);
-        blob_unref(mb->e[i].v);
+    if (mb->refs && --*mb->refs == 0) {
+        for (size_t i = 0; i < mb->n; i++) {
+            blob_unref(mb->e[i].k);
+            blob_unref(mb->e[i].v);
+        }
+        free(mb->e);
+        free(mb->refs);
     }
-    mb->n = 0;
+    mb->e = NULL;
+    mb->refs = NULL;
+    mb->n = mb->cap = 0;
 }
+
+/* Before a change: a private copy of a shared array. */
+FO_NOCOV static void mb_own(struct mbucket *mb)
+{
+    if (!mb->refs || *mb->refs == 1)
+        return;
+    size_t cap = mb->n > 16 ? mb->n : 16;
+    struct ment *e = malloc(cap * sizeof *e);
+    int *refs = malloc(sizeof *refs);
+    FUZZ_CHECK(e && refs);
+    for (size_t i = 0; i < mb->n; i++) {
+        e[i] = mb->e[i];
+        blob_ref(e[i].k);
+        blob_ref(e[i].v);
+    }
+    --*mb->refs;
+    *refs = 1;
+    mb->e = e;
+    mb->refs = refs;
+    mb->cap = cap;
+}
+
+FO_NOCOV static void mb_clear(struct mbucket *mb) { mb_release(mb); }
 
 FO_NOCOV static void mb_remove(struct mbucket *mb, size_t i)
 {
+    mb_own(mb);
     blob_unref(mb->e[i].k);
     blob_unref(mb->e[i].v);
-    memmove(&mb->e[i], &mb->e[i + 1], (mb->n - i - 1) * sizeof mb->e[0]);
+    ment_move(&mb->e[i], &mb->e[i + 1], mb->n - i - 1);
     mb->n--;
 }
 
@@ -135,6 +216,7 @@ FO_NOCOV static void mb_set(struct mbucket *mb, const uint8_t *k, size_t kl, str
 {
     bool found;
     size_t i = mb_find(mb, k, kl, &found);
+    mb_own(mb);
     if (found) {
         blob_unref(mb->e[i].v);
         mb->e[i].v = blob_ref(v);
@@ -145,35 +227,30 @@ FO_NOCOV static void mb_set(struct mbucket *mb, const uint8_t *k, size_t kl, str
         mb->cap = mb->cap ? 2 * mb->cap : 16;
         mb->e = realloc(mb->e, mb->cap * sizeof mb->e[0]);
         FUZZ_CHECK(mb->e);
+        if (!mb->refs) {
+            mb->refs = malloc(sizeof *mb->refs);
+            FUZZ_CHECK(mb->refs);
+            *mb->refs = 1;
+        }
     }
-    memmove(&mb->e[i + 1], &mb->e[i], (mb->n - i) * sizeof mb->e[0]);
+    ment_move(&mb->e[i + 1], &mb->e[i], mb->n - i);
     mb->e[i] = (struct ment){blob_new(k, kl), blob_ref(v), exp};
     mb->n++;
 }
 
 FO_NOCOV static void ms_free(struct mstate *s)
 {
-    for (int b = 0; b < FO_NB; b++) {
-        mb_clear(&s->b[b]);
-        free(s->b[b].e);
-    }
+    for (int b = 0; b < FO_NB; b++)
+        mb_release(&s->b[b]);
     memset(s, 0, sizeof *s);
 }
 
 FO_NOCOV static void ms_copy(struct mstate *dst, const struct mstate *src)
 {
     *dst = *src;
-    for (int b = 0; b < FO_NB; b++) {
-        struct mbucket *d = &dst->b[b];
-        d->cap = d->n;
-        d->e = d->n ? malloc(d->n * sizeof d->e[0]) : NULL;
-        FUZZ_CHECK(d->n == 0 || d->e);
-        for (size_t i = 0; i < d->n; i++) {
-            d->e[i] = src->b[b].e[i];
-            blob_ref(d->e[i].k);
-            blob_ref(d->e[i].v);
-        }
-    }
+    for (int b = 0; b < FO_NB; b++)
+        if (dst->b[b].refs)
+            ++*dst->b[b].refs;
 }
 
 static bool live(int64_t exp, int64_t now) { return exp == 0 || exp > now; }
@@ -209,6 +286,7 @@ struct fo {
     bool cur_on;      /* positioned (not unset) */
     struct blob *cur_key;
     int step;
+    int reopens, checks; /* mid-stream ones so far (FO_MAX_REOPENS, FO_MAX_CHECKS) */
     uint8_t *keybuf; /* 70000 bytes, static: a fresh calloc that size per run
                       * was an mmap + page faults under ASan */
 };
@@ -273,7 +351,17 @@ static size_t make_key(struct fo *f, unsigned sel)
     return (size_t)sprintf((char *)k, "r%05u", (sel - 48) * 5);
 }
 
-static size_t range_key(struct fo *f, unsigned i) { return (size_t)sprintf((char *)f->keybuf, "r%05u", i); }
+/* Range key i: "r%05u", or (long_ = 1, 2) the same after 200 or 700 bytes
+ * of 'q'.  Long keys make long separators (a 4 KiB branch page holds 5 of
+ * 700 bytes): trees of three and four levels, branch splits and merges,
+ * from a few dozen keys, not from the hundreds of leaves that short keys
+ * need (more values than FO_BYTES_BUDGET allows). */
+static size_t range_key(struct fo *f, unsigned i, unsigned long_)
+{
+    size_t pre = long_ == 0 ? 0 : long_ == 1 ? 200 : 700;
+    memset(f->keybuf, 'q', pre);
+    return pre + (size_t)sprintf((char *)f->keybuf + pre, "r%05u", i);
+}
 
 /* Value selector -> a new blob.  Selector 12 sizes the value so that the
  * leaf node of a key of klen bytes is exactly as big as an inline node may
@@ -889,6 +977,7 @@ static void op_expire(struct fo *f)
             /* a named bucket is marked changed even when the expiry stays */
             if (mb->e[i].exp != target || b != 0)
                 changed(f, b);
+            mb_own(mb);
             mb->e[i].exp = target;
         }
     }
@@ -1151,14 +1240,16 @@ static void op_reader(struct fo *f)
 static void op_range(struct fo *f, bool del)
 {
     int b = (int)(take(f) % FO_NB);
-    unsigned start = take(f) * 5, count = 1 + take(f) % 200, vs = take(f);
+    unsigned start = take(f) * 5, cb = take(f), vs = take(f);
+    unsigned count = 1 + cb % 32;                       /* up to 32 keys (200 before): each op stays cheap */
+    unsigned long_ = (cb >> 5) < 6 ? 0 : (cb >> 5) - 5; /* the top 3 bits: 0-5 short keys, 6 and 7 long */
     ensure_w(f);
     int bs = wbucket(f, b);
     if (bs < 0)
         return;
     struct mbucket *mb = &f->W.b[b];
     for (unsigned i = start; i < start + count; i++) {
-        size_t kl = range_key(f, i);
+        size_t kl = range_key(f, i, long_);
         keel_val key = {f->keybuf, kl};
         if (del) {
             int rc = keel_del(f->w, f->h[b], key);
@@ -1343,7 +1434,10 @@ FUZZ_ENTRY(ops)
             do_abort(f);
             break;
         case 13:
-            do_reopen(f);
+            if (f->reopens < FO_MAX_REOPENS) {
+                f->reopens++;
+                do_reopen(f);
+            }
             break;
         case 14:
             op_clock(f);
@@ -1371,7 +1465,10 @@ FUZZ_ENTRY(ops)
             op_range(f, true);
             break;
         case 21:
-            check_db(f);
+            if (f->checks < FO_MAX_CHECKS) {
+                f->checks++;
+                check_db(f);
+            }
             break;
         case 22:
             op_many(f, true);
@@ -1384,7 +1481,7 @@ FUZZ_ENTRY(ops)
     /* the end: commit, reopen, everything must read back and check clean */
     if (f->w) {
         ensure_w(f);
-        verify_all(f, f->w, &f->W, f->wnow);
+        verify_all(f, f->w, &f->W, f->wnow); /* the only keel_bucket_list in a write txn */
         do_commit(f);
     }
     if (f->r) {
@@ -1396,6 +1493,21 @@ FUZZ_ENTRY(ops)
     keel_txn *r;
     EXPECT(f, keel_begin(f->db, KEEL_RDONLY, &r), 0);
     verify_all(f, r, &f->C, f->clk);
+    static int stats = -1; /* KEEL_FUZZ_STATS=1: one line per input, what it reached */
+    if (stats < 0)
+        stats = getenv("KEEL_FUZZ_STATS") != NULL;
+    if (stats) {
+        fprintf(stderr, "stats: page %u ops %d values %zu reopens %d checks %d", f->opts.page_size, f->step,
+                f->bytes, f->reopens, f->checks);
+        for (int b = 0; b < FO_NB; b++) {
+            keel_stat st;
+            if (f->C.b[b].exists && keel_bucket_stat(r, f->h[b], &st) == 0)
+                fprintf(stderr, " | b%d depth %u entries %llu branch %llu leaf %llu overflow %llu", b, st.depth,
+                        (unsigned long long)st.entries, (unsigned long long)st.branch_pages,
+                        (unsigned long long)st.leaf_pages, (unsigned long long)st.overflow_pages);
+        }
+        fprintf(stderr, "\n");
+    }
     keel_abort(r);
     keel_close(f->db);
     fuzz_remove_db(f->path);

@@ -378,7 +378,8 @@ static void make_ops(void)
         16, 0, 1,                        /* create "alpha" */
         0, 1, 10, 5, 7, 0,               /* put alpha key02 */
         3, 0, 11, 3, 9, 2,               /* put_ttl default key03 ttl 2 */
-        19, 0, 4, 150, 9,                /* range put default 150 keys of 1900 bytes */
+        19, 0, 4, 31, 9,                 /* range put default 32 keys of 1900 bytes */
+        19, 0, 0, 255, 9,                /* the same with keys of 706 bytes (top bits 7): three levels */
         11,                              /* commit */
         17, 0, 0, 0,                     /* reader begins */
         20, 0, 6, 80, 0,                 /* range delete */

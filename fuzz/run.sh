@@ -25,7 +25,7 @@ secs=$2
 shift 2
 case $t in
 fuzz_file) maxlen=200000 ;; # seeds reach 128 KiB (16 KiB pages)
-fuzz_ops) maxlen=4096 ;;
+fuzz_ops) maxlen=512 ;; # about 100 operations: ~1 ms a run (fuzz_ops.c, "What one input may cost")
 fuzz_dump) maxlen=8192 ;;
 fuzz_lock) maxlen=16384 ;;
 *) echo "unknown target $t" >&2; exit 2 ;;
