@@ -178,22 +178,18 @@ static void txn_end(keel_txn *txn)
 
 void txn_abort(keel_txn *txn) { txn_end(txn); }
 
-static bool has_changes(keel_txn *txn)
-{
-    if (txn->dirty.count || txn->freed.n)
-        return true;
-    for (uint32_t i = 0; i < txn->nbuckets_cap; i++)
-        if (txn->buckets[i].dirty)
-            return true;
-    return false;
-}
+/* After bucket_flush: bucket changes are catalog pages by then, so a
+ * bucket created and dropped again in the txn counts for nothing, as it
+ * does after a keel_bucket_list (which flushes too). */
+static bool has_changes(const keel_txn *txn) { return txn->dirty.count || txn->freed.n; }
 
 int txn_commit(keel_txn *txn)
 {
     int rc = 0;
-    /* the expiry log first: it is the rest of the txn's changes */
-    if (txn->rdonly || (rc = ttl_flush(txn)) || !has_changes(txn))
+    /* the expiry log and the bucket descriptors first: they are the rest of the txn's changes */
+    if (txn->rdonly || (rc = ttl_flush(txn)) || (rc = bucket_flush(txn)) || !has_changes(txn))
         goto out;
+    /* the purge changes buckets again: flushed once more */
     if (txn->db->purge_per_commit > 0 && (rc = ttl_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
         goto out;
     if ((rc = bucket_flush(txn)) || (rc = freelist_record(txn)) || (rc = pager_write_out(txn)))

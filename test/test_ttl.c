@@ -168,6 +168,13 @@ static bool phys_has(keel_db *db, keel_bucket b, const char *k)
     return rc == 0;
 }
 
+static int count_bucket(const char *name, void *ctx)
+{
+    (void)name;
+    ++*(size_t *)ctx;
+    return 0;
+}
+
 static size_t purge(keel_txn *t, size_t max)
 {
     size_t n = 9999;
@@ -1274,6 +1281,21 @@ static void test_auto_purge(void **state)
         put(t, 0, "tick", "x", 0);
         keel_abort(t);
         assert_int_equal(phys_entries(db, b), 250);
+        /* nor one whose only change undid itself: a bucket created and
+         * dropped again, with or without a keel_bucket_list after (which
+         * flushes bucket changes to the catalog): no commit at all */
+        for (int list = 0; list < 2; list++) {
+            keel_stat before, after;
+            assert_int_equal(keel_db_stat(db, &before), 0);
+            t = wbegin(db);
+            assert_int_equal(keel_bucket_drop(t, bucket(t, "passing")), 0);
+            if (list)
+                assert_int_equal(keel_bucket_list(t, count_bucket, &(size_t){0}), 0);
+            assert_int_equal(keel_commit(t), 0);
+            assert_int_equal(keel_db_stat(db, &after), 0);
+            assert_int_equal(after.last_txnid, before.last_txnid);
+            assert_int_equal(phys_entries(db, b), 250);
+        }
         for (int round = 0; round < 30; round++) {
             t = wbegin(db);
             int64_t r;
