@@ -20,6 +20,7 @@ struct checker {
     void (*report)(void *ctx, const char *msg);
     void *ctx;
     const char *tree; /* name of the tree being walked, for messages */
+    size_t max_key;   /* the longest leaf key that tree may hold */
     /* counted while walking */
     uint64_t entries, branch, leaf, overflow;
     uint64_t expiring; /* leaf entries with an expiry time, over all buckets */
@@ -105,6 +106,9 @@ static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth
                 problem(ck, "page %llu: key %u not below the next separator", (unsigned long long)pg, i);
             if (leaf && kl == 0)
                 problem(ck, "page %llu: empty key", (unsigned long long)pg);
+            if (leaf && kl > ck->max_key)
+                problem(ck, "page %llu: key %u is %zu bytes, longer than the %zu allowed", (unsigned long long)pg, i,
+                        kl, ck->max_key);
             prev = k;
             prevlen = kl;
         }
@@ -138,9 +142,10 @@ static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth
     }
 }
 
-static void check_tree(struct checker *ck, const char *name, const struct tree_desc *t)
+static void check_tree(struct checker *ck, const char *name, const struct tree_desc *t, size_t max_key)
 {
     ck->tree = name;
+    ck->max_key = max_key;
     ck->entries = ck->branch = ck->leaf = ck->overflow = 0;
     if (t->root == 0) {
         if (t->entries || t->branch_pages || t->leaf_pages || t->overflow_pages)
@@ -232,7 +237,7 @@ static int check_bucket(const char *name, void *ctx)
         return 0;
     }
     struct tree_desc copy = *t;
-    check_tree(ck, name, &copy);
+    check_tree(ck, name, &copy, ck->txn->db->max_key);
     return 0;
 }
 
@@ -268,11 +273,11 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
         problem(&ck, "meta page 1 is not valid (the other one is in use)");
     /* a damaged meta in the spare slot is repaired by the next commit: report, but it is not fatal */
     uint64_t meta_problems = ck.problems;
-    check_tree(&ck, "default bucket", &txn->meta.trees[TREE_DEFAULT]);
+    check_tree(&ck, "default bucket", &txn->meta.trees[TREE_DEFAULT], db->max_key);
     uint64_t expiring = ck.expiring; /* internal trees hold no expiring entries */
-    check_tree(&ck, "catalog", &txn->meta.trees[TREE_CATALOG]);
-    check_tree(&ck, "free tree", &txn->meta.trees[TREE_FREE]);
-    check_tree(&ck, "expiry tree", &txn->meta.trees[TREE_EXPIRY]);
+    check_tree(&ck, "catalog", &txn->meta.trees[TREE_CATALOG], KEEL_MAX_BUCKET_NAME);
+    check_tree(&ck, "free tree", &txn->meta.trees[TREE_FREE], FREE_KEY_SIZE);
+    check_tree(&ck, "expiry tree", &txn->meta.trees[TREE_EXPIRY], EXPIRY_KEY_PREFIX + db->max_key);
     if (ck.expiring != expiring)
         problem(&ck, "internal trees hold entries with an expiry time");
     if (ck.problems == meta_problems) {

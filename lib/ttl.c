@@ -99,6 +99,11 @@ static size_t log_limit(const keel_txn *txn)
 
 static int log_add(keel_txn *txn, int64_t exp, uint32_t id, keel_val key, int delta)
 {
+    /* Keys from the API are checked; one read from a damaged file (a cursor
+     * delete, a bucket drop, a compacting copy) can be longer than any key
+     * may be, and ttl_flush builds expiry keys in a buffer of the longest. */
+    if (key.len == 0 || key.len > txn->db->max_key)
+        return KEEL_CORRUPTED;
     struct expiry_log *l = &txn->xlog;
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 64;
