@@ -980,8 +980,54 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     size_t extra = leaf ? 0 : branch_node_ksize(node_ptr(parent, ri));
     if (!must && used + page_used(sp, ps) + extra > usable(txn) * 7 / 8)
         return 0; /* would not fit well: leave the sibling untouched */
+    /* the sibling's nodes are read (a merge) or rebuilt (a share) through
+     * unchecked accessors: a page from the map is checked whole first */
     if (!page_dirty(txn, sibpg) && (rc = check_nodes(txn, sp)))
         return rc;
+    const uint8_t *rsrc = li == pidx ? sp : page; /* the right page as it is now */
+    size_t rfirst = leaf ? 0 : branch_node_ksize(node_ptr(rsrc, 0)); /* replaced by the separator */
+    size_t total = used + page_used(sp, ps) + extra - rfirst;
+    if (total <= usable(txn) && (must || total <= usable(txn) * 7 / 8)) {
+        /* Merge R into L by appending R's nodes to L: L's own nodes stay
+         * where they are, and a right sibling is only read, never copied
+         * (it is freed).  A left sibling stays, so it is copied for writing. */
+        uint8_t *L = page;
+        uint64_t rpg = sibpg;
+        if (li != pidx) {
+            if ((rc = page_touch(txn, sibpg, &newpg, &L)))
+                return rc;
+            if (newpg != sibpg)
+                wr64(parent + page_slot(parent, sib), newpg);
+            rpg = path->pgno[level];
+        }
+        uint8_t *joined = NULL; /* a branch: R's first child under the parent's separator */
+        size_t joined_size = 0;
+        if (!leaf) {
+            const uint8_t *sepn = node_ptr(parent, ri);
+            joined = make_branch_node(branch_node_child(node_ptr(rsrc, 0)), branch_node_key(sepn),
+                                      branch_node_ksize(sepn), &joined_size);
+            if (!joined)
+                return KEEL_NOMEM;
+        }
+        unsigned ln = page_nkeys(L), rn = page_nkeys(rsrc);
+        for (unsigned i = 0; i < rn; i++) {
+            const uint8_t *nd = node_ptr(rsrc, i);
+            if (joined && i == 0)
+                page_insert_node(L, ln, joined, joined_size);
+            else
+                page_insert_node(L, ln + i, nd, node_size(rsrc, nd));
+        }
+        os_free(joined);
+        if ((rc = page_free(txn, rpg, 1)))
+            return rc;
+        count_page(t, flags, -1);
+        page_remove_node(parent, ri);
+        txn->gen++;
+        return rebalance(txn, t, path, level - 1);
+    }
+    if (!must)
+        return 0;
+    /* share: both pages rebuilt from a copy, then the separator replaced in the parent */
     if ((rc = page_touch(txn, sibpg, &newpg, &sibbuf)))
         return rc;
     if (newpg != sibpg)
@@ -1000,11 +1046,9 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     struct piece *pc = os_malloc((ln + rn) * sizeof(*pc));
     if (!pc)
         return KEEL_NOMEM;
-    size_t total = 0;
     for (unsigned i = 0; i < ln; i++) {
         const uint8_t *nd = node_ptr(sc, i);
         pc[i] = (struct piece){nd, node_size(sc, nd)};
-        total += pc[i].size + 2;
     }
     uint8_t *joined = NULL; /* branch: R's first node with the parent's separator as its key */
     for (unsigned i = 0; i < rn; i++) {
@@ -1020,25 +1064,7 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
             }
             pc[ln].p = joined;
         }
-        total += pc[ln + i].size + 2;
     }
-    if (total <= usable(txn) && (must || total <= usable(txn) * 7 / 8)) { /* merge R into L */
-        page_fill(L, flags, ps, pc, ln + rn);
-        os_free(joined);
-        os_free(pc);
-        if ((rc = page_free(txn, rpg, 1)))
-            return rc;
-        count_page(t, flags, -1);
-        page_remove_node(parent, ri);
-        txn->gen++;
-        return rebalance(txn, t, path, level - 1);
-    }
-    if (!must) { /* (not reached: the estimate above is exact for leaves, high for branches) */
-        os_free(joined);
-        os_free(pc);
-        return 0;
-    }
-    /* share: rebuild both halves, then replace the separator in the parent */
     size_t s = choose_split(pc, ln + rn, usable(txn), false);
     if (s == 0) {
         os_free(joined);
