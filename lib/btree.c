@@ -324,12 +324,22 @@ static void page_remove_node(uint8_t *page, unsigned idx)
     unsigned off = page_slot(page, idx);
     size_t sz = node_size(page, page + off);
     uint32_t upper = page_upper(page);
-    memmove(page + upper + sz, page + upper, off - upper);
     uint8_t *slots = page + PAGE_HDR;
-    for (unsigned i = 0; i < n; i++) {
-        unsigned o = rd16(slots + 2 * i);
-        if (o < off)
-            wr16(slots + 2 * i, (uint16_t)(o + sz));
+    if (off != upper && node_size(page, page + upper) == sz) {
+        /* the lowest node is as big as the hole: it alone moves into it */
+        memcpy(page + off, page + upper, sz);
+        for (unsigned i = 0; i < n; i++)
+            if (rd16(slots + 2 * i) == upper) {
+                wr16(slots + 2 * i, (uint16_t)off);
+                break;
+            }
+    } else {
+        memmove(page + upper + sz, page + upper, off - upper);
+        for (unsigned i = 0; i < n; i++) {
+            unsigned o = rd16(slots + 2 * i);
+            if (o < off)
+                wr16(slots + 2 * i, (uint16_t)(o + sz));
+        }
     }
     memmove(slots + 2 * idx, slots + 2 * (idx + 1), 2 * (n - idx - 1));
     wr16(page + PH_NKEYS, (uint16_t)(n - 1));
