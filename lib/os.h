@@ -48,7 +48,9 @@ void os_free(void *p);
 char *os_strdup(const char *s);
 
 /* Whole-buffer I/O: retries short transfers and EINTR; a read past the end
- * of the file gives EIO... except os_pread_upto, which reports how much it got. */
+ * of the file gives EIO... except os_pread_upto, which reports how much it got.
+ * Writes go to the kernel in pieces of at most 16 KiB that end at 16 KiB
+ * multiples of the file offset (os.c says why). */
 int os_pread_full(int fd, void *buf, size_t n, uint64_t off);
 int os_pread_upto(int fd, void *buf, size_t n, uint64_t off, size_t *got);
 int os_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);

@@ -544,7 +544,7 @@ static bool list_add(struct commit_list *cl, uint64_t first, uint64_t count)
 }
 
 /* Writes every dirty page that still has a buffer, in page order, contiguous
- * runs in one pwritev.  With spill, the buffers are freed afterwards: the
+ * runs in one os_pwritev_full.  With spill, the buffers are freed afterwards: the
  * pages now live in the file (at numbers no snapshot can see) until the txn
  * touches them again.  With cl, also lists and sums the pages when they fit
  * (cl->ok); pages spilled earlier were not kept to sum, so then they don't. */
