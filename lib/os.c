@@ -91,7 +91,8 @@ int os_pread_full(int fd, void *buf, size_t n, uint64_t off)
 
 /* Writes reach the kernel in pieces that end at multiples of OS_WRITE_MAX
  * (16 KiB) in the file.  Linux gives a buffered write a page-cache folio as
- * large as the write (ext4 since 6.16, XFS before), and the folio stays: a
+ * large as the write (ext4 since 6.16; XFS earlier, without ext4's buffer
+ * walk), and the folio stays: a
  * later 4 KiB write into a 256 KiB folio, written whole by a bulk load's
  * commit, makes ext4 walk all 64 of the folio's block buffers, once in the
  * write and once more at writeback.  That was a third of the CPU time of
