@@ -247,7 +247,7 @@ static void ff_reseal_list(uint8_t *img, size_t n, const uint8_t *full, size_t f
         return;
     uint8_t *list = img + off + META_LIST_OFF;
     uint32_t nruns = rd32(list);
-    if (nruns > meta_list_max_runs(ps))
+    if (nruns > meta_list_max_runs(ps, m.flags & META_F_FREETAIL))
         return;
     XXH3_state_t *st = XXH3_createState();
     FUZZ_CHECK(st);
@@ -265,6 +265,24 @@ static void ff_reseal_list(uint8_t *img, size_t n, const uint8_t *full, size_t f
     memcpy(img + off, &m, META_SIZE);
 }
 
+/* A meta's free tail (format.md) likewise, so mutated tails reach the
+ * parser behind it; a tail past the copied head keeps the input's sum. */
+static void ff_reseal_tail(uint8_t *img, size_t n, size_t off)
+{
+    struct meta m;
+    memcpy(&m, img + off, META_SIZE);
+    uint32_t ps = m.page_size;
+    if (!(m.flags & META_F_FREETAIL) || ps < KEEL_MIN_PAGE || ps > KEEL_MAX_PAGE || (ps & (ps - 1)) ||
+        n < off + meta_tail_off(ps) + META_TAIL_HDR)
+        return;
+    uint8_t *t = img + off + meta_tail_off(ps);
+    size_t bytes = META_TAIL_HDR + (size_t)rd32(t) * 8;
+    if (rd32(t) > meta_tail_max_words(ps) || n - off - meta_tail_off(ps) < bytes)
+        return;
+    m.free_tail_sum = XXH3_64bits(t, bytes);
+    memcpy(img + off, &m, META_SIZE);
+}
+
 /* img: the head of the image being re-sealed (n bytes); full: the whole
  * image as given (fulln bytes). */
 static void ff_reseal(uint8_t *img, size_t n, const uint8_t *full, size_t fulln, size_t off)
@@ -272,6 +290,7 @@ static void ff_reseal(uint8_t *img, size_t n, const uint8_t *full, size_t fulln,
     if (n < off + META_SIZE || rd32(img + off) != KEEL_MAGIC)
         return;
     ff_reseal_list(img, n, full, fulln, off);
+    ff_reseal_tail(img, n, off);
     uint64_t sum = XXH3_64bits(img + off, META_SUM_BYTES);
     memcpy(img + off + META_SUM_BYTES, &sum, 8);
 }

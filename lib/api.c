@@ -59,13 +59,16 @@ static int write_initial_metas(keel_db *db)
  * check_size, the chosen meta's pages must fit in the file. */
 static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *out, unsigned *slot)
 {
-    uint8_t buf[META_SIZE];
+    /* a whole page at the largest size: a meta's free tail is in its page's second half */
+    uint8_t *buf = os_malloc(KEEL_MAX_PAGE);
+    if (!buf)
+        return KEEL_NOMEM;
     struct meta m0, m1;
     int r0 = KEEL_INVALID, r1 = KEEL_INVALID;
     size_t got;
-    int rc = os_pread_upto(db->fd, buf, META_SIZE, 0, &got);
+    int rc = os_pread_upto(db->fd, buf, KEEL_MAX_PAGE, 0, &got);
     if (rc)
-        return rc;
+        goto out;
     uint64_t bad = lockfile_bad_meta(&db->lock);
     r0 = meta_check(buf, got, 0, &m0);
     if (r0 == 0 && meta_is_bad(&m0, bad))
@@ -74,8 +77,8 @@ static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *
     for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
         if (r0 == 0 && ps != m0.page_size)
             continue;
-        if ((rc = os_pread_upto(db->fd, buf, META_SIZE, ps, &got)))
-            return rc;
+        if ((rc = os_pread_upto(db->fd, buf, ps, ps, &got)))
+            goto out;
         r1 = meta_check(buf, got, ps, &m1);
         if (r1 == 0 && meta_is_bad(&m1, bad))
             r1 = KEEL_CORRUPTED;
@@ -89,17 +92,18 @@ static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *
     /* A newer library wrote here: never read (and later overwrite) an older
      * state of its file through the other meta. */
     if (r0 == KEEL_VERSION || r1 == KEEL_VERSION)
-        return KEEL_VERSION;
-    if (r0 && r1) {
-        if (r0 == KEEL_INVALID && r1 == KEEL_INVALID)
-            return KEEL_INVALID;
-        return KEEL_CORRUPTED;
+        rc = KEEL_VERSION;
+    else if (r0 && r1)
+        rc = r0 == KEEL_INVALID && r1 == KEEL_INVALID ? KEEL_INVALID : KEEL_CORRUPTED;
+    else {
+        *slot = (r0 == 0 && (r1 != 0 || meta_newer(&m0, &m1))) ? 0 : 1;
+        *out = *slot == 0 ? m0 : m1;
+        if (check_size && out->npages * out->page_size > fsize)
+            rc = KEEL_CORRUPTED;
     }
-    *slot = (r0 == 0 && (r1 != 0 || meta_newer(&m0, &m1))) ? 0 : 1;
-    *out = *slot == 0 ? m0 : m1;
-    if (check_size && out->npages * out->page_size > fsize)
-        return KEEL_CORRUPTED;
-    return 0;
+out:
+    os_free(buf);
+    return rc;
 }
 
 static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)

@@ -24,6 +24,8 @@ struct checker {
     /* counted while walking */
     uint64_t entries, branch, leaf, overflow;
     uint64_t expiring; /* leaf entries with an expiry time, over all buckets */
+    uint8_t *tail;       /* the snapshot's free tail, or NULL */
+    uint64_t tail_pages; /* pages it lists */
 };
 
 static void problem(struct checker *ck, const char *fmt, ...)
@@ -190,6 +192,16 @@ static void check_expiry(struct checker *ck)
                 (unsigned long long)ck->expiring);
 }
 
+static int check_tail_group(void *ctx, uint64_t txnid, const uint8_t *pages, size_t n)
+{
+    struct checker *ck = ctx;
+    (void)txnid;
+    for (size_t i = 0; i < n; i++)
+        mark(ck, rd64(pages + 8 * i), 1, "free");
+    ck->tail_pages += n;
+    return 0;
+}
+
 static void check_free(struct checker *ck)
 {
     keel_txn *txn = ck->txn;
@@ -217,6 +229,13 @@ static void check_free(struct checker *ck)
     }
     if (rc != KEEL_NOTFOUND)
         problem(ck, "walk stopped: %s", keel_strerror(rc));
+    if (ck->tail) {
+        ck->tree = "free tail";
+        if (freelist_tail_groups(ck->tail + META_TAIL_HDR, rd32(ck->tail), txn->meta.npages, txn->meta.txnid,
+                                 check_tail_group, ck))
+            problem(ck, "a group names a page outside the file, a later txn, or more pages than it holds");
+        total += ck->tail_pages;
+    }
     if (total != txn->meta.free_pages)
         problem(ck, "%llu free pages recorded, meta says %llu", (unsigned long long)total,
                 (unsigned long long)txn->meta.free_pages);
@@ -247,10 +266,11 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
         return KEEL_BADARG;
     *problems = 0;
     keel_txn *txn;
-    int rc = txn_begin(db, KEEL_RDONLY, &txn);
+    uint8_t *tail;
+    int rc = txn_begin_with_tail(db, &txn, &tail);
     if (rc)
         return rc;
-    struct checker ck = {.txn = txn, .npages = txn->meta.npages, .report = report, .ctx = ctx};
+    struct checker ck = {.txn = txn, .npages = txn->meta.npages, .report = report, .ctx = ctx, .tail = tail};
     uint64_t fsize;
     if ((rc = os_file_size(db->fd, &fsize)))
         goto out;
@@ -267,10 +287,13 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
     }
     struct meta m;
     ck.tree = "meta";
-    if (meta_check(db->map, META_SIZE, db->psize, &m))
-        problem(&ck, "meta page 0 is not valid (the other one is in use)");
-    if (meta_check(db->map + db->psize, META_SIZE, db->psize, &m))
-        problem(&ck, "meta page 1 is not valid (the other one is in use)");
+    /* A meta whose free tail does not match its sum is what a crash in the
+     * middle of writing the meta page leaves: the other meta is in use, as
+     * after a torn one-flush commit, and the next commit overwrites it. */
+    for (unsigned s = 0; s < 2; s++)
+        if (meta_check(db->map + (size_t)s * db->psize, db->psize, db->psize, &m) &&
+            meta_check_head(db->map + (size_t)s * db->psize, db->psize, db->psize, &m, false))
+            problem(&ck, "meta page %u is not valid (the other one is in use)", s);
     /* a damaged meta in the spare slot is repaired by the next commit: report, but it is not fatal */
     uint64_t meta_problems = ck.problems;
     check_tree(&ck, "default bucket", &txn->meta.trees[TREE_DEFAULT], db->max_key);
@@ -301,6 +324,7 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
     }
     os_free(ck.seen);
 out:
+    os_free(tail);
     txn_abort(txn);
     *problems = ck.problems;
     return rc;

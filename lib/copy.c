@@ -22,12 +22,14 @@
 static int copy_pages(keel_db *db, const char *dest)
 {
     keel_txn *txn;
-    int rc = txn_begin(db, KEEL_RDONLY, &txn);
+    uint8_t *tail;
+    int rc = txn_begin_with_tail(db, &txn, &tail);
     if (rc)
         return rc;
     int fd = keel_os.open(dest, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         rc = errno;
+        os_free(tail);
         txn_abort(txn);
         return rc;
     }
@@ -57,11 +59,13 @@ static int copy_pages(keel_db *db, const char *dest)
             rc = KEEL_NOMEM;
         else {
             struct meta m = txn->meta;
-            m.flags = 0; /* the copy is synced whole before it is used: no commit list to check */
+            m.flags &= META_F_FREETAIL; /* the copy is synced whole before it is used: no commit list to check */
             m.commit_list_sum = 0;
             meta_seal(&m);
             memcpy(metas, &m, META_SIZE);
-            memcpy(metas + ps, &m, META_SIZE);
+            if (tail) /* pager_snapshot_tail checked it against m.free_tail_sum */
+                memcpy(metas + meta_tail_off(ps), tail, META_TAIL_HDR + (size_t)rd32(tail) * 8);
+            memcpy(metas + ps, metas, ps);
             rc = os_pwrite_full(fd, metas, 2 * (size_t)ps, 0);
             os_free(metas);
         }
@@ -69,6 +73,7 @@ static int copy_pages(keel_db *db, const char *dest)
     if (!rc)
         rc = os_fsync(fd);
     os_close(fd);
+    os_free(tail);
     txn_abort(txn);
     if (rc)
         unlink(dest);

@@ -8,6 +8,7 @@
 #ifndef KEEL_FORMAT_H
 #define KEEL_FORMAT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -47,9 +48,9 @@ struct meta {
     uint32_t flags; /* META_F_* */
     uint64_t txnid; /* the commit that wrote it */
     uint64_t npages; /* pages in use: the first page number never allocated */
-    uint64_t free_pages; /* pages recorded in the free tree */
+    uint64_t free_pages; /* pages recorded in the free tree and the free tail */
     uint64_t next_bucket_id; /* id for the next bucket created; ids are never reused */
-    uint64_t reserved;
+    uint64_t free_tail_sum; /* META_F_FREETAIL: XXH3-64 of the free tail (below) */
     uint64_t commit_list_sum; /* META_F_ONEFLUSH: XXH3-64 of the commit list (below) */
     struct tree_desc trees[TREE_COUNT];
     uint64_t checksum; /* XXH3-64 of every byte above */
@@ -64,10 +65,15 @@ struct meta {
  *   them (pager_verify_commit) and falls back to the other meta if they differ.
  * UNSYNCED: written without a sync of the meta (KEEL_NOMETASYNC, KEEL_NOSYNC):
  *   a crash may bring back the meta before it, so the next commit keeps that
- *   one's pages one commit longer and does not use ONEFLUSH. */
+ *   one's pages one commit longer and does not use ONEFLUSH.
+ * FREETAIL: the second half of the meta page holds the free tail: free pages
+ *   kept there instead of in the free tree, so that a small commit writes no
+ *   free-tree page.  A library without this flag refuses the file
+ *   (KEEL_VERSION) rather than lose track of those pages. */
 #define META_F_ONEFLUSH 0x1u
 #define META_F_UNSYNCED 0x2u
-#define META_F_KNOWN (META_F_ONEFLUSH | META_F_UNSYNCED)
+#define META_F_FREETAIL 0x4u
+#define META_F_KNOWN (META_F_ONEFLUSH | META_F_UNSYNCED | META_F_FREETAIL)
 
 /* The commit list: at offset META_LIST_OFF of a ONEFLUSH meta's page.
  *   u32 nruns | u32 zero | u64 pages_sum | nruns x (u64 first pgno, u64 count)
@@ -75,7 +81,20 @@ struct meta {
 #define META_LIST_OFF 512u
 #define META_LIST_HDR 16u
 #define META_LIST_RUN 16u
-static inline size_t meta_list_max_runs(uint32_t psize) { return (psize - META_LIST_OFF - META_LIST_HDR) / META_LIST_RUN; }
+/* With a free tail the list must end where the tail begins. */
+static inline size_t meta_list_max_runs(uint32_t psize, bool tail)
+{
+    return ((tail ? psize / 2 : psize) - META_LIST_OFF - META_LIST_HDR) / META_LIST_RUN;
+}
+
+/* The free tail: at offset psize / 2 of a FREETAIL meta's page.
+ *   u32 nwords | u32 zero | nwords x u64
+ * The words are groups: txn id, page count, then that many page numbers,
+ * the pages that txn freed (txn id 0: reusable at once), as in a free-tree
+ * record.  free_tail_sum is XXH3-64 of the header and the words. */
+#define META_TAIL_HDR 8u
+static inline size_t meta_tail_off(uint32_t psize) { return psize / 2; }
+static inline size_t meta_tail_max_words(uint32_t psize) { return (psize / 2 - META_TAIL_HDR) / 8; }
 #define META_SUM_BYTES offsetof(struct meta, checksum)
 _Static_assert(sizeof(struct tree_desc) == TREE_DESC_SIZE, "tree_desc layout");
 _Static_assert(sizeof(struct meta) == 64 + 4 * TREE_DESC_SIZE + 8, "meta layout");

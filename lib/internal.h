@@ -152,6 +152,8 @@ struct keel_txn {
     size_t dirty_bytes;       /* bytes of dirty buffers held in memory */
     struct pgvec freed; /* pages this txn stopped using that older snapshots may read */
     struct pgvec pool;  /* pages reusable now; sorted descending (pop takes the lowest) */
+    struct pgvec tail;  /* free-tail groups (txn id, count, pages) not reusable yet; after
+                         * freelist_record, the whole tail the commit writes */
     uint64_t oldest;    /* oldest snapshot any reader may hold */
     bool reclaiming;    /* inside freelist_reclaim: take from the pool or the end of file, never reclaim again */
     bool final_mode;    /* recording the free list at commit: no pool changes */
@@ -184,10 +186,13 @@ enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
 
 /* ---- pager.c: metas, pages, allocation, write-out ------------------------ */
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
+int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail);
 void meta_seal(struct meta *m);
+size_t meta_copy_page(uint32_t psize, const uint8_t *page, uint8_t *out); /* see pager.c */
 bool meta_newer(const struct meta *a, const struct meta *b);
 bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file's bad_meta */
 int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
+int pager_snapshot_tail(keel_txn *txn, uint8_t **tail); /* see pager.c */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
 uint64_t page_map_limit(const keel_txn *txn); /* pages below it are backed by the file */
 /* A page page_get gave out lies in the map, or is a dirty buffer of this
@@ -215,6 +220,10 @@ void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */
 int freelist_record(keel_txn *txn);   /* at commit: writes pool leftovers and this txn's freed pages */
 uint64_t free_key_txnid(const uint8_t *k); /* the txn id of a free-tree key (FREE_KEY_SIZE bytes) */
+/* At write-txn begin: the free tail of the meta page the txn began from. */
+int freelist_load_tail(keel_txn *txn, const uint8_t *meta_page);
+int freelist_tail_groups(const uint8_t *words, size_t nwords, uint64_t npages, uint64_t txnid_max,
+                         int (*fn)(void *ctx, uint64_t txnid, const uint8_t *pages, size_t n), void *ctx);
 
 /* ---- btree.c ------------------------------------------------------------ */
 struct bt_path {
@@ -291,6 +300,9 @@ void ttl_log_free(keel_txn *txn);
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out);
 int txn_commit(keel_txn *txn);
 void txn_abort(keel_txn *txn);
+/* A read txn and its snapshot's free tail (pager_snapshot_tail), begun again
+ * while commits overwrite its meta page; the caller frees *tail. */
+int txn_begin_with_tail(keel_db *db, keel_txn **out, uint8_t **tail);
 /* Is the txn usable?  Inline: every API call and every cursor step asks. */
 static inline int txn_check(const keel_txn *txn, bool write)
 {

@@ -198,7 +198,33 @@ void pager_free_pagebufs(keel_db *db)
 /* ---- metas ---- */
 void meta_seal(struct meta *m) { m->checksum = XXH3_64bits(m, META_SUM_BYTES); }
 
+/* The meta page `page` (checked by meta_check) as a meta that needs no
+ * check of its commit's pages, into `out` (psize bytes, zeroed by the
+ * caller): the meta without ONEFLUSH, and its free tail.  Returns the bytes
+ * to write. */
+size_t meta_copy_page(uint32_t psize, const uint8_t *page, uint8_t *out)
+{
+    struct meta m;
+    memcpy(&m, page, META_SIZE);
+    m.flags &= ~META_F_ONEFLUSH;
+    m.commit_list_sum = 0;
+    meta_seal(&m);
+    memcpy(out, &m, META_SIZE);
+    if (!(m.flags & META_F_FREETAIL))
+        return 512;
+    size_t off = meta_tail_off(psize), bytes = META_TAIL_HDR + (size_t)rd32(page + off) * 8;
+    memcpy(out + off, page + off, bytes);
+    return (off + bytes + 511) / 512 * 512;
+}
+
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out)
+{
+    return meta_check_head(buf, len, expect_psize, out, true);
+}
+
+/* with_tail false: the meta alone, not its free tail (check.c tells a torn
+ * tail from a damaged meta with it) */
+int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail)
 {
     if (len < META_SIZE)
         return KEEL_INVALID;
@@ -220,6 +246,18 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
         return KEEL_CORRUPTED;
     if (m.txnid == UINT64_MAX) /* the next commit's id would wrap to 0 and lose to the other meta */
         return KEEL_CORRUPTED;
+    if (with_tail && (m.flags & META_F_FREETAIL)) {
+        /* The tail shares the meta's write: a meta whose tail does not match
+         * its sum was torn (or damaged), and the other meta takes over. */
+        size_t off = meta_tail_off(m.page_size);
+        if (len < off + META_TAIL_HDR)
+            return KEEL_CORRUPTED;
+        uint32_t nwords = rd32(buf + off);
+        size_t bytes = META_TAIL_HDR + (size_t)nwords * 8;
+        if (rd32(buf + off + 4) || nwords > meta_tail_max_words(m.page_size) || len - off < bytes ||
+            XXH3_64bits(buf + off, bytes) != m.free_tail_sum)
+            return KEEL_CORRUPTED;
+    }
     for (int i = 0; i < TREE_COUNT; i++) {
         const struct tree_desc *t = &m.trees[i];
         if (t->root == 1 || (t->root && t->root >= m.npages) || t->depth > KEEL_MAX_DEPTH ||
@@ -251,8 +289,8 @@ bool meta_newer(const struct meta *a, const struct meta *b)
 int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot)
 {
     struct meta a, b;
-    int ra = meta_check(db->map, META_SIZE, db->psize, &a);
-    int rb = meta_check(db->map + db->psize, META_SIZE, db->psize, &b);
+    int ra = meta_check(db->map, db->psize, db->psize, &a);
+    int rb = meta_check(db->map + db->psize, db->psize, db->psize, &b);
     uint64_t bad = lockfile_bad_meta(&db->lock);
     if (bad) { /* a torn one-flush commit found at open: as if its meta were torn */
         if (!ra && meta_is_bad(&a, bad))
@@ -267,6 +305,36 @@ int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot)
     if (slot)
         *slot = s;
     return 0;
+}
+
+/* A read txn's free tail, copied from its snapshot's meta page in the map
+ * (a malloc'd header and words, or NULL if the snapshot has none).  The
+ * snapshot's pages stay while the txn lives, but its meta page is
+ * overwritten by the second commit after it: then KEEL_BUSY (begin again). */
+int pager_snapshot_tail(keel_txn *txn, uint8_t **out)
+{
+    keel_db *db = txn->db;
+    *out = NULL;
+    if (!(txn->meta.flags & META_F_FREETAIL))
+        return 0;
+    size_t off = meta_tail_off(db->psize), max = META_TAIL_HDR + meta_tail_max_words(db->psize) * 8;
+    uint8_t *t = os_malloc(max);
+    if (!t)
+        return KEEL_NOMEM;
+    for (unsigned s = 0; s < 2; s++) {
+        const uint8_t *page = db->map + (size_t)s * db->psize;
+        if (memcmp(page, &txn->meta, META_SIZE))
+            continue;
+        memcpy(t, page + off, max);
+        size_t bytes = META_TAIL_HDR + (size_t)rd32(t) * 8;
+        /* still the same meta after the copy, and the copy matches its sum */
+        if (!memcmp(page, &txn->meta, META_SIZE) && bytes <= max && XXH3_64bits(t, bytes) == txn->meta.free_tail_sum) {
+            *out = t;
+            return 0;
+        }
+    }
+    os_free(t);
+    return KEEL_BUSY;
 }
 
 /* ---- page access ---- */
@@ -477,6 +545,7 @@ void pager_txn_release(keel_txn *txn)
     txn->dirty_bytes = 0;
     pgvec_free(&txn->freed);
     pgvec_free(&txn->pool);
+    pgvec_free(&txn->tail);
 }
 
 /* ---- file size ---- */
@@ -663,7 +732,8 @@ int pager_write_out(keel_txn *txn)
     /* One flush for pages and meta when the meta can vouch for the pages (its
      * commit list) and the meta before it is durable: that is what a torn
      * commit falls back to. */
-    struct commit_list cl = {.block = mbuf + META_LIST_OFF, .max_runs = meta_list_max_runs(db->psize)};
+    bool tail = txn->tail.n > 0;
+    struct commit_list cl = {.block = mbuf + META_LIST_OFF, .max_runs = meta_list_max_runs(db->psize, tail)};
     bool try_one = metasync && !(txn->meta.flags & META_F_UNSYNCED);
     if ((rc = write_dirty(txn, false, try_one ? &cl : NULL)))
         goto out;
@@ -672,12 +742,22 @@ int pager_write_out(keel_txn *txn)
         goto out;
     size_t mlen = 512;
     txn->meta.txnid = txn->txnid;
-    txn->meta.flags = one ? META_F_ONEFLUSH : metasync ? 0 : META_F_UNSYNCED;
+    txn->meta.flags = (one ? META_F_ONEFLUSH : metasync ? 0 : META_F_UNSYNCED) | (tail ? META_F_FREETAIL : 0);
     txn->meta.commit_list_sum = 0;
+    txn->meta.free_tail_sum = 0;
     if (one) {
         size_t list_len = META_LIST_HDR + cl.nruns * META_LIST_RUN;
         txn->meta.commit_list_sum = XXH3_64bits(cl.block, list_len);
         mlen = (META_LIST_OFF + list_len + 511) / 512 * 512;
+    }
+    if (tail) { /* freelist_record made it fit */
+        uint8_t *t = mbuf + meta_tail_off(db->psize);
+        size_t bytes = META_TAIL_HDR + txn->tail.n * 8;
+        wr32(t, (uint32_t)txn->tail.n);
+        for (size_t i = 0; i < txn->tail.n; i++)
+            wr64(t + META_TAIL_HDR + 8 * i, txn->tail.v[i]);
+        txn->meta.free_tail_sum = XXH3_64bits(t, bytes);
+        mlen = (meta_tail_off(db->psize) + bytes + 511) / 512 * 512;
     }
     meta_seal(&txn->meta);
     memcpy(mbuf, &txn->meta, META_SIZE);
@@ -724,16 +804,13 @@ void pager_confirm(keel_db *db)
         return;
     struct meta m;
     unsigned slot;
-    if (pager_newest_meta(db, &m, &slot) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
-        uint8_t buf[512];
-        memset(buf, 0, sizeof buf);
-        m.flags = 0;
-        m.commit_list_sum = 0;
-        meta_seal(&m);
-        memcpy(buf, &m, META_SIZE);
-        if (os_pwrite_full(db->fd, buf, sizeof buf, (uint64_t)(1 - slot) * db->psize) == 0)
+    uint8_t *buf = os_calloc(db->psize);
+    if (buf && pager_newest_meta(db, &m, &slot) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
+        size_t len = meta_copy_page(db->psize, db->map + (size_t)slot * db->psize, buf);
+        if (os_pwrite_full(db->fd, buf, len, (uint64_t)(1 - slot) * db->psize) == 0)
             (void)os_fdatasync(db->fd);
     }
+    os_free(buf);
     lockfile_writer_unlock(&db->lock);
     db->unconfirmed = 0;
 }
@@ -758,7 +835,7 @@ int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned s
     uint32_t nruns = rd32(buf);
     size_t list_len = META_LIST_HDR + (size_t)nruns * META_LIST_RUN;
     rc = KEEL_CORRUPTED;
-    if (got != ps - META_LIST_OFF || nruns > meta_list_max_runs(ps) || rd32(buf + 4) ||
+    if (got != ps - META_LIST_OFF || nruns > meta_list_max_runs(ps, m->flags & META_F_FREETAIL) || rd32(buf + 4) ||
         XXH3_64bits(buf, list_len) != m->commit_list_sum)
         goto out;
     uint64_t want = rd64(buf + 8);

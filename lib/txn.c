@@ -130,6 +130,11 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
          * (pages the one before still uses) must wait one more commit. */
         if ((txn->meta.flags & META_F_UNSYNCED) && txn->oldest > 0 && txn->oldest == txn->meta.txnid)
             txn->oldest--;
+        if ((rc = freelist_load_tail(txn, db->map + (size_t)txn->meta_slot * db->psize))) {
+            pager_txn_release(txn);
+            lockfile_writer_unlock(&db->lock);
+            goto fail;
+        }
         pthread_mutex_lock(&db->mu);
         db->wtxn = txn;
         db->writer_thread = pthread_self();
@@ -152,6 +157,22 @@ fail:
     txn->slot = -1;
     txn_put(txn);
     return rc;
+}
+
+int txn_begin_with_tail(keel_db *db, keel_txn **out, uint8_t **tail)
+{
+    for (int tries = 0; tries < 1000; tries++) {
+        int rc = txn_begin(db, KEEL_RDONLY, out);
+        if (rc)
+            return rc;
+        if ((rc = pager_snapshot_tail(*out, tail)) != KEEL_BUSY) {
+            if (rc)
+                txn_abort(*out);
+            return rc;
+        }
+        txn_abort(*out);
+    }
+    return KEEL_BUSY;
 }
 
 static void txn_end(keel_txn *txn)

@@ -1,7 +1,8 @@
 /*
  * test_pager.c — the pager's own pieces: the radix sort of page numbers,
  * the page buffers kept between write txns, which meta slot a commit
- * writes, and the 16 KiB pieces writes reach the kernel in.
+ * writes, the 16 KiB pieces writes reach the kernel in, and the free tail
+ * (the free pages of small commits, kept in the meta page).
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -245,6 +246,188 @@ static void test_writes_in_16k_pieces(void **state)
     unlink(copy);
 }
 
+/* ---- the free tail ---- */
+
+static uint64_t problems_of(keel_db *db)
+{
+    uint64_t problems = 99;
+    assert_int_equal(keel_check(db, NULL, NULL, &problems), 0);
+    return problems;
+}
+
+static void put_one(keel_db *db, unsigned i)
+{
+    keel_txn *t;
+    char k[32];
+    snprintf(k, sizeof k, "key-%06u", i);
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    assert_int_equal(keel_put(t, 0, tu_val(k), tu_val("a value of some length"), 0), 0);
+    assert_int_equal(keel_commit(t), 0);
+}
+
+/* The newest meta of the file and its page. */
+static unsigned newest_meta(const char *path, uint8_t page[4096], struct meta *m)
+{
+    struct meta a, b;
+    read_meta(path, 0, &a);
+    read_meta(path, 1, &b);
+    unsigned s = a.txnid > b.txnid ? 0 : 1;
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, page, 4096, (off_t)s * 4096), 4096);
+    close(fd);
+    memcpy(m, page, sizeof *m);
+    return s;
+}
+
+/* Pages a tail lists, from its words. */
+static uint64_t tail_pages(const uint8_t *page)
+{
+    const uint8_t *t = page + meta_tail_off(4096);
+    uint64_t n = 0;
+    for (size_t i = 0; i < rd32(t);) {
+        uint64_t c = rd64(t + META_TAIL_HDR + 8 * (i + 1));
+        n += c;
+        i += 2 + (size_t)c;
+    }
+    return n;
+}
+
+/* Small commits keep their free pages in the meta page: the free tree is
+ * never written, the pages are reused (the file stops growing), and check,
+ * stat, a reopen and both kinds of copy agree. */
+static void test_free_tail_small_commits(void **state)
+{
+    (void)state;
+    char path[256], cpath[256];
+    tu_path(path, sizeof path, "pg-tail");
+    tu_path(cpath, sizeof cpath, "pg-tail-copy");
+    keel_options o = {.page_size = 4096};
+    keel_db *db;
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    for (unsigned i = 0; i < 300; i++)
+        put_one(db, i * 7919 % 300);
+    uint8_t page[4096];
+    struct meta m, m2;
+    newest_meta(path, page, &m);
+    uint64_t npages = m.npages;
+    for (unsigned i = 300; i < 400; i++)
+        put_one(db, i * 7919 % 400);
+    newest_meta(path, page, &m);
+    assert_true(m.flags & META_F_FREETAIL);
+    assert_int_equal(m.trees[TREE_FREE].root, 0);
+    assert_true(m.free_pages > 0);
+    assert_int_equal(tail_pages(page), m.free_pages);
+    assert_true(m.npages <= npages + 2); /* pages are reused: a leaf split or two at most */
+    assert_int_equal(problems_of(db), 0);
+    keel_stat st;
+    assert_int_equal(keel_db_stat(db, &st), 0);
+    assert_int_equal(st.free_pages, m.free_pages);
+    assert_int_equal(2 + st.branch_pages + st.leaf_pages + st.overflow_pages + st.free_pages, m.npages);
+
+    assert_int_equal(keel_copy(db, cpath, 0), 0);
+    keel_db *cdb;
+    assert_int_equal(keel_open(cpath, &o, &cdb), 0);
+    assert_int_equal(problems_of(cdb), 0);
+    put_one(cdb, 5); /* the copy's tail is loaded and written again */
+    assert_int_equal(problems_of(cdb), 0);
+    keel_close(cdb);
+    newest_meta(cpath, page, &m2);
+    assert_int_equal(m2.trees[TREE_FREE].root, 0);
+    assert_int_equal(tail_pages(page), m2.free_pages);
+    tu_remove(cpath);
+
+    keel_close(db); /* copies the one-flush meta into the other slot, tail and all */
+    struct meta a, b;
+    read_meta(path, 0, &a);
+    read_meta(path, 1, &b);
+    assert_int_equal(a.txnid, b.txnid);
+    assert_true((a.flags & META_F_FREETAIL) && (b.flags & META_F_FREETAIL));
+    for (unsigned slot = 0; slot < 2; slot++) { /* with their tails */
+        int fd = open(path, O_RDONLY);
+        assert_true(fd >= 0);
+        assert_int_equal(pread(fd, page, 4096, (off_t)slot * 4096), 4096);
+        close(fd);
+        assert_int_equal(meta_check(page, 4096, 4096, &m2), 0);
+    }
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    assert_int_equal(problems_of(db), 0);
+    put_one(db, 1);
+    assert_int_equal(problems_of(db), 0);
+    keel_close(db);
+    tu_remove(path);
+}
+
+/* A reader holding an old snapshot keeps every later commit's pages from
+ * reuse: the tail fills and its groups move to the free tree, and the pages
+ * come back once the reader ends. */
+static void test_free_tail_overflows_into_the_tree(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "pg-tail-full");
+    keel_options o = {.page_size = 4096, .flags = KEEL_NOSYNC};
+    keel_db *db;
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    for (unsigned i = 0; i < 100; i++)
+        put_one(db, i);
+    keel_txn *r;
+    assert_int_equal(keel_begin(db, KEEL_RDONLY, &r), 0);
+    uint8_t page[4096];
+    struct meta m;
+    bool in_tree = false;
+    for (unsigned i = 0; i < 200 && !in_tree; i++) {
+        put_one(db, 1000 + i);
+        newest_meta(path, page, &m);
+        in_tree = m.trees[TREE_FREE].root != 0;
+    }
+    assert_true(in_tree);
+    assert_int_equal(problems_of(db), 0);
+    keel_abort(r);
+    uint64_t npages = m.npages;
+    for (unsigned i = 0; i < 200; i++)
+        put_one(db, 2000 + i);
+    newest_meta(path, page, &m);
+    assert_true(m.npages <= npages + 4); /* the held-back pages were reused */
+    assert_int_equal(problems_of(db), 0);
+    keel_close(db);
+    tu_remove(path);
+}
+
+/* A tail that does not match its sum is a torn meta write: the meta before
+ * it is used, check finds nothing wrong, and the next commit goes on. */
+static void test_free_tail_torn(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "pg-tail-torn");
+    keel_options o = {.page_size = 4096, .flags = KEEL_NOSYNC};
+    keel_db *db;
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    for (unsigned i = 0; i < 20; i++)
+        put_one(db, i);
+    keel_close(db);
+    uint8_t page[4096];
+    struct meta m;
+    unsigned s = newest_meta(path, page, &m);
+    assert_true(m.flags & META_F_FREETAIL);
+    /* the slots hold txns 20 and 19 (KEEL_NOSYNC: no one-flush, nothing to confirm at close) */
+    page[meta_tail_off(4096) + META_TAIL_HDR] ^= 1;
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, page, 4096, (off_t)s * 4096), 4096);
+    close(fd);
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    keel_stat st;
+    assert_int_equal(keel_db_stat(db, &st), 0);
+    assert_int_equal(st.last_txnid, 19); /* the other meta */
+    assert_int_equal(problems_of(db), 0);
+    put_one(db, 99);
+    assert_int_equal(problems_of(db), 0);
+    keel_close(db);
+    tu_remove(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -252,6 +435,9 @@ int main(void)
         cmocka_unit_test(test_pagebufs_kept),
         cmocka_unit_test(test_commit_writes_the_other_slot),
         cmocka_unit_test(test_writes_in_16k_pieces),
+        cmocka_unit_test(test_free_tail_small_commits),
+        cmocka_unit_test(test_free_tail_overflows_into_the_tree),
+        cmocka_unit_test(test_free_tail_torn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
