@@ -5,7 +5,8 @@
  *
  *   DIR/fuzz_file/  valid database files of several shapes (empty, small,
  *                   named buckets with TTLs, overflow values, a deep tree of
- *                   long keys, a free tree after many commits, a dropped
+ *                   long keys, a free tree after many commits, free pages
+ *                   in both the meta's free tail and the free tree, a dropped
  *                   bucket, a wide tree) at 4, 8 and 16 KiB pages; each file
  *                   is the option byte, then the file cut to the meta's npages
  *                   and, made in the default sync mode, a small database as a
@@ -193,6 +194,27 @@ static void shape_freelist(keel_db *db)
     }
 }
 
+/* One-put commits keep their free pages in the meta's free tail; a reader
+ * held meanwhile makes the tail overflow into the free tree, so this file
+ * has both. */
+static void shape_freetree(keel_db *db)
+{
+    keel_txn *r;
+    OK(keel_begin(db, KEEL_RDONLY, &r));
+    for (int i = 0; i < 120; i++) {
+        keel_txn *w;
+        char k[16];
+        snprintf(k, sizeof k, "t%03d", i * 37 % 120);
+        OK(keel_begin(db, 0, &w));
+        OK(keel_put(w, 0, sv(k), sv("a value"), 0));
+        OK(keel_commit(w));
+        if (i == 100) {
+            keel_abort(r);
+            r = NULL;
+        }
+    }
+}
+
 static void shape_dropped(keel_db *db)
 {
     keel_txn *w;
@@ -235,6 +257,7 @@ struct shape {
 static const struct shape shapes[] = {
     {"empty", shape_empty, 0xF},       {"small", shape_small, 0x7},       {"buckets", shape_buckets, 0x3},
     {"overflow", shape_overflow, 0x3}, {"deep", shape_deep, 0x3},         {"freelist", shape_freelist, 0x3},
+    {"freetree", shape_freetree, 0x1},
     {"dropped", shape_dropped, 0x1},   {"wide", shape_wide, 0x1},
 };
 
