@@ -10,7 +10,8 @@
  *
  * -r runs the whole table ROUNDS times and ends with the median of the
  * rounds' ratios per row (and their min-max): on a noisy shared machine one
- * round's ratio can move by a third.
+ * round's ratio can move by a third.  Odd rounds run LMDB first in each
+ * pair, even ones keel.
  *
  * Workloads follow redb's published benchmark: 24-byte random keys,
  * 150-byte values.  Keel-only rows (put with TTL, purge) are compared with
@@ -599,9 +600,12 @@ static struct result run_one(const struct engine *e, const char *path, const str
 }
 
 /* One round: every selected workload on each engine, in table order (later
- * workloads use the files earlier ones left), one table line each. */
+ * workloads use the files earlier ones left), one table line each.  With
+ * lmdb_first the engines take turns the other way round: the second of a
+ * pair runs after the first's writeback and file removal, so rounds swap
+ * who pays for that. */
 static int run_round(const struct engine *const *engines, int ne, const char *only, const char *engine_only,
-                     struct result res[NWORK][2])
+                     bool lmdb_first, struct result res[NWORK][2])
 {
     int bad = 0;
     printf("%-26s %14s %14s %8s %10s %10s\n", "workload", "keel", "lmdb", "ratio", "keel RSS", "lmdb RSS");
@@ -609,7 +613,8 @@ static int run_round(const struct engine *const *engines, int ne, const char *on
         memset(res[w], 0, sizeof res[w]);
         if (only && !strstr(workloads[w].name, only))
             continue;
-        for (int e = 0; e < ne; e++) {
+        for (int i = 0; i < ne; i++) {
+            int e = lmdb_first ? ne - 1 - i : i;
             if (engine_only && strcmp(engine_only, engines[e]->name))
                 continue;
             if (workloads[w].keel_only && e > 0)
@@ -724,8 +729,8 @@ int main(int argc, char **argv)
     double derived[MAX_ROUNDS][D_COUNT];
     for (int r = 0; r < rounds; r++) {
         if (rounds > 1)
-            printf("%sround %d of %d\n", r ? "\n" : "", r + 1, rounds);
-        bad |= run_round(engines, ne, only, engine_only, res[r]);
+            printf("%sround %d of %d%s\n", r ? "\n" : "", r + 1, rounds, r % 2 ? " (lmdb first)" : "");
+        bad |= run_round(engines, ne, only, engine_only, r % 2 == 1, res[r]);
         derived_rows(res[r], derived[r], true);
         if (!only) /* a round starts from fresh files; with -w they stay for a later -w (doc/benchmarks.md) */
             for (int e = 0; e < 2; e++)
