@@ -131,6 +131,18 @@ static int check_nodes(keel_txn *txn, const uint8_t *page)
 
 static inline const uint8_t *node_ptr(const uint8_t *page, unsigned i) { return page + page_slot(page, i); }
 
+/* Prefetches the nodes the first `levels` probes of lower_bound over
+ * [lo, hi) may look at (the same midpoints). */
+static inline void prefetch_probes(const uint8_t *page, unsigned lo, unsigned hi, int levels)
+{
+    if (levels == 0 || lo >= hi)
+        return;
+    unsigned m = lo + (hi - lo) / 2;
+    __builtin_prefetch(page + page_slot(page, m) + 8);
+    prefetch_probes(page, lo, m, levels - 1);
+    prefetch_probes(page, m + 1, hi, levels - 1);
+}
+
 /* The first index in [lo, hi) whose key is >= key (hi if none); *exact when
  * equal.  Always inlined: page_search gets a copy for each kind of page, so
  * that the leaf-only prefetch costs the branches nothing and a dirty page
@@ -141,6 +153,12 @@ static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page
                                                              const uint8_t *key, size_t klen, unsigned *idx,
                                                              bool *exact)
 {
+    /* A leaf not in the cache: ask for the nodes of the first three probes
+     * at once (seven nodes), then one probe ahead in the loop.  Bulk load
+     * at N = 1M: faster in 13 of 16 alternating pairs, by 2-8 %; four
+     * levels up front gained nothing more (doc/benchmarks.md). */
+    if (leaf && hi - lo > 6)
+        prefetch_probes(page, lo, hi, 3);
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;
         /* In a leaf, the probe after this one is one of two nodes: ask for
