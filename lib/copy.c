@@ -58,13 +58,8 @@ static int copy_pages(keel_db *db, const char *dest)
         if (!metas)
             rc = KEEL_NOMEM;
         else {
-            struct meta m = txn->meta;
-            m.flags &= META_F_FREETAIL; /* the copy is synced whole before it is used: no commit list to check */
-            m.commit_list_sum = 0;
-            meta_seal(&m);
-            memcpy(metas, &m, META_SIZE);
-            if (tail) /* pager_snapshot_tail checked it against m.free_tail_sum */
-                memcpy(metas + meta_tail_off(ps), tail, META_TAIL_HDR + (size_t)rd32(tail) * 8);
+            /* the copy is synced whole before it is used: no commit list to check */
+            meta_page_settled(ps, &txn->meta, tail, metas);
             memcpy(metas + ps, metas, ps);
             rc = os_pwrite_full(fd, metas, 2 * (size_t)ps, 0);
             os_free(metas);

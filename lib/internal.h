@@ -188,7 +188,7 @@ enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
 int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail);
 void meta_seal(struct meta *m);
-size_t meta_copy_page(uint32_t psize, const uint8_t *page, uint8_t *out); /* see pager.c */
+size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out); /* see pager.c */
 bool meta_newer(const struct meta *a, const struct meta *b);
 bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file's bad_meta */
 int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */

@@ -198,22 +198,22 @@ void pager_free_pagebufs(keel_db *db)
 /* ---- metas ---- */
 void meta_seal(struct meta *m) { m->checksum = XXH3_64bits(m, META_SUM_BYTES); }
 
-/* The meta page `page` (checked by meta_check) as a meta that needs no
- * check of its commit's pages, into `out` (psize bytes, zeroed by the
- * caller): the meta without ONEFLUSH, and its free tail.  Returns the bytes
- * to write. */
-size_t meta_copy_page(uint32_t psize, const uint8_t *page, uint8_t *out)
+/* A meta page for m that needs no check of its commit's pages (the copy
+ * keel_close makes of a one-flush meta, and keel_copy's metas): no flag but
+ * FREETAIL, no commit list, and the free tail `tail` (its header and words,
+ * already checked against m's sum; NULL if m has none).  `out` is psize
+ * zeroed bytes; returns the bytes to write. */
+size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out)
 {
-    struct meta m;
-    memcpy(&m, page, META_SIZE);
-    m.flags &= ~META_F_ONEFLUSH;
-    m.commit_list_sum = 0;
-    meta_seal(&m);
-    memcpy(out, &m, META_SIZE);
-    if (!(m.flags & META_F_FREETAIL))
+    struct meta s = *m;
+    s.flags &= META_F_FREETAIL;
+    s.commit_list_sum = 0;
+    meta_seal(&s);
+    memcpy(out, &s, META_SIZE);
+    if (!tail)
         return 512;
-    size_t off = meta_tail_off(psize), bytes = META_TAIL_HDR + (size_t)rd32(page + off) * 8;
-    memcpy(out + off, page + off, bytes);
+    size_t off = meta_tail_off(psize), bytes = META_TAIL_HDR + (size_t)rd32(tail) * 8;
+    memcpy(out + off, tail, bytes);
     return (off + bytes + 511) / 512 * 512;
 }
 
@@ -806,7 +806,8 @@ void pager_confirm(keel_db *db)
     unsigned slot;
     uint8_t *buf = os_calloc(db->psize);
     if (buf && pager_newest_meta(db, &m, &slot) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
-        size_t len = meta_copy_page(db->psize, db->map + (size_t)slot * db->psize, buf);
+        const uint8_t *tail = db->map + (size_t)slot * db->psize + meta_tail_off(db->psize);
+        size_t len = meta_page_settled(db->psize, &m, (m.flags & META_F_FREETAIL) ? tail : NULL, buf);
         if (os_pwrite_full(db->fd, buf, len, (uint64_t)(1 - slot) * db->psize) == 0)
             (void)os_fdatasync(db->fd);
     }
