@@ -55,6 +55,8 @@ typedef struct {
 #define KEEL_RDONLY      0x0001u /* open: read only, never create; begin: a read txn */
 #define KEEL_NOSYNC      0x0002u /* open: never sync; a crash may lose recent commits */
 #define KEEL_NOMETASYNC  0x0004u /* open: sync data pages but not the meta page */
+#define KEEL_NOLOCK      0x0008u /* open, with KEEL_RDONLY only: use no lock file (read-only media).
+                                    Safe only while no process writes the database. */
 /* keel_put */
 #define KEEL_NOOVERWRITE 0x0010u /* fail with KEEL_EXISTS if the key is present */
 #define KEEL_APPEND      0x0020u /* key sorts after every key in the bucket: fill pages fully */
@@ -88,6 +90,12 @@ enum {
     KEEL_MISMATCH = -30820,     /* compare-and-swap: the value differs */
     KEEL_NOTNUMBER = -30821,    /* increment: the value is not a decimal integer */
     KEEL_OVERFLOW = -30822,     /* increment or deadline: the result does not fit in int64 */
+    KEEL_LOCKPATH = -30823,     /* the database is in use through another lock file (a second path to
+                                   it: hard link, bind mount; or its lock file was removed) */
+    KEEL_MAPSIZE = -30824,      /* the file has grown past this handle's map (options.max_size) */
+    KEEL_ADDRSPACE = -30825,    /* the address space for the map (options.max_size) cannot be reserved */
+    KEEL_LAGGED = -30826,       /* a read txn fell more than options.max_reader_lag commits behind
+                                   and writers stopped keeping its snapshot: begin a new one */
 };
 
 /* ---- opening ----------------------------------------------------------- */
@@ -102,6 +110,8 @@ typedef struct keel_options { /* zero-initialised = defaults */
     int32_t purge_per_commit; /* expired keys each write commit removes: 0 = 100, < 0 = none */
     uint64_t max_dirty;       /* bytes of changed pages a write txn keeps in memory before it
                                  writes them to free space in the file early; 0 = 512 MiB */
+    uint64_t max_reader_lag;  /* commits a read txn may fall behind before writers reuse the pages
+                                 of its snapshot (its next call answers KEEL_LAGGED); 0 = no limit */
 } keel_options;
 
 int keel_open(const char *path, const keel_options *opts, keel_db **out);
@@ -199,6 +209,7 @@ typedef struct keel_reader_info {
     int32_t pid;
     uint64_t txnid; /* snapshot */
     uint64_t lag;   /* commits made since that snapshot */
+    int64_t age_ms; /* how long the snapshot has been held (by the clock of keel_open's options) */
 } keel_reader_info;
 /* Fills up to max slots in use; *count gets the number in use. */
 int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *count);
@@ -219,6 +230,11 @@ int keel_copy(keel_db *db, const char *dest_path, unsigned flags);
 int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ctx, uint64_t *problems);
 
 const char *keel_strerror(int err);
+/* Where the calling thread's last error was met, when keel knows more than
+ * the code says: the file at fault ("x.db-lock: Is a directory"), the page
+ * of a damage.  "" when there is nothing more to say.  keel_open clears it
+ * first, so after a failed open it describes that failure. */
+const char *keel_error_detail(void);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

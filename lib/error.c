@@ -1,7 +1,9 @@
-/* error.c — keel_strerror: a message for every code keel returns. */
+/* error.c — keel_strerror: a message for every code keel returns; keel_error_detail: where the last one was met. */
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
-#include "keel.h"
+#include "internal.h"
 
 const char *keel_strerror(int err)
 {
@@ -30,8 +32,30 @@ const char *keel_strerror(int err)
     case KEEL_MISMATCH: return "KEEL_MISMATCH: the current value differs from the expected one";
     case KEEL_NOTNUMBER: return "KEEL_NOTNUMBER: the value is not a decimal integer";
     case KEEL_OVERFLOW: return "KEEL_OVERFLOW: the result does not fit in a 64-bit integer";
+    case KEEL_LOCKPATH:
+        return "KEEL_LOCKPATH: the database is in use through another lock file (a second path to it, or its "
+               "lock file was removed)";
+    case KEEL_MAPSIZE: return "KEEL_MAPSIZE: the file has grown past this handle's map; reopen with a larger max_size";
+    case KEEL_ADDRSPACE: return "KEEL_ADDRSPACE: the address space for the map (max_size) cannot be reserved";
+    case KEEL_LAGGED: return "KEEL_LAGGED: the read transaction fell too far behind the writer; begin a new one";
     }
     if (err > 0)
         return strerror(err);
     return "unknown keel error code";
+}
+
+/* One per thread: a failed call's detail must not be overwritten by another
+ * thread's before its caller reads it. */
+static __thread char error_detail[512];
+
+const char *keel_error_detail(void) { return error_detail; }
+
+void error_detail_clear(void) { error_detail[0] = 0; }
+
+void error_detail_set(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(error_detail, sizeof error_detail, fmt, ap);
+    va_end(ap);
 }

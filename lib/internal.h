@@ -322,6 +322,10 @@ static inline int txn_check(const keel_txn *txn, bool write)
 }
 void txn_free_spares(keel_db *db);
 
+/* ---- error.c: what keel_error_detail() tells ---- */
+void error_detail_clear(void);
+void error_detail_set(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* ---- api.c: shared argument checks ---- */
 int poison(keel_txn *txn, int rc); /* a failed write op leaves its txn able only to abort */
 int check_key(keel_txn *txn, keel_val key);
