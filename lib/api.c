@@ -8,6 +8,7 @@
  * call never reaches the disk.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,11 +161,14 @@ static bool unfinished_creation(keel_db *db, uint64_t fsize)
     return blank;
 }
 
-static void db_free(keel_db *db)
+static void db_free(keel_db *db, bool abandon)
 {
     if (db->map)
         keel_os.munmap(db->map, db->map_size);
-    lockfile_close(&db->lock);
+    if (abandon)
+        lockfile_abandon(&db->lock);
+    else
+        lockfile_close(&db->lock, db->fork_gen != os_fork_generation());
     if (db->fd >= 0)
         os_close(db->fd);
     for (uint32_t i = 1; i < db->nbuckets; i++)
@@ -185,8 +189,94 @@ static void db_free(keel_db *db)
         c = n;
     }
     pthread_mutex_destroy(&db->mu);
+    pthread_cond_destroy(&db->writer_cv);
     os_free(db->path);
     os_free(db);
+}
+
+/* The data file (never on descriptors 0-2) and its lock file.  *created:
+ * this call made the data file. */
+static int open_files(keel_db *db, const char *path, const keel_options *o, bool *created)
+{
+    bool rdonly = o->flags & KEEL_RDONLY;
+    mode_t mode = o->mode ? o->mode : 0644;
+    db->fd = -1;
+    if (!rdonly) {
+        db->fd = os_open_high(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        *created = db->fd >= 0;
+    }
+    if (db->fd < 0 && (rdonly || errno == EEXIST))
+        db->fd = os_open_high(path, (rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC, mode);
+    if (db->fd < 0) {
+        int rc = errno ? errno : EIO;
+        error_detail_set("%s: %s", path, strerror(rc));
+        return rc;
+    }
+    struct stat st;
+    if (keel_os.fstat(db->fd, &st))
+        return errno ? errno : EIO;
+    if (!S_ISREG(st.st_mode)) {
+        int rc = S_ISDIR(st.st_mode) ? EISDIR : KEEL_INVALID;
+        error_detail_set("%s: %s", path, S_ISDIR(st.st_mode) ? strerror(EISDIR) : "not a regular file");
+        return rc;
+    }
+    return lockfile_open(&db->lock, db->fd, path, o->max_readers ? o->max_readers : DEFAULT_MAX_READERS, o->flags);
+}
+
+/* An empty file becomes a new database, under the writer lock so that two
+ * creators cannot race (opening an existing file never waits for a writer);
+ * so does one whose creation a crash cut short.  *fsize: the file's size. */
+static int create_if_new(keel_db *db, const keel_options *o, uint64_t *fsize)
+{
+    int rc = os_file_size(db->fd, fsize);
+    if (rc)
+        return rc;
+    struct meta m;
+    if (*fsize != 0 && (read_metas(db, *fsize, &m) != 0 || m.txnid == 0) && unfinished_creation(db, *fsize))
+        *fsize = 0; /* start the creation over (under the lock, below) */
+    if (*fsize != 0)
+        return 0;
+    if (o->flags & KEEL_RDONLY) {
+        error_detail_set("%s: empty: not a keel database yet", db->path);
+        return KEEL_INVALID;
+    }
+    if ((rc = lockfile_writer_lock(&db->lock)))
+        return rc;
+    if ((rc = os_file_size(db->fd, fsize)) == 0 &&
+        (*fsize == 0 || ((read_metas(db, *fsize, &m) != 0 || m.txnid == 0) && unfinished_creation(db, *fsize)))) {
+        db->psize = o->page_size ? o->page_size : KEEL_MIN_PAGE;
+        if ((rc = os_ftruncate(db->fd, 0)) == 0 && (rc = write_initial_metas(db)) == 0)
+            rc = os_file_size(db->fd, fsize);
+    }
+    lockfile_writer_unlock(&db->lock);
+    return rc;
+}
+
+/* Maps the file read-only.  The map covers at least the file: a file grown
+ * past max_size by another handle is still readable whole. */
+static int map_file(keel_db *db, const keel_options *o)
+{
+    uint64_t need = (db->file_size + db->psize - 1) / db->psize * db->psize;
+    if (db->map_size < need)
+        db->map_size = need;
+    if (db->map_size % db->psize)
+        db->map_size -= db->map_size % db->psize;
+    void *map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);
+    /* Without an explicit max_size, settle for less address space where the
+     * full reservation is refused (32-bit hosts, valgrind, ulimit -v). */
+    while (map == MAP_FAILED && !o->max_size && db->map_size / 2 >= ((uint64_t)64 << 20) &&
+           db->map_size / 2 >= 2 * db->file_size) {
+        db->map_size /= 2;
+        map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);
+    }
+    if (map == MAP_FAILED) {
+        int err = errno;
+        error_detail_set("%s: cannot reserve %" PRIu64 " bytes of address space for the map: %s", db->path,
+                         db->map_size, strerror(err));
+        return err == ENOMEM ? KEEL_ADDRSPACE : err;
+    }
+    db->map = map;
+    return 0;
 }
 
 int keel_open(const char *path, const keel_options *opts, keel_db **out)
@@ -200,8 +290,11 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     memset(&o, 0, sizeof(o));
     if (opts)
         o = *opts;
-    if (o.flags & ~(KEEL_RDONLY | KEEL_NOSYNC | KEEL_NOMETASYNC))
+    error_detail_clear();
+    if (o.flags & ~(KEEL_RDONLY | KEEL_NOSYNC | KEEL_NOMETASYNC | KEEL_NOLOCK))
         return KEEL_BADFLAGS;
+    if ((o.flags & KEEL_NOLOCK) && !(o.flags & KEEL_RDONLY))
+        return KEEL_BADFLAGS; /* a writer without the lock file would be alone only by luck */
     if (o.page_size && (o.page_size < KEEL_MIN_PAGE || o.page_size > KEEL_MAX_PAGE ||
                         (o.page_size & (o.page_size - 1))))
         return KEEL_BADARG;
@@ -216,6 +309,8 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     db->fd = -1;
     db->lock.fd = -1;
     pthread_mutex_init(&db->mu, NULL);
+    pthread_cond_init(&db->writer_cv, NULL);
+    db->max_reader_lag = o.max_reader_lag;
     db->flags = o.flags;
     db->clock = o.clock;
     db->clock_ctx = o.clock_ctx;
@@ -229,79 +324,34 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     db->bucket_names = os_calloc(db->bucket_cap * sizeof(char *));
     db->path = os_strdup(path);
     int rc = 0;
+    bool created = false;
+    uint64_t fsize;
     if (!db->bucket_names || !db->path) {
         rc = KEEL_NOMEM;
         goto fail;
     }
-    bool rdonly = o.flags & KEEL_RDONLY;
-    db->fd = keel_os.open(path, (rdonly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, o.mode ? o.mode : 0644);
-    if (db->fd < 0) {
-        rc = errno ? errno : EIO;
+    if ((rc = open_files(db, path, &o, &created)))
         goto fail;
-    }
-    struct stat st;
-    if (keel_os.fstat(db->fd, &st)) {
-        rc = errno;
+    if ((rc = create_if_new(db, &o, &fsize)))
         goto fail;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = S_ISDIR(st.st_mode) ? EISDIR : KEEL_INVALID;
-        goto fail;
-    }
-    if ((rc = lockfile_open(&db->lock, path, o.max_readers ? o.max_readers : DEFAULT_MAX_READERS, rdonly)))
-        goto fail;
-    uint64_t fsize;
-    if ((rc = os_file_size(db->fd, &fsize)))
-        goto fail;
-    struct meta m;
-    if (fsize != 0 && !rdonly && (read_metas(db, fsize, &m) != 0 || m.txnid == 0) && unfinished_creation(db, fsize))
-        fsize = 0; /* start the creation over (under the lock, below) */
-    if (fsize == 0) {
-        if (rdonly) {
-            rc = KEEL_INVALID;
-            goto fail;
-        }
-        /* creation happens under the writer lock, so two creators cannot
-         * race; opening an existing file never waits for a writer */
-        if ((rc = lockfile_writer_lock(&db->lock)))
-            goto fail;
-        if ((rc = os_file_size(db->fd, &fsize)) == 0 &&
-            (fsize == 0 || ((read_metas(db, fsize, &m) != 0 || m.txnid == 0) && unfinished_creation(db, fsize)))) {
-            db->psize = o.page_size ? o.page_size : KEEL_MIN_PAGE;
-            if ((rc = os_ftruncate(db->fd, 0)) == 0 && (rc = write_initial_metas(db)) == 0)
-                rc = os_file_size(db->fd, &fsize);
-        }
-        lockfile_writer_unlock(&db->lock);
-        if (rc)
-            goto fail;
-    }
-    if (db->lock.sole && (rc = check_last_commit(db, fsize)))
+    if ((db->lock.sole || db->lock.nolock) && (rc = check_last_commit(db, fsize)))
         goto fail;
     if ((rc = lockfile_share(&db->lock)))
         goto fail;
+    struct meta m;
     rc = read_metas(db, fsize, &m);
     if (rc == KEEL_CORRUPTED && os_file_size(db->fd, &fsize) == 0) /* a writer may have grown it meanwhile */
         rc = read_metas(db, fsize, &m);
-    if (rc)
+    if (rc) {
+        if (rc == KEEL_INVALID)
+            error_detail_set("%s: not a keel database", path);
         goto fail;
+    }
     db->psize = m.page_size;
     db->file_size = fsize;
     db->synced_size = 0; /* unknown: a killed writer may have grown it unsynced; the first commit fsyncs */
-    if (db->map_size % db->psize)
-        db->map_size -= db->map_size % db->psize;
-    void *map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);
-    /* Without an explicit max_size, settle for less address space where the
-     * full reservation is refused (32-bit hosts, valgrind, ulimit -v). */
-    while (map == MAP_FAILED && !o.max_size && db->map_size / 2 >= ((uint64_t)64 << 20) &&
-           db->map_size / 2 >= 2 * db->file_size) {
-        db->map_size /= 2;
-        map = keel_os.mmap(NULL, db->map_size, PROT_READ, MAP_SHARED, db->fd, 0);
-    }
-    if (map == MAP_FAILED) {
-        rc = errno == ENOMEM ? KEEL_FULL : errno;
+    if ((rc = map_file(db, &o)))
         goto fail;
-    }
-    db->map = map;
     size_t usable = db->psize - PAGE_HDR;
     db->max_node = usable / 2 - 2;
     db->inline_max = db->max_node;
@@ -310,7 +360,11 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     *out = db;
     return 0;
 fail:
-    db_free(db);
+    /* What this open created and nobody else has seen goes again: an empty
+     * data file, a lock file. */
+    if (created && db->fd >= 0 && os_file_size(db->fd, &fsize) == 0 && fsize == 0)
+        unlink(path);
+    db_free(db, true);
     return rc;
 }
 
@@ -325,7 +379,7 @@ void keel_close(keel_db *db)
     while (db->live_txns)
         txn_abort(db->live_txns);
     pager_confirm(db);
-    db_free(db);
+    db_free(db, false);
 }
 
 /* ---- txns ---- */
@@ -674,5 +728,5 @@ int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *coun
     int rc = pager_newest_meta(db, &m, NULL);
     if (rc)
         return rc;
-    return readers_list(&db->lock, m.txnid, out, max, count);
+    return readers_list(&db->lock, m.txnid, txn_clock_ms(db), out, max, count);
 }

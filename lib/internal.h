@@ -13,6 +13,7 @@
 #define KEEL_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -44,31 +45,48 @@ struct dirty_table { /* open addressing on pgno */
 /* ---- lock file (lockfile.c) --------------------------------------------- */
 struct lock_header;
 struct reader_slot;
+#define LOCK_PARKED_MAX 16 /* reader slots a handle keeps between read txns */
 struct lockfile {
-    int fd;
+    int fd;      /* -1 with KEEL_NOLOCK */
+    int data_fd; /* the database file, whose bytes say who uses it */
+    char *path;
     size_t size;
-    struct lock_header *hdr;
+    struct lock_header *hdr; /* NULL with KEEL_NOLOCK */
     struct reader_slot *slots;
     uint32_t max_readers;
-    bool sole; /* holds the exclusive lock: nobody else has the db open */
+    bool sole;    /* holds byte 0 exclusively: nobody else has the db open */
+    bool created; /* this open created the file */
+    bool nolock;
+    uint64_t nolock_bad_meta; /* KEEL_NOLOCK: bad_meta kept here */
+    uint64_t token;           /* marks the slots this handle holds */
+    pthread_mutex_t mu;       /* guards parked */
+    int parked[LOCK_PARKED_MAX]; /* slots held between read txns */
+    int nparked;
 };
-int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers, bool rdonly);
+/* flags: KEEL_RDONLY, KEEL_NOLOCK.  KEEL_LOCKPATH when the database is in
+ * use through another lock file; keel_error_detail() names the file at fault. */
+int lockfile_open(struct lockfile *lf, int data_fd, const char *db_path, uint32_t max_readers, unsigned flags);
 int lockfile_share(struct lockfile *lf); /* the sole user lets others in */
 /* The checksum of a meta every user must ignore (a torn one-flush commit), 0 if none. */
 uint64_t lockfile_bad_meta(const struct lockfile *lf);
 void lockfile_set_bad_meta(struct lockfile *lf, uint64_t checksum);
-void lockfile_close(struct lockfile *lf);
+void lockfile_close(struct lockfile *lf, bool inherited); /* inherited: in a child after fork() */
+void lockfile_abandon(struct lockfile *lf); /* a failed open: also removes a lock file it created */
 int lockfile_writer_lock(struct lockfile *lf);
 void lockfile_writer_unlock(struct lockfile *lf);
 int lockfile_writer_trylock(struct lockfile *lf); /* 0, or EBUSY while another holds it */
-/* Takes a slot and publishes txnid in it; *slot receives its index. */
+/* Takes a slot (*slot: its index; -1 with KEEL_NOLOCK, where nothing is published). */
 int reader_acquire(struct lockfile *lf, int *slot);
-void reader_publish(struct lockfile *lf, int slot, uint64_t txnid);
+void reader_publish(struct lockfile *lf, int slot, uint64_t txnid, int64_t now_ms);
+/* The slot's published snapshot: a writer replaces it when the reader lags too far. */
+const _Atomic uint64_t *reader_pin(struct lockfile *lf, int slot);
 void reader_release(struct lockfile *lf, int slot);
 /* The oldest snapshot any live reader holds, or `newest` if none; frees the
- * slots of dead processes on the way. */
-uint64_t readers_oldest(struct lockfile *lf, uint64_t newest);
-int readers_list(struct lockfile *lf, uint64_t newest, keel_reader_info *out, size_t max, size_t *count);
+ * slots of dead processes on the way, and with max_lag (0 = none) stops
+ * keeping snapshots more than max_lag commits older than newest. */
+uint64_t readers_oldest(struct lockfile *lf, uint64_t newest, uint64_t max_lag);
+int readers_list(struct lockfile *lf, uint64_t newest, int64_t now_ms, keel_reader_info *out, size_t max,
+                 size_t *count);
 
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
@@ -98,7 +116,10 @@ struct keel_db {
     keel_txn *live_txns;  /* txns begun and not ended: keel_close ends them */
     keel_cursor *spare_cursors;
     keel_txn *wtxn; /* the write txn, if one is open on this handle */
-    pthread_t writer_thread;
+    bool writer_gate; /* a thread of this handle has or is taking the writer lock */
+    pthread_t writer_thread; /* ... the thread that began it */
+    pthread_cond_t writer_cv; /* signalled when writer_gate opens */
+    uint64_t max_reader_lag;  /* options.max_reader_lag */
     int32_t purge_per_commit; /* expired keys each write commit removes */
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
     uint64_t shrink_tried;    /* free pages when freelist_record last loaded them all */
@@ -136,6 +157,8 @@ struct keel_txn {
     bool rdonly;
     int error;      /* sticky: a write op failed half way; only abort is allowed */
     int slot;       /* reader slot, -1 for none */
+    const _Atomic uint64_t *pin; /* read txns: the slot's published id (a writer may replace it: KEEL_LAGGED) */
+    uint64_t pin_id;             /* ... what this txn published */
     uint64_t fork_gen;
     int64_t now;    /* clock read once at begin */
     uint64_t txnid; /* snapshot id (read) or id being written (write) */
@@ -298,6 +321,7 @@ void ttl_log_free(keel_txn *txn);
 
 /* ---- txn.c -------------------------------------------------------------- */
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out);
+int64_t txn_clock_ms(keel_db *db); /* the db's clock (options.clock), ms since the epoch */
 int txn_commit(keel_txn *txn);
 void txn_abort(keel_txn *txn);
 /* A read txn and its snapshot's free tail (pager_snapshot_tail), begun again
@@ -316,6 +340,8 @@ static inline int txn_check(const keel_txn *txn, bool write)
         return KEEL_FORKED;
     if (txn->error)
         return KEEL_BADTXN;
+    if (txn->pin && atomic_load_explicit(txn->pin, memory_order_relaxed) != txn->pin_id)
+        return KEEL_LAGGED;
     if (write && txn->rdonly)
         return KEEL_READONLY;
     return 0;

@@ -1,40 +1,73 @@
 /*
- * lockfile.c — the lock file `<path>-lock`: the writer lock and the reader
- * table, in shared memory so that every process opening the database sees
- * them.
+ * lockfile.c — the lock file `<real path>-lock`: who uses the database, the
+ * writer lock and the reader table, in shared memory so that every process
+ * opening the database sees them.
  *
  * Contract:
- *   - The writer lock is a process-shared, robust pthread mutex: when its
- *     holder dies the next locker gets EOWNERDEAD, marks it consistent and
- *     goes on.  Nothing needs repair: a dead writer's meta write is either
- *     whole (its commit happened) or torn (the checksum fails and the other
- *     meta wins), so the file is at a commit.
- *   - A reader slot holds (pid, snapshot txn id).  A reader publishes its
- *     snapshot and then re-reads the newest meta (txn.c): a writer computing
- *     the oldest snapshot either sees the slot or committed before the
- *     re-read, which makes the reader retry.  Slots of dead processes are
- *     freed when the writer computes the oldest snapshot, when the table is
- *     full, and when the sole user reinitialises the file at open.
- *   - The file is created and initialised under an exclusive OFD lock; every
- *     user then holds a shared OFD lock for as long as it has the db open.
- *     The sole user keeps the exclusive lock until lockfile_share(): keel_open
- *     checks the newest commit first (a crash may have torn it), before any
- *     other process can begin a txn on it.
+ *   - One database, one lock file, whatever path reaches it.  The lock file
+ *     is named after the data file's path with symbolic links resolved, so
+ *     every symlink shares it.  A hard link or a bind mount gives another
+ *     name, hence another lock file: every user therefore also holds a
+ *     shared open-file-description (OFD) lock on a byte of the data file
+ *     itself (its inode), and the sole user of a lock file refuses to start
+ *     (KEEL_LOCKPATH) when another descriptor holds that byte: the database
+ *     is then in use through another lock file.  The header records the data
+ *     file's device and inode; an opener of another file is refused too.
+ *   - Liveness never depends on pid numbers (they differ across PID
+ *     namespaces and are reused): a reader slot belongs to a handle, which
+ *     holds an OFD write lock on the slot's first byte for as long as it
+ *     owns the slot.  The kernel drops that lock when the process dies, so
+ *     a slot whose byte can be locked by someone else has a dead owner.
+ *     Handles keep their slots between read txns (parked), so a read txn
+ *     makes no system call to take one.
+ *   - The writer lock is an OFD write lock on byte 1 of the lock file: it
+ *     belongs to the handle's descriptor, not to a thread, so a write txn may
+ *     end on any thread, and the kernel drops it when its process dies (a
+ *     dead writer's meta write is either whole or fails its checksum).
+ *     Threads of one handle are kept apart above this layer (txn.c).
+ *   - The file is (re)initialised by its sole user, under an exclusive lock
+ *     on byte 0; every user then holds a shared lock on byte 0 for as long
+ *     as it has the database open.  Its blocks are allocated before it is
+ *     written through the map, so a full disk is an error, never SIGBUS.
+ *   - KEEL_NOLOCK: no lock file.  The handle holds a shared lock on another
+ *     byte of the data file, and refuses to start while anybody uses the
+ *     database through a lock file (and writers refuse to start while it
+ *     reads).
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
 
 #define LOCK_MAGIC 0x4B4C4F43u /* "COLK" */
-#define LOCK_VERSION 2u /* 2: bad_meta */
+#define LOCK_VERSION 3u /* 3: OFD byte locks instead of a mutex; the data file's identity */
+
+/* Bytes of the lock file that carry OFD locks (none of them need to exist). */
+#define LOCK_BYTE_USERS 0  /* shared: has the db open; exclusive: (re)initialising */
+#define LOCK_BYTE_WRITER 1 /* exclusive: the write txn */
+/* Bytes of the data file: users through a lock file, and KEEL_NOLOCK readers.
+ * Far past any data, so that nobody else's lock of the file's content meets them. */
+#define DATA_BYTE_LOCKED ((uint64_t)1 << 62)
+#define DATA_BYTE_NOLOCK (((uint64_t)1 << 62) + 1)
+
+/* A sole opener that finds the data file in use through another lock file
+ * tries again a few times: two first openers through two paths at once see
+ * each other and both step back. */
+#define LOCKPATH_TRIES 8
+#define LOCKPATH_PAUSE_MAX_US 4000
+
+/* A reader slot's txnid once a writer stopped keeping its snapshot. */
+#define SLOT_LAGGED UINT64_MAX
 
 struct lock_header {
     uint32_t magic;
@@ -46,17 +79,17 @@ struct lock_header {
      * after a crash found that meta's one-flush commit torn (pager.c).  The
      * commit that next writes into that meta's slot clears it. */
     _Atomic uint64_t bad_meta;
-    pthread_mutex_t writer;
-    uint8_t pad[128 - 32 - sizeof(pthread_mutex_t)];
+    uint64_t data_dev, data_ino; /* the data file this lock file belongs to */
+    uint8_t pad[128 - 48];
 };
 _Static_assert(sizeof(struct lock_header) == 128, "lock header is two cache lines");
 
 struct reader_slot { /* one cache line, so readers do not share lines */
-    _Atomic int32_t pid; /* 0 = free */
-    uint32_t pad0;
-    _Atomic uint64_t txnid; /* 0 = registering */
-    _Atomic uint64_t start; /* the process's start time: a reused pid has another */
-    uint8_t pad[40];
+    _Atomic uint64_t owner; /* token of the handle holding the slot; 0 = free */
+    _Atomic uint64_t txnid; /* the snapshot read; 0 = none; SLOT_LAGGED = no longer kept */
+    _Atomic int64_t since;  /* when that snapshot was taken (ms, the reader's clock) */
+    _Atomic int32_t pid;    /* the owner's pid in its own namespace: shown, never trusted */
+    uint8_t pad[36];
 };
 _Static_assert(sizeof(struct reader_slot) == 64, "reader slot is one cache line");
 
@@ -65,111 +98,215 @@ static size_t lock_size(uint32_t max_readers)
     return sizeof(struct lock_header) + (size_t)max_readers * sizeof(struct reader_slot);
 }
 
-static int init_header(struct lock_header *h, uint32_t max_readers)
+static uint64_t slot_byte(uint32_t i) { return sizeof(struct lock_header) + (uint64_t)i * sizeof(struct reader_slot); }
+
+/* A token no other handle has: it marks the slots this handle holds. */
+static uint64_t new_token(void)
 {
-    pthread_mutexattr_t a;
-    int rc = pthread_mutexattr_init(&a);
+    uint64_t t = 0;
+    if (getrandom(&t, sizeof t, GRND_NONBLOCK) != (ssize_t)sizeof t) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16) ^ (uintptr_t)&t;
+        t *= 0x9E3779B97F4A7C15ull;
+    }
+    return t ? t : 1;
+}
+
+static char *lock_path_for(const char *db_path)
+{
+    char *real = realpath(db_path, NULL); /* symlinks share the target's lock file */
+    const char *base = real ? real : db_path;
+    size_t plen = strlen(base);
+    char *lpath = os_malloc(plen + 6);
+    if (lpath) {
+        memcpy(lpath, base, plen);
+        memcpy(lpath + plen, "-lock", 6);
+    }
+    free(real);
+    return lpath;
+}
+
+/* Does another descriptor hold a lock on byte `off` of fd? */
+static int byte_in_use(int fd, uint64_t off, bool *used)
+{
+    int rc = os_lock_probe(fd, off, used);
+    if (rc == EINVAL || rc == ENOLCK || rc == EOPNOTSUPP) { /* no OFD locks here: nothing to tell */
+        *used = false;
+        rc = 0;
+    }
+    return rc;
+}
+
+static void short_pause(void)
+{
+    uint32_t r = (uint32_t)new_token();
+    struct timespec ts = {0, (long)(1000 + r % LOCKPATH_PAUSE_MAX_US) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* Takes our shared lock on byte `mine` of the data file, then makes sure no
+ * other descriptor holds byte `theirs` (if not 0) nor, with check_mine, byte
+ * `mine`: KEEL_LOCKPATH if one does, after a few tries.  Both sides lock
+ * before they look, so of two openers at once at least one sees the other. */
+static int claim_data_file(struct lockfile *lf, uint64_t mine, bool check_mine, uint64_t theirs)
+{
+    int rc = os_lock_range(lf->data_fd, mine, F_RDLCK, true);
+    if (rc == EINVAL || rc == ENOLCK || rc == EOPNOTSUPP)
+        return 0; /* a file system without OFD locks: nothing to guard with */
     if (rc)
         return rc;
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    rc = pthread_mutex_init(&h->writer, &a);
-    pthread_mutexattr_destroy(&a);
-    if (rc)
-        return rc;
+    for (int i = 0;; i++) {
+        bool a = false, b = false;
+        if ((theirs && (rc = byte_in_use(lf->data_fd, theirs, &a))) ||
+            (check_mine && (rc = byte_in_use(lf->data_fd, mine, &b))))
+            return rc;
+        if (!a && !b)
+            return 0;
+        if (i + 1 == LOCKPATH_TRIES)
+            return KEEL_LOCKPATH;
+        /* step back, so that of two first openers at once one gets in */
+        os_unlock_range(lf->data_fd, mine);
+        short_pause();
+        if ((rc = os_lock_range(lf->data_fd, mine, F_RDLCK, true)))
+            return rc;
+    }
+}
+
+static int init_header(struct lockfile *lf, uint32_t max_readers, const struct stat *data)
+{
+    struct lock_header *h = lf->hdr;
+    h->magic = 0; /* first, whatever order memset writes in: see lockfile_map */
+    atomic_thread_fence(memory_order_seq_cst);
+    memset(lf->hdr, 0, lf->size);
     h->max_readers = max_readers;
     h->header_size = sizeof(struct lock_header);
     h->total_size = lock_size(max_readers);
     h->version = LOCK_VERSION;
+    h->data_dev = (uint64_t)data->st_dev;
+    h->data_ino = (uint64_t)data->st_ino;
     atomic_thread_fence(memory_order_seq_cst);
     h->magic = LOCK_MAGIC; /* last: a half-initialised file is recognisably not ready */
     return 0;
 }
 
-int lockfile_open(struct lockfile *lf, const char *db_path, uint32_t max_readers, bool rdonly)
+/* Sizes (sole user only), maps and validates the lock file. */
+static int lockfile_map(struct lockfile *lf, uint32_t max_readers, const struct stat *data)
 {
-    (void)rdonly; /* readers write their slot: the lock file must be writable (doc/design.md) */
-    memset(lf, 0, sizeof(*lf));
-    lf->fd = -1;
-    size_t plen = strlen(db_path);
-    char *lpath = os_malloc(plen + 6);
-    if (!lpath)
-        return KEEL_NOMEM;
-    memcpy(lpath, db_path, plen);
-    memcpy(lpath + plen, "-lock", 6);
-    int fd = keel_os.open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    int err = errno;
-    os_free(lpath);
-    if (fd < 0)
-        return err;
-    /* Every user holds a shared lock while it has the db open, so getting the
-     * exclusive lock means nobody else uses the file: then (and only then)
-     * the table is (re)initialised, which also frees every stale slot. */
-    bool sole = false;
-    int rc = os_lock(fd, 1, 0);
-    if (rc == 0)
-        sole = true;
-    else if (rc == EAGAIN)
-        rc = os_lock(fd, 0, 1);
-    if (rc)
-        goto fail;
     uint64_t size;
-    if ((rc = os_file_size(fd, &size)))
-        goto fail;
-    bool fresh = sole && size == 0;
-    if (sole && !fresh && size >= sizeof(struct lock_header) &&
-        (size - sizeof(struct lock_header)) % sizeof(struct reader_slot) == 0) {
-        /* `magic` is written last: a zero magic in a lock-file-shaped file is
-         * an initialiser killed half way (after the ftruncate or the memset).
-         * Nobody else uses the file: start over as with a fresh one. */
-        uint32_t magic = 1;
+    int rc = os_file_size(lf->fd, &size);
+    if (rc)
+        return rc;
+    bool sole = lf->sole, fresh = sole && size == 0;
+    if (sole && !fresh && size >= sizeof(struct lock_header)) {
+        /* `magic` is written last: zero is an initialiser killed half way.
+         * Another version's file is started over too: nobody uses it. */
+        uint32_t head[2] = {1, LOCK_VERSION};
         size_t got;
-        if ((rc = os_pread_upto(fd, &magic, sizeof magic, 0, &got)))
-            goto fail;
-        fresh = got == sizeof magic && magic == 0;
+        if ((rc = os_pread_upto(lf->fd, head, sizeof head, 0, &got)))
+            return rc;
+        fresh = got == sizeof head && (head[0] == 0 || (head[0] == LOCK_MAGIC && head[1] != LOCK_VERSION));
     }
-    if (fresh) {
-        if ((rc = os_ftruncate(fd, lock_size(max_readers))))
-            goto fail;
+    if (fresh && size != lock_size(max_readers)) {
+        if ((rc = os_ftruncate(lf->fd, lock_size(max_readers))))
+            return rc;
         size = lock_size(max_readers);
     }
-    if (size < sizeof(struct lock_header) || size > ((uint64_t)1 << 30)) {
-        rc = KEEL_LOCKFILE;
-        goto fail;
-    }
-    void *m = keel_os.mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) {
-        rc = errno;
-        goto fail;
-    }
+    if (size < sizeof(struct lock_header) || size > ((uint64_t)1 << 30) ||
+        (size - sizeof(struct lock_header)) % sizeof(struct reader_slot))
+        return KEEL_LOCKFILE;
+    /* Real blocks before any store through the map: on a full disk a store
+     * into a hole is SIGBUS. */
+    if (sole && (rc = os_allocate(lf->fd, size)))
+        return rc;
+    void *m = keel_os.mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, lf->fd, 0);
+    if (m == MAP_FAILED)
+        return errno ? errno : ENOMEM;
     lf->hdr = m;
     lf->size = (size_t)size;
     struct lock_header *h = lf->hdr;
-    if (!fresh && (h->magic != LOCK_MAGIC || h->version != LOCK_VERSION ||
+    if (!fresh && (h->magic != LOCK_MAGIC || (!sole && h->version != LOCK_VERSION) ||
                    h->header_size != sizeof(struct lock_header) || h->max_readers == 0 ||
-                   h->total_size != size || lock_size(h->max_readers) != size)) {
-        rc = KEEL_LOCKFILE;
-        goto fail_map;
-    }
-    if (sole) {
-        uint32_t n = fresh ? max_readers : h->max_readers;
-        h->magic = 0; /* first, whatever order memset writes in: see above */
-        atomic_thread_fence(memory_order_seq_cst);
-        memset(m, 0, (size_t)size);
-        if ((rc = init_header(h, n)))
-            goto fail_map;
-    }
-    lf->sole = sole;
+                   h->total_size != size || lock_size(h->max_readers) != size))
+        return KEEL_LOCKFILE;
+    if (!sole && (h->data_dev != (uint64_t)data->st_dev || h->data_ino != (uint64_t)data->st_ino))
+        return KEEL_LOCKPATH; /* the lock file of another data file */
+    if (sole)
+        init_header(lf, fresh ? max_readers : h->max_readers, data);
     lf->max_readers = h->max_readers;
     lf->slots = (struct reader_slot *)((uint8_t *)m + sizeof(struct lock_header));
-    lf->fd = fd;
     return 0;
-fail_map:
-    keel_os.munmap(m, (size_t)size);
-    lf->hdr = NULL;
-fail:
+}
+
+/* Opens the lock file and takes byte 0: exclusively if nobody else has it
+ * (then lf->sole), else shared.  Retries when the name was removed or
+ * replaced between the open and the lock: the lock must be on the file the
+ * name gives now. */
+static int lockfile_enter(struct lockfile *lf)
+{
+    for (int tries = 0;; tries++) {
+        bool created = true;
+        int fd = os_open_high(lf->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 && errno == EEXIST) {
+            created = false;
+            fd = os_open_high(lf->path, O_RDWR | O_CLOEXEC, 0644);
+        }
+        if (fd < 0)
+            return errno ? errno : EIO;
+        lf->fd = fd;
+        lf->created = created;
+        int rc = os_lock_range(fd, LOCK_BYTE_USERS, F_WRLCK, false);
+        lf->sole = rc == 0;
+        if (rc == EAGAIN)
+            rc = os_lock_range(fd, LOCK_BYTE_USERS, F_RDLCK, true);
+        struct stat byname, byfd;
+        if (rc == 0 && (rc = keel_os.fstat(fd, &byfd) ? errno : 0) == 0 && !S_ISREG(byfd.st_mode))
+            rc = KEEL_LOCKFILE;
+        if (rc == 0 && stat(lf->path, &byname) == 0 && byname.st_dev == byfd.st_dev && byname.st_ino == byfd.st_ino)
+            return 0;
+        os_close(fd);
+        lf->fd = -1;
+        if (rc)
+            return rc;
+        if (tries == 3)
+            return KEEL_LOCKFILE; /* the name keeps changing under us */
+    }
+}
+
+int lockfile_open(struct lockfile *lf, int data_fd, const char *db_path, uint32_t max_readers, unsigned flags)
+{
+    memset(lf, 0, sizeof(*lf));
     lf->fd = -1;
-    os_close(fd);
+    lf->data_fd = data_fd;
+    lf->token = new_token();
+    pthread_mutex_init(&lf->mu, NULL);
+    struct stat data;
+    if (keel_os.fstat(data_fd, &data))
+        return errno ? errno : EIO;
+    int rc;
+    if (flags & KEEL_NOLOCK) {
+        lf->nolock = true;
+        rc = claim_data_file(lf, DATA_BYTE_NOLOCK, false, DATA_BYTE_LOCKED);
+        if (rc == KEEL_LOCKPATH)
+            error_detail_set("%s: in use through its lock file; open it without KEEL_NOLOCK", db_path);
+        return rc;
+    }
+    if (!(lf->path = lock_path_for(db_path)))
+        return KEEL_NOMEM;
+    if ((rc = lockfile_enter(lf))) {
+        error_detail_set("%s: %s", lf->path, keel_strerror(rc));
+        return rc;
+    }
+    /* Users through another lock file (another name of the file, a removed
+     * lock file) hold the data file's byte: the sole user of this one must
+     * find it free.  A handle that may write must find no KEEL_NOLOCK reader. */
+    rc = claim_data_file(lf, DATA_BYTE_LOCKED, lf->sole, (flags & KEEL_RDONLY) ? 0 : DATA_BYTE_NOLOCK);
+    if (rc == KEEL_LOCKPATH)
+        error_detail_set("%s: the database is in use through another lock file than %s (another path to it: a hard "
+                         "link or a bind mount; a removed lock file; or a KEEL_NOLOCK reader)",
+                         db_path, lf->path);
+    if (rc == 0 && (rc = lockfile_map(lf, max_readers, &data)))
+        error_detail_set("%s: %s", lf->path, keel_strerror(rc));
     return rc;
 }
 
@@ -177,7 +314,7 @@ int lockfile_share(struct lockfile *lf)
 {
     if (!lf->sole)
         return 0;
-    int rc = os_lock(lf->fd, 0, 1); /* downgrade: others may come in now */
+    int rc = os_lock_range(lf->fd, LOCK_BYTE_USERS, F_RDLCK, false); /* downgrade: others may come in now */
     if (rc == 0)
         lf->sole = false;
     return rc;
@@ -185,176 +322,199 @@ int lockfile_share(struct lockfile *lf)
 
 uint64_t lockfile_bad_meta(const struct lockfile *lf)
 {
+    if (!lf->hdr)
+        return lf->nolock_bad_meta;
     return atomic_load_explicit(&lf->hdr->bad_meta, memory_order_acquire);
 }
 
 void lockfile_set_bad_meta(struct lockfile *lf, uint64_t checksum)
 {
-    atomic_store_explicit(&lf->hdr->bad_meta, checksum, memory_order_release);
+    if (!lf->hdr)
+        lf->nolock_bad_meta = checksum;
+    else
+        atomic_store_explicit(&lf->hdr->bad_meta, checksum, memory_order_release);
 }
 
-void lockfile_close(struct lockfile *lf)
+static void slot_give_back(struct lockfile *lf, uint32_t i)
 {
+    os_unlock_range(lf->fd, slot_byte(i));
+    uint64_t mine = lf->token;
+    atomic_compare_exchange_strong(&lf->slots[i].owner, &mine, 0);
+}
+
+void lockfile_close(struct lockfile *lf, bool inherited)
+{
+    /* In a child after fork() the slots and the locks are the parent's: the
+     * descriptors close, the parent's locks stay with the parent's. */
+    if (lf->hdr && !inherited)
+        for (int i = 0; i < lf->nparked; i++)
+            slot_give_back(lf, (uint32_t)lf->parked[i]);
+    lf->nparked = 0;
     if (lf->hdr)
         keel_os.munmap(lf->hdr, lf->size);
     if (lf->fd >= 0)
         os_close(lf->fd);
     lf->hdr = NULL;
     lf->fd = -1;
+    os_free(lf->path);
+    lf->path = NULL;
+    if (lf->token) /* lockfile_open ran: the mutex exists */
+        pthread_mutex_destroy(&lf->mu);
+    lf->token = 0;
 }
 
-int lockfile_writer_lock(struct lockfile *lf)
+void lockfile_abandon(struct lockfile *lf)
 {
-    int rc = pthread_mutex_lock(&lf->hdr->writer);
-    if (rc == EOWNERDEAD) /* the last writer died mid-txn: its txn never committed */
-        rc = pthread_mutex_consistent(&lf->hdr->writer);
-    return rc;
+    /* A lock file this open created and nobody else has seen goes again. */
+    if (lf->created && lf->sole && lf->path)
+        unlink(lf->path);
+    lockfile_close(lf, false);
 }
+
+int lockfile_writer_lock(struct lockfile *lf) { return os_lock_range(lf->fd, LOCK_BYTE_WRITER, F_WRLCK, true); }
 
 int lockfile_writer_trylock(struct lockfile *lf)
 {
-    int rc = pthread_mutex_trylock(&lf->hdr->writer);
-    if (rc == EOWNERDEAD)
-        rc = pthread_mutex_consistent(&lf->hdr->writer);
-    return rc;
+    int rc = os_lock_range(lf->fd, LOCK_BYTE_WRITER, F_WRLCK, false);
+    return rc == EAGAIN ? EBUSY : rc;
 }
 
-void lockfile_writer_unlock(struct lockfile *lf) { pthread_mutex_unlock(&lf->hdr->writer); }
+void lockfile_writer_unlock(struct lockfile *lf) { os_unlock_range(lf->fd, LOCK_BYTE_WRITER); }
 
-/* Start time of a process in clock ticks since boot (field 22 of
- * /proc/PID/stat), 0 if unknown.  Together with the pid it names a process
- * for good: a pid reused later has a later start time. */
-static uint64_t process_start(int32_t pid)
+/* Claims free slot i for this handle: 0, or EAGAIN if it is not to be had. */
+static int slot_claim(struct lockfile *lf, uint32_t i)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    struct reader_slot *s = &lf->slots[i];
+    uint64_t zero = 0;
+    if (atomic_load_explicit(&s->owner, memory_order_relaxed) != 0 ||
+        !atomic_compare_exchange_strong(&s->owner, &zero, lf->token))
+        return EAGAIN;
+    int rc = os_lock_range(lf->fd, slot_byte(i), F_WRLCK, false);
+    if (rc == 0 && atomic_load(&s->owner) == lf->token) {
+        atomic_store(&s->txnid, 0);
+        atomic_store(&s->pid, (int32_t)getpid());
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!p)
-        return 0;
-    if (p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'))
-        return UINT64_MAX; /* a zombie: dead, though kill(pid, 0) still succeeds */
-    /* after ")" come fields 3..: skip to field 22 */
-    int field = 2;
-    for (; *p && field < 22; p++)
-        if (*p == ' ')
-            field++;
-    return strtoull(p, NULL, 10);
-}
-
-static pid_t cached_pid;
-static uint64_t cached_start;
-static uint64_t my_start(void)
-{
-    pid_t me = getpid(); /* changes after fork: recompute */
-    if (me != cached_pid) {
-        cached_start = process_start(me);
-        cached_pid = me;
     }
-    return cached_start;
+    /* A sweeper freed it between our claim and our lock (it saw no lock), or
+     * a late owner still holds the byte: leave it. */
+    if (rc == 0)
+        os_unlock_range(lf->fd, slot_byte(i));
+    uint64_t mine = lf->token;
+    atomic_compare_exchange_strong(&s->owner, &mine, 0);
+    return rc == EAGAIN || rc == 0 ? EAGAIN : rc;
+}
+
+/* Is slot i held by a handle whose process has died?  Then it is freed.
+ * Taking its byte is the test: the kernel dropped the owner's lock. */
+static bool slot_free_if_dead(struct lockfile *lf, uint32_t i, uint64_t owner)
+{
+    if (owner == lf->token) /* ours: our own lock would not conflict with the test */
+        return false;
+    if (os_lock_range(lf->fd, slot_byte(i), F_WRLCK, false) != 0)
+        return false; /* held: alive (or an error: alive is the safe answer) */
+    struct reader_slot *s = &lf->slots[i];
+    atomic_store(&s->txnid, 0);
+    atomic_compare_exchange_strong(&s->owner, &owner, 0);
+    os_unlock_range(lf->fd, slot_byte(i));
+    return true;
 }
 
 int reader_acquire(struct lockfile *lf, int *slot)
 {
-    int32_t me = (int32_t)getpid();
-    uint64_t start = my_start();
+    *slot = -1;
+    if (!lf->hdr)
+        return 0; /* KEEL_NOLOCK: nobody writes, nothing to publish */
+    pthread_mutex_lock(&lf->mu);
+    if (lf->nparked) {
+        *slot = lf->parked[--lf->nparked];
+        pthread_mutex_unlock(&lf->mu);
+        return 0;
+    }
+    pthread_mutex_unlock(&lf->mu);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < lf->max_readers; i++) {
-            struct reader_slot *s = &lf->slots[i];
-            int32_t zero = 0;
-            if (atomic_load_explicit(&s->pid, memory_order_relaxed) == 0 &&
-                atomic_compare_exchange_strong(&s->pid, &zero, me)) {
-                atomic_store(&s->txnid, 0);
-                atomic_store(&s->start, start);
+            int rc = slot_claim(lf, i);
+            if (rc == 0) {
                 *slot = (int)i;
                 return 0;
             }
+            if (rc != EAGAIN)
+                return rc;
         }
-        readers_oldest(lf, 0); /* full: free the slots of dead processes and retry */
+        readers_oldest(lf, 0, 0); /* full: free the slots of dead processes and retry */
     }
     return KEEL_READERS_FULL;
 }
 
-void reader_publish(struct lockfile *lf, int slot, uint64_t txnid)
+void reader_publish(struct lockfile *lf, int slot, uint64_t txnid, int64_t now)
 {
+    if (slot < 0)
+        return;
+    atomic_store_explicit(&lf->slots[slot].since, now, memory_order_relaxed);
     atomic_store(&lf->slots[slot].txnid, txnid); /* seq_cst: ordered before the meta re-read */
+}
+
+const _Atomic uint64_t *reader_pin(struct lockfile *lf, int slot)
+{
+    return slot < 0 ? NULL : &lf->slots[slot].txnid;
 }
 
 void reader_release(struct lockfile *lf, int slot)
 {
+    if (slot < 0)
+        return;
     atomic_store(&lf->slots[slot].txnid, 0);
-    atomic_store(&lf->slots[slot].start, 0); /* see readers_oldest */
-    atomic_store(&lf->slots[slot].pid, 0);
+    pthread_mutex_lock(&lf->mu);
+    bool park = lf->nparked < LOCK_PARKED_MAX;
+    if (park)
+        lf->parked[lf->nparked++] = slot;
+    pthread_mutex_unlock(&lf->mu);
+    if (!park)
+        slot_give_back(lf, (uint32_t)slot);
 }
 
-/* Is the process that took this slot still running? */
-static bool slot_alive(struct reader_slot *s, int32_t pid)
-{
-    if (pid <= 0)
-        return false;
-    if (kill(pid, 0) != 0 && errno == ESRCH)
-        return false;
-    uint64_t want = atomic_load(&s->start), now = process_start(pid);
-    if (now == UINT64_MAX)
-        return false; /* a zombie */
-    return want == 0 || now == 0 || want == now; /* unknown start times count as alive */
-}
-
-uint64_t readers_oldest(struct lockfile *lf, uint64_t newest)
+uint64_t readers_oldest(struct lockfile *lf, uint64_t newest, uint64_t max_lag)
 {
     uint64_t oldest = newest;
-    int32_t me = (int32_t)getpid();
+    if (!lf->hdr)
+        return oldest;
     for (uint32_t i = 0; i < lf->max_readers; i++) {
         struct reader_slot *s = &lf->slots[i];
-        int32_t pid = atomic_load(&s->pid);
-        if (pid == 0)
+        uint64_t owner = atomic_load(&s->owner);
+        if (owner == 0)
             continue;
         uint64_t t = atomic_load(&s->txnid);
         /* Only a slot that pins an old snapshot (or when called with newest=0,
          * every slot: the table is full) is worth the cost of a liveness check. */
-        bool pins = t != 0 && t < newest;
-        uint64_t start;
-        if ((pins || newest == 0) &&
-            (pid == me ? (start = atomic_load(&s->start)) != 0 && start != my_start()
-                       : !slot_alive(s, pid))) {
-            /* The owner is gone: free the slot unless it changed hands
-             * meanwhile.  A free slot keeps start = 0: a new owner claims it
-             * (pid) before it stores its start, and in between a stale start
-             * would make it look dead.  A late store of 0 here over a new
-             * owner's start only makes it "unknown", which counts as alive. */
-            atomic_store(&s->start, 0);
-            if (atomic_compare_exchange_strong(&s->pid, &pid, 0))
-                continue;
-            t = atomic_load(&s->txnid);
-        }
-        if (t == 0) /* registering: it will re-check the meta after publishing */
+        bool pins = t != 0 && t != SLOT_LAGGED && t < newest;
+        if ((pins || newest == 0) && slot_free_if_dead(lf, i, owner))
             continue;
-        if (t < oldest)
+        if (!pins)
+            continue;
+        /* A laggard past the limit stops pinning: its next call answers KEEL_LAGGED. */
+        if (max_lag && newest - t > max_lag && atomic_compare_exchange_strong(&s->txnid, &t, SLOT_LAGGED))
+            continue;
+        if (t != 0 && t != SLOT_LAGGED && t < oldest)
             oldest = t;
     }
     return oldest;
 }
 
-int readers_list(struct lockfile *lf, uint64_t newest, keel_reader_info *out, size_t max, size_t *count)
+int readers_list(struct lockfile *lf, uint64_t newest, int64_t now, keel_reader_info *out, size_t max, size_t *count)
 {
     size_t n = 0;
-    for (uint32_t i = 0; i < lf->max_readers; i++) {
+    for (uint32_t i = 0; lf->hdr && i < lf->max_readers; i++) {
         struct reader_slot *s = &lf->slots[i];
-        int32_t pid = atomic_load(&s->pid);
+        uint64_t owner = atomic_load(&s->owner);
         uint64_t t = atomic_load(&s->txnid);
-        if (pid == 0 || t == 0)
+        if (owner == 0 || t == 0 || t == SLOT_LAGGED || slot_free_if_dead(lf, i, owner))
             continue;
         if (n < max && out) {
-            out[n].pid = pid;
+            out[n].pid = atomic_load(&s->pid);
             out[n].txnid = t;
             out[n].lag = newest > t ? newest - t : 0;
+            int64_t since = atomic_load(&s->since);
+            out[n].age_ms = now > since ? now - since : 0;
         }
         n++;
     }

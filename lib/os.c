@@ -185,9 +185,21 @@ static void install_fork_hook(void) { pthread_atfork(NULL, NULL, on_fork_child);
 
 void os_watch_fork(void) { pthread_once(&fork_once, install_fork_hook); }
 
-int os_lock(int fd, int exclusive, int wait)
+int os_open_high(const char *path, int flags, mode_t mode)
 {
-    struct flock fl = {.l_type = exclusive ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET};
+    int fd = keel_os.open(path, flags, mode);
+    if (fd < 0 || fd > 2)
+        return fd;
+    int high = fcntl(fd, (flags & O_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, 3);
+    int err = errno;
+    keel_os.close(fd);
+    errno = err;
+    return high;
+}
+
+int os_lock_range(int fd, uint64_t off, int type, int wait)
+{
+    struct flock fl = {.l_type = (short)type, .l_whence = SEEK_SET, .l_start = (off_t)off, .l_len = 1};
     for (;;) {
         if (fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0)
             return 0;
@@ -197,8 +209,26 @@ int os_lock(int fd, int exclusive, int wait)
     }
 }
 
-int os_unlock(int fd)
+int os_unlock_range(int fd, uint64_t off)
 {
-    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET};
+    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = (off_t)off, .l_len = 1};
     return fcntl(fd, F_OFD_SETLK, &fl) ? errno : 0;
+}
+
+int os_lock_probe(int fd, uint64_t off, bool *held)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)off, .l_len = 1};
+    if (fcntl(fd, F_OFD_GETLK, &fl))
+        return errno;
+    *held = fl.l_type != F_UNLCK;
+    return 0;
+}
+
+int os_allocate(int fd, uint64_t len)
+{
+    int rc;
+    do
+        rc = posix_fallocate(fd, 0, (off_t)len);
+    while (rc == EINTR);
+    return rc == EOPNOTSUPP || rc == EINVAL ? 0 : rc; /* no such call here: the writes will tell */
 }

@@ -11,6 +11,7 @@
 #ifndef KEEL_OS_H
 #define KEEL_OS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -67,9 +68,23 @@ extern uint64_t os_fork_gen;
 void os_watch_fork(void);
 static inline uint64_t os_fork_generation(void) { return __atomic_load_n(&os_fork_gen, __ATOMIC_RELAXED); }
 
-/* Open-file-description locks on a whole file (F_OFD_*): they belong to the
- * descriptor, so closing another descriptor of the same file keeps them. */
-int os_lock(int fd, int exclusive, int wait); /* 0, EAGAIN when !wait and held */
-int os_unlock(int fd);
+/* keel_os.open, but never onto descriptor 0, 1 or 2: a process started with
+ * them closed would otherwise hold the database there, and its next message
+ * to stderr would land in the file.  -1 and errno on failure. */
+int os_open_high(const char *path, int flags, mode_t mode);
+
+/* Open-file-description locks (F_OFD_*) on one byte of a file: they belong
+ * to the open file description, not to a process or thread, so closing
+ * another descriptor of the same file keeps them, any thread may release
+ * them, and the kernel drops them when the last descriptor closes (at
+ * process death too).  type is F_RDLCK or F_WRLCK; 0, EAGAIN when !wait and
+ * held elsewhere. */
+int os_lock_range(int fd, uint64_t off, int type, int wait);
+int os_unlock_range(int fd, uint64_t off);
+/* Does another open file description hold a lock on that byte? */
+int os_lock_probe(int fd, uint64_t off, bool *held);
+/* Allocates the file's blocks up to len (posix_fallocate): writes through a
+ * map into a hole of a full file system are SIGBUS, an error here is not. */
+int os_allocate(int fd, uint64_t len);
 
 #endif

@@ -5,8 +5,10 @@
  *   - A read txn takes a reader slot, publishes the newest meta's txn id in
  *     it and re-reads the newest meta; if a commit slipped in between it
  *     publishes again.  From then on no writer reuses a page of its snapshot.
- *   - A write txn holds the lock file's writer mutex from begin to
- *     commit/abort.  It works on a copy of the newest meta; commit runs
+ *   - A write txn holds the lock file's writer lock from begin to
+ *     commit/abort, and may end on any thread.  Threads of one handle take
+ *     turns for it here (writer_enter/writer_leave); a thread that begins a
+ *     second write txn on a handle while its first is open gets KEEL_BUSY.  It works on a copy of the newest meta; commit runs
  *     bucket_flush, freelist_record and pager_write_out, in that order.
  *   - Txn objects are recycled through the db, so a finished txn is
  *     recognisable (KEEL_BADTXN) until its memory is reused.
@@ -16,7 +18,7 @@
 
 #include "internal.h"
 
-static int64_t now_ms(keel_db *db)
+int64_t txn_clock_ms(keel_db *db)
 {
     if (db->clock)
         return db->clock(db->clock_ctx);
@@ -63,6 +65,48 @@ static void txn_put(keel_txn *t)
     pthread_mutex_unlock(&db->mu);
 }
 
+/* Threads of one handle take turns for the writer lock: the lock belongs to
+ * the handle's descriptor, so the kernel would not keep them apart. */
+static int writer_enter(keel_db *db)
+{
+    pthread_mutex_lock(&db->mu);
+    if (db->writer_gate && pthread_equal(db->writer_thread, pthread_self())) {
+        pthread_mutex_unlock(&db->mu);
+        return KEEL_BUSY; /* waiting would deadlock */
+    }
+    while (db->writer_gate)
+        pthread_cond_wait(&db->writer_cv, &db->mu);
+    db->writer_gate = true;
+    db->writer_thread = pthread_self();
+    pthread_mutex_unlock(&db->mu);
+    int rc = lockfile_writer_lock(&db->lock);
+    if (rc) {
+        pthread_mutex_lock(&db->mu);
+        db->writer_gate = false;
+        pthread_cond_signal(&db->writer_cv);
+        pthread_mutex_unlock(&db->mu);
+    }
+    return rc;
+}
+
+/* Any thread may end the write txn. */
+static void writer_leave(keel_db *db, bool inherited)
+{
+    if (!inherited) /* after fork() the lock is the parent's */
+        lockfile_writer_unlock(&db->lock);
+    pthread_mutex_lock(&db->mu);
+    db->wtxn = NULL;
+    db->writer_gate = false;
+    pthread_cond_signal(&db->writer_cv);
+    pthread_mutex_unlock(&db->mu);
+}
+
+/* Every page a txn reaches must lie inside this handle's map. */
+static int meta_fits_map(const keel_db *db, const struct meta *m)
+{
+    return m->npages > db->map_size / db->psize ? KEEL_MAPSIZE : 0;
+}
+
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
 {
     if (db->panic)
@@ -74,13 +118,6 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     bool rdonly = flags & KEEL_RDONLY;
     if (!rdonly && (db->flags & KEEL_RDONLY))
         return KEEL_READONLY;
-    if (!rdonly) {
-        pthread_mutex_lock(&db->mu);
-        bool mine = db->wtxn && pthread_equal(db->writer_thread, pthread_self());
-        pthread_mutex_unlock(&db->mu);
-        if (mine)
-            return KEEL_BUSY; /* waiting would deadlock */
-    }
     keel_txn *txn = txn_get(db);
     if (!txn)
         return KEEL_NOMEM;
@@ -93,6 +130,8 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     txn->cursors = NULL;
     txn->nest = 0;
     txn->reclaiming = txn->final_mode = txn->reclaim_exhausted = false;
+    txn->pin = NULL;
+    txn->now = txn_clock_ms(db);
     int rc;
     if (rdonly) {
         if ((rc = reader_acquire(&db->lock, &txn->slot)))
@@ -101,30 +140,35 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
             struct meta again;
             if ((rc = pager_newest_meta(db, &txn->meta, NULL)))
                 goto fail;
-            reader_publish(&db->lock, txn->slot, txn->meta.txnid ? txn->meta.txnid : 1);
+            txn->pin_id = txn->meta.txnid ? txn->meta.txnid : 1;
+            reader_publish(&db->lock, txn->slot, txn->pin_id, txn->now);
             if ((rc = pager_newest_meta(db, &again, NULL)))
                 goto fail;
             if (again.txnid == txn->meta.txnid)
                 break;
         }
-        txn->txnid = txn->meta.txnid;
-    } else {
-        if ((rc = lockfile_writer_lock(&db->lock)))
+        if ((rc = meta_fits_map(db, &txn->meta)))
             goto fail;
-        if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = pager_newest_meta(db, &txn->meta, &txn->meta_slot))) {
-            lockfile_writer_unlock(&db->lock);
+        txn->txnid = txn->meta.txnid;
+        txn->pin = reader_pin(&db->lock, txn->slot);
+    } else {
+        if ((rc = writer_enter(db)))
+            goto fail;
+        if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = pager_newest_meta(db, &txn->meta, &txn->meta_slot)) ||
+            (rc = meta_fits_map(db, &txn->meta))) {
+            writer_leave(db, false);
             goto fail;
         }
         /* the file must hold the snapshot, and the commit needs an id that
          * meta_check accepts (only a damaged meta has none left) */
         if (txn->meta.npages * db->psize > db->file_size || txn->meta.txnid >= UINT64_MAX - 1) {
-            lockfile_writer_unlock(&db->lock);
+            writer_leave(db, false);
             rc = KEEL_CORRUPTED;
             goto fail;
         }
         txn->txnid = txn->meta.txnid + 1;
         txn->snap_npages = txn->meta.npages;
-        txn->oldest = readers_oldest(&db->lock, txn->meta.txnid);
+        txn->oldest = readers_oldest(&db->lock, txn->meta.txnid, db->max_reader_lag);
         /* A newest meta written without a sync may not be on disk yet: a
          * crash falls back to the one before, so what the newest commit freed
          * (pages the one before still uses) must wait one more commit. */
@@ -132,15 +176,13 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
             txn->oldest--;
         if ((rc = freelist_load_tail(txn, db->map + (size_t)txn->meta_slot * db->psize))) {
             pager_txn_release(txn);
-            lockfile_writer_unlock(&db->lock);
+            writer_leave(db, false);
             goto fail;
         }
         pthread_mutex_lock(&db->mu);
         db->wtxn = txn;
-        db->writer_thread = pthread_self();
         pthread_mutex_unlock(&db->mu);
     }
-    txn->now = now_ms(db);
     txn->magic = TXN_MAGIC;
     pthread_mutex_lock(&db->mu);
     txn->live_prev = NULL;
@@ -188,11 +230,7 @@ static void txn_end(keel_txn *txn)
     } else {
         ttl_log_free(txn);
         pager_txn_release(txn);
-        pthread_mutex_lock(&db->mu);
-        db->wtxn = NULL;
-        pthread_mutex_unlock(&db->mu);
-        if (!inherited)
-            lockfile_writer_unlock(&db->lock);
+        writer_leave(db, inherited);
     }
     txn_put(txn);
 }
