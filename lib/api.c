@@ -134,9 +134,10 @@ static int check_last_commit(keel_db *db, uint64_t fsize)
 
 /* Did a creation stop half way (a crash inside write_initial_metas)?  Then
  * page 0 is still all zeros (it is written last) and the rest holds nothing
- * but zeros and a piece of the initial meta of page 1 (txn id 0, no data):
- * it is safe to start it over.  Anything else (a foreign file, a truncated
- * real one, real data) is left alone and refused. */
+ * but zeros and the initial meta of page 1 (txn id 0, no data): it is safe
+ * to start it over.  Anything else (a foreign file, one of zeros only, a
+ * truncated real one, real data) is left alone and refused: an all-zero
+ * file is somebody's, not a creation of ours. */
 static bool unfinished_creation(keel_db *db, uint64_t fsize)
 {
     if (fsize > 2 * (uint64_t)KEEL_MAX_PAGE)
@@ -148,13 +149,16 @@ static bool unfinished_creation(keel_db *db, uint64_t fsize)
         return false;
     }
     /* blank out an initial meta at one page size on (page 0 must be zeros already) */
+    bool ours = false;
     for (uint64_t off = KEEL_MIN_PAGE; off <= KEEL_MAX_PAGE; off *= 2) {
         struct meta m;
         if (off + META_SIZE <= fsize && meta_check(buf + off, META_SIZE, 0, &m) == 0 && m.txnid == 0 &&
-            m.npages == 2 && off == m.page_size)
+            m.npages == 2 && off == m.page_size) {
             memset(buf + off, 0, META_SIZE);
+            ours = true;
+        }
     }
-    bool blank = true;
+    bool blank = ours;
     for (uint64_t i = 0; i < fsize && blank; i++)
         blank = buf[i] == 0;
     os_free(buf);
@@ -344,7 +348,9 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
         rc = read_metas(db, fsize, &m);
     if (rc) {
         if (rc == KEEL_INVALID)
-            error_detail_set("%s: not a keel database", path);
+            error_detail_set("%s: not a keel database (a file of zeros only is refused too: a creation cut short "
+                             "by a crash can leave one; remove it to start over)",
+                             path);
         goto fail;
     }
     db->psize = m.page_size;

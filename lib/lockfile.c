@@ -425,10 +425,14 @@ int reader_acquire(struct lockfile *lf, int *slot)
     if (!lf->hdr)
         return 0; /* KEEL_NOLOCK: nobody writes, nothing to publish */
     pthread_mutex_lock(&lf->mu);
-    if (lf->nparked) {
-        *slot = lf->parked[--lf->nparked];
-        pthread_mutex_unlock(&lf->mu);
-        return 0;
+    while (lf->nparked) {
+        int i = lf->parked[--lf->nparked];
+        /* still ours, unless a damaged or hostile lock file says otherwise */
+        if (atomic_load_explicit(&lf->slots[i].owner, memory_order_relaxed) == lf->token) {
+            pthread_mutex_unlock(&lf->mu);
+            *slot = i;
+            return 0;
+        }
     }
     pthread_mutex_unlock(&lf->mu);
     for (int pass = 0; pass < 2; pass++) {

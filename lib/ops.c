@@ -190,13 +190,13 @@ int keel_get_many(keel_txn *txn, keel_bucket b, const keel_val *keys, keel_val *
     int rc = txn_check(txn, false);
     if (rc)
         return rc;
-    if (!keys || !vals || n == 0)
+    if (n && (!keys || !vals)) /* n = 0: nothing to do (an empty list from a binding, say) */
         return KEEL_BADARG;
     for (size_t i = 0; i < n; i++)
         if ((rc = check_key(txn, keys[i])))
             return rc;
     struct tree_desc *t;
-    if ((rc = bucket_tree(txn, b, &t)))
+    if ((rc = bucket_tree(txn, b, &t)) || n == 0)
         return rc;
     for (size_t i = 0; i < n; i++) {
         rc = ttl_get(txn, b, keys[i], &vals[i], NULL);
@@ -220,12 +220,12 @@ int keel_put_many(keel_txn *txn, keel_bucket b, const keel_val *keys, const keel
     int rc = txn_check(txn, true);
     if (rc)
         return rc;
-    if (!keys || !vals || n == 0)
+    if (n && (!keys || !vals))
         return KEEL_BADARG;
     if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND | KEEL_KEEPTTL))
         return KEEL_BADFLAGS;
     struct tree_desc *t;
-    if ((rc = bucket_tree(txn, b, &t)))
+    if ((rc = bucket_tree(txn, b, &t)) || n == 0)
         return rc;
     for (size_t i = 0; i < n; i++) {
         if ((rc = check_key(txn, keys[i])))

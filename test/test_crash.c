@@ -1698,10 +1698,16 @@ static void test_create(void **state)
                     if (problems) fail_msg("creation image cut %zu z %d ps %d: %llu problems after a commit", cut, z, ps, (unsigned long long)problems);
                     keel_close(d2);
                 } else {
-                    /* an unfinished creation holds no data: keel_open starts it over */
+                    /* An unfinished creation with page 1's meta is started over.
+                     * One of zeros only (the size arrived, no data) could as well
+                     * be somebody else's file: it is refused, never formatted. */
                     refused++;
-                    fail_msg("creation image (cut %zu sectors, size %s) refused: %s", cut, z ? "durable" : "cut",
-                             keel_strerror(rc));
+                    bool zeros = true;
+                    for (size_t i = 0; i < img_size && zeros; i++)
+                        zeros = img[i] == 0;
+                    if (!zeros || rc != KEEL_INVALID)
+                        fail_msg("creation image (cut %zu sectors, size %s) refused: %s", cut, z ? "durable" : "cut",
+                                 keel_strerror(rc));
                 }
             }
         }

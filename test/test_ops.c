@@ -658,10 +658,13 @@ static void test_bad_inputs(void **state)
     /* NULL arrays, n = 0 */
     assert_int_equal(keel_get_many(t, 0, NULL, vals, 2), KEEL_BADARG);
     assert_int_equal(keel_get_many(t, 0, keys, NULL, 2), KEEL_BADARG);
-    assert_int_equal(keel_get_many(t, 0, keys, vals, 0), KEEL_BADARG);
+    assert_int_equal(keel_get_many(t, 0, keys, vals, 0), 0); /* nothing to do */
+    assert_int_equal(keel_get_many(t, 0, NULL, NULL, 0), 0);
     assert_int_equal(keel_put_many(t, 0, NULL, vals, 2, 0), KEEL_BADARG);
     assert_int_equal(keel_put_many(t, 0, keys, NULL, 2, 0), KEEL_BADARG);
-    assert_int_equal(keel_put_many(t, 0, keys, keys, 0, 0), KEEL_BADARG);
+    assert_int_equal(keel_put_many(t, 0, keys, keys, 0, 0), 0);
+    assert_int_equal(keel_put_many(t, 0, NULL, NULL, 0, 0), 0);
+    assert_int_equal(keel_put_many(t, 0, NULL, NULL, 0, 0x8000), KEEL_BADFLAGS);
     /* NULL txn / db */
     assert_int_equal(keel_put_ttl(NULL, 0, k, v, 10, 0), KEEL_BADARG);
     assert_int_equal(keel_expire(NULL, 0, k, 10), KEEL_BADARG);
