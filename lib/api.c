@@ -340,8 +340,6 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
         goto fail;
     if ((db->lock.sole || db->lock.nolock) && (rc = check_last_commit(db, fsize)))
         goto fail;
-    if ((rc = lockfile_share(&db->lock)))
-        goto fail;
     struct meta m;
     rc = read_metas(db, fsize, &m);
     if (rc == KEEL_CORRUPTED && os_file_size(db->fd, &fsize) == 0) /* a writer may have grown it meanwhile */
@@ -353,6 +351,9 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
                              path);
         goto fail;
     }
+    /* only now: a refused file's lock file, never seen by anyone, goes again */
+    if ((rc = lockfile_share(&db->lock)))
+        goto fail;
     db->psize = m.page_size;
     db->file_size = fsize;
     db->synced_size = 0; /* unknown: a killed writer may have grown it unsynced; the first commit fsyncs */
