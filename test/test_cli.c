@@ -107,9 +107,18 @@ static void run_free(struct run *r)
     memset(r, 0, sizeof *r);
 }
 
-/* Runs argv (argv[0] found on PATH unless it has a '/') with stdin from
- * in_path (NULL = /dev/null); collects stdout, stderr and the exit status. */
-static struct run runv(const char *in_path, char *const argv[])
+/* How to start a child: stdin from in (NULL = /dev/null), stdout to out
+ * (NULL = a file collected into run.out), descriptors to leave closed, a
+ * file size limit (0 = none). */
+struct how {
+    const char *in, *out;
+    bool close_in, close_out, close_err;
+    rlim_t fsize;
+};
+
+/* Runs argv (argv[0] found on PATH unless it has a '/') as h says;
+ * collects stdout, stderr and the exit status. */
+static struct run run_how(const struct how *h, char *const argv[])
 {
     char outp[2048], errp[2048];
     in_dir(outp, sizeof outp, "run.out");
@@ -118,12 +127,24 @@ static struct run runv(const char *in_path, char *const argv[])
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        int in = open(in_path ? in_path : "/dev/null", O_RDONLY);
-        int out = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int in = open(h->in ? h->in : "/dev/null", O_RDONLY);
+        int out = open(h->out ? h->out : outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         int err = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (in < 0 || out < 0 || err < 0)
             _exit(126);
         dup2(in, 0), dup2(out, 1), dup2(err, 2);
+        close(in), close(out), close(err);
+        if (h->close_in)
+            close(0);
+        if (h->close_out)
+            close(1);
+        if (h->close_err)
+            close(2);
+        if (h->fsize) {
+            struct rlimit rl = {h->fsize, h->fsize};
+            if (setrlimit(RLIMIT_FSIZE, &rl))
+                _exit(125);
+        }
         execvp(argv[0], argv);
         _exit(127);
     }
@@ -132,13 +153,19 @@ static struct run runv(const char *in_path, char *const argv[])
     struct run r = {0};
     r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     r.sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
-    r.out = read_file(outp, &r.outlen);
+    r.out = h->out ? NULL : read_file(outp, &r.outlen);
     r.err = read_file(errp, NULL);
     if (!r.out)
         r.out = strdup("");
     if (!r.err)
         r.err = strdup("");
     return r;
+}
+
+static struct run runv(const char *in_path, char *const argv[])
+{
+    struct how h = {.in = in_path};
+    return run_how(&h, argv);
 }
 
 #define KEEL(in, ...) runv((in), (char *const[]){keel_bin, __VA_ARGS__, NULL})
@@ -1658,6 +1685,109 @@ static void test_parser_streams(void **state)
     assert_true(after - before < 8 * 1024);
 }
 
+/* ---- the field-reliability issue ------------------------------------------------ */
+#define RUN_HOW(h, ...) run_how((h), (char *const[]){keel_bin, __VA_ARGS__, NULL})
+
+static void assert_value(const char *db, const char *key, const char *want)
+{
+    char *v = KEEL_OK(NULL, "get", (char *)db, (char *)key);
+    char line[4096];
+    snprintf(line, sizeof line, "%s\n", want);
+    assert_string_equal(v, line);
+    free(v);
+}
+
+static void assert_checks_clean(const char *db)
+{
+    free(KEEL_OK(NULL, "check", (char *)db));
+}
+
+/* Every command that prints fails with exit 2 and a message when its
+ * output cannot be written, instead of answering 0. */
+static void test_output_full(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "k", "v", "--ttl", "1000"));
+    free(KEEL_OK(NULL, "put", path_a, "-s", "b", "k", "v"));
+    struct how h = {.out = "/dev/full"};
+    static const char *const cmds[][4] = {
+        {"get", "k"}, {"ttl", "k"}, {"incr", "n"}, {"stat"}, {"buckets"}, {"readers"}, {"purge"}, {"check"},
+        {"scan"}, {"dump"},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        struct run r = cmds[i][1] ? RUN_HOW(&h, (char *)cmds[i][0], path_a, (char *)cmds[i][1])
+                                  : RUN_HOW(&h, (char *)cmds[i][0], path_a);
+        if (r.code != 2)
+            fprintf(stderr, "keel %s > /dev/full: exit %d: %s", cmds[i][0], r.code, r.err);
+        assert_int_equal(r.code, 2);
+        assert_non_null(strstr(r.err, "No space left on device"));
+        run_free(&r);
+    }
+}
+
+/* Past RLIMIT_FSIZE a load fails with an error (not SIGXFSZ), exit 2, and
+ * the database keeps its content. */
+static void test_load_file_size_limit(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "k", "old"));
+    FILE *f = fopen(txt, "w");
+    assert_non_null(f);
+    fputs(PHDR, f);
+    for (int i = 0; i < 20000; i++)
+        fprintf(f, " key%06d\n value of some length to fill pages %06d\n", i, i);
+    fputs(" k\n new\nDATA=END\n", f);
+    OK(fclose(f));
+    struct stat st;
+    OK(stat(path_a, &st));
+    struct how h = {.in = txt, .fsize = (rlim_t)st.st_size + 65536};
+    struct run r = RUN_HOW(&h, "load", path_a);
+    if (r.code != 2)
+        fprintf(stderr, "load under a file size limit: exit %d, signal %d: %s", r.code, r.sig, r.err);
+    assert_int_equal(r.sig, 0);
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "KEEL_FULL"));
+    run_free(&r);
+    assert_value(path_a, "k", "old");
+    char *o = KEEL_OK(NULL, "scan", path_a);
+    assert_string_equal(o, "k\told\n");
+    free(o);
+    assert_checks_clean(path_a);
+}
+
+/* Started with stderr or stdout closed, the tool must not print into the
+ * database or its lock file, which would take those descriptor numbers. */
+static void test_closed_std_fds(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "k", "v"));
+    /* the second section's warning is printed after the database is open */
+    write_text(txt, PHDR " a\n 1\nDATA=END\nVERSION=3\nformat=print\nnosuchkeyword=1\ndatabase=s\ntype=btree\n"
+                    "HEADER=END\n b\n 2\nDATA=END\n");
+    struct how no_err = {.in = txt, .close_err = true};
+    struct run r = RUN_HOW(&no_err, "load", path_a);
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    struct how no_out = {.close_out = true};
+    r = RUN_HOW(&no_out, "incr", path_a, "n");
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    r = RUN_HOW(&no_out, "get", path_a, "k");
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    struct how no_in = {.close_in = true, .close_out = true};
+    r = RUN_HOW(&no_in, "scan", path_a);
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    assert_checks_clean(path_a);
+    assert_value(path_a, "k", "v");
+    assert_value(path_a, "a", "1");
+    assert_value(path_a, "n", "1");
+    char *o = KEEL_OK(NULL, "get", path_a, "-s", "s", "b");
+    assert_string_equal(o, "2\n");
+    free(o);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1685,6 +1815,9 @@ int main(void)
         cmocka_unit_test_setup(test_big_load, fresh),
         cmocka_unit_test_setup(test_lmdb_to_keel, fresh),
         cmocka_unit_test_setup(test_keel_to_lmdb, fresh),
+        cmocka_unit_test_setup(test_output_full, fresh),
+        cmocka_unit_test_setup(test_load_file_size_limit, fresh),
+        cmocka_unit_test_setup(test_closed_std_fds, fresh),
         cmocka_unit_test(test_parser_direct),
         cmocka_unit_test(test_parser_stop),
         cmocka_unit_test(test_parser_mutations),

@@ -14,8 +14,10 @@
  * ASCII as is, a backslash doubled, any other byte as \xx.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -1170,6 +1172,7 @@ static int cmd_readers(int argc, char **argv)
 /* help and dispatch                                                         */
 /* ======================================================================== */
 static int cmd_help(int argc, char **argv);
+static int run_command(int argc, char **argv);
 
 static const struct command commands[] = {
     {"dump", cmd_dump, "dump [-a | -s BUCKET] [-p] [-o FILE] DB",
@@ -1250,7 +1253,47 @@ static int cmd_help(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* A process started with descriptor 0, 1 or 2 closed would hand that number
+ * to the next file opened, the database or its lock file, and a message
+ * printed later would be written into it. */
+static void standard_fds_open(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+            continue;
+        /* the lower ones are open by now, so this takes number fd */
+        if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+            _exit(EXIT_FAIL); /* no safe way on: a later open could land on fd */
+    }
+}
+
+/* What a command printed must have reached standard output: a full disk or
+ * a closed pipe turns a success into an error. */
+static int stdout_flushed(int ex)
+{
+    bool bad = fflush(stdout) != 0 || ferror(stdout);
+    int err = errno;
+    if (fclose(stdout) != 0 && !bad) {
+        bad = true;
+        err = errno;
+    }
+    if (!bad || ex == EXIT_FAIL)
+        return ex;
+    fprintf(stderr, "keel: write standard output: %s\n", strerror(err ? err : EIO));
+    return EXIT_FAIL;
+}
+
 int main(int argc, char **argv)
+{
+    standard_fds_open();
+    /* beyond RLIMIT_FSIZE a write then fails with EFBIG (KEEL_FULL), and the
+     * command ends with an error and the database as it was, instead of
+     * being killed half way */
+    signal(SIGXFSZ, SIG_IGN);
+    return stdout_flushed(run_command(argc, argv));
+}
+
+static int run_command(int argc, char **argv)
 {
     if (argc < 2) {
         cmd_help(1, argv);
