@@ -1788,6 +1788,99 @@ static void test_closed_std_fds(void **state)
     free(o);
 }
 
+/* The names of the files in the test directory, sorted, one a line. */
+static char *dir_listing(void)
+{
+    char cmd[2100];
+    snprintf(cmd, sizeof cmd, "ls -A %s", dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    static char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, p);
+    buf[n] = 0;
+    pclose(p);
+    return strdup(buf);
+}
+
+/* dump -o writes a whole new file or leaves the old one; it refuses the
+ * database and its lock file under any name; load refuses them as input. */
+static void test_dump_output_file(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    char *want = KEEL_OK(NULL, "dump", "-a", path_a);
+    size_t before_len;
+    char *before = read_file(path_a, &before_len);
+    char lock[2100], sym[2100], hard[2100], symlock[2100];
+    snprintf(lock, sizeof lock, "%s-lock", path_a);
+    in_dir(sym, sizeof sym, "sym.db");
+    in_dir(hard, sizeof hard, "hard.db");
+    in_dir(symlock, sizeof symlock, "sym.lock");
+    OK(symlink(path_a, sym));
+    OK(link(path_a, hard));
+    OK(symlink(lock, symlock));
+    const char *refused[] = {path_a, lock, sym, hard, symlock};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        struct run r = KEEL(NULL, "dump", "-a", "-o", (char *)refused[i], path_a);
+        assert_int_equal(r.code, 2);
+        assert_non_null(strstr(r.err, "refused"));
+        run_free(&r);
+        r = KEEL(NULL, "load", "-f", (char *)refused[i], path_a);
+        assert_int_equal(r.code, 2);
+        assert_non_null(strstr(r.err, "refused"));
+        run_free(&r);
+    }
+    struct run r = KEEL(path_a, "load", path_a); /* the database as standard input */
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "refused"));
+    run_free(&r);
+    r = KEEL(NULL, "copy", path_a, hard);
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    size_t after_len;
+    char *after = read_file(path_a, &after_len);
+    assert_int_equal(before_len, after_len);
+    assert_memory_equal(before, after, before_len);
+    free(after);
+    free(before);
+    assert_checks_clean(path_a);
+    OK(unlink(sym)), OK(unlink(hard)), OK(unlink(symlock));
+
+    /* a failed dump keeps the file it would have replaced; a good one replaces it */
+    char *listing = dir_listing();
+    write_text(txt, "keep me\n");
+    r = KEEL(NULL, "dump", "-s", "nosuch", "-o", txt, path_a);
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    char *t = read_file(txt, NULL);
+    assert_string_equal(t, "keep me\n");
+    free(t);
+    OK(chmod(txt, 0640));
+    free(KEEL_OK(NULL, "dump", "-a", "-o", txt, path_a));
+    t = read_file(txt, NULL);
+    assert_string_equal(t, want);
+    free(t);
+    struct stat st;
+    OK(stat(txt, &st));
+    assert_int_equal(st.st_mode & 0777, 0640);
+    /* through a symlink: the file it names is replaced, the link stays */
+    OK(symlink(txt, sym));
+    free(KEEL_OK(NULL, "dump", "-o", sym, path_a));
+    OK(lstat(sym, &st));
+    assert_true(S_ISLNK(st.st_mode));
+    t = read_file(txt, NULL);
+    assert_non_null(strstr(t, "HEADER=END"));
+    assert_null(strstr(t, "database=b1"));
+    free(t);
+    OK(unlink(sym));
+    char *listing2 = dir_listing(); /* no temporary file left behind */
+    assert_string_equal(listing, listing2);
+    free(listing);
+    free(listing2);
+    free(KEEL_OK(NULL, "dump", "-o", "/dev/null", path_a));
+    free(want);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1818,6 +1911,7 @@ int main(void)
         cmocka_unit_test_setup(test_output_full, fresh),
         cmocka_unit_test_setup(test_load_file_size_limit, fresh),
         cmocka_unit_test_setup(test_closed_std_fds, fresh),
+        cmocka_unit_test_setup(test_dump_output_file, fresh),
         cmocka_unit_test(test_parser_direct),
         cmocka_unit_test(test_parser_stop),
         cmocka_unit_test(test_parser_mutations),

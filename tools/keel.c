@@ -207,6 +207,114 @@ static bool file_exists(const char *path)
     return stat(path, &st) == 0;
 }
 
+/* ---- files the tool writes ------------------------------------------------
+ * A file named on the command line may be the database or its lock file
+ * under another name (a symlink, a hard link): writing it would destroy the
+ * data, or the reader table of every process using the database.  Judged by
+ * device and inode. */
+static const char *db_part(const char *db, const struct stat *st)
+{
+    char lock[PATH_MAX + 8];
+    struct stat s;
+    snprintf(lock, sizeof lock, "%s-lock", db);
+    if (stat(db, &s) == 0 && s.st_dev == st->st_dev && s.st_ino == st->st_ino)
+        return "the database ";
+    if (stat(lock, &s) == 0 && s.st_dev == st->st_dev && s.st_ino == st->st_ino)
+        return "the lock file of ";
+    return NULL;
+}
+
+/* Answers an exit code: EXIT_OK unless what (a path, or fd >= 0) is the
+ * database db or its lock file, which it reports. */
+static int refuse_db_file(const char *db, const char *what, int fd, const char *role)
+{
+    struct stat st;
+    if (fd >= 0 ? fstat(fd, &st) != 0 : stat(what, &st) != 0)
+        return EXIT_OK;
+    const char *part = db_part(db, &st);
+    if (!part)
+        return EXIT_OK;
+    fprintf(stderr, "keel: %s %s is %s%s: refused\n", role, what, part, db);
+    return EXIT_FAIL;
+}
+
+/* An output file that appears whole or not at all: written under a unique
+ * name beside the target, synced, renamed over it.  A target that exists
+ * and is no regular file (a terminal, /dev/null, a pipe) is written
+ * directly, as nothing could be renamed over it. */
+struct outfile {
+    char target[PATH_MAX];
+    char tmp[PATH_MAX + 32];
+    FILE *f;
+    bool direct;
+};
+
+static int out_open(struct outfile *o, const char *path)
+{
+    memset(o, 0, sizeof *o);
+    struct stat st;
+    bool exists = stat(path, &st) == 0;
+    /* a symlink stays one: the file it points to is what is replaced */
+    if (exists && realpath(path, o->target) == NULL)
+        return failf(errno, "open %s", path);
+    if (!exists && snprintf(o->target, sizeof o->target, "%s", path) >= (int)sizeof o->target)
+        return failf(ENAMETOOLONG, "open %s", path);
+    if (exists && !S_ISREG(st.st_mode)) {
+        o->direct = true;
+        if (!(o->f = fopen(path, "w")))
+            return failf(errno, "open %s", path);
+        return EXIT_OK;
+    }
+    int fd = -1;
+    for (unsigned n = 0; fd < 0 && n < 100; n++) {
+        snprintf(o->tmp, sizeof o->tmp, "%s.keel-tmp.%ld.%u", o->target, (long)getpid(), n);
+        fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, exists ? (st.st_mode & 07777) : 0666);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (fd < 0)
+        return failf(errno, "create a file beside %s", o->target);
+    if (exists)
+        fchmod(fd, st.st_mode & 07777); /* the umask must not narrow the mode it had */
+    if (!(o->f = fdopen(fd, "w"))) {
+        int err = errno;
+        close(fd);
+        unlink(o->tmp);
+        return failf(err, "open %s", o->tmp);
+    }
+    return EXIT_OK;
+}
+
+/* Ends a failed write: the target is as it was. */
+static void out_discard(struct outfile *o)
+{
+    if (o->f)
+        fclose(o->f);
+    o->f = NULL;
+    if (!o->direct)
+        unlink(o->tmp);
+}
+
+/* Flushes, syncs and puts the file in place; an exit code. */
+static int out_commit(struct outfile *o, const char *shown_as)
+{
+    int err = 0;
+    if (fflush(o->f) || ferror(o->f))
+        err = errno ? errno : EIO;
+    if (!err && !o->direct && fsync(fileno(o->f)))
+        err = errno;
+    if (fclose(o->f) && !err)
+        err = errno;
+    o->f = NULL;
+    if (!err && !o->direct && rename(o->tmp, o->target))
+        err = errno;
+    if (err) {
+        out_discard(o);
+        return failf(err, "write %s", shown_as);
+    }
+    return EXIT_OK;
+}
+
 /* Opens bucket name (NULL = default) in txn; prints the error. */
 static int open_bucket(keel_txn *txn, const char *name, unsigned flags, keel_bucket *b)
 {
@@ -329,6 +437,9 @@ static int cmd_dump(int argc, char **argv)
     if (parse_args(argc, argv, opts, false, pos, 1, &np) || np != 1 || (all && bucket))
         return usage_of("dump");
     const char *path = pos[0];
+    if (outpath ? refuse_db_file(path, outpath, -1, "output file")
+                : refuse_db_file(path, "standard output", 1, "output"))
+        return EXIT_FAIL;
     keel_db *db;
     if (open_db(path, false, &db))
         return EXIT_FAIL;
@@ -338,10 +449,14 @@ static int cmd_dump(int argc, char **argv)
         keel_close(db);
         return failf(rc, "stat %s", path);
     }
+    struct outfile of = {0};
     FILE *out = stdout;
-    if (outpath && !(out = fopen(outpath, "w"))) {
-        keel_close(db);
-        return failf(errno, "open %s", outpath);
+    if (outpath) {
+        if (out_open(&of, outpath)) {
+            keel_close(db);
+            return EXIT_FAIL;
+        }
+        out = of.f;
     }
     static char obuf[1 << 20];
     setvbuf(out, obuf, _IOFBF, sizeof obuf);
@@ -363,14 +478,10 @@ static int cmd_dump(int argc, char **argv)
     }
     keel_abort(d.txn);
     keel_close(db);
-    if (fflush(out) || ferror(out)) {
-        if (ex == EXIT_OK)
-            ex = failf(errno ? errno : EIO, "write %s", outpath ? outpath : "standard output");
-    }
-    if (out != stdout && fclose(out) && ex == EXIT_OK)
-        ex = failf(errno, "close %s", outpath);
-    if (ex != EXIT_OK && outpath)
-        unlink(outpath); /* no half dumps left behind */
+    if (outpath) /* a failed dump leaves the file as it was */
+        return ex == EXIT_OK ? out_commit(&of, outpath) : (out_discard(&of), ex);
+    if ((fflush(out) || ferror(out)) && ex == EXIT_OK)
+        ex = failf(errno ? errno : EIO, "write standard output");
     return ex;
 }
 
@@ -575,6 +686,10 @@ static int cmd_load(int argc, char **argv)
     if (parse_args(argc, argv, opts, false, pos, 1, &np) || np != 1)
         return usage_of("load");
     struct loader ld = {.path = pos[0], .bucket = bucket, .nooverwrite = noover};
+    /* reading the database (or its lock file) as a dump while loading into it */
+    if (inpath ? refuse_db_file(ld.path, inpath, -1, "input file")
+               : refuse_db_file(ld.path, "standard input", 0, "input"))
+        return EXIT_FAIL;
     ld.created = !file_exists(ld.path);
     ld.tty = isatty(2);
     ld.t0 = ld.shown_at = now_s();
