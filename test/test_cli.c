@@ -663,6 +663,17 @@ static void test_nooverwrite(void **state)
     v = KEEL_OK(NULL, "buckets", path_a); /* the list of skipped keys is gone */
     assert_string_equal(v, "");
     free(v);
+    /* a key skipped in one bucket keeps its expiry in another */
+    write_text(txt2, PHDR " k1\n skipped\nDATA=END\nVERSION=3\nformat=print\ndatabase=B\ntype=btree\nHEADER=END\n k1\n inB\nDATA=END\n"
+                     "VERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX "B\ntype=btree\nHEADER=END\n"
+                     " k1\n 4102444800000\nDATA=END\n");
+    free(KEEL_OK(txt2, "load", "-N", path_a));
+    v = KEEL_OK(NULL, "ttl", path_a, "-s", "B", "k1");
+    assert_true(atoll(v) > 0);
+    free(v);
+    v = KEEL_OK(NULL, "buckets", path_a);
+    assert_string_equal(v, "B\n");
+    free(v);
     /* without -N the value is replaced */
     free(KEEL_OK(txt, "load", path_a));
     v = KEEL_OK(NULL, "get", path_a, "k1");

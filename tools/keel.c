@@ -501,9 +501,15 @@ struct loader {
     bool expiry;       /* the current section holds expiry times */
 
     /* -N: keys skipped because they existed, so that their expiry times in
-     * the input are skipped too; a bucket of this txn, dropped before commit */
-    keel_bucket skips;
-    bool have_skips;
+     * the input are skipped too.  One list per target bucket, as the same
+     * key may be skipped in one bucket and loaded in another: buckets of
+     * this txn, dropped before commit. */
+    struct skip_list {
+        char *target; /* the bucket's name; NULL = the default bucket */
+        keel_bucket b;
+    } *skips;
+    size_t nskips;
+    const char *target; /* the current section's bucket (NULL = default), owned by the parser */
 
     uint64_t records, loaded, skipped, expiries;
     bool tty;
@@ -555,6 +561,7 @@ static int load_section(void *ctx, const struct dump_section *s, char *err, size
     if (ld->expiry)
         target = s->database[plen] ? s->database + plen : ld->bucket;
     snprintf(ld->bname, sizeof ld->bname, "%s", bucket_label(target));
+    ld->target = target;
     ld->b = KEEL_DEFAULT_BUCKET;
     if (target && (rc = keel_bucket_open(ld->txn, target, ld->expiry ? 0 : KEEL_CREATE, &ld->b))) {
         if (ld->expiry && rc == KEEL_NOTFOUND)
@@ -567,26 +574,72 @@ static int load_section(void *ctx, const struct dump_section *s, char *err, size
     return 0;
 }
 
-/* -N: remember a skipped key in a bucket private to this txn. */
+static bool same_target(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
+
+/* The list of skipped keys of the current section's bucket, or NULL. */
+static struct skip_list *skips_of_target(struct loader *ld)
+{
+    for (size_t i = 0; i < ld->nskips; i++)
+        if (same_target(ld->skips[i].target, ld->target))
+            return &ld->skips[i];
+    return NULL;
+}
+
+/* A new list for the current bucket: a bucket private to this txn. */
+static int new_skip_list(struct loader *ld, struct skip_list **out)
+{
+    struct skip_list *v = realloc(ld->skips, (ld->nskips + 1) * sizeof *v);
+    if (!v)
+        return KEEL_NOMEM;
+    ld->skips = v;
+    struct skip_list *sl = &v[ld->nskips];
+    sl->target = ld->target ? strdup(ld->target) : NULL;
+    if (ld->target && !sl->target)
+        return KEEL_NOMEM;
+    char name[64];
+    snprintf(name, sizeof name, "__keel_load_skipped__.%ld.%zu", (long)getpid(), ld->nskips);
+    int rc = keel_bucket_open(ld->txn, name, 0, &sl->b);
+    if (rc == 0)
+        rc = KEEL_EXISTS; /* a real bucket of that name: do not touch it */
+    else if (rc == KEEL_NOTFOUND)
+        rc = keel_bucket_open(ld->txn, name, KEEL_CREATE, &sl->b);
+    if (rc) {
+        free(sl->target);
+        return rc;
+    }
+    ld->nskips++;
+    *out = sl;
+    return 0;
+}
+
+/* -N: remember a key skipped in the current bucket. */
 static int remember_skip(struct loader *ld, keel_val k)
 {
-    if (!ld->have_skips) {
-        char name[64];
-        snprintf(name, sizeof name, "__keel_load_skipped__.%ld", (long)getpid());
-        int rc = keel_bucket_open(ld->txn, name, 0, &ld->skips);
-        if (rc == 0)
-            return KEEL_EXISTS; /* a real bucket of that name: do not touch it */
-        if (rc != KEEL_NOTFOUND || (rc = keel_bucket_open(ld->txn, name, KEEL_CREATE, &ld->skips)))
-            return rc;
-        ld->have_skips = true;
-    }
-    return keel_put(ld->txn, ld->skips, k, (keel_val){"", 0}, 0);
+    struct skip_list *sl = skips_of_target(ld);
+    int rc = sl ? 0 : new_skip_list(ld, &sl);
+    return rc ? rc : keel_put(ld->txn, sl->b, k, (keel_val){"", 0}, 0);
 }
 
 static bool was_skipped(struct loader *ld, keel_val k)
 {
+    struct skip_list *sl = skips_of_target(ld);
     keel_val v;
-    return ld->have_skips && keel_get(ld->txn, ld->skips, k, &v) == 0;
+    return sl && keel_get(ld->txn, sl->b, k, &v) == 0;
+}
+
+/* Drops the lists (drop) and frees them; an error of the drop. */
+static int skip_lists_end(struct loader *ld, bool drop)
+{
+    int rc = 0;
+    for (size_t i = 0; i < ld->nskips; i++) {
+        if (drop && !rc)
+            rc = keel_bucket_drop(ld->txn, ld->skips[i].b);
+        free(ld->skips[i].target);
+    }
+    free(ld->skips);
+    ld->skips = NULL;
+    ld->nskips = 0;
+    return rc;
 }
 
 /* An expiry value: a positive decimal int64 of ms since the epoch. */
@@ -663,6 +716,7 @@ static void load_warning(void *ctx, unsigned long line, const char *msg)
 /* Takes away what a failed load created: a database file that did not exist. */
 static void load_undo(struct loader *ld)
 {
+    skip_lists_end(ld, false);
     keel_abort(ld->txn);
     ld->txn = NULL;
     keel_close(ld->db);
@@ -717,7 +771,7 @@ static int cmd_load(int argc, char **argv)
         fprintf(stderr, "keel: load: %s\n", err);
         return EXIT_FAIL;
     }
-    if (ld.have_skips && (rc = keel_bucket_drop(ld.txn, ld.skips))) {
+    if ((rc = skip_lists_end(&ld, true))) {
         load_undo(&ld);
         return failf(rc, "load: drop the list of skipped keys");
     }
