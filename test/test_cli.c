@@ -29,6 +29,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1892,6 +1893,51 @@ static void test_dump_output_file(void **state)
     free(want);
 }
 
+/* keel copy DB DEST (compact or not) fails with exit 2 and leaves nothing
+ * in dest_dir (no destination, no lock file, no temporary). */
+static void copy_fails_cleanly(const struct how *h, const char *dest_dir)
+{
+    char dest[2100];
+    snprintf(dest, sizeof dest, "%s/copy.db", dest_dir);
+    for (int compact = 0; compact < 2; compact++) {
+        struct run r = compact ? RUN_HOW(h, "copy", "--compact", path_a, dest) : RUN_HOW(h, "copy", path_a, dest);
+        if (r.code != 2)
+            fprintf(stderr, "copy%s: exit %d signal %d: %s", compact ? " --compact" : "", r.code, r.sig, r.err);
+        assert_int_equal(r.code, 2);
+        assert_true(strstr(r.err, "No space left") || strstr(r.err, "KEEL_FULL") || strstr(r.err, "too large"));
+        run_free(&r);
+        char cmd[2200];
+        snprintf(cmd, sizeof cmd, "test -z \"$(ls -A %s | grep -v '^fill$')\"", dest_dir);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
+/* A copy to a full disk, or past the file size limit, fails cleanly. */
+static void test_copy_full_disk(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    char sub[2100];
+    in_dir(sub, sizeof sub, "limited");
+    OK(mkdir(sub, 0755));
+    struct how h = {.fsize = 32768};
+    copy_fails_cleanly(&h, sub);
+    if (geteuid() != 0) {
+        printf("test_copy_full_disk: not root: no tmpfs of 64 KiB; only the file size limit was tried\n");
+    } else if (mount("tmpfs", sub, "tmpfs", 0, "size=64k") != 0) {
+        printf("test_copy_full_disk: mount tmpfs: %s; only the file size limit was tried\n", strerror(errno));
+    } else {
+        struct how plain = {0};
+        copy_fails_cleanly(&plain, sub);
+        char fill[2200];
+        snprintf(fill, sizeof fill, "dd if=/dev/zero of=%s/fill bs=4096 2>/dev/null", sub);
+        assert_true(system(fill) != -1); /* fails when the disk is full: that is the point */
+        copy_fails_cleanly(&plain, sub);
+        OK(umount(sub));
+    }
+    OK(rmdir(sub));
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1923,6 +1969,7 @@ int main(void)
         cmocka_unit_test_setup(test_load_file_size_limit, fresh),
         cmocka_unit_test_setup(test_closed_std_fds, fresh),
         cmocka_unit_test_setup(test_dump_output_file, fresh),
+        cmocka_unit_test_setup(test_copy_full_disk, fresh),
         cmocka_unit_test(test_parser_direct),
         cmocka_unit_test(test_parser_stop),
         cmocka_unit_test(test_parser_mutations),
