@@ -121,36 +121,14 @@ static int copy_bucket(const char *name, void *ctx)
     return txn_commit(dst);
 }
 
-/* keel_open makes a lock file beside the file it opens and writes it
- * through a shared map: on a full disk that write would be SIGBUS, not an
- * error.  Its blocks are written here first, as zeros, so a full disk is
- * ENOSPC from this write instead.  A zeroed lock-file-shaped file (a 128-byte
- * header and whole 64-byte slots) is one whose initialiser never finished,
- * which keel_open starts over as a fresh one (lockfile.c). */
-static int lock_file_ready(const char *path)
-{
-    char lock[PATH_MAX + 8];
-    if (snprintf(lock, sizeof lock, "%s-lock", path) >= (int)sizeof lock)
-        return ENAMETOOLONG;
-    int fd = keel_os.open(lock, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return errno;
-    static const uint8_t zeros[4096];
-    int rc = os_pwrite_full(fd, zeros, sizeof zeros, 0);
-    os_close(fd);
-    return rc;
-}
-
 /* A new database at path (an empty file) filled with the snapshot's live
  * data, synced. */
 static int copy_compact(keel_db *db, const char *path)
 {
-    int rc = lock_file_ready(path);
-    if (rc)
-        return rc;
     keel_options o = {.page_size = db->psize, .flags = KEEL_NOSYNC, .purge_per_commit = -1, .max_readers = 1};
     keel_db *out;
-    if ((rc = keel_open(path, &o, &out)))
+    int rc = keel_open(path, &o, &out);
+    if (rc)
         return rc;
     keel_txn *src, *dst;
     if ((rc = txn_begin(db, KEEL_RDONLY, &src)))
