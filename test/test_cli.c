@@ -1938,6 +1938,96 @@ static void test_copy_full_disk(void **state)
     OK(rmdir(sub));
 }
 
+static int count_of(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* Every read-only command reads db, whose lock file cannot be written,
+ * without a lock, and says so once; put fails naming the file at fault. */
+static void reads_without_lock(const char *db, const char *fault, const char *copy_to)
+{
+    static const char *const cmds[][3] = {
+        {"get", "k"}, {"scan"}, {"ttl", "k"}, {"dump", "-a"}, {"check"}, {"stat"}, {"buckets"}, {"copy", NULL},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        const char *arg = strcmp(cmds[i][0], "copy") == 0 ? copy_to : cmds[i][1];
+        struct run r = arg ? KEEL(NULL, (char *)cmds[i][0], (char *)db, (char *)arg) : KEEL(NULL, (char *)cmds[i][0], (char *)db);
+        if (r.code != 0)
+            fprintf(stderr, "keel %s on %s: exit %d: %s", cmds[i][0], db, r.code, r.err);
+        assert_int_equal(r.code, 0);
+        assert_int_equal(count_of(r.err, "-lock is not writable: reading without a lock; safe only while nothing "
+                                         "writes"), 1);
+        run_free(&r);
+    }
+    char *o = KEEL_OK(NULL, "get", (char *)db, "k");
+    assert_string_equal(o, "v\n");
+    free(o);
+    struct run r = KEEL(NULL, "put", (char *)db, "k", "v2");
+    assert_int_equal(r.code, 2);
+    if (!strstr(r.err, fault))
+        fprintf(stderr, "put: %s", r.err);
+    assert_non_null(strstr(r.err, fault));
+    run_free(&r);
+    assert_checks_clean(copy_to);
+    remove_db(copy_to);
+}
+
+/* Messages name the file at fault; read-only commands read without a lock
+ * file where it cannot be written. */
+static void test_lock_not_writable(void **state)
+{
+    (void)state;
+    char lock[2100];
+    snprintf(lock, sizeof lock, "%s-lock", path_a);
+    free(KEEL_OK(NULL, "put", path_a, "k", "v"));
+    /* a lock file that is a directory */
+    OK(unlink(lock));
+    OK(mkdir(lock, 0755));
+    struct run r = KEEL(NULL, "get", path_a, "k");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "a.db-lock: Is a directory"));
+    run_free(&r);
+    OK(rmdir(lock));
+    assert_value(path_a, "k", "v"); /* makes the lock file again */
+
+    /* a read-only lock file */
+    if (geteuid() != 0) {
+        OK(chmod(lock, 0444));
+        reads_without_lock(path_a, "a.db-lock: Permission denied", path_b);
+        OK(chmod(lock, 0644));
+    } else if (mount(lock, lock, NULL, MS_BIND, NULL) != 0 ||
+               mount(NULL, lock, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) != 0) {
+        printf("test_lock_not_writable: read-only bind mount of the lock file: %s; skipped\n", strerror(errno));
+        umount(lock);
+    } else {
+        reads_without_lock(path_a, "a.db-lock: Read-only file system", path_b);
+        OK(umount(lock));
+    }
+
+    /* a read-only file system */
+    char sub[2100], db[2200];
+    in_dir(sub, sizeof sub, "ro");
+    snprintf(db, sizeof db, "%s/r.db", sub);
+    OK(mkdir(sub, 0755));
+    if (geteuid() != 0) {
+        printf("test_lock_not_writable: not root: no read-only file system tried\n");
+    } else if (mount("tmpfs", sub, "tmpfs", 0, "size=1m") != 0) {
+        printf("test_lock_not_writable: mount tmpfs: %s; no read-only file system tried\n", strerror(errno));
+    } else {
+        free(KEEL_OK(NULL, "put", db, "k", "v"));
+        if (mount(NULL, sub, NULL, MS_REMOUNT | MS_RDONLY, NULL) != 0)
+            printf("test_lock_not_writable: remount read-only: %s; skipped\n", strerror(errno));
+        else
+            reads_without_lock(db, "Read-only file system", path_b);
+        OK(umount(sub));
+    }
+    OK(rmdir(sub));
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1970,6 +2060,7 @@ int main(void)
         cmocka_unit_test_setup(test_closed_std_fds, fresh),
         cmocka_unit_test_setup(test_dump_output_file, fresh),
         cmocka_unit_test_setup(test_copy_full_disk, fresh),
+        cmocka_unit_test_setup(test_lock_not_writable, fresh),
         cmocka_unit_test(test_parser_direct),
         cmocka_unit_test(test_parser_stop),
         cmocka_unit_test(test_parser_mutations),

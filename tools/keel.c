@@ -41,13 +41,22 @@
 #define DUMP_MAXREADERS 126
 
 /* ---- messages ------------------------------------------------------------ */
+/* "keel: what: reason", and where the library met the error when it says
+ * more than the code (the lock file at fault, not the database), so the
+ * user is sent to the right file. */
 static int fail(const char *what, int rc)
 {
-    fprintf(stderr, "keel: %s: %s\n", what, keel_strerror(rc));
+    const char *reason = keel_strerror(rc), *detail = keel_error_detail();
+    if (!detail || !*detail)
+        fprintf(stderr, "keel: %s: %s\n", what, reason);
+    else if (strstr(detail, reason)) /* "x.db-lock: Is a directory" says it all */
+        fprintf(stderr, "keel: %s: %s\n", what, detail);
+    else
+        fprintf(stderr, "keel: %s: %s (%s)\n", what, reason, detail);
     return rc == KEEL_NOTFOUND ? EXIT_NOTFOUND : EXIT_FAIL;
 }
 
-/* fail() with a formatted <what> */
+/* fail() with a formatted <what>, for what the library answered */
 static int failf(int rc, const char *fmt, ...)
 {
     char what[1024];
@@ -56,6 +65,19 @@ static int failf(int rc, const char *fmt, ...)
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
     return fail(what, rc);
+}
+
+/* The same for the tool's own system calls: the library's last detail is
+ * about something else. */
+static int sys_failf(int err, const char *fmt, ...)
+{
+    char what[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "keel: %s: %s\n", what, strerror(err));
+    return EXIT_FAIL;
 }
 
 static double now_s(void)
@@ -189,6 +211,26 @@ static bool parse_i64(const char *s, int64_t *out)
 }
 
 /* ---- opening ------------------------------------------------------------- */
+/* Set when a read-only command reads without the lock file: there is no
+ * reader table to show then. */
+static bool without_lock;
+
+/* A read-only open failed because the lock file cannot be opened for
+ * writing or created (read-only media, a read-only lock file), while the
+ * database itself can be read. */
+static bool lock_unwritable(const char *path, int rc)
+{
+    if (rc != EACCES && rc != EROFS && rc != EPERM)
+        return false;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
+/* Opens path; a read-only open falls back to reading without a lock file
+ * when that file is what fails, and says so. */
 static int open_db(const char *path, bool write, keel_db **db)
 {
     keel_options o;
@@ -196,6 +238,21 @@ static int open_db(const char *path, bool write, keel_db **db)
     if (!write)
         o.flags = KEEL_RDONLY;
     int rc = keel_open(path, &o, db);
+    if (rc && !write && lock_unwritable(path, rc)) {
+        char first[600];
+        snprintf(first, sizeof first, "%s", keel_error_detail());
+        o.flags = KEEL_RDONLY | KEEL_NOLOCK;
+        int rc2 = keel_open(path, &o, db);
+        if (rc2 == 0) {
+            fprintf(stderr, "keel: %s-lock is not writable: reading without a lock; safe only while nothing "
+                            "writes\n", path);
+            without_lock = true;
+            return 0;
+        }
+        fprintf(stderr, "keel: open %s: %s\n", path, first[0] ? first : keel_strerror(rc));
+        failf(rc2, "open %s without a lock file", path);
+        return rc2;
+    }
     if (rc)
         failf(rc, "open %s", path);
     return rc;
@@ -256,13 +313,13 @@ static int out_open(struct outfile *o, const char *path)
     bool exists = stat(path, &st) == 0;
     /* a symlink stays one: the file it points to is what is replaced */
     if (exists && realpath(path, o->target) == NULL)
-        return failf(errno, "open %s", path);
+        return sys_failf(errno, "open %s", path);
     if (!exists && snprintf(o->target, sizeof o->target, "%s", path) >= (int)sizeof o->target)
-        return failf(ENAMETOOLONG, "open %s", path);
+        return sys_failf(ENAMETOOLONG, "open %s", path);
     if (exists && !S_ISREG(st.st_mode)) {
         o->direct = true;
         if (!(o->f = fopen(path, "w")))
-            return failf(errno, "open %s", path);
+            return sys_failf(errno, "open %s", path);
         return EXIT_OK;
     }
     int fd = -1;
@@ -273,14 +330,14 @@ static int out_open(struct outfile *o, const char *path)
             break;
     }
     if (fd < 0)
-        return failf(errno, "create a file beside %s", o->target);
+        return sys_failf(errno, "create a file beside %s", o->target);
     if (exists)
         fchmod(fd, st.st_mode & 07777); /* the umask must not narrow the mode it had */
     if (!(o->f = fdopen(fd, "w"))) {
         int err = errno;
         close(fd);
         unlink(o->tmp);
-        return failf(err, "open %s", o->tmp);
+        return sys_failf(err, "open %s", o->tmp);
     }
     return EXIT_OK;
 }
@@ -310,7 +367,7 @@ static int out_commit(struct outfile *o, const char *shown_as)
         err = errno;
     if (err) {
         out_discard(o);
-        return failf(err, "write %s", shown_as);
+        return sys_failf(err, "write %s", shown_as);
     }
     return EXIT_OK;
 }
@@ -481,7 +538,7 @@ static int cmd_dump(int argc, char **argv)
     if (outpath) /* a failed dump leaves the file as it was */
         return ex == EXIT_OK ? out_commit(&of, outpath) : (out_discard(&of), ex);
     if ((fflush(out) || ferror(out)) && ex == EXIT_OK)
-        ex = failf(errno ? errno : EIO, "write standard output");
+        ex = sys_failf(errno ? errno : EIO, "write standard output");
     return ex;
 }
 
@@ -750,7 +807,7 @@ static int cmd_load(int argc, char **argv)
     const char *src = inpath ? inpath : "standard input";
     FILE *in = stdin;
     if (inpath && !(in = fopen(inpath, "r")))
-        return failf(errno, "open %s", inpath);
+        return sys_failf(errno, "open %s", inpath);
     struct dump_parser p = {.flags = plain ? DUMP_PLAIN : 0, .ctx = &ld, .section = load_section,
                             .record = load_record, .warning = load_warning};
     char err[1024];
@@ -894,7 +951,9 @@ static int cmd_stat(int argc, char **argv)
     printf("overflow pages:      %" PRIu64 "\n", st.overflow_pages);
     printf("free pages:          %" PRIu64 "\n", st.free_pages);
     int ex = stat_buckets(db, pos[0]);
-    if (ex == EXIT_OK)
+    if (ex == EXIT_OK && without_lock)
+        printf("readers:             unknown (read without the lock file, which holds them)\n");
+    else if (ex == EXIT_OK)
         ex = print_readers(db, pos[0], true);
     keel_close(db);
     return ex;
@@ -972,7 +1031,7 @@ struct verb { /* what every verb shares: the db, its bucket, the encoding, one t
 static int verb_begin(struct verb *vb, bool write)
 {
     if (!write && !file_exists(vb->path))
-        return failf(ENOENT, "open %s", vb->path);
+        return sys_failf(ENOENT, "open %s", vb->path);
     if (open_db(vb->path, write, &vb->db))
         return EXIT_FAIL;
     int rc = keel_begin(vb->db, write ? 0 : KEEL_RDONLY, &vb->txn);
@@ -1128,7 +1187,7 @@ static int verb_key_write(int argc, char **argv, int (*op)(keel_txn *, keel_buck
     if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np) || arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
     if (!file_exists(vb.path))
-        return failf(ENOENT, "open %s", vb.path);
+        return sys_failf(ENOENT, "open %s", vb.path);
     if ((ex = verb_begin(&vb, true)))
         return ex;
     int rc = op(vb.txn, vb.b, k);
@@ -1156,7 +1215,7 @@ static int cmd_expire(int argc, char **argv)
     if (arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
     if (!file_exists(vb.path))
-        return failf(ENOENT, "open %s", vb.path);
+        return sys_failf(ENOENT, "open %s", vb.path);
     if ((ex = verb_begin(&vb, true)))
         return ex;
     int rc = keel_expire(vb.txn, vb.b, k, ttl);
@@ -1215,7 +1274,7 @@ static int cmd_scan(int argc, char **argv)
     if (rc)
         return failf(rc, "scan %s", vb.path);
     if (fflush(stdout))
-        return failf(errno, "write standard output");
+        return sys_failf(errno, "write standard output");
     return EXIT_OK;
 }
 
@@ -1278,7 +1337,7 @@ static int cmd_purge(int argc, char **argv)
         return usage_of("purge");
     }
     if (!file_exists(vb.path))
-        return failf(ENOENT, "open %s", vb.path);
+        return sys_failf(ENOENT, "open %s", vb.path);
     if (vb.bucket) { /* purge spans every bucket, in expiry order */
         fprintf(stderr, "keel purge: purges every bucket; -s is not for it\n");
         return usage_of("purge");
@@ -1328,10 +1387,16 @@ static int cmd_readers(int argc, char **argv)
     if (parse_args(argc, argv, NULL, false, pos, 1, &np) || np != 1)
         return usage_of("readers");
     if (!file_exists(pos[0]))
-        return failf(ENOENT, "open %s", pos[0]);
+        return sys_failf(ENOENT, "open %s", pos[0]);
     keel_db *db;
     if (open_db(pos[0], false, &db))
         return EXIT_FAIL;
+    if (without_lock) {
+        keel_close(db);
+        fprintf(stderr, "keel: readers %s: the reader table is in %s-lock, which could not be opened\n", pos[0],
+                pos[0]);
+        return EXIT_FAIL;
+    }
     int ex = print_readers(db, pos[0], false);
     keel_close(db);
     return ex;
