@@ -1214,7 +1214,8 @@ static void test_man_page(void **state)
     }
     assert_true(commands >= 17);
     const char *const opts[] = {"\\-\\-hex", "\\-\\-ms", "\\-\\-nx", "\\-\\-keepttl", "\\-\\-from",
-                                "\\-\\-bucket", "\\-\\-compact", "EXIT STATUS", "__keel_expiry__"};
+                                "\\-\\-bucket", "\\-\\-compact", "EXIT STATUS", "__keel_expiry__",
+                                "\\-\\-value\\-file", "\\-\\-stdin", "SIGXFSZ", "max_dirty"};
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
         assert_non_null(strstr(man, opts[i]));
     free(help);
@@ -2028,6 +2029,85 @@ static void test_lock_not_writable(void **state)
     OK(rmdir(sub));
 }
 
+/* put checks its arguments before it creates a database, and a write that
+ * fails on a database it created leaves nothing; values come from files
+ * and standard input too; an over-large time says so. */
+static void test_put_args(void **state)
+{
+    (void)state;
+    char lock[2100];
+    snprintf(lock, sizeof lock, "%s-lock", path_a);
+    char long_key[5000];
+    memset(long_key, 'k', sizeof long_key - 1);
+    long_key[sizeof long_key - 1] = 0;
+    const char *const bad[][3] = {{"", "v"}, {long_key, "v"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct run r = KEEL(NULL, "put", path_a, (char *)bad[i][0], (char *)bad[i][1]);
+        assert_int_equal(r.code, 2);
+        run_free(&r);
+        assert_false(exists(path_a));
+        assert_false(exists(lock));
+    }
+    struct run r = KEEL(NULL, "put", path_a, "-s", "", "k", "v");
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    assert_false(exists(path_a));
+    r = KEEL(NULL, "incr", path_a, long_key);
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    assert_false(exists(path_a));
+
+    r = KEEL(NULL, "put", path_a, "k", "v", "--ttl", "9223372036854775807");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "is too large"));
+    assert_null(strstr(r.err, "positive number of seconds (of"));
+    run_free(&r);
+    r = KEEL(NULL, "put", path_a, "k", "v", "--ttl", "99999999999999999999");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "is too large"));
+    run_free(&r);
+    r = KEEL(NULL, "put", path_a, "k", "v", "--ttl", "0");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "is not a positive number"));
+    run_free(&r);
+    assert_false(exists(path_a));
+
+    /* a value of 300,000 bytes from a file, and from standard input */
+    size_t n = 300000;
+    char *big = malloc(n);
+    assert_non_null(big);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (char)(i * 131 + (i >> 9));
+    write_file(txt, big, n);
+    free(KEEL_OK(NULL, "put", path_a, "--value-file", txt, "big"));
+    free(KEEL_OK(txt, "put", path_a, "--stdin", "big2"));
+    free(KEEL_OK(txt, "put", path_a, "--value-file", "-", "big3"));
+    keel_db *db;
+    keel_txn *t;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, KEEL_RDONLY, &t));
+    const char *keys[] = {"big", "big2", "big3"};
+    for (int i = 0; i < 3; i++) {
+        keel_val v;
+        OK(keel_get(t, KEEL_DEFAULT_BUCKET, (keel_val){keys[i], strlen(keys[i])}, &v));
+        assert_int_equal(v.len, n);
+        assert_memory_equal(v.data, big, n);
+    }
+    keel_abort(t);
+    keel_close(db);
+    free(big);
+    r = KEEL(NULL, "put", path_a, "k", "v", "--stdin"); /* two values */
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    r = KEEL(NULL, "put", path_a, "k"); /* none */
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    char *h = KEEL_OK(NULL, "put", "--help");
+    assert_non_null(strstr(h, "--value-file"));
+    assert_non_null(strstr(h, "--stdin"));
+    free(h);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -2061,6 +2141,7 @@ int main(void)
         cmocka_unit_test_setup(test_dump_output_file, fresh),
         cmocka_unit_test_setup(test_copy_full_disk, fresh),
         cmocka_unit_test_setup(test_lock_not_writable, fresh),
+        cmocka_unit_test_setup(test_put_args, fresh),
         cmocka_unit_test(test_parser_direct),
         cmocka_unit_test(test_parser_stop),
         cmocka_unit_test(test_parser_mutations),

@@ -1021,6 +1021,7 @@ struct verb { /* what every verb shares: the db, its bucket, the encoding, one t
     bool escaped; /* -e: KEY/VALUE arguments carry print escapes */
     bool hex;     /* --hex: arguments are hex, and so is what is printed */
     bool ms;      /* --ms: times are in milliseconds, not seconds */
+    bool created; /* a write verb made the file: a failure takes it away again */
     keel_db *db;
     keel_txn *txn;
     keel_bucket b;
@@ -1028,23 +1029,40 @@ struct verb { /* what every verb shares: the db, its bucket, the encoding, one t
 
 /* Opens db, txn and bucket; writes create the file and the bucket.  Answers
  * an exit code (a missing bucket of a read is "not found"). */
+static void remove_db_files(const char *path)
+{
+    char lock[PATH_MAX + 8];
+    snprintf(lock, sizeof lock, "%s-lock", path);
+    unlink(path);
+    unlink(lock);
+}
+
 static int verb_begin(struct verb *vb, bool write)
 {
-    if (!write && !file_exists(vb->path))
+    bool exists = file_exists(vb->path);
+    if (!write && !exists)
         return sys_failf(ENOENT, "open %s", vb->path);
-    if (open_db(vb->path, write, &vb->db))
+    vb->created = write && !exists;
+    if (open_db(vb->path, write, &vb->db)) {
+        if (vb->created)
+            remove_db_files(vb->path);
         return EXIT_FAIL;
+    }
     int rc = keel_begin(vb->db, write ? 0 : KEEL_RDONLY, &vb->txn);
     if (!rc && vb->bucket && (rc = keel_bucket_open(vb->txn, vb->bucket, write ? KEEL_CREATE : 0, &vb->b)))
         keel_abort(vb->txn);
     if (rc) {
         keel_close(vb->db);
+        if (vb->created)
+            remove_db_files(vb->path);
         return vb->bucket && vb->txn ? failf(rc, "bucket %s", vb->bucket) : failf(rc, "begin a txn on %s", vb->path);
     }
     return EXIT_OK;
 }
 
-/* Commits (write) or ends (read) the txn; closes the db. */
+/* Commits (write) or ends (read) the txn; closes the db.  A write that
+ * did not commit leaves no file it made: a typo must not leave an empty
+ * database behind. */
 static int verb_end(struct verb *vb, bool commit)
 {
     int rc = 0;
@@ -1053,6 +1071,8 @@ static int verb_end(struct verb *vb, bool commit)
     else
         keel_abort(vb->txn);
     keel_close(vb->db);
+    if (vb->created && (rc || !commit))
+        remove_db_files(vb->path);
     return rc ? failf(rc, "commit to %s", vb->path) : EXIT_OK;
 }
 
@@ -1077,6 +1097,10 @@ static int arg_val(const struct verb *vb, const char *what, char *arg, keel_val 
         fprintf(stderr, "keel: %s: bad escape at offset %zu (use \\\\ or \\xx)\n", what, bad);
         return -1;
     }
+    if (len == 0 && strcmp(what, "key") == 0) { /* before a write creates the database for nothing */
+        fprintf(stderr, "keel: key: empty (a key is 1 byte or more)\n");
+        return -1;
+    }
     *v = (keel_val){arg, len};
     return 0;
 }
@@ -1089,14 +1113,29 @@ static void print_data(const struct verb *vb, const void *data, size_t len)
         dump_write_escaped(stdout, data, len);
 }
 
-/* A time argument: a positive number of seconds, or of ms with --ms. */
-static bool arg_duration(const struct verb *vb, const char *s, int64_t *ms)
+/* A time argument: a positive number of seconds, or of ms with --ms, whose
+ * deadline fits in int64 ms since the epoch.  Answers NULL, or what is
+ * wrong with it. */
+static const char *arg_duration(const struct verb *vb, const char *s, int64_t *ms)
 {
-    int64_t n;
-    if (!parse_i64(s, &n) || n <= 0 || (!vb->ms && n > INT64_MAX / 1000))
-        return false;
+    char *end;
+    errno = 0;
+    long long n = strtoll(s, &end, 10);
+    if (!*s || *end)
+        return "is not a whole number";
+    if (errno == ERANGE && n < 0)
+        return "is not a positive number";
+    if (errno == ERANGE)
+        return "is too large";
+    if (n <= 0)
+        return "is not a positive number";
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t room = INT64_MAX - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+    if (vb->ms ? n > room : n > room / 1000)
+        return "is too large: the expiry time would not fit in 64-bit milliseconds since 1970";
     *ms = vb->ms ? n : n * 1000;
-    return true;
+    return NULL;
 }
 
 /* keel VERB DB [options] args...: min..max positionals after DB; every verb
@@ -1120,6 +1159,10 @@ static int verb_args(int argc, char **argv, struct verb *vb, const struct opt *e
         return -1;
     }
     vb->path = all[0];
+    if (vb->bucket && (!*vb->bucket || strlen(vb->bucket) > KEEL_MAX_BUCKET_NAME)) {
+        fprintf(stderr, "keel %s: a bucket name is 1 to %d bytes\n", argv[0], KEEL_MAX_BUCKET_NAME);
+        return -1;
+    }
     (*np)--;
     for (int i = 0; i < *np; i++)
         pos[i] = all[i + 1];
@@ -1144,37 +1187,111 @@ static int cmd_get(int argc, char **argv)
     return verb_end(&vb, false);
 }
 
+/* All of f (a value file or standard input), at most KEEL_MAX_VALUE_SIZE
+ * bytes, into *buf (malloc'd); an exit code. */
+static int read_value(FILE *f, const char *name, char **buf, size_t *len)
+{
+    size_t cap = 0, n = 0;
+    char *b = NULL;
+    for (;;) { /* ends at the end of f, or once n passes the largest value */
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 65536;
+            char *nb = realloc(b, ncap);
+            if (!nb) {
+                free(b);
+                return fail("read the value", KEEL_NOMEM);
+            }
+            b = nb;
+            cap = ncap;
+        }
+        size_t got = fread(b + n, 1, cap - n, f);
+        n += got;
+        if (n > KEEL_MAX_VALUE_SIZE) {
+            free(b);
+            fprintf(stderr, "keel: put: %s holds more than %zu bytes, the largest value\n", name, KEEL_MAX_VALUE_SIZE);
+            return EXIT_FAIL;
+        }
+        if (got == 0)
+            break;
+    }
+    if (ferror(f)) {
+        free(b);
+        return sys_failf(errno ? errno : EIO, "read %s", name);
+    }
+    *buf = b;
+    *len = n;
+    return EXIT_OK;
+}
+
+/* The value of put: the argument, or the bytes of --value-file / --stdin as
+ * they are.  *owned is what to free. */
+static int put_value(const struct verb *vb, char **pos, int np, const char *file, bool from_stdin, keel_val *v,
+                     char **owned)
+{
+    *owned = NULL;
+    int sources = (np == 2) + (file != NULL) + from_stdin;
+    if (sources != 1) {
+        fprintf(stderr, "keel put: give the value once: as VALUE, --value-file FILE or --stdin\n");
+        return usage_of("put");
+    }
+    if (np == 2)
+        return arg_val(vb, "value", pos[1], v) ? EXIT_USAGE : EXIT_OK;
+    if (file && strcmp(file, "-") != 0) {
+        FILE *f = fopen(file, "rb");
+        if (!f)
+            return sys_failf(errno, "open %s", file);
+        size_t len;
+        int ex = read_value(f, file, owned, &len);
+        fclose(f);
+        *v = (keel_val){*owned, len};
+        return ex;
+    }
+    size_t len;
+    int ex = read_value(stdin, "standard input", owned, &len);
+    *v = (keel_val){*owned, len};
+    return ex;
+}
+
 static int cmd_put(int argc, char **argv)
 {
     struct verb vb = {0};
-    const char *ttl_arg = NULL;
-    bool nx = false, keepttl = false;
+    const char *ttl_arg = NULL, *file = NULL;
+    bool nx = false, keepttl = false, from_stdin = false;
     struct opt extra[] = {{"--ttl", &ttl_arg, NULL}, {"--nx", NULL, &nx}, {"--keepttl", NULL, &keepttl},
-                          {NULL, NULL, NULL}};
+                          {"--value-file", &file, NULL}, {"--stdin", NULL, &from_stdin}, {NULL, NULL, NULL}};
     char *pos[2];
     int np, ex;
     keel_val k, v;
     int64_t ttl = 0;
-    if (verb_args(argc, argv, &vb, extra, pos, 2, 2, &np))
+    if (verb_args(argc, argv, &vb, extra, pos, 1, 2, &np))
         return EXIT_USAGE;
-    if ((ttl_arg && !arg_duration(&vb, ttl_arg, &ttl)) || (ttl_arg && keepttl)) {
-        fprintf(stderr, "keel put: --ttl wants a positive number of seconds (of ms with --ms), and not with "
-                        "--keepttl\n");
+    const char *bad = ttl_arg ? arg_duration(&vb, ttl_arg, &ttl) : NULL;
+    if (bad || (ttl_arg && keepttl)) {
+        if (bad)
+            fprintf(stderr, "keel put: --ttl %s %s (a positive number of seconds, of ms with --ms)\n", ttl_arg, bad);
+        else
+            fprintf(stderr, "keel put: --ttl and --keepttl contradict each other\n");
         return usage_of("put");
     }
-    if (arg_val(&vb, "key", pos[0], &k) || arg_val(&vb, "value", pos[1], &v))
+    if (arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
-    if ((ex = verb_begin(&vb, true)))
+    char *owned;
+    if ((ex = put_value(&vb, pos, np, file, from_stdin, &v, &owned)))
         return ex;
+    if ((ex = verb_begin(&vb, true))) {
+        free(owned);
+        return ex;
+    }
     unsigned flags = (nx ? KEEL_NOOVERWRITE : 0) | (keepttl ? KEEL_KEEPTTL : 0);
     int rc = ttl ? keel_put_ttl(vb.txn, vb.b, k, v, ttl, flags) : keel_put(vb.txn, vb.b, k, v, flags);
     if (rc == KEEL_EXISTS) { /* --nx: an answer, not a failure of the tool */
         verb_fail(&vb, rc, "put", k);
-        return EXIT_NOTFOUND;
+        ex = EXIT_NOTFOUND;
+    } else {
+        ex = rc ? verb_fail(&vb, rc, "put", k) : verb_end(&vb, true);
     }
-    if (rc)
-        return verb_fail(&vb, rc, "put", k);
-    return verb_end(&vb, true);
+    free(owned);
+    return ex;
 }
 
 /* del and persist: one key, one write, KEEL_NOTFOUND when absent */
@@ -1208,8 +1325,10 @@ static int cmd_expire(int argc, char **argv)
     int64_t ttl;
     if (verb_args(argc, argv, &vb, NULL, pos, 2, 2, &np))
         return EXIT_USAGE;
-    if (!arg_duration(&vb, pos[1], &ttl)) {
-        fprintf(stderr, "keel expire: the time to live is a positive number of seconds (of ms with --ms)\n");
+    const char *bad = arg_duration(&vb, pos[1], &ttl);
+    if (bad) {
+        fprintf(stderr, "keel expire: the time to live %s %s (a positive number of seconds, of ms with --ms)\n",
+                pos[1], bad);
         return usage_of("expire");
     }
     if (arg_val(&vb, "key", pos[0], &k))
@@ -1417,8 +1536,9 @@ static const struct command commands[] = {
     {"check", cmd_check, "check DB", "walk the newest snapshot; list every problem"},
     {"copy", cmd_copy, "copy [--compact] DB DEST", "a consistent copy while writers go on"},
     {"get", cmd_get, "get DB [VERB-OPTIONS] KEY", "print a value"},
-    {"put", cmd_put, "put DB [VERB-OPTIONS] [--ttl T] [--nx] [--keepttl] KEY VALUE",
-     "store a value; --ttl: expire in T seconds; --nx: only if absent (exit 1 if present)"},
+    {"put", cmd_put, "put DB [VERB-OPTIONS] [--ttl T] [--nx] [--keepttl] KEY (VALUE | --value-file FILE | --stdin)",
+     "store a value; --ttl: expire in T seconds; --nx: only if absent (exit 1 if present);\n"
+     "      --value-file FILE (- for standard input) or --stdin: the value is that file's bytes, as they are"},
     {"del", cmd_del, "del DB [VERB-OPTIONS] KEY", "delete a key"},
     {"scan", cmd_scan, "scan DB [VERB-OPTIONS] [--prefix P] [--from K] [--limit N]",
      "print KEY<tab>VALUE lines in key order"},
