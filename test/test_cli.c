@@ -2108,6 +2108,72 @@ static void test_put_args(void **state)
     free(h);
 }
 
+/* CR LF line ends load as LF ones do; a line longer than its role can need
+ * is an error naming it, found before it fills memory. */
+static void test_crlf_and_long_lines(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    char *d = KEEL_OK(NULL, "dump", "-a", "-p", path_a);
+    size_t n = strlen(d), lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += d[i] == '\n';
+    char *crlf = malloc(n + lines + 1);
+    assert_non_null(crlf);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (d[i] == '\n')
+            crlf[o++] = '\r';
+        crlf[o++] = d[i];
+    }
+    write_file(txt, crlf, o);
+    free(crlf);
+    free(KEEL_OK(txt, "load", path_b));
+    assert_same_db(path_a, path_b);
+    free(d);
+
+    struct counts c;
+    char err[512];
+    size_t klen = 3 * DUMP_MAX_KEY + 2;
+    char *big = malloc(klen + 200);
+    assert_non_null(big);
+    int h = sprintf(big, "%s", PHDR);
+    big[h] = ' ';
+    memset(big + h + 1, 'k', klen);
+    strcpy(big + h + 1 + klen, "\n v\nDATA=END\n");
+    assert_int_equal(parse_mem(big, strlen(big), 0, 0, &c, err, sizeof err), DUMP_EINPUT);
+    assert_non_null(strstr(err, "line 5: key line longer than"));
+    assert_non_null(strstr(err, "more than any key can need"));
+    /* the same as a value line is fine */
+    memcpy(big + h, " k\n", 3);
+    big[h + 3] = ' ';
+    memset(big + h + 4, 'v', klen - 3);
+    strcpy(big + h + 1 + klen, "\nDATA=END\n");
+    OK(parse_mem(big, strlen(big), 0, 0, &c, err, sizeof err));
+    /* a header line: bounded by far less */
+    memset(big, 'x', DUMP_MAX_HEADER_LINE + 10);
+    big[DUMP_MAX_HEADER_LINE + 10] = 0;
+    assert_int_equal(parse_mem(big, strlen(big), 0, 0, &c, err, sizeof err), DUMP_EINPUT);
+    assert_non_null(strstr(err, "line 1: header line longer than"));
+    free(big);
+
+    /* a bucket name with a newline: the real reason */
+    keel_db *db;
+    keel_txn *t;
+    keel_bucket b;
+    OK(keel_open(path_c, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    OK(keel_bucket_open(t, "two\nlines", KEEL_CREATE, &b));
+    put(t, b, "k", 1, "v", 1);
+    OK(keel_commit(t));
+    keel_close(db);
+    struct run r = KEEL(NULL, "dump", "-a", path_c);
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "'two\\0alines': its name holds a newline, which the dump format cannot carry"));
+    assert_null(strstr(r.err, "KEEL_BADNAME"));
+    run_free(&r);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -2142,6 +2208,7 @@ int main(void)
         cmocka_unit_test_setup(test_copy_full_disk, fresh),
         cmocka_unit_test_setup(test_lock_not_writable, fresh),
         cmocka_unit_test_setup(test_put_args, fresh),
+        cmocka_unit_test_setup(test_crlf_and_long_lines, fresh),
         cmocka_unit_test(test_parser_direct),
         cmocka_unit_test(test_parser_stop),
         cmocka_unit_test(test_parser_mutations),
