@@ -911,19 +911,26 @@ static int print_readers(keel_db *db, const char *path, bool brief)
         return failf(rc, "list the readers of %s", path);
     }
     uint64_t oldest = 0;
-    for (size_t i = 0; i < count; i++)
+    int64_t oldest_age = 0;
+    for (size_t i = 0; i < count; i++) {
         if (r[i].lag > oldest)
             oldest = r[i].lag;
+        if (r[i].age_ms > oldest_age)
+            oldest_age = r[i].age_ms;
+    }
+    /* the pid is what the reader's getpid() said: in another pid namespace
+     * (a container) it is not this one's number for that process */
     if (brief) {
         printf("readers:             %zu in use\n", count);
-        printf("oldest reader lag:   %" PRIu64 " txns%s\n", oldest, count ? "" : " (no readers)");
+        printf("oldest reader lag:   %" PRIu64 " txns, %.1f s%s\n", oldest, (double)oldest_age / 1000,
+               count ? "" : " (no readers)");
     } else {
-        printf("pid\tsnapshot\tlag\n");
+        printf("pid\tsnapshot\tlag\tage_s\n");
     }
     for (size_t i = 0; i < count; i++)
-        printf(brief ? "  reader pid %" PRId32 ": snapshot %" PRIu64 ", lag %" PRIu64 "\n"
-                     : "%" PRId32 "\t%" PRIu64 "\t%" PRIu64 "\n",
-               r[i].pid, r[i].txnid, r[i].lag);
+        printf(brief ? "  reader pid %" PRId32 ": snapshot %" PRIu64 ", lag %" PRIu64 " txns, age %.1f s\n"
+                     : "%" PRId32 "\t%" PRIu64 "\t%" PRIu64 "\t%.1f\n",
+               r[i].pid, r[i].txnid, r[i].lag, (double)r[i].age_ms / 1000);
     free(r);
     return EXIT_OK;
 }
@@ -1553,7 +1560,7 @@ static const struct command commands[] = {
     {"persist", cmd_persist, "persist DB [VERB-OPTIONS] KEY", "remove a key's expiry"},
     {"purge", cmd_purge, "purge DB [MAX]", "remove up to MAX (default all) expired keys; print how many"},
     {"buckets", cmd_buckets, "buckets DB [--hex]", "list the named buckets"},
-    {"readers", cmd_readers, "readers DB", "the reader slots in use: pid, snapshot txn id, lag"},
+    {"readers", cmd_readers, "readers DB", "the readers: pid (as the reader sees it), snapshot txn id, lag in commits, age in s"},
     {"help", cmd_help, "help [COMMAND]", "this text"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
