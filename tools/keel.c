@@ -12,6 +12,10 @@
  * usage or any other error.  doc/keel.1 is the manual.
  * Keys and values printed by the shell verbs use print escapes: printable
  * ASCII as is, a backslash doubled, any other byte as \xx.
+ * Safety: descriptors 0-2 are always open (no message lands in a database
+ * that took their number), SIGXFSZ is ignored (a file size limit is an
+ * error, not a kill half way), files written appear whole or not at all,
+ * and the database or its lock file is never taken as another file.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1592,8 +1596,11 @@ static int cmd_help(int argc, char **argv)
            "VERB-OPTIONS: -s BUCKET or --bucket BUCKET (default: the default bucket),\n"
            "-e (arguments carry print escapes), --hex (arguments and output in hex),\n"
            "--ms (times in milliseconds instead of seconds).  Commands that only\n"
-           "read open DB read-only and never create it; put, incr and load create a\n"
-           "missing DB.  keel COMMAND --help shows one command.\n"
+           "read open DB read-only and never create it (and read without its lock\n"
+           "file, with a warning, where that cannot be written); put, incr and load\n"
+           "create a missing DB, and remove it again when they fail.  put takes a\n"
+           "value from a file with --value-file FILE, from standard input with\n"
+           "--stdin.  keel COMMAND --help shows one command.\n"
            "\n"
            "Binary data: get, scan and buckets print keys and values with print\n"
            "escapes, as mdb_dump -p does: printable ASCII as it is, a backslash as \\\\,\n"
