@@ -268,6 +268,27 @@ static bool file_exists(const char *path)
     return stat(path, &st) == 0;
 }
 
+static void remove_db_files(const char *path)
+{
+    char lock[PATH_MAX + 8];
+    snprintf(lock, sizeof lock, "%s-lock", path);
+    unlink(path);
+    unlink(lock);
+}
+
+/* Whether a database this command created, and failed on, is still empty:
+ * another process may have created it at the same moment and committed to
+ * it, and then it is not ours to remove.  db is its handle, or NULL when
+ * the open failed: then only an empty file counts. */
+static bool still_empty(const char *path, keel_db *db)
+{
+    keel_stat ks;
+    struct stat st;
+    if (db)
+        return keel_db_stat(db, &ks) == 0 && ks.last_txnid == 0;
+    return stat(path, &st) == 0 && st.st_size == 0;
+}
+
 /* ---- files the tool writes ------------------------------------------------
  * A file named on the command line may be the database or its lock file
  * under another name (a symlink, a hard link): writing it would destroy the
@@ -785,14 +806,11 @@ static void load_undo(struct loader *ld)
     skip_lists_end(ld, false);
     keel_abort(ld->txn);
     ld->txn = NULL;
+    bool undo = ld->created && (!ld->db || still_empty(ld->path, ld->db));
     keel_close(ld->db);
     ld->db = NULL;
-    if (ld->created) {
-        char lock[PATH_MAX + 8];
-        snprintf(lock, sizeof lock, "%s-lock", ld->path);
-        unlink(ld->path);
-        unlink(lock);
-    }
+    if (undo)
+        remove_db_files(ld->path);
 }
 
 static int cmd_load(int argc, char **argv)
@@ -1045,14 +1063,6 @@ struct verb { /* what every verb shares: the db, its bucket, the encoding, one t
 
 /* Opens db, txn and bucket; writes create the file and the bucket.  Answers
  * an exit code (a missing bucket of a read is "not found"). */
-static void remove_db_files(const char *path)
-{
-    char lock[PATH_MAX + 8];
-    snprintf(lock, sizeof lock, "%s-lock", path);
-    unlink(path);
-    unlink(lock);
-}
-
 static int verb_begin(struct verb *vb, bool write)
 {
     bool exists = file_exists(vb->path);
@@ -1060,7 +1070,7 @@ static int verb_begin(struct verb *vb, bool write)
         return sys_failf(ENOENT, "open %s", vb->path);
     vb->created = write && !exists;
     if (open_db(vb->path, write, &vb->db)) {
-        if (vb->created)
+        if (vb->created && still_empty(vb->path, NULL))
             remove_db_files(vb->path);
         return EXIT_FAIL;
     }
@@ -1068,8 +1078,9 @@ static int verb_begin(struct verb *vb, bool write)
     if (!rc && vb->bucket && (rc = keel_bucket_open(vb->txn, vb->bucket, write ? KEEL_CREATE : 0, &vb->b)))
         keel_abort(vb->txn);
     if (rc) {
+        bool undo = vb->created && still_empty(vb->path, vb->db);
         keel_close(vb->db);
-        if (vb->created)
+        if (undo)
             remove_db_files(vb->path);
         return vb->bucket && vb->txn ? failf(rc, "bucket %s", vb->bucket) : failf(rc, "begin a txn on %s", vb->path);
     }
@@ -1086,8 +1097,9 @@ static int verb_end(struct verb *vb, bool commit)
         rc = keel_commit(vb->txn);
     else
         keel_abort(vb->txn);
+    bool undo = vb->created && (rc || !commit) && still_empty(vb->path, vb->db);
     keel_close(vb->db);
-    if (vb->created && (rc || !commit))
+    if (undo)
         remove_db_files(vb->path);
     return rc ? failf(rc, "commit to %s", vb->path) : EXIT_OK;
 }
