@@ -2042,6 +2042,9 @@ static void test_lock_not_writable(void **state)
         printf("test_lock_not_writable: mount tmpfs: %s; no read-only file system tried\n", strerror(errno));
     } else {
         free(KEEL_OK(NULL, "put", db, "k", "v"));
+        char dblock[2300];
+        snprintf(dblock, sizeof dblock, "%s-lock", db);
+        OK(unlink(dblock)); /* a lock file that cannot be created */
         if (mount(NULL, sub, NULL, MS_REMOUNT | MS_RDONLY, NULL) != 0)
             printf("test_lock_not_writable: remount read-only: %s; skipped\n", strerror(errno));
         else
