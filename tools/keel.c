@@ -394,6 +394,18 @@ static int out_commit(struct outfile *o, const char *shown_as)
         out_discard(o);
         return sys_failf(err, "write %s", shown_as);
     }
+    if (!o->direct) { /* the new name must last as the data does */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", o->target);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            slash[slash == dir] = 0; /* "/x" -> "/" */
+        int dfd = open(slash ? dir : ".", O_RDONLY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
     return EXIT_OK;
 }
 
