@@ -8,31 +8,32 @@
  *     (their content does not matter: the copy's free tree says they are free).
  *   - Compact: a new database filled bucket by bucket in key order with
  *     KEEL_APPEND, so pages come out full and in order, expiry times kept.
- *   The destination is created with O_EXCL and synced before returning; on
- *   failure it is removed.
+ *   The copy is made under a unique name beside the destination, synced,
+ *   and then linked to the destination's name, which must not exist: the
+ *   destination appears whole or not at all (a full disk, a crash half way),
+ *   and no lock file is ever made under its name.  On failure everything
+ *   made is removed.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
 
-static int copy_pages(keel_db *db, const char *dest)
+/* The snapshot's pages into fd, an empty file; synced. */
+static int copy_pages(keel_db *db, int fd)
 {
     keel_txn *txn;
     uint8_t *tail;
     int rc = txn_begin_with_tail(db, &txn, &tail);
     if (rc)
         return rc;
-    int fd = keel_os.open(dest, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = errno;
-        os_free(tail);
-        txn_abort(txn);
-        return rc;
-    }
     uint32_t ps = db->psize;
     uint64_t start = 2, end = txn->meta.npages;
     /* pages per write: up to 256, never more than the copy needs (a small
@@ -67,11 +68,8 @@ static int copy_pages(keel_db *db, const char *dest)
     }
     if (!rc)
         rc = os_fsync(fd);
-    os_close(fd);
     os_free(tail);
     txn_abort(txn);
-    if (rc)
-        unlink(dest);
     return rc;
 }
 
@@ -123,23 +121,15 @@ static int copy_bucket(const char *name, void *ctx)
     return txn_commit(dst);
 }
 
-static int copy_compact(keel_db *db, const char *dest)
+/* A new database at path (an empty file) filled with the snapshot's live
+ * data, synced. */
+static int copy_compact(keel_db *db, const char *path)
 {
-    int fd = keel_os.open(dest, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return errno;
-    os_close(fd);
-    keel_options o = {.page_size = db->psize, .flags = KEEL_NOSYNC, .purge_per_commit = -1};
+    keel_options o = {.page_size = db->psize, .flags = KEEL_NOSYNC, .purge_per_commit = -1, .max_readers = 1};
     keel_db *out;
-    int rc = keel_open(dest, &o, &out);
-    if (rc) {
-        /* keel_open may have created the lock file before it failed */
-        char lock[4200];
-        snprintf(lock, sizeof lock, "%s-lock", dest);
-        unlink(lock);
-        unlink(dest);
+    int rc = keel_open(path, &o, &out);
+    if (rc)
         return rc;
-    }
     keel_txn *src, *dst;
     if ((rc = txn_begin(db, KEEL_RDONLY, &src)))
         goto done;
@@ -158,12 +148,48 @@ static int copy_compact(keel_db *db, const char *dest)
         rc = os_fsync(out->fd);
 done:
     keel_close(out);
-    char lock[4200];
-    snprintf(lock, sizeof lock, "%s-lock", dest);
-    unlink(lock);
-    if (rc)
-        unlink(dest);
     return rc;
+}
+
+/* Creates a unique file beside dest: *fd open on it, its name in tmp. */
+static int temp_beside(const char *dest, char *tmp, size_t size, int *fd)
+{
+    for (unsigned n = 0; n < 100; n++) {
+        if (snprintf(tmp, size, "%s.copy-%ld-%u", dest, (long)getpid(), n) >= (int)size)
+            return ENAMETOOLONG;
+        if ((*fd = keel_os.open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) >= 0)
+            return 0;
+        if (errno != EEXIST)
+            return errno;
+    }
+    return EEXIST;
+}
+
+/* Gives the finished copy tmp the name dest, unless dest exists by now. */
+static int publish(const char *tmp, const char *dest)
+{
+    int rc = 0;
+    if (link(tmp, dest) != 0) {
+        rc = errno;
+        /* a file system without hard links: the check and the rename are
+         * two steps there, the best it allows */
+        if (rc == EPERM || rc == EOPNOTSUPP || rc == ENOSYS) {
+            struct stat st;
+            rc = lstat(dest, &st) == 0 ? EEXIST : rename(tmp, dest) == 0 ? 0 : errno;
+        }
+        if (rc)
+            return rc;
+    }
+    unlink(tmp);
+    /* the new name must survive a crash as the data does */
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", dest);
+    int dfd = keel_os.open(dirname(dir), O_RDONLY | O_CLOEXEC, 0);
+    if (dfd >= 0) {
+        os_fsync(dfd);
+        os_close(dfd);
+    }
+    return 0;
 }
 
 int keel_copy(keel_db *db, const char *dest_path, unsigned flags)
@@ -174,5 +200,26 @@ int keel_copy(keel_db *db, const char *dest_path, unsigned flags)
         return KEEL_BADFLAGS;
     if (db->fork_gen != os_fork_generation())
         return KEEL_FORKED;
-    return (flags & KEEL_COPY_COMPACT) ? copy_compact(db, dest_path) : copy_pages(db, dest_path);
+    struct stat st;
+    if (lstat(dest_path, &st) == 0) /* early, before the work: publish() checks again */
+        return EEXIST;
+    char tmp[PATH_MAX + 32], lock[PATH_MAX + 40];
+    int fd;
+    int rc = temp_beside(dest_path, tmp, sizeof tmp, &fd);
+    if (rc)
+        return rc;
+    if (flags & KEEL_COPY_COMPACT) {
+        os_close(fd);
+        rc = copy_compact(db, tmp);
+        snprintf(lock, sizeof lock, "%s-lock", tmp);
+        unlink(lock);
+    } else {
+        rc = copy_pages(db, fd);
+        os_close(fd);
+    }
+    if (!rc)
+        rc = publish(tmp, dest_path);
+    if (rc)
+        unlink(tmp);
+    return rc;
 }

@@ -14,6 +14,11 @@
  *     LMDB → keel and keel → LMDB give the same data lines.
  *   - the parser on its own: random mutations never crash it, and a
  *     generated stream of many records is parsed in constant memory.
+ *   - the field-reliability issue: output to /dev/full, RLIMIT_FSIZE,
+ *     closed standard descriptors, dump -o whole-or-nothing and its
+ *     refusals, copy to a full disk, unwritable lock files (tmpfs and bind
+ *     mounts when root), put's arguments and value sources, CR LF and
+ *     line bounds, readers' lag and age.
  *
  * The `keel` binary is found next to this test's build directory:
  * build/test/test_cli → build/tools/keel (or $MESON_BUILD_ROOT/tools/keel).
@@ -29,6 +34,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -107,9 +113,18 @@ static void run_free(struct run *r)
     memset(r, 0, sizeof *r);
 }
 
-/* Runs argv (argv[0] found on PATH unless it has a '/') with stdin from
- * in_path (NULL = /dev/null); collects stdout, stderr and the exit status. */
-static struct run runv(const char *in_path, char *const argv[])
+/* How to start a child: stdin from in (NULL = /dev/null), stdout to out
+ * (NULL = a file collected into run.out), descriptors to leave closed, a
+ * file size limit (0 = none). */
+struct how {
+    const char *in, *out;
+    bool close_in, close_out, close_err;
+    rlim_t fsize;
+};
+
+/* Runs argv (argv[0] found on PATH unless it has a '/') as h says;
+ * collects stdout, stderr and the exit status. */
+static struct run run_how(const struct how *h, char *const argv[])
 {
     char outp[2048], errp[2048];
     in_dir(outp, sizeof outp, "run.out");
@@ -118,12 +133,24 @@ static struct run runv(const char *in_path, char *const argv[])
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        int in = open(in_path ? in_path : "/dev/null", O_RDONLY);
-        int out = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int in = open(h->in ? h->in : "/dev/null", O_RDONLY);
+        int out = open(h->out ? h->out : outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         int err = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (in < 0 || out < 0 || err < 0)
             _exit(126);
         dup2(in, 0), dup2(out, 1), dup2(err, 2);
+        close(in), close(out), close(err);
+        if (h->close_in)
+            close(0);
+        if (h->close_out)
+            close(1);
+        if (h->close_err)
+            close(2);
+        if (h->fsize) {
+            struct rlimit rl = {h->fsize, h->fsize};
+            if (setrlimit(RLIMIT_FSIZE, &rl))
+                _exit(125);
+        }
         execvp(argv[0], argv);
         _exit(127);
     }
@@ -132,13 +159,19 @@ static struct run runv(const char *in_path, char *const argv[])
     struct run r = {0};
     r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     r.sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
-    r.out = read_file(outp, &r.outlen);
+    r.out = h->out ? NULL : read_file(outp, &r.outlen);
     r.err = read_file(errp, NULL);
     if (!r.out)
         r.out = strdup("");
     if (!r.err)
         r.err = strdup("");
     return r;
+}
+
+static struct run runv(const char *in_path, char *const argv[])
+{
+    struct how h = {.in = in_path};
+    return run_how(&h, argv);
 }
 
 #define KEEL(in, ...) runv((in), (char *const[]){keel_bin, __VA_ARGS__, NULL})
@@ -636,6 +669,17 @@ static void test_nooverwrite(void **state)
     v = KEEL_OK(NULL, "buckets", path_a); /* the list of skipped keys is gone */
     assert_string_equal(v, "");
     free(v);
+    /* a key skipped in one bucket keeps its expiry in another */
+    write_text(txt2, PHDR " k1\n skipped\nDATA=END\nVERSION=3\nformat=print\ndatabase=B\ntype=btree\nHEADER=END\n k1\n inB\nDATA=END\n"
+                     "VERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX "B\ntype=btree\nHEADER=END\n"
+                     " k1\n 4102444800000\nDATA=END\n");
+    free(KEEL_OK(txt2, "load", "-N", path_a));
+    v = KEEL_OK(NULL, "ttl", path_a, "-s", "B", "k1");
+    assert_true(atoll(v) > 0);
+    free(v);
+    v = KEEL_OK(NULL, "buckets", path_a);
+    assert_string_equal(v, "B\n");
+    free(v);
     /* without -N the value is replaced */
     free(KEEL_OK(txt, "load", path_a));
     v = KEEL_OK(NULL, "get", path_a, "k1");
@@ -837,7 +881,7 @@ static void test_stat(void **state)
     char pidline[64];
     snprintf(pidline, sizeof pidline, "reader pid %d: snapshot ", (int)getpid());
     assert_non_null(strstr(s, pidline));
-    assert_non_null(strstr(s, ", lag 1\n"));
+    assert_non_null(strstr(s, ", lag 1 txns, age "));
     free(s);
     keel_abort(rt);
     keel_close(db);
@@ -1033,7 +1077,40 @@ static void test_verbs(void **state)
     run_free(&r);
 }
 
-/* The verbs of expiry, --nx/--keepttl, --hex, --from, --bucket, readers. */
+/* readers: a header line, then one line per reader in use, with its lag
+ * in commits and its age in seconds. */
+static void test_readers(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "k", "v"));
+    char *o;
+    struct run r;
+    keel_db *db;
+    keel_txn *rt;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, KEEL_RDONLY, &rt));
+    keel_txn *wt;
+    OK(keel_begin(db, 0, &wt)); /* one commit behind, held 0.3 s */
+    OK(keel_put(wt, KEEL_DEFAULT_BUCKET, tu_val("later"), tu_val("x"), 0));
+    OK(keel_commit(wt));
+    usleep(300000);
+    o = KEEL_OK(NULL, "readers", path_a);
+    char want[64];
+    snprintf(want, sizeof want, "\n%ld\t%" PRIu64 "\t1\t", (long)getpid(), keel_txn_id(rt));
+    assert_non_null(strstr(o, "pid\tsnapshot\tlag\tage_s\n"));
+    char *line = strstr(o, want);
+    assert_non_null(line);
+    double age = atof(line + strlen(want));
+    assert_true(age >= 0.2 && age < 60);
+    free(o);
+    keel_abort(rt);
+    keel_close(db);
+    r = KEEL(NULL, "readers", path_b);
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+}
+
+/* The verbs of expiry, --nx/--keepttl, --hex, --from, --bucket. */
 static void test_verbs_more(void **state)
 {
     (void)state;
@@ -1123,22 +1200,6 @@ static void test_verbs_more(void **state)
     o = KEEL_OK(NULL, "scan", path_a, "-s", "f", "--from", "0", "--prefix", "b");
     assert_string_equal(o, "b1\t3\n");
     free(o);
-    /* readers: a header line, then one line per reader in use */
-    keel_db *db;
-    keel_txn *rt;
-    OK(keel_open(path_a, NULL, &db));
-    OK(keel_begin(db, KEEL_RDONLY, &rt));
-    o = KEEL_OK(NULL, "readers", path_a);
-    char want[64];
-    snprintf(want, sizeof want, "\n%ld\t%" PRIu64 "\t", (long)getpid(), keel_txn_id(rt));
-    assert_non_null(strstr(o, "pid\tsnapshot\tlag\n"));
-    assert_non_null(strstr(o, want));
-    free(o);
-    keel_abort(rt);
-    keel_close(db);
-    r = KEEL(NULL, "readers", path_b);
-    assert_int_equal(r.code, 2);
-    run_free(&r);
     /* COMMAND --help */
     r = KEEL(NULL, "scan", "--help");
     assert_int_equal(r.code, 0);
@@ -1175,7 +1236,8 @@ static void test_man_page(void **state)
     }
     assert_true(commands >= 17);
     const char *const opts[] = {"\\-\\-hex", "\\-\\-ms", "\\-\\-nx", "\\-\\-keepttl", "\\-\\-from",
-                                "\\-\\-bucket", "\\-\\-compact", "EXIT STATUS", "__keel_expiry__"};
+                                "\\-\\-bucket", "\\-\\-compact", "EXIT STATUS", "__keel_expiry__",
+                                "\\-\\-value\\-file", "\\-\\-stdin", "SIGXFSZ", "max_dirty"};
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
         assert_non_null(strstr(man, opts[i]));
     free(help);
@@ -1658,6 +1720,485 @@ static void test_parser_streams(void **state)
     assert_true(after - before < 8 * 1024);
 }
 
+/* ---- the field-reliability issue ------------------------------------------------ */
+#define RUN_HOW(h, ...) run_how((h), (char *const[]){keel_bin, __VA_ARGS__, NULL})
+
+static void assert_value(const char *db, const char *key, const char *want)
+{
+    char *v = KEEL_OK(NULL, "get", (char *)db, (char *)key);
+    char line[4096];
+    snprintf(line, sizeof line, "%s\n", want);
+    assert_string_equal(v, line);
+    free(v);
+}
+
+static void assert_checks_clean(const char *db)
+{
+    free(KEEL_OK(NULL, "check", (char *)db));
+}
+
+/* Every command that prints fails with exit 2 and a message when its
+ * output cannot be written, instead of answering 0. */
+static void test_output_full(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "k", "v", "--ttl", "1000"));
+    free(KEEL_OK(NULL, "put", path_a, "-s", "b", "k", "v"));
+    struct how h = {.out = "/dev/full"};
+    static const char *const cmds[][4] = {
+        {"get", "k"}, {"ttl", "k"}, {"incr", "n"}, {"stat"}, {"buckets"}, {"readers"}, {"purge"}, {"check"},
+        {"scan"}, {"dump"},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        struct run r = cmds[i][1] ? RUN_HOW(&h, (char *)cmds[i][0], path_a, (char *)cmds[i][1])
+                                  : RUN_HOW(&h, (char *)cmds[i][0], path_a);
+        if (r.code != 2)
+            fprintf(stderr, "keel %s > /dev/full: exit %d: %s", cmds[i][0], r.code, r.err);
+        assert_int_equal(r.code, 2);
+        assert_non_null(strstr(r.err, "No space left on device"));
+        run_free(&r);
+    }
+}
+
+/* Past RLIMIT_FSIZE a load fails with an error (not SIGXFSZ), exit 2, and
+ * the database keeps its content. */
+static void test_load_file_size_limit(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "k", "old"));
+    FILE *f = fopen(txt, "w");
+    assert_non_null(f);
+    fputs(PHDR, f);
+    for (int i = 0; i < 20000; i++)
+        fprintf(f, " key%06d\n value of some length to fill pages %06d\n", i, i);
+    fputs(" k\n new\nDATA=END\n", f);
+    OK(fclose(f));
+    struct stat st;
+    OK(stat(path_a, &st));
+    struct how h = {.in = txt, .fsize = (rlim_t)st.st_size + 65536};
+    struct run r = RUN_HOW(&h, "load", path_a);
+    if (r.code != 2)
+        fprintf(stderr, "load under a file size limit: exit %d, signal %d: %s", r.code, r.sig, r.err);
+    assert_int_equal(r.sig, 0);
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "KEEL_FULL"));
+    run_free(&r);
+    assert_value(path_a, "k", "old");
+    char *o = KEEL_OK(NULL, "scan", path_a);
+    assert_string_equal(o, "k\told\n");
+    free(o);
+    assert_checks_clean(path_a);
+}
+
+/* Started with stderr or stdout closed, the tool must not print into the
+ * database or its lock file, which would take those descriptor numbers. */
+static void test_closed_std_fds(void **state)
+{
+    (void)state;
+    free(KEEL_OK(NULL, "put", path_a, "k", "v"));
+    /* the second section's warning is printed after the database is open */
+    write_text(txt, PHDR " a\n 1\nDATA=END\nVERSION=3\nformat=print\nnosuchkeyword=1\ndatabase=s\ntype=btree\n"
+                    "HEADER=END\n b\n 2\nDATA=END\n");
+    struct how no_err = {.in = txt, .close_err = true};
+    struct run r = RUN_HOW(&no_err, "load", path_a);
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    struct how no_out = {.close_out = true};
+    r = RUN_HOW(&no_out, "incr", path_a, "n");
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    r = RUN_HOW(&no_out, "get", path_a, "k");
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    struct how no_in = {.close_in = true, .close_out = true};
+    r = RUN_HOW(&no_in, "scan", path_a);
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+    assert_checks_clean(path_a);
+    assert_value(path_a, "k", "v");
+    assert_value(path_a, "a", "1");
+    assert_value(path_a, "n", "1");
+    char *o = KEEL_OK(NULL, "get", path_a, "-s", "s", "b");
+    assert_string_equal(o, "2\n");
+    free(o);
+}
+
+/* The names of the files in the test directory, sorted, one a line. */
+static char *dir_listing(void)
+{
+    char cmd[2100];
+    snprintf(cmd, sizeof cmd, "ls -A %s", dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    static char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, p);
+    buf[n] = 0;
+    pclose(p);
+    return strdup(buf);
+}
+
+/* dump -o writes a whole new file or leaves the old one; it refuses the
+ * database and its lock file under any name; load refuses them as input. */
+static void test_dump_output_file(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    char *want = KEEL_OK(NULL, "dump", "-a", path_a);
+    size_t before_len;
+    char *before = read_file(path_a, &before_len);
+    char lock[2100], sym[2100], hard[2100], symlock[2100];
+    snprintf(lock, sizeof lock, "%s-lock", path_a);
+    in_dir(sym, sizeof sym, "sym.db");
+    in_dir(hard, sizeof hard, "hard.db");
+    in_dir(symlock, sizeof symlock, "sym.lock");
+    OK(symlink(path_a, sym));
+    OK(link(path_a, hard));
+    OK(symlink(lock, symlock));
+    const char *refused[] = {path_a, lock, sym, hard, symlock};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        struct run r = KEEL(NULL, "dump", "-a", "-o", (char *)refused[i], path_a);
+        assert_int_equal(r.code, 2);
+        assert_non_null(strstr(r.err, "refused"));
+        run_free(&r);
+        r = KEEL(NULL, "load", "-f", (char *)refused[i], path_a);
+        assert_int_equal(r.code, 2);
+        assert_non_null(strstr(r.err, "refused"));
+        run_free(&r);
+    }
+    struct run r = KEEL(path_a, "load", path_a); /* the database as standard input */
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "refused"));
+    run_free(&r);
+    r = KEEL(NULL, "copy", path_a, hard);
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    size_t after_len;
+    char *after = read_file(path_a, &after_len);
+    assert_int_equal(before_len, after_len);
+    assert_memory_equal(before, after, before_len);
+    free(after);
+    free(before);
+    assert_checks_clean(path_a);
+    OK(unlink(sym)), OK(unlink(hard)), OK(unlink(symlock));
+
+    /* a failed dump keeps the file it would have replaced; a good one replaces it */
+    char *listing = dir_listing();
+    write_text(txt, "keep me\n");
+    r = KEEL(NULL, "dump", "-s", "nosuch", "-o", txt, path_a);
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    char *t = read_file(txt, NULL);
+    assert_string_equal(t, "keep me\n");
+    free(t);
+    OK(chmod(txt, 0640));
+    free(KEEL_OK(NULL, "dump", "-a", "-o", txt, path_a));
+    t = read_file(txt, NULL);
+    assert_string_equal(t, want);
+    free(t);
+    struct stat st;
+    OK(stat(txt, &st));
+    assert_int_equal(st.st_mode & 0777, 0640);
+    /* through a symlink: the file it names is replaced, the link stays */
+    OK(symlink(txt, sym));
+    free(KEEL_OK(NULL, "dump", "-o", sym, path_a));
+    OK(lstat(sym, &st));
+    assert_true(S_ISLNK(st.st_mode));
+    t = read_file(txt, NULL);
+    assert_non_null(strstr(t, "HEADER=END"));
+    assert_null(strstr(t, "database=b1"));
+    free(t);
+    OK(unlink(sym));
+    char *listing2 = dir_listing(); /* no temporary file left behind */
+    assert_string_equal(listing, listing2);
+    free(listing);
+    free(listing2);
+    free(KEEL_OK(NULL, "dump", "-o", "/dev/null", path_a));
+    free(want);
+}
+
+/* keel copy DB DEST (compact or not) fails with exit 2 and leaves nothing
+ * in dest_dir (no destination, no lock file, no temporary). */
+static void copy_fails_cleanly(const struct how *h, const char *dest_dir)
+{
+    char dest[2100];
+    snprintf(dest, sizeof dest, "%s/copy.db", dest_dir);
+    for (int compact = 0; compact < 2; compact++) {
+        struct run r = compact ? RUN_HOW(h, "copy", "--compact", path_a, dest) : RUN_HOW(h, "copy", path_a, dest);
+        if (r.code != 2)
+            fprintf(stderr, "copy%s: exit %d signal %d: %s", compact ? " --compact" : "", r.code, r.sig, r.err);
+        assert_int_equal(r.code, 2);
+        assert_true(strstr(r.err, "No space left") || strstr(r.err, "KEEL_FULL") || strstr(r.err, "too large"));
+        run_free(&r);
+        char cmd[2200];
+        snprintf(cmd, sizeof cmd, "test -z \"$(ls -A %s | grep -v '^fill$')\"", dest_dir);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
+/* A copy to a full disk, or past the file size limit, fails cleanly. */
+static void test_copy_full_disk(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    char sub[2100];
+    in_dir(sub, sizeof sub, "limited");
+    OK(mkdir(sub, 0755));
+    struct how h = {.fsize = 32768};
+    copy_fails_cleanly(&h, sub);
+    if (geteuid() != 0) {
+        printf("test_copy_full_disk: not root: no tmpfs of 64 KiB; only the file size limit was tried\n");
+    } else if (mount("tmpfs", sub, "tmpfs", 0, "size=64k") != 0) {
+        printf("test_copy_full_disk: mount tmpfs: %s; only the file size limit was tried\n", strerror(errno));
+    } else {
+        struct how plain = {0};
+        copy_fails_cleanly(&plain, sub);
+        char fill[2200];
+        snprintf(fill, sizeof fill, "dd if=/dev/zero of=%s/fill bs=4096 2>/dev/null", sub);
+        assert_true(system(fill) != -1); /* fails when the disk is full: that is the point */
+        copy_fails_cleanly(&plain, sub);
+        OK(umount(sub));
+    }
+    OK(rmdir(sub));
+}
+
+static int count_of(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* Every read-only command reads db, whose lock file cannot be written,
+ * without a lock, and says so once; put fails naming the file at fault. */
+static void reads_without_lock(const char *db, const char *fault, const char *copy_to)
+{
+    static const char *const cmds[][3] = {
+        {"get", "k"}, {"scan"}, {"ttl", "k"}, {"dump", "-a"}, {"check"}, {"stat"}, {"buckets"}, {"copy", NULL},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        const char *arg = strcmp(cmds[i][0], "copy") == 0 ? copy_to : cmds[i][1];
+        struct run r = arg ? KEEL(NULL, (char *)cmds[i][0], (char *)db, (char *)arg) : KEEL(NULL, (char *)cmds[i][0], (char *)db);
+        if (r.code != 0)
+            fprintf(stderr, "keel %s on %s: exit %d: %s", cmds[i][0], db, r.code, r.err);
+        assert_int_equal(r.code, 0);
+        assert_int_equal(count_of(r.err, "-lock is not writable: reading without a lock; safe only while nothing "
+                                         "writes"), 1);
+        run_free(&r);
+    }
+    char *o = KEEL_OK(NULL, "get", (char *)db, "k");
+    assert_string_equal(o, "v\n");
+    free(o);
+    struct run r = KEEL(NULL, "put", (char *)db, "k", "v2");
+    assert_int_equal(r.code, 2);
+    if (!strstr(r.err, fault))
+        fprintf(stderr, "put: %s", r.err);
+    assert_non_null(strstr(r.err, fault));
+    run_free(&r);
+    assert_checks_clean(copy_to);
+    remove_db(copy_to);
+}
+
+/* Messages name the file at fault; read-only commands read without a lock
+ * file where it cannot be written. */
+static void test_lock_not_writable(void **state)
+{
+    (void)state;
+    char lock[2100];
+    snprintf(lock, sizeof lock, "%s-lock", path_a);
+    free(KEEL_OK(NULL, "put", path_a, "k", "v"));
+    /* a lock file that is a directory */
+    OK(unlink(lock));
+    OK(mkdir(lock, 0755));
+    struct run r = KEEL(NULL, "get", path_a, "k");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "a.db-lock: Is a directory"));
+    run_free(&r);
+    OK(rmdir(lock));
+    assert_value(path_a, "k", "v"); /* makes the lock file again */
+
+    /* a read-only lock file */
+    if (geteuid() != 0) {
+        OK(chmod(lock, 0444));
+        reads_without_lock(path_a, "a.db-lock: Permission denied", path_b);
+        OK(chmod(lock, 0644));
+    } else if (mount(lock, lock, NULL, MS_BIND, NULL) != 0 ||
+               mount(NULL, lock, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) != 0) {
+        printf("test_lock_not_writable: read-only bind mount of the lock file: %s; skipped\n", strerror(errno));
+        umount(lock);
+    } else {
+        reads_without_lock(path_a, "a.db-lock: Read-only file system", path_b);
+        OK(umount(lock));
+    }
+
+    /* a read-only file system */
+    char sub[2100], db[2200];
+    in_dir(sub, sizeof sub, "ro");
+    snprintf(db, sizeof db, "%s/r.db", sub);
+    OK(mkdir(sub, 0755));
+    if (geteuid() != 0) {
+        printf("test_lock_not_writable: not root: no read-only file system tried\n");
+    } else if (mount("tmpfs", sub, "tmpfs", 0, "size=1m") != 0) {
+        printf("test_lock_not_writable: mount tmpfs: %s; no read-only file system tried\n", strerror(errno));
+    } else {
+        free(KEEL_OK(NULL, "put", db, "k", "v"));
+        char dblock[2300];
+        snprintf(dblock, sizeof dblock, "%s-lock", db);
+        OK(unlink(dblock)); /* a lock file that cannot be created */
+        if (mount(NULL, sub, NULL, MS_REMOUNT | MS_RDONLY, NULL) != 0)
+            printf("test_lock_not_writable: remount read-only: %s; skipped\n", strerror(errno));
+        else
+            reads_without_lock(db, "Read-only file system", path_b);
+        OK(umount(sub));
+    }
+    OK(rmdir(sub));
+}
+
+/* put checks its arguments before it creates a database, and a write that
+ * fails on a database it created leaves nothing; values come from files
+ * and standard input too; an over-large time says so. */
+static void test_put_args(void **state)
+{
+    (void)state;
+    char lock[2100];
+    snprintf(lock, sizeof lock, "%s-lock", path_a);
+    char long_key[5000];
+    memset(long_key, 'k', sizeof long_key - 1);
+    long_key[sizeof long_key - 1] = 0;
+    const char *const bad[][3] = {{"", "v"}, {long_key, "v"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct run r = KEEL(NULL, "put", path_a, (char *)bad[i][0], (char *)bad[i][1]);
+        assert_int_equal(r.code, 2);
+        run_free(&r);
+        assert_false(exists(path_a));
+        assert_false(exists(lock));
+    }
+    struct run r = KEEL(NULL, "put", path_a, "-s", "", "k", "v");
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    assert_false(exists(path_a));
+    r = KEEL(NULL, "incr", path_a, long_key);
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    assert_false(exists(path_a));
+
+    r = KEEL(NULL, "put", path_a, "k", "v", "--ttl", "9223372036854775807");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "is too large"));
+    assert_null(strstr(r.err, "positive number of seconds (of"));
+    run_free(&r);
+    r = KEEL(NULL, "put", path_a, "k", "v", "--ttl", "99999999999999999999");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "is too large"));
+    run_free(&r);
+    r = KEEL(NULL, "put", path_a, "k", "v", "--ttl", "0");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "is not a positive number"));
+    run_free(&r);
+    assert_false(exists(path_a));
+
+    /* a value of 300,000 bytes from a file, and from standard input */
+    size_t n = 300000;
+    char *big = malloc(n);
+    assert_non_null(big);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (char)(i * 131 + (i >> 9));
+    write_file(txt, big, n);
+    free(KEEL_OK(NULL, "put", path_a, "--value-file", txt, "big"));
+    free(KEEL_OK(txt, "put", path_a, "--stdin", "big2"));
+    free(KEEL_OK(txt, "put", path_a, "--value-file", "-", "big3"));
+    keel_db *db;
+    keel_txn *t;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, KEEL_RDONLY, &t));
+    const char *keys[] = {"big", "big2", "big3"};
+    for (int i = 0; i < 3; i++) {
+        keel_val v;
+        OK(keel_get(t, KEEL_DEFAULT_BUCKET, (keel_val){keys[i], strlen(keys[i])}, &v));
+        assert_int_equal(v.len, n);
+        assert_memory_equal(v.data, big, n);
+    }
+    keel_abort(t);
+    keel_close(db);
+    free(big);
+    r = KEEL(NULL, "put", path_a, "k", "v", "--stdin"); /* two values */
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    r = KEEL(NULL, "put", path_a, "k"); /* none */
+    assert_int_equal(r.code, 2);
+    run_free(&r);
+    char *h = KEEL_OK(NULL, "put", "--help");
+    assert_non_null(strstr(h, "--value-file"));
+    assert_non_null(strstr(h, "--stdin"));
+    free(h);
+}
+
+/* CR LF line ends load as LF ones do; a line longer than its role can need
+ * is an error naming it, found before it fills memory. */
+static void test_crlf_and_long_lines(void **state)
+{
+    (void)state;
+    fill_db(path_a, true);
+    char *d = KEEL_OK(NULL, "dump", "-a", "-p", path_a);
+    size_t n = strlen(d), lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += d[i] == '\n';
+    char *crlf = malloc(n + lines + 1);
+    assert_non_null(crlf);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (d[i] == '\n')
+            crlf[o++] = '\r';
+        crlf[o++] = d[i];
+    }
+    write_file(txt, crlf, o);
+    free(crlf);
+    free(KEEL_OK(txt, "load", path_b));
+    assert_same_db(path_a, path_b);
+    free(d);
+
+    struct counts c;
+    char err[512];
+    size_t klen = 3 * DUMP_MAX_KEY + 2;
+    char *big = malloc(klen + 200);
+    assert_non_null(big);
+    int h = sprintf(big, "%s", PHDR);
+    big[h] = ' ';
+    memset(big + h + 1, 'k', klen);
+    strcpy(big + h + 1 + klen, "\n v\nDATA=END\n");
+    assert_int_equal(parse_mem(big, strlen(big), 0, 0, &c, err, sizeof err), DUMP_EINPUT);
+    assert_non_null(strstr(err, "line 5: key line longer than"));
+    assert_non_null(strstr(err, "more than any key can need"));
+    /* the same as a value line is fine */
+    memcpy(big + h, " k\n", 3);
+    big[h + 3] = ' ';
+    memset(big + h + 4, 'v', klen - 3);
+    strcpy(big + h + 1 + klen, "\nDATA=END\n");
+    OK(parse_mem(big, strlen(big), 0, 0, &c, err, sizeof err));
+    /* a header line: bounded by far less */
+    memset(big, 'x', DUMP_MAX_HEADER_LINE + 10);
+    big[DUMP_MAX_HEADER_LINE + 10] = 0;
+    assert_int_equal(parse_mem(big, strlen(big), 0, 0, &c, err, sizeof err), DUMP_EINPUT);
+    assert_non_null(strstr(err, "line 1: header line longer than"));
+    free(big);
+
+    /* a bucket name with a newline: the real reason */
+    keel_db *db;
+    keel_txn *t;
+    keel_bucket b;
+    OK(keel_open(path_c, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    OK(keel_bucket_open(t, "two\nlines", KEEL_CREATE, &b));
+    put(t, b, "k", 1, "v", 1);
+    OK(keel_commit(t));
+    keel_close(db);
+    struct run r = KEEL(NULL, "dump", "-a", path_c);
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "'two\\0alines': its name holds a newline, which the dump format cannot carry"));
+    assert_null(strstr(r.err, "KEEL_BADNAME"));
+    run_free(&r);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1678,6 +2219,7 @@ int main(void)
         cmocka_unit_test_setup(test_while_writing, fresh),
         cmocka_unit_test_setup(test_verbs, fresh),
         cmocka_unit_test_setup(test_verbs_more, fresh),
+        cmocka_unit_test_setup(test_readers, fresh),
         cmocka_unit_test_setup(test_copy_while_committing, fresh),
         cmocka_unit_test(test_man_page),
         cmocka_unit_test_setup(test_usage, fresh),
@@ -1685,6 +2227,14 @@ int main(void)
         cmocka_unit_test_setup(test_big_load, fresh),
         cmocka_unit_test_setup(test_lmdb_to_keel, fresh),
         cmocka_unit_test_setup(test_keel_to_lmdb, fresh),
+        cmocka_unit_test_setup(test_output_full, fresh),
+        cmocka_unit_test_setup(test_load_file_size_limit, fresh),
+        cmocka_unit_test_setup(test_closed_std_fds, fresh),
+        cmocka_unit_test_setup(test_dump_output_file, fresh),
+        cmocka_unit_test_setup(test_copy_full_disk, fresh),
+        cmocka_unit_test_setup(test_lock_not_writable, fresh),
+        cmocka_unit_test_setup(test_put_args, fresh),
+        cmocka_unit_test_setup(test_crlf_and_long_lines, fresh),
         cmocka_unit_test(test_parser_direct),
         cmocka_unit_test(test_parser_stop),
         cmocka_unit_test(test_parser_mutations),

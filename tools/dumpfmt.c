@@ -3,7 +3,7 @@
  *
  * The parser reads through a block buffer of its own (fread + memchr), so a
  * line costs no more than finding its newline; a line longer than the
- * buffer grows it, up to max_line.  Data lines are decoded in place in that
+ * buffer grows it, up to the longest line the line's role can need.  Data lines are decoded in place in that
  * buffer; the key is copied aside while its value line is read.
  */
 #include "dumpfmt.h"
@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -159,8 +160,8 @@ struct reader {
 
 enum { LINE_OK, LINE_EOF, LINE_ERR_READ, LINE_ERR_NOMEM, LINE_ERR_LONG };
 
-/* The next line without its newline; valid until the next call.  The last
- * line may lack its newline. */
+/* The next line without its newline (LF or CR LF); valid until the next
+ * call.  The last line may lack its newline. */
 static int read_line(struct reader *r, char **line, size_t *len)
 {
     size_t scanned = 0; /* bytes of buf[pos, end) known to hold no newline */
@@ -169,20 +170,22 @@ static int read_line(struct reader *r, char **line, size_t *len)
         char *nl = avail ? memchr(r->buf + r->pos + scanned, '\n', avail) : NULL;
         if (nl) {
             size_t n = (size_t)(nl - (r->buf + r->pos));
-            if (n > r->max_line)
+            if (n > r->max_line + 1 || (n == r->max_line + 1 && r->buf[r->pos + n - 1] != '\r'))
                 return LINE_ERR_LONG;
             *line = r->buf + r->pos;
-            *len = n;
+            *len = n && (*line)[n - 1] == '\r' ? n - 1 : n;
             r->pos += n + 1;
             r->lineno++;
             return LINE_OK;
         }
         scanned = r->end - r->pos;
-        if (scanned > r->max_line)
+        if (scanned > r->max_line + 1) /* + 1: a CR before the LF to come */
             return LINE_ERR_LONG;
         if (r->eof) {
             if (scanned == 0)
                 return LINE_EOF;
+            if (scanned > r->max_line)
+                return LINE_ERR_LONG;
             *line = r->buf + r->pos;
             *len = scanned;
             r->pos = r->end;
@@ -215,9 +218,13 @@ static int read_line(struct reader *r, char **line, size_t *len)
 }
 
 /* ---- parsing ------------------------------------------------------------ */
+enum role { ROLE_HEADER, ROLE_KEY, ROLE_VALUE }; /* of the next line */
+
 struct parse {
     const struct dump_parser *p;
     struct reader r;
+    enum role role;
+    bool role_print;
     char *err;
     size_t errlen;
     char *key; /* the pending key, decoded */
@@ -260,17 +267,43 @@ static int stopped(struct parse *ps, unsigned long line, const char *cbmsg)
     return parse_fail(ps, DUMP_ESTOP, line, "%s", cbmsg[0] ? cbmsg : "stopped");
 }
 
+/* The longest line role can need: its data at the worst text encoding. */
+static size_t role_limit(enum role role, bool print)
+{
+    size_t per = print ? 3 : 2, data = role == ROLE_KEY ? DUMP_MAX_KEY : DUMP_MAX_VALUE;
+    if (role == ROLE_HEADER)
+        return DUMP_MAX_HEADER_LINE;
+    return data > (SIZE_MAX - 1) / per ? SIZE_MAX - 1 : 1 + per * data;
+}
+
+/* The next line read is a header line, a key line or a value line. */
+static void expect(struct parse *ps, enum role role, bool print)
+{
+    size_t lim = role_limit(role, print);
+    ps->role = role;
+    ps->role_print = print;
+    ps->r.max_line = ps->p->max_line && ps->p->max_line < lim ? ps->p->max_line : lim;
+}
+
 static int line_error(struct parse *ps, int lr)
 {
     unsigned long at = ps->r.lineno + 1;
+    size_t max = ps->r.max_line;
     switch (lr) {
     case LINE_ERR_READ:
         return parse_fail(ps, DUMP_EREAD, at, "read error: %s", strerror(errno ? errno : EIO));
     case LINE_ERR_NOMEM:
         return parse_fail(ps, DUMP_ENOMEM, at, "out of memory reading a long line");
-    default:
-        return parse_fail(ps, DUMP_EINPUT, at, "line longer than %zu bytes", ps->r.max_line);
     }
+    if (max != role_limit(ps->role, ps->role_print)) /* the caller's own limit */
+        return parse_fail(ps, DUMP_EINPUT, at, "line longer than %zu bytes", max);
+    if (ps->role == ROLE_HEADER)
+        return parse_fail(ps, DUMP_EINPUT, at, "header line longer than %zu bytes (is this a dump?)", max);
+    return parse_fail(ps, DUMP_EINPUT, at,
+                      "%s line longer than %zu bytes: more than any %s can need (at most %zu bytes, %s)",
+                      ps->role == ROLE_KEY ? "key" : "value", max, ps->role == ROLE_KEY ? "key" : "value",
+                      ps->role == ROLE_KEY ? DUMP_MAX_KEY : DUMP_MAX_VALUE,
+                      ps->role_print ? "3 characters a byte with print escapes" : "2 hex digits a byte");
 }
 
 /* A byte for a message: itself if printable, else \xx. */
@@ -475,6 +508,7 @@ static int section(struct parse *ps, char *line, size_t len)
             return rc;
         if (done)
             break;
+        expect(ps, ROLE_HEADER, false);
         lr = read_line(&ps->r, &line, &len);
         if (lr == LINE_EOF)
             return parse_fail(ps, DUMP_EINPUT, ps->r.lineno, "unexpected end of input in the header (no HEADER=END)");
@@ -486,6 +520,7 @@ static int section(struct parse *ps, char *line, size_t len)
         return stopped(ps, s.line, msg);
     bool have_key = false;
     for (;;) {
+        expect(ps, have_key ? ROLE_VALUE : ROLE_KEY, s.print);
         lr = read_line(&ps->r, &line, &len);
         if (lr == LINE_EOF)
             return parse_fail(ps, DUMP_EINPUT, ps->r.lineno,
@@ -519,6 +554,7 @@ static int plain(struct parse *ps)
     char *line;
     size_t len;
     for (;;) {
+        expect(ps, have_key ? ROLE_VALUE : ROLE_KEY, true);
         int lr = read_line(&ps->r, &line, &len);
         if (lr == LINE_EOF)
             break;
@@ -544,7 +580,6 @@ int dump_parse(FILE *in, const struct dump_parser *p, char *err, size_t errlen)
     memset(&ps, 0, sizeof ps);
     ps.p = p;
     ps.r.in = in;
-    ps.r.max_line = p->max_line ? p->max_line : DUMP_MAX_LINE;
     ps.err = err;
     ps.errlen = errlen;
     if (err && errlen)
@@ -556,6 +591,7 @@ int dump_parse(FILE *in, const struct dump_parser *p, char *err, size_t errlen)
         for (;;) {
             char *line;
             size_t len;
+            expect(&ps, ROLE_HEADER, false);
             int lr = read_line(&ps.r, &line, &len);
             if (lr == LINE_EOF)
                 break;

@@ -5,7 +5,8 @@
  *
  *   - a writer: one header, records, DATA=END, per section;
  *   - a streaming parser: reads line by line from a FILE (memory bounded by
- *     the longest line, never by the input), counts lines, and calls back
+ *     the longest line, never by the input, and a line by what its role can
+ *     need: a header, a key, a value), counts lines, and calls back
  *     once per section start, record and section end.  It never crashes and
  *     never reads past what it was given, whatever the input, so it can sit
  *     behind a fuzz target as it is.
@@ -74,7 +75,7 @@ struct dump_section { /* a parsed header; pointers valid during the callback */
  * NULL callbacks are skipped. */
 struct dump_parser {
     unsigned flags;  /* DUMP_PLAIN */
-    size_t max_line; /* longest line accepted, newline excluded; 0 = DUMP_MAX_LINE */
+    size_t max_line; /* longest line accepted, newline excluded; 0 = what the line's role can need (below) */
     void *ctx;
     int (*section)(void *ctx, const struct dump_section *s, char *err, size_t errlen);
     int (*record)(void *ctx, const void *key, size_t klen, const void *val, size_t vlen, unsigned long line,
@@ -84,8 +85,14 @@ struct dump_parser {
     void (*warning)(void *ctx, unsigned long line, const char *msg);
 };
 
-/* room for a value of 4 GiB - 2 bytes (keel's largest) written in hex */
-#define DUMP_MAX_LINE ((size_t)2 * 0xFFFFFFFEu + 1)
+/* The longest lines read: a header line; a key line holds at most
+ * DUMP_MAX_KEY bytes (no keel key is longer, at any page size), a value
+ * line DUMP_MAX_VALUE (keel's largest value), each at 3 characters a byte
+ * with print escapes, 2 in hex, plus the leading space.  A longer line is
+ * malformed input, named by its number, not a reason to fill memory. */
+#define DUMP_MAX_HEADER_LINE ((size_t)65536)
+#define DUMP_MAX_KEY ((size_t)65536)
+#define DUMP_MAX_VALUE ((size_t)0xFFFFFFFEu)
 
 enum {
     DUMP_OK = 0,
@@ -96,7 +103,8 @@ enum {
 };
 
 /* Reads `in` to its end (or to the first problem).  Empty input is zero
- * sections.  err (may be NULL if errlen is 0) gets a message on failure. */
+ * sections.  A CR before a line's LF ends the line too (files edited on
+ * Windows): mdb_dump never writes a raw CR, in either format.  err (may be NULL if errlen is 0) gets a message on failure. */
 int dump_parse(FILE *in, const struct dump_parser *p, char *err, size_t errlen);
 
 #endif

@@ -12,10 +12,16 @@
  * usage or any other error.  doc/keel.1 is the manual.
  * Keys and values printed by the shell verbs use print escapes: printable
  * ASCII as is, a backslash doubled, any other byte as \xx.
+ * Safety: descriptors 0-2 are always open (no message lands in a database
+ * that took their number), SIGXFSZ is ignored (a file size limit is an
+ * error, not a kill half way), files written appear whole or not at all,
+ * and the database or its lock file is never taken as another file.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -39,13 +45,22 @@
 #define DUMP_MAXREADERS 126
 
 /* ---- messages ------------------------------------------------------------ */
+/* "keel: what: reason", and where the library met the error when it says
+ * more than the code (the lock file at fault, not the database), so the
+ * user is sent to the right file. */
 static int fail(const char *what, int rc)
 {
-    fprintf(stderr, "keel: %s: %s\n", what, keel_strerror(rc));
+    const char *reason = keel_strerror(rc), *detail = keel_error_detail();
+    if (!detail || !*detail)
+        fprintf(stderr, "keel: %s: %s\n", what, reason);
+    else if (strstr(detail, reason)) /* "x.db-lock: Is a directory" says it all */
+        fprintf(stderr, "keel: %s: %s\n", what, detail);
+    else
+        fprintf(stderr, "keel: %s: %s (%s)\n", what, reason, detail);
     return rc == KEEL_NOTFOUND ? EXIT_NOTFOUND : EXIT_FAIL;
 }
 
-/* fail() with a formatted <what> */
+/* fail() with a formatted <what>, for what the library answered */
 static int failf(int rc, const char *fmt, ...)
 {
     char what[1024];
@@ -54,6 +69,19 @@ static int failf(int rc, const char *fmt, ...)
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
     return fail(what, rc);
+}
+
+/* The same for the tool's own system calls: the library's last detail is
+ * about something else. */
+static int sys_failf(int err, const char *fmt, ...)
+{
+    char what[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "keel: %s: %s\n", what, strerror(err));
+    return EXIT_FAIL;
 }
 
 static double now_s(void)
@@ -187,6 +215,26 @@ static bool parse_i64(const char *s, int64_t *out)
 }
 
 /* ---- opening ------------------------------------------------------------- */
+/* Set when a read-only command reads without the lock file: there is no
+ * reader table to show then. */
+static bool without_lock;
+
+/* A read-only open failed because the lock file cannot be opened for
+ * writing or created (read-only media, a read-only lock file), while the
+ * database itself can be read. */
+static bool lock_unwritable(const char *path, int rc)
+{
+    if (rc != EACCES && rc != EROFS && rc != EPERM)
+        return false;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
+/* Opens path; a read-only open falls back to reading without a lock file
+ * when that file is what fails, and says so. */
 static int open_db(const char *path, bool write, keel_db **db)
 {
     keel_options o;
@@ -194,6 +242,21 @@ static int open_db(const char *path, bool write, keel_db **db)
     if (!write)
         o.flags = KEEL_RDONLY;
     int rc = keel_open(path, &o, db);
+    if (rc && !write && lock_unwritable(path, rc)) {
+        char first[600];
+        snprintf(first, sizeof first, "%s", keel_error_detail());
+        o.flags = KEEL_RDONLY | KEEL_NOLOCK;
+        int rc2 = keel_open(path, &o, db);
+        if (rc2 == 0) {
+            fprintf(stderr, "keel: %s-lock is not writable: reading without a lock; safe only while nothing "
+                            "writes\n", path);
+            without_lock = true;
+            return 0;
+        }
+        fprintf(stderr, "keel: open %s: %s\n", path, first[0] ? first : keel_strerror(rc));
+        failf(rc2, "open %s without a lock file", path);
+        return rc2;
+    }
     if (rc)
         failf(rc, "open %s", path);
     return rc;
@@ -203,6 +266,147 @@ static bool file_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0;
+}
+
+static void remove_db_files(const char *path)
+{
+    char lock[PATH_MAX + 8];
+    snprintf(lock, sizeof lock, "%s-lock", path);
+    unlink(path);
+    unlink(lock);
+}
+
+/* Whether a database this command created, and failed on, is still empty:
+ * another process may have created it at the same moment and committed to
+ * it, and then it is not ours to remove.  db is its handle, or NULL when
+ * the open failed: then only an empty file counts. */
+static bool still_empty(const char *path, keel_db *db)
+{
+    keel_stat ks;
+    struct stat st;
+    if (db)
+        return keel_db_stat(db, &ks) == 0 && ks.last_txnid == 0;
+    return stat(path, &st) == 0 && st.st_size == 0;
+}
+
+/* ---- files the tool writes ------------------------------------------------
+ * A file named on the command line may be the database or its lock file
+ * under another name (a symlink, a hard link): writing it would destroy the
+ * data, or the reader table of every process using the database.  Judged by
+ * device and inode. */
+static const char *db_part(const char *db, const struct stat *st)
+{
+    char lock[PATH_MAX + 8];
+    struct stat s;
+    snprintf(lock, sizeof lock, "%s-lock", db);
+    if (stat(db, &s) == 0 && s.st_dev == st->st_dev && s.st_ino == st->st_ino)
+        return "the database ";
+    if (stat(lock, &s) == 0 && s.st_dev == st->st_dev && s.st_ino == st->st_ino)
+        return "the lock file of ";
+    return NULL;
+}
+
+/* Answers an exit code: EXIT_OK unless what (a path, or fd >= 0) is the
+ * database db or its lock file, which it reports. */
+static int refuse_db_file(const char *db, const char *what, int fd, const char *role)
+{
+    struct stat st;
+    if (fd >= 0 ? fstat(fd, &st) != 0 : stat(what, &st) != 0)
+        return EXIT_OK;
+    const char *part = db_part(db, &st);
+    if (!part)
+        return EXIT_OK;
+    fprintf(stderr, "keel: %s %s is %s%s: refused\n", role, what, part, db);
+    return EXIT_FAIL;
+}
+
+/* An output file that appears whole or not at all: written under a unique
+ * name beside the target, synced, renamed over it.  A target that exists
+ * and is no regular file (a terminal, /dev/null, a pipe) is written
+ * directly, as nothing could be renamed over it. */
+struct outfile {
+    char target[PATH_MAX];
+    char tmp[PATH_MAX + 32];
+    FILE *f;
+    bool direct;
+};
+
+static int out_open(struct outfile *o, const char *path)
+{
+    memset(o, 0, sizeof *o);
+    struct stat st;
+    bool exists = stat(path, &st) == 0;
+    /* a symlink stays one: the file it points to is what is replaced */
+    if (exists && realpath(path, o->target) == NULL)
+        return sys_failf(errno, "open %s", path);
+    if (!exists && snprintf(o->target, sizeof o->target, "%s", path) >= (int)sizeof o->target)
+        return sys_failf(ENAMETOOLONG, "open %s", path);
+    if (exists && !S_ISREG(st.st_mode)) {
+        o->direct = true;
+        if (!(o->f = fopen(path, "w")))
+            return sys_failf(errno, "open %s", path);
+        return EXIT_OK;
+    }
+    int fd = -1;
+    for (unsigned n = 0; fd < 0 && n < 100; n++) {
+        snprintf(o->tmp, sizeof o->tmp, "%s.keel-tmp.%ld.%u", o->target, (long)getpid(), n);
+        fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, exists ? (st.st_mode & 07777) : 0666);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (fd < 0)
+        return sys_failf(errno, "create a file beside %s", o->target);
+    if (exists)
+        fchmod(fd, st.st_mode & 07777); /* the umask must not narrow the mode it had */
+    if (!(o->f = fdopen(fd, "w"))) {
+        int err = errno;
+        close(fd);
+        unlink(o->tmp);
+        return sys_failf(err, "open %s", o->tmp);
+    }
+    return EXIT_OK;
+}
+
+/* Ends a failed write: the target is as it was. */
+static void out_discard(struct outfile *o)
+{
+    if (o->f)
+        fclose(o->f);
+    o->f = NULL;
+    if (!o->direct)
+        unlink(o->tmp);
+}
+
+/* Flushes, syncs and puts the file in place; an exit code. */
+static int out_commit(struct outfile *o, const char *shown_as)
+{
+    int err = 0;
+    if (fflush(o->f) || ferror(o->f))
+        err = errno ? errno : EIO;
+    if (!err && !o->direct && fsync(fileno(o->f)))
+        err = errno;
+    if (fclose(o->f) && !err)
+        err = errno;
+    o->f = NULL;
+    if (!err && !o->direct && rename(o->tmp, o->target))
+        err = errno;
+    if (err) {
+        out_discard(o);
+        return sys_failf(err, "write %s", shown_as);
+    }
+    if (!o->direct) { /* the new name must last as the data does */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", o->target);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            slash[slash == dir] = 0; /* "/x" -> "/" */
+        int dfd = open(slash ? dir : ".", O_RDONLY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    return EXIT_OK;
 }
 
 /* Opens bucket name (NULL = default) in txn; prints the error. */
@@ -233,8 +437,13 @@ static int dump_bucket(struct dumper *d, const char *name)
     keel_bucket b;
     if (open_bucket(d->txn, name, 0, &b))
         return EXIT_FAIL;
-    if (name && strchr(name, '\n'))
-        return failf(KEEL_BADNAME, "dump bucket '%s': a newline in its name cannot be written in a header", name);
+    if (name && strchr(name, '\n')) { /* database= is one line: the format has no escape for it */
+        char nb[KEEL_MAX_BUCKET_NAME * 3 + 8];
+        fprintf(stderr, "keel: dump bucket '%s': its name holds a newline, which the dump format cannot carry "
+                        "(database=NAME is one line, without escapes); rename the bucket to dump it\n",
+                shown(name, strlen(name), nb, sizeof nb));
+        return EXIT_FAIL;
+    }
     if (name && strncmp(name, DUMP_EXPIRY_PREFIX, strlen(DUMP_EXPIRY_PREFIX)) == 0)
         fprintf(stderr, "keel: dump: warning: bucket '%s' has the name of an expiry section; keel load will "
                         "read it as one\n", name);
@@ -327,6 +536,9 @@ static int cmd_dump(int argc, char **argv)
     if (parse_args(argc, argv, opts, false, pos, 1, &np) || np != 1 || (all && bucket))
         return usage_of("dump");
     const char *path = pos[0];
+    if (outpath ? refuse_db_file(path, outpath, -1, "output file")
+                : refuse_db_file(path, "standard output", 1, "output"))
+        return EXIT_FAIL;
     keel_db *db;
     if (open_db(path, false, &db))
         return EXIT_FAIL;
@@ -336,10 +548,14 @@ static int cmd_dump(int argc, char **argv)
         keel_close(db);
         return failf(rc, "stat %s", path);
     }
+    struct outfile of = {0};
     FILE *out = stdout;
-    if (outpath && !(out = fopen(outpath, "w"))) {
-        keel_close(db);
-        return failf(errno, "open %s", outpath);
+    if (outpath) {
+        if (out_open(&of, outpath)) {
+            keel_close(db);
+            return EXIT_FAIL;
+        }
+        out = of.f;
     }
     static char obuf[1 << 20];
     setvbuf(out, obuf, _IOFBF, sizeof obuf);
@@ -361,14 +577,10 @@ static int cmd_dump(int argc, char **argv)
     }
     keel_abort(d.txn);
     keel_close(db);
-    if (fflush(out) || ferror(out)) {
-        if (ex == EXIT_OK)
-            ex = failf(errno ? errno : EIO, "write %s", outpath ? outpath : "standard output");
-    }
-    if (out != stdout && fclose(out) && ex == EXIT_OK)
-        ex = failf(errno, "close %s", outpath);
-    if (ex != EXIT_OK && outpath)
-        unlink(outpath); /* no half dumps left behind */
+    if (outpath) /* a failed dump leaves the file as it was */
+        return ex == EXIT_OK ? out_commit(&of, outpath) : (out_discard(&of), ex);
+    if ((fflush(out) || ferror(out)) && ex == EXIT_OK)
+        ex = sys_failf(errno ? errno : EIO, "write standard output");
     return ex;
 }
 
@@ -388,9 +600,15 @@ struct loader {
     bool expiry;       /* the current section holds expiry times */
 
     /* -N: keys skipped because they existed, so that their expiry times in
-     * the input are skipped too; a bucket of this txn, dropped before commit */
-    keel_bucket skips;
-    bool have_skips;
+     * the input are skipped too.  One list per target bucket, as the same
+     * key may be skipped in one bucket and loaded in another: buckets of
+     * this txn, dropped before commit. */
+    struct skip_list {
+        char *target; /* the bucket's name; NULL = the default bucket */
+        keel_bucket b;
+    } *skips;
+    size_t nskips;
+    const char *target; /* the current section's bucket (NULL = default), owned by the parser */
 
     uint64_t records, loaded, skipped, expiries;
     bool tty;
@@ -442,6 +660,7 @@ static int load_section(void *ctx, const struct dump_section *s, char *err, size
     if (ld->expiry)
         target = s->database[plen] ? s->database + plen : ld->bucket;
     snprintf(ld->bname, sizeof ld->bname, "%s", bucket_label(target));
+    ld->target = target;
     ld->b = KEEL_DEFAULT_BUCKET;
     if (target && (rc = keel_bucket_open(ld->txn, target, ld->expiry ? 0 : KEEL_CREATE, &ld->b))) {
         if (ld->expiry && rc == KEEL_NOTFOUND)
@@ -454,26 +673,72 @@ static int load_section(void *ctx, const struct dump_section *s, char *err, size
     return 0;
 }
 
-/* -N: remember a skipped key in a bucket private to this txn. */
+static bool same_target(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
+
+/* The list of skipped keys of the current section's bucket, or NULL. */
+static struct skip_list *skips_of_target(struct loader *ld)
+{
+    for (size_t i = 0; i < ld->nskips; i++)
+        if (same_target(ld->skips[i].target, ld->target))
+            return &ld->skips[i];
+    return NULL;
+}
+
+/* A new list for the current bucket: a bucket private to this txn. */
+static int new_skip_list(struct loader *ld, struct skip_list **out)
+{
+    struct skip_list *v = realloc(ld->skips, (ld->nskips + 1) * sizeof *v);
+    if (!v)
+        return KEEL_NOMEM;
+    ld->skips = v;
+    struct skip_list *sl = &v[ld->nskips];
+    sl->target = ld->target ? strdup(ld->target) : NULL;
+    if (ld->target && !sl->target)
+        return KEEL_NOMEM;
+    char name[64];
+    snprintf(name, sizeof name, "__keel_load_skipped__.%ld.%zu", (long)getpid(), ld->nskips);
+    int rc = keel_bucket_open(ld->txn, name, 0, &sl->b);
+    if (rc == 0)
+        rc = KEEL_EXISTS; /* a real bucket of that name: do not touch it */
+    else if (rc == KEEL_NOTFOUND)
+        rc = keel_bucket_open(ld->txn, name, KEEL_CREATE, &sl->b);
+    if (rc) {
+        free(sl->target);
+        return rc;
+    }
+    ld->nskips++;
+    *out = sl;
+    return 0;
+}
+
+/* -N: remember a key skipped in the current bucket. */
 static int remember_skip(struct loader *ld, keel_val k)
 {
-    if (!ld->have_skips) {
-        char name[64];
-        snprintf(name, sizeof name, "__keel_load_skipped__.%ld", (long)getpid());
-        int rc = keel_bucket_open(ld->txn, name, 0, &ld->skips);
-        if (rc == 0)
-            return KEEL_EXISTS; /* a real bucket of that name: do not touch it */
-        if (rc != KEEL_NOTFOUND || (rc = keel_bucket_open(ld->txn, name, KEEL_CREATE, &ld->skips)))
-            return rc;
-        ld->have_skips = true;
-    }
-    return keel_put(ld->txn, ld->skips, k, (keel_val){"", 0}, 0);
+    struct skip_list *sl = skips_of_target(ld);
+    int rc = sl ? 0 : new_skip_list(ld, &sl);
+    return rc ? rc : keel_put(ld->txn, sl->b, k, (keel_val){"", 0}, 0);
 }
 
 static bool was_skipped(struct loader *ld, keel_val k)
 {
+    struct skip_list *sl = skips_of_target(ld);
     keel_val v;
-    return ld->have_skips && keel_get(ld->txn, ld->skips, k, &v) == 0;
+    return sl && keel_get(ld->txn, sl->b, k, &v) == 0;
+}
+
+/* Drops the lists (drop) and frees them; an error of the drop. */
+static int skip_lists_end(struct loader *ld, bool drop)
+{
+    int rc = 0;
+    for (size_t i = 0; i < ld->nskips; i++) {
+        if (drop && !rc)
+            rc = keel_bucket_drop(ld->txn, ld->skips[i].b);
+        free(ld->skips[i].target);
+    }
+    free(ld->skips);
+    ld->skips = NULL;
+    ld->nskips = 0;
+    return rc;
 }
 
 /* An expiry value: a positive decimal int64 of ms since the epoch. */
@@ -550,16 +815,14 @@ static void load_warning(void *ctx, unsigned long line, const char *msg)
 /* Takes away what a failed load created: a database file that did not exist. */
 static void load_undo(struct loader *ld)
 {
+    skip_lists_end(ld, false);
     keel_abort(ld->txn);
     ld->txn = NULL;
+    bool undo = ld->created && (!ld->db || still_empty(ld->path, ld->db));
     keel_close(ld->db);
     ld->db = NULL;
-    if (ld->created) {
-        char lock[PATH_MAX + 8];
-        snprintf(lock, sizeof lock, "%s-lock", ld->path);
-        unlink(ld->path);
-        unlink(lock);
-    }
+    if (undo)
+        remove_db_files(ld->path);
 }
 
 static int cmd_load(int argc, char **argv)
@@ -573,13 +836,17 @@ static int cmd_load(int argc, char **argv)
     if (parse_args(argc, argv, opts, false, pos, 1, &np) || np != 1)
         return usage_of("load");
     struct loader ld = {.path = pos[0], .bucket = bucket, .nooverwrite = noover};
+    /* reading the database (or its lock file) as a dump while loading into it */
+    if (inpath ? refuse_db_file(ld.path, inpath, -1, "input file")
+               : refuse_db_file(ld.path, "standard input", 0, "input"))
+        return EXIT_FAIL;
     ld.created = !file_exists(ld.path);
     ld.tty = isatty(2);
     ld.t0 = ld.shown_at = now_s();
     const char *src = inpath ? inpath : "standard input";
     FILE *in = stdin;
     if (inpath && !(in = fopen(inpath, "r")))
-        return failf(errno, "open %s", inpath);
+        return sys_failf(errno, "open %s", inpath);
     struct dump_parser p = {.flags = plain ? DUMP_PLAIN : 0, .ctx = &ld, .section = load_section,
                             .record = load_record, .warning = load_warning};
     char err[1024];
@@ -600,7 +867,7 @@ static int cmd_load(int argc, char **argv)
         fprintf(stderr, "keel: load: %s\n", err);
         return EXIT_FAIL;
     }
-    if (ld.have_skips && (rc = keel_bucket_drop(ld.txn, ld.skips))) {
+    if ((rc = skip_lists_end(&ld, true))) {
         load_undo(&ld);
         return failf(rc, "load: drop the list of skipped keys");
     }
@@ -678,19 +945,26 @@ static int print_readers(keel_db *db, const char *path, bool brief)
         return failf(rc, "list the readers of %s", path);
     }
     uint64_t oldest = 0;
-    for (size_t i = 0; i < count; i++)
+    int64_t oldest_age = 0;
+    for (size_t i = 0; i < count; i++) {
         if (r[i].lag > oldest)
             oldest = r[i].lag;
+        if (r[i].age_ms > oldest_age)
+            oldest_age = r[i].age_ms;
+    }
+    /* the pid is what the reader's getpid() said: in another pid namespace
+     * (a container) it is not this one's number for that process */
     if (brief) {
         printf("readers:             %zu in use\n", count);
-        printf("oldest reader lag:   %" PRIu64 " txns%s\n", oldest, count ? "" : " (no readers)");
+        printf("oldest reader lag:   %" PRIu64 " txns, %.1f s%s\n", oldest, (double)oldest_age / 1000,
+               count ? "" : " (no readers)");
     } else {
-        printf("pid\tsnapshot\tlag\n");
+        printf("pid\tsnapshot\tlag\tage_s\n");
     }
     for (size_t i = 0; i < count; i++)
-        printf(brief ? "  reader pid %" PRId32 ": snapshot %" PRIu64 ", lag %" PRIu64 "\n"
-                     : "%" PRId32 "\t%" PRIu64 "\t%" PRIu64 "\n",
-               r[i].pid, r[i].txnid, r[i].lag);
+        printf(brief ? "  reader pid %" PRId32 ": snapshot %" PRIu64 ", lag %" PRIu64 " txns, age %.1f s\n"
+                     : "%" PRId32 "\t%" PRIu64 "\t%" PRIu64 "\t%.1f\n",
+               r[i].pid, r[i].txnid, r[i].lag, (double)r[i].age_ms / 1000);
     free(r);
     return EXIT_OK;
 }
@@ -723,7 +997,9 @@ static int cmd_stat(int argc, char **argv)
     printf("overflow pages:      %" PRIu64 "\n", st.overflow_pages);
     printf("free pages:          %" PRIu64 "\n", st.free_pages);
     int ex = stat_buckets(db, pos[0]);
-    if (ex == EXIT_OK)
+    if (ex == EXIT_OK && without_lock)
+        printf("readers:             unknown (read without the lock file, which holds them)\n");
+    else if (ex == EXIT_OK)
         ex = print_readers(db, pos[0], true);
     keel_close(db);
     return ex;
@@ -791,6 +1067,7 @@ struct verb { /* what every verb shares: the db, its bucket, the encoding, one t
     bool escaped; /* -e: KEY/VALUE arguments carry print escapes */
     bool hex;     /* --hex: arguments are hex, and so is what is printed */
     bool ms;      /* --ms: times are in milliseconds, not seconds */
+    bool created; /* a write verb made the file: a failure takes it away again */
     keel_db *db;
     keel_txn *txn;
     keel_bucket b;
@@ -800,21 +1077,31 @@ struct verb { /* what every verb shares: the db, its bucket, the encoding, one t
  * an exit code (a missing bucket of a read is "not found"). */
 static int verb_begin(struct verb *vb, bool write)
 {
-    if (!write && !file_exists(vb->path))
-        return failf(ENOENT, "open %s", vb->path);
-    if (open_db(vb->path, write, &vb->db))
+    bool exists = file_exists(vb->path);
+    if (!write && !exists)
+        return sys_failf(ENOENT, "open %s", vb->path);
+    vb->created = write && !exists;
+    if (open_db(vb->path, write, &vb->db)) {
+        if (vb->created && still_empty(vb->path, NULL))
+            remove_db_files(vb->path);
         return EXIT_FAIL;
+    }
     int rc = keel_begin(vb->db, write ? 0 : KEEL_RDONLY, &vb->txn);
     if (!rc && vb->bucket && (rc = keel_bucket_open(vb->txn, vb->bucket, write ? KEEL_CREATE : 0, &vb->b)))
         keel_abort(vb->txn);
     if (rc) {
+        bool undo = vb->created && still_empty(vb->path, vb->db);
         keel_close(vb->db);
+        if (undo)
+            remove_db_files(vb->path);
         return vb->bucket && vb->txn ? failf(rc, "bucket %s", vb->bucket) : failf(rc, "begin a txn on %s", vb->path);
     }
     return EXIT_OK;
 }
 
-/* Commits (write) or ends (read) the txn; closes the db. */
+/* Commits (write) or ends (read) the txn; closes the db.  A write that
+ * did not commit leaves no file it made: a typo must not leave an empty
+ * database behind. */
 static int verb_end(struct verb *vb, bool commit)
 {
     int rc = 0;
@@ -822,7 +1109,10 @@ static int verb_end(struct verb *vb, bool commit)
         rc = keel_commit(vb->txn);
     else
         keel_abort(vb->txn);
+    bool undo = vb->created && (rc || !commit) && still_empty(vb->path, vb->db);
     keel_close(vb->db);
+    if (undo)
+        remove_db_files(vb->path);
     return rc ? failf(rc, "commit to %s", vb->path) : EXIT_OK;
 }
 
@@ -847,6 +1137,10 @@ static int arg_val(const struct verb *vb, const char *what, char *arg, keel_val 
         fprintf(stderr, "keel: %s: bad escape at offset %zu (use \\\\ or \\xx)\n", what, bad);
         return -1;
     }
+    if (len == 0 && strcmp(what, "key") == 0) { /* before a write creates the database for nothing */
+        fprintf(stderr, "keel: key: empty (a key is 1 byte or more)\n");
+        return -1;
+    }
     *v = (keel_val){arg, len};
     return 0;
 }
@@ -859,14 +1153,29 @@ static void print_data(const struct verb *vb, const void *data, size_t len)
         dump_write_escaped(stdout, data, len);
 }
 
-/* A time argument: a positive number of seconds, or of ms with --ms. */
-static bool arg_duration(const struct verb *vb, const char *s, int64_t *ms)
+/* A time argument: a positive number of seconds, or of ms with --ms, whose
+ * deadline fits in int64 ms since the epoch.  Answers NULL, or what is
+ * wrong with it. */
+static const char *arg_duration(const struct verb *vb, const char *s, int64_t *ms)
 {
-    int64_t n;
-    if (!parse_i64(s, &n) || n <= 0 || (!vb->ms && n > INT64_MAX / 1000))
-        return false;
+    char *end;
+    errno = 0;
+    long long n = strtoll(s, &end, 10);
+    if (!*s || *end)
+        return "is not a whole number";
+    if (errno == ERANGE && n < 0)
+        return "is not a positive number";
+    if (errno == ERANGE)
+        return "is too large";
+    if (n <= 0)
+        return "is not a positive number";
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t room = INT64_MAX - ((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+    if (vb->ms ? n > room : n > room / 1000)
+        return "is too large: the expiry time would not fit in 64-bit milliseconds since 1970";
     *ms = vb->ms ? n : n * 1000;
-    return true;
+    return NULL;
 }
 
 /* keel VERB DB [options] args...: min..max positionals after DB; every verb
@@ -890,6 +1199,10 @@ static int verb_args(int argc, char **argv, struct verb *vb, const struct opt *e
         return -1;
     }
     vb->path = all[0];
+    if (vb->bucket && (!*vb->bucket || strlen(vb->bucket) > KEEL_MAX_BUCKET_NAME)) {
+        fprintf(stderr, "keel %s: a bucket name is 1 to %d bytes\n", argv[0], KEEL_MAX_BUCKET_NAME);
+        return -1;
+    }
     (*np)--;
     for (int i = 0; i < *np; i++)
         pos[i] = all[i + 1];
@@ -914,37 +1227,111 @@ static int cmd_get(int argc, char **argv)
     return verb_end(&vb, false);
 }
 
+/* All of f (a value file or standard input), at most KEEL_MAX_VALUE_SIZE
+ * bytes, into *buf (malloc'd); an exit code. */
+static int read_value(FILE *f, const char *name, char **buf, size_t *len)
+{
+    size_t cap = 0, n = 0;
+    char *b = NULL;
+    for (;;) { /* ends at the end of f, or once n passes the largest value */
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 65536;
+            char *nb = realloc(b, ncap);
+            if (!nb) {
+                free(b);
+                return fail("read the value", KEEL_NOMEM);
+            }
+            b = nb;
+            cap = ncap;
+        }
+        size_t got = fread(b + n, 1, cap - n, f);
+        n += got;
+        if (n > KEEL_MAX_VALUE_SIZE) {
+            free(b);
+            fprintf(stderr, "keel: put: %s holds more than %zu bytes, the largest value\n", name, KEEL_MAX_VALUE_SIZE);
+            return EXIT_FAIL;
+        }
+        if (got == 0)
+            break;
+    }
+    if (ferror(f)) {
+        free(b);
+        return sys_failf(errno ? errno : EIO, "read %s", name);
+    }
+    *buf = b;
+    *len = n;
+    return EXIT_OK;
+}
+
+/* The value of put: the argument, or the bytes of --value-file / --stdin as
+ * they are.  *owned is what to free. */
+static int put_value(const struct verb *vb, char **pos, int np, const char *file, bool from_stdin, keel_val *v,
+                     char **owned)
+{
+    *owned = NULL;
+    int sources = (np == 2) + (file != NULL) + from_stdin;
+    if (sources != 1) {
+        fprintf(stderr, "keel put: give the value once: as VALUE, --value-file FILE or --stdin\n");
+        return usage_of("put");
+    }
+    if (np == 2)
+        return arg_val(vb, "value", pos[1], v) ? EXIT_USAGE : EXIT_OK;
+    if (file && strcmp(file, "-") != 0) {
+        FILE *f = fopen(file, "rb");
+        if (!f)
+            return sys_failf(errno, "open %s", file);
+        size_t len;
+        int ex = read_value(f, file, owned, &len);
+        fclose(f);
+        *v = (keel_val){*owned, len};
+        return ex;
+    }
+    size_t len;
+    int ex = read_value(stdin, "standard input", owned, &len);
+    *v = (keel_val){*owned, len};
+    return ex;
+}
+
 static int cmd_put(int argc, char **argv)
 {
     struct verb vb = {0};
-    const char *ttl_arg = NULL;
-    bool nx = false, keepttl = false;
+    const char *ttl_arg = NULL, *file = NULL;
+    bool nx = false, keepttl = false, from_stdin = false;
     struct opt extra[] = {{"--ttl", &ttl_arg, NULL}, {"--nx", NULL, &nx}, {"--keepttl", NULL, &keepttl},
-                          {NULL, NULL, NULL}};
+                          {"--value-file", &file, NULL}, {"--stdin", NULL, &from_stdin}, {NULL, NULL, NULL}};
     char *pos[2];
     int np, ex;
     keel_val k, v;
     int64_t ttl = 0;
-    if (verb_args(argc, argv, &vb, extra, pos, 2, 2, &np))
+    if (verb_args(argc, argv, &vb, extra, pos, 1, 2, &np))
         return EXIT_USAGE;
-    if ((ttl_arg && !arg_duration(&vb, ttl_arg, &ttl)) || (ttl_arg && keepttl)) {
-        fprintf(stderr, "keel put: --ttl wants a positive number of seconds (of ms with --ms), and not with "
-                        "--keepttl\n");
+    const char *bad = ttl_arg ? arg_duration(&vb, ttl_arg, &ttl) : NULL;
+    if (bad || (ttl_arg && keepttl)) {
+        if (bad)
+            fprintf(stderr, "keel put: --ttl %s %s (a positive number of seconds, of ms with --ms)\n", ttl_arg, bad);
+        else
+            fprintf(stderr, "keel put: --ttl and --keepttl contradict each other\n");
         return usage_of("put");
     }
-    if (arg_val(&vb, "key", pos[0], &k) || arg_val(&vb, "value", pos[1], &v))
+    if (arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
-    if ((ex = verb_begin(&vb, true)))
+    char *owned;
+    if ((ex = put_value(&vb, pos, np, file, from_stdin, &v, &owned)))
         return ex;
+    if ((ex = verb_begin(&vb, true))) {
+        free(owned);
+        return ex;
+    }
     unsigned flags = (nx ? KEEL_NOOVERWRITE : 0) | (keepttl ? KEEL_KEEPTTL : 0);
     int rc = ttl ? keel_put_ttl(vb.txn, vb.b, k, v, ttl, flags) : keel_put(vb.txn, vb.b, k, v, flags);
     if (rc == KEEL_EXISTS) { /* --nx: an answer, not a failure of the tool */
         verb_fail(&vb, rc, "put", k);
-        return EXIT_NOTFOUND;
+        ex = EXIT_NOTFOUND;
+    } else {
+        ex = rc ? verb_fail(&vb, rc, "put", k) : verb_end(&vb, true);
     }
-    if (rc)
-        return verb_fail(&vb, rc, "put", k);
-    return verb_end(&vb, true);
+    free(owned);
+    return ex;
 }
 
 /* del and persist: one key, one write, KEEL_NOTFOUND when absent */
@@ -957,7 +1344,7 @@ static int verb_key_write(int argc, char **argv, int (*op)(keel_txn *, keel_buck
     if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np) || arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
     if (!file_exists(vb.path))
-        return failf(ENOENT, "open %s", vb.path);
+        return sys_failf(ENOENT, "open %s", vb.path);
     if ((ex = verb_begin(&vb, true)))
         return ex;
     int rc = op(vb.txn, vb.b, k);
@@ -978,14 +1365,16 @@ static int cmd_expire(int argc, char **argv)
     int64_t ttl;
     if (verb_args(argc, argv, &vb, NULL, pos, 2, 2, &np))
         return EXIT_USAGE;
-    if (!arg_duration(&vb, pos[1], &ttl)) {
-        fprintf(stderr, "keel expire: the time to live is a positive number of seconds (of ms with --ms)\n");
+    const char *bad = arg_duration(&vb, pos[1], &ttl);
+    if (bad) {
+        fprintf(stderr, "keel expire: the time to live %s %s (a positive number of seconds, of ms with --ms)\n",
+                pos[1], bad);
         return usage_of("expire");
     }
     if (arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
     if (!file_exists(vb.path))
-        return failf(ENOENT, "open %s", vb.path);
+        return sys_failf(ENOENT, "open %s", vb.path);
     if ((ex = verb_begin(&vb, true)))
         return ex;
     int rc = keel_expire(vb.txn, vb.b, k, ttl);
@@ -1044,7 +1433,7 @@ static int cmd_scan(int argc, char **argv)
     if (rc)
         return failf(rc, "scan %s", vb.path);
     if (fflush(stdout))
-        return failf(errno, "write standard output");
+        return sys_failf(errno, "write standard output");
     return EXIT_OK;
 }
 
@@ -1107,7 +1496,7 @@ static int cmd_purge(int argc, char **argv)
         return usage_of("purge");
     }
     if (!file_exists(vb.path))
-        return failf(ENOENT, "open %s", vb.path);
+        return sys_failf(ENOENT, "open %s", vb.path);
     if (vb.bucket) { /* purge spans every bucket, in expiry order */
         fprintf(stderr, "keel purge: purges every bucket; -s is not for it\n");
         return usage_of("purge");
@@ -1157,10 +1546,16 @@ static int cmd_readers(int argc, char **argv)
     if (parse_args(argc, argv, NULL, false, pos, 1, &np) || np != 1)
         return usage_of("readers");
     if (!file_exists(pos[0]))
-        return failf(ENOENT, "open %s", pos[0]);
+        return sys_failf(ENOENT, "open %s", pos[0]);
     keel_db *db;
     if (open_db(pos[0], false, &db))
         return EXIT_FAIL;
+    if (without_lock) {
+        keel_close(db);
+        fprintf(stderr, "keel: readers %s: the reader table is in %s-lock, which could not be opened\n", pos[0],
+                pos[0]);
+        return EXIT_FAIL;
+    }
     int ex = print_readers(db, pos[0], false);
     keel_close(db);
     return ex;
@@ -1170,6 +1565,7 @@ static int cmd_readers(int argc, char **argv)
 /* help and dispatch                                                         */
 /* ======================================================================== */
 static int cmd_help(int argc, char **argv);
+static int run_command(int argc, char **argv);
 
 static const struct command commands[] = {
     {"dump", cmd_dump, "dump [-a | -s BUCKET] [-p] [-o FILE] DB",
@@ -1180,8 +1576,9 @@ static const struct command commands[] = {
     {"check", cmd_check, "check DB", "walk the newest snapshot; list every problem"},
     {"copy", cmd_copy, "copy [--compact] DB DEST", "a consistent copy while writers go on"},
     {"get", cmd_get, "get DB [VERB-OPTIONS] KEY", "print a value"},
-    {"put", cmd_put, "put DB [VERB-OPTIONS] [--ttl T] [--nx] [--keepttl] KEY VALUE",
-     "store a value; --ttl: expire in T seconds; --nx: only if absent (exit 1 if present)"},
+    {"put", cmd_put, "put DB [VERB-OPTIONS] [--ttl T] [--nx] [--keepttl] KEY (VALUE | --value-file FILE | --stdin)",
+     "store a value; --ttl: expire in T seconds; --nx: only if absent (exit 1 if present);\n"
+     "      --value-file FILE (- for standard input) or --stdin: the value is that file's bytes, as they are"},
     {"del", cmd_del, "del DB [VERB-OPTIONS] KEY", "delete a key"},
     {"scan", cmd_scan, "scan DB [VERB-OPTIONS] [--prefix P] [--from K] [--limit N]",
      "print KEY<tab>VALUE lines in key order"},
@@ -1191,7 +1588,7 @@ static const struct command commands[] = {
     {"persist", cmd_persist, "persist DB [VERB-OPTIONS] KEY", "remove a key's expiry"},
     {"purge", cmd_purge, "purge DB [MAX]", "remove up to MAX (default all) expired keys; print how many"},
     {"buckets", cmd_buckets, "buckets DB [--hex]", "list the named buckets"},
-    {"readers", cmd_readers, "readers DB", "the reader slots in use: pid, snapshot txn id, lag"},
+    {"readers", cmd_readers, "readers DB", "the readers: pid (as the reader sees it), snapshot txn id, lag in commits, age in s"},
     {"help", cmd_help, "help [COMMAND]", "this text"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
@@ -1223,8 +1620,11 @@ static int cmd_help(int argc, char **argv)
            "VERB-OPTIONS: -s BUCKET or --bucket BUCKET (default: the default bucket),\n"
            "-e (arguments carry print escapes), --hex (arguments and output in hex),\n"
            "--ms (times in milliseconds instead of seconds).  Commands that only\n"
-           "read open DB read-only and never create it; put, incr and load create a\n"
-           "missing DB.  keel COMMAND --help shows one command.\n"
+           "read open DB read-only and never create it (and read without its lock\n"
+           "file, with a warning, where that cannot be written); put, incr and load\n"
+           "create a missing DB, and remove it again when they fail.  put takes a\n"
+           "value from a file with --value-file FILE, from standard input with\n"
+           "--stdin.  keel COMMAND --help shows one command.\n"
            "\n"
            "Binary data: get, scan and buckets print keys and values with print\n"
            "escapes, as mdb_dump -p does: printable ASCII as it is, a backslash as \\\\,\n"
@@ -1250,7 +1650,47 @@ static int cmd_help(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* A process started with descriptor 0, 1 or 2 closed would hand that number
+ * to the next file opened, the database or its lock file, and a message
+ * printed later would be written into it. */
+static void standard_fds_open(void)
+{
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+            continue;
+        /* the lower ones are open by now, so this takes number fd */
+        if (open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+            _exit(EXIT_FAIL); /* no safe way on: a later open could land on fd */
+    }
+}
+
+/* What a command printed must have reached standard output: a full disk or
+ * a closed pipe turns a success into an error. */
+static int stdout_flushed(int ex)
+{
+    bool bad = fflush(stdout) != 0 || ferror(stdout);
+    int err = errno;
+    if (fclose(stdout) != 0 && !bad) {
+        bad = true;
+        err = errno;
+    }
+    if (!bad || ex == EXIT_FAIL)
+        return ex;
+    fprintf(stderr, "keel: write standard output: %s\n", strerror(err ? err : EIO));
+    return EXIT_FAIL;
+}
+
 int main(int argc, char **argv)
+{
+    standard_fds_open();
+    /* beyond RLIMIT_FSIZE a write then fails with EFBIG (KEEL_FULL), and the
+     * command ends with an error and the database as it was, instead of
+     * being killed half way */
+    signal(SIGXFSZ, SIG_IGN);
+    return stdout_flushed(run_command(argc, argv));
+}
+
+static int run_command(int argc, char **argv)
 {
     if (argc < 2) {
         cmd_help(1, argv);
