@@ -9,15 +9,16 @@
  *             re-initialises a valid one).
  *          1: handle A opens the database first; then the bytes overwrite
  *             the lock file from offset 0 while A has it mapped: header
- *             fields and the reader table, but never the writer mutex
- *             (bytes 32..72: a process-shared mutex is trusted by design; a
- *             garbage one can block forever).  A runs a read and a write
- *             txn; a second handle B opens (not the sole user: it validates
- *             and uses the file as it is) and does the same.
+ *             fields (the data file's identity among them) and the reader
+ *             table, slot owners included.  The writer lock and the slots'
+ *             liveness are byte locks, outside the file's content: nothing
+ *             in it can block.  A runs a read and a write txn; a second
+ *             handle B opens (not the sole user: it validates, answering
+ *             KEEL_LOCKFILE or KEEL_LOCKPATH, or uses the file as it is)
+ *             and does the same.
  *   bits 1-2  max_readers asked for: 0 (default), 1, 3, 200
  */
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +28,6 @@
 #include "format.h"
 #include "fuzz.h"
 #include "keel.h"
-
-#define FL_MUTEX_OFF 32 /* offsetof(struct lock_header, writer) in lib/lockfile.c */
 
 static uint8_t *fl_image;
 static size_t fl_image_len;
@@ -119,18 +118,21 @@ FUZZ_ENTRY(lock)
         }
     } else {
         FUZZ_CHECK(keel_open(path, &o, &a) == 0);
-        int fd = open(lpath, O_WRONLY | O_CLOEXEC);
+        int fd = open(lpath, O_RDWR | O_CLOEXEC);
         FUZZ_CHECK(fd >= 0);
-        /* everything but the writer mutex */
-        size_t mutex_end = FL_MUTEX_OFF + sizeof(pthread_mutex_t);
-        size_t head = n < FL_MUTEX_OFF ? n : FL_MUTEX_OFF;
-        FUZZ_CHECK(pwrite(fd, bytes, head, 0) == (ssize_t)head);
-        if (n > mutex_end)
-            FUZZ_CHECK(pwrite(fd, bytes + mutex_end, n - mutex_end, (off_t)mutex_end) == (ssize_t)(n - mutex_end));
+        /* The seeds carry no data-file identity (bytes 32..47, which differ
+         * on every run): zeros there keep the live file's, so the seeds reach
+         * past that check; anything else is written as it is. */
+        uint8_t ident[16];
+        FUZZ_CHECK(pread(fd, ident, sizeof ident, 32) == (ssize_t)sizeof ident);
+        FUZZ_CHECK(pwrite(fd, bytes, n, 0) == (ssize_t)n);
+        static const uint8_t zero16[16];
+        if (n >= 48 && memcmp(bytes + 32, zero16, 16) == 0)
+            FUZZ_CHECK(pwrite(fd, ident, sizeof ident, 32) == (ssize_t)sizeof ident);
         close(fd);
         fl_use(a, true);
         rc = keel_open(path, &o, &b);
-        FUZZ_CHECK(rc == 0 || rc == KEEL_LOCKFILE);
+        FUZZ_CHECK(rc == 0 || rc == KEEL_LOCKFILE || rc == KEEL_LOCKPATH);
         if (rc == 0) {
             fl_use(b, true);
             keel_close(b);

@@ -351,8 +351,11 @@ static void make_locks(void)
         OK(keel_begin(db, KEEL_RDONLY, &r));
         size_t len;
         uint8_t *lk = read_all(lpath, &len);
-        /* the pid and start time in the taken slot are this process's: zero
-         * them so the file is the same on every run */
+        /* the data file's identity (bytes 32..47) and the taken slot's owner,
+         * time and pid are this run's: zero them so the file is the same on
+         * every run (fuzz_lock keeps the live identity where the input has
+         * zeros) */
+        memset(lk + 32, 0, len >= 48 ? 16 : 0);
         memset(lk + 128, 0, len > 128 ? (len - 128 < 64 ? len - 128 : 64) : 0);
         keel_abort(r);
         keel_close(db);

@@ -114,6 +114,8 @@ typedef struct keel_options { /* zero-initialised = defaults */
                                  of its snapshot (its next call answers KEEL_LAGGED); 0 = no limit */
 } keel_options;
 
+/* Processes that set RLIMIT_FSIZE must ignore SIGXFSZ: writes past the
+ * limit then fail and keel answers KEEL_FULL (the default action kills). */
 int keel_open(const char *path, const keel_options *opts, keel_db **out);
 void keel_close(keel_db *db); /* aborts the handle's txns still open; end them first */
 
@@ -211,14 +213,16 @@ typedef struct keel_reader_info {
     uint64_t lag;   /* commits made since that snapshot */
     int64_t age_ms; /* how long the snapshot has been held (by the clock of keel_open's options) */
 } keel_reader_info;
-/* Fills up to max slots in use; *count gets the number in use. */
+/* Fills up to max slots in use; *count gets the number in use.  Killed
+ * readers are never listed.  A KEEL_NOLOCK handle has no reader table: 0. */
 int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *count);
 
 /* ---- copies --------------------------------------------------------------- */
 #define KEEL_COPY_COMPACT 0x1u /* write only live data, pages full and in key order */
 /* A consistent copy of the newest snapshot into a new file (it must not
  * exist), while writers go on.  Without KEEL_COPY_COMPACT the copy is the
- * file's pages as they are. */
+ * file's pages as they are.  The copy is made beside dest_path and appears
+ * under that name whole, or not at all (a full disk leaves nothing). */
 int keel_copy(keel_db *db, const char *dest_path, unsigned flags);
 
 /* ---- integrity ---------------------------------------------------------- */

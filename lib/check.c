@@ -262,6 +262,7 @@ static int check_bucket(const char *name, void *ctx)
 
 int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ctx, uint64_t *problems)
 {
+    error_detail_clear();
     if (!db || !problems)
         return KEEL_BADARG;
     *problems = 0;

@@ -157,7 +157,7 @@ static int temp_beside(const char *dest, char *tmp, size_t size, int *fd)
     for (unsigned n = 0; n < 100; n++) {
         if (snprintf(tmp, size, "%s.copy-%ld-%u", dest, (long)getpid(), n) >= (int)size)
             return ENAMETOOLONG;
-        if ((*fd = keel_os.open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) >= 0)
+        if ((*fd = os_open_high(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) >= 0)
             return 0;
         if (errno != EEXIST)
             return errno;
@@ -194,6 +194,7 @@ static int publish(const char *tmp, const char *dest)
 
 int keel_copy(keel_db *db, const char *dest_path, unsigned flags)
 {
+    error_detail_clear();
     if (!db || !dest_path || !*dest_path)
         return KEEL_BADARG;
     if (flags & ~KEEL_COPY_COMPACT)
