@@ -58,8 +58,9 @@ struct lockfile {
     bool created; /* this open created the file */
     bool nolock;
     uint64_t nolock_bad_meta; /* KEEL_NOLOCK: bad_meta kept here */
-    uint64_t token;           /* marks the slots this handle holds */
+    uint32_t me;              /* this handle's number + 1: marks what it holds */
     pthread_mutex_t mu;       /* guards parked */
+    bool mu_ready;
     int parked[LOCK_PARKED_MAX]; /* slots held between read txns */
     int nparked;
 };
@@ -75,6 +76,7 @@ void lockfile_abandon(struct lockfile *lf); /* a failed open: also removes a loc
 int lockfile_writer_lock(struct lockfile *lf);
 void lockfile_writer_unlock(struct lockfile *lf);
 int lockfile_writer_trylock(struct lockfile *lf); /* 0, or EBUSY while another holds it */
+/* The writer lock belongs to the handle: any of its threads may unlock it. */
 /* Takes a slot (*slot: its index; -1 with KEEL_NOLOCK, where nothing is published). */
 int reader_acquire(struct lockfile *lf, int *slot);
 void reader_publish(struct lockfile *lf, int slot, uint64_t txnid, int64_t now_ms);

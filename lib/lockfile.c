@@ -14,17 +14,20 @@
  *     is then in use through another lock file.  The header records the data
  *     file's device and inode; an opener of another file is refused too.
  *   - Liveness never depends on pid numbers (they differ across PID
- *     namespaces and are reused): a reader slot belongs to a handle, which
- *     holds an OFD write lock on the slot's first byte for as long as it
- *     owns the slot.  The kernel drops that lock when the process dies, so
- *     a slot whose byte can be locked by someone else has a dead owner.
- *     Handles keep their slots between read txns (parked), so a read txn
- *     makes no system call to take one.
- *   - The writer lock is an OFD write lock on byte 1 of the lock file: it
- *     belongs to the handle's descriptor, not to a thread, so a write txn may
- *     end on any thread, and the kernel drops it when its process dies (a
+ *     namespaces and are reused).  Each handle holds, for its whole life, an
+ *     OFD write lock on a byte of its own (HANDLE_BYTE_BASE + its number):
+ *     the kernel drops it when the process dies, so a number whose byte can
+ *     be locked by someone else belongs to a dead handle.  Reader slots and
+ *     the writer lock name their holder by that number (plus one); a handle
+ *     that takes a number first clears what a dead holder of it left.
+ *   - The writer lock is a word in the header, taken by compare-and-swap and
+ *     waited for with a futex (no system call when nobody waits): it belongs
+ *     to the handle, not to a thread, so a write txn may end on any thread.
+ *     A waiter that finds the holder's handle dead takes the lock over (a
  *     dead writer's meta write is either whole or fails its checksum).
  *     Threads of one handle are kept apart above this layer (txn.c).
+ *   - Handles keep their reader slots between read txns (parked), so a read
+ *     txn touches no shared cache line but its slot's.
  *   - The file is (re)initialised by its sole user, under an exclusive lock
  *     on byte 0; every user then holds a shared lock on byte 0 for as long
  *     as it has the database open.  Its blocks are allocated before it is
@@ -54,7 +57,8 @@
 
 /* Bytes of the lock file that carry OFD locks (none of them need to exist). */
 #define LOCK_BYTE_USERS 0  /* shared: has the db open; exclusive: (re)initialising */
-#define LOCK_BYTE_WRITER 1 /* exclusive: the write txn */
+#define HANDLE_BYTE_BASE ((uint64_t)1 << 32) /* + n: exclusive, held by handle number n while it lives */
+#define HANDLE_MAX ((uint32_t)1 << 20)        /* handle numbers tried before giving up */
 /* Bytes of the data file: users through a lock file, and KEEL_NOLOCK readers.
  * Far past any data, so that nobody else's lock of the file's content meets them. */
 #define DATA_BYTE_LOCKED ((uint64_t)1 << 62)
@@ -69,6 +73,13 @@
 /* A reader slot's txnid once a writer stopped keeping its snapshot. */
 #define SLOT_LAGGED UINT64_MAX
 
+/* The writer word: 0 = free, else the holder's handle number + 1, with
+ * WRITER_WAITERS set once somebody sleeps on it. */
+#define WRITER_WAITERS 0x80000000u
+#define WRITER_HOLDER(w) ((w) & ~WRITER_WAITERS)
+/* How often a waiter looks whether the holder's process died. */
+#define WRITER_CHECK_MS 100
+
 struct lock_header {
     uint32_t magic;
     uint32_t version;
@@ -80,12 +91,13 @@ struct lock_header {
      * commit that next writes into that meta's slot clears it. */
     _Atomic uint64_t bad_meta;
     uint64_t data_dev, data_ino; /* the data file this lock file belongs to */
-    uint8_t pad[128 - 48];
+    _Atomic uint32_t writer;     /* the writer lock (see WRITER_WAITERS) */
+    uint8_t pad[128 - 52];
 };
 _Static_assert(sizeof(struct lock_header) == 128, "lock header is two cache lines");
 
 struct reader_slot { /* one cache line, so readers do not share lines */
-    _Atomic uint64_t owner; /* token of the handle holding the slot; 0 = free */
+    _Atomic uint64_t owner; /* number + 1 of the handle holding the slot; 0 = free */
     _Atomic uint64_t txnid; /* the snapshot read; 0 = none; SLOT_LAGGED = no longer kept */
     _Atomic int64_t since;  /* when that snapshot was taken (ms, the reader's clock) */
     _Atomic int32_t pid;    /* the owner's pid in its own namespace: shown, never trusted */
@@ -98,10 +110,8 @@ static size_t lock_size(uint32_t max_readers)
     return sizeof(struct lock_header) + (size_t)max_readers * sizeof(struct reader_slot);
 }
 
-static uint64_t slot_byte(uint32_t i) { return sizeof(struct lock_header) + (uint64_t)i * sizeof(struct reader_slot); }
-
-/* A token no other handle has: it marks the slots this handle holds. */
-static uint64_t new_token(void)
+/* A random number: the pause of an opener that steps back. */
+static uint64_t random_u64(void)
 {
     uint64_t t = 0;
     if (getrandom(&t, sizeof t, GRND_NONBLOCK) != (ssize_t)sizeof t) {
@@ -140,7 +150,7 @@ static int byte_in_use(int fd, uint64_t off, bool *used)
 
 static void short_pause(void)
 {
-    uint32_t r = (uint32_t)new_token();
+    uint32_t r = (uint32_t)random_u64();
     struct timespec ts = {0, (long)(1000 + r % LOCKPATH_PAUSE_MAX_US) * 1000};
     nanosleep(&ts, NULL);
 }
@@ -273,13 +283,61 @@ static int lockfile_enter(struct lockfile *lf)
     }
 }
 
+/* Frees what a dead holder of handle number `me` left: its slots, the
+ * writer lock.  The caller holds the number's byte, so that holder is gone
+ * and nobody else can take the number meanwhile. */
+static void clear_handle(struct lockfile *lf, uint32_t me)
+{
+    for (uint32_t i = 0; i < lf->max_readers; i++) {
+        uint64_t o = me;
+        if (atomic_load_explicit(&lf->slots[i].owner, memory_order_relaxed) == me) {
+            atomic_store(&lf->slots[i].txnid, 0);
+            atomic_compare_exchange_strong(&lf->slots[i].owner, &o, 0);
+        }
+    }
+    _Atomic uint32_t *w = &lf->hdr->writer;
+    uint32_t v = atomic_load(w);
+    if (v && WRITER_HOLDER(v) == me && atomic_compare_exchange_strong(w, &v, 0))
+        os_futex_wake(w);
+}
+
+/* Takes the lowest free handle number (its byte, for the handle's life). */
+static int take_handle_number(struct lockfile *lf)
+{
+    for (uint32_t n = 0; n < HANDLE_MAX; n++) {
+        int rc = os_lock_range(lf->fd, HANDLE_BYTE_BASE + n, F_WRLCK, false);
+        if (rc == EAGAIN)
+            continue;
+        if (rc)
+            return rc;
+        lf->me = n + 1;
+        clear_handle(lf, lf->me);
+        return 0;
+    }
+    return KEEL_READERS_FULL;
+}
+
+/* Is the handle numbered `holder` (+1) dead?  Then what it left is freed
+ * (clear_handle) and true.  Never asks about ourselves: our own lock would
+ * not conflict with the test. */
+static bool handle_dead(struct lockfile *lf, uint32_t holder)
+{
+    if (holder == lf->me || holder == 0 || holder > HANDLE_MAX)
+        return holder != lf->me && holder != 0; /* a number no handle can have: damage, not a holder */
+    if (os_lock_range(lf->fd, HANDLE_BYTE_BASE + holder - 1, F_WRLCK, false) != 0)
+        return false; /* held: alive (or an error: alive is the safe answer) */
+    clear_handle(lf, holder);
+    os_unlock_range(lf->fd, HANDLE_BYTE_BASE + holder - 1);
+    return true;
+}
+
 int lockfile_open(struct lockfile *lf, int data_fd, const char *db_path, uint32_t max_readers, unsigned flags)
 {
     memset(lf, 0, sizeof(*lf));
     lf->fd = -1;
     lf->data_fd = data_fd;
-    lf->token = new_token();
     pthread_mutex_init(&lf->mu, NULL);
+    lf->mu_ready = true;
     struct stat data;
     if (keel_os.fstat(data_fd, &data))
         return errno ? errno : EIO;
@@ -307,6 +365,8 @@ int lockfile_open(struct lockfile *lf, int data_fd, const char *db_path, uint32_
                          db_path, lf->path);
     if (rc == 0 && (rc = lockfile_map(lf, max_readers, &data)))
         error_detail_set("%s: %s", lf->path, keel_strerror(rc));
+    if (rc == 0 && (rc = take_handle_number(lf)))
+        error_detail_set("%s: no handle number left: %s", lf->path, keel_strerror(rc));
     return rc;
 }
 
@@ -337,8 +397,8 @@ void lockfile_set_bad_meta(struct lockfile *lf, uint64_t checksum)
 
 static void slot_give_back(struct lockfile *lf, uint32_t i)
 {
-    os_unlock_range(lf->fd, slot_byte(i));
-    uint64_t mine = lf->token;
+    uint64_t mine = lf->me;
+    atomic_store(&lf->slots[i].txnid, 0);
     atomic_compare_exchange_strong(&lf->slots[i].owner, &mine, 0);
 }
 
@@ -353,14 +413,14 @@ void lockfile_close(struct lockfile *lf, bool inherited)
     if (lf->hdr)
         keel_os.munmap(lf->hdr, lf->size);
     if (lf->fd >= 0)
-        os_close(lf->fd);
+        os_close(lf->fd); /* drops the handle number's byte */
     lf->hdr = NULL;
     lf->fd = -1;
     os_free(lf->path);
     lf->path = NULL;
-    if (lf->token) /* lockfile_open ran: the mutex exists */
+    if (lf->mu_ready)
         pthread_mutex_destroy(&lf->mu);
-    lf->token = 0;
+    lf->mu_ready = false;
 }
 
 void lockfile_abandon(struct lockfile *lf)
@@ -371,52 +431,54 @@ void lockfile_abandon(struct lockfile *lf)
     lockfile_close(lf, false);
 }
 
-int lockfile_writer_lock(struct lockfile *lf) { return os_lock_range(lf->fd, LOCK_BYTE_WRITER, F_WRLCK, true); }
+/* One try at the writer word: 0, or EBUSY with *seen the word as found. */
+static int writer_try(struct lockfile *lf, uint32_t *seen)
+{
+    uint32_t free_word = 0;
+    if (atomic_compare_exchange_strong(&lf->hdr->writer, &free_word, lf->me))
+        return 0;
+    *seen = free_word;
+    return EBUSY;
+}
+
+int lockfile_writer_lock(struct lockfile *lf)
+{
+    _Atomic uint32_t *w = &lf->hdr->writer;
+    uint32_t v;
+    while (writer_try(lf, &v)) {
+        /* The holder's process died: take the lock over (its txn never
+         * committed, and a dead writer's meta is whole or fails its sum).
+         * Our own number cannot be there (txn.c lets one thread of a handle
+         * in at a time): a damaged lock file, taken over too. */
+        if (WRITER_HOLDER(v) == lf->me || handle_dead(lf, WRITER_HOLDER(v))) {
+            if (atomic_compare_exchange_strong(w, &v, lf->me | (v & WRITER_WAITERS)))
+                return 0;
+            continue;
+        }
+        if (!(v & WRITER_WAITERS) && !atomic_compare_exchange_strong(w, &v, v | WRITER_WAITERS))
+            continue;
+        /* Sleep until released; wake now and then to look at the holder again.
+         * Once we slept, we take the lock with the waiters bit: others may sleep too. */
+        os_futex_wait(w, v | WRITER_WAITERS, WRITER_CHECK_MS);
+        uint32_t zero = 0;
+        if (atomic_compare_exchange_strong(w, &zero, lf->me | WRITER_WAITERS))
+            return 0;
+    }
+    return 0;
+}
 
 int lockfile_writer_trylock(struct lockfile *lf)
 {
-    int rc = os_lock_range(lf->fd, LOCK_BYTE_WRITER, F_WRLCK, false);
-    return rc == EAGAIN ? EBUSY : rc;
+    uint32_t v;
+    return writer_try(lf, &v);
 }
 
-void lockfile_writer_unlock(struct lockfile *lf) { os_unlock_range(lf->fd, LOCK_BYTE_WRITER); }
-
-/* Claims free slot i for this handle: 0, or EAGAIN if it is not to be had. */
-static int slot_claim(struct lockfile *lf, uint32_t i)
+void lockfile_writer_unlock(struct lockfile *lf)
 {
-    struct reader_slot *s = &lf->slots[i];
-    uint64_t zero = 0;
-    if (atomic_load_explicit(&s->owner, memory_order_relaxed) != 0 ||
-        !atomic_compare_exchange_strong(&s->owner, &zero, lf->token))
-        return EAGAIN;
-    int rc = os_lock_range(lf->fd, slot_byte(i), F_WRLCK, false);
-    if (rc == 0 && atomic_load(&s->owner) == lf->token) {
-        atomic_store(&s->txnid, 0);
-        atomic_store(&s->pid, (int32_t)getpid());
-        return 0;
-    }
-    /* A sweeper freed it between our claim and our lock (it saw no lock), or
-     * a late owner still holds the byte: leave it. */
-    if (rc == 0)
-        os_unlock_range(lf->fd, slot_byte(i));
-    uint64_t mine = lf->token;
-    atomic_compare_exchange_strong(&s->owner, &mine, 0);
-    return rc == EAGAIN || rc == 0 ? EAGAIN : rc;
-}
-
-/* Is slot i held by a handle whose process has died?  Then it is freed.
- * Taking its byte is the test: the kernel dropped the owner's lock. */
-static bool slot_free_if_dead(struct lockfile *lf, uint32_t i, uint64_t owner)
-{
-    if (owner == lf->token) /* ours: our own lock would not conflict with the test */
-        return false;
-    if (os_lock_range(lf->fd, slot_byte(i), F_WRLCK, false) != 0)
-        return false; /* held: alive (or an error: alive is the safe answer) */
-    struct reader_slot *s = &lf->slots[i];
-    atomic_store(&s->txnid, 0);
-    atomic_compare_exchange_strong(&s->owner, &owner, 0);
-    os_unlock_range(lf->fd, slot_byte(i));
-    return true;
+    _Atomic uint32_t *w = &lf->hdr->writer;
+    uint32_t v = atomic_exchange(w, 0);
+    if (v & WRITER_WAITERS)
+        os_futex_wake(w);
 }
 
 int reader_acquire(struct lockfile *lf, int *slot)
@@ -428,7 +490,7 @@ int reader_acquire(struct lockfile *lf, int *slot)
     while (lf->nparked) {
         int i = lf->parked[--lf->nparked];
         /* still ours, unless a damaged or hostile lock file says otherwise */
-        if (atomic_load_explicit(&lf->slots[i].owner, memory_order_relaxed) == lf->token) {
+        if (atomic_load_explicit(&lf->slots[i].owner, memory_order_relaxed) == lf->me) {
             pthread_mutex_unlock(&lf->mu);
             *slot = i;
             return 0;
@@ -437,13 +499,15 @@ int reader_acquire(struct lockfile *lf, int *slot)
     pthread_mutex_unlock(&lf->mu);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < lf->max_readers; i++) {
-            int rc = slot_claim(lf, i);
-            if (rc == 0) {
+            struct reader_slot *s = &lf->slots[i];
+            uint64_t zero = 0;
+            if (atomic_load_explicit(&s->owner, memory_order_relaxed) == 0 &&
+                atomic_compare_exchange_strong(&s->owner, &zero, lf->me)) {
+                atomic_store(&s->txnid, 0);
+                atomic_store(&s->pid, (int32_t)getpid());
                 *slot = (int)i;
                 return 0;
             }
-            if (rc != EAGAIN)
-                return rc;
         }
         readers_oldest(lf, 0, 0); /* full: free the slots of dead processes and retry */
     }
@@ -477,6 +541,17 @@ void reader_release(struct lockfile *lf, int slot)
         slot_give_back(lf, (uint32_t)slot);
 }
 
+/* Is slot i's owner a dead handle?  Then the slot is free now. */
+static bool slot_owner_dead(struct lockfile *lf, uint32_t i, uint64_t owner)
+{
+    if (owner > HANDLE_MAX) { /* no handle has such a number: damage */
+        atomic_store(&lf->slots[i].txnid, 0);
+        atomic_compare_exchange_strong(&lf->slots[i].owner, &owner, 0);
+        return true;
+    }
+    return handle_dead(lf, (uint32_t)owner);
+}
+
 uint64_t readers_oldest(struct lockfile *lf, uint64_t newest, uint64_t max_lag)
 {
     uint64_t oldest = newest;
@@ -491,7 +566,7 @@ uint64_t readers_oldest(struct lockfile *lf, uint64_t newest, uint64_t max_lag)
         /* Only a slot that pins an old snapshot (or when called with newest=0,
          * every slot: the table is full) is worth the cost of a liveness check. */
         bool pins = t != 0 && t != SLOT_LAGGED && t < newest;
-        if ((pins || newest == 0) && slot_free_if_dead(lf, i, owner))
+        if ((pins || newest == 0) && slot_owner_dead(lf, i, owner))
             continue;
         if (!pins)
             continue;
@@ -511,7 +586,7 @@ int readers_list(struct lockfile *lf, uint64_t newest, int64_t now, keel_reader_
         struct reader_slot *s = &lf->slots[i];
         uint64_t owner = atomic_load(&s->owner);
         uint64_t t = atomic_load(&s->txnid);
-        if (owner == 0 || t == 0 || t == SLOT_LAGGED || slot_free_if_dead(lf, i, owner))
+        if (owner == 0 || t == 0 || t == SLOT_LAGGED || slot_owner_dead(lf, i, owner))
             continue;
         if (n < max && out) {
             out[n].pid = atomic_load(&s->pid);

@@ -10,6 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 static int libc_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
@@ -223,6 +227,14 @@ int os_lock_probe(int fd, uint64_t off, bool *held)
     *held = fl.l_type != F_UNLCK;
     return 0;
 }
+
+void os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int timeout_ms)
+{
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000};
+    syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0); /* EAGAIN, EINTR, ETIMEDOUT: the caller looks again */
+}
+
+void os_futex_wake(_Atomic uint32_t *word) { syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }
 
 int os_allocate(int fd, uint64_t len)
 {

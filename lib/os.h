@@ -83,6 +83,10 @@ int os_lock_range(int fd, uint64_t off, int type, int wait);
 int os_unlock_range(int fd, uint64_t off);
 /* Does another open file description hold a lock on that byte? */
 int os_lock_probe(int fd, uint64_t off, bool *held);
+/* Futex on a 32-bit word of shared (MAP_SHARED) memory, across processes:
+ * wait while *word == expected, at most timeout_ms; wake every waiter. */
+void os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int timeout_ms);
+void os_futex_wake(_Atomic uint32_t *word);
 /* Allocates the file's blocks up to len (posix_fallocate): writes through a
  * map into a hole of a full file system are SIGBUS, an error here is not. */
 int os_allocate(int fd, uint64_t len);
