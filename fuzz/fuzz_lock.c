@@ -9,10 +9,11 @@
  *             re-initialises a valid one).
  *          1: handle A opens the database first; then the bytes overwrite
  *             the lock file from offset 0 while A has it mapped: header
- *             fields (the data file's identity among them) and the reader
- *             table, slot owners included.  The writer lock and the slots'
- *             liveness are byte locks, outside the file's content: nothing
- *             in it can block.  A runs a read and a write txn; a second
+ *             fields (the data file's identity and the writer word among
+ *             them) and the reader table, slot owners included.  Liveness
+ *             is a byte lock outside the file's content, so a writer word
+ *             naming a dead or impossible handle is taken over: nothing in
+ *             the file can block.  A runs a read and a write txn; a second
  *             handle B opens (not the sole user: it validates, answering
  *             KEEL_LOCKFILE or KEEL_LOCKPATH, or uses the file as it is)
  *             and does the same.
