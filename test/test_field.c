@@ -14,6 +14,8 @@
  *                       keeps its snapshot while a writer commits
  *   commit_other_thread a write txn ended on another thread releases the
  *                       writer lock
+ *   writers_many        processes with threads on one handle each write at
+ *                       once, one writer killed holding the lock
  *   full_disk           a tmpfs that is full (root): clean errors, no SIGBUS
  *   file_size_limit     RLIMIT_FSIZE with SIGXFSZ ignored: KEEL_FULL, data intact
  *   map_smaller         a file larger than max_size opens and reads; growth
@@ -475,6 +477,94 @@ static void test_commit_other_thread(void **state)
     remove_dir();
 }
 
+/* Several writer processes, each with threads sharing one handle, and one
+ * writer killed while it holds the lock: every increment lands once, and
+ * the others take the lock over from the dead one. */
+struct inc_arg {
+    keel_db *db;
+    int n;
+};
+
+static void *inc_thread(void *p)
+{
+    struct inc_arg *a = p;
+    for (int i = 0; i < a->n; i++) {
+        keel_txn *t;
+        CHILD_CHECK(keel_begin(a->db, 0, &t) == 0);
+        keel_val v;
+        int64_t c = 0;
+        if (keel_get(t, 0, tu_val("n"), &v) == 0) {
+            char buf[32];
+            snprintf(buf, sizeof buf, "%.*s", (int)v.len, (const char *)v.data);
+            c = strtoll(buf, NULL, 10);
+        }
+        char out[32];
+        int len = snprintf(out, sizeof out, "%lld", (long long)c + 1);
+        CHILD_CHECK(keel_put(t, 0, tu_val("n"), (keel_val){out, (size_t)len}, 0) == 0);
+        CHILD_CHECK(keel_commit(t) == 0);
+    }
+    return NULL;
+}
+
+static void test_writers_many(void **state)
+{
+    (void)state;
+    make_dir("writers");
+    char path[600];
+    in_dir(path, sizeof path, "w.db");
+    create_db(path);
+    enum { PROCS = 3, THREADS = 2 };
+    int n = 200 * (int)tu_scale();
+    int held[2];
+    assert_int_equal(pipe(held), 0);
+    pid_t dead = fork();
+    if (dead == 0) { /* takes the writer lock and is killed holding it */
+        keel_db *db;
+        keel_options o = {.flags = KEEL_NOSYNC};
+        CHILD_CHECK(keel_open(path, &o, &db) == 0);
+        keel_txn *t;
+        CHILD_CHECK(keel_begin(db, 0, &t) == 0);
+        CHILD_CHECK(keel_put(t, 0, tu_val("n"), tu_val("-1000000"), 0) == 0);
+        char one = 1;
+        CHILD_CHECK(write(held[1], &one, 1) == 1);
+        for (;;)
+            pause();
+    }
+    char one;
+    assert_int_equal(read(held[0], &one, 1), 1);
+    pid_t kid[PROCS];
+    for (int p = 0; p < PROCS; p++) {
+        if ((kid[p] = fork()) == 0) {
+            keel_db *db;
+            keel_options o = {.flags = KEEL_NOSYNC};
+            CHILD_CHECK(keel_open(path, &o, &db) == 0);
+            pthread_t th[THREADS];
+            struct inc_arg a = {db, n};
+            for (int i = 0; i < THREADS; i++)
+                CHILD_CHECK(pthread_create(&th[i], NULL, inc_thread, &a) == 0);
+            for (int i = 0; i < THREADS; i++)
+                pthread_join(th[i], NULL);
+            keel_close(db);
+            _exit(0);
+        }
+    }
+    usleep(50000); /* they wait for the lock the doomed writer holds */
+    kill(dead, SIGKILL);
+    waitpid(dead, NULL, 0);
+    alarm(120);
+    for (int p = 0; p < PROCS; p++)
+        wait_ok(kid[p], "writer process");
+    alarm(0);
+    keel_db *db;
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    assert_int_equal(get_counter(db), (int64_t)PROCS * THREADS * n);
+    keel_close(db);
+    close(held[0]);
+    close(held[1]);
+    assert_clean(path);
+    remove_dir();
+}
+
 /* ---- full and read-only file systems --------------------------------------- */
 
 /* A tmpfs of `size` at dir/name in a private mount namespace: call in a
@@ -849,7 +939,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_symlink_shares),  cmocka_unit_test(test_second_path_refused),
         cmocka_unit_test(test_stdio_closed),    cmocka_unit_test(test_pid_namespace),
-        cmocka_unit_test(test_commit_other_thread), cmocka_unit_test(test_full_disk),
+        cmocka_unit_test(test_commit_other_thread), cmocka_unit_test(test_writers_many),
+        cmocka_unit_test(test_full_disk),
         cmocka_unit_test(test_file_size_limit), cmocka_unit_test(test_map_smaller),
         cmocka_unit_test(test_nolock_readonly), cmocka_unit_test(test_reader_lag),
         cmocka_unit_test(test_foreign_files),
