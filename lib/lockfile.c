@@ -45,7 +45,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -110,19 +109,6 @@ static size_t lock_size(uint32_t max_readers)
     return sizeof(struct lock_header) + (size_t)max_readers * sizeof(struct reader_slot);
 }
 
-/* A random number: the pause of an opener that steps back. */
-static uint64_t random_u64(void)
-{
-    uint64_t t = 0;
-    if (getrandom(&t, sizeof t, GRND_NONBLOCK) != (ssize_t)sizeof t) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        t = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 16) ^ (uintptr_t)&t;
-        t *= 0x9E3779B97F4A7C15ull;
-    }
-    return t ? t : 1;
-}
-
 static char *lock_path_for(const char *db_path)
 {
     char *real = realpath(db_path, NULL); /* symlinks share the target's lock file */
@@ -150,7 +136,9 @@ static int byte_in_use(int fd, uint64_t off, bool *used)
 
 static void short_pause(void)
 {
-    uint32_t r = (uint32_t)random_u64();
+    struct timespec now; /* jitter enough to tell two openers apart */
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint32_t r = (uint32_t)now.tv_nsec ^ ((uint32_t)getpid() * 2654435761u);
     struct timespec ts = {0, (long)(1000 + r % LOCKPATH_PAUSE_MAX_US) * 1000};
     nanosleep(&ts, NULL);
 }
@@ -322,8 +310,10 @@ static int take_handle_number(struct lockfile *lf)
  * not conflict with the test. */
 static bool handle_dead(struct lockfile *lf, uint32_t holder)
 {
-    if (holder == lf->me || holder == 0 || holder > HANDLE_MAX)
-        return holder != lf->me && holder != 0; /* a number no handle can have: damage, not a holder */
+    if (holder == 0 || holder == lf->me)
+        return false;
+    if (holder > HANDLE_MAX) /* a number no handle can have: damage, nobody to wait for */
+        return true;
     if (os_lock_range(lf->fd, HANDLE_BYTE_BASE + holder - 1, F_WRLCK, false) != 0)
         return false; /* held: alive (or an error: alive is the safe answer) */
     clear_handle(lf, holder);
