@@ -438,9 +438,11 @@ int lockfile_writer_lock(struct lockfile *lf)
     while (writer_try(lf, &v)) {
         /* The holder's process died: take the lock over (its txn never
          * committed, and a dead writer's meta is whole or fails its sum).
-         * Our own number cannot be there (txn.c lets one thread of a handle
-         * in at a time): a damaged lock file, taken over too. */
-        if (WRITER_HOLDER(v) == lf->me || handle_dead(lf, WRITER_HOLDER(v))) {
+         * No holder with the waiters bit, or our own number (txn.c lets one
+         * thread of a handle in at a time), is a damaged lock file: taken
+         * over too. */
+        uint32_t holder = WRITER_HOLDER(v);
+        if (holder == 0 || holder == lf->me || handle_dead(lf, holder)) {
             if (atomic_compare_exchange_strong(w, &v, lf->me | (v & WRITER_WAITERS)))
                 return 0;
             continue;
