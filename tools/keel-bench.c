@@ -566,7 +566,7 @@ static uint64_t w_purge(void)
  * commit costs the same for any bucket count, and would hide the rest),
  * buckets made BUCKET_BATCH per txn, each with one put ---- */
 #define BUCKET_BATCH 1000
-#define CHURN_COMMITS 10000
+#define CHURN_COMMITS 100000
 
 static void bucket_name(char *buf, size_t size, const char *prefix, uint64_t i)
 {
