@@ -8,6 +8,8 @@
  *     stale handle answers KEEL_BADBUCKET, never another bucket;
  *   - a read txn older than the drop keeps its handle working, and pins it;
  *   - a slot whose 8-bit generation is used up is retired, not wrapped;
+ *   - a drop through another handle (as by another process) retires this
+ *     handle's slot once one of its write txns finds the bucket gone;
  *   - many buckets (20,000 x KEEL_TEST_SCALE; 50 gives a million): created,
  *     found by name after a reopen, listed, dropped; the table's counts
  *     follow a model;
@@ -286,6 +288,30 @@ static void test_generations(void **state)
     tu_remove(path);
 }
 
+static void test_other_handle_drop(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "bucket-other");
+    keel_db *db = open_db(path), *db2 = open_db(path);
+    keel_bucket a = create_one(db, "a");
+    keel_txn *t;
+    keel_bucket a2;
+    OK(keel_begin(db2, 0, &t));
+    OK(keel_bucket_open(t, "a", 0, &a2));
+    OK(keel_bucket_drop(t, a2));
+    OK(keel_commit(t));
+    assert_int_equal(counts(db).bound, 1); /* db cannot know yet */
+    OK(keel_begin(db, 0, &t));
+    expect_bad(t, a);
+    keel_abort(t);
+    struct bucket_counts c = counts(db);
+    assert_int_equal(c.bound + c.dead, 0);
+    assert_int_equal(bucket_index(create_one(db, "b")), bucket_index(a));
+    keel_close(db2);
+    keel_close(db);
+    tu_remove(path);
+}
+
 static void bucket_name(char *buf, size_t size, long i) { snprintf(buf, size, "bucket-%08ld", i); }
 
 static int count_names(const char *name, void *ctx)
@@ -453,6 +479,7 @@ int main(void)
         cmocka_unit_test(test_stale_handle),
         cmocka_unit_test(test_reader_pins_handle),
         cmocka_unit_test(test_generations),
+        cmocka_unit_test(test_other_handle_drop),
         cmocka_unit_test(test_many_buckets),
         cmocka_unit_test(test_threads),
     };
