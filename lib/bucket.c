@@ -152,7 +152,7 @@ static struct bucket_slot *usable_slot(const struct bucket_table *t, keel_bucket
  * that is gone.  0 if none. */
 static keel_bucket find_handle(const struct bucket_table *t, const keel_txn *txn, const char *name, uint32_t hash)
 {
-    uint32_t i = index_find(t, &t->bound, name, hash, NULL);
+    uint32_t i = index_find(t, &t->live, name, hash, NULL);
     if (!i && txn->rdonly) {
         uint64_t snap = snapshot_of(txn);
         i = index_find(t, &t->dead, name, hash, &snap);
@@ -162,7 +162,7 @@ static keel_bucket find_handle(const struct bucket_table *t, const keel_txn *txn
 
 static int add_slot(struct bucket_table *t, const char *name, uint32_t hash, keel_bucket *out)
 {
-    int rc = index_reserve(t, &t->bound);
+    int rc = index_reserve(t, &t->live);
     if (rc)
         return rc;
     if (!t->free_head && t->n == t->cap) {
@@ -194,7 +194,7 @@ static int add_slot(struct bucket_table *t, const char *name, uint32_t hash, kee
     s->hash = hash;
     s->kind = SLOT_LIVE;
     s->dead_since = 0;
-    index_put(t, &t->bound, i);
+    index_put(t, &t->live, i);
     *out = make_handle(t, i);
     return 0;
 }
@@ -221,7 +221,7 @@ static void kill_slot(struct bucket_table *t, keel_bucket b, uint64_t since)
             t->qcap = cap;
         }
     }
-    index_remove(t, &t->bound, i);
+    index_remove(t, &t->live, i);
     s->kind = SLOT_DEAD;
     s->dead_since = since;
     index_put(t, &t->dead, i);
@@ -251,7 +251,7 @@ void bucket_table_free(keel_db *db)
     for (uint32_t i = 1; i < t->n; i++)
         os_free(t->slots[i].name);
     os_free(t->slots);
-    os_free(t->bound.v);
+    os_free(t->live.v);
     os_free(t->dead.v);
     os_free(t->queue);
     memset(t, 0, sizeof(*t));
@@ -263,7 +263,7 @@ void bucket_table_counts(keel_db *db, struct bucket_counts *out)
     pthread_mutex_lock(&db->mu);
     struct bucket_table *t = &db->buckets;
     out->slots = t->n ? t->n - 1 : 0;
-    out->bound = t->bound.n;
+    out->live = t->live.n;
     out->dead = t->dead.n;
     out->retired = t->retired;
     pthread_mutex_unlock(&db->mu);

@@ -87,7 +87,7 @@ struct bucket_table { /* the db's handles; all under db->mu */
     struct bucket_slot *slots; /* [0] unused: handle 0 is the default bucket */
     uint32_t n, cap;           /* slots used (free, live or retired), allocated */
     uint32_t free_head;        /* a free slot, the rest chained through them; 0 = none */
-    struct name_index bound, dead; /* the names of live and of dead slots */
+    struct name_index live, dead; /* the names of live and of dead slots */
     uint32_t *queue;           /* dead slots, in the order they died */
     uint32_t qhead, qlen, qcap;
     uint32_t retired;
@@ -324,7 +324,7 @@ void bucket_reclaim(keel_txn *txn);
 void bucket_txn_free(keel_txn *txn);
 void bucket_table_free(keel_db *db);
 struct bucket_counts { /* for tests */
-    uint64_t slots, bound, dead, retired;
+    uint64_t slots, live, dead, retired;
 };
 void bucket_table_counts(keel_db *db, struct bucket_counts *out);
 uint32_t txn_bucket_states(const keel_txn *txn);

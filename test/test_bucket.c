@@ -129,7 +129,7 @@ static void test_create_drop_cycles(void **state)
     }
     /* no bucket left: only the slots retired by used-up generations remain */
     struct bucket_counts c = counts(db);
-    assert_int_equal(c.bound + c.dead, 0);
+    assert_int_equal(c.live + c.dead, 0);
     assert_true(c.slots <= c.retired + 1);
     assert_true(c.retired <= (uint64_t)cycles / BUCKET_GENERATIONS + 1);
     /* a plain put, in the default bucket and in a named one */
@@ -204,7 +204,7 @@ static void test_stale_handle(void **state)
     expect_bad(t, b + ((keel_bucket)1 << BUCKET_INDEX_BITS));
     keel_abort(t);
     struct bucket_counts n = counts(db);
-    assert_int_equal(n.bound, 3); /* b, a2, c */
+    assert_int_equal(n.live, 3); /* b, a2, c */
     assert_int_equal(n.dead, 0);
     keel_close(db);
     tu_remove(path);
@@ -232,7 +232,7 @@ static void test_reader_pins_handle(void **state)
     expect_str(r2, r2a, "k", "a");
     struct bucket_counts c = counts(db);
     assert_int_equal(c.dead, 1);
-    assert_int_equal(c.bound, 1);
+    assert_int_equal(c.live, 1);
     /* a new txn does not see it, and a new "a" is another bucket */
     OK(keel_begin(db, KEEL_RDONLY, &t));
     expect_bad(t, a);
@@ -249,7 +249,7 @@ static void test_reader_pins_handle(void **state)
     keel_abort(r2);
     c = counts(db);
     assert_int_equal(c.dead, 0);
-    assert_int_equal(c.bound, 2);
+    assert_int_equal(c.live, 2);
     keel_bucket d = create_one(db, "d");
     assert_int_equal(bucket_index(d), bucket_index(a));
     OK(keel_begin(db, KEEL_RDONLY, &t));
@@ -300,12 +300,12 @@ static void test_other_handle_drop(void **state)
     OK(keel_bucket_open(t, "a", 0, &a2));
     OK(keel_bucket_drop(t, a2));
     OK(keel_commit(t));
-    assert_int_equal(counts(db).bound, 1); /* db cannot know yet */
+    assert_int_equal(counts(db).live, 1); /* db cannot know yet */
     OK(keel_begin(db, 0, &t));
     expect_bad(t, a);
     keel_abort(t);
     struct bucket_counts c = counts(db);
-    assert_int_equal(c.bound + c.dead, 0);
+    assert_int_equal(c.live + c.dead, 0);
     assert_int_equal(bucket_index(create_one(db, "b")), bucket_index(a));
     keel_close(db2);
     keel_close(db);
@@ -347,7 +347,7 @@ static void test_many_buckets(void **state)
     keel_db *db = open_db(path);
     create_many(db, n, batch);
     struct bucket_counts c = counts(db);
-    assert_int_equal(c.bound, n);
+    assert_int_equal(c.live, n);
     assert_int_equal(c.slots, n);
     keel_close(db);
 
@@ -368,7 +368,7 @@ static void test_many_buckets(void **state)
     }
     assert_int_equal(txn_bucket_states(t), n);
     keel_abort(t);
-    assert_int_equal(counts(db).bound, n);
+    assert_int_equal(counts(db).live, n);
     /* one put among them touches one state */
     keel_bucket b;
     OK(keel_begin(db, 0, &t));
@@ -388,7 +388,7 @@ static void test_many_buckets(void **state)
             commit_counted(db, t, (uint64_t)(i % batch + 1));
     }
     c = counts(db);
-    assert_int_equal(c.bound + c.dead, 0);
+    assert_int_equal(c.live + c.dead, 0);
     OK(keel_begin(db, KEEL_RDONLY, &t));
     listed = 0;
     OK(keel_bucket_list(t, count_names, &listed));
@@ -397,7 +397,7 @@ static void test_many_buckets(void **state)
     /* the freed slots serve the next buckets: the table does not grow */
     create_many(db, n / 2, batch);
     c = counts(db);
-    assert_int_equal(c.bound, n / 2);
+    assert_int_equal(c.live, n / 2);
     assert_int_equal(c.slots, n);
     keel_close(db);
     tu_remove(path);
@@ -466,7 +466,7 @@ static void test_threads(void **state)
     long nlive = 0;
     for (int i = 0; i < THREAD_NAMES; i++)
         nlive += live[i];
-    assert_int_equal(c.bound, nlive);
+    assert_int_equal(c.live, nlive);
     assert_int_equal(c.dead, 0);
     keel_close(db);
     tu_remove(path);
