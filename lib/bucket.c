@@ -209,7 +209,7 @@ static void kill_slot(struct bucket_table *t, keel_bucket b, uint64_t since)
     if (s->kind != SLOT_LIVE || s->gen != b >> BUCKET_INDEX_BITS || index_reserve(t, &t->dead))
         return;
     if (t->qhead + t->qlen == t->qcap) {
-        if (t->qhead) { /* reclaiming emptied the front */
+        if (t->qhead && t->qhead * 2 >= t->qcap) { /* reclaiming emptied half of it: the move pays for itself */
             memmove(t->queue, t->queue + t->qhead, t->qlen * sizeof(*t->queue));
             t->qhead = 0;
         } else {

@@ -261,6 +261,51 @@ static void test_reader_pins_handle(void **state)
     tu_remove(path);
 }
 
+/* Two readers hold back the reuse of two runs of drops; ending the first
+ * frees its run only, and the queue of dead slots keeps its order as it
+ * fills up again. */
+static void test_dead_queue(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "bucket-queue");
+    keel_db *db = open_db(path);
+    enum { RUN1 = 40, RUN2 = 10, RUN3 = 30, ALL = RUN1 + RUN2 + RUN3 };
+    keel_bucket h[ALL];
+    char name[32];
+    for (int i = 0; i < ALL; i++) {
+        snprintf(name, sizeof name, "q%d", i);
+        h[i] = create_one(db, name);
+    }
+    keel_txn *r1, *r2, *t;
+    OK(keel_begin(db, KEEL_RDONLY, &r1));
+    for (int i = 0; i < RUN1; i++)
+        drop_one(db, h[i]);
+    OK(keel_begin(db, KEEL_RDONLY, &r2));
+    for (int i = RUN1; i < RUN1 + RUN2; i++)
+        drop_one(db, h[i]);
+    assert_int_equal(counts(db).dead, RUN1 + RUN2);
+    keel_abort(r1);
+    assert_int_equal(counts(db).dead, RUN2);
+    for (int i = RUN1 + RUN2; i < ALL; i++)
+        drop_one(db, h[i]); /* r2 holds these back too */
+    assert_int_equal(counts(db).dead, RUN2 + RUN3);
+    for (int i = 0; i < ALL; i++) {
+        snprintf(name, sizeof name, "q%d", i);
+        if (i >= RUN1)
+            expect_str(r2, h[i], "k", name);
+    }
+    keel_abort(r2);
+    struct bucket_counts c = counts(db);
+    assert_int_equal(c.dead + c.live, 0);
+    assert_int_equal(c.slots, ALL);
+    OK(keel_begin(db, 0, &t));
+    for (int i = 0; i < ALL; i++)
+        expect_bad(t, h[i]);
+    keel_abort(t);
+    keel_close(db);
+    tu_remove(path);
+}
+
 static void test_generations(void **state)
 {
     (void)state;
@@ -478,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_create_drop_cycles),
         cmocka_unit_test(test_stale_handle),
         cmocka_unit_test(test_reader_pins_handle),
+        cmocka_unit_test(test_dead_queue),
         cmocka_unit_test(test_generations),
         cmocka_unit_test(test_other_handle_drop),
         cmocka_unit_test(test_many_buckets),
