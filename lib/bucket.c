@@ -672,6 +672,11 @@ int bucket_by_id(keel_txn *txn, uint32_t id, keel_bucket *out)
         return 0;
     }
     const struct txn_buckets *bk = &txn->bk;
+    /* the bucket found last: the expiry tree groups a time's keys by bucket */
+    if (bk->last < bk->n && bk->v[bk->last].state == BUCKET_PRESENT && bk->v[bk->last].desc.id == id) {
+        *out = bk->v[bk->last].handle;
+        return 0;
+    }
     for (uint32_t p = 0; p < bk->n; p++)
         if (bk->v[p].state == BUCKET_PRESENT && bk->v[p].desc.id == id) {
             *out = bk->v[p].handle;
