@@ -278,8 +278,8 @@ struct fo {
     struct mstate S;
     int64_t rnow;
     /* bucket handles: the write side's (good in any txn on the newest
-     * commit), and the read txn's.  A write txn that ends with a bucket
-     * absent retires its handle, but the read txn begun before keeps its
+     * commit), and the read txn's.  When a write txn ends with a bucket
+     * absent, its handle dies, but the read txn begun before keeps its
      * view, so it keeps the handles it had (design.md section 11). */
     bool known[FO_NB], rknown[FO_NB];
     keel_bucket h[FO_NB], rh[FO_NB];
@@ -514,7 +514,7 @@ static bool handle(struct fo *f, keel_txn *txn, const struct mstate *s, int b);
 static bool *known_in(struct fo *f, const keel_txn *txn) { return txn == f->r ? f->rknown : f->known; }
 static keel_bucket *handles_in(struct fo *f, const keel_txn *txn) { return txn == f->r ? f->rh : f->h; }
 
-/* After a write txn ended: the buckets absent from the newest commit (model s) lost their handles. */
+/* After a write txn ended: the handles of the buckets absent from the newest commit (model s) died. */
 static void retire_handles(struct fo *f, const struct mstate *s)
 {
     for (int b = 1; b < FO_NB; b++)

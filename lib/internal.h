@@ -315,8 +315,8 @@ void bucket_mark_dirty(keel_txn *txn, keel_bucket b);
  * order; makes no handles. */
 int bucket_walk(keel_txn *txn, int (*fn)(const char *name, const struct tree_desc *d, void *ctx), void *ctx);
 int bucket_by_id(keel_txn *txn, uint32_t id, keel_bucket *out); /* KEEL_CORRUPTED if none */
-/* At the end of a txn: a write txn's buckets that are absent at its end
- * retire their handles (before the writer lock goes); the states go. */
+/* At the end of a txn: the handles of a write txn's buckets that are absent
+ * at its end die (before the writer lock goes); the states go. */
 void bucket_txn_end(keel_txn *txn, bool committed);
 /* After the txn left the live list and its reader slot: frees the handles
  * no txn can use any more. */
