@@ -277,9 +277,12 @@ struct fo {
     keel_txn *r;
     struct mstate S;
     int64_t rnow;
-    /* bucket handles, valid for the db's life */
-    bool known[FO_NB];
-    keel_bucket h[FO_NB];
+    /* bucket handles: the write side's (good in any txn on the newest
+     * commit), and the read txn's.  When a write txn ends with a bucket
+     * absent, its handle dies, but the read txn begun before keeps its
+     * view, so it keeps the handles it had (design.md section 11). */
+    bool known[FO_NB], rknown[FO_NB];
+    keel_bucket h[FO_NB], rh[FO_NB];
     /* the write txn's cursor */
     keel_cursor *cur;
     int cur_b;
@@ -508,6 +511,17 @@ static size_t model_purge(struct mstate *s, int64_t now, size_t max, bool *named
 
 static bool handle(struct fo *f, keel_txn *txn, const struct mstate *s, int b);
 
+static bool *known_in(struct fo *f, const keel_txn *txn) { return txn == f->r ? f->rknown : f->known; }
+static keel_bucket *handles_in(struct fo *f, const keel_txn *txn) { return txn == f->r ? f->rh : f->h; }
+
+/* After a write txn ended: the handles of the buckets absent from the newest commit (model s) died. */
+static void retire_handles(struct fo *f, const struct mstate *s)
+{
+    for (int b = 1; b < FO_NB; b++)
+        if (!s->b[b].exists)
+            f->known[b] = false;
+}
+
 /* Did the commit just made purge (giving P) or not (giving f->W)?  Only
  * asked when the model cannot tell (see changed()): the on-disk entry
  * counts decide, and must match one of the two. */
@@ -539,6 +553,7 @@ static void do_commit(struct fo *f)
     close_cursor(f);
     EXPECT(f, keel_commit(f->w), 0);
     f->w = NULL;
+    retire_handles(f, &f->W);
     if (f->wchanged && f->ppc > 0) {
         struct mstate P;
         ms_copy(&P, &f->W);
@@ -565,6 +580,7 @@ static void do_abort(struct fo *f)
     keel_abort(f->w);
     f->w = NULL;
     ms_free(&f->W);
+    retire_handles(f, &f->C);
 }
 
 static void end_reader(struct fo *f)
@@ -598,14 +614,14 @@ static void do_reopen(struct fo *f)
  * false when the bucket is absent (checked against the model). */
 static bool handle(struct fo *f, keel_txn *txn, const struct mstate *s, int b)
 {
-    if (f->known[b])
+    if (known_in(f, txn)[b])
         return true;
     keel_bucket h;
     int rc = keel_bucket_open(txn, fo_names[b], 0, &h);
     EXPECT(f, rc, s->b[b].exists ? 0 : KEEL_NOTFOUND);
     if (rc == 0) {
-        f->known[b] = true;
-        f->h[b] = h;
+        known_in(f, txn)[b] = true;
+        handles_in(f, txn)[b] = h;
     }
     return rc == 0;
 }
@@ -613,11 +629,11 @@ static bool handle(struct fo *f, keel_txn *txn, const struct mstate *s, int b)
 /* ---- comparing a whole bucket ---- */
 static void verify_bucket(struct fo *f, keel_txn *txn, const struct mstate *s, int64_t now, int b)
 {
-    if (!f->known[b] && !handle(f, txn, s, b))
+    if (!handle(f, txn, s, b))
         return;
     const struct mbucket *mb = &s->b[b];
     keel_cursor *c;
-    int rc = keel_cursor_open(txn, f->h[b], &c);
+    int rc = keel_cursor_open(txn, handles_in(f, txn)[b], &c);
     EXPECT(f, rc, mb->exists ? 0 : KEEL_BADBUCKET);
     if (rc)
         return;
@@ -654,7 +670,7 @@ static void verify_bucket(struct fo *f, keel_txn *txn, const struct mstate *s, i
     FUZZ_CHECK(j == 0);
     keel_cursor_close(c);
     keel_stat st;
-    EXPECT(f, keel_bucket_stat(txn, f->h[b], &st), 0);
+    EXPECT(f, keel_bucket_stat(txn, handles_in(f, txn)[b], &st), 0);
     if (st.entries != mb->n) /* every entry on disk, expired ones too */
         fuzz_fail(__FILE__, __LINE__, "step %d: bucket %d: stat says %llu entries, the model %zu", f->step, b,
                   (unsigned long long)st.entries, mb->n);
@@ -782,10 +798,11 @@ static void op_del(struct fo *f)
 static void check_get(struct fo *f, keel_txn *txn, const struct mstate *s, int64_t now, int b, size_t kl)
 {
     keel_val key = {f->keybuf, kl}, v;
-    int rc = keel_get(txn, f->h[b], key, &v);
+    keel_bucket h = handles_in(f, txn)[b];
+    int rc = keel_get(txn, h, key, &v);
     int64_t ttl = 0, at = 0;
-    int rc2 = keel_ttl(txn, f->h[b], key, &ttl);
-    int rc3 = keel_expiry_at(txn, f->h[b], key, &at);
+    int rc2 = keel_ttl(txn, h, key, &ttl);
+    int rc3 = keel_expiry_at(txn, h, key, &at);
     int want;
     const struct ment *e = NULL;
     if (!key_ok(f, kl))
@@ -1219,6 +1236,8 @@ static void op_reader(struct fo *f)
         end_reader(f);
         EXPECT(f, keel_begin(f->db, KEEL_RDONLY, &f->r), 0);
         ms_copy(&f->S, &f->C);
+        memcpy(f->rknown, f->known, sizeof f->known);
+        memcpy(f->rh, f->h, sizeof f->h);
         f->rnow = f->clk;
         if (m == 0)
             return;
@@ -1227,14 +1246,14 @@ static void op_reader(struct fo *f)
         end_reader(f);
         return;
     }
-    if (!f->known[b] && !handle(f, f->r, &f->S, b))
+    if (!handle(f, f->r, &f->S, b))
         return;
     if (m == 1)
         check_get(f, f->r, &f->S, f->rnow, b, make_key(f, ksel));
     else
         verify_bucket(f, f->r, &f->S, f->rnow, b);
     /* writes in a read txn are refused */
-    EXPECT(f, keel_put(f->r, f->h[b], (keel_val){"x", 1}, (keel_val){"y", 1}, 0), KEEL_READONLY);
+    EXPECT(f, keel_put(f->r, f->rh[b], (keel_val){"x", 1}, (keel_val){"y", 1}, 0), KEEL_READONLY);
 }
 
 static void op_range(struct fo *f, bool del)

@@ -40,7 +40,7 @@ extern "C" {
 typedef struct keel_db keel_db;         /* one open database file */
 typedef struct keel_txn keel_txn;       /* a read or write transaction */
 typedef struct keel_cursor keel_cursor; /* a position in one bucket of one txn */
-typedef uint32_t keel_bucket;           /* from keel_bucket_open, valid for the db's life */
+typedef uint32_t keel_bucket;           /* from keel_bucket_open: see "buckets" below */
 
 typedef struct {
     const void *data;
@@ -127,6 +127,11 @@ uint64_t keel_txn_id(const keel_txn *txn); /* snapshot id (read) or id being wri
 
 /* ---- buckets ----------------------------------------------------------- */
 #define KEEL_MAX_BUCKET_NAME 255
+/* A handle names its bucket in every txn of the db, until a write txn ends
+ * with the bucket absent (a committed drop, an aborted creation): then it
+ * answers KEEL_BADBUCKET for good, even once the name is created again
+ * (open it again for a new handle); txns begun before keep their view.
+ * A db handle holds up to 2^24 - 1 bucket handles at once (KEEL_FULL). */
 int keel_bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *out); /* NULL = default */
 int keel_bucket_drop(keel_txn *txn, keel_bucket b); /* the default bucket is emptied, not removed */
 /* Calls fn for each named bucket in name order; a non-zero return from fn stops and is returned. */

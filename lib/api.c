@@ -175,9 +175,7 @@ static void db_free(keel_db *db, bool abandon)
         lockfile_close(&db->lock, db->fork_gen != os_fork_generation());
     if (db->fd >= 0)
         os_close(db->fd);
-    for (uint32_t i = 1; i < db->nbuckets; i++)
-        os_free(db->bucket_names[i]);
-    os_free(db->bucket_names);
+    bucket_table_free(db);
     txn_free_spares(db);
     pager_free_pagebufs(db);
     keel_cursor *c = db->spare_cursor;
@@ -323,14 +321,11 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     db->map_size = o.max_size ? o.max_size : (sizeof(void *) >= 8 ? DEFAULT_MAP_SIZE : ((uint64_t)1 << 30));
     os_watch_fork();
     db->fork_gen = os_fork_generation();
-    db->bucket_cap = 8;
-    db->nbuckets = 1;
-    db->bucket_names = os_calloc(db->bucket_cap * sizeof(char *));
     db->path = os_strdup(path);
     int rc = 0;
     bool created = false;
     uint64_t fsize;
-    if (!db->bucket_names || !db->path) {
+    if (!db->path) {
         rc = KEEL_NOMEM;
         goto fail;
     }
@@ -664,19 +659,12 @@ static void add_tree(keel_stat *st, const struct tree_desc *t)
         st->depth = t->depth;
 }
 
-static int add_bucket(const char *name, void *ctx)
+static int add_bucket(const char *name, const struct tree_desc *t, void *ctx)
 {
-    void **a = ctx;
-    keel_txn *txn = a[0];
-    keel_stat *st = a[1];
-    keel_bucket b;
-    int rc = bucket_open(txn, name, 0, &b);
-    if (rc)
-        return rc;
-    struct tree_desc *t;
-    if ((rc = bucket_tree(txn, b, &t)))
-        return rc;
-    add_tree(st, t);
+    (void)name;
+    if (!t)
+        return KEEL_CORRUPTED;
+    add_tree(ctx, t);
     return 0;
 }
 
@@ -691,8 +679,7 @@ int keel_db_stat(keel_db *db, keel_stat *st)
     memset(st, 0, sizeof(*st));
     st->page_size = db->psize;
     add_tree(st, &txn->meta.trees[TREE_DEFAULT]);
-    void *args[2] = {txn, st};
-    rc = bucket_list(txn, add_bucket, args);
+    rc = bucket_walk(txn, add_bucket, st); /* makes no handles */
     /* the internal trees count as pages, not as entries */
     for (int i = TREE_CATALOG; i < TREE_COUNT; i++) {
         st->branch_pages += txn->meta.trees[i].branch_pages;

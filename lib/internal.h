@@ -7,7 +7,7 @@
  * with two deliberate loops: pager's allocator asks the free-space layer
  * (freelist.c, built on btree) for reusable pages when its pool is empty,
  * and a user cursor looks its bucket's descriptor up in bucket.c (the
- * bucket table may move while the cursor lives).
+ * txn's bucket states may move while the cursor lives).
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H
@@ -90,6 +90,29 @@ uint64_t readers_oldest(struct lockfile *lf, uint64_t newest, uint64_t max_lag);
 int readers_list(struct lockfile *lf, uint64_t newest, int64_t now_ms, keel_reader_info *out, size_t max,
                  size_t *count);
 
+/* ---- bucket handles (bucket.c) ------------------------------------------- */
+/* A handle is a slot number (the low BUCKET_INDEX_BITS) and the slot's
+ * generation (the 8 bits above); handle 0 is the default bucket. */
+#define BUCKET_INDEX_BITS 24
+#define BUCKET_INDEX_MASK ((1u << BUCKET_INDEX_BITS) - 1)
+#define BUCKET_GENERATIONS 256 /* handles one slot gives out before it is retired */
+static inline uint32_t bucket_index(keel_bucket b) { return b & BUCKET_INDEX_MASK; }
+
+struct bucket_slot;
+struct name_index { /* open addressing on the name's hash; entries are slot numbers, 0 = empty */
+    uint32_t *v;
+    uint32_t cap, n;
+};
+struct bucket_table { /* the db's handles; all under db->mu */
+    struct bucket_slot *slots; /* [0] unused: handle 0 is the default bucket */
+    uint32_t n, cap;           /* slots used (free, live or retired), allocated */
+    uint32_t free_head;        /* a free slot, the rest chained through them; 0 = none */
+    struct name_index live, dead; /* the names of live and of dead slots */
+    uint32_t *queue;           /* dead slots, in the order they died */
+    uint32_t qhead, qlen, qcap;
+    uint32_t retired;
+};
+
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
     char *path;
@@ -111,9 +134,9 @@ struct keel_db {
     size_t inline_max; /* leaf nodes up to this size keep their value inline */
 
     keel_cursor *spare_cursor; /* one closed cursor kept for reuse, taken and put back atomically */
+    uint64_t bucket_visits; /* bucket states write txns visited in flush and end (bucket.c; tests count them) */
     pthread_mutex_t mu; /* guards the fields below */
-    char **bucket_names; /* handle -> name; [0] = NULL for the default bucket */
-    uint32_t nbuckets, bucket_cap;
+    struct bucket_table buckets; /* handle -> bucket name */
     keel_txn *spare_txns; /* finished txn objects kept for reuse */
     keel_txn *live_txns;  /* txns begun and not ended: keel_close ends them */
     keel_cursor *spare_cursors;
@@ -144,11 +167,20 @@ struct expiry_log { /* a write txn's expiry-tree changes, applied sorted (ttl_fl
 #define TXN_MAGIC 0x4B54584Eu  /* live */
 #define TXN_DEAD 0xDEADD00Du   /* finished: use gives KEEL_BADTXN */
 
-enum { BUCKET_UNKNOWN = 0, BUCKET_ABSENT, BUCKET_PRESENT };
+enum { BUCKET_ABSENT = 1, BUCKET_PRESENT };
 struct bucket_state {
+    keel_bucket handle;
     uint8_t state;
-    bool dirty; /* desc changed: write back to the catalog at commit */
+    bool dirty;        /* desc changed: write back to the catalog at commit */
+    bool base_present; /* the bucket existed when the txn first looked */
     struct tree_desc desc;
+};
+struct txn_buckets { /* the buckets a txn touched (bucket.c) */
+    struct bucket_state *v; /* in the order of first use */
+    uint32_t n, cap;
+    uint32_t *index; /* open addressing on the handle: position in v + 1, 0 = empty */
+    uint32_t index_cap;
+    uint32_t last; /* position of the last state found */
 };
 
 struct keel_txn {
@@ -168,8 +200,7 @@ struct keel_txn {
     uint64_t snap_npages; /* write txns: npages of the meta it began from */
     unsigned meta_slot;   /* write txns: the slot (0, 1) of that meta; the commit writes the other */
     uint64_t gen;   /* bumped by every change: cursors re-seek when it moves */
-    struct bucket_state *buckets;
-    uint32_t nbuckets_cap;
+    struct txn_buckets bk;
     keel_cursor *cursors; /* open cursors, detached when the txn ends */
 
     /* write txns only */
@@ -305,6 +336,23 @@ int bucket_drop(keel_txn *txn, keel_bucket b);
 int bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void *ctx);
 int bucket_flush(keel_txn *txn); /* writes changed descriptors to the catalog */
 void bucket_mark_dirty(keel_txn *txn, keel_bucket b);
+/* Each named bucket's name and descriptor (NULL if unreadable), in name
+ * order; makes no handles. */
+int bucket_walk(keel_txn *txn, int (*fn)(const char *name, const struct tree_desc *d, void *ctx), void *ctx);
+int bucket_by_id(keel_txn *txn, uint32_t id, keel_bucket *out); /* KEEL_CORRUPTED if none */
+/* At the end of a txn: the handles of a write txn's buckets that are absent
+ * at its end die (before the writer lock goes); the states go. */
+void bucket_txn_end(keel_txn *txn, bool committed);
+/* After the txn left the live list and its reader slot: frees the handles
+ * no txn can use any more. */
+void bucket_reclaim(keel_txn *txn);
+void bucket_txn_free(keel_txn *txn);
+void bucket_table_free(keel_db *db);
+struct bucket_counts { /* for tests */
+    uint64_t slots, live, dead, retired;
+};
+void bucket_table_counts(keel_db *db, struct bucket_counts *out);
+uint32_t txn_bucket_states(const keel_txn *txn);
 
 /* ---- ttl.c: expiry ------------------------------------------------------ */
 int expiry_update(keel_txn *txn, uint32_t id, keel_val key, int64_t old_exp, int64_t new_exp);

@@ -424,45 +424,6 @@ int ttl_forget_bucket(keel_txn *txn, struct tree_desc *t)
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
 
-struct find_id {
-    keel_txn *txn;
-    uint32_t id;
-    keel_bucket found;
-};
-
-static int match_id(const char *name, void *ctx)
-{
-    struct find_id *f = ctx;
-    keel_bucket b;
-    struct tree_desc *t;
-    if (bucket_open(f->txn, name, 0, &b) == 0 && bucket_tree(f->txn, b, &t) == 0 && t->id == f->id) {
-        f->found = b;
-        return 1;
-    }
-    return 0;
-}
-
-/* The handle of the bucket with persistent id `id`. */
-static int bucket_by_id(keel_txn *txn, uint32_t id, keel_bucket *out)
-{
-    if (id == 0) {
-        *out = KEEL_DEFAULT_BUCKET;
-        return 0;
-    }
-    for (uint32_t b = 1; b < txn->nbuckets_cap; b++)
-        if (txn->buckets[b].state == BUCKET_PRESENT && txn->buckets[b].desc.id == id) {
-            *out = b;
-            return 0;
-        }
-    struct find_id f = {txn, id, 0};
-    int rc = bucket_list(txn, match_id, &f);
-    if (rc == 1) {
-        *out = f.found;
-        return 0;
-    }
-    return rc ? rc : KEEL_CORRUPTED; /* an expiry entry for a bucket that does not exist */
-}
-
 int ttl_purge(keel_txn *txn, size_t max, size_t *purged)
 {
     if (purged)

@@ -57,8 +57,7 @@ static void txn_put(keel_txn *t)
     }
     t->live_prev = t->live_next = NULL;
     pthread_mutex_unlock(&db->mu);
-    for (uint32_t i = 0; i < t->nbuckets_cap; i++)
-        t->buckets[i].state = BUCKET_UNKNOWN, t->buckets[i].dirty = false;
+    bucket_reclaim(t);
     pthread_mutex_lock(&db->mu);
     t->next_spare = db->spare_txns;
     db->spare_txns = t;
@@ -217,9 +216,10 @@ int txn_begin_with_tail(keel_db *db, keel_txn **out, uint8_t **tail)
     return KEEL_BUSY;
 }
 
-static void txn_end(keel_txn *txn)
+static void txn_end(keel_txn *txn, bool committed)
 {
     keel_db *db = txn->db;
+    bucket_txn_end(txn, committed); /* a writer's, before another writer may begin */
     /* A txn inherited across fork(): the reader slot and the writer lock are
      * the parent's (shared memory), only the child's copy of memory goes. */
     bool inherited = txn->fork_gen != os_fork_generation();
@@ -235,7 +235,7 @@ static void txn_end(keel_txn *txn)
     txn_put(txn);
 }
 
-void txn_abort(keel_txn *txn) { txn_end(txn); }
+void txn_abort(keel_txn *txn) { txn_end(txn, false); }
 
 /* After bucket_flush: bucket changes are catalog pages by then, so a
  * bucket created and dropped again in the txn counts for nothing, as it
@@ -254,7 +254,7 @@ int txn_commit(keel_txn *txn)
     if ((rc = bucket_flush(txn)) || (rc = freelist_record(txn)) || (rc = pager_write_out(txn)))
         goto out;
 out:
-    txn_end(txn);
+    txn_end(txn, rc == 0);
     return rc;
 }
 
@@ -264,7 +264,7 @@ void txn_free_spares(keel_db *db)
     keel_txn *t = db->spare_txns;
     while (t) {
         keel_txn *next = t->next_spare;
-        os_free(t->buckets);
+        bucket_txn_free(t);
         os_free(t->scratch[0]);
         os_free(t->scratch[1]);
         os_free(t);

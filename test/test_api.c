@@ -1092,10 +1092,12 @@ static void test_bucket_lifecycle(void **state)
     keel_abort(t);
     OK(keel_begin(db, 0, &t));
     expect_str(t, h[0], "who", names[0]);
-    /* re-create the dropped name: empty, same handle */
+    /* re-create the dropped name: empty, under a new handle (the one of the
+     * aborted creation above was retired at the abort) */
     keel_bucket re;
     OK(keel_bucket_open(t, names[d], KEEL_CREATE, &re));
-    assert_int_equal(re, h[d]);
+    assert_int_not_equal(re, h[d]);
+    assert_int_equal(keel_get(t, h[d], tu_val("who"), &out), KEEL_BADBUCKET);
     assert_int_equal(count_entries(t, re), 0);
     expect_names(t, names, NB);
     OK(keel_commit(t));

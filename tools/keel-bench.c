@@ -19,6 +19,8 @@
  * "file size" is the database file's st_size after "remove half": live
  * pages plus the pages that txn freed (copy-on-write keeps the old copies
  * until the commit, so they cannot be reused within it).
+ * The bucket rows (LMDB: named databases) use files opened without syncs,
+ * to show what the number of buckets costs, not the disk.
  * See doc/benchmarks.md for a run and its reading.
  */
 #include <errno.h>
@@ -107,6 +109,12 @@ struct engine {
     void (*reader_thread_begin)(void); /* per-thread read txn begin/end for the 2-thread test */
     bool (*reader_get)(const void *k, size_t kl);
     void (*reader_thread_end)(void);
+    /* named buckets (LMDB: named databases), in a file opened without syncs */
+    void (*open_nosync)(const char *path, uint64_t buckets);
+    uint32_t (*bucket)(const char *name); /* open or create in the write txn */
+    void (*bput)(uint32_t b, const void *k, size_t kl, const void *v, size_t vl);
+    void (*bdrop)(uint32_t b);
+    bool (*bget)(uint32_t b, const void *k, size_t kl); /* found, with a VAL_LEN value? */
 };
 
 /* keel */
@@ -166,8 +174,32 @@ static bool k_rget(const void *k, size_t kl)
     return keel_get(kread, 0, (keel_val){k, kl}, &v) == 0;
 }
 static void k_rend(void) { keel_abort(kread); }
+static void k_open_nosync(const char *path, uint64_t buckets)
+{
+    (void)buckets; /* keel needs no bucket limit */
+    keel_options o = {0};
+    o.flags = KEEL_NOSYNC;
+    kcheck(keel_open(path, &o, &kdb), "keel_open");
+}
+static uint32_t k_bucket(const char *name)
+{
+    keel_bucket b;
+    kcheck(keel_bucket_open(ktxn, name, KEEL_CREATE, &b), "keel_bucket_open");
+    return b;
+}
+static void k_bput(uint32_t b, const void *k, size_t kl, const void *v, size_t vl)
+{
+    kcheck(keel_put(ktxn, b, (keel_val){k, kl}, (keel_val){v, vl}, 0), "keel_put");
+}
+static void k_bdrop(uint32_t b) { kcheck(keel_bucket_drop(ktxn, b), "keel_bucket_drop"); }
+static bool k_bget(uint32_t b, const void *k, size_t kl)
+{
+    keel_val v;
+    return keel_get(ktxn, b, (keel_val){k, kl}, &v) == 0 && v.len == VAL_LEN;
+}
 static const struct engine keel_engine = {"keel", k_open, k_close, k_begin, k_commit, k_put, k_get,
-                                          k_del, k_range, k_rbegin, k_rget, k_rend};
+                                          k_del, k_range, k_rbegin, k_rget, k_rend,
+                                          k_open_nosync, k_bucket, k_bput, k_bdrop, k_bget};
 
 #ifdef HAVE_LMDB
 static MDB_env *lenv;
@@ -239,8 +271,33 @@ static bool l_rget(const void *k, size_t kl)
     return mdb_get(lread, ldbi, &key, &val) == 0;
 }
 static void l_rend(void) { mdb_txn_abort(lread); }
+static void l_open_nosync(const char *path, uint64_t buckets)
+{
+    lcheck(mdb_env_create(&lenv), "mdb_env_create");
+    lcheck(mdb_env_set_mapsize(lenv, ((size_t)8 << 30) + buckets * 8192), "mdb_env_set_mapsize");
+    lcheck(mdb_env_set_maxdbs(lenv, (MDB_dbi)buckets + 16), "mdb_env_set_maxdbs");
+    lcheck(mdb_env_open(lenv, path, MDB_NOSUBDIR | MDB_NOTLS | MDB_NOSYNC, 0644), "mdb_env_open");
+}
+static uint32_t l_bucket(const char *name)
+{
+    MDB_dbi d;
+    lcheck(mdb_dbi_open(ltxn, name, MDB_CREATE, &d), "mdb_dbi_open");
+    return d;
+}
+static void l_bput(uint32_t b, const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_val key = {kl, (void *)k}, val = {vl, (void *)v};
+    lcheck(mdb_put(ltxn, b, &key, &val, 0), "mdb_put");
+}
+static void l_bdrop(uint32_t b) { lcheck(mdb_drop(ltxn, b, 1), "mdb_drop"); }
+static bool l_bget(uint32_t b, const void *k, size_t kl)
+{
+    MDB_val key = {kl, (void *)k}, val;
+    return mdb_get(ltxn, b, &key, &val) == 0 && val.mv_size == VAL_LEN;
+}
 static const struct engine lmdb_engine = {"lmdb", l_open, l_close, l_begin, l_commit, l_put, l_get,
-                                          l_del, l_range, l_rbegin, l_rget, l_rend};
+                                          l_del, l_range, l_rbegin, l_rget, l_rend,
+                                          l_open_nosync, l_bucket, l_bput, l_bdrop, l_bget};
 #endif
 
 /* ---- workloads: each returns the number of operations, or dies ---- */
@@ -505,6 +562,116 @@ static uint64_t w_purge(void)
     return N;
 }
 
+/* ---- named buckets: a fresh file opened without syncs (the sync of a
+ * commit costs the same for any bucket count, and would hide the rest),
+ * buckets made BUCKET_BATCH per txn, each with one put ---- */
+#define BUCKET_BATCH 1000
+#define CHURN_COMMITS 100000
+
+static void bucket_name(char *buf, size_t size, const char *prefix, uint64_t i)
+{
+    snprintf(buf, size, "%s%012" PRIu64, prefix, i);
+}
+
+/* buckets prefix0..prefix(n-1), one put each; the handles go to h if not NULL */
+static void create_buckets(const char *prefix, uint64_t n, uint32_t *h)
+{
+    char name[64];
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    for (uint64_t i = 0; i < n; i++) {
+        if (i % BUCKET_BATCH == 0)
+            E->begin(true);
+        bucket_name(name, sizeof name, prefix, i);
+        uint32_t b = E->bucket(name);
+        make_key(i, k);
+        make_val(i, v, VAL_LEN);
+        E->bput(b, k, KEY_LEN, v, VAL_LEN);
+        if (h)
+            h[i] = b;
+        if (i % BUCKET_BATCH == BUCKET_BATCH - 1 || i == n - 1)
+            E->commit();
+    }
+}
+
+/* every bucket holds its one key: a read txn opens each by name */
+static void check_buckets(const char *prefix, uint64_t n)
+{
+    char name[64];
+    uint8_t k[KEY_LEN];
+    uint64_t found = 0;
+    E->begin(true); /* LMDB opens a named database for good in a write txn */
+    for (uint64_t i = 0; i < n; i++) {
+        bucket_name(name, sizeof name, prefix, i);
+        make_key(i, k);
+        found += E->bget(E->bucket(name), k, KEY_LEN);
+    }
+    E->commit();
+    if (found != n)
+        fail("buckets: keys missing");
+}
+
+static uint64_t w_buckets_create(void)
+{
+    uint64_t n = N / 25;
+    E->open_nosync(P, n);
+    create_buckets("b", n, NULL);
+    double t = now_s();
+    check_buckets("b", n);
+    t_start += now_s() - t; /* the check is not timed */
+    E->close();
+    return n;
+}
+
+static uint64_t w_buckets_million(void)
+{
+    E->open_nosync(P, N);
+    create_buckets("b", N, NULL);
+    double t = now_s();
+    check_buckets("b", N);
+    t_start += now_s() - t;
+    E->close();
+    return N;
+}
+
+/* CHURN_COMMITS txns of one put each into a bucket opened before; with
+ * churn, N / 25 temporary buckets were created and dropped first (untimed),
+ * BUCKET_BATCH per txn, through the same handle */
+static uint64_t bucket_puts(bool churn)
+{
+    uint64_t n = N / 25;
+    E->open_nosync(P, churn ? BUCKET_BATCH + 16 : 16);
+    uint32_t *h = malloc(BUCKET_BATCH * sizeof(*h));
+    for (uint64_t done = 0; churn && done < n; done += BUCKET_BATCH) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "tmp%" PRIu64 "-", done);
+        uint64_t m = n - done < BUCKET_BATCH ? n - done : BUCKET_BATCH;
+        create_buckets(prefix, m, h);
+        E->begin(true);
+        for (uint64_t i = 0; i < m; i++)
+            E->bdrop(h[i]);
+        E->commit();
+    }
+    free(h);
+    E->begin(true);
+    uint32_t b = E->bucket("data");
+    E->commit();
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    t_start = now_s();
+    for (uint64_t i = 0; i < CHURN_COMMITS; i++) {
+        make_key(i, k);
+        make_val(i, v, VAL_LEN);
+        E->begin(true);
+        E->bput(b, k, KEY_LEN, v, VAL_LEN);
+        E->commit();
+    }
+    double dt = now_s() - t_start;
+    E->close();
+    t_start = now_s() - dt; /* the close is not timed */
+    return CHURN_COMMITS;
+}
+static uint64_t w_bucket_puts(void) { return bucket_puts(false); }
+static uint64_t w_bucket_puts_churn(void) { return bucket_puts(true); }
+
 struct workload {
     const char *name;
     uint64_t (*run)(void);
@@ -532,6 +699,12 @@ static const struct workload workloads[] = {
     /* keel only; the ratio column is explained where it is printed */
     {"put with TTL", w_put_ttl, true, "puts/s", true, false},
     {"purge expired", w_purge, true, "keys/s", true, false},
+    /* named buckets, without syncs; the last one is keel only (LMDB's
+     * named databases are a linear table: see doc/benchmarks.md) */
+    {"buckets: create N/25", w_buckets_create, true, "buckets/s", false, true},
+    {"bucket put, 1 per txn", w_bucket_puts, true, "commits/s", false, true},
+    {"bucket put after churn", w_bucket_puts_churn, true, "commits/s", false, true},
+    {"buckets: create N", w_buckets_million, true, "buckets/s", true, true},
 };
 #define NWORK (sizeof workloads / sizeof workloads[0])
 
