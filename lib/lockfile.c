@@ -585,7 +585,7 @@ int readers_list(struct lockfile *lf, uint64_t newest, int64_t now, keel_reader_
             out[n].txnid = t;
             out[n].lag = newest > t ? newest - t : 0;
             int64_t since = atomic_load(&s->since);
-            out[n].age_ms = now > since ? now - since : 0;
+            out[n].age_ms = since > 0 && now > since ? now - since : 0; /* the slot is not trusted */
         }
         n++;
     }
