@@ -203,6 +203,10 @@ static inline bool page_in_map(const keel_db *db, const uint8_t *p)
 }
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
+/* For the relocation (freelist_relocate): does the pool hold n pages below
+ * `below`; a run from the pool alone that ends at or below it (KEEL_NOTFOUND). */
+bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below);
+int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf);
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
 int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
 int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
@@ -262,6 +266,20 @@ struct bt_finger {
     size_t lolen, hilen;
 };
 int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, struct bt_finger *f);
+/* Copies the pages of t at or above m->hi (tree pages and overflow runs) to
+ * lower numbers, through copy-on-write, within the budgets in m.  It visits
+ * the leaves' parents in key order from m->pos, which survives between
+ * txns; *done when it passed the last one. */
+struct bt_mover {
+    uint32_t pos[KEEL_MAX_DEPTH]; /* child indexes from the root to the page visited, then its next child */
+    uint64_t hi;                  /* pages at or above it move */
+    uint32_t reads, copies;       /* budgets left: tree pages read, pages copied */
+    uint32_t copies_max;          /* the copy budget it began with */
+    uint64_t moved;               /* out: pages moved below hi */
+    uint64_t skipped;             /* out: pages above hi left where they are (no run free below hi) */
+    bool stalled;                 /* out: the pool ran out of pages below hi */
+};
+int bt_move_high(keel_txn *txn, struct tree_desc *t, struct bt_mover *m, bool *done);
 
 /* ---- cursor.c ----------------------------------------------------------- */
 int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *t);

@@ -8,9 +8,10 @@
  *   - Copy-on-write: a page reachable from a committed meta is never written.
  *     page_touch() gives a dirty copy under a new number and records the old
  *     number as freed by this txn.
- *   - Allocation takes, in order: the txn's pool of reusable pages, a record
- *     reclaimed from the free tree (pages no reader can see any more), the
- *     end of the file.
+ *   - Allocation takes, in order: the txn's pool of reusable pages (its
+ *     lowest first), a record reclaimed from the free tree (pages no reader
+ *     can see any more), the end of the file.  page_alloc_below takes from
+ *     the pool alone, below a given page (relocation moves pages only down).
  *   - pager_write_out() is the commit protocol: grow the file, write dirty
  *     pages in page order, write the meta into the slot the previous commit
  *     did not use.  Two syncs (pages, then meta) make the order durable; one
@@ -374,9 +375,34 @@ int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out)
     return 0;
 }
 
-/* Takes a run of n consecutive page numbers from the pool (kept sorted
- * descending); single pages come off the end, which is the lowest number, so
- * the file fills from the front and its tail can be given back. */
+/* The pool's index of the lowest page of its lowest run of n consecutive
+ * numbers, or SIZE_MAX.  The pool is kept sorted descending, so a run is
+ * v[i-(n-1)] .. v[i] == v[i]+(n-1) .. v[i], and the search starts at the
+ * low end. */
+static size_t pool_find_run(const struct pgvec *pool, uint32_t n)
+{
+    if (n == 0 || pool->n < n)
+        return SIZE_MAX;
+    for (size_t i = pool->n; i-- >= n;) {
+        size_t lo = i - (n - 1); /* index of the highest number in the window */
+        if (pool->v[lo] - pool->v[i] == n - 1)
+            return i;
+        if (i < n)
+            break;
+    }
+    return SIZE_MAX;
+}
+
+static void pool_remove_run(struct pgvec *pool, size_t i, uint32_t n)
+{
+    size_t lo = i - (n - 1);
+    memmove(&pool->v[lo], &pool->v[i + 1], (pool->n - i - 1) * sizeof(uint64_t));
+    pool->n -= n;
+}
+
+/* Takes a run of n consecutive page numbers from the pool; single pages
+ * come off the end, which is the lowest number, so the file fills from the
+ * front and its tail can be given back. */
 static bool pool_take(struct pgvec *pool, uint32_t n, uint64_t *pgno)
 {
     if (pool->n == 0)
@@ -385,22 +411,23 @@ static bool pool_take(struct pgvec *pool, uint32_t n, uint64_t *pgno)
         *pgno = pool->v[--pool->n];
         return true;
     }
-    /* descending order: a run is v[i] .. v[i+n-1] == v[i]-(n-1) */
-    for (size_t i = pool->n; i-- >= n;) {
-        size_t lo = i - (n - 1); /* index of the highest number in the window */
-        if (pool->v[lo] - pool->v[i] == n - 1) {
-            *pgno = pool->v[i];
-            memmove(&pool->v[lo], &pool->v[i + 1], (pool->n - i - 1) * sizeof(uint64_t));
-            pool->n -= n;
-            return true;
-        }
-        if (i < n)
-            break;
-    }
-    return false;
+    size_t i = pool_find_run(pool, n);
+    if (i == SIZE_MAX)
+        return false;
+    *pgno = pool->v[i];
+    pool_remove_run(pool, i, n);
+    return true;
+}
+
+bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below)
+{
+    const struct pgvec *p = &txn->pool;
+    return n == 0 || (p->n >= n && p->v[p->n - n] < below);
 }
 
 static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero);
+static int alloc_buffer(keel_txn *txn, uint64_t pg, uint32_t npages, bool pooled, bool zero, uint64_t *pgno,
+                        uint8_t **buf);
 
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
 {
@@ -438,12 +465,20 @@ static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t *
         if (pg + npages > db->map_size / db->psize)
             return KEEL_FULL;
         txn->meta.npages += npages;
-    } else {
-        /* a damaged free tree can list a page twice: never two buffers for one number */
+    }
+    return alloc_buffer(txn, pg, npages, found, zero, pgno, buf);
+}
+
+/* The dirty buffer for pages [pg, pg+npages), just taken from the pool
+ * (pooled) or the end of the file. */
+static int alloc_buffer(keel_txn *txn, uint64_t pg, uint32_t npages, bool pooled, bool zero, uint64_t *pgno,
+                        uint8_t **buf)
+{
+    keel_db *db = txn->db;
+    if (pooled) /* a damaged free tree can list a page twice: never two buffers for one number */
         for (uint32_t i = 0; i < npages; i++)
             if (dirty_find(&txn->dirty, pg + i))
                 return KEEL_CORRUPTED;
-    }
     size_t bytes = (size_t)npages * db->psize;
     uint8_t *b = pagebuf_get(db, npages);
     if (!b)
@@ -459,6 +494,20 @@ static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t *
     *pgno = pg;
     *buf = b;
     return 0;
+}
+
+/* A run of npages pages from the pool alone, ending at or below `below`
+ * (KEEL_NOTFOUND if the pool has none): the relocation of freelist.c moves
+ * an overflow run only down, and never makes the file longer for it.  Only
+ * the header is cleared: the caller copies the run whole. */
+int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf)
+{
+    size_t i = pool_find_run(&txn->pool, npages);
+    if (i == SIZE_MAX || txn->pool.v[i] + npages > below)
+        return KEEL_NOTFOUND;
+    uint64_t pg = txn->pool.v[i];
+    pool_remove_run(&txn->pool, i, npages);
+    return alloc_buffer(txn, pg, npages, true, false, pgno, buf);
 }
 
 int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
