@@ -7,7 +7,8 @@
  * with two deliberate loops: pager's allocator asks the free-space layer
  * (freelist.c, built on btree) for reusable pages when its pool is empty,
  * and a user cursor looks its bucket's descriptor up in bucket.c (the
- * bucket table may move while the cursor lives).
+ * bucket table may move while the cursor lives).  freelist.c's relocation
+ * also opens named buckets through bucket.c, to move their pages.
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H
@@ -70,6 +71,16 @@ void reader_release(struct lockfile *lf, int slot);
 uint64_t readers_oldest(struct lockfile *lf, uint64_t newest);
 int readers_list(struct lockfile *lf, uint64_t newest, keel_reader_info *out, size_t max, size_t *count);
 
+/* ---- the relocation walk's place between commits (freelist.c) ----------- */
+struct space_walk {
+    uint32_t tree; /* which tree: freelist.c's walk order */
+    uint32_t pos[KEEL_MAX_DEPTH]; /* bt_mover.pos in that tree */
+    uint32_t namelen; /* named buckets: the one walked (0: before the first) */
+    bool name_done;   /* ... and it is finished: the next one follows */
+    char name[KEEL_MAX_BUCKET_NAME + 1];
+    uint64_t moved;   /* pages moved since the last full reload (freelist_record) */
+};
+
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
     char *path;
@@ -103,6 +114,7 @@ struct keel_db {
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
     uint64_t shrink_tried;    /* free pages when freelist_record last loaded them all */
     uint64_t shrink_backoff, shrink_next; /* ... and when it may again (txn id) */
+    struct space_walk walk; /* where freelist_relocate's walk goes on (the writer only) */
     uint64_t unconfirmed; /* this handle's last commit, if one-flush: keel_close confirms it */
     uint8_t **pagebufs;   /* page buffers kept for the next write txn (pager.c; the writer only) */
     size_t npagebufs;
@@ -223,6 +235,10 @@ void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 /* ---- freelist.c: the free tree ------------------------------------------ */
 int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */
 int freelist_record(keel_txn *txn);   /* at commit: writes pool leftovers and this txn's freed pages */
+/* At commit, before the last bucket_flush: while most of the file is free,
+ * copies a bounded number of live pages from its upper part to lower free
+ * pages, so that its tail empties and can be cut off (see freelist.c). */
+int freelist_relocate(keel_txn *txn);
 uint64_t free_key_txnid(const uint8_t *k); /* the txn id of a free-tree key (FREE_KEY_SIZE bytes) */
 /* At write-txn begin: the free tail of the meta page the txn began from. */
 int freelist_load_tail(keel_txn *txn, const uint8_t *meta_page);

@@ -7,7 +7,8 @@
  *     publishes again.  From then on no writer reuses a page of its snapshot.
  *   - A write txn holds the lock file's writer mutex from begin to
  *     commit/abort.  It works on a copy of the newest meta; commit runs
- *     bucket_flush, freelist_record and pager_write_out, in that order.
+ *     freelist_relocate (it moves bucket roots), bucket_flush,
+ *     freelist_record and pager_write_out, in that order.
  *   - Txn objects are recycled through the db, so a finished txn is
  *     recognisable (KEEL_BADTXN) until its memory is reused.
  */
@@ -213,7 +214,8 @@ int txn_commit(keel_txn *txn)
     /* the purge changes buckets again: flushed once more */
     if (txn->db->purge_per_commit > 0 && (rc = ttl_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
         goto out;
-    if ((rc = bucket_flush(txn)) || (rc = freelist_record(txn)) || (rc = pager_write_out(txn)))
+    if ((rc = freelist_relocate(txn)) || (rc = bucket_flush(txn)) || (rc = freelist_record(txn)) ||
+        (rc = pager_write_out(txn)))
         goto out;
 out:
     txn_end(txn);
