@@ -419,7 +419,7 @@ int freelist_record(keel_txn *txn)
      * the pool's records are rewritten until neither list changes.  Taking
      * the lowest page shortens only the last chunk of the low part; a chunk
      * left empty is deleted. */
-    struct pool_part parts[2];
+    struct pool_part parts[2] = {{0}}; /* an empty pool: nothing to write or delete */
     if (pool->n && (rc = plan_pool(txn, parts)))
         return rc;
     size_t pool_written = (size_t)-1, freed_written = (size_t)-1;
