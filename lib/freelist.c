@@ -385,8 +385,10 @@ int freelist_record(keel_txn *txn)
     uint64_t fp = txn->meta.free_pages;
     if (fp > db->shrink_tried + db->shrink_tried / 4)
         db->shrink_backoff = 0, db->shrink_next = 0;
-    bool all = fp > txn->meta.npages / 2 && txn->txnid >= db->shrink_next;
+    /* ... and once relocation has emptied the tail (freelist_relocate) */
+    bool all = (fp > txn->meta.npages / 2 || db->walk.reload) && txn->txnid >= db->shrink_next;
     if (all) {
+        db->walk.reload = false;
         db->shrink_tried = fp;
         db->shrink_backoff = db->shrink_backoff ? db->shrink_backoff * 2 : 2;
         db->shrink_next = txn->txnid + db->shrink_backoff;
@@ -553,7 +555,7 @@ static int record_in_tail(keel_txn *txn, bool *done)
  * A reader held through many commits pins the pages they copied, so the
  * file grows; once it ends, those pages are free, but the live pages of
  * the last commits sit among them, up to the end of the file, and only a
- * free tail is cut off.  So while most of the file is free, each write
+ * free tail is cut off.  So while much of the file is free, each write
  * commit also moves a few live pages from the upper part of the file to
  * the lowest free pages (bt_move_high: the ordinary copy-on-write of the
  * path to them), walking every tree a little further each commit.  When a
@@ -563,14 +565,18 @@ static int record_in_tail(keel_txn *txn, bool *done)
  * reach the disk, or not, with its commit, and pages a snapshot can see
  * are never reused, as for any copy. */
 
-/* Relocation runs while more than half of the file's pages are free and
- * they add up to more than this: less lies within the file's growth and
- * shrink steps (pager.c), which relocation could not give back anyway. */
-#define COMPACT_MIN_FREE_BYTES ((uint64_t)4 << 20)
+/* Relocation runs while more than a third of the file's pages are free
+ * (then the file ends within 1.5 times the live pages, and with pager.c's
+ * cut within twice the live data) and they add up to more than
+ * COMPACT_MIN_FREE_BYTES: less lies within the file's growth and shrink
+ * steps, which relocation could not give back anyway. */
+#define COMPACT_MIN_FREE_BYTES ((uint64_t)1 << 20)
 #define COMPACT_READ_PAGES 64      /* tree pages the walk reads per commit, at most */
 #define COMPACT_COPY_PAGES 32      /* pages it copies per commit, at most (a longer overflow run alone) */
 #define COMPACT_RECLAIM_RECORDS 4  /* free-tree records it loads per commit for pages below the target */
-#define COMPACT_SLACK_PAGES 64     /* free pages below the target, besides half as many as the live ones */
+#define COMPACT_SLACK_BYTES ((uint64_t)256 << 10) /* free below the target, besides half the live pages */
+#define COMPACT_IDLE_COMMITS 64    /* after a pass that moved nothing, commits before the next one */
+#define COMPACT_RELOAD_COMMITS 16  /* commits between two full loads the walk asks for, at least */
 
 /* The walk's order: buckets before the catalog, whose pages their new
  * roots change anyway, the free tree last. */
@@ -583,9 +589,9 @@ enum { WALK_DEFAULT, WALK_BUCKETS, WALK_EXPIRY, WALK_CATALOG, WALK_FREE, WALK_TR
 static uint64_t compact_target(const keel_txn *txn)
 {
     uint64_t npages = txn->meta.npages, free = txn->meta.free_pages + txn->pool.n + txn->freed.n;
-    if (free + 2 > npages || free <= npages / 2 || free * txn->db->psize < COMPACT_MIN_FREE_BYTES)
+    if (free + 2 > npages || free <= npages / 3 || free * txn->db->psize < COMPACT_MIN_FREE_BYTES)
         return 0;
-    uint64_t live = npages - 2 - free, hi = 2 + live + live / 2 + COMPACT_SLACK_PAGES;
+    uint64_t live = npages - 2 - free, hi = 2 + live + live / 2 + COMPACT_SLACK_BYTES / txn->db->psize;
     return hi < npages ? hi : 0;
 }
 
@@ -647,8 +653,14 @@ static int walk_tree(keel_txn *txn, struct space_walk *w, keel_bucket *b, struct
 }
 
 /* The walk is through with its tree: on to the next one; after the last,
- * a pass has ended, and if it moved pages the next commit loads the whole
- * free list, which trims the tail that emptied. */
+ * a pass has ended.  If it moved pages, the next commit loads the whole
+ * free list, which trims the tail that emptied (when what this commit
+ * freed is reusable); that costs O(free space), so at most once per
+ * COMPACT_RELOAD_COMMITS (a small database's pass takes one commit).  If
+ * it only left overflow runs above the target (no run free below it in
+ * the pool), that load sorts the free list, lowest pages first, so that
+ * the next pass may find runs; a second such pass in a row rests
+ * COMPACT_IDLE_COMMITS instead, as does a pass that found nothing. */
 static void walk_next(keel_txn *txn, struct space_walk *w, bool tree_left)
 {
     memset(w->pos, 0, sizeof(w->pos));
@@ -661,22 +673,28 @@ static void walk_next(keel_txn *txn, struct space_walk *w, bool tree_left)
     if (++w->tree < WALK_TREES)
         return;
     w->tree = 0;
-    if (w->moved) {
-        keel_db *db = txn->db;
-        db->shrink_backoff = 0;
-        db->shrink_next = txn->txnid + 1; /* when what this one freed is reusable */
+    bool want = w->moved || (w->skipped && !w->skipped_before);
+    w->skipped_before = !w->moved && w->skipped;
+    w->skipped = 0;
+    if (!want) {
+        w->idle_until = txn->txnid + COMPACT_IDLE_COMMITS;
+    } else if (txn->txnid >= w->reload_next) {
+        w->reload = true;
+        w->reload_next = txn->txnid + COMPACT_RELOAD_COMMITS;
+        txn->db->shrink_backoff = 0;
+        txn->db->shrink_next = txn->txnid + 1;
         w->moved = 0;
-    }
+    } /* else the moves count towards the next pass's request */
 }
 
 int freelist_relocate(keel_txn *txn)
 {
-    uint64_t hi = compact_target(txn);
-    if (!hi)
-        return 0;
     struct space_walk *w = &txn->db->walk;
+    uint64_t hi = compact_target(txn);
+    if (!hi || txn->txnid < w->idle_until)
+        return 0;
     if (w->tree >= WALK_TREES)
-        memset(w, 0, sizeof(*w));
+        w->tree = 0;
     struct bt_mover m = {.hi = hi, .reads = COMPACT_READ_PAGES, .copies = COMPACT_COPY_PAGES,
                          .copies_max = COMPACT_COPY_PAGES};
     int records = COMPACT_RECLAIM_RECORDS, rc = 0;
@@ -703,6 +721,9 @@ int freelist_relocate(keel_txn *txn)
         rc = bt_move_high(txn, t, &m, &done);
         txn->reclaiming = false;
         memcpy(w->pos, m.pos, sizeof(m.pos));
+        w->moved += m.moved;
+        w->skipped += m.skipped;
+        m.moved = m.skipped = 0;
         if (b != KEEL_DEFAULT_BUCKET && t->root != root)
             bucket_mark_dirty(txn, b);
         if (rc || (m.stalled && (records == 0 || txn->reclaim_exhausted)))
@@ -714,6 +735,5 @@ int freelist_relocate(keel_txn *txn)
         walk_next(txn, w, w->tree == WALK_BUCKETS);
         trees += w->tree != WALK_BUCKETS || !w->name_done;
     }
-    w->moved += m.moved;
     return rc;
 }

@@ -78,7 +78,12 @@ struct space_walk {
     uint32_t namelen; /* named buckets: the one walked (0: before the first) */
     bool name_done;   /* ... and it is finished: the next one follows */
     char name[KEEL_MAX_BUCKET_NAME + 1];
-    uint64_t moved;   /* pages moved since the last full reload (freelist_record) */
+    uint64_t moved;   /* pages moved in this pass */
+    uint64_t skipped; /* pages of overflow runs this pass left above the target */
+    bool skipped_before; /* the last pass moved nothing and left runs */
+    bool reload;      /* a pass moved pages: freelist_record loads the whole free list */
+    uint64_t idle_until; /* a pass moved nothing: no walk before this txn id */
+    uint64_t reload_next; /* no full load asked for before this txn id */
 };
 
 /* ---- the database handle ------------------------------------------------ */
