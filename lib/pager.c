@@ -425,23 +425,38 @@ bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below)
     return n == 0 || (p->n >= n && p->v[p->n - n] < below);
 }
 
-static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero);
-static int alloc_buffer(keel_txn *txn, uint64_t pg, uint32_t npages, bool pooled, bool zero, uint64_t *pgno,
-                        uint8_t **buf);
+static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero, uint64_t below);
 
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
 {
-    return alloc_pages(txn, npages, pgno, buf, npages == 1);
+    return alloc_pages(txn, npages, pgno, buf, npages == 1, 0);
+}
+
+/* A run of npages pages from the pool alone, ending at or below `below`
+ * (KEEL_NOTFOUND if the pool has none): the relocation of freelist.c moves
+ * an overflow run only down, and never makes the file longer for it.  Only
+ * the header is cleared: the caller copies the run whole. */
+int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf)
+{
+    return alloc_pages(txn, npages, pgno, buf, false, below ? below : 1);
 }
 
 /* zero: clear the whole buffer (a page built from scratch must not carry
- * heap garbage to disk); else only the header (the caller fills it all). */
-static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero)
+ * heap garbage to disk); else only the header (the caller fills it all).
+ * below: 0, or take the pages from the pool alone, ending at or below it. */
+static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero, uint64_t below)
 {
     keel_db *db = txn->db;
     uint64_t pg = 0;
     bool found = false;
-    if (!txn->final_mode) {
+    if (below) {
+        size_t i = pool_find_run(&txn->pool, npages);
+        if (i == SIZE_MAX || txn->pool.v[i] + npages > below)
+            return KEEL_NOTFOUND;
+        pg = txn->pool.v[i];
+        pool_remove_run(&txn->pool, i, npages);
+        found = true;
+    } else if (!txn->final_mode) {
         found = pool_take(&txn->pool, npages, &pg);
         while (!found && !txn->reclaiming && !txn->reclaim_exhausted) {
             int rc = freelist_reclaim(txn);
@@ -465,20 +480,12 @@ static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t *
         if (pg + npages > db->map_size / db->psize)
             return KEEL_FULL;
         txn->meta.npages += npages;
-    }
-    return alloc_buffer(txn, pg, npages, found, zero, pgno, buf);
-}
-
-/* The dirty buffer for pages [pg, pg+npages), just taken from the pool
- * (pooled) or the end of the file. */
-static int alloc_buffer(keel_txn *txn, uint64_t pg, uint32_t npages, bool pooled, bool zero, uint64_t *pgno,
-                        uint8_t **buf)
-{
-    keel_db *db = txn->db;
-    if (pooled) /* a damaged free tree can list a page twice: never two buffers for one number */
+    } else {
+        /* a damaged free tree can list a page twice: never two buffers for one number */
         for (uint32_t i = 0; i < npages; i++)
             if (dirty_find(&txn->dirty, pg + i))
                 return KEEL_CORRUPTED;
+    }
     size_t bytes = (size_t)npages * db->psize;
     uint8_t *b = pagebuf_get(db, npages);
     if (!b)
@@ -494,20 +501,6 @@ static int alloc_buffer(keel_txn *txn, uint64_t pg, uint32_t npages, bool pooled
     *pgno = pg;
     *buf = b;
     return 0;
-}
-
-/* A run of npages pages from the pool alone, ending at or below `below`
- * (KEEL_NOTFOUND if the pool has none): the relocation of freelist.c moves
- * an overflow run only down, and never makes the file longer for it.  Only
- * the header is cleared: the caller copies the run whole. */
-int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf)
-{
-    size_t i = pool_find_run(&txn->pool, npages);
-    if (i == SIZE_MAX || txn->pool.v[i] + npages > below)
-        return KEEL_NOTFOUND;
-    uint64_t pg = txn->pool.v[i];
-    pool_remove_run(&txn->pool, i, npages);
-    return alloc_buffer(txn, pg, npages, true, false, pgno, buf);
 }
 
 int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
@@ -570,7 +563,7 @@ int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
         return rc;
     uint64_t np;
     uint8_t *b;
-    if ((rc = alloc_pages(txn, 1, &np, &b, false)))
+    if ((rc = alloc_pages(txn, 1, &np, &b, false, 0)))
         return rc;
     if (np == pgno) /* a damaged free tree gave out the page being copied: freeing it would free the copy */
         return KEEL_CORRUPTED;
