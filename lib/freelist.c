@@ -37,12 +37,13 @@
  *     txn->tail.  When the lot does not fit, the tail's groups become
  *     free-tree records like any other (a txn whose pages went to the tail
  *     wrote no record, so their keys are new).
- *   - freelist_relocate() runs at commit while most of the file is free: it
- *     moves a bounded number of live pages from above the compaction target
- *     to free pages below it (bt_move_high), from the pool only, so the
- *     file never grows for it; once a pass over every tree has moved pages,
- *     the next commit loads the whole free list and the emptied tail is
- *     trimmed.  No work at all while the file is compact.
+ *   - freelist_relocate() runs at commit while over a third of the file is
+ *     free: it moves a bounded number of live pages from above the
+ *     compaction target to free pages below it (bt_move_high), from the
+ *     pool only, so the file never grows for it; once a pass over every
+ *     tree has moved pages, a later commit loads the whole free list and
+ *     the emptied tail is trimmed.  No work at all while the file is
+ *     compact.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -150,8 +151,8 @@ static bool record_above(keel_val v, uint64_t hi)
     return true;
 }
 
-/* The record to reclaim: the first one, but while the file is compacted
- * (compact_target) and the first one lies wholly above the target, the
+/* The record to reclaim: the first one, but while the file is being
+ * compacted (compact_target) and the first one lies wholly above the target, the
  * first commit's record when it is reclaimable: the pool's pages below the
  * target come first (write_pool), so they are used up then, and the pages
  * commits freed since, those of the copies among them, lie behind every

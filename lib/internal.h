@@ -240,9 +240,10 @@ void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 /* ---- freelist.c: the free tree ------------------------------------------ */
 int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */
 int freelist_record(keel_txn *txn);   /* at commit: writes pool leftovers and this txn's freed pages */
-/* At commit, before the last bucket_flush: while most of the file is free,
- * copies a bounded number of live pages from its upper part to lower free
- * pages, so that its tail empties and can be cut off (see freelist.c). */
+/* At commit, before the last bucket_flush: while over a third of the file
+ * is free, copies a bounded number of live pages from its upper part to
+ * lower free pages, so that its tail empties and can be cut off (see
+ * freelist.c). */
 int freelist_relocate(keel_txn *txn);
 uint64_t free_key_txnid(const uint8_t *k); /* the txn id of a free-tree key (FREE_KEY_SIZE bytes) */
 /* At write-txn begin: the free tail of the meta page the txn began from. */
