@@ -129,6 +129,18 @@ static void merge_into_pool(struct pgvec *pool, size_t start)
     os_free(tmp);
 }
 
+/* Descending, as the pool is kept. */
+static int sort_pool(struct pgvec *pool)
+{
+    int rc = sort_u64(pool->v, pool->n);
+    for (size_t a = 0, b = pool->n ? pool->n - 1 : 0; !rc && a < b; a++, b--) {
+        uint64_t t = pool->v[a];
+        pool->v[a] = pool->v[b];
+        pool->v[b] = t;
+    }
+    return rc;
+}
+
 /* A cursor on the free tree (the caller frees c->keybuf); false if the tree is empty. */
 static bool free_cursor(keel_txn *txn, keel_cursor *c)
 {
@@ -141,6 +153,7 @@ static bool free_cursor(keel_txn *txn, keel_cursor *c)
 }
 
 static uint64_t compact_target(const keel_txn *txn);
+static int reclaim_record(keel_txn *txn, bool merge);
 
 /* Is every page of a record at or above hi? */
 static bool record_above(keel_val v, uint64_t hi)
@@ -173,7 +186,13 @@ static int first_record(keel_txn *txn, keel_cursor *c, keel_val *k, keel_val *v)
     return rc && rc != KEEL_NOTFOUND ? rc : cursor_first(c, k, v);
 }
 
-int freelist_reclaim(keel_txn *txn)
+int freelist_reclaim(keel_txn *txn) { return reclaim_record(txn, true); }
+
+/* merge: keep the pool sorted (merge_into_pool); else the record is only
+ * appended, and the caller sorts the pool before anything but a single
+ * page is taken from it (freelist_record's full load: merging each record
+ * costs O(pool), and a long reader leaves thousands of small ones). */
+static int reclaim_record(keel_txn *txn, bool merge)
 {
     struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
     keel_cursor c;
@@ -210,7 +229,8 @@ int freelist_reclaim(keel_txn *txn)
             goto out;
         }
     }
-    merge_into_pool(pool, start);
+    if (merge)
+        merge_into_pool(pool, start);
     if ((rc = bt_del(txn, ft, (keel_val){key, FREE_KEY_SIZE}, NULL)))
         goto out;
     txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
@@ -395,12 +415,14 @@ int freelist_record(keel_txn *txn)
         db->shrink_next = txn->txnid + db->shrink_backoff;
     }
     for (int i = 0; !txn->reclaim_exhausted && (all || (i < 4 && txn->meta.free_pages > txn->meta.npages / 4)); i++) {
-        rc = freelist_reclaim(txn);
+        rc = reclaim_record(txn, !all);
         if (rc == KEEL_NOTFOUND)
             break;
         if (rc)
             return rc;
     }
+    if (all && (rc = sort_pool(pool)))
+        return rc;
     /* free pages at the end of the file shrink it instead */
     size_t drop = 0;
     while (drop < pool->n && pool->v[drop] == txn->meta.npages - 1) {
