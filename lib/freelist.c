@@ -132,8 +132,10 @@ static void merge_into_pool(struct pgvec *pool, size_t start)
 /* Descending, as the pool is kept. */
 static int sort_pool(struct pgvec *pool)
 {
+    if (pool->n < 2) /* and an empty one may have no array at all */
+        return 0;
     int rc = sort_u64(pool->v, pool->n);
-    for (size_t a = 0, b = pool->n ? pool->n - 1 : 0; !rc && a < b; a++, b--) {
+    for (size_t a = 0, b = pool->n - 1; !rc && a < b; a++, b--) {
         uint64_t t = pool->v[a];
         pool->v[a] = pool->v[b];
         pool->v[b] = t;
