@@ -1,6 +1,7 @@
 /*
  * btree.c — the copy-on-write B+tree: search, insert with splits, delete with
- * merges, overflow values.
+ * merges, overflow values, and the walk that moves a tree's pages down the
+ * file (bt_move_high, for freelist_relocate).
  *
  * Contract:
  *   - A tree is a struct tree_desc (root, depth, counts).  Functions change
@@ -16,6 +17,9 @@
  *     three, so random loads leave leaves about 5/6 full.  Deletes merge a
  *     page under half full with a sibling when both fit in 7/8 of a page; a
  *     page under a quarter full that cannot merge shares with it.
+ *   - bt_move_high copies pages only through the same path touch, so it
+ *     changes page numbers (and the pointers to them), never the tree's
+ *     content or shape.
  *   - Any error after the first change leaves the txn poisoned (txn->error);
  *     the caller sets that.
  */
@@ -1421,4 +1425,220 @@ int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, 
     if (!rc && fits) /* no split: the path and the bounds still hold */
         f->gen = txn->gen;
     return rc;
+}
+
+/* ---- relocation (freelist_relocate) ----
+ * The walk visits the leaves' parents (the root, if it is a leaf) in key
+ * order, each with one descent from the root: a leaf's number is in its
+ * parent, so leaves are read only in a tree with overflow runs.  A page at
+ * or above m->hi is moved by touching the path to it, the ordinary
+ * copy-on-write, so its parents (and the descriptor) follow; every page the
+ * path copies comes from the pool, which the caller has made sure holds
+ * pages below hi (page_pool_below), so a copy never lands higher.  The
+ * position is a child index per level, not a pointer: between txns the
+ * tree may change under it, and then the walk only skips or repeats part
+ * of a pass. */
+
+/* Copies the pages of the path still in the map.  Nothing changes when
+ * the budget is short (it ends: m->copies 0) or the pool has too few pages
+ * below hi (m->stalled). */
+static int move_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path, struct bt_mover *m)
+{
+    uint32_t fresh = 0;
+    uint64_t before[KEEL_MAX_DEPTH];
+    for (int l = 0; l < path->depth; l++) {
+        fresh += page_in_map(txn->db, path->page[l]);
+        before[l] = path->pgno[l];
+    }
+    if (fresh == 0)
+        return 0;
+    if (m->copies < fresh) {
+        m->copies = 0;
+        return 0;
+    }
+    if (!page_pool_below(txn, fresh, m->hi)) {
+        m->stalled = true;
+        return 0;
+    }
+    int rc = touch_path(txn, t, path);
+    if (rc)
+        return rc;
+    m->copies -= fresh;
+    for (int l = 0; l < path->depth; l++)
+        m->moved += before[l] >= m->hi && path->pgno[l] < m->hi;
+    txn->gen++;
+    return 0;
+}
+
+static bool mover_out(const struct bt_mover *m) { return m->copies == 0 || m->stalled; }
+
+/* The overflow runs of the leaf at the end of path at or above hi, each to
+ * a run of pool pages below it (left where it is when the pool has none). */
+static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, struct bt_mover *m)
+{
+    int lv = path->depth - 1;
+    uint32_t ps = txn->db->psize;
+    for (unsigned j = 0; j < page_nkeys(path->page[lv]) && !mover_out(m); j++) {
+        const uint8_t *nd;
+        uint64_t ov;
+        uint32_t np;
+        int rc = node_at(path->page[lv], j, ps, &nd);
+        if (rc)
+            return rc;
+        if (!(leaf_node_flags(nd) & N_BIG))
+            continue;
+        if ((rc = overflow_run(txn, nd, &ov, &np)))
+            return rc;
+        if (ov + np <= m->hi || page_dirty(txn, ov))
+            continue;
+        /* a run longer than the whole budget moves alone in its commit */
+        uint32_t need = np + (uint32_t)path->depth;
+        if (m->copies < need && m->copies < m->copies_max) {
+            m->copies = 0;
+            return 0;
+        }
+        uint64_t nov;
+        uint8_t *nbuf;
+        rc = page_alloc_below(txn, np, m->hi, &nov, &nbuf);
+        if (rc == KEEL_NOTFOUND) {
+            m->skipped += np;
+            continue;
+        }
+        if (m->copies < need)
+            m->copies = need;
+        if (rc || (rc = move_path(txn, t, path, m)))
+            return rc;
+        if (page_in_map(txn->db, path->page[lv])) /* the path could not move: the run goes back to the pool */
+            return page_free(txn, nov, np);
+        const uint8_t *old;
+        uint8_t *node;
+        if ((rc = page_get(txn, ov, &old)) || (rc = node_at(path->page[lv], j, ps, (const uint8_t **)&node)))
+            return rc;
+        memcpy(nbuf, old, (size_t)np * ps);
+        wr64(nbuf + PH_PGNO, nov);
+        wr64((uint8_t *)leaf_node_val(node), nov);
+        if ((rc = page_free(txn, ov, np)))
+            return rc;
+        m->copies -= m->copies < np ? m->copies : np;
+        m->moved += np;
+        txn->gen++;
+    }
+    return 0;
+}
+
+/* Descends along m->pos to the page at level `unit`; a position past a
+ * page's last child goes on at the next child one level up.  *done when
+ * it passes the root's last child; path->depth 0 when the read budget ran out. */
+static int mover_descend(keel_txn *txn, const struct tree_desc *t, struct bt_mover *m, int unit,
+                         struct bt_path *path, bool *done)
+{
+    path->depth = 0;
+    for (;;) {
+        uint64_t pg = t->root;
+        int level;
+        for (level = 0;; level++) {
+            if (m->reads == 0)
+                return 0;
+            m->reads--;
+            const uint8_t *page;
+            bool leaf = level + 1 == (int)t->depth;
+            int rc = page_get(txn, pg, &page);
+            if (rc || (rc = bt_check_page(txn, page, pg, leaf ? P_LEAF : P_BRANCH)))
+                return rc;
+            path->pgno[level] = pg;
+            path->page[level] = (uint8_t *)page;
+            if (level == unit) {
+                path->depth = level + 1;
+                return 0;
+            }
+            if (m->pos[level] >= page_nkeys(page))
+                break;
+            const uint8_t *nd;
+            if ((rc = node_at(page, m->pos[level], txn->db->psize, &nd)))
+                return rc;
+            path->idx[level] = m->pos[level];
+            pg = branch_node_child(nd);
+        }
+        if (level == 0) {
+            *done = true;
+            return 0;
+        }
+        m->pos[level - 1]++;
+        for (int l = level; l <= unit; l++)
+            m->pos[l] = 0;
+    }
+}
+
+/* One visited page (at level unit, path->depth == unit + 1): the path to
+ * it, then its children that are leaves, from m->pos[unit] on. */
+static int move_unit(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int unit, struct bt_mover *m)
+{
+    bool high = false;
+    for (int l = 0; l <= unit; l++)
+        high |= path->pgno[l] >= m->hi && page_in_map(txn->db, path->page[l]);
+    int rc = high ? move_path(txn, t, path, m) : 0;
+    if (rc || mover_out(m))
+        return rc;
+    bool runs = t->overflow_pages > 0;
+    if (t->depth == 1)
+        return runs ? move_runs(txn, t, path, m) : 0;
+    uint8_t *parent = path->page[unit];
+    for (uint32_t i = m->pos[unit]; i < page_nkeys(parent) && !mover_out(m); i++) {
+        const uint8_t *nd;
+        if ((rc = node_at(parent, i, txn->db->psize, &nd)))
+            return rc;
+        uint64_t child = branch_node_child(nd);
+        bool move = child >= m->hi && !page_dirty(txn, child);
+        if (!move && !runs)
+            continue;
+        if (m->reads == 0)
+            return 0;
+        m->reads--;
+        const uint8_t *leaf;
+        if ((rc = page_get(txn, child, &leaf)) || (rc = bt_check_page(txn, leaf, child, P_LEAF)))
+            return rc;
+        path->idx[unit] = i;
+        path->pgno[unit + 1] = child;
+        path->page[unit + 1] = (uint8_t *)leaf;
+        path->depth = unit + 2;
+        if (move && (rc = move_path(txn, t, path, m)))
+            return rc;
+        if (!mover_out(m) && runs && (rc = move_runs(txn, t, path, m)))
+            return rc;
+        if (mover_out(m))
+            return 0; /* this child again next time: what is left of it */
+        m->pos[unit] = i + 1;
+        path->depth = unit + 1;
+        parent = path->page[unit]; /* a dirty copy now, if the path moved */
+    }
+    return 0;
+}
+
+int bt_move_high(keel_txn *txn, struct tree_desc *t, struct bt_mover *m, bool *done)
+{
+    *done = false;
+    if (t->root == 0) {
+        *done = true;
+        return 0;
+    }
+    if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
+        return KEEL_CORRUPTED;
+    int unit = t->depth >= 2 ? (int)t->depth - 2 : 0;
+    while (!mover_out(m) && m->reads) {
+        struct bt_path path;
+        int rc = mover_descend(txn, t, m, unit, &path, done);
+        if (rc || *done || path.depth == 0)
+            return rc;
+        if ((rc = move_unit(txn, t, &path, unit, m)))
+            return rc;
+        if (mover_out(m) || m->reads == 0)
+            return 0; /* this page again next time: what is left of it */
+        m->pos[unit] = 0;
+        if (unit == 0) {
+            *done = true;
+            return 0;
+        }
+        m->pos[unit - 1]++;
+    }
+    return 0;
 }

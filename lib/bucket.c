@@ -442,6 +442,42 @@ void bucket_mark_dirty(keel_txn *txn, keel_bucket b)
         s->dirty = true;
 }
 
+/* For a walk below the API (freelist.c's relocation): fn on the tree of
+ * the bucket called name.  A bucket the txn has touched is reached through
+ * its state, which the commit writes back; any other through a copy of its
+ * descriptor, with no handle made for it (a walk through a million buckets
+ * must not leave a million handles), written back to the catalog if fn
+ * changed it.  A bucket that is absent is skipped. */
+int bucket_with_tree(keel_txn *txn, const char *name, int (*fn)(keel_txn *txn, struct tree_desc *t, void *ctx),
+                     void *ctx)
+{
+    keel_db *db = txn->db;
+    size_t len = strlen(name);
+    pthread_mutex_lock(&db->mu);
+    keel_bucket b = find_handle(&db->buckets, txn, name, name_hash(name, len));
+    pthread_mutex_unlock(&db->mu);
+    struct bucket_state *s = b ? state_find(txn, b) : NULL;
+    if (s) {
+        if (s->state != BUCKET_PRESENT)
+            return 0;
+        struct tree_desc before = s->desc;
+        int rc = fn(txn, &s->desc, ctx);
+        if (memcmp(&before, &s->desc, sizeof before))
+            s->dirty = true;
+        return rc;
+    }
+    struct tree_desc d;
+    bool present;
+    int rc = catalog_get(txn, name, &d, &present);
+    if (rc || !present)
+        return rc;
+    struct tree_desc before = d;
+    if ((rc = fn(txn, &d, ctx)) == 0 && memcmp(&before, &d, sizeof d))
+        rc = bt_put(txn, &txn->meta.trees[TREE_CATALOG], (keel_val){name, len}, (keel_val){&d, TREE_DESC_SIZE}, 0, 0,
+                    NULL);
+    return rc;
+}
+
 /* ---- open, drop, flush -------------------------------------------------- */
 
 /* The handle for a name: a slot the txn may use, else, if the name exists

@@ -11,9 +11,13 @@
  *     reclaiming one and writing back what is left costs O(chunk), never a
  *     pass over all free space (LMDB and bbolt rewrote or scanned theirs).
  *   - freelist_reclaim() is called by the allocator when the pool is empty.
- *     It loads the record into the pool first, then deletes it; pages that
- *     deletion needs come from the pool (or the end of the file), and
- *     txn->reclaiming stops it from reclaiming again, so it never recurses.
+ *     It takes the first record (the lowest pages, see below), loads it into
+ *     the pool first, then deletes it; pages that deletion needs come from
+ *     the pool (or the end of the file), and txn->reclaiming stops it from
+ *     reclaiming again, so it never recurses.
+ *   - The pool's leftovers are written as txn-id-0 records before the first
+ *     one when they lie low, after the last one when they lie above the
+ *     compaction target: reclaim hands out the lowest free pages first.
  *   - freelist_record() runs at commit, in "final mode": no page enters the
  *     pool, new pages come off its low end (the end of the file only when it
  *     is empty: taking them there every commit kept the tail in use, so the
@@ -33,6 +37,13 @@
  *     txn->tail.  When the lot does not fit, the tail's groups become
  *     free-tree records like any other (a txn whose pages went to the tail
  *     wrote no record, so their keys are new).
+ *   - freelist_relocate() runs at commit while over a third of the file is
+ *     free: it moves a bounded number of live pages from above the
+ *     compaction target to free pages below it (bt_move_high), from the
+ *     pool only, so the file never grows for it; once a pass over every
+ *     tree has moved pages, a later commit loads the whole free list and
+ *     the emptied tail is trimmed.  No work at all while the file is
+ *     compact.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +129,20 @@ static void merge_into_pool(struct pgvec *pool, size_t start)
     os_free(tmp);
 }
 
+/* Descending, as the pool is kept. */
+static int sort_pool(struct pgvec *pool)
+{
+    if (pool->n < 2) /* and an empty one may have no array at all */
+        return 0;
+    int rc = sort_u64(pool->v, pool->n);
+    for (size_t a = 0, b = pool->n - 1; !rc && a < b; a++, b--) {
+        uint64_t t = pool->v[a];
+        pool->v[a] = pool->v[b];
+        pool->v[b] = t;
+    }
+    return rc;
+}
+
 /* A cursor on the free tree (the caller frees c->keybuf); false if the tree is empty. */
 static bool free_cursor(keel_txn *txn, keel_cursor *c)
 {
@@ -129,7 +154,47 @@ static bool free_cursor(keel_txn *txn, keel_cursor *c)
     return true;
 }
 
-int freelist_reclaim(keel_txn *txn)
+static uint64_t compact_target(const keel_txn *txn);
+static int reclaim_record(keel_txn *txn, bool merge);
+
+/* Is every page of a record at or above hi? */
+static bool record_above(keel_val v, uint64_t hi)
+{
+    for (size_t i = 0; i + 8 <= v.len; i += 8)
+        if (rd64((const uint8_t *)v.data + i) < hi)
+            return false;
+    return true;
+}
+
+/* The record to reclaim: the first one, but while the file is being
+ * compacted (compact_target) and the first one lies wholly above the target, the
+ * first commit's record when it is reclaimable: the pool's pages below the
+ * target come first (write_pool), so they are used up then, and the pages
+ * commits freed since, those of the copies among them, lie behind every
+ * txn-id-0 record. */
+static int first_record(keel_txn *txn, keel_cursor *c, keel_val *k, keel_val *v)
+{
+    int rc = cursor_first(c, k, v);
+    if (rc || k->len != FREE_KEY_SIZE || free_key_txnid(k->data) != 0)
+        return rc;
+    uint64_t hi = compact_target(txn);
+    if (!hi || !record_above(*v, hi))
+        return 0;
+    uint8_t key[FREE_KEY_SIZE];
+    free_key(key, 1, 0);
+    rc = cursor_seek(c, (keel_val){key, FREE_KEY_SIZE}, k, v);
+    if (rc == 0 && k->len == FREE_KEY_SIZE && free_key_txnid(k->data) <= txn->oldest)
+        return 0;
+    return rc && rc != KEEL_NOTFOUND ? rc : cursor_first(c, k, v);
+}
+
+int freelist_reclaim(keel_txn *txn) { return reclaim_record(txn, true); }
+
+/* merge: keep the pool sorted (merge_into_pool); else the record is only
+ * appended, and the caller sorts the pool before anything but a single
+ * page is taken from it (freelist_record's full load: merging each record
+ * costs O(pool), and a long reader leaves thousands of small ones). */
+static int reclaim_record(keel_txn *txn, bool merge)
 {
     struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
     keel_cursor c;
@@ -138,7 +203,7 @@ int freelist_reclaim(keel_txn *txn)
     txn->reclaiming = true;
     txn->nest++;
     keel_val k, v;
-    int rc = cursor_first(&c, &k, &v);
+    int rc = first_record(txn, &c, &k, &v);
     if (rc)
         goto out;
     if (k.len != FREE_KEY_SIZE || v.len % 8) {
@@ -166,7 +231,8 @@ int freelist_reclaim(keel_txn *txn)
             goto out;
         }
     }
-    merge_into_pool(pool, start);
+    if (merge)
+        merge_into_pool(pool, start);
     if ((rc = bt_del(txn, ft, (keel_val){key, FREE_KEY_SIZE}, NULL)))
         goto out;
     txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
@@ -202,23 +268,36 @@ static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, co
     return rc;
 }
 
-/* The next free chunk number under txn id 0. */
-static int next_zero_chunk(keel_txn *txn, uint32_t *chunk)
+/* Txn-id-0 chunk numbers start here in an empty tree, so that there is
+ * room on both sides: low pages go before the first chunk, high ones after
+ * the last (write_pool). */
+#define ZERO_CHUNK_BASE 0x80000000u
+
+/* The first and last txn-id-0 chunk numbers in the free tree; with none,
+ * *first = ZERO_CHUNK_BASE and *last = *first - 1. */
+static int zero_chunk_range(keel_txn *txn, uint32_t *first, uint32_t *last)
 {
-    *chunk = 0;
+    *first = ZERO_CHUNK_BASE;
+    *last = ZERO_CHUNK_BASE - 1;
     keel_cursor c;
     if (!free_cursor(txn, &c))
         return 0;
-    uint8_t key[FREE_KEY_SIZE];
-    free_key(key, 1, 0);
     keel_val k;
-    int rc = cursor_seek(&c, (keel_val){key, FREE_KEY_SIZE}, &k, NULL);
-    if (rc == 0)
-        rc = cursor_prev(&c, &k, NULL);
-    else if (rc == KEEL_NOTFOUND)
-        rc = cursor_last(&c, &k, NULL);
-    if (rc == 0 && k.len == FREE_KEY_SIZE && free_key_txnid(k.data) == 0)
-        *chunk = key_chunk(k.data) + 1;
+    int rc = cursor_first(&c, &k, NULL);
+    if (rc == 0 && k.len == FREE_KEY_SIZE && free_key_txnid(k.data) == 0) {
+        *first = key_chunk(k.data);
+        uint8_t key[FREE_KEY_SIZE];
+        free_key(key, 1, 0);
+        rc = cursor_seek(&c, (keel_val){key, FREE_KEY_SIZE}, &k, NULL);
+        if (rc == 0)
+            rc = cursor_prev(&c, &k, NULL);
+        else if (rc == KEEL_NOTFOUND)
+            rc = cursor_last(&c, &k, NULL);
+        if (rc == 0 && (k.len != FREE_KEY_SIZE || free_key_txnid(k.data) != 0))
+            rc = KEEL_CORRUPTED;
+        if (rc == 0)
+            *last = key_chunk(k.data);
+    }
     os_free(c.keybuf);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
@@ -242,6 +321,76 @@ static int check_newest_record(keel_txn *txn)
 static int record_in_tail(keel_txn *txn, bool *done);
 static int tail_to_tree(keel_txn *txn);
 
+/* The pool as txn-id-0 records, in two parts: its pages below the
+ * compaction target (all of them when the file is compact) get chunk
+ * numbers before the first txn-id-0 record, so that reclaim, which takes
+ * the first record, hands out the lowest free pages first; the pages at or
+ * above the target go after the last one, to be reused last and given back
+ * with the file's tail.  (Appending every pool after the last record, as
+ * keel did, let reuse sweep the whole file record by record: the live
+ * pages never settled at its front, nor its tail emptied.) */
+struct pool_part {
+    uint64_t hi;    /* the part holds the pool's pages below hi (parts[0]) or at or above it (parts[1]) */
+    uint32_t base;  /* its first chunk number */
+    size_t chunks;  /* chunk numbers it may use from base, and records it has there */
+};
+
+static size_t part_count(const struct pgvec *pool, uint64_t hi, bool high)
+{
+    size_t nh = 0; /* the pool is descending: the high pages come first */
+    while (nh < pool->n && pool->v[nh] >= hi)
+        nh++;
+    return high ? nh : pool->n - nh;
+}
+
+static int plan_pool(keel_txn *txn, struct pool_part parts[2])
+{
+    uint64_t hi = compact_target(txn);
+    size_t per = chunk_pages(txn);
+    uint32_t first, last;
+    int rc = zero_chunk_range(txn, &first, &last);
+    if (rc)
+        return rc;
+    size_t low = (part_count(&txn->pool, hi ? hi : UINT64_MAX, false) + per - 1) / per;
+    size_t high = (part_count(&txn->pool, hi ? hi : UINT64_MAX, true) + per - 1) / per;
+    parts[0] = (struct pool_part){hi ? hi : UINT64_MAX, first - (uint32_t)low, low};
+    parts[1] = (struct pool_part){parts[0].hi, last + 1, high};
+    if (low > first) { /* no room before the first record: after the last one too */
+        parts[0].base = last + 1;
+        parts[1].base = last + 1 + (uint32_t)low;
+    }
+    /* 2^31 chunk numbers on each side: a commit uses one or two */
+    if ((uint64_t)parts[1].base + high > UINT32_MAX || (uint64_t)parts[0].base + low > UINT32_MAX)
+        return KEEL_FULL;
+    return 0;
+}
+
+/* Writes both parts of the pool as it is now; chunks a part no longer
+ * needs (the pool shrank) are deleted. */
+static int write_pool(keel_txn *txn, struct pool_part parts[2])
+{
+    struct pgvec *pool = &txn->pool;
+    size_t per = chunk_pages(txn), nh = part_count(pool, parts[0].hi, true);
+    for (int i = 0; i < 2; i++) {
+        struct pool_part *p = &parts[i];
+        /* the pool only shrinks in final mode, from its low end: each part's count never grows */
+        struct pgvec sub = {.v = pool->v + (i ? 0 : nh), .n = i ? nh : pool->n - nh};
+        int rc = sub.n ? write_records(txn, 0, p->base, &sub, sub.n, true) : 0;
+        size_t now = (sub.n + per - 1) / per;
+        for (size_t c = now; c < p->chunks && !rc; c++) {
+            uint8_t key[FREE_KEY_SIZE];
+            free_key(key, 0, (uint32_t)(p->base + c));
+            rc = bt_del(txn, &txn->meta.trees[TREE_FREE], (keel_val){key, FREE_KEY_SIZE}, NULL);
+            if (rc == KEEL_NOTFOUND)
+                rc = 0;
+        }
+        if (rc)
+            return rc;
+        p->chunks = now;
+    }
+    return 0;
+}
+
 int freelist_record(keel_txn *txn)
 {
     struct pgvec *pool = &txn->pool;
@@ -259,19 +408,23 @@ int freelist_record(keel_txn *txn)
     uint64_t fp = txn->meta.free_pages;
     if (fp > db->shrink_tried + db->shrink_tried / 4)
         db->shrink_backoff = 0, db->shrink_next = 0;
-    bool all = fp > txn->meta.npages / 2 && txn->txnid >= db->shrink_next;
+    /* ... and once relocation has emptied the tail (freelist_relocate) */
+    bool all = (fp > txn->meta.npages / 2 || db->walk.reload) && txn->txnid >= db->shrink_next;
     if (all) {
+        db->walk.reload = false;
         db->shrink_tried = fp;
         db->shrink_backoff = db->shrink_backoff ? db->shrink_backoff * 2 : 2;
         db->shrink_next = txn->txnid + db->shrink_backoff;
     }
     for (int i = 0; !txn->reclaim_exhausted && (all || (i < 4 && txn->meta.free_pages > txn->meta.npages / 4)); i++) {
-        rc = freelist_reclaim(txn);
+        rc = reclaim_record(txn, !all);
         if (rc == KEEL_NOTFOUND)
             break;
         if (rc)
             return rc;
     }
+    if (all && (rc = sort_pool(pool)))
+        return rc;
     /* free pages at the end of the file shrink it instead */
     size_t drop = 0;
     while (drop < pool->n && pool->v[drop] == txn->meta.npages - 1) {
@@ -291,30 +444,19 @@ int freelist_record(keel_txn *txn)
     /* Pages the free tree needs now come off the low end of the pool (not
      * the end of the file, which would keep the tail in use for ever), so
      * the pool's records are rewritten until neither list changes.  Taking
-     * the lowest page shortens only the last chunk; a chunk left empty is
-     * deleted. */
-    uint32_t chunk = 0;
-    if (pool->n && (rc = next_zero_chunk(txn, &chunk)))
+     * the lowest page shortens only the last chunk of the low part; a chunk
+     * left empty is deleted. */
+    struct pool_part parts[2] = {{0}}; /* an empty pool: nothing to write or delete */
+    if (pool->n && (rc = plan_pool(txn, parts)))
         return rc;
-    size_t per = chunk_pages(txn);
-    size_t pool_written = (size_t)-1, freed_written = (size_t)-1, chunks = 0;
+    size_t pool_written = (size_t)-1, freed_written = (size_t)-1;
     for (int round = 0; pool->n != pool_written || txn->freed.n != freed_written; round++) {
         if (round > 64)
             return KEEL_CORRUPTED; /* cannot happen: see the contract above */
         if (pool->n != pool_written) {
             pool_written = pool->n;
-            if (pool_written && (rc = write_records(txn, 0, chunk, pool, pool_written, true)))
+            if ((rc = write_pool(txn, parts)))
                 return rc;
-            size_t now = (pool_written + per - 1) / per;
-            for (size_t c = now; c < chunks; c++) {
-                uint8_t key[FREE_KEY_SIZE];
-                free_key(key, 0, (uint32_t)(chunk + c));
-                rc = bt_del(txn, &txn->meta.trees[TREE_FREE], (keel_val){key, FREE_KEY_SIZE}, NULL);
-                if (rc && rc != KEEL_NOTFOUND)
-                    return rc;
-            }
-            if (now > chunks)
-                chunks = now;
             continue; /* the pool first: it can only shrink */
         }
         freed_written = txn->freed.n;
@@ -432,4 +574,206 @@ static int record_in_tail(keel_txn *txn, bool *done)
     freed->n = 0;
     *done = true;
     return 0;
+}
+
+/* ---- giving the file's tail back: relocation ----
+ * A reader held through many commits pins the pages they copied, so the
+ * file grows; once it ends, those pages are free, but the live pages of
+ * the last commits sit among them, up to the end of the file, and only a
+ * free tail is cut off.  So while much of the file is free, each write
+ * commit also moves a few live pages from the upper part of the file to
+ * the lowest free pages (bt_move_high: the ordinary copy-on-write of the
+ * path to them), walking every tree a little further each commit.  When a
+ * pass over all trees has moved pages, the next commit loads the whole
+ * free list (freelist_record), the free pages at the end reach the pool and
+ * the tail is trimmed.  The copies are ordinary changes of this txn: they
+ * reach the disk, or not, with its commit, and pages a snapshot can see
+ * are never reused, as for any copy. */
+
+/* Relocation runs while more than a third of the file's pages are free
+ * (then the file ends within 1.5 times the live pages, and with pager.c's
+ * cut within twice the live data) and they add up to more than
+ * COMPACT_MIN_FREE_BYTES: less lies within the file's growth and shrink
+ * steps, which relocation could not give back anyway. */
+#define COMPACT_MIN_FREE_BYTES ((uint64_t)1 << 20)
+#define COMPACT_READ_PAGES 64      /* tree pages the walk reads per commit, at most */
+#define COMPACT_COPY_PAGES 32      /* pages it copies per commit, at most (a longer overflow run alone) */
+#define COMPACT_RECLAIM_RECORDS 4  /* free-tree records it loads per commit for pages below the target */
+#define COMPACT_SLACK_BYTES ((uint64_t)256 << 10) /* free below the target, besides half the live pages */
+#define COMPACT_IDLE_COMMITS 64    /* after a pass that moved nothing, commits before the next one */
+#define COMPACT_RELOAD_COMMITS 16  /* commits between two full loads the walk asks for, at least */
+
+/* The walk's order: buckets before the catalog, whose pages their new
+ * roots change anyway, the free tree last. */
+enum { WALK_DEFAULT, WALK_BUCKETS, WALK_EXPIRY, WALK_CATALOG, WALK_FREE, WALK_TREES };
+
+/* The page number every live page should lie below, or 0 when the file is
+ * compact enough.  Half the live pages again, and some, stay free below
+ * it: room for the pages recent commits freed (not reusable yet) and for
+ * the copies themselves. */
+static uint64_t compact_target(const keel_txn *txn)
+{
+    uint64_t npages = txn->meta.npages, free = txn->meta.free_pages + txn->pool.n + txn->freed.n;
+    if (free + 2 > npages || free <= npages / 3 || free * txn->db->psize < COMPACT_MIN_FREE_BYTES)
+        return 0;
+    uint64_t live = npages - 2 - free, hi = 2 + live + live / 2 + COMPACT_SLACK_BYTES / txn->db->psize;
+    return hi < npages ? hi : 0;
+}
+
+/* Loads free-tree records (the first, with the lowest pages) until the
+ * pool holds n pages below hi or the commit's record budget is spent. */
+static int compact_room(keel_txn *txn, uint64_t hi, size_t n, int *records)
+{
+    while (!page_pool_below(txn, n, hi) && *records > 0 && !txn->reclaim_exhausted) {
+        (*records)--;
+        int rc = freelist_reclaim(txn);
+        if (rc == KEEL_NOTFOUND)
+            txn->reclaim_exhausted = true;
+        else if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* The named bucket to walk: w->name, or the next one after it (after it
+ * when w->name_done); *found false when none is left. */
+static int walk_bucket(keel_txn *txn, struct space_walk *w, bool *found)
+{
+    *found = false;
+    if (txn->meta.trees[TREE_CATALOG].root == 0)
+        return 0;
+    keel_cursor c;
+    memset(&c, 0, sizeof(c));
+    cursor_init(&c, txn, 0, &txn->meta.trees[TREE_CATALOG]);
+    keel_val k;
+    /* "name\0" sorts right after "name": a key of the next bucket, if any */
+    int rc = w->namelen ? cursor_seek(&c, (keel_val){w->name, w->namelen + w->name_done}, &k, NULL)
+                        : cursor_first(&c, &k, NULL);
+    if (rc == 0 && (k.len == 0 || k.len > KEEL_MAX_BUCKET_NAME || memchr(k.data, 0, k.len)))
+        rc = KEEL_CORRUPTED;
+    if (rc == 0) {
+        if (w->name_done || k.len != w->namelen || memcmp(k.data, w->name, k.len)) {
+            memcpy(w->name, k.data, k.len); /* a new one: from its start */
+            w->name[k.len] = 0;
+            w->namelen = (uint32_t)k.len;
+            w->name_done = false;
+            memset(w->pos, 0, sizeof(w->pos));
+        }
+        *found = true;
+    }
+    os_free(c.keybuf);
+    return rc == KEEL_NOTFOUND ? 0 : rc;
+}
+
+/* The tree the walk is in: *t an internal tree, or NULL with *bucket true
+ * for the named bucket w->name (bucket_with_tree reaches it), or neither:
+ * none left in this phase. */
+static int walk_tree(keel_txn *txn, struct space_walk *w, struct tree_desc **t, bool *bucket)
+{
+    static const int internal[WALK_TREES] = {TREE_DEFAULT, -1, TREE_EXPIRY, TREE_CATALOG, TREE_FREE};
+    *t = NULL;
+    *bucket = false;
+    if (w->tree == WALK_BUCKETS)
+        return walk_bucket(txn, w, bucket);
+    *t = &txn->meta.trees[internal[w->tree]];
+    return 0;
+}
+
+struct move_args {
+    struct space_walk *w;
+    struct bt_mover *m;
+    int *records;
+    bool done;
+};
+
+/* One tree's share of the pass, from where the walk stopped in it. */
+static int move_tree(keel_txn *txn, struct tree_desc *t, void *ctx)
+{
+    struct move_args *a = ctx;
+    int rc = compact_room(txn, a->m->hi, t->depth + 1, a->records);
+    if (rc)
+        return rc;
+    memcpy(a->m->pos, a->w->pos, sizeof(a->m->pos));
+    a->m->stalled = false;
+    /* no reclaim while the free tree's own pages move (the pool has room) */
+    txn->reclaiming = a->w->tree == WALK_FREE;
+    rc = bt_move_high(txn, t, a->m, &a->done);
+    txn->reclaiming = false;
+    memcpy(a->w->pos, a->m->pos, sizeof(a->m->pos));
+    return rc;
+}
+
+/* The walk is through with its tree: on to the next one; after the last,
+ * a pass has ended.  If it moved pages, the next commit loads the whole
+ * free list, which trims the tail that emptied (when what this commit
+ * freed is reusable); that costs O(free space), so at most once per
+ * COMPACT_RELOAD_COMMITS (a small database's pass takes one commit).  If
+ * it only left overflow runs above the target (no run free below it in
+ * the pool), that load sorts the free list, lowest pages first, so that
+ * the next pass may find runs; a second such pass in a row rests
+ * COMPACT_IDLE_COMMITS instead, as does a pass that found nothing. */
+static void walk_next(keel_txn *txn, struct space_walk *w, bool tree_left)
+{
+    memset(w->pos, 0, sizeof(w->pos));
+    if (w->tree == WALK_BUCKETS && tree_left) {
+        w->name_done = true;
+        return;
+    }
+    w->namelen = 0;
+    w->name_done = false;
+    if (++w->tree < WALK_TREES)
+        return;
+    w->tree = 0;
+    bool want = w->moved || (w->skipped && !w->skipped_before);
+    w->skipped_before = !w->moved && w->skipped;
+    w->skipped = 0;
+    if (!want) {
+        w->idle_until = txn->txnid + COMPACT_IDLE_COMMITS;
+    } else if (txn->txnid >= w->reload_next) {
+        w->reload = true;
+        w->reload_next = txn->txnid + COMPACT_RELOAD_COMMITS;
+        txn->db->shrink_backoff = 0;
+        txn->db->shrink_next = txn->txnid + 1;
+        w->moved = 0;
+    } /* else the moves count towards the next pass's request */
+}
+
+int freelist_relocate(keel_txn *txn)
+{
+    struct space_walk *w = &txn->db->walk;
+    uint64_t hi = compact_target(txn);
+    if (!hi || txn->txnid < w->idle_until)
+        return 0;
+    if (w->tree >= WALK_TREES)
+        w->tree = 0;
+    struct bt_mover m = {.hi = hi, .reads = COMPACT_READ_PAGES, .copies = COMPACT_COPY_PAGES,
+                         .copies_max = COMPACT_COPY_PAGES};
+    int records = COMPACT_RECLAIM_RECORDS, rc = 0;
+    /* at most one pass per commit: a small database is through in one */
+    for (int trees = 0; trees < WALK_TREES && m.reads && m.copies;) {
+        struct tree_desc *t;
+        bool bucket;
+        if ((rc = walk_tree(txn, w, &t, &bucket)))
+            break;
+        if (!t && !bucket) {
+            walk_next(txn, w, false);
+            trees++;
+            continue;
+        }
+        m.reads--; /* finding the tree (a bucket's: a catalog search) */
+        struct move_args a = {.w = w, .m = &m, .records = &records, .done = true}; /* done: a bucket gone is done */
+        rc = bucket ? bucket_with_tree(txn, w->name, move_tree, &a) : move_tree(txn, t, &a);
+        w->moved += m.moved;
+        w->skipped += m.skipped;
+        m.moved = m.skipped = 0;
+        if (rc || (m.stalled && (records == 0 || txn->reclaim_exhausted)))
+            break;
+        if (m.stalled)
+            continue; /* more records, then the same tree again */
+        if (!a.done)
+            break;
+        walk_next(txn, w, w->tree == WALK_BUCKETS);
+        trees += w->tree != WALK_BUCKETS || !w->name_done;
+    }
+    return rc;
 }

@@ -7,7 +7,9 @@
  * with two deliberate loops: pager's allocator asks the free-space layer
  * (freelist.c, built on btree) for reusable pages when its pool is empty,
  * and a user cursor looks its bucket's descriptor up in bucket.c (the
- * txn's bucket states may move while the cursor lives).
+ * txn's bucket states may move while the cursor lives).  freelist.c's
+ * relocation also reaches named buckets' trees through bucket_with_tree, to
+ * move their pages.
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H
@@ -113,6 +115,21 @@ struct bucket_table { /* the db's handles; all under db->mu */
     uint32_t retired;
 };
 
+/* ---- the relocation walk's place between commits (freelist.c) ----------- */
+struct space_walk {
+    uint32_t tree; /* which tree: freelist.c's walk order */
+    uint32_t pos[KEEL_MAX_DEPTH]; /* bt_mover.pos in that tree */
+    uint32_t namelen; /* named buckets: the one walked (0: before the first) */
+    bool name_done;   /* ... and it is finished: the next one follows */
+    char name[KEEL_MAX_BUCKET_NAME + 1];
+    uint64_t moved;   /* pages moved in this pass */
+    uint64_t skipped; /* pages of overflow runs this pass left above the target */
+    bool skipped_before; /* the last pass moved nothing and left runs */
+    bool reload;      /* a pass moved pages: freelist_record loads the whole free list */
+    uint64_t idle_until; /* a pass moved nothing: no walk before this txn id */
+    uint64_t reload_next; /* no full load asked for before this txn id */
+};
+
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
     char *path;
@@ -149,6 +166,7 @@ struct keel_db {
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
     uint64_t shrink_tried;    /* free pages when freelist_record last loaded them all */
     uint64_t shrink_backoff, shrink_next; /* ... and when it may again (txn id) */
+    struct space_walk walk; /* where freelist_relocate's walk goes on (the writer only) */
     uint64_t unconfirmed; /* this handle's last commit, if one-flush: keel_close confirms it */
     uint8_t **pagebufs;   /* page buffers kept for the next write txn (pager.c; the writer only) */
     size_t npagebufs;
@@ -259,6 +277,10 @@ static inline bool page_in_map(const keel_db *db, const uint8_t *p)
 }
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
+/* For the relocation (freelist_relocate): does the pool hold n pages below
+ * `below`; a run from the pool alone that ends at or below it (KEEL_NOTFOUND). */
+bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below);
+int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf);
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
 int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
 int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
@@ -275,6 +297,11 @@ void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 /* ---- freelist.c: the free tree ------------------------------------------ */
 int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */
 int freelist_record(keel_txn *txn);   /* at commit: writes pool leftovers and this txn's freed pages */
+/* At commit, before the last bucket_flush: while over a third of the file
+ * is free, copies a bounded number of live pages from its upper part to
+ * lower free pages, so that its tail empties and can be cut off (see
+ * freelist.c). */
+int freelist_relocate(keel_txn *txn);
 uint64_t free_key_txnid(const uint8_t *k); /* the txn id of a free-tree key (FREE_KEY_SIZE bytes) */
 /* At write-txn begin: the free tail of the meta page the txn began from. */
 int freelist_load_tail(keel_txn *txn, const uint8_t *meta_page);
@@ -318,6 +345,20 @@ struct bt_finger {
     size_t lolen, hilen;
 };
 int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, struct bt_finger *f);
+/* Copies the pages of t at or above m->hi (tree pages and overflow runs) to
+ * lower numbers, through copy-on-write, within the budgets in m.  It visits
+ * the leaves' parents in key order from m->pos, which survives between
+ * txns; *done when it passed the last one. */
+struct bt_mover {
+    uint32_t pos[KEEL_MAX_DEPTH]; /* child indexes from the root to the page visited, then its next child */
+    uint64_t hi;                  /* pages at or above it move */
+    uint32_t reads, copies;       /* budgets left: tree pages read, pages copied */
+    uint32_t copies_max;          /* the copy budget it began with */
+    uint64_t moved;               /* out: pages moved below hi */
+    uint64_t skipped;             /* out: pages above hi left where they are (no run free below hi) */
+    bool stalled;                 /* out: the pool ran out of pages below hi */
+};
+int bt_move_high(keel_txn *txn, struct tree_desc *t, struct bt_mover *m, bool *done);
 
 /* ---- cursor.c ----------------------------------------------------------- */
 int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *t);
@@ -338,6 +379,8 @@ int bucket_flush(keel_txn *txn); /* writes changed descriptors to the catalog */
 void bucket_mark_dirty(keel_txn *txn, keel_bucket b);
 /* Each named bucket's name and descriptor (NULL if unreadable), in name
  * order; makes no handles. */
+int bucket_with_tree(keel_txn *txn, const char *name, int (*fn)(keel_txn *txn, struct tree_desc *t, void *ctx),
+                     void *ctx); /* see bucket.c */
 int bucket_walk(keel_txn *txn, int (*fn)(const char *name, const struct tree_desc *d, void *ctx), void *ctx);
 int bucket_by_id(keel_txn *txn, uint32_t id, keel_bucket *out); /* KEEL_CORRUPTED if none */
 /* At the end of a txn: the handles of a write txn's buckets that are absent

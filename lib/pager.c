@@ -8,9 +8,10 @@
  *   - Copy-on-write: a page reachable from a committed meta is never written.
  *     page_touch() gives a dirty copy under a new number and records the old
  *     number as freed by this txn.
- *   - Allocation takes, in order: the txn's pool of reusable pages, a record
- *     reclaimed from the free tree (pages no reader can see any more), the
- *     end of the file.
+ *   - Allocation takes, in order: the txn's pool of reusable pages (its
+ *     lowest first), a record reclaimed from the free tree (pages no reader
+ *     can see any more), the end of the file.  page_alloc_below takes from
+ *     the pool alone, below a given page (relocation moves pages only down).
  *   - pager_write_out() is the commit protocol: grow the file, write dirty
  *     pages in page order, write the meta into the slot the previous commit
  *     did not use.  Two syncs (pages, then meta) make the order durable; one
@@ -374,9 +375,34 @@ int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out)
     return 0;
 }
 
-/* Takes a run of n consecutive page numbers from the pool (kept sorted
- * descending); single pages come off the end, which is the lowest number, so
- * the file fills from the front and its tail can be given back. */
+/* The pool's index of the lowest page of its lowest run of n consecutive
+ * numbers, or SIZE_MAX.  The pool is kept sorted descending, so a run is
+ * v[i-(n-1)] .. v[i] == v[i]+(n-1) .. v[i], and the search starts at the
+ * low end. */
+static size_t pool_find_run(const struct pgvec *pool, uint32_t n)
+{
+    if (n == 0 || pool->n < n)
+        return SIZE_MAX;
+    for (size_t i = pool->n; i-- >= n;) {
+        size_t lo = i - (n - 1); /* index of the highest number in the window */
+        if (pool->v[lo] - pool->v[i] == n - 1)
+            return i;
+        if (i < n)
+            break;
+    }
+    return SIZE_MAX;
+}
+
+static void pool_remove_run(struct pgvec *pool, size_t i, uint32_t n)
+{
+    size_t lo = i - (n - 1);
+    memmove(&pool->v[lo], &pool->v[i + 1], (pool->n - i - 1) * sizeof(uint64_t));
+    pool->n -= n;
+}
+
+/* Takes a run of n consecutive page numbers from the pool; single pages
+ * come off the end, which is the lowest number, so the file fills from the
+ * front and its tail can be given back. */
 static bool pool_take(struct pgvec *pool, uint32_t n, uint64_t *pgno)
 {
     if (pool->n == 0)
@@ -385,36 +411,52 @@ static bool pool_take(struct pgvec *pool, uint32_t n, uint64_t *pgno)
         *pgno = pool->v[--pool->n];
         return true;
     }
-    /* descending order: a run is v[i] .. v[i+n-1] == v[i]-(n-1) */
-    for (size_t i = pool->n; i-- >= n;) {
-        size_t lo = i - (n - 1); /* index of the highest number in the window */
-        if (pool->v[lo] - pool->v[i] == n - 1) {
-            *pgno = pool->v[i];
-            memmove(&pool->v[lo], &pool->v[i + 1], (pool->n - i - 1) * sizeof(uint64_t));
-            pool->n -= n;
-            return true;
-        }
-        if (i < n)
-            break;
-    }
-    return false;
+    size_t i = pool_find_run(pool, n);
+    if (i == SIZE_MAX)
+        return false;
+    *pgno = pool->v[i];
+    pool_remove_run(pool, i, n);
+    return true;
 }
 
-static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero);
+bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below)
+{
+    const struct pgvec *p = &txn->pool;
+    return n == 0 || (p->n >= n && p->v[p->n - n] < below);
+}
+
+static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero, uint64_t below);
 
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
 {
-    return alloc_pages(txn, npages, pgno, buf, npages == 1);
+    return alloc_pages(txn, npages, pgno, buf, npages == 1, 0);
+}
+
+/* A run of npages pages from the pool alone, ending at or below `below`
+ * (KEEL_NOTFOUND if the pool has none): the relocation of freelist.c moves
+ * an overflow run only down, and never makes the file longer for it.  Only
+ * the header is cleared: the caller copies the run whole. */
+int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf)
+{
+    return alloc_pages(txn, npages, pgno, buf, false, below ? below : 1);
 }
 
 /* zero: clear the whole buffer (a page built from scratch must not carry
- * heap garbage to disk); else only the header (the caller fills it all). */
-static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero)
+ * heap garbage to disk); else only the header (the caller fills it all).
+ * below: 0, or take the pages from the pool alone, ending at or below it. */
+static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero, uint64_t below)
 {
     keel_db *db = txn->db;
     uint64_t pg = 0;
     bool found = false;
-    if (!txn->final_mode) {
+    if (below) {
+        size_t i = pool_find_run(&txn->pool, npages);
+        if (i == SIZE_MAX || txn->pool.v[i] + npages > below)
+            return KEEL_NOTFOUND;
+        pg = txn->pool.v[i];
+        pool_remove_run(&txn->pool, i, npages);
+        found = true;
+    } else if (!txn->final_mode) {
         found = pool_take(&txn->pool, npages, &pg);
         while (!found && !txn->reclaiming && !txn->reclaim_exhausted) {
             int rc = freelist_reclaim(txn);
@@ -521,7 +563,7 @@ int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
         return rc;
     uint64_t np;
     uint8_t *b;
-    if ((rc = alloc_pages(txn, 1, &np, &b, false)))
+    if ((rc = alloc_pages(txn, 1, &np, &b, false, 0)))
         return rc;
     if (np == pgno) /* a damaged free tree gave out the page being copied: freeing it would free the copy */
         return KEEL_CORRUPTED;

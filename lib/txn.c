@@ -8,8 +8,10 @@
  *   - A write txn holds the lock file's writer lock from begin to
  *     commit/abort, and may end on any thread.  Threads of one handle take
  *     turns for it here (writer_enter/writer_leave); a thread that begins a
- *     second write txn on a handle while its first is open gets KEEL_BUSY.  It works on a copy of the newest meta; commit runs
- *     bucket_flush, freelist_record and pager_write_out, in that order.
+ *     second write txn on a handle while its first is open gets KEEL_BUSY.
+ *     It works on a copy of the newest meta; commit runs freelist_relocate
+ *     (it moves bucket roots), bucket_flush, freelist_record and
+ *     pager_write_out, in that order.
  *   - Txn objects are recycled through the db, so a finished txn is
  *     recognisable (KEEL_BADTXN) until its memory is reused.
  */
@@ -251,7 +253,8 @@ int txn_commit(keel_txn *txn)
     /* the purge changes buckets again: flushed once more */
     if (txn->db->purge_per_commit > 0 && (rc = ttl_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
         goto out;
-    if ((rc = bucket_flush(txn)) || (rc = freelist_record(txn)) || (rc = pager_write_out(txn)))
+    if ((rc = freelist_relocate(txn)) || (rc = bucket_flush(txn)) || (rc = freelist_record(txn)) ||
+        (rc = pager_write_out(txn)))
         goto out;
 out:
     txn_end(txn, rc == 0);

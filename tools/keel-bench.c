@@ -18,7 +18,9 @@
  * keel's own plain put and delete rows; 2 reader processes with 2 threads.
  * "file size" is the database file's st_size after "remove half": live
  * pages plus the pages that txn freed (copy-on-write keeps the old copies
- * until the commit, so they cannot be reused within it).
+ * until the commit, so they cannot be reused within it).  "file size, long
+ * reader" is its size after "commits, long reader": 1,000 commits after a
+ * reader held through N/10 of them ended.
  * The bucket rows (LMDB: named databases) use files opened without syncs,
  * to show what the number of buckets costs, not the disk.
  * See doc/benchmarks.md for a run and its reading.
@@ -203,6 +205,7 @@ static const struct engine keel_engine = {"keel", k_open, k_close, k_begin, k_co
 
 #ifdef HAVE_LMDB
 static MDB_env *lenv;
+static size_t lmdb_map_min; /* set by a workload that opens the file itself */
 static MDB_txn *ltxn;
 static MDB_dbi ldbi;
 static __thread MDB_txn *lread;
@@ -215,6 +218,8 @@ static void l_open(const char *path)
 {
     lcheck(mdb_env_create(&lenv), "mdb_env_create");
     size_t map = (size_t)N * 2048; /* LMDB needs a map size: room for every workload */
+    if (map < lmdb_map_min)
+        map = lmdb_map_min;
     if (map < ((size_t)1 << 30))
         map = (size_t)1 << 30;
     lcheck(mdb_env_set_mapsize(lenv, map), "mdb_env_set_mapsize");
@@ -508,6 +513,46 @@ static uint64_t w_delete_all(void)
     return N;
 }
 
+/* A read txn held through N/10 commits of one put each to a small data set
+ * (1,000 keys), then ended, then AFTER_READER more: the reader pins every
+ * page those commits copied, so the file grows; the row's file size is
+ * what is left after the AFTER_READER commits (doc/benchmarks.md). */
+#define SMALL_SET 1000
+#define AFTER_READER 1000
+static uint64_t reader_commits(void) { return N / 10; }
+
+static void one_put_commits(uint64_t n, uint64_t seed)
+{
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    for (uint64_t i = 0; i < n; i++) {
+        make_key(mix(seed + i) % SMALL_SET, k);
+        make_val(seed + i, v, VAL_LEN);
+        E->begin(true);
+        E->put(k, KEY_LEN, v, VAL_LEN, false);
+        E->commit();
+    }
+}
+
+static uint64_t w_long_reader(void)
+{
+#ifdef HAVE_LMDB
+    lmdb_map_min = (size_t)reader_commits() * 65536; /* every commit leaves pages pinned */
+#endif
+    E->open(P);
+    load_random(SMALL_SET, VAL_LEN);
+    E->reader_thread_begin();
+    one_put_commits(reader_commits(), 1);
+    E->reader_thread_end();
+    one_put_commits(AFTER_READER, reader_commits() + 1);
+    E->begin(false);
+    uint64_t got = E->range(NULL, 0, UINT64_MAX);
+    E->commit();
+    if (got != SMALL_SET)
+        fail("long reader: wrong count");
+    E->close();
+    return reader_commits() + AFTER_READER;
+}
+
 /* keel only: the same load as "bulk load (random)", every key with a TTL */
 static uint64_t w_put_ttl(void)
 {
@@ -696,6 +741,7 @@ static const struct workload workloads[] = {
     {"bulk load 4 KiB values", w_bulk_4k, true, "puts/s", false, false},
     {"bulk load 64 KiB values", w_bulk_64k, true, "puts/s", false, false},
     {"delete all", w_delete_all, true, "dels/s", false, false},
+    {"commits, long reader", w_long_reader, true, "commits/s", false, true},
     /* keel only; the ratio column is explained where it is printed */
     {"put with TTL", w_put_ttl, true, "puts/s", true, false},
     {"purge expired", w_purge, true, "keys/s", true, false},
@@ -814,12 +860,12 @@ static int run_round(const struct engine *const *engines, int ne, const char *on
 /* The rows computed from others: keel's TTL put against its plain put, and
  * so on; file size after "remove half".  ratio[] receives them for the
  * summary (0 where a row did not run). */
-enum { D_TTL, D_PURGE, D_PROC_KEEL, D_PROC_LMDB, D_SIZE, D_COUNT };
+enum { D_TTL, D_PURGE, D_PROC_KEEL, D_PROC_LMDB, D_SIZE, D_READER_SIZE, D_COUNT };
 static void derived_rows(struct result res[NWORK][2], double d[D_COUNT], bool print)
 {
     size_t i_bulk = find_workload(w_bulk), i_ttl = find_workload(w_put_ttl), i_del = find_workload(w_delete_all),
            i_purge = find_workload(w_purge), i_2t = find_workload(w_reads_2t), i_2p = find_workload(w_reads_2p),
-           i_rm = find_workload(w_remove_half);
+           i_rm = find_workload(w_remove_half), i_lr = find_workload(w_long_reader);
     memset(d, 0, D_COUNT * sizeof d[0]);
     if (res[i_ttl][0].rate > 0 && res[i_bulk][0].rate > 0)
         d[D_TTL] = res[i_bulk][0].rate / res[i_ttl][0].rate;
@@ -832,6 +878,9 @@ static void derived_rows(struct result res[NWORK][2], double d[D_COUNT], bool pr
     uint64_t sz[2] = {res[i_rm][0].file_size, res[i_rm][1].file_size};
     if (sz[0] && sz[1])
         d[D_SIZE] = (double)sz[0] / (double)sz[1];
+    uint64_t lr[2] = {res[i_lr][0].file_size, res[i_lr][1].file_size};
+    if (lr[0] && lr[1])
+        d[D_READER_SIZE] = (double)lr[0] / (double)lr[1];
     if (!print)
         return;
     if (d[D_TTL] > 0)
@@ -846,6 +895,11 @@ static void derived_rows(struct result res[NWORK][2], double d[D_COUNT], bool pr
     if (d[D_SIZE] > 0)
         printf("%-26s %13.1fM %13.1fM %8.2f  (file size after removing half; lower is better)\n", "file size",
                sz[0] / 1048576.0, sz[1] / 1048576.0, d[D_SIZE]);
+    if (d[D_READER_SIZE] > 0)
+        printf("%-26s %13.1fM %13.1fM %8.3f  (file size %d commits after a reader held through %" PRIu64
+               " ends; lower is better)\n",
+               "file size, long reader", lr[0] / 1048576.0, lr[1] / 1048576.0, d[D_READER_SIZE], AFTER_READER,
+               reader_commits());
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -929,7 +983,7 @@ int main(int argc, char **argv)
         printf("%-26s %8.2f  (%.2f-%.2f)\n", workloads[w].name, med, lo, hi);
     }
     static const char *const dname[D_COUNT] = {"TTL put cost", "purge vs delete", "processes vs threads",
-                                               "  (lmdb)", "file size"};
+                                               "  (lmdb)", "file size", "file size, long reader"};
     for (int d = 0; d < D_COUNT; d++) {
         int n = 0;
         for (int r = 0; r < rounds; r++)
