@@ -387,6 +387,24 @@ static uint64_t w_reads(void)
     return N;
 }
 
+/* As applications read: one read txn per get. */
+static uint64_t w_read_txns(void)
+{
+    uint8_t k[KEY_LEN];
+    uint64_t found = 0, n = N < 200000 ? N : 200000;
+    for (uint64_t i = 0; i < n; i++) {
+        make_key(mix(i + 3) % N, k);
+        size_t vl;
+        E->begin(false);
+        if (E->get(k, KEY_LEN, &vl) && vl == VAL_LEN)
+            found++;
+        E->commit();
+    }
+    if (found != n)
+        fail("read txn per get: keys missing");
+    return n;
+}
+
 static uint64_t w_ranges(void)
 {
     uint8_t k[KEY_LEN];
@@ -732,6 +750,7 @@ static const struct workload workloads[] = {
     {"individual commits", w_commits_1, false, "commits/s", false, false},
     {"batch commits x1000", w_commits_1000, false, "commits/s", false, false},
     {"random reads", w_reads, false, "gets/s", false, false},
+    {"read txn per get", w_read_txns, false, "txns/s", false, false},
     {"range reads (10)", w_ranges, false, "ranges/s", false, false},
     {"full scan", w_scan, false, "entries/s", false, false},
     {"random reads 2 threads", w_reads_2t, false, "gets/s", false, false},
