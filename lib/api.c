@@ -196,13 +196,13 @@ static void db_free(keel_db *db, bool abandon)
     os_free(db);
 }
 
-/* The data file (never on descriptors 0-2) and its lock file.  *created:
- * this call made the data file. */
-static int open_files(keel_db *db, const char *path, const keel_options *o, bool *created)
+/* The data file (never on descriptors 0-2).  *created: this call made it. */
+static int open_data_file(keel_db *db, const char *path, const keel_options *o, bool *created)
 {
     bool rdonly = o->flags & KEEL_RDONLY;
     mode_t mode = o->mode ? o->mode : 0644;
     db->fd = -1;
+    *created = false;
     if (!rdonly) {
         db->fd = os_open_high(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
         *created = db->fd >= 0;
@@ -218,11 +218,42 @@ static int open_files(keel_db *db, const char *path, const keel_options *o, bool
     if (keel_os.fstat(db->fd, &st))
         return errno ? errno : EIO;
     if (!S_ISREG(st.st_mode)) {
-        int rc = S_ISDIR(st.st_mode) ? EISDIR : KEEL_INVALID;
         error_detail_set("%s: %s", path, S_ISDIR(st.st_mode) ? strerror(EISDIR) : "not a regular file");
-        return rc;
+        return S_ISDIR(st.st_mode) ? EISDIR : KEEL_INVALID;
     }
-    return lockfile_open(&db->lock, db->fd, path, o->max_readers ? o->max_readers : DEFAULT_MAX_READERS, o->flags);
+    return 0;
+}
+
+/* Does path still name the file open on fd?  0 yes, KEEL_LOCKPATH no (it
+ * was removed or replaced), or the errno of an fstat that failed. */
+static int path_names_fd(const char *path, int fd)
+{
+    struct stat byname, byfd;
+    if (keel_os.fstat(fd, &byfd))
+        return errno ? errno : EIO;
+    return stat(path, &byname) == 0 && byname.st_dev == byfd.st_dev && byname.st_ino == byfd.st_ino ? 0
+                                                                                                     : KEEL_LOCKPATH;
+}
+
+/* The data file and its lock file.  Once the lock file is ours, the name
+ * must still lead to the data file we opened: another opener that failed
+ * may have removed the empty file it created, which we had opened too. */
+static int open_files(keel_db *db, const char *path, const keel_options *o, bool *created)
+{
+    for (int tries = 0;; tries++) {
+        int rc = open_data_file(db, path, o, created);
+        if (rc)
+            return rc;
+        rc = lockfile_open(&db->lock, db->fd, path, o->max_readers ? o->max_readers : DEFAULT_MAX_READERS, o->flags);
+        if (rc)
+            return rc;
+        rc = path_names_fd(path, db->fd);
+        if (rc != KEEL_LOCKPATH || tries == 3)
+            return rc;
+        lockfile_close(&db->lock, false);
+        os_close(db->fd);
+        db->fd = -1;
+    }
 }
 
 /* An empty file becomes a new database, under the writer lock so that two
@@ -242,8 +273,7 @@ static int create_if_new(keel_db *db, const keel_options *o, uint64_t *fsize)
         error_detail_set("%s: empty: not a keel database yet", db->path);
         return KEEL_INVALID;
     }
-    if ((rc = lockfile_writer_lock(&db->lock)))
-        return rc;
+    lockfile_writer_lock(&db->lock);
     if ((rc = os_file_size(db->fd, fsize)) == 0 &&
         (*fsize == 0 || ((read_metas(db, *fsize, &m) != 0 || m.txnid == 0) && unfinished_creation(db, *fsize)))) {
         db->psize = o->page_size ? o->page_size : KEEL_MIN_PAGE;
@@ -364,7 +394,7 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
 fail:
     /* What this open created and nobody else has seen goes again: an empty
      * data file, a lock file. */
-    if (created && db->fd >= 0 && os_file_size(db->fd, &fsize) == 0 && fsize == 0)
+    if (created && db->fd >= 0 && os_file_size(db->fd, &fsize) == 0 && fsize == 0 && path_names_fd(path, db->fd) == 0)
         unlink(path);
     db_free(db, true);
     return rc;

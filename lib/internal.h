@@ -75,7 +75,7 @@ uint64_t lockfile_bad_meta(const struct lockfile *lf);
 void lockfile_set_bad_meta(struct lockfile *lf, uint64_t checksum);
 void lockfile_close(struct lockfile *lf, bool inherited); /* inherited: in a child after fork() */
 void lockfile_abandon(struct lockfile *lf); /* a failed open: also removes a lock file it created */
-int lockfile_writer_lock(struct lockfile *lf);
+void lockfile_writer_lock(struct lockfile *lf); /* waits; takes over from a dead holder */
 void lockfile_writer_unlock(struct lockfile *lf);
 int lockfile_writer_trylock(struct lockfile *lf); /* 0, or EBUSY while another holds it */
 /* The writer lock belongs to the handle: any of its threads may unlock it. */

@@ -431,7 +431,7 @@ static int writer_try(struct lockfile *lf, uint32_t *seen)
     return EBUSY;
 }
 
-int lockfile_writer_lock(struct lockfile *lf)
+void lockfile_writer_lock(struct lockfile *lf)
 {
     _Atomic uint32_t *w = &lf->hdr->writer;
     uint32_t v;
@@ -444,7 +444,7 @@ int lockfile_writer_lock(struct lockfile *lf)
         uint32_t holder = WRITER_HOLDER(v);
         if (holder == 0 || holder == lf->me || handle_dead(lf, holder)) {
             if (atomic_compare_exchange_strong(w, &v, lf->me | (v & WRITER_WAITERS)))
-                return 0;
+                return;
             continue;
         }
         if (!(v & WRITER_WAITERS) && !atomic_compare_exchange_strong(w, &v, v | WRITER_WAITERS))
@@ -454,9 +454,8 @@ int lockfile_writer_lock(struct lockfile *lf)
         os_futex_wait(w, v | WRITER_WAITERS, WRITER_CHECK_MS);
         uint32_t zero = 0;
         if (atomic_compare_exchange_strong(w, &zero, lf->me | WRITER_WAITERS))
-            return 0;
+            return;
     }
-    return 0;
 }
 
 int lockfile_writer_trylock(struct lockfile *lf)

@@ -80,14 +80,8 @@ static int writer_enter(keel_db *db)
     db->writer_gate = true;
     db->writer_thread = pthread_self();
     pthread_mutex_unlock(&db->mu);
-    int rc = lockfile_writer_lock(&db->lock);
-    if (rc) {
-        pthread_mutex_lock(&db->mu);
-        db->writer_gate = false;
-        pthread_cond_signal(&db->writer_cv);
-        pthread_mutex_unlock(&db->mu);
-    }
-    return rc;
+    lockfile_writer_lock(&db->lock);
+    return 0;
 }
 
 /* Any thread may end the write txn. */
