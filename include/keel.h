@@ -99,7 +99,9 @@ enum {
 };
 
 /* ---- opening ----------------------------------------------------------- */
-typedef struct keel_options { /* zero-initialised = defaults */
+/* New fields are only ever added at the end, so that the struct can grow:
+ * see keel_open below.  Zero-initialised = the defaults, always. */
+typedef struct keel_options {
     uint32_t page_size;       /* at creation: 4096 default; any power of two 4096..65536 */
     uint64_t max_size;        /* address space reserved for the map; 0 = 1 TiB */
     uint32_t max_readers;     /* reader slots; 0 = 126 */
@@ -110,13 +112,24 @@ typedef struct keel_options { /* zero-initialised = defaults */
     int32_t purge_per_commit; /* expired keys each write commit removes: 0 = 100, < 0 = none */
     uint64_t max_dirty;       /* bytes of changed pages a write txn keeps in memory before it
                                  writes them to free space in the file early; 0 = 512 MiB */
+    /* ---- 0.1 ends here (KEEL_OPTIONS_SIZE_0_1 bytes) ---- */
     uint64_t max_reader_lag;  /* commits a read txn may fall behind before writers reuse the pages
                                  of its snapshot (its next call answers KEEL_LAGGED); 0 = no limit */
 } keel_options;
+#define KEEL_OPTIONS_SIZE_0_1 offsetof(keel_options, max_reader_lag) /* the struct as version 0.1 had it */
 
-/* Processes that set RLIMIT_FSIZE must ignore SIGXFSZ: writes past the
+/* keel_open is a macro that passes the size of the keel_options the program
+ * was compiled with, so a program built against an older header (a shorter
+ * struct) keeps working with a newer library: the fields it does not know
+ * take their defaults.  A newer program's fields that this library does not
+ * know must be zero (else KEEL_BADARG).  Callers that cannot use the macro
+ * (a foreign-function interface) call keel_open_sized with their size; the
+ * plain function keel_open reads the 0.1 struct.
+ * Processes that set RLIMIT_FSIZE must ignore SIGXFSZ: writes past the
  * limit then fail and keel answers KEEL_FULL (the default action kills). */
+int keel_open_sized(const char *path, const keel_options *opts, size_t opts_size, keel_db **out);
 int keel_open(const char *path, const keel_options *opts, keel_db **out);
+#define keel_open(path, opts, out) keel_open_sized((path), (opts), sizeof(keel_options), (out))
 void keel_close(keel_db *db); /* aborts the handle's txns still open; end them first */
 
 /* ---- transactions ------------------------------------------------------ */

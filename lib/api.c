@@ -8,6 +8,7 @@
  * call never reaches the disk.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -311,7 +312,29 @@ static int map_file(keel_db *db, const keel_options *o)
     return 0;
 }
 
-int keel_open(const char *path, const keel_options *opts, keel_db **out)
+/* The caller's options, whatever header it was built with: the fields it
+ * knows, defaults (zeros) for the rest.  Bytes past our own struct must be
+ * zero: options this library does not know cannot be honoured. */
+static int options_copy(const keel_options *opts, size_t size, keel_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    if (!opts)
+        return 0;
+    if (size < KEEL_OPTIONS_SIZE_0_1)
+        return KEEL_BADARG;
+    for (size_t i = sizeof(*o); i < size; i++)
+        if (((const uint8_t *)opts)[i])
+            return KEEL_BADARG;
+    memcpy(o, opts, size < sizeof(*o) ? size : sizeof(*o));
+    return 0;
+}
+
+int(keel_open)(const char *path, const keel_options *opts, keel_db **out)
+{
+    return keel_open_sized(path, opts, KEEL_OPTIONS_SIZE_0_1, out);
+}
+
+int keel_open_sized(const char *path, const keel_options *opts, size_t opts_size, keel_db **out)
 {
     if (!out)
         return KEEL_BADARG;
@@ -319,10 +342,9 @@ int keel_open(const char *path, const keel_options *opts, keel_db **out)
     if (!path || !*path)
         return KEEL_BADARG;
     keel_options o;
-    memset(&o, 0, sizeof(o));
-    if (opts)
-        o = *opts;
     error_detail_clear();
+    if (options_copy(opts, opts_size, &o))
+        return KEEL_BADARG;
     if (o.flags & ~(KEEL_RDONLY | KEEL_NOSYNC | KEEL_NOMETASYNC | KEEL_NOLOCK))
         return KEEL_BADFLAGS;
     if ((o.flags & KEEL_NOLOCK) && !(o.flags & KEEL_RDONLY))

@@ -19,6 +19,7 @@
 #include <xxhash.h>
 
 #include "format.h"
+#include "internal.h" /* test_options_size reads db->max_reader_lag */
 #include "testutil.h"
 
 #define OK(x) assert_int_equal((x), 0)
@@ -1420,6 +1421,50 @@ static void test_busy_and_readers_full(void **state)
 
 /* ---- strerror ---------------------------------------------------------- */
 
+/* keel_options can grow: a program built against an older header passes a
+ * shorter struct (the fields past it are not its own: here garbage), a
+ * newer program a longer one (fields this library does not know must be 0). */
+static void test_options_size(void **state)
+{
+    (void)state;
+    char path[512];
+    tu_path(path, sizeof path, "api-optsize");
+    struct {
+        keel_options o;
+        uint8_t beyond[16];
+    } big;
+    keel_db *db;
+    /* 0.1's struct followed by bytes that are not options */
+    memset(&big, 0xA5, sizeof big);
+    memset(&big.o, 0, KEEL_OPTIONS_SIZE_0_1);
+    big.o.flags = KEEL_NOSYNC;
+    assert_int_equal(keel_open_sized(path, &big.o, KEEL_OPTIONS_SIZE_0_1, &db), 0);
+    assert_int_equal(db->max_reader_lag, 0); /* the default, not 0xA5... */
+    keel_close(db);
+    assert_int_equal((keel_open)(path, &big.o, &db), 0); /* the plain function reads 0.1's struct */
+    assert_int_equal(db->max_reader_lag, 0);
+    keel_close(db);
+    /* a newer program's struct: unknown fields zero are fine, set are refused */
+    memset(&big, 0, sizeof big);
+    big.o.max_reader_lag = 7;
+    assert_int_equal(keel_open_sized(path, &big.o, sizeof big, &db), 0);
+    assert_int_equal(db->max_reader_lag, 7);
+    keel_close(db);
+    big.beyond[3] = 1;
+    assert_int_equal(keel_open_sized(path, &big.o, sizeof big, &db), KEEL_BADARG);
+    assert_null(db);
+    /* shorter than any version's struct; no options at all */
+    assert_int_equal(keel_open_sized(path, &big.o, 8, &db), KEEL_BADARG);
+    assert_int_equal(keel_open_sized(path, NULL, 0, &db), 0);
+    keel_close(db);
+    /* the macro passes this header's size: every field is read */
+    keel_options o = {.max_reader_lag = 3};
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    assert_int_equal(db->max_reader_lag, 3);
+    keel_close(db);
+    tu_remove(path);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -1470,6 +1515,7 @@ int main(void)
         cmocka_unit_test(test_nooverwrite_append),
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_busy_and_readers_full),
+        cmocka_unit_test(test_options_size),
         cmocka_unit_test(test_strerror),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
