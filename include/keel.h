@@ -99,6 +99,11 @@ enum {
 };
 
 /* ---- opening ----------------------------------------------------------- */
+#define KEEL_MIN_PAGE_SIZE 4096u
+#define KEEL_MAX_PAGE_SIZE 65536u
+#define KEEL_DEFAULT_MAX_READERS 126u
+#define KEEL_DEFAULT_MAX_SIZE ((uint64_t)1 << 40) /* 1 TiB of address space (1 GiB on 32-bit hosts) */
+
 /* New fields are only ever added at the end, so that the struct can grow:
  * see keel_open below.  Zero-initialised = the defaults, always. */
 typedef struct keel_options {
@@ -128,6 +133,10 @@ typedef struct keel_options {
  * Processes that set RLIMIT_FSIZE must ignore SIGXFSZ: writes past the
  * limit then fail and keel answers KEEL_FULL (the default action kills). */
 int keel_open_sized(const char *path, const keel_options *opts, size_t opts_size, keel_db **out);
+/* The lock file of the database at db_path: "<real path>-lock", the path
+ * with symbolic links resolved (or as given, if it does not exist yet).
+ * ENAMETOOLONG if it does not fit in size bytes. */
+int keel_lock_path(const char *db_path, char *buf, size_t size);
 int keel_open(const char *path, const keel_options *opts, keel_db **out);
 #define keel_open(path, opts, out) keel_open_sized((path), (opts), sizeof(keel_options), (out))
 void keel_close(keel_db *db); /* aborts the handle's txns still open; end them first */

@@ -19,8 +19,8 @@
 
 #include "internal.h"
 
-#define DEFAULT_MAX_READERS 126
-#define DEFAULT_MAP_SIZE ((uint64_t)1 << 40) /* 1 TiB of address space, not of disk */
+#define DEFAULT_MAX_READERS KEEL_DEFAULT_MAX_READERS
+#define DEFAULT_MAP_SIZE KEEL_DEFAULT_MAX_SIZE /* address space, not disk */
 
 /* ---- open / close ---- */
 static int write_initial_metas(keel_db *db)

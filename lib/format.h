@@ -20,8 +20,8 @@
 
 #define KEEL_MAGIC 0x4C45454Bu /* "KEEL" read as little-endian bytes */
 #define KEEL_FORMAT_VERSION 1u
-#define KEEL_MIN_PAGE 4096u
-#define KEEL_MAX_PAGE 65536u
+#define KEEL_MIN_PAGE KEEL_MIN_PAGE_SIZE /* keel.h */
+#define KEEL_MAX_PAGE KEEL_MAX_PAGE_SIZE
 #define KEEL_MAX_DEPTH 32 /* deeper than any real tree: a deeper one is corrupt */
 
 /* Internal trees whose descriptors live in the meta page. */

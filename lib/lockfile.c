@@ -123,6 +123,21 @@ static char *lock_path_for(const char *db_path)
     return lpath;
 }
 
+int keel_lock_path(const char *db_path, char *buf, size_t size)
+{
+    if (!db_path || !*db_path || !buf)
+        return KEEL_BADARG;
+    char *p = lock_path_for(db_path);
+    if (!p)
+        return KEEL_NOMEM;
+    size_t n = strlen(p);
+    int rc = n < size ? 0 : ENAMETOOLONG;
+    if (!rc)
+        memcpy(buf, p, n + 1);
+    os_free(p);
+    return rc;
+}
+
 /* Does another descriptor hold a lock on byte `off` of fd? */
 static int byte_in_use(int fd, uint64_t off, bool *used)
 {

@@ -1465,6 +1465,34 @@ static void test_options_size(void **state)
     tu_remove(path);
 }
 
+/* keel_lock_path names the lock file keel_open uses: the real path's */
+static void test_lock_path(void **state)
+{
+    (void)state;
+    char real[512], link[600], want[600], got[600];
+    tu_path(real, sizeof real, "api-lockpath");
+    snprintf(link, sizeof link, "%s.link", real);
+    unlink(link);
+    keel_db *db;
+    assert_int_equal(keel_open(real, NULL, &db), 0);
+    keel_close(db);
+    assert_int_equal(symlink(real, link), 0);
+    char *r = realpath(real, NULL);
+    assert_non_null(r);
+    snprintf(want, sizeof want, "%s-lock", r);
+    free(r);
+    assert_int_equal(keel_lock_path(link, got, sizeof got), 0);
+    assert_string_equal(got, want);
+    assert_int_equal(keel_lock_path(real, got, sizeof got), 0);
+    assert_string_equal(got, want);
+    assert_int_equal(access(want, F_OK), 0); /* what keel_open made */
+    assert_int_equal(keel_lock_path(link, got, 8), ENAMETOOLONG);
+    assert_int_equal(keel_lock_path(NULL, got, sizeof got), KEEL_BADARG);
+    assert_int_equal(keel_lock_path("", got, sizeof got), KEEL_BADARG);
+    unlink(link);
+    tu_remove(real);
+}
+
 static void test_strerror(void **state)
 {
     (void)state;
@@ -1516,6 +1544,7 @@ int main(void)
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_busy_and_readers_full),
         cmocka_unit_test(test_options_size),
+        cmocka_unit_test(test_lock_path),
         cmocka_unit_test(test_strerror),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

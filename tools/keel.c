@@ -41,8 +41,8 @@
 
 /* what `keel dump` puts in mapsize= and maxreaders=: keel's defaults for the
  * address reservation and the reader table, which this tool opens with */
-#define DUMP_MAPSIZE ((uint64_t)1 << 40)
-#define DUMP_MAXREADERS 126
+#define DUMP_MAPSIZE KEEL_DEFAULT_MAX_SIZE
+#define DUMP_MAXREADERS KEEL_DEFAULT_MAX_READERS
 
 /* ---- messages ------------------------------------------------------------ */
 /* "keel: what: reason", and where the library met the error when it says
@@ -248,8 +248,11 @@ static int open_db(const char *path, bool write, keel_db **db)
         o.flags = KEEL_RDONLY | KEEL_NOLOCK;
         int rc2 = keel_open(path, &o, db);
         if (rc2 == 0) {
-            fprintf(stderr, "keel: %s-lock is not writable: reading without a lock; safe only while nothing "
-                            "writes\n", path);
+            char lock[PATH_MAX + 8];
+            if (keel_lock_path(path, lock, sizeof lock))
+                snprintf(lock, sizeof lock, "%s-lock", path);
+            fprintf(stderr, "keel: %s is not writable: reading without a lock; safe only while nothing writes\n",
+                    lock);
             without_lock = true;
             return 0;
         }
@@ -271,9 +274,10 @@ static bool file_exists(const char *path)
 static void remove_db_files(const char *path)
 {
     char lock[PATH_MAX + 8];
-    snprintf(lock, sizeof lock, "%s-lock", path);
+    bool have_lock = keel_lock_path(path, lock, sizeof lock) == 0; /* before the name goes */
     unlink(path);
-    unlink(lock);
+    if (have_lock)
+        unlink(lock);
 }
 
 /* Whether a database this command created, and failed on, is still empty:
@@ -298,10 +302,10 @@ static const char *db_part(const char *db, const struct stat *st)
 {
     char lock[PATH_MAX + 8];
     struct stat s;
-    snprintf(lock, sizeof lock, "%s-lock", db);
     if (stat(db, &s) == 0 && s.st_dev == st->st_dev && s.st_ino == st->st_ino)
         return "the database ";
-    if (stat(lock, &s) == 0 && s.st_dev == st->st_dev && s.st_ino == st->st_ino)
+    if (keel_lock_path(db, lock, sizeof lock) == 0 && stat(lock, &s) == 0 && s.st_dev == st->st_dev &&
+        s.st_ino == st->st_ino)
         return "the lock file of ";
     return NULL;
 }
@@ -636,7 +640,7 @@ static int load_open(struct loader *ld, uint32_t pagesize, char *err, size_t err
     memset(&o, 0, sizeof o);
     /* a new file takes the dumped page size, so keys as long as the source
      * allowed still fit; LMDB's 4096 is keel's default anyway */
-    if (ld->created && pagesize >= 4096 && pagesize <= 65536 && !(pagesize & (pagesize - 1)))
+    if (ld->created && pagesize >= KEEL_MIN_PAGE_SIZE && pagesize <= KEEL_MAX_PAGE_SIZE && !(pagesize & (pagesize - 1)))
         o.page_size = pagesize;
     int rc = keel_open(ld->path, &o, &ld->db);
     if (!rc && (rc = keel_begin(ld->db, 0, &ld->txn))) {
@@ -1552,8 +1556,10 @@ static int cmd_readers(int argc, char **argv)
         return EXIT_FAIL;
     if (without_lock) {
         keel_close(db);
-        fprintf(stderr, "keel: readers %s: the reader table is in %s-lock, which could not be opened\n", pos[0],
-                pos[0]);
+        char lock[PATH_MAX + 8];
+        if (keel_lock_path(pos[0], lock, sizeof lock))
+            snprintf(lock, sizeof lock, "%s-lock", pos[0]);
+        fprintf(stderr, "keel: readers %s: the reader table is in %s, which could not be opened\n", pos[0], lock);
         return EXIT_FAIL;
     }
     int ex = print_readers(db, pos[0], false);
