@@ -158,9 +158,9 @@ static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page
                                                              bool *exact)
 {
     /* A leaf not in the cache: ask for the nodes of the first three probes
-     * at once (seven nodes), then one probe ahead in the loop.  Bulk load
-     * at N = 1M: faster in 13 of 16 alternating pairs, by 2-8 %; four
-     * levels up front gained nothing more (doc/benchmarks.md). */
+     * at once (seven nodes), then one probe ahead in the loop, so their
+     * cache misses overlap instead of following one another.  Four levels
+     * up front gained nothing more (doc/benchmarks.md has the figures). */
     if (leaf && hi - lo > 6)
         prefetch_probes(page, lo, hi, 3);
     while (lo < hi) {
@@ -581,9 +581,8 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
     }
     /* a share needs the sibling a sixteenth of a page clear of the new node,
      * so the next inserts find room (not a share per insert); with less the
-     * two become three, each with a third of a page free.  (Leaves after a
-     * random load: 84% full; with an eighth 82% for 4% fewer instructions,
-     * with a quarter 78% for 11% fewer: doc/benchmarks.md.) */
+     * two become three, each with a third of a page free.  A larger margin
+     * trades fuller leaves for fewer instructions (doc/benchmarks.md). */
     bool three = room < usable(txn) / 16 + size + 2;
     bool sib_left = sidx < pidx;
     unsigned ri = sib_left ? pidx : sidx; /* the parent's node of the right page */
@@ -937,9 +936,9 @@ out:
 
 /* After a delete at `level`: a page under half full merges with a sibling
  * when the two fit in 7/8 of a page (the eighth left, and the sharing of a
- * full leaf, keep the next inserts from splitting it again at once; 3/4
- * left pages 46% full after "remove half", 7/8 55%); a page under a quarter full
- * that cannot merge shares with its sibling; collapse the root.  Merging at
+ * full leaf, keep the next inserts from splitting it again at once; a
+ * smaller fraction leaves emptier pages after mass deletes); a page under a
+ * quarter full that cannot merge shares with its sibling; collapse the root.  Merging at
  * half, not only at a quarter, keeps pages fuller after many deletes: after
  * a txn that deleted every other key, half as many leaves are written and
  * the file is that much smaller (doc/benchmarks.md). */

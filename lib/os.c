@@ -99,9 +99,9 @@ int os_pread_full(int fd, void *buf, size_t n, uint64_t off)
  * walk), and the folio stays: a later 4 KiB write into a 256 KiB folio,
  * written whole by a bulk load's commit, makes ext4 walk all 64 of the
  * folio's block buffers, once in the write and once more at writeback.
- * That was a third of the CPU time of 1,000-put commits on a bulk-loaded
- * file (doc/benchmarks.md, "Page-cache folios"); with 16 KiB pieces an
- * update walks at most four.  The price is one system call per 16 KiB of a
+ * That dominated the CPU time of batch commits on a bulk-loaded file
+ * (doc/benchmarks.md, "Page-cache folios"); with 16 KiB pieces an update
+ * walks at most four.  The price is one system call per 16 KiB of a
  * long run. */
 #define OS_WRITE_MAX ((uint64_t)16 << 10)
 static size_t piece_room(uint64_t off) { return (size_t)(OS_WRITE_MAX - off % OS_WRITE_MAX); }

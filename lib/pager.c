@@ -59,9 +59,9 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 /* Ascending, in place.  A commit sorts its dirty and freed page numbers,
- * a thousand or more each: qsort's calls through a comparator were 9 % of
- * a batch commit's instructions, a radix sort (8 bits a pass, as many passes
- * as the largest number needs) is a tenth of that. */
+ * a thousand or more each: qsort's call through a comparator per compare
+ * is a visible share of a batch commit, a radix sort (8 bits a pass, as
+ * many passes as the largest number needs) a small fraction of it. */
 int sort_u64(uint64_t *v, size_t n)
 {
     if (n < 64) {
@@ -160,9 +160,9 @@ static void dirty_remove(struct dirty_table *t, struct dirty *d)
 
 /* ---- page buffers ----
  * Dirty pages live in psize buffers from the heap.  A commit of a thousand
- * random puts takes and frees some 1,300 of them, and at that rate malloc's
- * search of a fragmented heap for 4 KiB chunks took a sixth of its time
- * (perf, N = 1M).  So single-page buffers a write txn lets go of are kept on
+ * random puts takes and frees over a thousand of them, and at that rate
+ * malloc's search of a fragmented heap for 4 KiB chunks is a large share of
+ * its time (doc/benchmarks.md).  So single-page buffers a write txn lets go of are kept on
  * the handle, up to PAGEBUF_KEEP bytes, for the next one.  Only the writer
  * touches them (one write txn per handle at a time). */
 #define PAGEBUF_KEEP ((size_t)8 << 20)
