@@ -84,15 +84,6 @@ int os_pread_upto(int fd, void *buf, size_t n, uint64_t off, size_t *got)
     return 0;
 }
 
-int os_pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-    size_t got;
-    int rc = os_pread_upto(fd, buf, n, off, &got);
-    if (rc)
-        return rc;
-    return got == n ? 0 : EIO;
-}
-
 /* Writes reach the kernel in pieces that end at multiples of OS_WRITE_MAX
  * (16 KiB) in the file.  Linux gives a buffered write a page-cache folio as
  * large as the write (ext4 since 6.16; XFS earlier, without ext4's buffer

@@ -48,11 +48,10 @@ void *os_realloc(void *p, size_t n);
 void os_free(void *p);
 char *os_strdup(const char *s);
 
-/* Whole-buffer I/O: retries short transfers and EINTR; a read past the end
- * of the file gives EIO... except os_pread_upto, which reports how much it got.
+/* Whole-buffer I/O: retries short transfers and EINTR; os_pread_upto
+ * reports how much it got (less at the end of the file).
  * Writes go to the kernel in pieces of at most 16 KiB that end at 16 KiB
  * multiples of the file offset (os.c says why). */
-int os_pread_full(int fd, void *buf, size_t n, uint64_t off);
 int os_pread_upto(int fd, void *buf, size_t n, uint64_t off, size_t *got);
 int os_pwrite_full(int fd, const void *buf, size_t n, uint64_t off);
 int os_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off);
