@@ -35,6 +35,8 @@ int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *
     c->txn = txn;
     c->bucket = b;
     c->state = CUR_UNSET;
+    c->all = false; /* a reused cursor must not keep showing expired entries */
+    c->gen = 0;
     c->depth = 0;
     c->keylen = 0;
     return 0;
