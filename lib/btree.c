@@ -241,6 +241,7 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
         return CORRUPT(t->root);
     uint64_t pg = t->root;
     for (unsigned level = 0;; level++) {
+        KEEL_ASSERT(level < t->depth); /* the leaf level returns: the path fits */
         const uint8_t *page;
         int rc = page_get(txn, pg, &page);
         if (rc)
@@ -404,6 +405,7 @@ static void page_fill(uint8_t *page, unsigned flags, uint32_t psize, const struc
 
 static uint8_t *scratch(keel_txn *txn)
 {
+    KEEL_ASSERT(txn->nest >= 0); /* freelist_reclaim's nesting is balanced */
     int k = txn->nest > 1 ? 1 : txn->nest;
     if (!txn->scratch[k])
         txn->scratch[k] = os_malloc(2 * (size_t)txn->db->psize);

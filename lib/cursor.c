@@ -57,6 +57,9 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int l
     for (;; level++) {
         if (level >= (int)t->depth)
             return CORRUPT(pg);
+        /* every descriptor's depth was checked when it was read (meta_check,
+         * the catalog's desc_from_value): the path arrays hold the levels */
+        KEEL_ASSERT(level < KEEL_MAX_DEPTH);
         const uint8_t *page;
         int rc = page_get(txn, pg, &page);
         if (rc)

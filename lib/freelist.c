@@ -200,6 +200,10 @@ static int reclaim_record(keel_txn *txn, bool merge)
     keel_cursor c;
     if (!free_cursor(txn, &c))
         return KEEL_NOTFOUND;
+    /* Never nested: the allocator asks only outside a reclaim, so the btree
+     * edits below are the only ones at nest 1 and scratch[1] (btree.c) is
+     * theirs, while an edit at nest 0 that allocated may hold scratch[0]. */
+    KEEL_ASSERT(txn->nest == 0 && !txn->reclaiming);
     txn->reclaiming = true;
     txn->nest++;
     keel_val k, v;
