@@ -10,7 +10,9 @@
 #include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stddef.h>
+#include <sys/wait.h>
 #include <cmocka.h>
 
 #include <xxhash.h>
@@ -534,6 +536,40 @@ static void test_damage_names_page(void **state)
     tu_remove(path);
 }
 
+/* A failed KEEL_ASSERT names its place and condition on stderr and aborts
+ * (in a child: the test goes on).  A build with NDEBUG has none. */
+static void test_assert_aborts(void **state)
+{
+    (void)state;
+#ifdef NDEBUG
+    skip();
+#else
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        signal(SIGABRT, SIG_DFL);
+        int depth = KEEL_MAX_DEPTH + 1;
+        KEEL_ASSERT(depth <= KEEL_MAX_DEPTH);
+        _exit(0);
+    }
+    close(fds[1]);
+    char msg[256] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0)
+        got += (size_t)r;
+    close(fds[0]);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    assert_non_null(strstr(msg, "test_btree.c:"));
+    assert_non_null(strstr(msg, "depth <= KEEL_MAX_DEPTH"));
+#endif
+}
+
 /* Damaged free space that gives out a page in use, in the middle of a put:
  * the put searches the default tree (its root leaf P, read from the file),
  * then allocates the value's overflow page, and the free tail (where small
@@ -608,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_spill),
         cmocka_unit_test(test_damaged_leaf),
         cmocka_unit_test(test_damage_names_page),
+        cmocka_unit_test(test_assert_aborts),
         cmocka_unit_test(test_free_space_gives_out_a_page_on_the_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
