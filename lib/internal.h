@@ -456,9 +456,10 @@ void corrupt_at(const char *file, int line, uint64_t pgno) __attribute__((cold))
 /* Invariants of keel's own making (not of the file's: those are CORRUPT).
  * A failure prints file:line and the condition to stderr and aborts.  On
  * in every build but one that defines NDEBUG (meson's -Db_ndebug=true, or
- * -Db_ndebug=if-release with buildtype release, as the benchmarks build):
- * the default debugoptimized build and the sanitizer builds check them.
- * The condition is not evaluated when off, so it must have no effect. */
+ * -Db_ndebug=if-release with buildtype release): the default
+ * debugoptimized build, which the benchmarks use, and the sanitizer and
+ * fuzz builds check them, so each must be O(1) on a hot path.  The
+ * condition is not evaluated when off, so it must have no effect. */
 #ifdef NDEBUG
 #define KEEL_ASSERT(cond) ((void)0)
 #else
