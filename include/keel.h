@@ -262,9 +262,12 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
 
 const char *keel_strerror(int err);
 /* Where the calling thread's last error was met, when keel knows more than
- * the code says: the file at fault ("x.db-lock: Is a directory"), the page
- * of a damage.  "" when there is nothing more to say.  keel_open clears it
- * first, so after a failed open it describes that failure. */
+ * the code says: the file at fault ("x.db-lock: Is a directory"), or after
+ * KEEL_CORRUPTED where the damage was met: "damage at page 1234
+ * (btree.c:512)", the page whose contents failed a check and the library's
+ * source line, or "damage met (pager.c:239)" when no page is known (a meta,
+ * a catalog value).  "" when there is nothing more to say.  keel_open
+ * clears it first, so after a failed open it describes that failure. */
 const char *keel_error_detail(void);
 
 #if defined(__GNUC__)

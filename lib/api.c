@@ -74,7 +74,7 @@ static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *
     uint64_t bad = lockfile_bad_meta(&db->lock);
     r0 = meta_check(buf, got, 0, &m0);
     if (r0 == 0 && meta_is_bad(&m0, bad))
-        r0 = KEEL_CORRUPTED;
+        r0 = KEEL_CORRUPTED; /* the lock file names it torn: no damage met here */
     int r1_keel = KEEL_INVALID; /* a damaged or newer meta 1 found while probing page sizes */
     for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
         if (r0 == 0 && ps != m0.page_size)
@@ -96,12 +96,12 @@ static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *
     if (r0 == KEEL_VERSION || r1 == KEEL_VERSION)
         rc = KEEL_VERSION;
     else if (r0 && r1)
-        rc = r0 == KEEL_INVALID && r1 == KEEL_INVALID ? KEEL_INVALID : KEEL_CORRUPTED;
+        rc = r0 == KEEL_INVALID && r1 == KEEL_INVALID ? KEEL_INVALID : CORRUPT(0);
     else {
         *slot = (r0 == 0 && (r1 != 0 || meta_newer(&m0, &m1))) ? 0 : 1;
         *out = *slot == 0 ? m0 : m1;
         if (check_size && out->npages * out->page_size > fsize)
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(0);
     }
 out:
     os_free(buf);
@@ -715,7 +715,7 @@ static int add_bucket(const char *name, const struct tree_desc *t, void *ctx)
 {
     (void)name;
     if (!t)
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     add_tree(ctx, t);
     return 0;
 }

@@ -60,7 +60,14 @@ int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) { retur
 static inline size_t usable(const keel_txn *txn) { return txn->db->psize - PAGE_HDR; }
 
 /* ---- checked node access ---- */
-#define node_at page_node
+/* page_node, with the damage recorded: the page's header names it (page_get
+ * checked that for a page in the map; a dirty buffer carries its number). */
+static inline int node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
+{
+    if (page_node(page, i, psize, node))
+        return CORRUPT(page_pgno(page));
+    return 0;
+}
 
 int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
 {
@@ -69,11 +76,10 @@ int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **
 
 int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want)
 {
-    (void)pgno;
     uint32_t ps = txn->db->psize;
     unsigned n = page_nkeys(page);
     if (page_flags(page) != want || n == 0 || page_upper(page) > ps || page_upper(page) < PAGE_HDR + 2 * n)
-        return KEEL_CORRUPTED;
+        return CORRUPT(pgno);
     return 0;
 }
 
@@ -103,31 +109,31 @@ static int check_nodes(keel_txn *txn, const uint8_t *page)
     if (page_flags(page) & P_LEAF) {
         for (unsigned i = 0; i < n; i++) {
             if (area - at < LEAF_HDR)
-                return KEEL_CORRUPTED;
+                return CORRUPT(page_pgno(page));
             size_t size = leaf_node_size(base + at);
             if (size > area - at)
-                return KEEL_CORRUPTED;
+                return CORRUPT(page_pgno(page));
             starts[at / 64] |= 1ull << (at % 64);
             at += (uint32_t)size;
         }
     } else {
         for (unsigned i = 0; i < n; i++) {
             if (area - at < BRANCH_HDR)
-                return KEEL_CORRUPTED;
+                return CORRUPT(page_pgno(page));
             size_t size = branch_node_size(base + at);
             if (size > area - at)
-                return KEEL_CORRUPTED;
+                return CORRUPT(page_pgno(page));
             starts[at / 64] |= 1ull << (at % 64);
             at += (uint32_t)size;
         }
     }
     if (at != area) /* a gap, or nodes beyond the n the header counts */
-        return KEEL_CORRUPTED;
+        return CORRUPT(page_pgno(page));
     for (unsigned i = 0; i < n; i++) {
         uint32_t s = page_slot(page, i) - upper; /* below upper: wraps, fails the test */
         uint64_t bit = 1ull << (s % 64);
         if (s >= area || !(starts[s / 64] & bit))
-            return KEEL_CORRUPTED; /* not the start of a node, or one a slot before took */
+            return CORRUPT(page_pgno(page)); /* not the start of a node, or one a slot before took */
         starts[s / 64] ^= bit;
     }
     return 0;
@@ -179,7 +185,7 @@ static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page
         if (trusted)
             n = node_ptr(page, mid);
         else if (node_at(page, mid, ps, &n))
-            return KEEL_CORRUPTED;
+            return KEEL_CORRUPTED; /* node_at recorded where */
         const uint8_t *k;
         size_t kl;
         if (leaf) {
@@ -232,9 +238,10 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
     if (t->root == 0)
         return KEEL_NOTFOUND;
     if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
-        return KEEL_CORRUPTED;
+        return CORRUPT(t->root);
     uint64_t pg = t->root;
     for (unsigned level = 0;; level++) {
+        KEEL_ASSERT(level < t->depth); /* the leaf level returns: the path fits */
         const uint8_t *page;
         int rc = page_get(txn, pg, &page);
         if (rc)
@@ -279,10 +286,10 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
     if (rc)
         return rc;
     if (page_flags(p) != P_OVERFLOW || page_upper(p) != need)
-        return KEEL_CORRUPTED;
+        return CORRUPT(ov);
     /* a run in the map must end inside the file (a dirty one is a buffer of need pages) */
     if (page_in_map(txn->db, p) && ov + need > page_map_limit(txn))
-        return KEEL_CORRUPTED;
+        return CORRUPT(ov);
     val->data = p + PAGE_HDR;
     val->len = vsize;
     return 0;
@@ -398,6 +405,7 @@ static void page_fill(uint8_t *page, unsigned flags, uint32_t psize, const struc
 
 static uint8_t *scratch(keel_txn *txn)
 {
+    KEEL_ASSERT(txn->nest >= 0); /* freelist_reclaim's nesting is balanced */
     int k = txn->nest > 1 ? 1 : txn->nest;
     if (!txn->scratch[k])
         txn->scratch[k] = os_malloc(2 * (size_t)txn->db->psize);
@@ -715,7 +723,7 @@ static int split_insert(keel_txn *txn, struct tree_desc *t, struct bt_path *path
     size_t s = choose_split(pc, n + 1, usable(txn), append && idx == n);
     if (s == 0) {
         os_free(pc);
-        return KEEL_CORRUPTED;
+        return CORRUPT(path->pgno[level]);
     }
 
     const uint8_t *rk;
@@ -796,14 +804,14 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
              * since given to a page of this txn by a damaged free tree). */
             for (int l = 0; l < level; l++)
                 if (path->page[l] == page)
-                    return KEEL_CORRUPTED;
+                    return CORRUPT(path->pgno[level]);
             continue;
         }
         /* From the file, and not dirty since the search: a page allocated
          * in between (bt_put's overflow run) at this number came from a
          * damaged free tree that gave out a page in use. */
         if (page_dirty(txn, path->pgno[level]))
-            return KEEL_CORRUPTED;
+            return CORRUPT(path->pgno[level]);
         uint64_t np;
         uint8_t *buf;
         if ((rc = check_nodes(txn, page)) || (rc = page_touch(txn, path->pgno[level], &np, &buf)))
@@ -1006,7 +1014,7 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
         return rc;
     for (int l = 0; l <= level; l++)
         if (path->page[l] == sp)
-            return KEEL_CORRUPTED;
+            return CORRUPT(sibpg);
     /* a branch merge takes in the parent's separator as a key */
     size_t extra = leaf ? 0 : branch_node_ksize(node_ptr(parent, ri));
     if (!must && used + page_used(sp, ps) + extra > usable(txn) * 7 / 8)
@@ -1064,7 +1072,7 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     if (newpg != sibpg)
         wr64(parent + page_slot(parent, sib), newpg);
     if (page_flags(sibbuf) != flags)
-        return KEEL_CORRUPTED;
+        return CORRUPT(sibpg);
     uint8_t *L = li == pidx ? page : sibbuf, *R = li == pidx ? sibbuf : page;
     uint64_t rpg = li == pidx ? newpg : path->pgno[level];
 
@@ -1100,7 +1108,7 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     if (s == 0) {
         os_free(joined);
         os_free(pc);
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     }
     const uint8_t *rk;
     size_t rkl;
@@ -1243,7 +1251,7 @@ static int walk_page(struct walker *w, uint64_t pg, unsigned level)
 {
     keel_txn *txn = w->txn;
     if (level >= w->depth || w->budget-- == 0)
-        return KEEL_CORRUPTED;
+        return CORRUPT(pg);
     const uint8_t *page;
     int rc = page_get(txn, pg, &page);
     if (rc)
@@ -1277,7 +1285,7 @@ int bt_walk(keel_txn *txn, const struct tree_desc *t,
     if (t->root == 0)
         return 0;
     if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
-        return KEEL_CORRUPTED;
+        return CORRUPT(t->root);
     struct walker w = {txn, fn, ctx, t->depth, txn->meta.npages};
     return walk_page(&w, t->root, 0);
 }
@@ -1322,13 +1330,13 @@ static int finger_bounds(keel_txn *txn, struct bt_finger *f)
         unsigned i = f->path.idx[l];
         if (!f->lo && i > 0) {
             if (node_at(page, i, ps, &n))
-                return KEEL_CORRUPTED;
+                return KEEL_CORRUPTED; /* node_at recorded where */
             f->lo = branch_node_key(n);
             f->lolen = branch_node_ksize(n);
         }
         if (!f->hi && i + 1 < page_nkeys(page)) {
             if (node_at(page, i + 1, ps, &n))
-                return KEEL_CORRUPTED;
+                return KEEL_CORRUPTED; /* node_at recorded where */
             f->hi = branch_node_key(n);
             f->hilen = branch_node_ksize(n);
         }
@@ -1350,7 +1358,7 @@ static int finger_find(keel_txn *txn, struct bt_finger *f, keel_val key, bool *i
     if (hi == 0 || (f->hi && key_cmp(key.data, key.len, f->hi, f->hilen) >= 0))
         return 0;
     if (node_at(leaf, hi - 1, ps, &n))
-        return KEEL_CORRUPTED;
+        return KEEL_CORRUPTED; /* node_at recorded where */
     int c = key_cmp(leaf_node_key(n), leaf_node_ksize(n), key.data, key.len);
     if (c <= 0) {
         *idx = c ? hi : hi - 1;
@@ -1364,7 +1372,7 @@ static int finger_find(keel_txn *txn, struct bt_finger *f, keel_val key, bool *i
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;
         if (node_at(leaf, mid, ps, &n))
-            return KEEL_CORRUPTED;
+            return KEEL_CORRUPTED; /* node_at recorded where */
         c = key_cmp(leaf_node_key(n), leaf_node_ksize(n), key.data, key.len);
         if (c < 0)
             lo = mid + 1;
@@ -1621,7 +1629,7 @@ int bt_move_high(keel_txn *txn, struct tree_desc *t, struct bt_mover *m, bool *d
         return 0;
     }
     if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
-        return KEEL_CORRUPTED;
+        return CORRUPT(t->root);
     int unit = t->depth >= 2 ? (int)t->depth - 2 : 0;
     while (!mover_out(m) && m->reads) {
         struct bt_path path;

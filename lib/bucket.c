@@ -362,11 +362,11 @@ uint32_t txn_bucket_states(const keel_txn *txn) { return txn->bk.n; }
 static int desc_from_value(keel_txn *txn, keel_val v, struct tree_desc *d)
 {
     if (v.len != TREE_DESC_SIZE)
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     memcpy(d, v.data, TREE_DESC_SIZE);
     if ((d->root && (d->root < 2 || d->root >= txn->meta.npages)) || d->depth > KEEL_MAX_DEPTH ||
         (d->root == 0) != (d->depth == 0) || d->id == 0)
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     return 0;
 }
 
@@ -655,7 +655,7 @@ int bucket_walk(keel_txn *txn, int (*fn)(const char *name, const struct tree_des
     struct tree_desc d;
     for (rc = cursor_first(&c, &k, &v); rc == 0; rc = cursor_next(&c, &k, &v)) {
         if (k.len > KEEL_MAX_BUCKET_NAME) {
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(c.pgno[c.depth - 1]);
             break;
         }
         memcpy(name, k.data, k.len);

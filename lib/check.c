@@ -42,6 +42,18 @@ static void problem(struct checker *ck, const char *fmt, ...)
     ck->report(ck->ctx, msg);
 }
 
+/* After a call stopped by damage: where it was met (keel_error_detail(),
+ * recorded by CORRUPT), so that the report names the page. */
+static const char *where(int rc)
+{
+    static __thread char buf[540];
+    const char *d = keel_error_detail();
+    if (rc != KEEL_CORRUPTED || !*d)
+        return "";
+    snprintf(buf, sizeof buf, " (%s)", d);
+    return buf;
+}
+
 /* Marks pages [pg, pg+n); false if any is out of range or already marked. */
 static bool mark(struct checker *ck, uint64_t pg, uint64_t n, const char *what)
 {
@@ -186,7 +198,7 @@ static void check_expiry(struct checker *ck)
     uint64_t entries = 0;
     int rc = ttl_check(ck->txn, ttl_problem, ck, &entries);
     if (rc)
-        problem(ck, "walk stopped: %s", keel_strerror(rc));
+        problem(ck, "walk stopped: %s%s", keel_strerror(rc), where(rc));
     else if (entries != ck->expiring)
         problem(ck, "%llu expiry entries, but %llu keys with an expiry time", (unsigned long long)entries,
                 (unsigned long long)ck->expiring);
@@ -228,7 +240,7 @@ static void check_free(struct checker *ck)
         }
     }
     if (rc != KEEL_NOTFOUND)
-        problem(ck, "walk stopped: %s", keel_strerror(rc));
+        problem(ck, "walk stopped: %s%s", keel_strerror(rc), where(rc));
     if (ck->tail) {
         ck->tree = "free tail";
         if (freelist_tail_groups(ck->tail + META_TAIL_HDR, rd32(ck->tail), txn->meta.npages, txn->meta.txnid,
@@ -252,7 +264,7 @@ static int check_bucket(const char *name, void *ctx)
         rc = bucket_tree(ck->txn, b, &t);
     if (rc) {
         ck->tree = name;
-        problem(ck, "bucket descriptor unreadable: %s", keel_strerror(rc));
+        problem(ck, "bucket descriptor unreadable: %s%s", keel_strerror(rc), where(rc));
         return 0;
     }
     struct tree_desc copy = *t;
@@ -307,7 +319,7 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
     if (ck.problems == meta_problems) {
         if ((rc = bucket_list(txn, check_bucket, &ck))) {
             ck.tree = "catalog";
-            problem(&ck, "walk stopped: %s", keel_strerror(rc));
+            problem(&ck, "walk stopped: %s%s", keel_strerror(rc), where(rc));
             rc = 0;
         }
         check_free(&ck);

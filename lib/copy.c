@@ -94,7 +94,7 @@ static int copy_tree(keel_txn *src, keel_bucket sb, keel_txn *dst, keel_bucket d
         if ((rc = bt_node_at(c.page[c.depth - 1], c.idx[c.depth - 1], src->db->psize, &n)))
             break;
         if (check_key(dst, k)) { /* a key no put could have made: damage */
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(c.pgno[c.depth - 1]);
             break;
         }
         if ((rc = ttl_put(dst, db, k, v, leaf_node_expiry(n), KEEL_APPEND)))

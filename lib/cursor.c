@@ -42,6 +42,15 @@ int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *
     return 0;
 }
 
+/* page_node, with the damage recorded: the page's header names it (page_get
+ * checked that for a page in the map; a dirty buffer carries its number). */
+static inline int node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
+{
+    if (page_node(page, i, psize, node))
+        return CORRUPT(page_pgno(page));
+    return 0;
+}
+
 /* Fill the path from `level` down to a leaf, taking the first (or last)
  * child at each step. */
 static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int level, bool last)
@@ -49,7 +58,10 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int l
     keel_txn *txn = c->txn;
     for (;; level++) {
         if (level >= (int)t->depth)
-            return KEEL_CORRUPTED;
+            return CORRUPT(pg);
+        /* every descriptor's depth was checked when it was read (meta_check,
+         * the catalog's desc_from_value): the path arrays hold the levels */
+        KEEL_ASSERT(level < KEEL_MAX_DEPTH);
         const uint8_t *page;
         int rc = page_get(txn, pg, &page);
         if (rc)
@@ -66,7 +78,7 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int l
             return 0;
         }
         const uint8_t *n;
-        if ((rc = page_node(page, idx, txn->db->psize, &n)))
+        if ((rc = node_at(page, idx, txn->db->psize, &n)))
             return rc;
         pg = branch_node_child(n);
     }
@@ -94,13 +106,13 @@ static inline int leaf_entry(const uint8_t *page, unsigned i, uint32_t ps, struc
 {
     unsigned off = page_slot(page, i);
     if (off < PAGE_HDR + 2 * page_nkeys(page) || off > ps - LEAF_HDR)
-        return KEEL_CORRUPTED;
+        return CORRUPT(page_pgno(page));
     const uint8_t *n = page + off;
     unsigned flags = leaf_node_flags(n);
     size_t extra = (flags & N_EXPIRES) ? 8 : 0, klen = leaf_node_ksize(n);
     uint32_t vlen = leaf_node_vsize(n);
     if (extra + klen + ((flags & N_BIG) ? 8 : (size_t)vlen) > ps - LEAF_HDR - off)
-        return KEEL_CORRUPTED;
+        return CORRUPT(page_pgno(page));
     e->node = n;
     e->key = n + LEAF_HDR + extra;
     e->klen = klen;
@@ -133,7 +145,7 @@ static inline int load_entry(keel_cursor *c, const struct entry *e, keel_val *ke
     keel_txn *txn = c->txn;
     int rc;
     if (e->klen == 0) /* no tree holds an empty key: a damaged node (and memcpy from a NULL keybuf) */
-        return KEEL_CORRUPTED;
+        return CORRUPT(c->pgno[c->depth - 1]);
     keel_val v = {e->key + e->klen, e->vlen};
     if (val && (e->flags & N_BIG) && (rc = bt_leaf_value(txn, e->node, &v)))
         return rc;
@@ -180,7 +192,7 @@ static int step(keel_cursor *c, const struct tree_desc *t, int dir)
     uint32_t ps = c->txn->db->psize;
     const uint8_t *n, *was = c->page[level];
     unsigned was_idx = c->idx[level];
-    int rc = page_node(c->page[up], c->idx[up], ps, &n);
+    int rc = node_at(c->page[up], c->idx[up], ps, &n);
     if (rc || (rc = descend(c, t, branch_node_child(n), up + 1, dir < 0)))
         return rc;
     /* Into the next leaf the keys must go on growing (shrinking, going
@@ -188,10 +200,10 @@ static int step(keel_cursor *c, const struct tree_desc *t, int dir)
      * could come back to a leaf again and again, exponentially often.  One
      * key comparison per leaf crossed. */
     const uint8_t *a, *b;
-    if ((rc = page_node(was, was_idx, ps, &a)) || (rc = page_node(c->page[level], c->idx[level], ps, &b)))
+    if ((rc = node_at(was, was_idx, ps, &a)) || (rc = node_at(c->page[level], c->idx[level], ps, &b)))
         return rc;
     int cmp = bt_cmp(leaf_node_key(b), leaf_node_ksize(b), leaf_node_key(a), leaf_node_ksize(a));
-    return (dir > 0 ? cmp > 0 : cmp < 0) ? 0 : KEEL_CORRUPTED;
+    return (dir > 0 ? cmp > 0 : cmp < 0) ? 0 : CORRUPT(c->pgno[level]);
 }
 
 static bool expired_here(keel_cursor *c)

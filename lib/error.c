@@ -1,6 +1,8 @@
 /* error.c — keel_strerror: a message for every code keel returns; keel_error_detail: where the last one was met. */
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -59,3 +61,27 @@ void error_detail_set(const char *fmt, ...)
     vsnprintf(error_detail, sizeof error_detail, fmt, ap);
     va_end(ap);
 }
+
+/* The file name without the build's directories: the detail names a source
+ * file of lib/, whatever directory it was built from. */
+static const char *base_name(const char *file)
+{
+    const char *slash = strrchr(file, '/');
+    return slash ? slash + 1 : file;
+}
+
+void corrupt_at(const char *file, int line, uint64_t pgno)
+{
+    if (pgno)
+        error_detail_set("damage at page %" PRIu64 " (%s:%d)", pgno, base_name(file), line);
+    else
+        error_detail_set("damage met (%s:%d)", base_name(file), line);
+}
+
+#ifndef NDEBUG
+void keel_assert_fail(const char *file, int line, const char *cond)
+{
+    fprintf(stderr, "keel: %s:%d: assertion failed: %s\n", base_name(file), line, cond);
+    abort();
+}
+#endif

@@ -200,6 +200,10 @@ static int reclaim_record(keel_txn *txn, bool merge)
     keel_cursor c;
     if (!free_cursor(txn, &c))
         return KEEL_NOTFOUND;
+    /* Never nested: the allocator asks only outside a reclaim, so the btree
+     * edits below are the only ones at nest 1 and scratch[1] (btree.c) is
+     * theirs, while an edit at nest 0 that allocated may hold scratch[0]. */
+    KEEL_ASSERT(txn->nest == 0 && !txn->reclaiming);
     txn->reclaiming = true;
     txn->nest++;
     keel_val k, v;
@@ -207,7 +211,7 @@ static int reclaim_record(keel_txn *txn, bool merge)
     if (rc)
         goto out;
     if (k.len != FREE_KEY_SIZE || v.len % 8) {
-        rc = KEEL_CORRUPTED;
+        rc = CORRUPT(c.pgno[c.depth - 1]);
         goto out;
     }
     uint8_t key[FREE_KEY_SIZE];
@@ -223,7 +227,7 @@ static int reclaim_record(keel_txn *txn, bool merge)
         uint64_t pg = rd64((const uint8_t *)v.data + 8 * i);
         if (pg < 2 || pg >= txn->meta.npages) {
             pool->n = start;
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(c.pgno[c.depth - 1]);
             goto out;
         }
         if ((rc = pgvec_push(pool, pg))) {
@@ -294,7 +298,7 @@ static int zero_chunk_range(keel_txn *txn, uint32_t *first, uint32_t *last)
         else if (rc == KEEL_NOTFOUND)
             rc = cursor_last(&c, &k, NULL);
         if (rc == 0 && (k.len != FREE_KEY_SIZE || free_key_txnid(k.data) != 0))
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(c.pgno[c.depth - 1]);
         if (rc == 0)
             *last = key_chunk(k.data);
     }
@@ -313,7 +317,7 @@ static int check_newest_record(keel_txn *txn)
     keel_val k;
     int rc = cursor_last(&c, &k, NULL);
     if (rc == 0 && (k.len != FREE_KEY_SIZE || free_key_txnid(k.data) >= txn->txnid))
-        rc = KEEL_CORRUPTED;
+        rc = CORRUPT(c.pgno[c.depth - 1]);
     os_free(c.keybuf);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
@@ -452,7 +456,7 @@ int freelist_record(keel_txn *txn)
     size_t pool_written = (size_t)-1, freed_written = (size_t)-1;
     for (int round = 0; pool->n != pool_written || txn->freed.n != freed_written; round++) {
         if (round > 64)
-            return KEEL_CORRUPTED; /* cannot happen: see the contract above */
+            return CORRUPT(0); /* cannot happen: see the contract above */
         if (pool->n != pool_written) {
             pool_written = pool->n;
             if ((rc = write_pool(txn, parts)))
@@ -480,15 +484,15 @@ int freelist_tail_groups(const uint8_t *w, size_t nwords, uint64_t npages, uint6
     size_t i = 0;
     while (i < nwords) {
         if (nwords - i < 2)
-            return KEEL_CORRUPTED;
+            return CORRUPT(0);
         uint64_t txnid = rd64(w + 8 * i), n = rd64(w + 8 * i + 8);
         i += 2;
         if (txnid > txnid_max || n == 0 || n > nwords - i)
-            return KEEL_CORRUPTED;
+            return CORRUPT(0);
         for (size_t j = 0; j < n; j++) {
             uint64_t pg = rd64(w + 8 * (i + j));
             if (pg < 2 || pg >= npages)
-                return KEEL_CORRUPTED;
+                return CORRUPT(0);
         }
         int rc = fn(ctx, txnid, w + 8 * i, (size_t)n);
         if (rc)
@@ -650,7 +654,7 @@ static int walk_bucket(keel_txn *txn, struct space_walk *w, bool *found)
     int rc = w->namelen ? cursor_seek(&c, (keel_val){w->name, w->namelen + w->name_done}, &k, NULL)
                         : cursor_first(&c, &k, NULL);
     if (rc == 0 && (k.len == 0 || k.len > KEEL_MAX_BUCKET_NAME || memchr(k.data, 0, k.len)))
-        rc = KEEL_CORRUPTED;
+        rc = CORRUPT(c.pgno[c.depth - 1]);
     if (rc == 0) {
         if (w->name_done || k.len != w->namelen || memcmp(k.data, w->name, k.len)) {
             memcpy(w->name, k.data, k.len); /* a new one: from its start */

@@ -444,6 +444,28 @@ void txn_free_spares(keel_db *db);
 /* ---- error.c: what keel_error_detail() tells ---- */
 void error_detail_clear(void);
 void error_detail_set(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Damage met: CORRUPT(pgno) records where (this source file and line, and
+ * the page, 0 when the caller knows none) in keel_error_detail() and is
+ * KEEL_CORRUPTED.  For what the file says, never for keel's own bugs
+ * (KEEL_ASSERT).  The recording is a call to a cold function on the error
+ * path only: a check that passes costs what `return KEEL_CORRUPTED` did. */
+void corrupt_at(const char *file, int line, uint64_t pgno) __attribute__((cold));
+/* the constant after the comma: the compiler sees the result is not 0 */
+#define CORRUPT(pgno) (corrupt_at(__FILE__, __LINE__, (pgno)), KEEL_CORRUPTED)
+
+/* Invariants of keel's own making (not of the file's: those are CORRUPT).
+ * A failure prints file:line and the condition to stderr and aborts.  On
+ * in every build but one that defines NDEBUG (meson's -Db_ndebug=true, or
+ * -Db_ndebug=if-release with buildtype release): the default
+ * debugoptimized build, which the benchmarks use, and the sanitizer and
+ * fuzz builds check them, so each must be O(1) on a hot path.  The
+ * condition is not evaluated when off, so it must have no effect. */
+#ifdef NDEBUG
+#define KEEL_ASSERT(cond) ((void)0)
+#else
+void keel_assert_fail(const char *file, int line, const char *cond) __attribute__((noreturn, cold));
+#define KEEL_ASSERT(cond) ((cond) ? (void)0 : keel_assert_fail(__FILE__, __LINE__, #cond))
+#endif
 
 /* ---- api.c: shared argument checks ---- */
 int poison(keel_txn *txn, int rc); /* a failed write op leaves its txn able only to abort */

@@ -236,34 +236,34 @@ int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struc
     /* the checksum first: a garbled version field is damage (the other meta
      * takes over), not a newer library's meta (which refuses the open) */
     if (m.checksum != XXH3_64bits(&m, META_SUM_BYTES))
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     if (m.version != KEEL_FORMAT_VERSION || (m.flags & ~META_F_KNOWN))
         return KEEL_VERSION; /* older or newer: not a format this library reads */
     if (m.page_size < KEEL_MIN_PAGE || m.page_size > KEEL_MAX_PAGE || (m.page_size & (m.page_size - 1)))
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     if (expect_psize && m.page_size != expect_psize)
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     if (m.npages < 2 || m.npages > (UINT64_MAX / m.page_size))
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     if (m.txnid == UINT64_MAX) /* the next commit's id would wrap to 0 and lose to the other meta */
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     if (with_tail && (m.flags & META_F_FREETAIL)) {
         /* The tail shares the meta's write: a meta whose tail does not match
          * its sum was torn (or damaged), and the other meta takes over. */
         size_t off = meta_tail_off(m.page_size);
         if (len < off + META_TAIL_HDR)
-            return KEEL_CORRUPTED;
+            return CORRUPT(0);
         uint32_t nwords = rd32(buf + off);
         size_t bytes = META_TAIL_HDR + (size_t)nwords * 8;
         if (rd32(buf + off + 4) || nwords > meta_tail_max_words(m.page_size) || len - off < bytes ||
             XXH3_64bits(buf + off, bytes) != m.free_tail_sum)
-            return KEEL_CORRUPTED;
+            return CORRUPT(0);
     }
     for (int i = 0; i < TREE_COUNT; i++) {
         const struct tree_desc *t = &m.trees[i];
         if (t->root == 1 || (t->root && t->root >= m.npages) || t->depth > KEEL_MAX_DEPTH ||
             (t->root == 0) != (t->depth == 0) || t->id)
-            return KEEL_CORRUPTED;
+            return CORRUPT(0);
     }
     *out = m;
     return 0;
@@ -294,13 +294,13 @@ int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot)
     int rb = meta_check(db->map + db->psize, db->psize, db->psize, &b);
     uint64_t bad = lockfile_bad_meta(&db->lock);
     if (bad) { /* a torn one-flush commit found at open: as if its meta were torn */
-        if (!ra && meta_is_bad(&a, bad))
+        if (!ra && meta_is_bad(&a, bad)) /* known since the open: nothing to record each time */
             ra = KEEL_CORRUPTED;
         if (!rb && meta_is_bad(&b, bad))
             rb = KEEL_CORRUPTED;
     }
     if (ra && rb)
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     unsigned s = (!ra && (rb || meta_newer(&a, &b))) ? 0 : 1;
     *out = s == 0 ? a : b;
     if (slot)
@@ -367,10 +367,10 @@ int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out)
         }
     }
     if (pgno < 2 || pgno >= (txn->rdonly ? txn->meta.npages : page_map_limit(txn)))
-        return KEEL_CORRUPTED;
+        return CORRUPT(pgno);
     const uint8_t *p = txn->db->map + pgno * txn->db->psize;
     if (page_pgno(p) != pgno)
-        return KEEL_CORRUPTED;
+        return CORRUPT(pgno);
     *out = p;
     return 0;
 }
@@ -484,7 +484,7 @@ static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t *
         /* a damaged free tree can list a page twice: never two buffers for one number */
         for (uint32_t i = 0; i < npages; i++)
             if (dirty_find(&txn->dirty, pg + i))
-                return KEEL_CORRUPTED;
+                return CORRUPT(pg + i);
     }
     size_t bytes = (size_t)npages * db->psize;
     uint8_t *b = pagebuf_get(db, npages);
@@ -545,7 +545,7 @@ int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
     if (de && !de->buf) { /* spilled: ours already, back into memory at the same number */
         const uint8_t *p;
         if (de->npages != 1 || pgno >= page_map_limit(txn))
-            return KEEL_CORRUPTED;
+            return CORRUPT(pgno);
         p = txn->db->map + pgno * txn->db->psize;
         if (!(de->buf = pagebuf_get(txn->db, 1)))
             return KEEL_NOMEM;
@@ -566,7 +566,7 @@ int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
     if ((rc = alloc_pages(txn, 1, &np, &b, false, 0)))
         return rc;
     if (np == pgno) /* a damaged free tree gave out the page being copied: freeing it would free the copy */
-        return KEEL_CORRUPTED;
+        return CORRUPT(pgno);
     memcpy(b, old, txn->db->psize);
     wr64(b + PH_PGNO, np);
     if ((rc = page_free(txn, pgno, 1)))
@@ -866,7 +866,7 @@ int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned s
 {
     uint32_t ps = m->page_size;
     if (m->npages > fsize / ps) /* the growth it needed did not survive */
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     enum { CHUNK = 1 << 16 };
     uint8_t *buf = os_malloc(CHUNK > ps ? CHUNK : ps);
     if (!buf)
@@ -877,10 +877,11 @@ int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned s
         goto out;
     uint32_t nruns = rd32(buf);
     size_t list_len = META_LIST_HDR + (size_t)nruns * META_LIST_RUN;
-    rc = KEEL_CORRUPTED;
     if (got != ps - META_LIST_OFF || nruns > meta_list_max_runs(ps, m->flags & META_F_FREETAIL) || rd32(buf + 4) ||
-        XXH3_64bits(buf, list_len) != m->commit_list_sum)
+        XXH3_64bits(buf, list_len) != m->commit_list_sum) {
+        rc = CORRUPT(0);
         goto out;
+    }
     uint64_t want = rd64(buf + 8);
     size_t nr = nruns;
     uint64_t *runs = os_malloc((nr ? nr : 1) * 2 * sizeof(uint64_t));
@@ -896,6 +897,7 @@ int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned s
         if (runs[2 * i] < end || runs[2 * i] >= m->npages || runs[2 * i + 1] == 0 ||
             runs[2 * i + 1] > m->npages - runs[2 * i]) {
             os_free(runs);
+            rc = CORRUPT(0);
             goto out;
         }
         end = runs[2 * i] + runs[2 * i + 1];
@@ -909,14 +911,14 @@ int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned s
         while (left && !rc) {
             size_t n = left < CHUNK ? (size_t)left : CHUNK;
             if (!(rc = os_pread_upto(fd, buf, n, off, &got)) && got != n)
-                rc = KEEL_CORRUPTED;
+                rc = CORRUPT((off + got) / ps);
             XXH3_64bits_update(sum, buf, got);
             off += n;
             left -= n;
         }
     }
     if (!rc && XXH3_64bits_digest(sum) != want)
-        rc = KEEL_CORRUPTED;
+        rc = CORRUPT(0);
     XXH3_freeState(sum);
     os_free(runs);
 out:

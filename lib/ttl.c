@@ -103,7 +103,7 @@ static int log_add(keel_txn *txn, int64_t exp, uint32_t id, keel_val key, int de
      * delete, a bucket drop, a compacting copy) can be longer than any key
      * may be, and ttl_flush builds expiry keys in a buffer of the longest. */
     if (key.len == 0 || key.len > txn->db->max_key)
-        return KEEL_CORRUPTED;
+        return CORRUPT(0);
     struct expiry_log *l = &txn->xlog;
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 64;
@@ -266,7 +266,7 @@ int ttl_flush(keel_txn *txn)
         for (j = i + 1; j < l->n && xcmp(&v[i], &v[j], l->keys) == 0; j++)
             net += v[j].delta;
         if (net < -1 || net > 1) { /* not alternating: the trees disagreed */
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(0);
             goto out;
         }
         if (net) {
@@ -286,7 +286,7 @@ int ttl_flush(keel_txn *txn)
                                   (keel_val){l->keys + v[i].off, v[i].len});
             rc = bt_del(txn, et, (keel_val){buf, n}, NULL);
             if (rc == KEEL_NOTFOUND)
-                rc = KEEL_CORRUPTED; /* the trees disagree */
+                rc = CORRUPT(0); /* the trees disagree */
         }
     struct bt_finger f;
     f.gen = 0;
@@ -444,7 +444,7 @@ int ttl_purge(keel_txn *txn, size_t max, size_t *purged)
         if ((rc = cursor_first(&c, &k, NULL)))
             break;
         if (k.len <= EXPIRY_KEY_PREFIX) {
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(c.pgno[c.depth - 1]);
             break;
         }
         int64_t exp = expiry_key_time(k.data);
@@ -470,7 +470,7 @@ int ttl_purge(keel_txn *txn, size_t max, size_t *purged)
         if ((rc = bt_del(txn, t, ukey, &old)))
             break;
         if (old != exp) {
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(0);
             break;
         }
         bucket_mark_dirty(txn, b);

@@ -158,7 +158,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
          * meta_check accepts (only a damaged meta has none left) */
         if (txn->meta.npages * db->psize > db->file_size || txn->meta.txnid >= UINT64_MAX - 1) {
             writer_leave(db, false);
-            rc = KEEL_CORRUPTED;
+            rc = CORRUPT(0);
             goto fail;
         }
         txn->txnid = txn->meta.txnid + 1;

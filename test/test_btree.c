@@ -7,9 +7,12 @@
  * walks over it handing out only bytes of that page.
  */
 #include <fcntl.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stddef.h>
+#include <sys/wait.h>
 #include <cmocka.h>
 
 #include <xxhash.h>
@@ -463,6 +466,110 @@ static void test_damaged_leaf(void **state)
     tu_remove(path);
 }
 
+/* keel_error_detail() after KEEL_CORRUPTED names the damaged page: a
+ * caller (or keel check) can tell where the file is hurt.  Two kinds: a
+ * node running past its page (met by the put's whole-page check and by a
+ * cursor's node read), and a page whose header names another page (met by
+ * page_get). */
+static void test_damage_names_page(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "btree-damage-detail");
+    keel_db *db;
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    keel_txn *t;
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    for (int i = 0; i < 6; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "k%03d", i);
+        assert_int_equal(keel_put(t, 0, tu_val(k), tu_val("some value"), 0), 0);
+    }
+    assert_int_equal(keel_commit(t), 0);
+    keel_close(db);
+
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    off_t size = lseek(fd, 0, SEEK_END);
+    uint8_t *img = malloc((size_t)size);
+    assert_int_equal(pread(fd, img, (size_t)size, 0), (ssize_t)size);
+    uint32_t ps = 4096;
+    uint64_t leaf = only_leaf(img, (size_t)size, ps);
+    char want[64];
+    snprintf(want, sizeof want, "page %" PRIu64 " ", leaf);
+
+    /* a node past the end of the leaf */
+    damage_leaf(img + leaf * ps, ps, D_KSIZE_HUGE);
+    assert_int_equal(pwrite(fd, img + leaf * ps, ps, (off_t)(leaf * ps)), (ssize_t)ps);
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    assert_int_equal(keel_put(t, 0, tu_val("k002x"), tu_val("new"), 0), KEEL_CORRUPTED);
+    assert_non_null(strstr(keel_error_detail(), want));
+    assert_non_null(strstr(keel_error_detail(), "btree.c:"));
+    keel_abort(t);
+    assert_int_equal(keel_begin(db, KEEL_RDONLY, &t), 0);
+    keel_cursor *c;
+    assert_int_equal(keel_cursor_open(t, 0, &c), 0);
+    keel_val k, v;
+    int rc, n = 0;
+    for (rc = keel_cursor_first(c, &k, &v); rc == 0 && n < 100; rc = keel_cursor_next(c, &k, &v))
+        n++;
+    assert_int_equal(rc, KEEL_CORRUPTED);
+    assert_non_null(strstr(keel_error_detail(), want));
+    keel_cursor_close(c);
+    keel_abort(t);
+    keel_close(db);
+
+    /* the leaf's header names another page */
+    wr64(img + leaf * ps + PH_PGNO, leaf + 1000);
+    assert_int_equal(pwrite(fd, img + leaf * ps, ps, (off_t)(leaf * ps)), (ssize_t)ps);
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    assert_int_equal(keel_begin(db, KEEL_RDONLY, &t), 0);
+    assert_int_equal(keel_get(t, 0, tu_val("k001"), &v), KEEL_CORRUPTED);
+    assert_non_null(strstr(keel_error_detail(), want));
+    assert_non_null(strstr(keel_error_detail(), "pager.c:"));
+    keel_abort(t);
+    keel_close(db);
+
+    close(fd);
+    free(img);
+    tu_remove(path);
+}
+
+/* A failed KEEL_ASSERT names its place and condition on stderr and aborts
+ * (in a child: the test goes on).  A build with NDEBUG has none. */
+static void test_assert_aborts(void **state)
+{
+    (void)state;
+#ifdef NDEBUG
+    skip();
+#else
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        signal(SIGABRT, SIG_DFL);
+        int depth = KEEL_MAX_DEPTH + 1;
+        KEEL_ASSERT(depth <= KEEL_MAX_DEPTH);
+        _exit(0);
+    }
+    close(fds[1]);
+    char msg[256] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0)
+        got += (size_t)r;
+    close(fds[0]);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    assert_non_null(strstr(msg, "test_btree.c:"));
+    assert_non_null(strstr(msg, "depth <= KEEL_MAX_DEPTH"));
+#endif
+}
+
 /* Damaged free space that gives out a page in use, in the middle of a put:
  * the put searches the default tree (its root leaf P, read from the file),
  * then allocates the value's overflow page, and the free tail (where small
@@ -536,6 +643,8 @@ int main(void)
         cmocka_unit_test(test_random_64k),
         cmocka_unit_test(test_spill),
         cmocka_unit_test(test_damaged_leaf),
+        cmocka_unit_test(test_damage_names_page),
+        cmocka_unit_test(test_assert_aborts),
         cmocka_unit_test(test_free_space_gives_out_a_page_on_the_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
