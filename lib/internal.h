@@ -225,7 +225,10 @@ struct keel_txn {
     struct dirty_table dirty; /* buf NULL: spilled, the page is in the file */
     size_t dirty_bytes;       /* bytes of dirty buffers held in memory */
     struct pgvec freed; /* pages this txn stopped using that older snapshots may read */
-    struct pgvec pool;  /* pages reusable now; sorted descending (pop takes the lowest) */
+    struct pgvec pool;  /* pages reusable now; sorted descending (pop takes the lowest), except
+                         * inside freelist_record's full load, which appends records and sorts
+                         * once at the end: only single pages are taken meanwhile (bt_del on
+                         * the free tree), and any free page is a right answer for those */
     struct pgvec tail;  /* free-tail groups (txn id, count, pages) not reusable yet; after
                          * freelist_record, the whole tail the commit writes */
     uint64_t oldest;    /* oldest snapshot any reader may hold */
