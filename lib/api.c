@@ -411,6 +411,7 @@ int keel_open_sized(const char *path, const keel_options *opts, size_t opts_size
     db->inline_max = db->max_node;
     /* a leaf node with expiry and overflow pointer must still fit max_node */
     db->max_key = db->max_node - LEAF_HDR - 8 - 8 - EXPIRY_KEY_PREFIX; /* the expiry tree's key holds it too */
+    error_detail_clear(); /* a torn meta passed over on the way is no error of this open */
     *out = db;
     return 0;
 fail:
