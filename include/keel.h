@@ -223,6 +223,9 @@ int keel_cursor_next(keel_cursor *c, keel_val *key, keel_val *val);
 int keel_cursor_prev(keel_cursor *c, keel_val *key, keel_val *val);
 int keel_cursor_seek(keel_cursor *c, keel_val key, keel_val *key_out, keel_val *val_out); /* first >= key */
 int keel_cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
+/* The current entry's absolute expiry (ms since the epoch), 0 if it has
+ * none: what keel_expiry_at says, without a second search. */
+int keel_cursor_expiry(keel_cursor *c, int64_t *unix_ms);
 int keel_cursor_del(keel_cursor *c); /* next() then yields the following entry */
 void keel_cursor_close(keel_cursor *c); /* NULL is ignored */
 

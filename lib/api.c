@@ -669,6 +669,14 @@ CURSOR_OP(keel_cursor_next, cursor_next)
 CURSOR_OP(keel_cursor_prev, cursor_prev)
 CURSOR_OP(keel_cursor_current, cursor_current)
 
+int keel_cursor_expiry(keel_cursor *c, int64_t *unix_ms)
+{
+    int rc = cursor_check(c);
+    if (rc)
+        return rc;
+    return unix_ms ? cursor_expiry(c, unix_ms) : KEEL_BADARG;
+}
+
 int keel_cursor_seek(keel_cursor *c, keel_val key, keel_val *key_out, keel_val *val_out)
 {
     int rc = cursor_check(c);

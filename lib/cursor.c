@@ -451,6 +451,23 @@ int cursor_current(keel_cursor *c, keel_val *key, keel_val *val)
     return load(c, key, val);
 }
 
+int cursor_expiry(keel_cursor *c, int64_t *unix_ms)
+{
+    if (c->state == CUR_UNSET)
+        return KEEL_BADCURSOR;
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc || (rc = sync(c, t)))
+        return rc;
+    if (c->state != CUR_ON || expired_here(c))
+        return KEEL_NOTFOUND;
+    struct entry e;
+    if ((rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &e)))
+        return rc;
+    *unix_ms = e.expiry;
+    return 0;
+}
+
 int cursor_del(keel_cursor *c, int64_t *old_expiry)
 {
     if (c->state == CUR_UNSET)

@@ -371,6 +371,7 @@ int cursor_next(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_prev(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout);
 int cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
+int cursor_expiry(keel_cursor *c, int64_t *unix_ms); /* the current entry's, 0 = none */
 int cursor_del(keel_cursor *c, int64_t *old_expiry); /* the deleted key stays in c->keybuf */
 
 /* ---- bucket.c ----------------------------------------------------------- */

@@ -424,6 +424,51 @@ static void test_boundary(void **state)
 }
 
 /* A bucket whose every key expired: nothing to find, from any direction. */
+/* keel_cursor_expiry gives what keel_expiry_at gives, for the entry the
+ * cursor is on, in read and write txns; expired entries are not there. */
+static void test_cursor_expiry(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "ttl-curexp");
+    keel_db *db = open_db(-1, KEEL_NOSYNC);
+    keel_txn *t = wbegin(db);
+    keel_bucket b = bucket(t, "ce");
+    char k[32];
+    for (int i = 0; i < 500; i++) {
+        snprintf(k, sizeof k, "key%05d", i);
+        if (i % 3 == 0)
+            put(t, b, k, "plain", 0);
+        else
+            put_ttl(t, b, k, "leased", i % 3 == 1 ? 5 : 100000 + i);
+    }
+    assert_int_equal(keel_commit(t), 0);
+    clock_now = T0 + 10; /* the i % 3 == 1 keys have expired */
+    for (int w = 0; w < 2; w++) {
+        t = w ? wbegin(db) : rbegin(db);
+        keel_cursor *c;
+        keel_val kv, vv;
+        assert_int_equal(keel_cursor_open(t, b, &c), 0);
+        int64_t at;
+        assert_int_equal(keel_cursor_expiry(c, &at), KEEL_BADCURSOR); /* not positioned */
+        assert_int_equal(keel_cursor_expiry(c, NULL), KEEL_BADARG);
+        int seen = 0;
+        for (int rc = keel_cursor_first(c, &kv, &vv); rc == 0; rc = keel_cursor_next(c, &kv, &vv)) {
+            int i = atoi((const char *)kv.data + 3);
+            assert_true(i % 3 != 1);
+            int64_t want;
+            assert_int_equal(keel_expiry_at(t, b, kv, &want), 0);
+            assert_int_equal(keel_cursor_expiry(c, &at), 0);
+            assert_int_equal(at, want);
+            assert_int_equal(at, i % 3 == 0 ? 0 : T0 + 100000 + i);
+            seen++;
+        }
+        assert_int_equal(seen, 333); /* 500 less the 167 with i % 3 == 1 */
+        keel_cursor_close(c);
+        keel_abort(t);
+    }
+    keel_close(db);
+}
+
 static void test_all_expired(void **state)
 {
     (void)state;
@@ -2296,6 +2341,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_boundary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_all_expired, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cursor_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursor_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ttl_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_clock, setup, teardown),

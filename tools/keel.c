@@ -465,7 +465,7 @@ static int dump_bucket(struct dumper *d, const char *name)
             break;
         }
         int64_t at;
-        if ((rc = keel_expiry_at(d->txn, b, k, &at)))
+        if ((rc = keel_cursor_expiry(c, &at)))
             break;
         expiring += at != 0;
         rc = dump_write_record(d->out, d->print, k.data, k.len, v.data, v.len);
@@ -483,7 +483,7 @@ static int dump_bucket(struct dumper *d, const char *name)
                 break;
             }
             int64_t at;
-            if ((rc = keel_expiry_at(d->txn, b, k, &at)))
+            if ((rc = keel_cursor_expiry(c, &at)))
                 break;
             if (at) {
                 char num[24];
