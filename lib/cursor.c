@@ -286,7 +286,7 @@ static int seek_path(keel_cursor *c, const struct tree_desc *t, const uint8_t *k
 }
 
 /* In a write txn, rebuild the path if the tree changed since we looked. */
-static int sync(keel_cursor *c, const struct tree_desc *t)
+static int resync(keel_cursor *c, const struct tree_desc *t)
 {
     if (c->txn->rdonly || c->gen == c->txn->gen || c->state == CUR_UNSET)
         return 0;
@@ -300,7 +300,7 @@ static int sync(keel_cursor *c, const struct tree_desc *t)
     if (rc)
         return rc;
     /* our entry is gone: we sit on its successor; or it is there (again):
-     * we are on it, whatever an earlier sync found */
+     * we are on it, whatever an earlier resync found */
     c->state = exact ? CUR_ON : CUR_AFTER_DEL;
     return 0;
 }
@@ -358,7 +358,7 @@ static __attribute__((noinline)) int move_general(keel_cursor *c, keel_val *key,
     int rc = tree_of(c, &t);
     if (rc)
         return rc;
-    if ((rc = sync(c, t)))
+    if ((rc = resync(c, t)))
         return rc;
     if (c->state == CUR_EOF) { /* everything from our key on is gone */
         if (dir > 0)
@@ -443,7 +443,7 @@ int cursor_current(keel_cursor *c, keel_val *key, keel_val *val)
     int rc = tree_of(c, &t);
     if (rc)
         return rc;
-    if ((rc = sync(c, t)))
+    if ((rc = resync(c, t)))
         return rc;
     /* the entry may have expired since we moved onto it (expire_at in the past) */
     if (c->state != CUR_ON || expired_here(c))
@@ -457,7 +457,7 @@ int cursor_expiry(keel_cursor *c, int64_t *unix_ms)
         return KEEL_BADCURSOR;
     struct tree_desc *t;
     int rc = tree_of(c, &t);
-    if (rc || (rc = sync(c, t)))
+    if (rc || (rc = resync(c, t)))
         return rc;
     if (c->state != CUR_ON || expired_here(c))
         return KEEL_NOTFOUND;
@@ -476,7 +476,7 @@ int cursor_del(keel_cursor *c, int64_t *old_expiry)
     int rc = tree_of(c, &t);
     if (rc)
         return rc;
-    if ((rc = sync(c, t)))
+    if ((rc = resync(c, t)))
         return rc;
     if (c->state != CUR_ON || expired_here(c)) /* an expired entry is absent, as for keel_del */
         return KEEL_NOTFOUND;
