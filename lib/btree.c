@@ -59,21 +59,7 @@ int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) { retur
 
 static inline size_t usable(const keel_txn *txn) { return txn->db->psize - PAGE_HDR; }
 
-/* ---- checked node access ---- */
-/* page_node, with the damage recorded: the page's header names it (page_get
- * checked that for a page in the map; a dirty buffer carries its number). */
-static inline int node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
-{
-    if (page_node(page, i, psize, node))
-        return CORRUPT(page_pgno(page));
-    return 0;
-}
-
-int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
-{
-    return node_at(page, i, psize, node);
-}
-
+/* ---- page checks ---- */
 int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want)
 {
     uint32_t ps = txn->db->psize;
@@ -320,7 +306,7 @@ int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val
     if (!exact)
         return KEEL_NOTFOUND;
     const uint8_t *n;
-    if ((rc = bt_node_at(path.page[path.depth - 1], path.idx[path.depth - 1], txn->db->psize, &n)))
+    if ((rc = node_at(path.page[path.depth - 1], path.idx[path.depth - 1], txn->db->psize, &n)))
         return rc;
     if (expiry)
         *expiry = leaf_node_expiry(n);
@@ -842,7 +828,7 @@ int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64
         return rc;
     if (exact) {
         const uint8_t *cur;
-        if ((rc = bt_node_at(path.page[path.depth - 1], path.idx[path.depth - 1], db->psize, &cur)))
+        if ((rc = node_at(path.page[path.depth - 1], path.idx[path.depth - 1], db->psize, &cur)))
             return rc;
         int64_t cur_exp = leaf_node_expiry(cur);
         bool live = cur_exp == 0 || cur_exp > txn->now; /* an expired key counts as absent */
@@ -1203,7 +1189,7 @@ int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expi
         return KEEL_NOTFOUND;
     const uint8_t *cur;
     int lv = path.depth - 1;
-    if ((rc = bt_node_at(path.page[lv], path.idx[lv], txn->db->psize, &cur)))
+    if ((rc = node_at(path.page[lv], path.idx[lv], txn->db->psize, &cur)))
         return rc;
     *old_expiry = leaf_node_expiry(cur);
     if (*old_expiry == expiry)
@@ -1264,7 +1250,7 @@ static int walk_page(struct walker *w, uint64_t pg, unsigned level)
     unsigned n = page_nkeys(page);
     for (unsigned i = 0; i < n; i++) {
         const uint8_t *nd;
-        if ((rc = bt_node_at(page, i, txn->db->psize, &nd)))
+        if ((rc = node_at(page, i, txn->db->psize, &nd)))
             return rc;
         if (!leaf) {
             if ((rc = walk_page(w, branch_node_child(nd), level + 1)))

@@ -104,7 +104,7 @@ static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth
     size_t prevlen = 0;
     for (unsigned i = 0; i < n; i++) {
         const uint8_t *nd;
-        if (bt_node_at(page, i, ps, &nd)) {
+        if (node_at(page, i, ps, &nd)) {
             problem(ck, "page %llu node %u outside the page", (unsigned long long)pg, i);
             return;
         }
@@ -148,7 +148,7 @@ static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth
             struct bound chi = hi;
             if (i + 1 < n) {
                 const uint8_t *nx;
-                if (bt_node_at(page, i + 1, ps, &nx) == 0)
+                if (node_at(page, i + 1, ps, &nx) == 0)
                     chi = (struct bound){branch_node_key(nx), branch_node_ksize(nx)};
             }
             walk(ck, branch_node_child(nd), level + 1, depth, clo, chi);

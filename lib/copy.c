@@ -91,7 +91,7 @@ static int copy_tree(keel_txn *src, keel_bucket sb, keel_txn *dst, keel_bucket d
     keel_val k, v;
     for (rc = cursor_first(&c, &k, &v); rc == 0; rc = cursor_next(&c, &k, &v)) {
         const uint8_t *n;
-        if ((rc = bt_node_at(c.page[c.depth - 1], c.idx[c.depth - 1], src->db->psize, &n)))
+        if ((rc = node_at(c.page[c.depth - 1], c.idx[c.depth - 1], src->db->psize, &n)))
             break;
         if (check_key(dst, k)) { /* a key no put could have made: damage */
             rc = CORRUPT(c.pgno[c.depth - 1]);

@@ -42,15 +42,6 @@ int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *
     return 0;
 }
 
-/* page_node, with the damage recorded: the page's header names it (page_get
- * checked that for a page in the map; a dirty buffer carries its number). */
-static inline int node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
-{
-    if (page_node(page, i, psize, node))
-        return CORRUPT(page_pgno(page));
-    return 0;
-}
-
 /* Fill the path from `level` down to a leaf, taking the first (or last)
  * child at each step. */
 static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int level, bool last)

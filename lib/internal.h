@@ -332,7 +332,6 @@ int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry
 int bt_del_live(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry);
 int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expiry, int64_t *old_expiry);
 int bt_drop(keel_txn *txn, struct tree_desc *t); /* frees every page of the tree */
-int bt_node_at(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node); /* checked */
 int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want_flags);
 int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
 int bt_walk(keel_txn *txn, const struct tree_desc *t,
@@ -456,6 +455,12 @@ void error_detail_set(const char *fmt, ...) __attribute__((format(printf, 1, 2))
 void corrupt_at(const char *file, int line, uint64_t pgno) __attribute__((cold));
 /* the constant after the comma: the compiler sees the result is not 0 */
 #define CORRUPT(pgno) (corrupt_at(__FILE__, __LINE__, (pgno)), KEEL_CORRUPTED)
+/* format.h's page_node, with the damage recorded where it was met: the
+ * page's header names it (page_get checked that for a page in the map; a
+ * dirty buffer carries its number).  A macro, so that CORRUPT records the
+ * caller's file and line; `page` is evaluated twice on damage only. */
+#define node_at(page, i, psize, node) \
+    (page_node((page), (i), (psize), (node)) ? CORRUPT(page_pgno(page)) : 0)
 
 /* Invariants of keel's own making (not of the file's: those are CORRUPT).
  * A failure prints file:line and the condition to stderr and aborts.  On
