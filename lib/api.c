@@ -476,14 +476,6 @@ uint64_t keel_txn_id(const keel_txn *txn)
     return txn->txnid;
 }
 
-/* A write op failed after it may have changed pages: only abort remains. */
-int poison(keel_txn *txn, int rc)
-{
-    if (rc && rc != KEEL_NOTFOUND && rc != KEEL_EXISTS && !txn->error)
-        txn->error = rc;
-    return rc;
-}
-
 /* ---- buckets ---- */
 int keel_bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *out)
 {
@@ -504,12 +496,7 @@ int keel_bucket_drop(keel_txn *txn, keel_bucket b)
     int rc = txn_check(txn, true);
     if (rc)
         return rc;
-    struct tree_desc *t;
-    if ((rc = bucket_tree(txn, b, &t)))
-        return rc;
-    if ((rc = poison(txn, ttl_forget_bucket(txn, t))))
-        return rc;
-    return poison(txn, bucket_drop(txn, b));
+    return kv_drop_bucket(txn, b);
 }
 
 int keel_bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void *ctx)
@@ -543,10 +530,7 @@ int keel_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val)
         return KEEL_BADARG;
     if ((rc = check_key(txn, key)))
         return rc;
-    struct tree_desc *t;
-    if ((rc = bucket_tree(txn, b, &t)))
-        return rc;
-    return ttl_get(txn, b, key, val, NULL);
+    return kv_get(txn, b, key, val, NULL);
 }
 
 int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned flags)
@@ -562,10 +546,7 @@ int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned 
         return KEEL_BADARG;
     if (val.len > KEEL_MAX_VALUE_SIZE)
         return KEEL_BADVALSIZE;
-    struct tree_desc *t;
-    if ((rc = bucket_tree(txn, b, &t)))
-        return rc;
-    return poison(txn, ttl_put(txn, b, key, val, 0, flags));
+    return kv_put(txn, b, key, val, 0, flags);
 }
 
 int keel_del(keel_txn *txn, keel_bucket b, keel_val key)
@@ -575,10 +556,7 @@ int keel_del(keel_txn *txn, keel_bucket b, keel_val key)
         return rc;
     if ((rc = check_key(txn, key)))
         return rc;
-    struct tree_desc *t;
-    if ((rc = bucket_tree(txn, b, &t)))
-        return rc;
-    return poison(txn, ttl_del(txn, b, key));
+    return kv_del(txn, b, key);
 }
 
 /* ---- cursors ---- */
@@ -694,19 +672,11 @@ int keel_cursor_del(keel_cursor *c)
         return rc;
     if (c->txn->rdonly)
         return KEEL_READONLY;
-    int64_t old;
-    struct tree_desc *t;
-    /* misuse (unpositioned cursor, bucket dropped under it) changes nothing:
-     * answer it before poison() could end the txn's usefulness */
+    /* misuse changes nothing: answered before the write path could poison
+     * the txn (kv_cursor_del answers a bucket dropped under the cursor) */
     if (c->state == CUR_UNSET)
         return KEEL_BADCURSOR;
-    if ((rc = bucket_tree(c->txn, c->bucket, &t)))
-        return rc;
-    if ((rc = poison(c->txn, cursor_del(c, &old))))
-        return rc;
-    if ((rc = bucket_tree(c->txn, c->bucket, &t)))
-        return poison(c->txn, rc);
-    return poison(c->txn, expiry_update(c->txn, t->id, (keel_val){c->keybuf, c->keylen}, old, 0));
+    return kv_cursor_del(c);
 }
 
 /* ---- statistics ---- */

@@ -196,7 +196,7 @@ static void check_expiry(struct checker *ck)
 {
     ck->tree = "expiry tree";
     uint64_t entries = 0;
-    int rc = ttl_check(ck->txn, ttl_problem, ck, &entries);
+    int rc = expiry_check(ck->txn, ttl_problem, ck, &entries);
     if (rc)
         problem(ck, "walk stopped: %s%s", keel_strerror(rc), where(rc));
     else if (entries != ck->expiring)

@@ -97,7 +97,7 @@ static int copy_tree(keel_txn *src, keel_bucket sb, keel_txn *dst, keel_bucket d
             rc = CORRUPT(c.pgno[c.depth - 1]);
             break;
         }
-        if ((rc = ttl_put(dst, db, k, v, leaf_node_expiry(n), KEEL_APPEND)))
+        if ((rc = kv_put(dst, db, k, v, leaf_node_expiry(n), KEEL_APPEND)))
             break;
     }
     os_free(c.keybuf);

@@ -204,7 +204,7 @@ static bool expired_here(keel_cursor *c)
     struct entry e;
     if (leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &e))
         return false; /* load() reports the damage */
-    return e.expiry != 0 && e.expiry <= c->txn->now;
+    return !expiry_live(c->txn, e.expiry);
 }
 
 /* From the cursor's position, move on in direction dir past expired
@@ -459,22 +459,14 @@ int cursor_expiry(keel_cursor *c, int64_t *unix_ms)
     return 0;
 }
 
-int cursor_del(keel_cursor *c, int64_t *old_expiry)
+int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry)
 {
-    if (c->state == CUR_UNSET)
-        return KEEL_BADCURSOR;
-    struct tree_desc *t;
-    int rc = tree_of(c, &t);
+    KEEL_ASSERT(c->state != CUR_UNSET); /* keel_cursor_del answers that before any change */
+    int rc = resync(c, t);
     if (rc)
-        return rc;
-    if ((rc = resync(c, t)))
         return rc;
     if (c->state != CUR_ON || expired_here(c)) /* an expired entry is absent, as for keel_del */
         return KEEL_NOTFOUND;
-    keel_val k = {c->keybuf, c->keylen};
-    if ((rc = bt_del(c->txn, t, k, old_expiry)))
-        return rc;
-    bucket_mark_dirty(c->txn, c->bucket);
     /* the next move searches for the deleted key and lands on its successor */
-    return 0;
+    return bt_del(c->txn, t, (keel_val){c->keybuf, c->keylen}, old_expiry);
 }

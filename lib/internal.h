@@ -174,7 +174,7 @@ struct keel_db {
 
 /* ---- the expiry log (ttl.c) ---------------------------------------------- */
 struct xent;
-struct expiry_log { /* a write txn's expiry-tree changes, applied sorted (ttl_flush) */
+struct expiry_log { /* a write txn's expiry-tree changes, applied sorted (expiry_flush) */
     struct xent *v;
     size_t n, cap;
     uint8_t *keys; /* the user keys, back to back */
@@ -371,7 +371,7 @@ int cursor_prev(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout);
 int cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_expiry(keel_cursor *c, int64_t *unix_ms); /* the current entry's, 0 = none */
-int cursor_del(keel_cursor *c, int64_t *old_expiry); /* the deleted key stays in c->keybuf */
+int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry); /* the deleted key stays in c->keybuf */
 
 /* ---- bucket.c ----------------------------------------------------------- */
 int bucket_tree(keel_txn *txn, keel_bucket b, struct tree_desc **out); /* KEEL_BADBUCKET */
@@ -400,20 +400,45 @@ struct bucket_counts { /* for tests */
 void bucket_table_counts(keel_db *db, struct bucket_counts *out);
 uint32_t txn_bucket_states(const keel_txn *txn);
 
-/* ---- ttl.c: expiry ------------------------------------------------------ */
+/* ---- expiry.c: the expiry index ------------------------------------------ */
+/* A txn reads the clock once, at begin (txn->now): an entry whose expiry is
+ * at or before it is absent for every read, cursor and conditional write. */
+static inline bool expiry_live(const keel_txn *txn, int64_t expiry) { return expiry == 0 || expiry > txn->now; }
+/* Moves the index entry of (bucket id, key) from old_exp to new_exp (0 = none). */
 int expiry_update(keel_txn *txn, uint32_t id, keel_val key, int64_t old_exp, int64_t new_exp);
-int ttl_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *expiry);
-int ttl_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t expiry, unsigned flags);
-int ttl_del(keel_txn *txn, keel_bucket b, keel_val key);
-int ttl_set(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry); /* 0 = persist */
-int ttl_forget_bucket(keel_txn *txn, struct tree_desc *t);
-int ttl_purge(keel_txn *txn, size_t max, size_t *purged);
-int ttl_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), void *ctx, uint64_t *entries);
+int expiry_forget_tree(keel_txn *txn, const struct tree_desc *t); /* a bucket about to be dropped */
+int expiry_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), void *ctx, uint64_t *entries);
 /* Applies the expiry log to the expiry tree; every reader of that tree in a
- * write txn calls it first, and so does commit.  ttl_log_free drops the log
- * (the txn ends). */
-int ttl_flush(keel_txn *txn);
-void ttl_log_free(keel_txn *txn);
+ * write txn calls it first, and so does commit.  expiry_log_free drops the
+ * log (the txn ends). */
+int expiry_flush(keel_txn *txn);
+void expiry_log_free(keel_txn *txn);
+/* The entries whose time has come, oldest first (kv_purge):
+ * begin; while next_due gives one (KEEL_NOTFOUND: none left), remove it
+ * from its bucket, then remove_due; end. */
+struct expiry_due {
+    keel_txn *txn;
+    keel_cursor cursor;
+    uint8_t *buf; /* the index key of the current entry */
+    size_t len, cap;
+    uint32_t bucket_id; /* out: the current entry's bucket, */
+    keel_val key;       /* its key (in buf), */
+    int64_t expiry;     /* and its expiry */
+};
+int expiry_due_begin(keel_txn *txn, struct expiry_due *d);
+int expiry_next_due(struct expiry_due *d);
+int expiry_remove_due(struct expiry_due *d);
+void expiry_due_end(struct expiry_due *d);
+
+/* ---- kv.c: the write path (see there) ------------------------------------ */
+int kv_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *expiry);
+int kv_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t expiry, unsigned flags);
+int kv_del(keel_txn *txn, keel_bucket b, keel_val key);
+int kv_set_expiry(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry); /* 0 = persist */
+int kv_cursor_del(keel_cursor *c);
+int kv_drop_bucket(keel_txn *txn, keel_bucket b);
+int kv_purge(keel_txn *txn, size_t max, size_t *purged);
+int poison(keel_txn *txn, int rc); /* a failed write op leaves its txn able only to abort */
 
 /* ---- txn.c -------------------------------------------------------------- */
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out);
@@ -477,7 +502,6 @@ void keel_assert_fail(const char *file, int line, const char *cond) __attribute_
 #endif
 
 /* ---- api.c: shared argument checks ---- */
-int poison(keel_txn *txn, int rc); /* a failed write op leaves its txn able only to abort */
 int check_key(keel_txn *txn, keel_val key);
 
 #endif

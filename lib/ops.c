@@ -2,9 +2,10 @@
  * ops.c — the expiry API and the atomic operations (CAS, increment,
  * multi-get/put) and their one-call forms that run their own txn.
  *
- * Contract: each function checks its arguments, then works through ttl.c so
- * the expiry tree stays in step.  Checks that can fail (mismatch, not a
- * number, overflow, conflicts) all run before the first write.
+ * Contract: each function checks its arguments, then calls the write path
+ * (kv.c), which keeps the expiry index in step and poisons the txn on a
+ * failure after a change.  Checks that can fail (mismatch, not a number,
+ * overflow, conflicts) all run before the first write.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -13,15 +14,11 @@
 
 #include "internal.h"
 
-/* The bucket too: a bad handle must answer KEEL_BADBUCKET before poison()
- * could end the txn (as keel_put does). */
-static int write_args(keel_txn *txn, keel_bucket b, keel_val key)
+/* The bucket is checked by the write path, before any change. */
+static int write_args(keel_txn *txn, keel_val key)
 {
     int rc = txn_check(txn, true);
-    if (rc || (rc = check_key(txn, key)))
-        return rc;
-    struct tree_desc *t;
-    return bucket_tree(txn, b, &t);
+    return rc ? rc : check_key(txn, key);
 }
 
 static int deadline(keel_txn *txn, int64_t ttl_ms, int64_t *at)
@@ -36,7 +33,7 @@ static int deadline(keel_txn *txn, int64_t ttl_ms, int64_t *at)
 /* ---- expiry ---- */
 int keel_put_ttl(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t ttl_ms, unsigned flags)
 {
-    int rc = write_args(txn, b, key);
+    int rc = write_args(txn, key);
     if (rc)
         return rc;
     if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND))
@@ -48,34 +45,34 @@ int keel_put_ttl(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64
     int64_t at;
     if ((rc = deadline(txn, ttl_ms, &at)))
         return rc;
-    return poison(txn, ttl_put(txn, b, key, val, at, flags));
+    return kv_put(txn, b, key, val, at, flags);
 }
 
 int keel_expire_at(keel_txn *txn, keel_bucket b, keel_val key, int64_t unix_ms)
 {
-    int rc = write_args(txn, b, key);
+    int rc = write_args(txn, key);
     if (rc)
         return rc;
     if (unix_ms <= 0)
         return KEEL_BADARG;
-    return poison(txn, ttl_set(txn, b, key, unix_ms));
+    return kv_set_expiry(txn, b, key, unix_ms);
 }
 
 int keel_expire(keel_txn *txn, keel_bucket b, keel_val key, int64_t ttl_ms)
 {
-    int rc = write_args(txn, b, key);
+    int rc = write_args(txn, key);
     if (rc)
         return rc;
     int64_t at;
     if ((rc = deadline(txn, ttl_ms, &at)))
         return rc;
-    return poison(txn, ttl_set(txn, b, key, at));
+    return kv_set_expiry(txn, b, key, at);
 }
 
 int keel_persist(keel_txn *txn, keel_bucket b, keel_val key)
 {
-    int rc = write_args(txn, b, key);
-    return rc ? rc : poison(txn, ttl_set(txn, b, key, 0));
+    int rc = write_args(txn, key);
+    return rc ? rc : kv_set_expiry(txn, b, key, 0);
 }
 
 int keel_ttl(keel_txn *txn, keel_bucket b, keel_val key, int64_t *remaining_ms)
@@ -88,7 +85,7 @@ int keel_ttl(keel_txn *txn, keel_bucket b, keel_val key, int64_t *remaining_ms)
     if ((rc = check_key(txn, key)))
         return rc;
     int64_t exp;
-    if ((rc = ttl_get(txn, b, key, NULL, &exp)))
+    if ((rc = kv_get(txn, b, key, NULL, &exp)))
         return rc;
     *remaining_ms = exp ? exp - txn->now : -1;
     return 0;
@@ -103,7 +100,7 @@ int keel_expiry_at(keel_txn *txn, keel_bucket b, keel_val key, int64_t *unix_ms)
         return KEEL_BADARG;
     if ((rc = check_key(txn, key)))
         return rc;
-    return ttl_get(txn, b, key, NULL, unix_ms);
+    return kv_get(txn, b, key, NULL, unix_ms);
 }
 
 int keel_purge(keel_txn *txn, size_t max, size_t *purged)
@@ -113,13 +110,13 @@ int keel_purge(keel_txn *txn, size_t max, size_t *purged)
     int rc = txn_check(txn, true);
     if (rc)
         return rc;
-    return poison(txn, ttl_purge(txn, max, purged));
+    return kv_purge(txn, max, purged);
 }
 
 /* ---- atomic operations ---- */
 int keel_cas(keel_txn *txn, keel_bucket b, keel_val key, const keel_val *expected, keel_val new_val)
 {
-    int rc = write_args(txn, b, key);
+    int rc = write_args(txn, key);
     if (rc)
         return rc;
     if ((!new_val.data && new_val.len) || (expected && !expected->data && expected->len))
@@ -127,14 +124,14 @@ int keel_cas(keel_txn *txn, keel_bucket b, keel_val key, const keel_val *expecte
     if (new_val.len > KEEL_MAX_VALUE_SIZE)
         return KEEL_BADVALSIZE;
     keel_val cur;
-    rc = ttl_get(txn, b, key, &cur, NULL);
+    rc = kv_get(txn, b, key, &cur, NULL);
     if (rc && rc != KEEL_NOTFOUND)
         return rc;
     bool present = rc == 0;
     if (!expected ? present
                   : (!present || cur.len != expected->len || (cur.len && memcmp(cur.data, expected->data, cur.len))))
         return KEEL_MISMATCH;
-    return poison(txn, ttl_put(txn, b, key, new_val, 0, KEEL_KEEPTTL));
+    return kv_put(txn, b, key, new_val, 0, KEEL_KEEPTTL);
 }
 
 /* Redis's rule: optional '-', digits, no leading zeros, no sign on zero. */
@@ -163,14 +160,14 @@ static bool parse_int64(const uint8_t *s, size_t n, int64_t *out)
 
 int keel_incr(keel_txn *txn, keel_bucket b, keel_val key, int64_t delta, int64_t *result)
 {
-    int rc = write_args(txn, b, key);
+    int rc = write_args(txn, key);
     if (rc)
         return rc;
     if (!result)
         return KEEL_BADARG;
     keel_val cur;
     int64_t v = 0;
-    rc = ttl_get(txn, b, key, &cur, NULL);
+    rc = kv_get(txn, b, key, &cur, NULL);
     if (rc && rc != KEEL_NOTFOUND)
         return rc;
     if (rc == 0 && !parse_int64(cur.data, cur.len, &v))
@@ -179,7 +176,7 @@ int keel_incr(keel_txn *txn, keel_bucket b, keel_val key, int64_t delta, int64_t
         return KEEL_OVERFLOW;
     char buf[24];
     int len = snprintf(buf, sizeof buf, "%lld", (long long)v);
-    if ((rc = poison(txn, ttl_put(txn, b, key, (keel_val){buf, (size_t)len}, 0, KEEL_KEEPTTL))))
+    if ((rc = kv_put(txn, b, key, (keel_val){buf, (size_t)len}, 0, KEEL_KEEPTTL)))
         return rc;
     *result = v;
     return 0;
@@ -199,7 +196,7 @@ int keel_get_many(keel_txn *txn, keel_bucket b, const keel_val *keys, keel_val *
     if ((rc = bucket_tree(txn, b, &t)) || n == 0)
         return rc;
     for (size_t i = 0; i < n; i++) {
-        rc = ttl_get(txn, b, keys[i], &vals[i], NULL);
+        rc = kv_get(txn, b, keys[i], &vals[i], NULL);
         if (rc == KEEL_NOTFOUND)
             vals[i] = (keel_val){NULL, 0};
         else if (rc)
@@ -237,7 +234,7 @@ int keel_put_many(keel_txn *txn, keel_bucket b, const keel_val *keys, const keel
     }
     if (flags & KEEL_NOOVERWRITE) { /* every conflict first: in the bucket, then inside the batch */
         for (size_t i = 0; i < n; i++) {
-            rc = ttl_get(txn, b, keys[i], NULL, NULL);
+            rc = kv_get(txn, b, keys[i], NULL, NULL);
             if (rc != KEEL_NOTFOUND)
                 return rc ? rc : KEEL_EXISTS;
         }
@@ -255,13 +252,9 @@ int keel_put_many(keel_txn *txn, keel_bucket b, const keel_val *keys, const keel
         if (rc)
             return rc;
     }
-    for (size_t i = 0; i < n; i++)
-        if ((rc = ttl_put(txn, b, keys[i], vals[i], 0, flags & ~KEEL_NOOVERWRITE))) {
-            if (!txn->error)
-                txn->error = rc; /* some writes happened: the txn can only abort */
-            return rc;
-        }
-    return 0;
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = kv_put(txn, b, keys[i], vals[i], 0, flags & ~KEEL_NOOVERWRITE); /* a failure poisons the txn */
+    return rc;
 }
 
 /* ---- one-call forms ---- */

@@ -224,7 +224,7 @@ static void txn_end(keel_txn *txn, bool committed)
             reader_release(&db->lock, txn->slot);
         txn->slot = -1;
     } else {
-        ttl_log_free(txn);
+        expiry_log_free(txn);
         pager_txn_release(txn);
         writer_leave(db, inherited);
     }
@@ -242,10 +242,10 @@ int txn_commit(keel_txn *txn)
 {
     int rc = 0;
     /* the expiry log and the bucket descriptors first: they are the rest of the txn's changes */
-    if (txn->rdonly || (rc = ttl_flush(txn)) || (rc = bucket_flush(txn)) || !has_changes(txn))
+    if (txn->rdonly || (rc = expiry_flush(txn)) || (rc = bucket_flush(txn)) || !has_changes(txn))
         goto out;
     /* the purge changes buckets again: flushed once more */
-    if (txn->db->purge_per_commit > 0 && (rc = ttl_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
+    if (txn->db->purge_per_commit > 0 && (rc = kv_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
         goto out;
     if ((rc = freelist_relocate(txn)) || (rc = bucket_flush(txn)) || (rc = freelist_record(txn)) ||
         (rc = pager_write_out(txn)))

@@ -80,7 +80,7 @@ static void close_db(keel_db *db, const char *path)
     tu_remove(path);
 }
 
-/* An empty internal tree: every move answers KEEL_NOTFOUND, current and del
+/* An empty internal tree: every move answers KEEL_NOTFOUND, current
  * KEEL_BADCURSOR (never positioned). */
 static void test_empty_tree(void **state)
 {
@@ -101,7 +101,6 @@ static void test_empty_tree(void **state)
     assert_int_equal(cursor_prev(&c, &k, &v), KEEL_NOTFOUND);
     assert_int_equal(cursor_seek(&c, key_of(5, kb), &k, &v), KEEL_NOTFOUND);
     assert_int_equal(cursor_current(&c, &k, &v), KEEL_BADCURSOR);
-    assert_int_equal(cursor_del(&c, NULL), KEEL_BADCURSOR);
     assert_int_equal(c.state, CUR_UNSET);
     os_free(c.keybuf);
     keel_abort(t);
@@ -360,7 +359,7 @@ static void test_own_changes(void **state)
     assert_int_equal(cursor_seek(&c, key_of(50, kb), &k, &v), 0);
     assert_int_equal(bt_del(t, &td, key_of(50, kb), NULL), 0);
     assert_int_equal(cursor_current(&c, &k, &v), KEEL_NOTFOUND);
-    assert_int_equal(cursor_del(&c, NULL), KEEL_NOTFOUND);
+    assert_int_equal(cursor_del(&c, &td, NULL), KEEL_NOTFOUND);
     assert_int_equal(cursor_next(&c, &k, &v), 0);
     assert_entry(k, v, 52, 0);
     assert_int_equal(cursor_seek(&c, key_of(60, kb), &k, &v), 0);
@@ -378,7 +377,7 @@ static void test_own_changes(void **state)
 
     /* cursor_del then next, then prev */
     assert_int_equal(cursor_seek(&c, key_of(80, kb), &k, &v), 0);
-    assert_int_equal(cursor_del(&c, &old), 0);
+    assert_int_equal(cursor_del(&c, &td, &old), 0);
     assert_int_equal(old, 0);
     assert_int_equal(td.entries, 200 + 2 - 2 - 1); /* 99, 101 put; 50, 60, 80 deleted */
     assert_int_equal(c.keylen, KLEN); /* the deleted key stays in keybuf */
@@ -387,28 +386,28 @@ static void test_own_changes(void **state)
     assert_int_equal(cursor_next(&c, &k, &v), 0);
     assert_entry(k, v, 82, 0);
     assert_int_equal(cursor_seek(&c, key_of(90, kb), &k, &v), 0);
-    assert_int_equal(cursor_del(&c, NULL), 0);
+    assert_int_equal(cursor_del(&c, &td, NULL), 0);
     assert_int_equal(cursor_prev(&c, &k, &v), 0);
     assert_entry(k, v, 88, 0);
     /* deleting a run forwards: del, next, del, next ... */
     assert_int_equal(cursor_seek(&c, key_of(200, kb), &k, &v), 0);
     for (int i = 200; i < 220; i += 2) {
         assert_entry(k, v, i, 0);
-        assert_int_equal(cursor_del(&c, NULL), 0);
+        assert_int_equal(cursor_del(&c, &td, NULL), 0);
         assert_int_equal(cursor_next(&c, &k, &v), 0);
     }
     assert_entry(k, v, 220, 0);
     /* and backwards from the last: the tree ends below the cursor */
     assert_int_equal(cursor_last(&c, &k, &v), 0);
     assert_entry(k, v, 398, 0);
-    assert_int_equal(cursor_del(&c, NULL), 0);
+    assert_int_equal(cursor_del(&c, &td, NULL), 0);
     assert_int_equal(cursor_next(&c, &k, &v), KEEL_NOTFOUND);
     assert_int_equal(cursor_prev(&c, &k, &v), 0);
     assert_entry(k, v, 396, 0);
     /* first deleted: prev finds nothing, next the new first */
     assert_int_equal(cursor_first(&c, &k, &v), 0);
     assert_entry(k, v, 0, 0);
-    assert_int_equal(cursor_del(&c, NULL), 0);
+    assert_int_equal(cursor_del(&c, &td, NULL), 0);
     assert_int_equal(cursor_prev(&c, &k, &v), KEEL_NOTFOUND);
     assert_int_equal(cursor_next(&c, &k, &v), 0);
     assert_entry(k, v, 2, 0);
@@ -416,7 +415,7 @@ static void test_own_changes(void **state)
     /* the whole tree emptied under the cursor, then one key after it put */
     assert_int_equal(cursor_seek(&c, key_of(300, kb), &k, &v), 0);
     for (int rc = cursor_first(&c, &k, NULL), guard = 0; rc == 0 && guard < 400; guard++) {
-        assert_int_equal(cursor_del(&c, NULL), 0);
+        assert_int_equal(cursor_del(&c, &td, NULL), 0);
         rc = cursor_next(&c, &k, NULL);
         if (rc)
             assert_int_equal(rc, KEEL_NOTFOUND);
@@ -513,11 +512,11 @@ static void test_model_walk(void **state)
                 rc = bt_del(t, td, key_of(i, kb), NULL);
                 assert_int_equal(rc, m.ver[i] >= 0 ? 0 : KEEL_NOTFOUND);
                 m.ver[i] = -1;
-            } else if (op < 45) { /* cursor_del */
-                rc = cursor_del(&c, NULL);
+            } else if (op < 45) { /* cursor_del (keel_cursor_del refuses an unpositioned cursor first) */
                 if (!m.positioned)
-                    assert_int_equal(rc, KEEL_BADCURSOR);
-                else if (m.ver[m.pos] < 0)
+                    continue;
+                rc = cursor_del(&c, td, NULL);
+                if (m.ver[m.pos] < 0)
                     assert_int_equal(rc, KEEL_NOTFOUND);
                 else {
                     assert_int_equal(rc, 0);
@@ -571,11 +570,58 @@ static void test_model_walk(void **state)
     close_db(db, path);
 }
 
+/* keel_cursor_del goes through the write path like keel_del: a txn that
+ * deletes a whole bucket through a cursor spills its dirty pages, and the
+ * expiry index loses the deleted keys' entries. */
+static void test_del_loop_spills(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "cur-del-spill");
+    keel_options o = {.page_size = 4096, .flags = KEEL_NOSYNC, .max_dirty = 64 << 10};
+    keel_db *db;
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    enum { N = 20000 };
+    keel_txn *t;
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    uint8_t kb[KLEN], vb[MAXV];
+    for (int i = 0; i < N; i++) /* half the keys expire in an hour */
+        assert_int_equal(i % 2 ? keel_put_ttl(t, 0, key_of(i, kb), val_of(i, 1, vb), 3600000, 0)
+                               : keel_put(t, 0, key_of(i, kb), val_of(i, 1, vb), 0),
+                         0);
+    assert_int_equal(keel_commit(t), 0);
+
+    assert_int_equal(keel_begin(db, 0, &t), 0);
+    keel_cursor *c;
+    assert_int_equal(keel_cursor_open(t, 0, &c), 0);
+    keel_val k, v;
+    size_t most = 0, deleted = 0;
+    /* every other key: the leaves stay half full, none is merged away */
+    for (int rc = keel_cursor_first(c, &k, &v); rc == 0; rc = keel_cursor_next(c, &k, &v)) {
+        assert_int_equal(keel_cursor_del(c), 0);
+        deleted++;
+        if (t->dirty_bytes > most)
+            most = t->dirty_bytes;
+        if (keel_cursor_next(c, &k, &v))
+            break;
+    }
+    assert_int_equal(deleted, N / 2);
+    /* every leaf and branch page is copied: megabytes, unless spilled */
+    assert_true(most < 2 * o.max_dirty + 20000);
+    keel_cursor_close(c);
+    assert_int_equal(keel_commit(t), 0);
+    keel_stat st;
+    assert_int_equal(keel_db_stat(db, &st), 0);
+    assert_int_equal(st.entries, N / 2);
+    close_db(db, path); /* keel_check: no expiry entry left without its key */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty_tree),  cmocka_unit_test(test_one_leaf),    cmocka_unit_test(test_multi_level),
         cmocka_unit_test(test_buckets),     cmocka_unit_test(test_own_changes), cmocka_unit_test(test_model_walk),
+        cmocka_unit_test(test_del_loop_spills),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,22 +1,20 @@
 /*
- * ttl.c — per-key expiry: the expiry tree, and the put/get/del paths that
- * keep it in step with the buckets.
+ * expiry.c — the expiry index: one entry per key that has an expiry time,
+ * ordered by that time, so purge finds what is due without a scan.
  *
  * Contract:
- *   - An entry's expiry time (ms since the epoch) lives in its leaf node, so
- *     a read needs no second lookup.  The expiry tree holds one entry per
- *     expiring key, keyed (expiry BE64, bucket id BE32, key), empty value,
- *     changed in the same txn as the bucket: they agree at every commit and
- *     wherever the txn reads the expiry tree (keel_check verifies it).  Within
- *     a write txn its changes wait in a log, applied sorted (below).
- *   - A txn reads the clock once, at begin (txn->now).  A key whose expiry is
- *     <= txn->now is absent for every read, cursor, ttl, CAS, increment and
- *     NOOVERWRITE check; it stays on disk until purged.
- *   - Purge walks the expiry tree from its first entry and stops at the first
- *     one in the future: cost O(expired * log n), never a scan of keys that
- *     do not expire.  Each write commit purges up to db->purge_per_commit.
- *   - Redis's rules: a plain put clears the expiry unless KEEL_KEEPTTL; an
- *     increment (and a CAS) keeps it; a delete removes it.
+ *   - An entry's expiry time (ms since the epoch, 0 = none) lives in its leaf
+ *     node, so a read needs no second lookup (kv.c applies the rule).  The
+ *     expiry tree holds one entry per expiring key, keyed (expiry BE64,
+ *     bucket id BE32, key), empty value.  The write path (kv.c) reports each
+ *     change of a key's expiry here (expiry_update) in the same txn as the
+ *     change: bucket and index agree at every commit and wherever the txn
+ *     reads the index (keel_check verifies it).  Within a write txn the
+ *     changes wait in a log, applied sorted (below).
+ *   - Purge (kv_purge) walks the index from its first entry and stops at the
+ *     first one in the future: cost O(expired * log n), never a scan of keys
+ *     that do not expire.  Each write commit purges up to
+ *     db->purge_per_commit.
  */
 #include <string.h>
 
@@ -52,7 +50,7 @@ static uint32_t expiry_key_bucket(const uint8_t *k)
  *
  * The expiry-tree half of a change is not made at once but logged: +1 for
  * an entry that joins the tree, -1 for one that leaves it.  The log is
- * applied sorted (ttl_flush) before anything in the txn reads the expiry
+ * applied sorted (expiry_flush) before anything in the txn reads the expiry
  * tree (purge), when it outgrows a quarter of max_dirty, and first thing at
  * commit.  Why: the puts of one txn mostly share one expiry time (now + the
  * same TTL), so in put order their entries fall at random places of the
@@ -101,7 +99,7 @@ static int log_add(keel_txn *txn, int64_t exp, uint32_t id, keel_val key, int de
 {
     /* Keys from the API are checked; one read from a damaged file (a cursor
      * delete, a bucket drop, a compacting copy) can be longer than any key
-     * may be, and ttl_flush builds expiry keys in a buffer of the longest. */
+     * may be, and expiry_flush builds expiry keys in a buffer of the longest. */
     if (key.len == 0 || key.len > txn->db->max_key)
         return CORRUPT(0);
     struct expiry_log *l = &txn->xlog;
@@ -141,7 +139,7 @@ static int log_add(keel_txn *txn, int64_t exp, uint32_t id, keel_val key, int de
     memcpy(l->keys + l->used, kd, key.len);
     l->used += key.len;
     if (l->n * sizeof(struct xent) + l->used > log_limit(txn))
-        return ttl_flush(txn);
+        return expiry_flush(txn);
     return 0;
 }
 
@@ -247,7 +245,7 @@ static struct xent *sort_log(struct xent *v, struct xent *tmp, size_t n, const u
     return tmp;
 }
 
-int ttl_flush(keel_txn *txn)
+int expiry_flush(keel_txn *txn)
 {
     struct expiry_log *l = &txn->xlog;
     if (l->n == 0)
@@ -304,7 +302,7 @@ out:
     return rc;
 }
 
-void ttl_log_free(keel_txn *txn)
+void expiry_log_free(keel_txn *txn)
 {
     struct expiry_log *l = &txn->xlog;
     os_free(l->v);
@@ -325,90 +323,15 @@ int expiry_update(keel_txn *txn, uint32_t id, keel_val key, int64_t old_exp, int
     return rc;
 }
 
-static bool live(const keel_txn *txn, int64_t exp) { return exp == 0 || exp > txn->now; }
-
-int ttl_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *expiry)
-{
-    struct tree_desc *t;
-    int rc = bucket_tree(txn, b, &t);
-    if (rc)
-        return rc;
-    int64_t exp;
-    if ((rc = bt_get(txn, t, key, val, &exp)))
-        return rc;
-    if (!live(txn, exp)) {
-        if (val)
-            *val = (keel_val){NULL, 0};
-        return KEEL_NOTFOUND;
-    }
-    if (expiry)
-        *expiry = exp;
-    return 0;
-}
-
-int ttl_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t expiry, unsigned flags)
-{
-    int rc = pager_maybe_spill(txn); /* between operations: no page pointer is held */
-    if (rc)
-        return rc;
-    struct tree_desc *t;
-    rc = bucket_tree(txn, b, &t);
-    if (rc)
-        return rc;
-    int64_t old;
-    if ((rc = bt_put(txn, t, key, val, expiry, flags, &old)))
-        return rc;
-    bucket_mark_dirty(txn, b);
-    int64_t now_exp = (flags & KEEL_KEEPTTL) && old && live(txn, old) ? old : expiry;
-    return expiry_update(txn, t->id, key, old, now_exp);
-}
-
-int ttl_del(keel_txn *txn, keel_bucket b, keel_val key)
-{
-    int rc = pager_maybe_spill(txn); /* between operations: no page pointer is held */
-    if (rc)
-        return rc;
-    struct tree_desc *t;
-    rc = bucket_tree(txn, b, &t);
-    if (rc)
-        return rc;
-    int64_t old;
-    if ((rc = bt_del_live(txn, t, key, &old))) /* an expired key is absent: left for purge */
-        return rc;
-    bucket_mark_dirty(txn, b);
-    return expiry_update(txn, t->id, key, old, 0);
-}
-
-int ttl_set(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry)
-{
-    int rc = pager_maybe_spill(txn); /* between operations: no page pointer is held */
-    if (rc)
-        return rc;
-    struct tree_desc *t;
-    rc = bucket_tree(txn, b, &t);
-    if (rc)
-        return rc;
-    int64_t cur;
-    if ((rc = bt_get(txn, t, key, NULL, &cur)))
-        return rc;
-    if (!live(txn, cur))
-        return KEEL_NOTFOUND;
-    int64_t old;
-    if ((rc = bt_set_expiry(txn, t, key, expiry, &old)))
-        return rc;
-    bucket_mark_dirty(txn, b);
-    return expiry_update(txn, t->id, key, old, expiry);
-}
-
-/* Removes the expiry entries of every expiring key of a bucket about to be
- * dropped: a walk of the bucket, which the drop pays for anyway. */
-int ttl_forget_bucket(keel_txn *txn, struct tree_desc *t)
+/* Logs the removal of the expiry entry of every expiring key of t (a
+ * bucket about to be dropped). */
+int expiry_forget_tree(keel_txn *txn, const struct tree_desc *t)
 {
     if (t->root == 0 || (txn->meta.trees[TREE_EXPIRY].root == 0 && txn->xlog.n == 0))
         return 0;
     keel_cursor c;
     memset(&c, 0, sizeof(c));
-    cursor_init(&c, txn, 0, t);
+    cursor_init(&c, txn, 0, (struct tree_desc *)t);
     c.all = true;
     keel_val k;
     int rc;
@@ -424,73 +347,61 @@ int ttl_forget_bucket(keel_txn *txn, struct tree_desc *t)
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
 
-int ttl_purge(keel_txn *txn, size_t max, size_t *purged)
+/* ---- the entries due for purge (kv_purge) ---- */
+int expiry_due_begin(keel_txn *txn, struct expiry_due *d)
 {
-    if (purged)
-        *purged = 0;
-    int rc = ttl_flush(txn); /* the expiry tree is read below: it must be complete */
+    memset(d, 0, sizeof(*d));
+    d->txn = txn;
+    cursor_init(&d->cursor, txn, 0, &txn->meta.trees[TREE_EXPIRY]);
+    d->cursor.all = true;
+    return expiry_flush(txn); /* the index is read below: it must be complete */
+}
+
+/* The oldest entry, if its time has come; KEEL_NOTFOUND if none is due.
+ * The previous one was removed (expiry_remove_due), so the oldest is next. */
+int expiry_next_due(struct expiry_due *d)
+{
+    if (d->txn->meta.trees[TREE_EXPIRY].root == 0)
+        return KEEL_NOTFOUND;
+    keel_val k;
+    int rc = cursor_first(&d->cursor, &k, NULL);
     if (rc)
         return rc;
-    struct tree_desc *et = &txn->meta.trees[TREE_EXPIRY];
-    size_t n = 0;
-    keel_cursor c;
-    memset(&c, 0, sizeof(c));
-    cursor_init(&c, txn, 0, et);
-    c.all = true;
-    uint8_t *key = NULL;
-    size_t keycap = 0;
-    while (n < max && et->root) {
-        keel_val k;
-        if ((rc = cursor_first(&c, &k, NULL)))
-            break;
-        if (k.len <= EXPIRY_KEY_PREFIX) {
-            rc = CORRUPT(c.pgno[c.depth - 1]);
-            break;
-        }
-        int64_t exp = expiry_key_time(k.data);
-        if (exp > txn->now)
-            break;
-        if (k.len > keycap) {
-            uint8_t *nk = os_realloc(key, k.len);
-            if (!nk) {
-                rc = KEEL_NOMEM;
-                break;
-            }
-            key = nk;
-            keycap = k.len;
-        }
-        memcpy(key, k.data, k.len);
-        size_t klen = k.len;
-        keel_bucket b;
-        struct tree_desc *t;
-        if ((rc = bucket_by_id(txn, expiry_key_bucket(key), &b)) || (rc = bucket_tree(txn, b, &t)))
-            break;
-        int64_t old;
-        keel_val ukey = {key + EXPIRY_KEY_PREFIX, klen - EXPIRY_KEY_PREFIX};
-        if ((rc = bt_del(txn, t, ukey, &old)))
-            break;
-        if (old != exp) {
-            rc = CORRUPT(0);
-            break;
-        }
-        bucket_mark_dirty(txn, b);
-        if ((rc = bt_del(txn, et, (keel_val){key, klen}, NULL)))
-            break;
-        n++;
+    if (k.len <= EXPIRY_KEY_PREFIX)
+        return CORRUPT(d->cursor.pgno[d->cursor.depth - 1]);
+    int64_t exp = expiry_key_time(k.data);
+    if (exp > d->txn->now)
+        return KEEL_NOTFOUND;
+    if (k.len > d->cap) {
+        uint8_t *nk = os_realloc(d->buf, k.len);
+        if (!nk)
+            return KEEL_NOMEM;
+        d->buf = nk;
+        d->cap = k.len;
     }
-    os_free(c.keybuf);
-    os_free(key);
-    if (rc == KEEL_NOTFOUND)
-        rc = 0;
-    if (purged)
-        *purged = n;
-    return rc;
+    memcpy(d->buf, k.data, k.len); /* k points into a page the removals below may free */
+    d->len = k.len;
+    d->expiry = exp;
+    d->bucket_id = expiry_key_bucket(d->buf);
+    d->key = (keel_val){d->buf + EXPIRY_KEY_PREFIX, k.len - EXPIRY_KEY_PREFIX};
+    return 0;
+}
+
+int expiry_remove_due(struct expiry_due *d)
+{
+    return bt_del(d->txn, &d->txn->meta.trees[TREE_EXPIRY], (keel_val){d->buf, d->len}, NULL);
+}
+
+void expiry_due_end(struct expiry_due *d)
+{
+    os_free(d->cursor.keybuf);
+    os_free(d->buf);
 }
 
 /* For keel_check: does every expiry entry name a live node with that expiry? */
-int ttl_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), void *ctx, uint64_t *entries)
+int expiry_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), void *ctx, uint64_t *entries)
 {
-    int rc = txn->rdonly ? 0 : ttl_flush(txn); /* keel_check reads a snapshot: no log there */
+    int rc = txn->rdonly ? 0 : expiry_flush(txn); /* keel_check reads a snapshot: no log there */
     if (rc)
         return rc;
     struct tree_desc *et = &txn->meta.trees[TREE_EXPIRY];

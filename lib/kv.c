@@ -1,0 +1,166 @@
+/*
+ * kv.c — the write path: every change to a bucket's entries goes through
+ * here, and so does every read that applies the expiry rule.
+ *
+ * Contract:
+ *   - Each write is one prologue, one tree operation, one epilogue:
+ *       prologue  find the bucket's tree (a bad handle answers KEEL_BADBUCKET
+ *                 and changes nothing), then spill dirty pages over budget
+ *                 (here, between operations, nothing holds a page pointer);
+ *       epilogue  mark the bucket dirty and move its expiry-index entry from
+ *                 the old expiry to the new; on any failure after the first
+ *                 change, poison the txn (only abort remains).
+ *     A new kind of write is a new tree operation between the two; nothing
+ *     else here changes.
+ *   - A key whose expiry is <= txn->now is absent (expiry_live): reads miss
+ *     it, a delete or expiry change answers KEEL_NOTFOUND and leaves it for
+ *     purge, and bt_put treats it as absent for KEEL_NOOVERWRITE/KEEPTTL.
+ *   - Redis's rules for the expiry: a plain put clears it unless
+ *     KEEL_KEEPTTL; a CAS and an increment keep it (ops.c passes KEEPTTL);
+ *     a delete removes it.
+ *   - Callers (api.c, ops.c, copy.c) have checked their arguments; kv checks
+ *     nothing but what only the txn's state can tell.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* A write op failed after it may have changed pages: only abort remains.
+ * KEEL_NOTFOUND and KEEL_EXISTS are answers, given before any change. */
+int poison(keel_txn *txn, int rc)
+{
+    if (rc && rc != KEEL_NOTFOUND && rc != KEEL_EXISTS && !txn->error)
+        txn->error = rc;
+    return rc;
+}
+
+static int write_begin(keel_txn *txn, keel_bucket b, struct tree_desc **t)
+{
+    int rc = bucket_tree(txn, b, t);
+    if (rc)
+        return rc;
+    return poison(txn, pager_maybe_spill(txn));
+}
+
+/* rc: the tree operation's; old_exp/new_exp: the entry's expiry before and
+ * after it (0 = none). */
+static int write_end(keel_txn *txn, keel_bucket b, const struct tree_desc *t, keel_val key, int rc,
+                     int64_t old_exp, int64_t new_exp)
+{
+    if (rc)
+        return poison(txn, rc);
+    bucket_mark_dirty(txn, b);
+    return poison(txn, expiry_update(txn, t->id, key, old_exp, new_exp));
+}
+
+int kv_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *expiry)
+{
+    struct tree_desc *t;
+    int rc = bucket_tree(txn, b, &t);
+    if (rc)
+        return rc;
+    int64_t exp;
+    if ((rc = bt_get(txn, t, key, val, &exp)))
+        return rc;
+    if (!expiry_live(txn, exp)) {
+        if (val)
+            *val = (keel_val){NULL, 0};
+        return KEEL_NOTFOUND;
+    }
+    if (expiry)
+        *expiry = exp;
+    return 0;
+}
+
+int kv_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t expiry, unsigned flags)
+{
+    struct tree_desc *t;
+    int rc = write_begin(txn, b, &t);
+    if (rc)
+        return rc;
+    int64_t old = 0;
+    rc = bt_put(txn, t, key, val, expiry, flags, &old);
+    int64_t kept = (flags & KEEL_KEEPTTL) && old && expiry_live(txn, old) ? old : expiry;
+    return write_end(txn, b, t, key, rc, old, kept);
+}
+
+int kv_del(keel_txn *txn, keel_bucket b, keel_val key)
+{
+    struct tree_desc *t;
+    int rc = write_begin(txn, b, &t);
+    if (rc)
+        return rc;
+    int64_t old = 0;
+    rc = bt_del_live(txn, t, key, &old);
+    return write_end(txn, b, t, key, rc, old, 0);
+}
+
+int kv_set_expiry(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry)
+{
+    struct tree_desc *t;
+    int rc = write_begin(txn, b, &t);
+    if (rc)
+        return rc;
+    int64_t old = 0;
+    rc = bt_get(txn, t, key, NULL, &old);
+    if (!rc && !expiry_live(txn, old))
+        rc = KEEL_NOTFOUND;
+    if (!rc)
+        rc = bt_set_expiry(txn, t, key, expiry, &old);
+    return write_end(txn, b, t, key, rc, old, expiry);
+}
+
+int kv_cursor_del(keel_cursor *c)
+{
+    struct tree_desc *t;
+    int rc = write_begin(c->txn, c->bucket, &t);
+    if (rc)
+        return rc;
+    int64_t old = 0;
+    rc = cursor_del(c, t, &old); /* the deleted key stays in c->keybuf */
+    return write_end(c->txn, c->bucket, t, (keel_val){c->keybuf, c->keylen}, rc, old, 0);
+}
+
+/* The bucket's expiring keys leave the expiry index first: a walk of the
+ * bucket, which the drop pays for anyway. */
+int kv_drop_bucket(keel_txn *txn, keel_bucket b)
+{
+    struct tree_desc *t;
+    int rc = bucket_tree(txn, b, &t);
+    if (rc)
+        return rc;
+    if ((rc = poison(txn, expiry_forget_tree(txn, t))))
+        return rc;
+    return poison(txn, bucket_drop(txn, b));
+}
+
+/* Removes up to max entries whose expiry has passed, oldest first: the
+ * expiry index yields them (expiry_next_due), each leaves its bucket here
+ * and the index there. */
+int kv_purge(keel_txn *txn, size_t max, size_t *purged)
+{
+    struct expiry_due due;
+    size_t n = 0;
+    int rc = expiry_due_begin(txn, &due);
+    while (!rc && n < max && !(rc = expiry_next_due(&due))) {
+        keel_bucket b;
+        struct tree_desc *t;
+        int64_t old;
+        if ((rc = bucket_by_id(txn, due.bucket_id, &b)) || (rc = bucket_tree(txn, b, &t)))
+            break;
+        if ((rc = bt_del(txn, t, due.key, &old)))
+            break;
+        if (old != due.expiry) {
+            rc = CORRUPT(0); /* the index and the bucket disagree */
+            break;
+        }
+        bucket_mark_dirty(txn, b);
+        if ((rc = expiry_remove_due(&due)))
+            break;
+        n++;
+    }
+    expiry_due_end(&due);
+    if (purged)
+        *purged = n;
+    return poison(txn, rc == KEEL_NOTFOUND ? 0 : rc);
+}
