@@ -2,7 +2,7 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> pager -> btree -> cursor -> freelist, bucket -> ttl -> txn -> ops, api
+ *   os -> lockfile -> pager -> btree -> cursor -> freelist, bucket -> expiry -> kv -> txn -> ops, api
  *
  * with two deliberate loops: pager's allocator asks the free-space layer
  * (freelist.c, built on btree) for reusable pages when its pool is empty,
