@@ -64,7 +64,7 @@ int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned wa
 {
     uint32_t ps = txn->db->psize;
     unsigned n = page_nkeys(page);
-    if (page_flags(page) != want || n == 0 || page_upper(page) > ps || page_upper(page) < PAGE_HDR + 2 * n)
+    if (page_flags(page) != want || n == 0 || page_upper(page) > ps || page_upper(page) < PAGE_HDR + SLOT_SIZE * n)
         return CORRUPT(pgno);
     return 0;
 }
@@ -126,6 +126,7 @@ static int check_nodes(keel_txn *txn, const uint8_t *page)
 }
 
 static inline const uint8_t *node_ptr(const uint8_t *page, unsigned i) { return page + page_slot(page, i); }
+static inline uint8_t *node_mut(uint8_t *page, unsigned i) { return page + page_slot(page, i); }
 
 /* Prefetches the nodes the first `levels` probes of lower_bound over
  * [lo, hi) may look at (the same midpoints). */
@@ -265,7 +266,7 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
         val->len = vsize;
         return 0;
     }
-    uint64_t ov = rd64(leaf_node_val(node));
+    uint64_t ov = leaf_node_overflow(node);
     uint32_t need = overflow_pages_for(txn, vsize);
     const uint8_t *p;
     int rc = page_get(txn, ov, &p);
@@ -291,7 +292,7 @@ static int overflow_run(keel_txn *txn, const uint8_t *node, uint64_t *ov, uint32
     int rc = bt_leaf_value(txn, node, &v);
     if (rc)
         return rc;
-    *ov = rd64(leaf_node_val(node));
+    *ov = leaf_node_overflow(node);
     *npages = overflow_pages_for(txn, leaf_node_vsize(node));
     return 0;
 }
@@ -314,23 +315,17 @@ int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val
 }
 
 /* ---- page editing (dirty pages only) ---- */
-static void page_init(uint8_t *page, unsigned flags, uint32_t psize)
-{
-    wr16(page + PH_FLAGS, (uint16_t)flags);
-    wr16(page + PH_NKEYS, 0);
-    wr32(page + PH_UPPER, psize);
-}
+static void page_init(uint8_t *page, unsigned flags, uint32_t psize) { page_set_header(page, flags, 0, psize); }
 
 static void page_insert_node(uint8_t *page, unsigned idx, const uint8_t *node, size_t size)
 {
     unsigned n = page_nkeys(page);
     uint32_t upper = page_upper(page) - (uint32_t)size;
     memcpy(page + upper, node, size);
-    uint8_t *slots = page + PAGE_HDR;
-    memmove(slots + 2 * (idx + 1), slots + 2 * idx, 2 * (n - idx));
-    wr16(slots + 2 * idx, (uint16_t)upper);
-    wr16(page + PH_NKEYS, (uint16_t)(n + 1));
-    wr32(page + PH_UPPER, upper);
+    memmove(page_slot_at(page, idx + 1), page_slot_at(page, idx), SLOT_SIZE * (n - idx));
+    page_set_slot(page, idx, upper);
+    page_set_nkeys(page, n + 1);
+    page_set_upper(page, upper);
 }
 
 static void page_remove_node(uint8_t *page, unsigned idx)
@@ -339,31 +334,30 @@ static void page_remove_node(uint8_t *page, unsigned idx)
     unsigned off = page_slot(page, idx);
     size_t sz = node_size(page, page + off);
     uint32_t upper = page_upper(page);
-    uint8_t *slots = page + PAGE_HDR;
     if (off != upper && node_size(page, page + upper) == sz) {
         /* the lowest node is as big as the hole: it alone moves into it */
         memcpy(page + off, page + upper, sz);
         for (unsigned i = 0; i < n; i++)
-            if (rd16(slots + 2 * i) == upper) {
-                wr16(slots + 2 * i, (uint16_t)off);
+            if (page_slot(page, i) == upper) {
+                page_set_slot(page, i, off);
                 break;
             }
     } else {
         memmove(page + upper + sz, page + upper, off - upper);
         for (unsigned i = 0; i < n; i++) {
-            unsigned o = rd16(slots + 2 * i);
+            unsigned o = page_slot(page, i);
             if (o < off)
-                wr16(slots + 2 * i, (uint16_t)(o + sz));
+                page_set_slot(page, i, o + (unsigned)sz);
         }
     }
-    memmove(slots + 2 * idx, slots + 2 * (idx + 1), 2 * (n - idx - 1));
-    wr16(page + PH_NKEYS, (uint16_t)(n - 1));
-    wr32(page + PH_UPPER, upper + (uint32_t)sz);
+    memmove(page_slot_at(page, idx), page_slot_at(page, idx + 1), SLOT_SIZE * (n - idx - 1));
+    page_set_nkeys(page, n - 1);
+    page_set_upper(page, upper + (uint32_t)sz);
 }
 
 static size_t page_used(const uint8_t *page, uint32_t psize)
 {
-    return psize - page_upper(page) + 2 * page_nkeys(page);
+    return psize - page_upper(page) + SLOT_SIZE * page_nkeys(page);
 }
 
 /* A node to place in a rebuilt page: bytes and size. */
@@ -378,15 +372,12 @@ struct piece {
 static void page_fill(uint8_t *page, unsigned flags, uint32_t psize, const struct piece *pc, size_t n)
 {
     uint32_t upper = psize;
-    uint8_t *slots = page + PAGE_HDR;
     for (size_t i = 0; i < n; i++) {
         upper -= (uint32_t)pc[i].size;
         memcpy(page + upper, pc[i].p, pc[i].size);
-        wr16(slots + 2 * i, (uint16_t)upper);
+        page_set_slot(page, (unsigned)i, upper);
     }
-    wr16(page + PH_FLAGS, (uint16_t)flags);
-    wr16(page + PH_NKEYS, (uint16_t)n);
-    wr32(page + PH_UPPER, upper);
+    page_set_header(page, flags, (unsigned)n, upper);
 }
 
 static uint8_t *scratch(keel_txn *txn)
@@ -403,11 +394,7 @@ static uint8_t *make_branch_node(uint64_t child, const uint8_t *key, size_t klen
     uint8_t *n = os_malloc(BRANCH_HDR + klen);
     if (!n)
         return NULL;
-    wr64(n, child);
-    wr16(n + 8, (uint16_t)klen);
-    if (klen)
-        memcpy(n + BRANCH_HDR, key, klen);
-    *size = BRANCH_HDR + klen;
+    *size = branch_node_write(n, child, key, klen);
     return n;
 }
 
@@ -419,15 +406,15 @@ static size_t choose_split(const struct piece *pc, size_t n, size_t cap, bool ap
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
-        total += pc[i].size + 2;
+        total += pc[i].size + SLOT_SIZE;
     if (append) {
-        size_t left = total - (pc[n - 1].size + 2);
+        size_t left = total - (pc[n - 1].size + SLOT_SIZE);
         if (left <= cap)
             return n - 1;
     }
     size_t best = 0, left = 0, best_diff = SIZE_MAX;
     for (size_t s = 1; s < n; s++) {
-        left += pc[s - 1].size + 2;
+        left += pc[s - 1].size + SLOT_SIZE;
         size_t right = total - left;
         if (left > cap)
             break;
@@ -473,14 +460,14 @@ static bool choose_split3(const struct piece *pc, size_t n, size_t cap, size_t *
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
-        total += pc[i].size + 2;
+        total += pc[i].size + SLOT_SIZE;
     size_t cut[2], sum[2], acc = 0, i = 0;
     for (int c = 0; c < 2; c++) {
         size_t goal = total * (size_t)(c + 1) / 3;
-        while (i < n && acc + pc[i].size + 2 <= goal) /* the last cut at or before the goal... */
-            acc += pc[i++].size + 2;
-        if (i < n && goal - acc > acc + pc[i].size + 2 - goal) /* ...or the next, if closer */
-            acc += pc[i++].size + 2;
+        while (i < n && acc + pc[i].size + SLOT_SIZE <= goal) /* the last cut at or before the goal... */
+            acc += pc[i++].size + SLOT_SIZE;
+        if (i < n && goal - acc > acc + pc[i].size + SLOT_SIZE - goal) /* ...or the next, if closer */
+            acc += pc[i++].size + SLOT_SIZE;
         cut[c] = i;
         sum[c] = acc;
     }
@@ -556,7 +543,7 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
                 sidx = i;
             }
         } else if (!page_get(txn, pg, &sp) && !bt_check_page(txn, sp, pg, P_LEAF) &&
-                   page_room(sp) >= usable(txn) / 8 + size + 2 && page_room(sp) > croom) {
+                   page_room(sp) >= usable(txn) / 8 + size + SLOT_SIZE && page_room(sp) > croom) {
             croom = page_room(sp);
             cidx = i;
         }
@@ -569,7 +556,7 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
         if ((rc = page_get(txn, pg, &sp)) || (rc = check_nodes(txn, sp)) || (rc = page_touch(txn, pg, &np, &sib)))
             return rc;
         if (np != pg)
-            wr64(parent + page_slot(parent, cidx), np);
+            branch_node_set_child(node_mut(parent, cidx), np);
         room = croom;
         sidx = cidx;
     }
@@ -577,7 +564,7 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
      * so the next inserts find room (not a share per insert); with less the
      * two become three, each with a third of a page free.  A larger margin
      * trades fuller leaves for fewer instructions (doc/benchmarks.md). */
-    bool three = room < usable(txn) / 16 + size + 2;
+    bool three = room < usable(txn) / 16 + size + SLOT_SIZE;
     bool sib_left = sidx < pidx;
     unsigned ri = sib_left ? pidx : sidx; /* the parent's node of the right page */
     uint64_t rpg = branch_node_child(node_ptr(parent, ri)), mpg = 0;
@@ -627,7 +614,7 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
         /* three pages put one more node in the parent: only if it fits
          * there now (the parent's own split would move the path under us) */
         ok = !three || page_room(parent) + branch_node_size(node_ptr(parent, ri)) >=
-                           2 * BRANCH_HDR + k1l + k2l + 4;
+                           2 * (BRANCH_HDR + SLOT_SIZE) + k1l + k2l;
     }
     if (ok) {
         sep2 = make_branch_node(rpg, k2, k2l, &sep2size);
@@ -769,7 +756,7 @@ static int insert_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
                      const uint8_t *node, size_t size, bool append)
 {
     uint8_t *page = path->page[level];
-    if (page_room(page) >= size + 2) {
+    if (page_room(page) >= size + SLOT_SIZE) {
         page_insert_node(page, idx, node, size);
         txn->gen++;
         return 0;
@@ -806,7 +793,7 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
             if (level == 0)
                 t->root = np;
             else
-                wr64(path->page[level - 1] + page_slot(path->page[level - 1], path->idx[level - 1]), np);
+                branch_node_set_child(node_mut(path->page[level - 1], path->idx[level - 1]), np);
             path->pgno[level] = np;
         }
         path->page[level] = buf;
@@ -841,22 +828,17 @@ int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64
     }
 
     /* the new leaf node */
-    size_t extra = expiry ? 8 : 0;
-    size_t inline_size = LEAF_HDR + extra + key.len + val.len;
-    size_t big_size = LEAF_HDR + extra + key.len + 8;
+    unsigned nflags = expiry ? N_EXPIRES : 0;
+    size_t inline_size = leaf_node_size_for(nflags, key.len, val.len);
+    size_t big_size = leaf_node_size_for(nflags | N_BIG, key.len, val.len);
     bool big = inline_size > db->inline_max && inline_size > big_size;
     size_t size = big ? big_size : inline_size;
+    nflags |= big ? N_BIG : 0;
     uint8_t stackbuf[512];
     uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
     if (!node)
         return KEEL_NOMEM;
-    wr16(node, (uint16_t)((big ? N_BIG : 0) | (expiry ? N_EXPIRES : 0)));
-    wr16(node + 2, (uint16_t)key.len);
-    wr32(node + 4, (uint32_t)val.len);
-    if (expiry)
-        wr64(node + LEAF_HDR, (uint64_t)expiry);
-    memcpy(node + LEAF_HDR + extra, key.data, key.len);
-    uint8_t *vdst = node + LEAF_HDR + extra + key.len;
+    uint8_t *vdst = leaf_node_write(node, nflags, key.data, key.len, (uint32_t)val.len, expiry);
     if (!big) {
         if (val.len)
             memcpy(vdst, val.data, val.len);
@@ -866,12 +848,11 @@ int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64
         uint8_t *ovbuf;
         if ((rc = page_alloc(txn, np, &ov, &ovbuf)))
             goto out;
-        wr16(ovbuf + PH_FLAGS, P_OVERFLOW);
-        wr32(ovbuf + PH_UPPER, np);
+        overflow_set_header(ovbuf, np);
         memcpy(ovbuf + PAGE_HDR, val.data, val.len);
         size_t tail = (size_t)np * ps - PAGE_HDR - val.len;
         memset(ovbuf + PAGE_HDR + val.len, 0, tail);
-        wr64(vdst, ov);
+        leaf_node_set_overflow(node, ov);
         t->overflow_pages += np;
     }
 
@@ -1022,7 +1003,7 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
             if ((rc = page_touch(txn, sibpg, &newpg, &L)))
                 return rc;
             if (newpg != sibpg)
-                wr64(parent + page_slot(parent, sib), newpg);
+                branch_node_set_child(node_mut(parent, sib), newpg);
             rpg = path->pgno[level];
         }
         uint8_t *joined = NULL; /* a branch: R's first child under the parent's separator */
@@ -1056,7 +1037,7 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     if ((rc = page_touch(txn, sibpg, &newpg, &sibbuf)))
         return rc;
     if (newpg != sibpg)
-        wr64(parent + page_slot(parent, sib), newpg);
+        branch_node_set_child(node_mut(parent, sib), newpg);
     if (page_flags(sibbuf) != flags)
         return CORRUPT(sibpg);
     uint8_t *L = li == pidx ? page : sibbuf, *R = li == pidx ? sibbuf : page;
@@ -1200,18 +1181,15 @@ int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expi
     cur = node_ptr(leaf, path.idx[lv]);
     /* the same node with the expiry field added, changed or removed; an
      * overflow value stays where it is */
-    unsigned f = leaf_node_flags(cur);
-    size_t old_extra = leaf_node_extra(cur), rest = leaf_node_size(cur) - LEAF_HDR - old_extra;
-    size_t size = LEAF_HDR + (expiry ? 8 : 0) + rest;
+    unsigned f = leaf_node_flags(cur), nf = expiry ? (f | N_EXPIRES) : (f & ~N_EXPIRES);
+    size_t ksize = leaf_node_ksize(cur), vpart = leaf_node_size(cur) - (size_t)(leaf_node_val(cur) - cur);
+    size_t size = leaf_node_size_for(nf, ksize, leaf_node_vsize(cur));
     uint8_t stackbuf[512];
     uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
     if (!node)
         return KEEL_NOMEM;
-    memcpy(node, cur, LEAF_HDR);
-    wr16(node, (uint16_t)(expiry ? (f | N_EXPIRES) : (f & ~N_EXPIRES)));
-    if (expiry)
-        wr64(node + LEAF_HDR, (uint64_t)expiry);
-    memcpy(node + size - rest, cur + LEAF_HDR + old_extra, rest);
+    uint8_t *vdst = leaf_node_write(node, nf, leaf_node_key(cur), ksize, leaf_node_vsize(cur), expiry);
+    memcpy(vdst, leaf_node_val(cur), vpart);
     if (size == leaf_node_size(cur)) {
         memcpy((uint8_t *)cur, node, size);
         txn->gen++;
@@ -1375,7 +1353,7 @@ static int finger_find(keel_txn *txn, struct bt_finger *f, keel_val key, bool *i
 
 int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, struct bt_finger *f)
 {
-    size_t size = LEAF_HDR + key.len + val.len;
+    size_t size = leaf_node_size_for(0, key.len, val.len);
     if (size > txn->db->inline_max) {
         f->gen = 0;
         return bt_put(txn, t, key, val, 0, 0, NULL);
@@ -1400,16 +1378,13 @@ int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, 
     uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
     if (!node)
         return KEEL_NOMEM;
-    wr16(node, 0);
-    wr16(node + 2, (uint16_t)key.len);
-    wr32(node + 4, (uint32_t)val.len);
-    memcpy(node + LEAF_HDR, key.data, key.len);
+    uint8_t *vdst = leaf_node_write(node, 0, key.data, key.len, (uint32_t)val.len, 0);
     if (val.len)
-        memcpy(node + LEAF_HDR + key.len, val.data, val.len);
+        memcpy(vdst, val.data, val.len);
     int lv = p->depth - 1;
     uint8_t *leaf = p->page[lv];
     unsigned idx = p->idx[lv];
-    bool fits = page_room(leaf) >= size + 2;
+    bool fits = page_room(leaf) >= size + SLOT_SIZE;
     t->entries++;
     /* at the end of the rightmost leaf: an append, so a split leaves the left page full */
     rc = insert_at(txn, t, p, lv, idx, node, size, !f->hi && idx == page_nkeys(leaf));
@@ -1508,8 +1483,8 @@ static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, s
         if ((rc = page_get(txn, ov, &old)) || (rc = node_at(path->page[lv], j, ps, (const uint8_t **)&node)))
             return rc;
         memcpy(nbuf, old, (size_t)np * ps);
-        wr64(nbuf + PH_PGNO, nov);
-        wr64((uint8_t *)leaf_node_val(node), nov);
+        page_set_pgno(nbuf, nov);
+        leaf_node_set_overflow(node, nov);
         if ((rc = page_free(txn, ov, np)))
             return rc;
         m->copies -= m->copies < np ? m->copies : np;
