@@ -16,7 +16,12 @@
  *     first shares with a sibling already dirty, or splits with it into
  *     three, so random loads leave leaves about 5/6 full.  Deletes merge a
  *     page under half full with a sibling when both fit in 7/8 of a page; a
- *     page under a quarter full that cannot merge shares with it.
+ *     page under a quarter full that cannot merge shares with it.  The
+ *     fractions are the fill policy (internal.h).
+ *   - Node and page bytes are written only through format.h's writers.
+ *   - The scratch buffer (txn->scratch) is btree's alone, and never in use
+ *     while btree allocates or copies a page: that may edit the free tree,
+ *     which takes it.
  *   - bt_move_high copies pages only through the same path touch, so it
  *     changes page numbers (and the pointers to them), never the tree's
  *     content or shape.
