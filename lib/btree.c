@@ -736,25 +736,25 @@ static int split_three(keel_txn *txn, struct tree_desc *t, struct bt_path *path,
     memcpy(sc, lp.L, ps);
     memcpy(sc + ps, lp.R, ps);
     struct piece *pc = collect_pieces(sc, sc + ps, lp.at, node, size, &n);
-    bool ok = pc && choose_split3(pc, n, usable(txn), &s1, &s2);
-    if (ok) {
+    bool done = false;
+    if (!pc) {
+        rc = KEEL_NOMEM;
+    } else if (choose_split3(pc, n, usable(txn), &s1, &s2)) {
         sep2 = cut_separator(pc, s2, true, true, rpg, NULL, &sep2size);
         sep1 = cut_separator(pc, s1, true, true, mpg, NULL, &sep1size);
-        if (!sep1 || !sep2)
+        if (!sep1 || !sep2) {
             rc = KEEL_NOMEM;
-        ok = !rc &&
-             page_room(parent) + branch_node_size(node_ptr(parent, lp.ri)) >= sep1size + sep2size + 2 * SLOT_SIZE;
-    }
-    if (ok) {
-        page_fill(lp.L, P_LEAF, ps, pc, s1);
-        page_fill(mid, P_LEAF, ps, pc + s1, s2 - s1);
-        page_fill(lp.R, P_LEAF, ps, pc + s2, n - s2);
+        } else if (page_room(parent) + branch_node_size(node_ptr(parent, lp.ri)) >=
+                   sep1size + sep2size + 2 * SLOT_SIZE) {
+            page_fill(lp.L, P_LEAF, ps, pc, s1);
+            page_fill(mid, P_LEAF, ps, pc + s1, s2 - s1);
+            page_fill(lp.R, P_LEAF, ps, pc + s2, n - s2);
+            done = true;
+        }
     }
     os_free(pc);
     scratch_give(txn);
-    if (!pc)
-        rc = KEEL_NOMEM;
-    else if (!rc && !ok) { /* (damage, or a parent too full for three): the caller splits */
+    if (!rc && !done) { /* (damage, or a parent too full for three): the caller splits */
         count_page(t, P_LEAF, -1);
         rc = (rc = page_free(txn, mpg, 1)) ? rc : KEEL_NOTFOUND;
     } else if (!rc) {
@@ -830,9 +830,13 @@ static int split_insert(keel_txn *txn, struct tree_desc *t, struct bt_path *path
         return KEEL_NOMEM;
     memcpy(copy, page, txn->db->psize);
     struct piece *pc = collect_pieces(copy, NULL, idx, node, size, &n);
-    size_t s = pc ? choose_split(pc, n, usable(txn), at_end) : 0;
-    rc = !pc ? KEEL_NOMEM : !s ? CORRUPT(path->pgno[level])
-                               : fill_pair(txn, page, right, flags, pc, n, s, true, rpg, &sep, &sepsize);
+    size_t s;
+    if (!pc)
+        rc = KEEL_NOMEM;
+    else if (!(s = choose_split(pc, n, usable(txn), at_end)))
+        rc = CORRUPT(path->pgno[level]);
+    else
+        rc = fill_pair(txn, page, right, flags, pc, n, s, true, rpg, &sep, &sepsize);
     os_free(pc);
     scratch_give(txn);
     if (rc)
