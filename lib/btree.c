@@ -1193,6 +1193,8 @@ static int share_pages(keel_txn *txn, struct bt_path *path, int level, const str
     }
     if (!rc && !(s = choose_split(pc, n, usable(txn), false)))
         rc = CORRUPT(0);
+    /* the separator: R's whole first key (not the shortest, as splits cut
+     * it); the bytes written stay those of the format as it is */
     if (!rc && !(rc = fill_pair(txn, L, R, flags, pc, n, s, false, rpg, &fix->sep, &fix->sepsize))) {
         fix->kind = FIX_SEPARATOR;
         fix->idx = mp->ri;
