@@ -16,7 +16,12 @@
  *     first shares with a sibling already dirty, or splits with it into
  *     three, so random loads leave leaves about 5/6 full.  Deletes merge a
  *     page under half full with a sibling when both fit in 7/8 of a page; a
- *     page under a quarter full that cannot merge shares with it.
+ *     page under a quarter full that cannot merge shares with it.  The
+ *     fractions are the fill policy (internal.h).
+ *   - Node and page bytes are written only through format.h's writers.
+ *   - The scratch buffer (txn->scratch) is btree's alone, and never in use
+ *     while btree allocates or copies a page: that may edit the free tree,
+ *     which takes it.
  *   - bt_move_high copies pages only through the same path touch, so it
  *     changes page numbers (and the pointers to them), never the tree's
  *     content or shape.
@@ -59,12 +64,23 @@ int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) { retur
 
 static inline size_t usable(const keel_txn *txn) { return txn->db->psize - PAGE_HDR; }
 
+/* A level of the path, and the leaf's: a path is never deeper than a tree may be. */
+static inline void check_level(const struct bt_path *path, int level)
+{
+    KEEL_ASSERT(path->depth > 0 && path->depth <= KEEL_MAX_DEPTH && level >= 0 && level < path->depth);
+}
+static inline int leaf_level(const struct bt_path *path)
+{
+    check_level(path, path->depth - 1);
+    return path->depth - 1;
+}
+
 /* ---- page checks ---- */
 int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want)
 {
     uint32_t ps = txn->db->psize;
     unsigned n = page_nkeys(page);
-    if (page_flags(page) != want || n == 0 || page_upper(page) > ps || page_upper(page) < PAGE_HDR + 2 * n)
+    if (page_flags(page) != want || n == 0 || page_upper(page) > ps || page_upper(page) < PAGE_HDR + SLOT_SIZE * n)
         return CORRUPT(pgno);
     return 0;
 }
@@ -126,6 +142,7 @@ static int check_nodes(keel_txn *txn, const uint8_t *page)
 }
 
 static inline const uint8_t *node_ptr(const uint8_t *page, unsigned i) { return page + page_slot(page, i); }
+static inline uint8_t *node_mut(uint8_t *page, unsigned i) { return page + page_slot(page, i); }
 
 /* Prefetches the nodes the first `levels` probes of lower_bound over
  * [lo, hi) may look at (the same midpoints). */
@@ -265,7 +282,7 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
         val->len = vsize;
         return 0;
     }
-    uint64_t ov = rd64(leaf_node_val(node));
+    uint64_t ov = leaf_node_overflow(node);
     uint32_t need = overflow_pages_for(txn, vsize);
     const uint8_t *p;
     int rc = page_get(txn, ov, &p);
@@ -291,7 +308,7 @@ static int overflow_run(keel_txn *txn, const uint8_t *node, uint64_t *ov, uint32
     int rc = bt_leaf_value(txn, node, &v);
     if (rc)
         return rc;
-    *ov = rd64(leaf_node_val(node));
+    *ov = leaf_node_overflow(node);
     *npages = overflow_pages_for(txn, leaf_node_vsize(node));
     return 0;
 }
@@ -306,7 +323,8 @@ int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val
     if (!exact)
         return KEEL_NOTFOUND;
     const uint8_t *n;
-    if ((rc = node_at(path.page[path.depth - 1], path.idx[path.depth - 1], txn->db->psize, &n)))
+    int lv = leaf_level(&path);
+    if ((rc = node_at(path.page[lv], path.idx[lv], txn->db->psize, &n)))
         return rc;
     if (expiry)
         *expiry = leaf_node_expiry(n);
@@ -314,23 +332,17 @@ int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val
 }
 
 /* ---- page editing (dirty pages only) ---- */
-static void page_init(uint8_t *page, unsigned flags, uint32_t psize)
-{
-    wr16(page + PH_FLAGS, (uint16_t)flags);
-    wr16(page + PH_NKEYS, 0);
-    wr32(page + PH_UPPER, psize);
-}
+static void page_init(uint8_t *page, unsigned flags, uint32_t psize) { page_set_header(page, flags, 0, psize); }
 
 static void page_insert_node(uint8_t *page, unsigned idx, const uint8_t *node, size_t size)
 {
     unsigned n = page_nkeys(page);
     uint32_t upper = page_upper(page) - (uint32_t)size;
     memcpy(page + upper, node, size);
-    uint8_t *slots = page + PAGE_HDR;
-    memmove(slots + 2 * (idx + 1), slots + 2 * idx, 2 * (n - idx));
-    wr16(slots + 2 * idx, (uint16_t)upper);
-    wr16(page + PH_NKEYS, (uint16_t)(n + 1));
-    wr32(page + PH_UPPER, upper);
+    memmove(page_slot_at(page, idx + 1), page_slot_at(page, idx), SLOT_SIZE * (n - idx));
+    page_set_slot(page, idx, upper);
+    page_set_nkeys(page, n + 1);
+    page_set_upper(page, upper);
 }
 
 static void page_remove_node(uint8_t *page, unsigned idx)
@@ -339,31 +351,30 @@ static void page_remove_node(uint8_t *page, unsigned idx)
     unsigned off = page_slot(page, idx);
     size_t sz = node_size(page, page + off);
     uint32_t upper = page_upper(page);
-    uint8_t *slots = page + PAGE_HDR;
     if (off != upper && node_size(page, page + upper) == sz) {
         /* the lowest node is as big as the hole: it alone moves into it */
         memcpy(page + off, page + upper, sz);
         for (unsigned i = 0; i < n; i++)
-            if (rd16(slots + 2 * i) == upper) {
-                wr16(slots + 2 * i, (uint16_t)off);
+            if (page_slot(page, i) == upper) {
+                page_set_slot(page, i, off);
                 break;
             }
     } else {
         memmove(page + upper + sz, page + upper, off - upper);
         for (unsigned i = 0; i < n; i++) {
-            unsigned o = rd16(slots + 2 * i);
+            unsigned o = page_slot(page, i);
             if (o < off)
-                wr16(slots + 2 * i, (uint16_t)(o + sz));
+                page_set_slot(page, i, o + (unsigned)sz);
         }
     }
-    memmove(slots + 2 * idx, slots + 2 * (idx + 1), 2 * (n - idx - 1));
-    wr16(page + PH_NKEYS, (uint16_t)(n - 1));
-    wr32(page + PH_UPPER, upper + (uint32_t)sz);
+    memmove(page_slot_at(page, idx), page_slot_at(page, idx + 1), SLOT_SIZE * (n - idx - 1));
+    page_set_nkeys(page, n - 1);
+    page_set_upper(page, upper + (uint32_t)sz);
 }
 
 static size_t page_used(const uint8_t *page, uint32_t psize)
 {
-    return psize - page_upper(page) + 2 * page_nkeys(page);
+    return psize - page_upper(page) + SLOT_SIZE * page_nkeys(page);
 }
 
 /* A node to place in a rebuilt page: bytes and size. */
@@ -378,24 +389,43 @@ struct piece {
 static void page_fill(uint8_t *page, unsigned flags, uint32_t psize, const struct piece *pc, size_t n)
 {
     uint32_t upper = psize;
-    uint8_t *slots = page + PAGE_HDR;
     for (size_t i = 0; i < n; i++) {
         upper -= (uint32_t)pc[i].size;
         memcpy(page + upper, pc[i].p, pc[i].size);
-        wr16(slots + 2 * i, (uint16_t)upper);
+        page_set_slot(page, (unsigned)i, upper);
     }
-    wr16(page + PH_FLAGS, (uint16_t)flags);
-    wr16(page + PH_NKEYS, (uint16_t)n);
-    wr32(page + PH_UPPER, upper);
+    page_set_header(page, flags, (unsigned)n, upper);
 }
 
-static uint8_t *scratch(keel_txn *txn)
+/* ---- the scratch buffer ----
+ * Taken while pages are rebuilt from a copy of themselves, and given back
+ * before anything that may allocate a page: the allocator may reclaim free
+ * pages, which edits the free tree, which may take it in turn. */
+static uint8_t *scratch_take(keel_txn *txn)
 {
-    KEEL_ASSERT(txn->nest >= 0); /* freelist_reclaim's nesting is balanced */
-    int k = txn->nest > 1 ? 1 : txn->nest;
-    if (!txn->scratch[k])
-        txn->scratch[k] = os_malloc(2 * (size_t)txn->db->psize);
-    return txn->scratch[k];
+    KEEL_ASSERT(txn->scratch_depth == 0);
+    if (!txn->scratch && !(txn->scratch = os_malloc(2 * (size_t)txn->db->psize)))
+        return NULL;
+    txn->scratch_depth = 1;
+    return txn->scratch;
+}
+
+static void scratch_give(keel_txn *txn)
+{
+    KEEL_ASSERT(txn->scratch_depth == 1);
+    txn->scratch_depth = 0;
+}
+
+static int new_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
+{
+    KEEL_ASSERT(txn->scratch_depth == 0);
+    return page_alloc(txn, npages, pgno, buf);
+}
+
+static int touch_page(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
+{
+    KEEL_ASSERT(txn->scratch_depth == 0);
+    return page_touch(txn, pgno, newpgno, buf);
 }
 
 static uint8_t *make_branch_node(uint64_t child, const uint8_t *key, size_t klen, size_t *size)
@@ -403,12 +433,32 @@ static uint8_t *make_branch_node(uint64_t child, const uint8_t *key, size_t klen
     uint8_t *n = os_malloc(BRANCH_HDR + klen);
     if (!n)
         return NULL;
-    wr64(n, child);
-    wr16(n + 8, (uint16_t)klen);
-    if (klen)
-        memcpy(n + BRANCH_HDR, key, klen);
-    *size = BRANCH_HDR + klen;
+    *size = branch_node_write(n, child, key, klen);
     return n;
+}
+
+/* The pieces to redistribute: the nodes of a, then those of b (NULL: none),
+ * with node (NULL: none) at position at.  NULL when out of memory. */
+static struct piece *collect_pieces(const uint8_t *a, const uint8_t *b, unsigned at, const uint8_t *node,
+                                    size_t size, size_t *count)
+{
+    unsigned an = page_nkeys(a), bn = b ? page_nkeys(b) : 0;
+    size_t n = an + bn + (node != NULL);
+    bool leaf = page_flags(a) & P_LEAF;
+    struct piece *pc = os_malloc(n * sizeof(*pc));
+    if (!pc)
+        return NULL;
+    for (size_t i = 0, j = 0; i < n; i++) {
+        if (node && i == at) {
+            pc[i] = (struct piece){node, size};
+            continue;
+        }
+        const uint8_t *nd = j < an ? node_ptr(a, (unsigned)j) : node_ptr(b, (unsigned)(j - an));
+        pc[i] = (struct piece){nd, leaf ? leaf_node_size(nd) : branch_node_size(nd)};
+        j++;
+    }
+    *count = n;
+    return pc;
 }
 
 /* Where to split pieces [0, n) so both halves fit: balanced by bytes, or
@@ -419,15 +469,15 @@ static size_t choose_split(const struct piece *pc, size_t n, size_t cap, bool ap
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
-        total += pc[i].size + 2;
+        total += pc[i].size + SLOT_SIZE;
     if (append) {
-        size_t left = total - (pc[n - 1].size + 2);
+        size_t left = total - (pc[n - 1].size + SLOT_SIZE);
         if (left <= cap)
             return n - 1;
     }
     size_t best = 0, left = 0, best_diff = SIZE_MAX;
     for (size_t s = 1; s < n; s++) {
-        left += pc[s - 1].size + 2;
+        left += pc[s - 1].size + SLOT_SIZE;
         size_t right = total - left;
         if (left > cap)
             break;
@@ -473,14 +523,14 @@ static bool choose_split3(const struct piece *pc, size_t n, size_t cap, size_t *
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
-        total += pc[i].size + 2;
+        total += pc[i].size + SLOT_SIZE;
     size_t cut[2], sum[2], acc = 0, i = 0;
     for (int c = 0; c < 2; c++) {
         size_t goal = total * (size_t)(c + 1) / 3;
-        while (i < n && acc + pc[i].size + 2 <= goal) /* the last cut at or before the goal... */
-            acc += pc[i++].size + 2;
-        if (i < n && goal - acc > acc + pc[i].size + 2 - goal) /* ...or the next, if closer */
-            acc += pc[i++].size + 2;
+        while (i < n && acc + pc[i].size + SLOT_SIZE <= goal) /* the last cut at or before the goal... */
+            acc += pc[i++].size + SLOT_SIZE;
+        if (i < n && goal - acc > acc + pc[i].size + SLOT_SIZE - goal) /* ...or the next, if closer */
+            acc += pc[i++].size + SLOT_SIZE;
         cut[c] = i;
         sum[c] = acc;
     }
@@ -517,30 +567,77 @@ static void share_move(uint8_t *L, uint8_t *R, unsigned ln, unsigned s, unsigned
         page_insert_node(R, at - s, node, size);
 }
 
-/* A full leaf (not an append) first looks at its siblings that are dirty
- * already (no page to copy and write for them).  One with room takes a
- * share: the two end balanced with the new node (share_move).  If the roomier one
- * is nearly full too, the two become three pages, each about two thirds
- * full, where a plain split would leave two half-full pages beside a full
- * one.  The separators in the parent change to match.  This is a B*-tree's
- * overflow handling: random inserts leave leaves about 5/6 full instead of
- * the 2/3 of plain splits, so a big load writes fewer pages and its file is
- * smaller.  A clean sibling (to be copied first, as a split writes a new
- * page) is taken for a share only, and only with an eighth of a page free:
- * commits of a few random puts then keep the tree as full as big loads do
- * (file after the benchmark's "remove half": 0.88 of LMDB's without, 0.80
- * with).  KEEL_NOTFOUND when no sibling can help (the caller splits); the
- * tree is unchanged then (a clean sibling may have been copied). */
-static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, unsigned idx,
-                              const uint8_t *node, size_t size)
+
+/* The parent's node for a page (pg) that will begin with piece s.  Leaves:
+ * with `shortest` the shortest separator from the piece before, else piece
+ * s's whole key.  Branches: piece s's key, and piece s becomes `first`, its
+ * copy without the key (a branch's first key is never read).  NULL when out
+ * of memory. */
+static uint8_t *cut_separator(struct piece *pc, size_t s, bool leaf, bool shortest, uint64_t pg,
+                              uint8_t first[BRANCH_HDR], size_t *size)
 {
-    uint32_t ps = txn->db->psize;
-    uint8_t *page = path->page[level];
-    uint8_t *parent = path->page[level - 1];
+    const uint8_t *k;
+    size_t kl;
+    if (!leaf) {
+        k = branch_node_key(pc[s].p);
+        kl = branch_node_ksize(pc[s].p);
+    } else if (shortest) {
+        leaf_separator(pc[s - 1].p, pc[s].p, &k, &kl);
+    } else {
+        k = leaf_node_key(pc[s].p);
+        kl = leaf_node_ksize(pc[s].p);
+    }
+    uint8_t *sep = make_branch_node(pg, k, kl, size);
+    if (sep && !leaf)
+        pc[s] = (struct piece){first, branch_node_write(first, branch_node_child(pc[s].p), NULL, 0)};
+    return sep;
+}
+
+/* L gets pieces [0, s), R the rest; *sep is R's (page rpg) node for the parent. */
+static int fill_pair(keel_txn *txn, uint8_t *L, uint8_t *R, unsigned flags, struct piece *pc, size_t n, size_t s,
+                     bool shortest, uint64_t rpg, uint8_t **sep, size_t *sepsize)
+{
+    uint8_t first[BRANCH_HDR];
+    if (!(*sep = cut_separator(pc, s, flags & P_LEAF, shortest, rpg, first, sepsize)))
+        return KEEL_NOMEM;
+    page_fill(L, flags, txn->db->psize, pc, s);
+    page_fill(R, flags, txn->db->psize, pc + s, n - s);
+    return 0;
+}
+
+/* ---- insert ---- */
+
+/* The parent at `level` gets sep in place of its node at ri: written over
+ * it when of the same size, else through insert_at (which may split). */
+static int replace_separator(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, unsigned ri,
+                             const uint8_t *sep, size_t sepsize)
+{
+    uint8_t *parent = path->page[level], *old = node_mut(parent, ri);
+    if (branch_node_size(old) == sepsize) { /* the common case */
+        memcpy(old, sep, sepsize);
+        return 0;
+    }
+    page_remove_node(parent, ri);
+    return insert_at(txn, t, path, level, ri, sep, sepsize, false);
+}
+
+/* A sibling for a full leaf to share with: which, and how much room it has. */
+struct sibling {
+    uint8_t *page; /* dirty (copied if it was not) */
+    unsigned idx;  /* its node in the parent */
+    size_t room;
+};
+
+/* The roomier sibling of the leaf at `level` that is dirty already (no
+ * page to copy and write for it), else the roomier clean one worth its
+ * copy (clean_sibling_worth_share), copied now.  KEEL_NOTFOUND if none. */
+static int pick_sibling(keel_txn *txn, struct bt_path *path, int level, size_t size, struct sibling *out)
+{
+    uint8_t *page = path->page[level], *parent = path->page[level - 1];
     unsigned pidx = path->idx[level - 1], pn = page_nkeys(parent);
-    uint8_t *sib = NULL; /* the roomier dirty sibling */
+    uint8_t *sib = NULL;
     unsigned sidx = 0, cidx = 0;
-    size_t room = 0, croom = 0; /* ... and the roomier clean one worth its copy */
+    size_t room = 0, croom = 0;
     int rc;
     for (int d = -1; d <= 1; d += 2) {
         if ((d < 0 && pidx == 0) || (d > 0 && pidx + 1 >= pn))
@@ -556,7 +653,8 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
                 sidx = i;
             }
         } else if (!page_get(txn, pg, &sp) && !bt_check_page(txn, sp, pg, P_LEAF) &&
-                   page_room(sp) >= usable(txn) / 8 + size + 2 && page_room(sp) > croom) {
+                   clean_sibling_worth_share(page_room(sp), size + SLOT_SIZE, usable(txn)) &&
+                   page_room(sp) > croom) {
             croom = page_room(sp);
             cidx = i;
         }
@@ -566,201 +664,188 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
             return KEEL_NOTFOUND;
         uint64_t pg = branch_node_child(node_ptr(parent, cidx)), np;
         const uint8_t *sp;
-        if ((rc = page_get(txn, pg, &sp)) || (rc = check_nodes(txn, sp)) || (rc = page_touch(txn, pg, &np, &sib)))
+        if ((rc = page_get(txn, pg, &sp)) || (rc = check_nodes(txn, sp)) || (rc = touch_page(txn, pg, &np, &sib)))
             return rc;
         if (np != pg)
-            wr64(parent + page_slot(parent, cidx), np);
+            branch_node_set_child(node_mut(parent, cidx), np);
         room = croom;
         sidx = cidx;
     }
-    /* a share needs the sibling a sixteenth of a page clear of the new node,
-     * so the next inserts find room (not a share per insert); with less the
-     * two become three, each with a third of a page free.  A larger margin
-     * trades fuller leaves for fewer instructions (doc/benchmarks.md). */
-    bool three = room < usable(txn) / 16 + size + 2;
-    bool sib_left = sidx < pidx;
-    unsigned ri = sib_left ? pidx : sidx; /* the parent's node of the right page */
-    uint64_t rpg = branch_node_child(node_ptr(parent, ri)), mpg = 0;
-    uint8_t *mid = NULL;
-    if (three) { /* before the scratch buffer is in use */
-        if ((rc = page_alloc(txn, 1, &mpg, &mid)))
-            return rc;
-        count_page(t, P_LEAF, 1);
-    }
-    uint8_t *L = sib_left ? sib : page, *R = sib_left ? page : sib;
-    /* the pieces: L's nodes, then R's, the new node among them; read in
-     * place for a share (only sizes and the separator, before any change),
-     * from a copy for three pages (rebuilt from the pieces) */
-    const uint8_t *lsrc = L, *rsrc = R;
-    if (three) {
-        uint8_t *sc = scratch(txn);
-        if (!sc)
-            return KEEL_NOMEM;
-        memcpy(sc, L, ps);
-        memcpy(sc + ps, R, ps);
-        lsrc = sc;
-        rsrc = sc + ps;
-    }
-    unsigned ln = page_nkeys(L), rn = page_nkeys(R), at = sib_left ? ln + idx : idx, n = ln + rn + 1;
-    struct piece *pc = os_malloc(n * sizeof(*pc));
+    *out = (struct sibling){sib, sidx, room};
+    return 0;
+}
+
+/* The full leaf and its sibling as the left and right page. */
+struct leaf_pair {
+    uint8_t *L, *R;
+    unsigned ri; /* the parent's node of R */
+    unsigned at; /* where the new node goes among L's nodes then R's */
+};
+
+static struct leaf_pair pair_with(const struct bt_path *path, int level, const struct sibling *sb, unsigned idx)
+{
+    uint8_t *page = path->page[level];
+    bool sib_left = sb->idx < path->idx[level - 1];
+    return (struct leaf_pair){sib_left ? sb->page : page, sib_left ? page : sb->page,
+                              sib_left ? path->idx[level - 1] : sb->idx,
+                              sib_left ? page_nkeys(sb->page) + idx : idx};
+}
+
+/* The two end balanced, the new node among them: only the nodes that
+ * change sides move (share_move); sizes and the separator are read in place
+ * before any change.  KEEL_NOTFOUND (nothing changed) when no cut fits. */
+static int share_two(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, struct leaf_pair lp,
+                     const uint8_t *node, size_t size)
+{
+    uint64_t rpg = branch_node_child(node_ptr(path->page[level - 1], lp.ri));
+    size_t n, sepsize = 0;
+    struct piece *pc = collect_pieces(lp.L, lp.R, lp.at, node, size, &n);
     if (!pc)
         return KEEL_NOMEM;
-    for (unsigned i = 0, j = 0; i < n; i++) {
-        if (i == at) {
-            pc[i] = (struct piece){node, size};
-            continue;
-        }
-        const uint8_t *nd = j < ln ? node_ptr(lsrc, j) : node_ptr(rsrc, j - ln);
-        pc[i] = (struct piece){nd, leaf_node_size(nd)};
-        j++;
-    }
-    size_t s1 = 0, s2 = 0;
-    bool ok = three ? choose_split3(pc, n, usable(txn), &s1, &s2) : (s2 = choose_split(pc, n, usable(txn), false)) != 0;
-    /* the separators: before the right page, and before the middle one */
-    const uint8_t *k2, *k1 = NULL;
-    size_t k2l = 0, k1l = 0, sep2size = 0, sep1size = 0;
-    uint8_t *sep2 = NULL, *sep1 = NULL;
-    if (ok) {
-        leaf_separator(pc[s2 - 1].p, pc[s2].p, &k2, &k2l);
-        if (three)
-            leaf_separator(pc[s1 - 1].p, pc[s1].p, &k1, &k1l);
-        /* three pages put one more node in the parent: only if it fits
-         * there now (the parent's own split would move the path under us) */
-        ok = !three || page_room(parent) + branch_node_size(node_ptr(parent, ri)) >=
-                           2 * BRANCH_HDR + k1l + k2l + 4;
-    }
-    if (ok) {
-        sep2 = make_branch_node(rpg, k2, k2l, &sep2size);
-        if (three)
-            sep1 = make_branch_node(mpg, k1, k1l, &sep1size);
-        if (!sep2 || (three && !sep1)) {
-            os_free(sep2);
-            os_free(pc);
-            return KEEL_NOMEM;
-        }
-    }
-    if (!ok) { /* (damage, or a parent too full for three): the caller splits */
-        os_free(pc);
-        if (three) {
-            count_page(t, P_LEAF, -1);
-            return (rc = page_free(txn, mpg, 1)) ? rc : KEEL_NOTFOUND;
-        }
+    size_t s = choose_split(pc, n, usable(txn), false);
+    uint8_t *sep = s ? cut_separator(pc, s, true, true, rpg, NULL, &sepsize) : NULL;
+    os_free(pc);
+    if (!s)
         return KEEL_NOTFOUND;
-    }
-    if (three) {
-        page_fill(L, P_LEAF, ps, pc, s1);
-        page_fill(mid, P_LEAF, ps, pc + s1, s2 - s1);
-        page_fill(R, P_LEAF, ps, pc + s2, n - s2);
-    } else {
-        share_move(L, R, ln, s2, at, node, size);
+    if (!sep)
+        return KEEL_NOMEM;
+    share_move(lp.L, lp.R, page_nkeys(lp.L), (unsigned)s, lp.at, node, size);
+    txn->gen++;
+    int rc = replace_separator(txn, t, path, level - 1, lp.ri, sep, sepsize);
+    os_free(sep);
+    return rc;
+}
+
+/* The two become three, each about two thirds full, rebuilt from a copy; one
+ * more node in the parent, so only if it fits there now (the parent's own
+ * split would move the path under us).  KEEL_NOTFOUND (the tree unchanged)
+ * when it cannot. */
+static int split_three(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, struct leaf_pair lp,
+                       const uint8_t *node, size_t size)
+{
+    uint32_t ps = txn->db->psize;
+    uint8_t *parent = path->page[level - 1], *mid, *sc, *sep1 = NULL, *sep2 = NULL;
+    uint64_t rpg = branch_node_child(node_ptr(parent, lp.ri)), mpg;
+    size_t n, s1 = 0, s2 = 0, sep1size = 0, sep2size = 0;
+    int rc = new_pages(txn, 1, &mpg, &mid);
+    if (rc)
+        return rc;
+    count_page(t, P_LEAF, 1);
+    if (!(sc = scratch_take(txn)))
+        return KEEL_NOMEM;
+    memcpy(sc, lp.L, ps);
+    memcpy(sc + ps, lp.R, ps);
+    struct piece *pc = collect_pieces(sc, sc + ps, lp.at, node, size, &n);
+    bool done = false;
+    if (!pc) {
+        rc = KEEL_NOMEM;
+    } else if (choose_split3(pc, n, usable(txn), &s1, &s2)) {
+        sep2 = cut_separator(pc, s2, true, true, rpg, NULL, &sep2size);
+        sep1 = cut_separator(pc, s1, true, true, mpg, NULL, &sep1size);
+        if (!sep1 || !sep2) {
+            rc = KEEL_NOMEM;
+        } else if (page_room(parent) + branch_node_size(node_ptr(parent, lp.ri)) >=
+                   sep1size + sep2size + 2 * SLOT_SIZE) {
+            page_fill(lp.L, P_LEAF, ps, pc, s1);
+            page_fill(mid, P_LEAF, ps, pc + s1, s2 - s1);
+            page_fill(lp.R, P_LEAF, ps, pc + s2, n - s2);
+            done = true;
+        }
     }
     os_free(pc);
-    txn->gen++;
-    uint8_t *old = parent + page_slot(parent, ri);
-    if (branch_node_size(old) == sep2size) { /* the common case: overwrite it */
-        memcpy(old, sep2, sep2size);
-        rc = 0;
-    } else {
-        page_remove_node(parent, ri);
-        rc = insert_at(txn, t, path, level - 1, ri, sep2, sep2size, false);
+    scratch_give(txn);
+    if (!rc && !done) { /* (damage, or a parent too full for three): the caller splits */
+        count_page(t, P_LEAF, -1);
+        rc = (rc = page_free(txn, mpg, 1)) ? rc : KEEL_NOTFOUND;
+    } else if (!rc) {
+        txn->gen++;
+        rc = replace_separator(txn, t, path, level - 1, lp.ri, sep2, sep2size);
+        if (!rc) /* it fits: checked above, and the parent did not split */
+            page_insert_node(parent, lp.ri, sep1, sep1size);
     }
-    if (three && !rc) /* it fits: checked above, and the parent did not split */
-        page_insert_node(parent, ri, sep1, sep1size);
     os_free(sep1);
     os_free(sep2);
     return rc;
 }
 
-/* The page at `level` cannot take the node: split it in two and insert the
- * separator into the parent (or a new root). */
+/* A full leaf (not an append) first shares with a sibling (pick_sibling).
+ * One with room (sibling_can_share) takes a share; if the roomier one is
+ * nearly full too, the two become three pages, where a plain split would
+ * leave two half-full pages beside a full one.  This is a B*-tree's
+ * overflow handling: random inserts leave leaves about 5/6 full instead of
+ * the 2/3 of plain splits, so a big load writes fewer pages and its file is
+ * smaller; taking a clean sibling for a share keeps commits of a few random
+ * puts as full as big loads.  KEEL_NOTFOUND when no sibling can help (the
+ * caller splits); the tree is unchanged then (a clean sibling may have been
+ * copied). */
+static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, unsigned idx,
+                              const uint8_t *node, size_t size)
+{
+    struct sibling sb;
+    int rc = pick_sibling(txn, path, level, size, &sb);
+    if (rc)
+        return rc;
+    struct leaf_pair lp = pair_with(path, level, &sb, idx);
+    if (sibling_can_share(sb.room, size + SLOT_SIZE, usable(txn)))
+        return share_two(txn, t, path, level, lp, node, size);
+    return split_three(txn, t, path, level, lp, node, size);
+}
+
+/* The root split: a new root over it and its new right sibling (sep). */
+static int grow_root(keel_txn *txn, struct tree_desc *t, struct bt_path *path, const uint8_t *sep, size_t sepsize)
+{
+    uint64_t rootpg;
+    uint8_t *root, first[BRANCH_HDR];
+    int rc = new_pages(txn, 1, &rootpg, &root);
+    if (rc)
+        return rc;
+    page_init(root, P_BRANCH, txn->db->psize);
+    page_insert_node(root, 0, first, branch_node_write(first, path->pgno[0], NULL, 0));
+    page_insert_node(root, 1, sep, sepsize);
+    t->root = rootpg;
+    t->depth++;
+    t->branch_pages++;
+    return 0;
+}
+
+/* The page at `level` cannot take the node: a leaf shares with a sibling
+ * if it can, else the page splits in two and the parent (or a new root)
+ * takes the separator. */
 static int split_insert(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, unsigned idx,
                         const uint8_t *node, size_t size, bool append)
 {
-    uint32_t ps = txn->db->psize;
-    uint8_t *page = path->page[level];
+    uint8_t *page = path->page[level], *right, *copy, *sep = NULL;
     unsigned flags = page_flags(page);
-    bool leaf = flags & P_LEAF;
-    unsigned n = page_nkeys(page);
+    bool at_end = append && idx == page_nkeys(page);
     int rc;
-    if (leaf && level > 0 && !append && (rc = share_with_sibling(txn, t, path, level, idx, node, size)) != KEEL_NOTFOUND)
+    if ((flags & P_LEAF) && level > 0 && !append &&
+        (rc = share_with_sibling(txn, t, path, level, idx, node, size)) != KEEL_NOTFOUND)
         return rc;
-
     uint64_t rpg;
-    uint8_t *right;
-    rc = page_alloc(txn, 1, &rpg, &right); /* before the scratch buffer is in use */
-    if (rc)
+    size_t n, sepsize = 0;
+    if ((rc = new_pages(txn, 1, &rpg, &right)))
         return rc;
     count_page(t, flags, 1);
-    uint8_t *copy = scratch(txn);
-    if (!copy)
+    if (!(copy = scratch_take(txn)))
         return KEEL_NOMEM;
-    memcpy(copy, page, ps);
-    struct piece *pc = os_malloc((n + 1) * sizeof(*pc));
+    memcpy(copy, page, txn->db->psize);
+    struct piece *pc = collect_pieces(copy, NULL, idx, node, size, &n);
+    size_t s;
     if (!pc)
-        return KEEL_NOMEM;
-    for (unsigned i = 0, j = 0; i <= n; i++) {
-        if (i == idx) {
-            pc[i] = (struct piece){node, size};
-            continue;
-        }
-        const uint8_t *nd = node_ptr(copy, j++);
-        pc[i] = (struct piece){nd, node_size(copy, nd)};
-    }
-    size_t s = choose_split(pc, n + 1, usable(txn), append && idx == n);
-    if (s == 0) {
-        os_free(pc);
-        return CORRUPT(path->pgno[level]);
-    }
-
-    const uint8_t *rk;
-    size_t rkl;
-    if (leaf) {
-        leaf_separator(pc[s - 1].p, pc[s].p, &rk, &rkl);
-    } else {
-        rk = branch_node_key(pc[s].p);
-        rkl = branch_node_ksize(pc[s].p);
-    }
-    size_t sepsize;
-    uint8_t *sep = make_branch_node(rpg, rk, rkl, &sepsize);
-    uint8_t *first = NULL;
-    size_t first_size = 0;
-    if (!sep || (!leaf && !(first = make_branch_node(branch_node_child(pc[s].p), NULL, 0, &first_size)))) {
-        os_free(sep);
-        os_free(pc);
-        return KEEL_NOMEM;
-    }
-    if (!leaf) /* a branch's first key is never read: keep it empty */
-        pc[s] = (struct piece){first, first_size};
-    page_fill(page, flags, ps, pc, s);
-    page_fill(right, flags, ps, pc + s, n + 1 - s);
-    os_free(first);
+        rc = KEEL_NOMEM;
+    else if (!(s = choose_split(pc, n, usable(txn), at_end)))
+        rc = CORRUPT(path->pgno[level]);
+    else
+        rc = fill_pair(txn, page, right, flags, pc, n, s, true, rpg, &sep, &sepsize);
     os_free(pc);
+    scratch_give(txn);
+    if (rc)
+        return rc;
     txn->gen++;
-
-    if (level == 0) {
-        uint64_t rootpg;
-        uint8_t *root;
-        if ((rc = page_alloc(txn, 1, &rootpg, &root))) {
-            os_free(sep);
-            return rc;
-        }
-        page_init(root, P_BRANCH, ps);
-        size_t lsize;
-        uint8_t *lnode = make_branch_node(path->pgno[0], NULL, 0, &lsize);
-        if (!lnode) {
-            os_free(sep);
-            return KEEL_NOMEM;
-        }
-        page_insert_node(root, 0, lnode, lsize);
-        page_insert_node(root, 1, sep, sepsize);
-        os_free(lnode);
-        os_free(sep);
-        t->root = rootpg;
-        t->depth++;
-        t->branch_pages++;
-        return 0;
-    }
-    rc = insert_at(txn, t, path, level - 1, path->idx[level - 1] + 1, sep, sepsize, append);
+    if (level == 0)
+        rc = grow_root(txn, t, path, sep, sepsize);
+    else
+        rc = insert_at(txn, t, path, level - 1, path->idx[level - 1] + 1, sep, sepsize, append);
     os_free(sep);
     return rc;
 }
@@ -768,8 +853,9 @@ static int split_insert(keel_txn *txn, struct tree_desc *t, struct bt_path *path
 static int insert_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, unsigned idx,
                      const uint8_t *node, size_t size, bool append)
 {
+    check_level(path, level);
     uint8_t *page = path->page[level];
-    if (page_room(page) >= size + 2) {
+    if (page_room(page) >= size + SLOT_SIZE) {
         page_insert_node(page, idx, node, size);
         txn->gen++;
         return 0;
@@ -800,13 +886,13 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
             return CORRUPT(path->pgno[level]);
         uint64_t np;
         uint8_t *buf;
-        if ((rc = check_nodes(txn, page)) || (rc = page_touch(txn, path->pgno[level], &np, &buf)))
+        if ((rc = check_nodes(txn, page)) || (rc = touch_page(txn, path->pgno[level], &np, &buf)))
             return rc;
         if (np != path->pgno[level]) {
             if (level == 0)
                 t->root = np;
             else
-                wr64(path->page[level - 1] + page_slot(path->page[level - 1], path->idx[level - 1]), np);
+                branch_node_set_child(node_mut(path->page[level - 1], path->idx[level - 1]), np);
             path->pgno[level] = np;
         }
         path->page[level] = buf;
@@ -814,100 +900,107 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
     return 0;
 }
 
-int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
-           int64_t *old_expiry)
+/* bt_put's search: the path to key and whether it is there; flags and the
+ * entry there decide what happens (KEEL_EXISTS, the expiry kept). */
+static int put_search(keel_txn *txn, struct tree_desc *t, keel_val key, unsigned flags, int64_t *expiry,
+                      int64_t *old_expiry, struct bt_path *path, bool *exact)
 {
-    if (old_expiry)
-        *old_expiry = 0;
-    keel_db *db = txn->db;
-    uint32_t ps = db->psize;
-    struct bt_path path;
-    bool exact;
-    int rc = bt_search(txn, t, key.data, key.len, &path, &exact);
+    int rc = bt_search(txn, t, key.data, key.len, path, exact);
     if (rc && rc != KEEL_NOTFOUND)
         return rc;
-    if (exact) {
+    if (*exact) {
         const uint8_t *cur;
-        if ((rc = node_at(path.page[path.depth - 1], path.idx[path.depth - 1], db->psize, &cur)))
+        int lv = leaf_level(path);
+        if ((rc = node_at(path->page[lv], path->idx[lv], txn->db->psize, &cur)))
             return rc;
         int64_t cur_exp = leaf_node_expiry(cur);
         bool live = cur_exp == 0 || cur_exp > txn->now; /* an expired key counts as absent */
         if ((flags & KEEL_NOOVERWRITE) && live)
             return KEEL_EXISTS;
         if ((flags & KEEL_KEEPTTL) && live)
-            expiry = cur_exp;
+            *expiry = cur_exp;
         if (old_expiry)
             *old_expiry = cur_exp;
     }
+    return 0;
+}
 
-    /* the new leaf node */
-    size_t extra = expiry ? 8 : 0;
-    size_t inline_size = LEAF_HDR + extra + key.len + val.len;
-    size_t big_size = LEAF_HDR + extra + key.len + 8;
-    bool big = inline_size > db->inline_max && inline_size > big_size;
-    size_t size = big ? big_size : inline_size;
-    uint8_t stackbuf[512];
-    uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
-    if (!node)
-        return KEEL_NOMEM;
-    wr16(node, (uint16_t)((big ? N_BIG : 0) | (expiry ? N_EXPIRES : 0)));
-    wr16(node + 2, (uint16_t)key.len);
-    wr32(node + 4, (uint32_t)val.len);
-    if (expiry)
-        wr64(node + LEAF_HDR, (uint64_t)expiry);
-    memcpy(node + LEAF_HDR + extra, key.data, key.len);
-    uint8_t *vdst = node + LEAF_HDR + extra + key.len;
-    if (!big) {
+/* The leaf node for key and val into node (size bytes: leaf_node_size_for
+ * with the flags put_node_flags chose); a value too big to stay inline
+ * goes to a new overflow run. */
+static unsigned put_node_flags(const keel_txn *txn, keel_val key, keel_val val, int64_t expiry)
+{
+    unsigned flags = expiry ? N_EXPIRES : 0;
+    size_t inline_size = leaf_node_size_for(flags, key.len, val.len);
+    size_t big_size = leaf_node_size_for(flags | N_BIG, key.len, val.len);
+    return flags | (inline_size > txn->db->inline_max && inline_size > big_size ? N_BIG : 0);
+}
+
+static int put_make_node(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry,
+                         unsigned nflags, uint8_t *node)
+{
+    uint8_t *vdst = leaf_node_write(node, nflags, key.data, key.len, (uint32_t)val.len, expiry);
+    if (!(nflags & N_BIG)) {
         if (val.len)
             memcpy(vdst, val.data, val.len);
-    } else {
-        uint32_t np = overflow_pages_for(txn, val.len);
-        uint64_t ov;
-        uint8_t *ovbuf;
-        if ((rc = page_alloc(txn, np, &ov, &ovbuf)))
-            goto out;
-        wr16(ovbuf + PH_FLAGS, P_OVERFLOW);
-        wr32(ovbuf + PH_UPPER, np);
-        memcpy(ovbuf + PAGE_HDR, val.data, val.len);
-        size_t tail = (size_t)np * ps - PAGE_HDR - val.len;
-        memset(ovbuf + PAGE_HDR + val.len, 0, tail);
-        wr64(vdst, ov);
-        t->overflow_pages += np;
+        return 0;
     }
+    uint32_t np = overflow_pages_for(txn, val.len);
+    uint64_t ov;
+    uint8_t *ovbuf;
+    int rc = new_pages(txn, np, &ov, &ovbuf);
+    if (rc)
+        return rc;
+    overflow_set_header(ovbuf, np);
+    memcpy(ovbuf + PAGE_HDR, val.data, val.len);
+    memset(ovbuf + PAGE_HDR + val.len, 0, (size_t)np * txn->db->psize - PAGE_HDR - val.len);
+    leaf_node_set_overflow(node, ov);
+    t->overflow_pages += np;
+    return 0;
+}
 
-    if (t->root == 0) {
-        uint64_t pg;
-        uint8_t *leaf;
-        if ((rc = page_alloc(txn, 1, &pg, &leaf)))
-            goto out;
-        page_init(leaf, P_LEAF, ps);
-        page_insert_node(leaf, 0, node, size);
-        t->root = pg;
-        t->depth = 1;
-        t->leaf_pages = 1;
-        t->entries = 1;
-        txn->gen++;
-        goto out;
-    }
-    if ((rc = touch_path(txn, t, &path)))
-        goto out;
-    int lv = path.depth - 1;
-    uint8_t *leaf = path.page[lv];
-    unsigned idx = path.idx[lv];
+/* The first leaf of an empty tree. */
+static int put_first(keel_txn *txn, struct tree_desc *t, const uint8_t *node, size_t size)
+{
+    uint64_t pg;
+    uint8_t *leaf;
+    int rc = new_pages(txn, 1, &pg, &leaf);
+    if (rc)
+        return rc;
+    page_init(leaf, P_LEAF, txn->db->psize);
+    page_insert_node(leaf, 0, node, size);
+    t->root = pg;
+    t->depth = 1;
+    t->leaf_pages = 1;
+    t->entries = 1;
+    txn->gen++;
+    return 0;
+}
+
+/* The node into the leaf at the end of the searched path: over the entry
+ * there when exact (its overflow run freed), else as a new entry. */
+static int put_node(keel_txn *txn, struct tree_desc *t, struct bt_path *path, bool exact, const uint8_t *node,
+                    size_t size, unsigned flags)
+{
+    int rc = touch_path(txn, t, path);
+    if (rc)
+        return rc;
+    int lv = leaf_level(path);
+    uint8_t *leaf = path->page[lv];
+    unsigned idx = path->idx[lv];
     if (exact) {
         const uint8_t *old = node_ptr(leaf, idx);
         if (leaf_node_flags(old) & N_BIG) {
             uint64_t ov;
             uint32_t onp;
             if ((rc = overflow_run(txn, old, &ov, &onp)) || (rc = page_free(txn, ov, onp)))
-                goto out;
+                return rc;
             t->overflow_pages -= onp;
         }
-        size_t osize = leaf_node_size(old);
-        if (osize == size) { /* same shape: overwrite in place */
+        if (leaf_node_size(old) == size) { /* same shape: overwrite in place */
             memcpy((uint8_t *)old, node, size);
             txn->gen++;
-            goto out;
+            return 0;
         }
         page_remove_node(leaf, idx);
     } else {
@@ -918,215 +1011,289 @@ int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64
         /* at the end of the rightmost leaf: a sorted load */
         append = true;
         for (int l = 0; l < lv; l++)
-            if (path.idx[l] + 1 != page_nkeys(path.page[l]))
+            if (path->idx[l] + 1 != page_nkeys(path->page[l]))
                 append = false;
     }
-    rc = insert_at(txn, t, &path, lv, idx, node, size, append);
-out:
+    return insert_at(txn, t, path, lv, idx, node, size, append);
+}
+
+int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
+           int64_t *old_expiry)
+{
+    if (old_expiry)
+        *old_expiry = 0;
+    struct bt_path path;
+    bool exact;
+    int rc = put_search(txn, t, key, flags, &expiry, old_expiry, &path, &exact);
+    if (rc)
+        return rc;
+    unsigned nflags = put_node_flags(txn, key, val, expiry);
+    size_t size = leaf_node_size_for(nflags, key.len, val.len);
+    uint8_t stackbuf[512];
+    uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
+    if (!node)
+        return KEEL_NOMEM;
+    if (!(rc = put_make_node(txn, t, key, val, expiry, nflags, node)))
+        rc = t->root == 0 ? put_first(txn, t, node, size) : put_node(txn, t, &path, exact, node, size, flags);
     if (node != stackbuf)
         os_free(node);
     return rc;
 }
 
-/* After a delete at `level`: a page under half full merges with a sibling
- * when the two fit in 7/8 of a page (the eighth left, and the sharing of a
- * full leaf, keep the next inserts from splitting it again at once; a
- * smaller fraction leaves emptier pages after mass deletes); a page under a
- * quarter full that cannot merge shares with its sibling; collapse the root.  Merging at
- * half, not only at a quarter, keeps pages fuller after many deletes: after
- * a txn that deleted every other key, half as many leaves are written and
- * the file is that much smaller (doc/benchmarks.md). */
-static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level)
+/* ---- delete ----
+ * After a delete, each changed page from the leaf up is checked against the
+ * fill policy (page_needs_merge, page_starved, pages_fit_merged): a page
+ * that needs it merges with a sibling or shares with it, and tells its
+ * parent what that asks of it (struct fix), as redb's DeletionResult does. */
+
+/* What the parent must do after its child changed. */
+enum fix_kind {
+    FIX_NONE,      /* nothing: done */
+    FIX_ASCEND,    /* nothing here, but the parent itself needs a look (it has one child) */
+    FIX_DROP,      /* drop the parent's node at idx (its page was freed), then look at the parent */
+    FIX_SEPARATOR, /* replace the parent's node at idx by sep (the page after it begins elsewhere) */
+};
+struct fix {
+    enum fix_kind kind;
+    unsigned idx;
+    uint8_t *sep; /* FIX_SEPARATOR: the new node, the parent's to free */
+    size_t sepsize;
+};
+
+/* The root after a delete: an empty root goes, a branch with one child
+ * gives way to it. */
+static int collapse_root(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
+{
+    uint8_t *page = path->page[0];
+    unsigned flags = page_flags(page), n = page_nkeys(page);
+    int rc;
+    if (n == 0) {
+        if ((rc = page_free(txn, path->pgno[0], 1)))
+            return rc;
+        count_page(t, flags, -1);
+        t->root = 0;
+        t->depth = 0;
+    } else if (!(flags & P_LEAF) && n == 1) {
+        uint64_t child = branch_node_child(node_ptr(page, 0));
+        if ((rc = page_free(txn, path->pgno[0], 1)))
+            return rc;
+        t->branch_pages--;
+        t->root = child;
+        t->depth--;
+    }
+    return 0;
+}
+
+/* The page at `level` with the sibling it would merge with or share with:
+ * the pair is (li, li + 1) in the parent. */
+struct merge_pair {
+    unsigned li, ri, sib; /* the parent's nodes: left, right, and the sibling's (one of them) */
+    uint64_t sibpg;
+    const uint8_t *sp; /* the sibling as it is (map or dirty) */
+    bool sib_right;
+};
+
+static int load_sibling(keel_txn *txn, struct bt_path *path, int level, unsigned flags, struct merge_pair *mp)
+{
+    uint8_t *parent = path->page[level - 1];
+    unsigned pidx = path->idx[level - 1], pn = page_nkeys(parent);
+    mp->li = pidx + 1 < pn ? pidx : pidx - 1;
+    mp->ri = mp->li + 1;
+    mp->sib_right = mp->li == pidx;
+    mp->sib = mp->sib_right ? mp->ri : mp->li;
+    mp->sibpg = branch_node_child(node_ptr(parent, mp->sib));
+    /* The sibling was never searched: check it as a search would, and not
+     * a page of the path itself (a damaged parent can point twice at one
+     * child; the merge would free it under us). */
+    int rc;
+    if ((rc = page_get(txn, mp->sibpg, &mp->sp)) || (rc = bt_check_page(txn, mp->sp, mp->sibpg, flags)))
+        return rc;
+    for (int l = 0; l <= level; l++)
+        if (path->page[l] == mp->sp)
+            return CORRUPT(mp->sibpg);
+    return 0;
+}
+
+/* A branch merge or share takes the parent's separator as the key of R's
+ * first node (whose own key is never read). */
+static uint8_t *joined_node(const uint8_t *parent, unsigned ri, const uint8_t *R, size_t *size)
+{
+    const uint8_t *sep = node_ptr(parent, ri);
+    return make_branch_node(branch_node_child(node_ptr(R, 0)), branch_node_key(sep), branch_node_ksize(sep), size);
+}
+
+/* Merge R into L by appending R's nodes to L: L's own nodes stay where
+ * they are, and a right sibling is only read, never copied (it is freed).
+ * A left sibling stays, so it is copied for writing. */
+static int merge_pages(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level,
+                       const struct merge_pair *mp, struct fix *fix)
+{
+    uint8_t *page = path->page[level], *parent = path->page[level - 1], *L = page;
+    const uint8_t *R = mp->sib_right ? mp->sp : page;
+    unsigned flags = page_flags(page);
+    uint64_t rpg = mp->sibpg, newpg;
+    int rc;
+    if (!mp->sib_right) {
+        if ((rc = touch_page(txn, mp->sibpg, &newpg, &L)))
+            return rc;
+        if (newpg != mp->sibpg)
+            branch_node_set_child(node_mut(parent, mp->sib), newpg);
+        rpg = path->pgno[level];
+    }
+    uint8_t *joined = NULL;
+    size_t joined_size = 0;
+    if (!(flags & P_LEAF) && !(joined = joined_node(parent, mp->ri, R, &joined_size)))
+        return KEEL_NOMEM;
+    unsigned ln = page_nkeys(L), rn = page_nkeys(R);
+    for (unsigned i = 0; i < rn; i++) {
+        const uint8_t *nd = node_ptr(R, i);
+        if (joined && i == 0)
+            page_insert_node(L, ln, joined, joined_size);
+        else
+            page_insert_node(L, ln + i, nd, node_size(R, nd));
+    }
+    os_free(joined);
+    if ((rc = page_free(txn, rpg, 1)))
+        return rc;
+    count_page(t, flags, -1);
+    *fix = (struct fix){FIX_DROP, mp->ri, NULL, 0};
+    return 0;
+}
+
+/* Both pages rebuilt from a copy, balanced; the parent's separator
+ * changes to match. */
+static int share_pages(keel_txn *txn, struct bt_path *path, int level, const struct merge_pair *mp, struct fix *fix)
 {
     uint32_t ps = txn->db->psize;
-    uint8_t *page = path->page[level];
+    uint8_t *page = path->page[level], *parent = path->page[level - 1], *sibbuf, *sc;
     unsigned flags = page_flags(page);
-    bool leaf = flags & P_LEAF;
-    unsigned n = page_nkeys(page);
+    uint64_t newpg;
     int rc;
-    if (level == 0) {
-        if (n == 0) {
-            if ((rc = page_free(txn, path->pgno[0], 1)))
-                return rc;
-            count_page(t, flags, -1);
-            t->root = 0;
-            t->depth = 0;
-        } else if (!leaf && n == 1) {
-            uint64_t child = branch_node_child(node_ptr(page, 0));
-            if ((rc = page_free(txn, path->pgno[0], 1)))
-                return rc;
-            t->branch_pages--;
-            t->root = child;
-            t->depth--;
-        }
-        return 0;
+    if ((rc = touch_page(txn, mp->sibpg, &newpg, &sibbuf)))
+        return rc;
+    if (newpg != mp->sibpg)
+        branch_node_set_child(node_mut(parent, mp->sib), newpg);
+    if (page_flags(sibbuf) != flags)
+        return CORRUPT(mp->sibpg);
+    uint8_t *L = mp->sib_right ? page : sibbuf, *R = mp->sib_right ? sibbuf : page;
+    uint64_t rpg = mp->sib_right ? newpg : path->pgno[level];
+    if (!(sc = scratch_take(txn)))
+        return KEEL_NOMEM;
+    memcpy(sc, L, ps);
+    memcpy(sc + ps, R, ps);
+    size_t n, s = 0, joined_size = 0, ln = page_nkeys(sc);
+    struct piece *pc = collect_pieces(sc, sc + ps, 0, NULL, 0, &n);
+    uint8_t *joined = NULL;
+    rc = pc ? 0 : KEEL_NOMEM;
+    if (!rc && !(flags & P_LEAF)) {
+        if ((joined = joined_node(parent, mp->ri, sc + ps, &joined_size)))
+            pc[ln] = (struct piece){joined, joined_size};
+        else
+            rc = KEEL_NOMEM;
     }
-    size_t used = page_used(page, ps);
-    if (n > 0 && used >= usable(txn) / 2 && (leaf || n >= 2))
+    if (!rc && !(s = choose_split(pc, n, usable(txn), false)))
+        rc = CORRUPT(0);
+    /* the separator: R's whole first key (not the shortest, as splits cut
+     * it); the bytes written stay those of the format as it is */
+    if (!rc && !(rc = fill_pair(txn, L, R, flags, pc, n, s, false, rpg, &fix->sep, &fix->sepsize))) {
+        fix->kind = FIX_SEPARATOR;
+        fix->idx = mp->ri;
+    }
+    os_free(joined);
+    os_free(pc);
+    scratch_give(txn);
+    return rc;
+}
+
+/* The child at `level` (not the root) after a delete: is it full enough,
+ * and if not, does it merge or share with a sibling (fix: what the parent
+ * must do then).  A page under half full merges when the two fit in 7/8 of
+ * a page; a page under a quarter full (starved) merges whenever the two fit
+ * in one, and shares when they do not. */
+static int fix_child(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, struct fix *fix)
+{
+    uint32_t ps = txn->db->psize;
+    uint8_t *page = path->page[level], *parent = path->page[level - 1];
+    unsigned flags = page_flags(page), n = page_nkeys(page);
+    bool leaf = flags & P_LEAF;
+    size_t used = page_used(page, ps), u = usable(txn);
+    int rc;
+    *fix = (struct fix){FIX_NONE, 0, NULL, 0};
+    if (n > 0 && !page_needs_merge(used, u) && (leaf || n >= 2))
         return 0;
-    bool must = n == 0 || used < usable(txn) / 4 || (!leaf && n < 2); /* else merge only if it fits well */
-    uint8_t *parent = path->page[level - 1];
-    unsigned pidx = path->idx[level - 1];
-    unsigned pn = page_nkeys(parent);
+    bool must = n == 0 || page_starved(used, u) || (!leaf && n < 2); /* else merge only if it fits well */
     if (n == 0) { /* empty: unlink it */
         if ((rc = page_free(txn, path->pgno[level], 1)))
             return rc;
         count_page(t, flags, -1);
-        page_remove_node(parent, pidx);
-        if (pidx == 0 && page_nkeys(parent) > 0) { /* the new first key is never read */
-            const uint8_t *f = node_ptr(parent, 0);
-            size_t fs;
-            uint8_t *fn = make_branch_node(branch_node_child(f), NULL, 0, &fs);
-            if (!fn)
-                return KEEL_NOMEM;
-            page_remove_node(parent, 0);
-            page_insert_node(parent, 0, fn, fs);
-            os_free(fn);
-        }
-        txn->gen++;
-        return rebalance(txn, t, path, level - 1);
+        *fix = (struct fix){FIX_DROP, path->idx[level - 1], NULL, 0};
+        return 0;
     }
-    if (pn < 2)
-        return must ? rebalance(txn, t, path, level - 1) : 0;
-    unsigned li = pidx + 1 < pn ? pidx : pidx - 1, ri = li + 1;
-    unsigned sib = li == pidx ? ri : li;
-    uint64_t sibpg = branch_node_child(node_ptr(parent, sib)), newpg;
-    uint8_t *sibbuf;
-    /* The sibling was never searched: check it as a search would, whole as
-     * a page to change, and not a page of the path itself (a damaged parent
-     * can point twice at one child; the merge would free it under us). */
-    const uint8_t *sp;
-    if ((rc = page_get(txn, sibpg, &sp)) || (rc = bt_check_page(txn, sp, sibpg, flags)))
+    if (page_nkeys(parent) < 2) {
+        fix->kind = must ? FIX_ASCEND : FIX_NONE;
+        return 0;
+    }
+    struct merge_pair mp;
+    if ((rc = load_sibling(txn, path, level, flags, &mp)))
         return rc;
-    for (int l = 0; l <= level; l++)
-        if (path->page[l] == sp)
-            return CORRUPT(sibpg);
-    /* a branch merge takes in the parent's separator as a key */
-    size_t extra = leaf ? 0 : branch_node_ksize(node_ptr(parent, ri));
-    if (!must && used + page_used(sp, ps) + extra > usable(txn) * 7 / 8)
+    size_t extra = leaf ? 0 : branch_node_ksize(node_ptr(parent, mp.ri)); /* the separator a branch takes in */
+    if (!must && !pages_fit_merged(used + page_used(mp.sp, ps) + extra, u))
         return 0; /* would not fit well: leave the sibling untouched */
     /* the sibling's nodes are read (a merge) or rebuilt (a share) through
      * unchecked accessors: a page from the map is checked whole first */
-    if (!page_dirty(txn, sibpg) && (rc = check_nodes(txn, sp)))
+    if (!page_dirty(txn, mp.sibpg) && (rc = check_nodes(txn, mp.sp)))
         return rc;
-    const uint8_t *rsrc = li == pidx ? sp : page; /* the right page as it is now */
-    size_t rfirst = leaf ? 0 : branch_node_ksize(node_ptr(rsrc, 0)); /* replaced by the separator */
-    size_t total = used + page_used(sp, ps) + extra - rfirst;
-    if (total <= usable(txn) && (must || total <= usable(txn) * 7 / 8)) {
-        /* Merge R into L by appending R's nodes to L: L's own nodes stay
-         * where they are, and a right sibling is only read, never copied
-         * (it is freed).  A left sibling stays, so it is copied for writing. */
-        uint8_t *L = page;
-        uint64_t rpg = sibpg;
-        if (li != pidx) {
-            if ((rc = page_touch(txn, sibpg, &newpg, &L)))
-                return rc;
-            if (newpg != sibpg)
-                wr64(parent + page_slot(parent, sib), newpg);
-            rpg = path->pgno[level];
-        }
-        uint8_t *joined = NULL; /* a branch: R's first child under the parent's separator */
-        size_t joined_size = 0;
-        if (!leaf) {
-            const uint8_t *sepn = node_ptr(parent, ri);
-            joined = make_branch_node(branch_node_child(node_ptr(rsrc, 0)), branch_node_key(sepn),
-                                      branch_node_ksize(sepn), &joined_size);
-            if (!joined)
-                return KEEL_NOMEM;
-        }
-        unsigned ln = page_nkeys(L), rn = page_nkeys(rsrc);
-        for (unsigned i = 0; i < rn; i++) {
-            const uint8_t *nd = node_ptr(rsrc, i);
-            if (joined && i == 0)
-                page_insert_node(L, ln, joined, joined_size);
-            else
-                page_insert_node(L, ln + i, nd, node_size(rsrc, nd));
-        }
-        os_free(joined);
-        if ((rc = page_free(txn, rpg, 1)))
-            return rc;
-        count_page(t, flags, -1);
-        page_remove_node(parent, ri);
-        txn->gen++;
-        return rebalance(txn, t, path, level - 1);
-    }
-    if (!must)
-        return 0;
-    /* share: both pages rebuilt from a copy, then the separator replaced in the parent */
-    if ((rc = page_touch(txn, sibpg, &newpg, &sibbuf)))
-        return rc;
-    if (newpg != sibpg)
-        wr64(parent + page_slot(parent, sib), newpg);
-    if (page_flags(sibbuf) != flags)
-        return CORRUPT(sibpg);
-    uint8_t *L = li == pidx ? page : sibbuf, *R = li == pidx ? sibbuf : page;
-    uint64_t rpg = li == pidx ? newpg : path->pgno[level];
+    const uint8_t *R = mp.sib_right ? mp.sp : page;
+    size_t rfirst = leaf ? 0 : branch_node_ksize(node_ptr(R, 0)); /* replaced by the separator */
+    size_t total = used + page_used(mp.sp, ps) + extra - rfirst;
+    if (total <= u && (must || pages_fit_merged(total, u)))
+        return merge_pages(txn, t, path, level, &mp, fix);
+    return must ? share_pages(txn, path, level, &mp, fix) : 0;
+}
 
-    uint8_t *sc = scratch(txn);
-    if (!sc)
-        return KEEL_NOMEM;
-    memcpy(sc, L, ps);
-    memcpy(sc + ps, R, ps);
-    unsigned ln = page_nkeys(sc), rn = page_nkeys(sc + ps);
-    struct piece *pc = os_malloc((ln + rn) * sizeof(*pc));
-    if (!pc)
-        return KEEL_NOMEM;
-    for (unsigned i = 0; i < ln; i++) {
-        const uint8_t *nd = node_ptr(sc, i);
-        pc[i] = (struct piece){nd, node_size(sc, nd)};
-    }
-    uint8_t *joined = NULL; /* branch: R's first node with the parent's separator as its key */
-    for (unsigned i = 0; i < rn; i++) {
-        const uint8_t *nd = node_ptr(sc + ps, i);
-        pc[ln + i] = (struct piece){nd, node_size(sc + ps, nd)};
-        if (i == 0 && !leaf) {
-            const uint8_t *pn_ = node_ptr(parent, ri);
-            joined = make_branch_node(branch_node_child(nd), branch_node_key(pn_), branch_node_ksize(pn_),
-                                      &pc[ln].size);
-            if (!joined) {
-                os_free(pc);
-                return KEEL_NOMEM;
-            }
-            pc[ln].p = joined;
+/* The parent at `level` does what its child's fix asks. */
+static int apply_fix(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, struct fix *fix)
+{
+    uint8_t *parent = path->page[level];
+    int rc = 0;
+    switch (fix->kind) {
+    case FIX_NONE:
+    case FIX_ASCEND:
+        break;
+    case FIX_DROP:
+        page_remove_node(parent, fix->idx);
+        if (fix->idx == 0 && page_nkeys(parent) > 0) { /* the new first key is never read */
+            uint8_t first[BRANCH_HDR];
+            size_t fs = branch_node_write(first, branch_node_child(node_ptr(parent, 0)), NULL, 0);
+            page_remove_node(parent, 0);
+            page_insert_node(parent, 0, first, fs);
         }
+        txn->gen++;
+        break;
+    case FIX_SEPARATOR:
+        page_remove_node(parent, fix->idx);
+        txn->gen++;
+        rc = insert_at(txn, t, path, level, fix->idx, fix->sep, fix->sepsize, false);
+        os_free(fix->sep);
+        break;
     }
-    size_t s = choose_split(pc, ln + rn, usable(txn), false);
-    if (s == 0) {
-        os_free(joined);
-        os_free(pc);
-        return CORRUPT(0);
-    }
-    const uint8_t *rk;
-    size_t rkl;
-    uint8_t *first = NULL;
-    size_t first_size = 0;
-    if (leaf) {
-        rk = leaf_node_key(pc[s].p);
-        rkl = leaf_node_ksize(pc[s].p);
-    } else {
-        rk = branch_node_key(pc[s].p);
-        rkl = branch_node_ksize(pc[s].p);
-    }
-    size_t sepsize;
-    uint8_t *sep = make_branch_node(rpg, rk, rkl, &sepsize);
-    if (!sep || (!leaf && !(first = make_branch_node(branch_node_child(pc[s].p), NULL, 0, &first_size)))) {
-        os_free(sep);
-        os_free(joined);
-        os_free(pc);
-        return KEEL_NOMEM;
-    }
-    if (!leaf)
-        pc[s] = (struct piece){first, first_size};
-    page_fill(L, flags, ps, pc, s);
-    page_fill(R, flags, ps, pc + s, ln + rn - s);
-    os_free(first);
-    os_free(joined);
-    os_free(pc);
-    page_remove_node(parent, ri);
-    txn->gen++;
-    rc = insert_at(txn, t, path, level - 1, ri, sep, sepsize, false);
-    os_free(sep);
     return rc;
+}
+
+/* From the page at `level` up, after a delete there. */
+static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level)
+{
+    for (;; level--) {
+        check_level(path, level);
+        if (level == 0)
+            return collapse_root(txn, t, path);
+        struct fix fix;
+        int rc = fix_child(txn, t, path, level, &fix);
+        if (rc || fix.kind == FIX_NONE)
+            return rc;
+        if ((rc = apply_fix(txn, t, path, level - 1, &fix)) || fix.kind == FIX_SEPARATOR)
+            return rc; /* a share leaves the parent no emptier: done */
+    }
 }
 
 /* Deletes key; with live_only, an entry whose expiry is <= txn->now counts
@@ -1142,7 +1309,7 @@ static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *
         return KEEL_NOTFOUND;
     if (live_only) {
         const uint8_t *cur;
-        if ((rc = node_at(path.page[path.depth - 1], path.idx[path.depth - 1], txn->db->psize, &cur)))
+        if ((rc = node_at(path.page[leaf_level(&path)], path.idx[leaf_level(&path)], txn->db->psize, &cur)))
             return rc;
         int64_t e = leaf_node_expiry(cur);
         if (e && e <= txn->now)
@@ -1150,7 +1317,7 @@ static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *
     }
     if ((rc = touch_path(txn, t, &path)))
         return rc;
-    int lv = path.depth - 1;
+    int lv = leaf_level(&path);
     uint8_t *leaf = path.page[lv];
     const uint8_t *old = node_ptr(leaf, path.idx[lv]);
     if (old_expiry)
@@ -1188,7 +1355,7 @@ int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expi
     if (!exact)
         return KEEL_NOTFOUND;
     const uint8_t *cur;
-    int lv = path.depth - 1;
+    int lv = leaf_level(&path);
     if ((rc = node_at(path.page[lv], path.idx[lv], txn->db->psize, &cur)))
         return rc;
     *old_expiry = leaf_node_expiry(cur);
@@ -1200,18 +1367,15 @@ int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expi
     cur = node_ptr(leaf, path.idx[lv]);
     /* the same node with the expiry field added, changed or removed; an
      * overflow value stays where it is */
-    unsigned f = leaf_node_flags(cur);
-    size_t old_extra = leaf_node_extra(cur), rest = leaf_node_size(cur) - LEAF_HDR - old_extra;
-    size_t size = LEAF_HDR + (expiry ? 8 : 0) + rest;
+    unsigned f = leaf_node_flags(cur), nf = expiry ? (f | N_EXPIRES) : (f & ~N_EXPIRES);
+    size_t ksize = leaf_node_ksize(cur), vpart = leaf_node_size(cur) - (size_t)(leaf_node_val(cur) - cur);
+    size_t size = leaf_node_size_for(nf, ksize, leaf_node_vsize(cur));
     uint8_t stackbuf[512];
     uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
     if (!node)
         return KEEL_NOMEM;
-    memcpy(node, cur, LEAF_HDR);
-    wr16(node, (uint16_t)(expiry ? (f | N_EXPIRES) : (f & ~N_EXPIRES)));
-    if (expiry)
-        wr64(node + LEAF_HDR, (uint64_t)expiry);
-    memcpy(node + size - rest, cur + LEAF_HDR + old_extra, rest);
+    uint8_t *vdst = leaf_node_write(node, nf, leaf_node_key(cur), ksize, leaf_node_vsize(cur), expiry);
+    memcpy(vdst, leaf_node_val(cur), vpart);
     if (size == leaf_node_size(cur)) {
         memcpy((uint8_t *)cur, node, size);
         txn->gen++;
@@ -1337,8 +1501,9 @@ static int finger_bounds(keel_txn *txn, struct bt_finger *f)
 static int finger_find(keel_txn *txn, struct bt_finger *f, keel_val key, bool *inside, bool *exact)
 {
     uint32_t ps = txn->db->psize;
-    const uint8_t *leaf = f->path.page[f->path.depth - 1], *n;
-    unsigned lo = 0, hi = page_nkeys(leaf), *idx = &f->path.idx[f->path.depth - 1];
+    int lv = leaf_level(&f->path);
+    const uint8_t *leaf = f->path.page[lv], *n;
+    unsigned lo = 0, hi = page_nkeys(leaf), *idx = &f->path.idx[lv];
     *exact = false;
     *inside = false;
     if (hi == 0 || (f->hi && key_cmp(key.data, key.len, f->hi, f->hilen) >= 0))
@@ -1375,7 +1540,7 @@ static int finger_find(keel_txn *txn, struct bt_finger *f, keel_val key, bool *i
 
 int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, struct bt_finger *f)
 {
-    size_t size = LEAF_HDR + key.len + val.len;
+    size_t size = leaf_node_size_for(0, key.len, val.len);
     if (size > txn->db->inline_max) {
         f->gen = 0;
         return bt_put(txn, t, key, val, 0, 0, NULL);
@@ -1400,16 +1565,13 @@ int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, 
     uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
     if (!node)
         return KEEL_NOMEM;
-    wr16(node, 0);
-    wr16(node + 2, (uint16_t)key.len);
-    wr32(node + 4, (uint32_t)val.len);
-    memcpy(node + LEAF_HDR, key.data, key.len);
+    uint8_t *vdst = leaf_node_write(node, 0, key.data, key.len, (uint32_t)val.len, 0);
     if (val.len)
-        memcpy(node + LEAF_HDR + key.len, val.data, val.len);
-    int lv = p->depth - 1;
+        memcpy(vdst, val.data, val.len);
+    int lv = leaf_level(p);
     uint8_t *leaf = p->page[lv];
     unsigned idx = p->idx[lv];
-    bool fits = page_room(leaf) >= size + 2;
+    bool fits = page_room(leaf) >= size + SLOT_SIZE;
     t->entries++;
     /* at the end of the rightmost leaf: an append, so a split leaves the left page full */
     rc = insert_at(txn, t, p, lv, idx, node, size, !f->hi && idx == page_nkeys(leaf));
@@ -1469,7 +1631,7 @@ static bool mover_out(const struct bt_mover *m) { return m->copies == 0 || m->st
  * a run of pool pages below it (left where it is when the pool has none). */
 static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, struct bt_mover *m)
 {
-    int lv = path->depth - 1;
+    int lv = leaf_level(path);
     uint32_t ps = txn->db->psize;
     for (unsigned j = 0; j < page_nkeys(path->page[lv]) && !mover_out(m); j++) {
         const uint8_t *nd;
@@ -1492,6 +1654,7 @@ static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, s
         }
         uint64_t nov;
         uint8_t *nbuf;
+        KEEL_ASSERT(txn->scratch_depth == 0);
         rc = page_alloc_below(txn, np, m->hi, &nov, &nbuf);
         if (rc == KEEL_NOTFOUND) {
             m->skipped += np;
@@ -1508,8 +1671,8 @@ static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, s
         if ((rc = page_get(txn, ov, &old)) || (rc = node_at(path->page[lv], j, ps, (const uint8_t **)&node)))
             return rc;
         memcpy(nbuf, old, (size_t)np * ps);
-        wr64(nbuf + PH_PGNO, nov);
-        wr64((uint8_t *)leaf_node_val(node), nov);
+        page_set_pgno(nbuf, nov);
+        leaf_node_set_overflow(node, nov);
         if ((rc = page_free(txn, ov, np)))
             return rc;
         m->copies -= m->copies < np ? m->copies : np;

@@ -104,6 +104,7 @@ _Static_assert(sizeof(struct meta) == 64 + 4 * TREE_DESC_SIZE + 8, "meta layout"
 #define P_BRANCH 0x01u
 #define P_LEAF 0x02u
 #define P_OVERFLOW 0x04u
+#define SLOT_SIZE 2u /* a u16 slot per node after the header: the node's offset in the page */
 /* offsets */
 #define PH_PGNO 0   /* u64: the page's own number, checked on every read */
 #define PH_FLAGS 8  /* u16 */
@@ -121,9 +122,24 @@ static inline uint64_t page_pgno(const uint8_t *p) { return rd64(p + PH_PGNO); }
 static inline unsigned page_flags(const uint8_t *p) { return rd16(p + PH_FLAGS); }
 static inline unsigned page_nkeys(const uint8_t *p) { return rd16(p + PH_NKEYS); }
 static inline uint32_t page_upper(const uint8_t *p) { return rd32(p + PH_UPPER); }
-static inline unsigned page_slot(const uint8_t *p, unsigned i) { return rd16(p + PAGE_HDR + 2 * i); }
+static inline unsigned page_slot(const uint8_t *p, unsigned i) { return rd16(p + PAGE_HDR + SLOT_SIZE * i); }
 /* bytes free between the slot array and the node area */
-static inline uint32_t page_room(const uint8_t *p) { return page_upper(p) - PAGE_HDR - 2 * page_nkeys(p); }
+static inline uint32_t page_room(const uint8_t *p) { return page_upper(p) - PAGE_HDR - SLOT_SIZE * page_nkeys(p); }
+
+/* Page writers.  The page number is written by the pager alone. */
+static inline void page_set_pgno(uint8_t *p, uint64_t pgno) { wr64(p + PH_PGNO, pgno); }
+static inline void page_set_nkeys(uint8_t *p, unsigned n) { wr16(p + PH_NKEYS, (uint16_t)n); }
+static inline void page_set_upper(uint8_t *p, uint32_t upper) { wr32(p + PH_UPPER, upper); }
+static inline void page_set_header(uint8_t *p, unsigned flags, unsigned nkeys, uint32_t upper)
+{
+    wr16(p + PH_FLAGS, (uint16_t)flags);
+    page_set_nkeys(p, nkeys);
+    page_set_upper(p, upper);
+}
+static inline void overflow_set_header(uint8_t *p, uint32_t npages) { page_set_header(p, P_OVERFLOW, 0, npages); }
+/* where slot i is: the slot array moves as a whole when a node goes in or out */
+static inline uint8_t *page_slot_at(uint8_t *p, unsigned i) { return p + PAGE_HDR + SLOT_SIZE * i; }
+static inline void page_set_slot(uint8_t *p, unsigned i, unsigned off) { wr16(page_slot_at(p, i), (uint16_t)off); }
 
 /*
  * Leaf node:   u16 flags | u16 ksize | u32 vsize | [u64 expiry if N_EXPIRES] | key | value or u64 overflow pgno
@@ -150,10 +166,42 @@ static inline int64_t leaf_node_expiry(const uint8_t *n)
 {
     return (leaf_node_flags(n) & N_EXPIRES) ? (int64_t)rd64(n + LEAF_HDR) : 0;
 }
+/* N_BIG: the first page of the overflow run holding the value */
+static inline uint64_t leaf_node_overflow(const uint8_t *n) { return rd64(leaf_node_val(n)); }
 static inline uint64_t branch_node_child(const uint8_t *n) { return rd64(n); }
 static inline unsigned branch_node_ksize(const uint8_t *n) { return rd16(n + 8); }
 static inline const uint8_t *branch_node_key(const uint8_t *n) { return n + BRANCH_HDR; }
 static inline size_t branch_node_size(const uint8_t *n) { return BRANCH_HDR + branch_node_ksize(n); }
+
+/* Node writers.  A leaf node: its size, then its header, expiry and key;
+ * leaf_node_write returns where the value (or, N_BIG, the overflow run's
+ * first page number) goes. */
+static inline size_t leaf_node_size_for(unsigned flags, size_t klen, size_t vlen)
+{
+    return LEAF_HDR + ((flags & N_EXPIRES) ? 8u : 0u) + klen + ((flags & N_BIG) ? 8u : vlen);
+}
+static inline uint8_t *leaf_node_write(uint8_t *n, unsigned flags, const void *key, size_t klen, uint32_t vsize,
+                                       int64_t expiry)
+{
+    wr16(n, (uint16_t)flags);
+    wr16(n + 2, (uint16_t)klen);
+    wr32(n + 4, vsize);
+    if (flags & N_EXPIRES)
+        wr64(n + LEAF_HDR, (uint64_t)expiry);
+    uint8_t *k = n + LEAF_HDR + ((flags & N_EXPIRES) ? 8u : 0u);
+    memcpy(k, key, klen);
+    return k + klen;
+}
+static inline void leaf_node_set_overflow(uint8_t *n, uint64_t pgno) { wr64(n + (leaf_node_val(n) - n), pgno); }
+static inline size_t branch_node_write(uint8_t *n, uint64_t child, const void *key, size_t klen)
+{
+    wr64(n, child);
+    wr16(n + 8, (uint16_t)klen);
+    if (klen)
+        memcpy(n + BRANCH_HDR, key, klen);
+    return BRANCH_HDR + klen;
+}
+static inline void branch_node_set_child(uint8_t *n, uint64_t child) { wr64(n, child); }
 
 /* Expiry-tree keys: big-endian expiry time (ms since the epoch), big-endian
  * bucket id, then the entry's key; the value is empty. */
@@ -166,7 +214,7 @@ static inline int page_node(const uint8_t *page, unsigned i, uint32_t psize, con
     unsigned off = page_slot(page, i);
     bool leaf = page_flags(page) & P_LEAF;
     size_t hdr = leaf ? LEAF_HDR : BRANCH_HDR;
-    if (off < PAGE_HDR + 2 * page_nkeys(page) || off + hdr > psize)
+    if (off < PAGE_HDR + SLOT_SIZE * page_nkeys(page) || off + hdr > psize)
         return KEEL_CORRUPTED;
     const uint8_t *n = page + off;
     size_t sz = leaf ? leaf_node_size(n) : branch_node_size(n);

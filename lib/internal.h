@@ -235,7 +235,8 @@ struct keel_txn {
     bool reclaiming;    /* inside freelist_reclaim: take from the pool or the end of file, never reclaim again */
     bool final_mode;    /* recording the free list at commit: no pool changes */
     bool reclaim_exhausted; /* no reclaimable record left */
-    uint8_t *scratch[2]; /* page-sized buffers for rebuilding pages; [nest] */
+    uint8_t *scratch;  /* btree.c's buffer for rebuilding pages (two pages long) */
+    int scratch_depth; /* btree.c: takes of it not given back yet */
     int nest;
     struct expiry_log xlog; /* expiry-tree changes not applied yet (ttl.c) */
 };
@@ -361,6 +362,43 @@ struct bt_mover {
     bool stalled;                 /* out: the pool ran out of pages below hi */
 };
 int bt_move_high(keel_txn *txn, struct tree_desc *t, struct bt_mover *m, bool *done);
+/* Fill policy (btree.c), in fractions of a page's usable bytes
+ * (psize - PAGE_HDR), each with why it is that value:
+ * MERGE_BELOW: a page under half full looks for a merge.  Merging at half,
+ *   not only at a quarter, keeps pages fuller after many deletes: a txn that
+ *   deletes every other key writes half as many leaves.
+ * STARVED_BELOW: a page under a quarter full must merge, or else share with
+ *   its sibling: pages stay at least a quarter full.
+ * MERGED_MAX: two pages merge by choice only when the result fills at most
+ *   7/8 of a page: the eighth left keeps the next inserts from splitting it
+ *   again at once; a larger fraction leaves emptier pages after mass deletes.
+ * SHARE_MARGIN: a full leaf shares with a dirty sibling only if the sibling
+ *   has a sixteenth of a page free beyond the new node (else the next inserts
+ *   share again each time); with less the two become three pages.  A larger
+ *   margin trades fuller leaves for fewer instructions.
+ * CLEAN_SHARE_MARGIN: a clean sibling (to be copied first) is worth a share
+ *   only with an eighth of a page free beyond the new node. */
+#define FILL_MERGE_BELOW_DIV 2
+#define FILL_STARVED_BELOW_DIV 4
+#define FILL_MERGED_MAX_NUM 7
+#define FILL_MERGED_MAX_DEN 8
+#define FILL_SHARE_MARGIN_DIV 16
+#define FILL_CLEAN_SHARE_MARGIN_DIV 8
+static inline bool page_needs_merge(size_t used, size_t usable) { return used < usable / FILL_MERGE_BELOW_DIV; }
+static inline bool page_starved(size_t used, size_t usable) { return used < usable / FILL_STARVED_BELOW_DIV; }
+static inline bool pages_fit_merged(size_t total, size_t usable)
+{
+    return total <= usable * FILL_MERGED_MAX_NUM / FILL_MERGED_MAX_DEN;
+}
+/* need: the new node's bytes with its slot */
+static inline bool sibling_can_share(size_t room, size_t need, size_t usable)
+{
+    return room >= usable / FILL_SHARE_MARGIN_DIV + need;
+}
+static inline bool clean_sibling_worth_share(size_t room, size_t need, size_t usable)
+{
+    return room >= usable / FILL_CLEAN_SHARE_MARGIN_DIV + need;
+}
 
 /* ---- cursor.c ----------------------------------------------------------- */
 int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *t);

@@ -4,7 +4,10 @@
  * loads, overflow values, big keys, every page size; a damaged leaf (nodes
  * overlapping, a gap in the node area, two slots on one node, a node past
  * the end of the page) refused with KEEL_CORRUPTED by writes, and cursor
- * walks over it handing out only bytes of that page.
+ * walks over it handing out only bytes of that page.  Below the API: the
+ * fill policy at its boundaries, format.h's writers read back through its
+ * readers, and a split, share and merge on a tree of its own, each step
+ * checked by a walk.
  */
 #include <fcntl.h>
 #include <inttypes.h>
@@ -631,6 +634,239 @@ static void test_free_space_gives_out_a_page_on_the_path(void **state)
     tu_remove(path);
 }
 
+/* The fill policy at its boundaries, and its values for 4 KiB pages (a
+ * change there changes which pages merge, share and split: the file). */
+static void test_fill_policy(void **state)
+{
+    (void)state;
+    for (size_t psize = 4096; psize <= 65536; psize *= 4) {
+        size_t u = psize - PAGE_HDR, need = 120;
+        assert_true(page_needs_merge(u / 2 - 1, u));
+        assert_false(page_needs_merge(u / 2, u));
+        assert_true(page_starved(u / 4 - 1, u));
+        assert_false(page_starved(u / 4, u));
+        assert_true(pages_fit_merged(u * 7 / 8, u));
+        assert_false(pages_fit_merged(u * 7 / 8 + 1, u));
+        assert_true(sibling_can_share(u / 16 + need, need, u));
+        assert_false(sibling_can_share(u / 16 + need - 1, need, u));
+        assert_true(clean_sibling_worth_share(u / 8 + need, need, u));
+        assert_false(clean_sibling_worth_share(u / 8 + need - 1, need, u));
+    }
+    size_t u = 4096 - PAGE_HDR;
+    assert_true(page_needs_merge(2039, u) && !page_needs_merge(2040, u));
+    assert_true(page_starved(1019, u) && !page_starved(1020, u));
+    assert_true(pages_fit_merged(3570, u) && !pages_fit_merged(3571, u));
+    assert_true(sibling_can_share(255 + 10, 10, u) && !sibling_can_share(254 + 10, 10, u));
+    assert_true(clean_sibling_worth_share(510 + 10, 10, u) && !clean_sibling_worth_share(509 + 10, 10, u));
+}
+
+/* format.h's writers read back through its readers: a leaf page with an
+ * inline node, one with an expiry and one with an overflow pointer, a
+ * branch page, an overflow page's header, and the page number. */
+static void test_format_writers(void **state)
+{
+    (void)state;
+    enum { PS = 4096 };
+    static uint8_t page[PS];
+    memset(page, 0xEE, sizeof page);
+    uint8_t nodes[3][64];
+    size_t sizes[3];
+    unsigned flags[3] = {0, N_EXPIRES, N_BIG | N_EXPIRES};
+    for (int i = 0; i < 3; i++) {
+        char key[8];
+        snprintf(key, sizeof key, "key%d", i);
+        sizes[i] = leaf_node_size_for(flags[i], 4, 5);
+        uint8_t *v = leaf_node_write(nodes[i], flags[i], key, 4, 5, 1234567 + i);
+        if (flags[i] & N_BIG)
+            leaf_node_set_overflow(nodes[i], 77);
+        else
+            memcpy(v, "value", 5);
+        assert_int_equal(leaf_node_size(nodes[i]), sizes[i]);
+    }
+    page_set_pgno(page, 42);
+    uint32_t upper = PS;
+    for (unsigned i = 0; i < 3; i++) {
+        upper -= (uint32_t)sizes[i];
+        memcpy(page + upper, nodes[i], sizes[i]);
+        page_set_slot(page, i, upper);
+    }
+    page_set_header(page, P_LEAF, 3, upper);
+    assert_int_equal(page_pgno(page), 42);
+    assert_int_equal(page_flags(page), P_LEAF);
+    assert_int_equal(page_nkeys(page), 3);
+    assert_int_equal(page_upper(page), upper);
+    assert_int_equal(page_room(page), upper - PAGE_HDR - 3 * SLOT_SIZE);
+    assert_ptr_equal(page_slot_at(page, 2), page + PAGE_HDR + 2 * SLOT_SIZE);
+    for (unsigned i = 0; i < 3; i++) {
+        const uint8_t *n = NULL;
+        assert_int_equal(page_node(page, i, PS, &n), 0);
+        char key[8];
+        snprintf(key, sizeof key, "key%u", i);
+        assert_int_equal(leaf_node_flags(n), flags[i]);
+        assert_int_equal(leaf_node_ksize(n), 4);
+        assert_memory_equal(leaf_node_key(n), key, 4);
+        assert_int_equal(leaf_node_vsize(n), 5);
+        assert_int_equal(leaf_node_expiry(n), i ? 1234567 + (int64_t)i : 0);
+        if (flags[i] & N_BIG)
+            assert_int_equal(leaf_node_overflow(n), 77);
+        else
+            assert_memory_equal(leaf_node_val(n), "value", 5);
+    }
+    /* a branch page: the first node without a key */
+    uint8_t b0[BRANCH_HDR], b1[BRANCH_HDR + 3];
+    size_t s0 = branch_node_write(b0, 10, NULL, 0), s1 = branch_node_write(b1, 11, "abc", 3);
+    assert_int_equal(s0, BRANCH_HDR);
+    assert_int_equal(s1, BRANCH_HDR + 3);
+    memcpy(page + PS - s0, b0, s0);
+    memcpy(page + PS - s0 - s1, b1, s1);
+    page_set_slot(page, 0, PS - (unsigned)s0);
+    page_set_slot(page, 1, PS - (unsigned)(s0 + s1));
+    page_set_header(page, P_BRANCH, 2, PS - (uint32_t)(s0 + s1));
+    const uint8_t *n = NULL;
+    assert_int_equal(page_node(page, 0, PS, &n), 0);
+    assert_int_equal(branch_node_child(n), 10);
+    assert_int_equal(branch_node_size(n), BRANCH_HDR);
+    assert_int_equal(page_node(page, 1, PS, &n), 0);
+    assert_int_equal(branch_node_child(n), 11);
+    assert_int_equal(branch_node_ksize(n), 3);
+    assert_memory_equal(branch_node_key(n), "abc", 3);
+    branch_node_set_child(page + page_slot(page, 1), 99);
+    assert_int_equal(branch_node_child(n), 99);
+    assert_int_equal(branch_node_ksize(n), 3);
+    overflow_set_header(page, 5);
+    assert_int_equal(page_flags(page), P_OVERFLOW);
+    assert_int_equal(page_nkeys(page), 0);
+    assert_int_equal(page_upper(page), 5);
+    assert_int_equal(page_pgno(page), 42);
+}
+
+/* A walk of a tree checking its shape: keys in order within the bounds the
+ * separators give, no empty page, and the descriptor's counts. */
+struct shape {
+    uint64_t leaves, branches, entries;
+    unsigned first_leaf_keys; /* the leftmost leaf's */
+    size_t min_leaf_used;     /* over the leaves but a root leaf */
+};
+
+static void walk_shape(keel_txn *txn, uint64_t pg, unsigned level, unsigned depth, const uint8_t *lo, size_t lol,
+                       const uint8_t *hi, size_t hil, struct shape *sh)
+{
+    const uint8_t *page, *n = NULL;
+    uint32_t ps = txn->db->psize;
+    assert_int_equal(page_get(txn, pg, &page), 0);
+    bool leaf = level + 1 == depth;
+    assert_int_equal(page_flags(page), leaf ? P_LEAF : P_BRANCH);
+    unsigned nk = page_nkeys(page);
+    assert_true(nk > 0);
+    if (leaf) {
+        size_t used = ps - page_upper(page) + SLOT_SIZE * nk;
+        if (level > 0 && used < sh->min_leaf_used)
+            sh->min_leaf_used = used;
+        if (sh->leaves == 0)
+            sh->first_leaf_keys = nk;
+        sh->leaves++;
+        sh->entries += nk;
+    } else {
+        sh->branches++;
+    }
+    const uint8_t *prev = NULL;
+    size_t prevl = 0;
+    for (unsigned i = 0; i < nk; i++) {
+        assert_int_equal(page_node(page, i, ps, &n), 0);
+        const uint8_t *k = leaf ? leaf_node_key(n) : branch_node_key(n);
+        size_t kl = leaf ? leaf_node_ksize(n) : branch_node_ksize(n);
+        if (!leaf && i == 0) {
+            assert_int_equal(kl, 0); /* the first key of a branch is never read: empty */
+            k = lo, kl = lol;
+        } else {
+            assert_true(!lo || bt_cmp(k, kl, lo, lol) >= 0);
+            assert_true(!hi || bt_cmp(k, kl, hi, hil) < 0);
+            assert_true(!prev || bt_cmp(prev, prevl, k, kl) < 0);
+        }
+        if (!leaf) {
+            const uint8_t *nn = NULL, *nk2 = hi;
+            size_t nkl = hil;
+            if (i + 1 < nk) {
+                assert_int_equal(page_node(page, i + 1, ps, &nn), 0);
+                nk2 = branch_node_key(nn);
+                nkl = branch_node_ksize(nn);
+            }
+            walk_shape(txn, branch_node_child(n), level + 1, depth, k, kl, nk2, nkl, sh);
+        }
+        prev = k;
+        prevl = kl;
+    }
+}
+
+static struct shape tree_shape(keel_txn *txn, const struct tree_desc *t)
+{
+    struct shape sh = {0, 0, 0, 0, SIZE_MAX};
+    if (t->root)
+        walk_shape(txn, t->root, 0, t->depth, NULL, 0, NULL, 0, &sh);
+    assert_int_equal(sh.leaves, t->leaf_pages);
+    assert_int_equal(sh.branches, t->branch_pages);
+    assert_int_equal(sh.entries, t->entries);
+    return sh;
+}
+
+/* Splits, then shares and merges on the way back, on a tree of its own in
+ * one txn, each step checked by a walk: a sorted load splits leaving the
+ * left page full; deleting from the front, the first leaf under a quarter
+ * full beside a full one shares with it (the leaf count stays, its keys
+ * grow), and later merges with it (one leaf fewer); no leaf is left under a
+ * quarter full. */
+static void test_split_share_merge_walk(void **state)
+{
+    (void)state;
+    char path[256];
+    tu_path(path, sizeof path, "bt-walk");
+    keel_db *db;
+    keel_txn *txn;
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    assert_int_equal(keel_begin(db, 0, &txn), 0);
+    struct tree_desc t = {0};
+    uint8_t val[100] = {0};
+    char k[16];
+    enum { N = 400 };
+    bool split_seen = false;
+    size_t u = txn->db->psize - PAGE_HDR, node = LEAF_HDR + 7 + sizeof val + SLOT_SIZE;
+    for (int i = 0; i < N; i++) {
+        snprintf(k, sizeof k, "k%06d", i);
+        uint64_t leaves = t.leaf_pages;
+        assert_int_equal(bt_put(txn, &t, tu_val(k), (keel_val){val, sizeof val}, 0, 0, NULL), 0);
+        if (leaves == 1 && t.leaf_pages == 2) { /* the first split: the new key alone on the right */
+            struct shape first = tree_shape(txn, &t);
+            assert_int_equal(t.depth, 2);
+            assert_int_equal(first.first_leaf_keys, i);
+            assert_true((size_t)i * node + node > u); /* the left one full */
+            split_seen = true;
+        }
+    }
+    assert_true(split_seen);
+    struct shape sh = tree_shape(txn, &t);
+    assert_true(sh.leaves >= 10);
+    assert_int_equal(t.depth, 2);
+    int shares = 0, merges = 0;
+    for (int i = 0; i < N - 40; i++) {
+        snprintf(k, sizeof k, "k%06d", i);
+        struct shape before = sh;
+        assert_int_equal(bt_del(txn, &t, tu_val(k), NULL), 0);
+        sh = tree_shape(txn, &t);
+        if (sh.leaves == before.leaves - 1)
+            merges++;
+        else if (sh.leaves == before.leaves && sh.first_leaf_keys > before.first_leaf_keys)
+            shares++;
+        if (sh.leaves > 1)
+            assert_false(page_starved(sh.min_leaf_used, u));
+        assert_int_equal(txn->scratch_depth, 0); /* given back */
+    }
+    assert_true(shares > 0);
+    assert_true(merges > 0);
+    keel_abort(txn);
+    keel_close(db);
+    tu_remove(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -646,6 +882,9 @@ int main(void)
         cmocka_unit_test(test_damage_names_page),
         cmocka_unit_test(test_assert_aborts),
         cmocka_unit_test(test_free_space_gives_out_a_page_on_the_path),
+        cmocka_unit_test(test_fill_policy),
+        cmocka_unit_test(test_format_writers),
+        cmocka_unit_test(test_split_share_merge_walk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
