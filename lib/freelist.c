@@ -13,7 +13,7 @@
  *   - freelist_reclaim() is called by the allocator when the pool is empty.
  *     It takes the first record (the lowest pages, see below), loads it into
  *     the pool first, then deletes it; pages that deletion needs come from
- *     the pool (or the end of the file), and txn->reclaiming stops it from
+ *     the pool (or the end of the file), and txn->space.editing_free_tree stops it from
  *     reclaiming again, so it never recurses.
  *   - The pool's leftovers are written as txn-id-0 records before the first
  *     one when they lie low, after the last one when they lie above the
@@ -34,7 +34,7 @@
  *     free-tree leaf besides (a quarter fewer page writes, each a disk
  *     request of its own).  freelist_load_tail() runs at write-txn begin:
  *     groups every reader is past join the pool, the others wait in
- *     txn->tail.  When the lot does not fit, the tail's groups become
+ *     txn->space.meta_pending.  When the lot does not fit, the tail's groups become
  *     free-tree records like any other (a txn whose pages went to the tail
  *     wrote no record, so their keys are new).
  *   - freelist_relocate() runs at commit while over a third of the file is
@@ -203,8 +203,8 @@ static int reclaim_record(keel_txn *txn, bool merge)
     /* Never nested: the allocator asks only outside a reclaim, so the btree
      * edits below are the only ones at nest 1 and scratch[1] (btree.c) is
      * theirs, while an edit at nest 0 that allocated may hold scratch[0]. */
-    KEEL_ASSERT(txn->nest == 0 && !txn->reclaiming);
-    txn->reclaiming = true;
+    KEEL_ASSERT(txn->nest == 0 && !txn->space.editing_free_tree);
+    txn->space.editing_free_tree = true;
     txn->nest++;
     keel_val k, v;
     int rc = first_record(txn, &c, &k, &v);
@@ -221,7 +221,7 @@ static int reclaim_record(keel_txn *txn, bool merge)
         goto out;
     }
     size_t n = v.len / 8;
-    struct pgvec *pool = &txn->pool;
+    struct pgvec *pool = &txn->space.reusable;
     size_t start = pool->n;
     for (size_t i = 0; i < n; i++) {
         uint64_t pg = rd64((const uint8_t *)v.data + 8 * i);
@@ -243,7 +243,7 @@ static int reclaim_record(keel_txn *txn, bool merge)
 out:
     os_free(c.keybuf);
     txn->nest--;
-    txn->reclaiming = false;
+    txn->space.editing_free_tree = false;
     return rc;
 }
 
@@ -355,8 +355,8 @@ static int plan_pool(keel_txn *txn, struct pool_part parts[2])
     int rc = zero_chunk_range(txn, &first, &last);
     if (rc)
         return rc;
-    size_t low = (part_count(&txn->pool, hi ? hi : UINT64_MAX, false) + per - 1) / per;
-    size_t high = (part_count(&txn->pool, hi ? hi : UINT64_MAX, true) + per - 1) / per;
+    size_t low = (part_count(&txn->space.reusable, hi ? hi : UINT64_MAX, false) + per - 1) / per;
+    size_t high = (part_count(&txn->space.reusable, hi ? hi : UINT64_MAX, true) + per - 1) / per;
     parts[0] = (struct pool_part){hi ? hi : UINT64_MAX, first - (uint32_t)low, low};
     parts[1] = (struct pool_part){parts[0].hi, last + 1, high};
     if (low > first) { /* no room before the first record: after the last one too */
@@ -373,7 +373,7 @@ static int plan_pool(keel_txn *txn, struct pool_part parts[2])
  * needs (the pool shrank) are deleted. */
 static int write_pool(keel_txn *txn, struct pool_part parts[2])
 {
-    struct pgvec *pool = &txn->pool;
+    struct pgvec *pool = &txn->space.reusable;
     size_t per = chunk_pages(txn), nh = part_count(pool, parts[0].hi, true);
     for (int i = 0; i < 2; i++) {
         struct pool_part *p = &parts[i];
@@ -397,7 +397,7 @@ static int write_pool(keel_txn *txn, struct pool_part parts[2])
 
 int freelist_record(keel_txn *txn)
 {
-    struct pgvec *pool = &txn->pool;
+    struct pgvec *pool = &txn->space.reusable;
     int rc = check_newest_record(txn);
     if (rc)
         return rc;
@@ -420,7 +420,7 @@ int freelist_record(keel_txn *txn)
         db->shrink_backoff = db->shrink_backoff ? db->shrink_backoff * 2 : 2;
         db->shrink_next = txn->txnid + db->shrink_backoff;
     }
-    for (int i = 0; !txn->reclaim_exhausted && (all || (i < 4 && txn->meta.free_pages > txn->meta.npages / 4)); i++) {
+    for (int i = 0; !txn->space.nothing_reclaimable && (all || (i < 4 && txn->meta.free_pages > txn->meta.npages / 4)); i++) {
         rc = reclaim_record(txn, !all);
         if (rc == KEEL_NOTFOUND)
             break;
@@ -442,7 +442,7 @@ int freelist_record(keel_txn *txn)
     bool in_tail;
     if ((rc = record_in_tail(txn, &in_tail)) || in_tail)
         return rc;
-    txn->final_mode = true;
+    txn->space.recording = true;
     if ((rc = tail_to_tree(txn)))
         return rc;
     /* Pages the free tree needs now come off the low end of the pool (not
@@ -454,7 +454,7 @@ int freelist_record(keel_txn *txn)
     if (pool->n && (rc = plan_pool(txn, parts)))
         return rc;
     size_t pool_written = (size_t)-1, freed_written = (size_t)-1;
-    for (int round = 0; pool->n != pool_written || txn->freed.n != freed_written; round++) {
+    for (int round = 0; pool->n != pool_written || txn->space.freed_by_txn.n != freed_written; round++) {
         if (round > 64)
             return CORRUPT(0); /* cannot happen: see the contract above */
         if (pool->n != pool_written) {
@@ -463,13 +463,13 @@ int freelist_record(keel_txn *txn)
                 return rc;
             continue; /* the pool first: it can only shrink */
         }
-        freed_written = txn->freed.n;
-        if (freed_written && (rc = sort_u64(txn->freed.v, freed_written))) /* low pages in the first record */
+        freed_written = txn->space.freed_by_txn.n;
+        if (freed_written && (rc = sort_u64(txn->space.freed_by_txn.v, freed_written))) /* low pages in the first record */
             return rc;
-        if (freed_written && (rc = write_records(txn, txn->txnid, 0, &txn->freed, freed_written, false)))
+        if (freed_written && (rc = write_records(txn, txn->txnid, 0, &txn->space.freed_by_txn, freed_written, false)))
             return rc;
     }
-    txn->meta.free_pages += pool->n + txn->freed.n;
+    txn->meta.free_pages += pool->n + txn->space.freed_by_txn.n;
     return 0;
 }
 
@@ -513,12 +513,12 @@ static int push_group(struct pgvec *pv, uint64_t txnid, const uint64_t *pages, s
 }
 
 /* Reusable groups into the pool (as freelist_reclaim does with a record),
- * the rest into txn->tail. */
+ * the rest into txn->space.meta_pending. */
 static int load_group(void *ctx, uint64_t txnid, const uint8_t *pages, size_t n)
 {
     keel_txn *txn = ctx;
     bool reusable = txnid <= txn->oldest;
-    struct pgvec *pv = reusable ? &txn->pool : &txn->tail;
+    struct pgvec *pv = reusable ? &txn->space.reusable : &txn->space.meta_pending;
     size_t start = pv->n;
     int rc = reusable ? 0 : pgvec_push(pv, txnid);
     if (!rc && !reusable)
@@ -545,7 +545,7 @@ int freelist_load_tail(keel_txn *txn, const uint8_t *meta_page)
 /* Pages from the tail's pending groups as free-tree records (final mode). */
 static int tail_to_tree(keel_txn *txn)
 {
-    struct pgvec *t = &txn->tail;
+    struct pgvec *t = &txn->space.meta_pending;
     size_t n = t->n;
     t->n = 0; /* consumed: pages the records need never come from it */
     for (size_t i = 0; i + 2 <= n;) {
@@ -561,7 +561,7 @@ static int tail_to_tree(keel_txn *txn)
 /* The tail path of freelist_record: *done if everything fit in the tail. */
 static int record_in_tail(keel_txn *txn, bool *done)
 {
-    struct pgvec *t = &txn->tail, *pool = &txn->pool, *freed = &txn->freed;
+    struct pgvec *t = &txn->space.meta_pending, *pool = &txn->space.reusable, *freed = &txn->space.freed_by_txn;
     size_t words = t->n + (pool->n ? 2 + pool->n : 0) + (freed->n ? 2 + freed->n : 0);
     *done = false;
     if (words > meta_tail_max_words(txn->db->psize))
@@ -617,7 +617,7 @@ enum { WALK_DEFAULT, WALK_BUCKETS, WALK_EXPIRY, WALK_CATALOG, WALK_FREE, WALK_TR
  * the copies themselves. */
 static uint64_t compact_target(const keel_txn *txn)
 {
-    uint64_t npages = txn->meta.npages, free = txn->meta.free_pages + txn->pool.n + txn->freed.n;
+    uint64_t npages = txn->meta.npages, free = txn->meta.free_pages + txn->space.reusable.n + txn->space.freed_by_txn.n;
     if (free + 2 > npages || free <= npages / 3 || free * txn->db->psize < COMPACT_MIN_FREE_BYTES)
         return 0;
     uint64_t live = npages - 2 - free, hi = 2 + live + live / 2 + COMPACT_SLACK_BYTES / txn->db->psize;
@@ -628,11 +628,11 @@ static uint64_t compact_target(const keel_txn *txn)
  * pool holds n pages below hi or the commit's record budget is spent. */
 static int compact_room(keel_txn *txn, uint64_t hi, size_t n, int *records)
 {
-    while (!page_pool_below(txn, n, hi) && *records > 0 && !txn->reclaim_exhausted) {
+    while (!page_pool_below(txn, n, hi) && *records > 0 && !txn->space.nothing_reclaimable) {
         (*records)--;
         int rc = freelist_reclaim(txn);
         if (rc == KEEL_NOTFOUND)
-            txn->reclaim_exhausted = true;
+            txn->space.nothing_reclaimable = true;
         else if (rc)
             return rc;
     }
@@ -700,9 +700,9 @@ static int move_tree(keel_txn *txn, struct tree_desc *t, void *ctx)
     memcpy(a->m->pos, a->w->pos, sizeof(a->m->pos));
     a->m->stalled = false;
     /* no reclaim while the free tree's own pages move (the pool has room) */
-    txn->reclaiming = a->w->tree == WALK_FREE;
+    txn->space.editing_free_tree = a->w->tree == WALK_FREE;
     rc = bt_move_high(txn, t, a->m, &a->done);
-    txn->reclaiming = false;
+    txn->space.editing_free_tree = false;
     memcpy(a->w->pos, a->m->pos, sizeof(a->m->pos));
     return rc;
 }
@@ -770,7 +770,7 @@ int freelist_relocate(keel_txn *txn)
         w->moved += m.moved;
         w->skipped += m.skipped;
         m.moved = m.skipped = 0;
-        if (rc || (m.stalled && (records == 0 || txn->reclaim_exhausted)))
+        if (rc || (m.stalled && (records == 0 || txn->space.nothing_reclaimable)))
             break;
         if (m.stalled)
             continue; /* more records, then the same tree again */

@@ -130,6 +130,28 @@ struct space_walk {
     uint64_t reload_next; /* no full load asked for before this txn id */
 };
 
+/* ---- a write txn's free space (space.c, freelist.c) ----------------------
+ * Owned by the space layer: pager.c and btree.c never read or steer it.
+ * The re-entrancy rule of the btree <-> space loop is in space.c's
+ * contract; editing_free_tree and recording are its two guards. */
+struct space {
+    /* Pages no snapshot can see: reusable now.  Descending, so that a
+     * single page pops off the end as the lowest number; the one window
+     * where it is not is `full_load` below. */
+    struct pgvec reusable;
+    /* Pages this txn stopped using that older snapshots may still read:
+     * never reused by this txn, recorded under its id at commit. */
+    struct pgvec freed_by_txn;
+    /* Free-tail groups (txn id, count, pages) of the meta the txn began
+     * from that are not reusable yet, pending in the meta; after
+     * freelist_record, the whole free tail the commit writes. */
+    struct pgvec meta_pending;
+    bool recording;         /* freelist_record writes the free list: reusable only shrinks, nothing joins it */
+    bool editing_free_tree; /* the space layer itself edits the free tree: allocation must not reclaim */
+    bool nothing_reclaimable; /* no free-tree record this txn may reclaim is left */
+    bool full_load;         /* inside freelist_record's full load: `reusable` is appended to, sorted at its end */
+};
+
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
     char *path;
@@ -224,17 +246,8 @@ struct keel_txn {
     /* write txns only */
     struct dirty_table dirty; /* buf NULL: spilled, the page is in the file */
     size_t dirty_bytes;       /* bytes of dirty buffers held in memory */
-    struct pgvec freed; /* pages this txn stopped using that older snapshots may read */
-    struct pgvec pool;  /* pages reusable now; sorted descending (pop takes the lowest), except
-                         * inside freelist_record's full load, which appends records and sorts
-                         * once at the end: only single pages are taken meanwhile (bt_del on
-                         * the free tree), and any free page is a right answer for those */
-    struct pgvec tail;  /* free-tail groups (txn id, count, pages) not reusable yet; after
-                         * freelist_record, the whole tail the commit writes */
+    struct space space; /* free space: what is reusable, freed, pending (space.c, freelist.c) */
     uint64_t oldest;    /* oldest snapshot any reader may hold */
-    bool reclaiming;    /* inside freelist_reclaim: take from the pool or the end of file, never reclaim again */
-    bool final_mode;    /* recording the free list at commit: no pool changes */
-    bool reclaim_exhausted; /* no reclaimable record left */
     uint8_t *scratch[2]; /* page-sized buffers for rebuilding pages; [nest] */
     int nest;
     struct expiry_log xlog; /* expiry-tree changes not applied yet (ttl.c) */

@@ -421,7 +421,7 @@ static bool pool_take(struct pgvec *pool, uint32_t n, uint64_t *pgno)
 
 bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below)
 {
-    const struct pgvec *p = &txn->pool;
+    const struct pgvec *p = &txn->space.reusable;
     return n == 0 || (p->n >= n && p->v[p->n - n] < below);
 }
 
@@ -450,30 +450,30 @@ static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t *
     uint64_t pg = 0;
     bool found = false;
     if (below) {
-        size_t i = pool_find_run(&txn->pool, npages);
-        if (i == SIZE_MAX || txn->pool.v[i] + npages > below)
+        size_t i = pool_find_run(&txn->space.reusable, npages);
+        if (i == SIZE_MAX || txn->space.reusable.v[i] + npages > below)
             return KEEL_NOTFOUND;
-        pg = txn->pool.v[i];
-        pool_remove_run(&txn->pool, i, npages);
+        pg = txn->space.reusable.v[i];
+        pool_remove_run(&txn->space.reusable, i, npages);
         found = true;
-    } else if (!txn->final_mode) {
-        found = pool_take(&txn->pool, npages, &pg);
-        while (!found && !txn->reclaiming && !txn->reclaim_exhausted) {
+    } else if (!txn->space.recording) {
+        found = pool_take(&txn->space.reusable, npages, &pg);
+        while (!found && !txn->space.editing_free_tree && !txn->space.nothing_reclaimable) {
             int rc = freelist_reclaim(txn);
             if (rc == KEEL_NOTFOUND) {
-                txn->reclaim_exhausted = true;
+                txn->space.nothing_reclaimable = true;
                 break;
             }
             if (rc)
                 return rc;
-            found = pool_take(&txn->pool, npages, &pg);
-            if (!found && npages > 1 && txn->pool.n > 4096)
+            found = pool_take(&txn->space.reusable, npages, &pg);
+            if (!found && npages > 1 && txn->space.reusable.n > 4096)
                 break; /* a long run is not forming: take fresh pages */
         }
     } else if (npages == 1) {
         /* recording the free list: the lowest pooled page (freelist_record
          * rewrites the pool's records after) */
-        found = pool_take(&txn->pool, 1, &pg);
+        found = pool_take(&txn->space.reusable, 1, &pg);
     }
     if (!found) {
         pg = txn->meta.npages;
@@ -511,14 +511,14 @@ int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
             txn->dirty_bytes -= (size_t)d->npages * txn->db->psize;
         pagebuf_put(txn->db, d->buf, d->npages);
         dirty_remove(&txn->dirty, d);
-        if (!txn->final_mode) {
+        if (!txn->space.recording) {
             for (uint32_t i = 0; i < npages; i++) {
-                int rc = pgvec_push(&txn->pool, pgno + i);
+                int rc = pgvec_push(&txn->space.reusable, pgno + i);
                 if (rc)
                     return rc;
             }
             /* keep the pool sorted descending */
-            struct pgvec *p = &txn->pool;
+            struct pgvec *p = &txn->space.reusable;
             for (size_t i = p->n - npages; i < p->n; i++) {
                 uint64_t v = p->v[i];
                 size_t j = i;
@@ -532,7 +532,7 @@ int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
         }
     }
     for (uint32_t i = 0; i < npages; i++) {
-        int rc = pgvec_push(&txn->freed, pgno + i);
+        int rc = pgvec_push(&txn->space.freed_by_txn, pgno + i);
         if (rc)
             return rc;
     }
@@ -585,9 +585,9 @@ void pager_txn_release(keel_txn *txn)
     os_free(t->slots);
     memset(t, 0, sizeof(*t));
     txn->dirty_bytes = 0;
-    pgvec_free(&txn->freed);
-    pgvec_free(&txn->pool);
-    pgvec_free(&txn->tail);
+    pgvec_free(&txn->space.freed_by_txn);
+    pgvec_free(&txn->space.reusable);
+    pgvec_free(&txn->space.meta_pending);
 }
 
 /* ---- file size ---- */
@@ -774,7 +774,7 @@ int pager_write_out(keel_txn *txn)
     /* One flush for pages and meta when the meta can vouch for the pages (its
      * commit list) and the meta before it is durable: that is what a torn
      * commit falls back to. */
-    bool tail = txn->tail.n > 0;
+    bool tail = txn->space.meta_pending.n > 0;
     struct commit_list cl = {.block = mbuf + META_LIST_OFF, .max_runs = meta_list_max_runs(db->psize, tail)};
     bool try_one = metasync && !(txn->meta.flags & META_F_UNSYNCED);
     if ((rc = write_dirty(txn, false, try_one ? &cl : NULL)))
@@ -794,10 +794,10 @@ int pager_write_out(keel_txn *txn)
     }
     if (tail) { /* freelist_record made it fit */
         uint8_t *t = mbuf + meta_tail_off(db->psize);
-        size_t bytes = META_TAIL_HDR + txn->tail.n * 8;
-        wr32(t, (uint32_t)txn->tail.n);
-        for (size_t i = 0; i < txn->tail.n; i++)
-            wr64(t + META_TAIL_HDR + 8 * i, txn->tail.v[i]);
+        size_t bytes = META_TAIL_HDR + txn->space.meta_pending.n * 8;
+        wr32(t, (uint32_t)txn->space.meta_pending.n);
+        for (size_t i = 0; i < txn->space.meta_pending.n; i++)
+            wr64(t + META_TAIL_HDR + 8 * i, txn->space.meta_pending.v[i]);
         txn->meta.free_tail_sum = XXH3_64bits(t, bytes);
         mlen = (meta_tail_off(db->psize) + bytes + 511) / 512 * 512;
     }

@@ -124,7 +124,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     txn->fork_gen = db->fork_gen;
     txn->cursors = NULL;
     txn->nest = 0;
-    txn->reclaiming = txn->final_mode = txn->reclaim_exhausted = false;
+    txn->space.editing_free_tree = txn->space.recording = txn->space.nothing_reclaimable = false;
     txn->pin = NULL;
     txn->now = txn_clock_ms(db);
     int rc;
@@ -236,7 +236,7 @@ void txn_abort(keel_txn *txn) { txn_end(txn, false); }
 /* After bucket_flush: bucket changes are catalog pages by then, so a
  * bucket created and dropped again in the txn counts for nothing, as it
  * does after a keel_bucket_list (which flushes too). */
-static bool has_changes(const keel_txn *txn) { return txn->dirty.count || txn->freed.n; }
+static bool has_changes(const keel_txn *txn) { return txn->dirty.count || txn->space.freed_by_txn.n; }
 
 int txn_commit(keel_txn *txn)
 {

@@ -295,7 +295,7 @@ static void test_reuse_waits_for_reader(void **state)
 
 /* The pool hands out its lowest page first, and a run of n pages from its
  * lowest run; a page this txn allocated and frees goes back into the pool
- * (in order), a committed page it frees goes to txn->freed and not into
+ * (in order), a committed page it frees goes to txn->space.freed_by_txn and not into
  * the pool. */
 static void test_pool_lowest_first(void **state)
 {
@@ -320,11 +320,11 @@ static void test_pool_lowest_first(void **state)
     uint8_t *buf;
     assert_int_equal(page_alloc(w, 1, &p0, &buf), 0);
     assert_int_equal(a.what[p0], FREE); /* from the free list, not the end of the file */
-    size_t n = w->pool.n;
+    size_t n = w->space.reusable.n;
     assert_true(n >= 3);
     uint64_t *pool = malloc(n * sizeof *pool);
     assert_non_null(pool);
-    memcpy(pool, w->pool.v, n * sizeof *pool);
+    memcpy(pool, w->space.reusable.v, n * sizeof *pool);
     for (size_t i = 1; i < n; i++)
         assert_true(pool[i - 1] > pool[i]); /* strictly descending */
     assert_true(p0 < pool[n - 1]);
@@ -341,10 +341,10 @@ static void test_pool_lowest_first(void **state)
         uint64_t r3;
         assert_int_equal(page_alloc(w, 3, &r3, &buf), 0);
         assert_int_equal(r3, pool[run]);
-        assert_int_equal(w->pool.n, n - 3);
+        assert_int_equal(w->space.reusable.n, n - 3);
         memmove(&pool[run - 2], &pool[run + 1], (n - run - 1) * sizeof *pool);
         n -= 3;
-        assert_memory_equal(w->pool.v, pool, n * sizeof *pool);
+        assert_memory_equal(w->space.reusable.v, pool, n * sizeof *pool);
     }
     /* single pages: lowest first, in order */
     size_t take = n < 10 ? n : 10;
@@ -353,28 +353,28 @@ static void test_pool_lowest_first(void **state)
         assert_int_equal(page_alloc(w, 1, &got[i], &buf), 0);
         assert_int_equal(got[i], pool[n - 1 - i]);
     }
-    assert_int_equal(w->pool.n, n - take);
+    assert_int_equal(w->space.reusable.n, n - take);
     /* a page of this txn freed: back into the pool, handed out next */
-    size_t freed_before = w->freed.n;
+    size_t freed_before = w->space.freed_by_txn.n;
     assert_int_equal(page_free(w, got[take / 2], 1), 0);
-    assert_int_equal(w->pool.n, n - take + 1);
-    assert_int_equal(w->pool.v[w->pool.n - 1], got[take / 2] < pool[n - 1 - take] ? got[take / 2] : pool[n - 1 - take]);
-    for (size_t i = 1; i < w->pool.n; i++)
-        assert_true(w->pool.v[i - 1] > w->pool.v[i]);
-    assert_int_equal(w->freed.n, freed_before);
+    assert_int_equal(w->space.reusable.n, n - take + 1);
+    assert_int_equal(w->space.reusable.v[w->space.reusable.n - 1], got[take / 2] < pool[n - 1 - take] ? got[take / 2] : pool[n - 1 - take]);
+    for (size_t i = 1; i < w->space.reusable.n; i++)
+        assert_true(w->space.reusable.v[i - 1] > w->space.reusable.v[i]);
+    assert_int_equal(w->space.freed_by_txn.n, freed_before);
     uint64_t again;
     assert_int_equal(page_alloc(w, 1, &again, &buf), 0);
     assert_int_equal(again, got[take / 2]);
-    /* a committed page freed: to txn->freed, not to the pool */
+    /* a committed page freed: to txn->space.freed_by_txn, not to the pool */
     uint64_t root = w->meta.trees[TREE_DEFAULT].root;
     assert_int_equal(a.what[root], REACHABLE);
-    size_t pool_n = w->pool.n;
+    size_t pool_n = w->space.reusable.n;
     assert_int_equal(page_free(w, root, 1), 0);
-    assert_int_equal(w->freed.n, freed_before + 1);
-    assert_int_equal(w->freed.v[w->freed.n - 1], root);
-    assert_int_equal(w->pool.n, pool_n);
-    for (size_t i = 0; i < w->pool.n; i++)
-        assert_true(w->pool.v[i] != root);
+    assert_int_equal(w->space.freed_by_txn.n, freed_before + 1);
+    assert_int_equal(w->space.freed_by_txn.v[w->space.freed_by_txn.n - 1], root);
+    assert_int_equal(w->space.reusable.n, pool_n);
+    for (size_t i = 0; i < w->space.reusable.n; i++)
+        assert_true(w->space.reusable.v[i] != root);
     keel_abort(w);
     free(pool);
     acct_free(&a);
@@ -450,9 +450,9 @@ static void test_no_page_twice(void **state)
             all[m++] = got[i] + j;
     assert_unique(all, m);
     /* ... nor the txn's freed list */
-    for (size_t i = 0; i < w->freed.n; i++)
+    for (size_t i = 0; i < w->space.freed_by_txn.n; i++)
         for (size_t j = 0; j < m; j++)
-            assert_true(w->freed.v[i] != all[j]);
+            assert_true(w->space.freed_by_txn.v[i] != all[j]);
     /* ... nor the pages the txn's trees use now (walked in the write txn) */
     struct acct now = {.npages = w->meta.npages};
     now.what = calloc(now.npages, 1);
@@ -465,12 +465,12 @@ static void test_no_page_twice(void **state)
         assert_int_equal(now.what[all[j]], UNSEEN);
     free(now.what);
     /* given back: into the pool (they are this txn's), then recorded free */
-    size_t pool_before = w->pool.n;
+    size_t pool_before = w->space.reusable.n;
     for (size_t i = 0; i < n; i++)
         assert_int_equal(page_free(w, got[i], len[i]), 0);
-    assert_int_equal(w->pool.n, pool_before + m);
-    for (size_t i = 1; i < w->pool.n; i++)
-        assert_true(w->pool.v[i - 1] > w->pool.v[i]);
+    assert_int_equal(w->space.reusable.n, pool_before + m);
+    for (size_t i = 1; i < w->space.reusable.n; i++)
+        assert_true(w->space.reusable.v[i - 1] > w->space.reusable.v[i]);
     assert_int_equal(keel_commit(w), 0);
     acct_free(&a);
     account(db, &a);
@@ -532,24 +532,24 @@ static void test_record_accounts_every_page(void **state)
                 assert_int_equal(keel_put(w, 0, tu_val(k), (keel_val){v, vl}, 0), 0);
             }
         }
-        for (size_t i = 0; i < w->freed.n; i++) {
-            uint64_t p = w->freed.v[i];
+        for (size_t i = 0; i < w->space.freed_by_txn.n; i++) {
+            uint64_t p = w->space.freed_by_txn.v[i];
             assert_true(p < a.npages);
             assert_int_equal(a.what[p], REACHABLE);
-            for (size_t j = 0; j < w->pool.n; j++)
-                assert_true(w->pool.v[j] != p);
+            for (size_t j = 0; j < w->space.reusable.n; j++)
+                assert_true(w->space.reusable.v[j] != p);
         }
-        for (size_t j = 0; j < w->pool.n; j++) {
-            uint64_t p = w->pool.v[j];
+        for (size_t j = 0; j < w->space.reusable.n; j++) {
+            uint64_t p = w->space.reusable.v[j];
             assert_true(p >= a.npages || a.what[p] == FREE);
             if (j)
-                assert_true(w->pool.v[j - 1] > p);
+                assert_true(w->space.reusable.v[j - 1] > p);
         }
-        size_t nfreed = w->freed.n;
+        size_t nfreed = w->space.freed_by_txn.n;
         uint64_t *freed = malloc((nfreed ? nfreed : 1) * sizeof *freed);
         assert_non_null(freed);
         if (nfreed)
-            memcpy(freed, w->freed.v, nfreed * sizeof *freed);
+            memcpy(freed, w->space.freed_by_txn.v, nfreed * sizeof *freed);
         assert_int_equal(keel_commit(w), 0);
         acct_free(&a);
         account(db, &a);
@@ -594,7 +594,7 @@ static int waiting_group(void *ctx, uint64_t txnid, const uint8_t *pages, size_t
 
 /* Small commits keep their free pages in the meta page's tail, the free
  * tree empty.  A reader held across commits makes the tail's groups wait
- * (txn->tail at begin: every group newer than the reader, none of their
+ * (txn->space.meta_pending at begin: every group newer than the reader, none of their
  * pages in the pool) until they no longer fit and go to the free tree; once
  * the reader ends, the pages are reused and the file stops growing. */
 static void test_tail_and_overflow(void **state)
@@ -632,8 +632,8 @@ static void test_tail_and_overflow(void **state)
         keel_txn *w;
         assert_int_equal(keel_begin(db, 0, &w), 0);
         assert_int_equal(w->oldest, rid);
-        struct group_check g = {.oldest = w->oldest, .pool = &w->pool};
-        assert_int_equal(freelist_tail_groups((const uint8_t *)w->tail.v, w->tail.n, w->meta.npages, w->meta.txnid,
+        struct group_check g = {.oldest = w->oldest, .pool = &w->space.reusable};
+        assert_int_equal(freelist_tail_groups((const uint8_t *)w->space.meta_pending.v, w->space.meta_pending.n, w->meta.npages, w->meta.txnid,
                                               waiting_group, &g),
                          0);
         if (w->meta.trees[TREE_FREE].root == 0 && c > 0)
