@@ -79,70 +79,6 @@ static size_t chunk_pages(const keel_txn *txn)
     return (txn->db->max_node - LEAF_HDR - FREE_KEY_SIZE) / 8;
 }
 
-static int cmp_desc(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x > y ? -1 : x < y;
-}
-
-/* The pool is kept descending.  Its first `start` pages already are; sort
- * the record just appended (at most chunk_pages()) and merge it in from the
- * low end.  Sorting the whole pool again made each reclaim O(P log P): after
- * a big delete the pool holds thousands of pages and commits reclaim several
- * records each, so that sort was most of a small commit's CPU time. */
-static void merge_into_pool(struct pgvec *pool, size_t start)
-{
-    size_t m = pool->n - start;
-    if (m == 0)
-        return;
-    /* records are written sorted (freed ascending, pool chunks descending):
-     * check for that in one pass before paying for a sort */
-    uint64_t *r = pool->v + start;
-    size_t up = 0, down = 0;
-    for (size_t x = 1; x < m; x++)
-        up += r[x] > r[x - 1], down += r[x] < r[x - 1];
-    if (up && !down) /* ascending: reverse it */
-        for (size_t a = 0, b = m - 1; a < b; a++, b--) {
-            uint64_t t = r[a];
-            r[a] = r[b];
-            r[b] = t;
-        }
-    else if (up) /* neither: a record not written by keel's own order */
-        qsort(r, m, sizeof(uint64_t), cmp_desc);
-    if (start == 0 || pool->v[start - 1] > pool->v[start])
-        return; /* already in order: every new page is below the old ones */
-    uint64_t *tmp = os_malloc(m * sizeof(uint64_t));
-    if (!tmp) { /* no memory for the merge: sort it all, as correct and slower */
-        qsort(pool->v, pool->n, sizeof(uint64_t), cmp_desc);
-        return;
-    }
-    memcpy(tmp, pool->v + start, m * sizeof(uint64_t));
-    /* fill from the end with the smaller of the two smallest left; k >= i
-     * always, so no old page is overwritten before it is moved */
-    size_t i = start, j = m, k = pool->n;
-    while (j > 0) {
-        if (i > 0 && pool->v[i - 1] < tmp[j - 1])
-            pool->v[--k] = pool->v[--i];
-        else
-            pool->v[--k] = tmp[--j];
-    }
-    os_free(tmp);
-}
-
-/* Descending, as the pool is kept. */
-static int sort_pool(struct pgvec *pool)
-{
-    if (pool->n < 2) /* and an empty one may have no array at all */
-        return 0;
-    int rc = sort_u64(pool->v, pool->n);
-    for (size_t a = 0, b = pool->n - 1; !rc && a < b; a++, b--) {
-        uint64_t t = pool->v[a];
-        pool->v[a] = pool->v[b];
-        pool->v[b] = t;
-    }
-    return rc;
-}
-
 /* A cursor on the free tree (the caller frees c->keybuf); false if the tree is empty. */
 static bool free_cursor(keel_txn *txn, keel_cursor *c)
 {
@@ -155,7 +91,6 @@ static bool free_cursor(keel_txn *txn, keel_cursor *c)
 }
 
 static uint64_t compact_target(const keel_txn *txn);
-static int reclaim_record(keel_txn *txn, bool merge);
 
 /* Is every page of a record at or above hi? */
 static bool record_above(keel_val v, uint64_t hi)
@@ -188,23 +123,19 @@ static int first_record(keel_txn *txn, keel_cursor *c, keel_val *k, keel_val *v)
     return rc && rc != KEEL_NOTFOUND ? rc : cursor_first(c, k, v);
 }
 
-int freelist_reclaim(keel_txn *txn) { return reclaim_record(txn, true); }
-
-/* merge: keep the pool sorted (merge_into_pool); else the record is only
- * appended, and the caller sorts the pool before anything but a single
- * page is taken from it (freelist_record's full load: merging each record
- * costs O(pool), and a long reader leaves thousands of small ones). */
-static int reclaim_record(keel_txn *txn, bool merge)
+/* Loads the first reclaimable record into the reusable list, then deletes
+ * it from the tree (inside freelist_record's full load the record is only
+ * appended: space.c's order window).  The delete is this layer's own
+ * free-tree edit: space_edit_free_tree asserts the re-entrancy rule. */
+int freelist_reclaim(keel_txn *txn)
 {
     struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
     keel_cursor c;
     if (!free_cursor(txn, &c))
         return KEEL_NOTFOUND;
-    /* Never nested: the allocator asks only outside a reclaim, so the btree
-     * edits below are the only ones at nest 1 and scratch[1] (btree.c) is
-     * theirs, while an edit at nest 0 that allocated may hold scratch[0]. */
-    KEEL_ASSERT(txn->nest == 0 && !txn->space.editing_free_tree);
-    txn->space.editing_free_tree = true;
+    space_edit_free_tree(&txn->space, true);
+    /* btree.c picks its scratch buffer by txn->nest (its own field): the
+     * delete below must not use the one an outer edit may hold */
     txn->nest++;
     keel_val k, v;
     int rc = first_record(txn, &c, &k, &v);
@@ -235,15 +166,15 @@ static int reclaim_record(keel_txn *txn, bool merge)
             goto out;
         }
     }
-    if (merge)
-        merge_into_pool(pool, start);
+    if (!txn->space.full_load)
+        space_merge_reusable(&txn->space, start);
     if ((rc = bt_del(txn, ft, (keel_val){key, FREE_KEY_SIZE}, NULL)))
         goto out;
     txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
 out:
     os_free(c.keybuf);
     txn->nest--;
-    txn->space.editing_free_tree = false;
+    space_edit_free_tree(&txn->space, false);
     return rc;
 }
 
@@ -419,15 +350,16 @@ int freelist_record(keel_txn *txn)
         db->shrink_tried = fp;
         db->shrink_backoff = db->shrink_backoff ? db->shrink_backoff * 2 : 2;
         db->shrink_next = txn->txnid + db->shrink_backoff;
+        txn->space.full_load = true; /* space.c's order window: until space_sort_reusable */
     }
     for (int i = 0; !txn->space.nothing_reclaimable && (all || (i < 4 && txn->meta.free_pages > txn->meta.npages / 4)); i++) {
-        rc = reclaim_record(txn, !all);
+        rc = freelist_reclaim(txn);
         if (rc == KEEL_NOTFOUND)
             break;
         if (rc)
             return rc;
     }
-    if (all && (rc = sort_pool(pool)))
+    if (all && (rc = space_sort_reusable(&txn->space)))
         return rc;
     /* free pages at the end of the file shrink it instead */
     size_t drop = 0;
@@ -528,7 +460,7 @@ static int load_group(void *ctx, uint64_t txnid, const uint8_t *pages, size_t n)
     if (rc)
         return rc;
     if (reusable) {
-        merge_into_pool(pv, start);
+        space_merge_reusable(&txn->space, start);
         txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
     }
     return 0;
@@ -700,9 +632,12 @@ static int move_tree(keel_txn *txn, struct tree_desc *t, void *ctx)
     memcpy(a->m->pos, a->w->pos, sizeof(a->m->pos));
     a->m->stalled = false;
     /* no reclaim while the free tree's own pages move (the pool has room) */
-    txn->space.editing_free_tree = a->w->tree == WALK_FREE;
+    bool own = a->w->tree == WALK_FREE;
+    if (own)
+        space_edit_free_tree(&txn->space, true);
     rc = bt_move_high(txn, t, a->m, &a->done);
-    txn->space.editing_free_tree = false;
+    if (own)
+        space_edit_free_tree(&txn->space, false);
     memcpy(a->w->pos, a->m->pos, sizeof(a->m->pos));
     return rc;
 }

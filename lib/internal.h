@@ -152,6 +152,13 @@ struct space {
     bool full_load;         /* inside freelist_record's full load: `reusable` is appended to, sorted at its end */
 };
 
+/* ---- the space layer's tuning numbers (space.c, freelist.c) ------------- */
+/* An overflow run is searched for among the reusable pages, reclaiming
+ * records until one forms; past this many pages without one it is not
+ * forming (the pages are scattered) and fresh pages at the end of the file
+ * cost nothing to find. */
+#define SPACE_RUN_SEARCH_MAX_PAGES 4096
+
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
     char *path;
@@ -309,6 +316,23 @@ void pager_txn_release(keel_txn *txn); /* drops dirty pages and lists */
 void pager_free_pagebufs(keel_db *db); /* at close */
 int pager_grow(keel_db *db, uint64_t need_bytes);
 void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
+
+/* ---- pager.c: the allocator's tools (space.c decides which page) ---- */
+bool pager_is_dirty(keel_txn *txn, uint64_t pgno); /* in memory or spilled */
+int pager_extend(keel_txn *txn, uint32_t n, uint64_t *pgno); /* n pages at the end of the file; KEEL_FULL */
+int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, uint8_t **buf);
+bool pager_drop_dirty(keel_txn *txn, uint64_t pgno); /* false if the txn holds no page there */
+int pager_own_buf(keel_txn *txn, uint64_t pgno, uint8_t **buf); /* *buf NULL if not the txn's */
+
+/* ---- space.c: the allocator and the txn's free-space state --------------- */
+void space_txn_begin(struct space *s);
+void space_txn_release(struct space *s);
+/* on: the space layer itself starts editing the free tree (allocation must
+ * not reclaim meanwhile); asserts the re-entrancy rule (space.c) */
+void space_edit_free_tree(struct space *s, bool on);
+void space_merge_reusable(struct space *s, size_t start); /* a record appended at start: into order */
+int space_sort_reusable(struct space *s); /* the whole list, ending the full-load window */
+bool space_reusable_in_order(const struct space *s); /* O(n): for tests */
 
 /* ---- freelist.c: the free tree ------------------------------------------ */
 int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */

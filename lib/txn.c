@@ -124,7 +124,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     txn->fork_gen = db->fork_gen;
     txn->cursors = NULL;
     txn->nest = 0;
-    txn->space.editing_free_tree = txn->space.recording = txn->space.nothing_reclaimable = false;
+    space_txn_begin(&txn->space);
     txn->pin = NULL;
     txn->now = txn_clock_ms(db);
     int rc;
@@ -171,6 +171,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
             txn->oldest--;
         if ((rc = freelist_load_tail(txn, db->map + (size_t)txn->meta_slot * db->psize))) {
             pager_txn_release(txn);
+            space_txn_release(&txn->space);
             writer_leave(db, false);
             goto fail;
         }
@@ -226,6 +227,7 @@ static void txn_end(keel_txn *txn, bool committed)
     } else {
         ttl_log_free(txn);
         pager_txn_release(txn);
+        space_txn_release(&txn->space);
         writer_leave(db, inherited);
     }
     txn_put(txn);
