@@ -2,14 +2,19 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> pager -> btree -> cursor -> freelist, bucket -> ttl -> txn -> ops, api
+ *   os -> lockfile -> pager -> btree -> cursor -> space, bucket -> ttl -> txn -> ops, api
  *
- * with two deliberate loops: pager's allocator asks the free-space layer
- * (freelist.c, built on btree) for reusable pages when its pool is empty,
- * and a user cursor looks its bucket's descriptor up in bucket.c (the
- * txn's bucket states may move while the cursor lives).  freelist.c's
- * relocation also reaches named buckets' trees through bucket_with_tree, to
- * move their pages.
+ * (space: space.c, the allocator, and freelist.c, the free tree on disk)
+ * with two deliberate loops.  btree <-> space: allocating a page
+ * may reclaim a free-tree record, and reclaiming edits the free tree
+ * through btree, which allocates again.  Its re-entrancy rule, asserted at
+ * the space layer's entry points: while the space layer edits the free
+ * tree itself (space.editing_free_tree) or records the free list at commit
+ * (space.recording), allocation never reclaims, so the loop turns at most
+ * once (space.c's contract).  And a user cursor looks its bucket's
+ * descriptor up in bucket.c (the txn's bucket states may move while the
+ * cursor lives).  freelist.c's relocation also reaches named buckets'
+ * trees through bucket_with_tree, to move their pages.
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H
@@ -152,12 +157,53 @@ struct space {
     bool full_load;         /* inside freelist_record's full load: `reusable` is appended to, sorted at its end */
 };
 
-/* ---- the space layer's tuning numbers (space.c, freelist.c) ------------- */
-/* An overflow run is searched for among the reusable pages, reclaiming
- * records until one forms; past this many pages without one it is not
- * forming (the pages are scattered) and fresh pages at the end of the file
- * cost nothing to find. */
+/* ---- the space layer's tuning numbers (space.c, freelist.c) -------------
+ * All in one place, each with its unit and why that value.  None is part
+ * of the file format: changing one changes which pages a commit uses, not
+ * what a reader can read. */
+/* Allocation: an overflow run is searched for among the reusable pages,
+ * reclaiming records until one forms; past this many pages (pages) without
+ * one it is not forming (the pages are scattered), and fresh pages at the
+ * end of the file cost nothing to find. */
 #define SPACE_RUN_SEARCH_MAX_PAGES 4096
+/* Commit (freelist_record), extra reclaims: while more than 1/4 of the
+ * file's pages (a share: npages / DIV) are free, load up to 4 records
+ * beyond what allocation took, so that free pages near the end reach the
+ * reusable list and the tail trim: bounded work, a few chunks a commit. */
+#define SPACE_EXTRA_RECLAIM_FREE_DIV 4
+#define SPACE_EXTRA_RECLAIM_RECORDS 4 /* records per commit */
+/* Full load: while more than 1/2 of the file's pages are free, load every
+ * reclaimable record (O(free space)) so the file shrinks in one commit.
+ * It backs off: the next may run 2 commits later, then 4, 8, ... (the
+ * free tree's own pages may still sit at the end the first time); the
+ * backoff starts over once the free pages grew by more than 1/4 since. */
+#define SPACE_FULL_LOAD_FREE_DIV 2          /* share: npages / DIV */
+#define SPACE_FULL_LOAD_BACKOFF_FIRST 2     /* commits; doubles each time */
+#define SPACE_FULL_LOAD_RESET_GROWTH_DIV 4  /* share: last load's free pages / DIV */
+/* Recording rounds: they settle in one or two (freelist.c's contract says
+ * why they end); past this many the free tree must be damaged. */
+#define SPACE_RECORD_ROUNDS_MAX 64 /* rounds */
+/* Relocation (freelist_relocate) runs while more than 1/3 of the file's
+ * pages are free (then the file ends within 1.5 times the live pages, and
+ * with pager.c's cut within twice the live data) and they add up to more
+ * than COMPACT_MIN_FREE_BYTES: less lies within the file's growth and
+ * shrink steps, which relocation could not give back anyway. */
+#define COMPACT_FREE_DIV 3 /* share: npages / DIV */
+#define COMPACT_MIN_FREE_BYTES ((uint64_t)1 << 20)
+/* Per-commit budgets, so that a relocating commit costs a bounded amount
+ * more than a plain one: */
+#define COMPACT_READ_PAGES 64      /* tree pages the walk reads per commit, at most */
+#define COMPACT_COPY_PAGES 32      /* pages it copies per commit, at most (a longer overflow run alone) */
+#define COMPACT_RECLAIM_RECORDS 4  /* free-tree records it loads per commit for pages below the target */
+/* Free room below the target besides half the live pages (bytes): for
+ * the copies and the pages recent commits freed, not reusable yet. */
+#define COMPACT_SLACK_BYTES ((uint64_t)256 << 10)
+/* Commits (txn ids): after a pass that moved nothing there is nothing to
+ * gain soon, so the walk rests; a full load costs O(free space), so the
+ * walk asks for one at most this often (a small database's pass takes one
+ * commit). */
+#define COMPACT_IDLE_COMMITS 64    /* after a pass that moved nothing, commits before the next one */
+#define COMPACT_RELOAD_COMMITS 16  /* commits between two full loads the walk asks for, at least */
 
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
@@ -281,7 +327,7 @@ struct keel_cursor {
 #define CURSOR_DEAD 0xDEADC0DEu
 enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
 
-/* ---- pager.c: metas, pages, allocation, write-out ------------------------ */
+/* ---- pager.c: metas, pages, write-out; space.c: allocation (btree.c's names) */
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
 int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail);
 void meta_seal(struct meta *m);
@@ -300,8 +346,8 @@ static inline bool page_in_map(const keel_db *db, const uint8_t *p)
 }
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
-/* For the relocation (freelist_relocate): does the pool hold n pages below
- * `below`; a run from the pool alone that ends at or below it (KEEL_NOTFOUND). */
+/* For the relocation (freelist_relocate): do the reusable pages hold n below
+ * `below`; a run from them alone that ends at or below it (KEEL_NOTFOUND). */
 bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below);
 int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf);
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
@@ -335,8 +381,8 @@ int space_sort_reusable(struct space *s); /* the whole list, ending the full-loa
 bool space_reusable_in_order(const struct space *s); /* O(n): for tests */
 
 /* ---- freelist.c: the free tree ------------------------------------------ */
-int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */
-int freelist_record(keel_txn *txn);   /* at commit: writes pool leftovers and this txn's freed pages */
+int freelist_reclaim(keel_txn *txn);  /* one reclaimable record into space.reusable; KEEL_NOTFOUND if none */
+int freelist_record(keel_txn *txn);   /* at commit: writes the reusable leftovers and freed_by_txn */
 /* At commit, before the last bucket_flush: while over a third of the file
  * is free, copies a bounded number of live pages from its upper part to
  * lower free pages, so that its tail empties and can be cut off (see

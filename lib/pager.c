@@ -1,17 +1,15 @@
 /*
- * pager.c — meta pages, page access, allocation, and writing a commit out.
+ * pager.c — meta pages, page access, dirty pages, and writing a commit out.
  *
  * Contract:
  *   - page_get() hands out a page for reading: the txn's own dirty copy if it
  *     has one, else the page in the map, after checking that the number is
  *     inside the snapshot and the page says it is that page.
  *   - Copy-on-write: a page reachable from a committed meta is never written.
- *     page_touch() gives a dirty copy under a new number and records the old
- *     number as freed by this txn.
- *   - Allocation takes, in order: the txn's pool of reusable pages (its
- *     lowest first), a record reclaimed from the free tree (pages no reader
- *     can see any more), the end of the file.  page_alloc_below takes from
- *     the pool alone, below a given page (relocation moves pages only down).
+ *     Which page a write gets is the allocator's choice (space.c: page_alloc,
+ *     page_touch, page_free); this file only makes and drops the dirty
+ *     buffers it asks for (pager_new_page, pager_drop_dirty, pager_own_buf)
+ *     and moves the end of the file (pager_extend).  It never calls up.
  *   - pager_write_out() is the commit protocol: grow the file, write dirty
  *     pages in page order, write the meta into the slot the previous commit
  *     did not use.  Two syncs (pages, then meta) make the order durable; one
