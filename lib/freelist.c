@@ -338,16 +338,16 @@ static int write_reusable(keel_txn *txn, struct reusable_part parts[2])
  * time), and from 2 again once the free space has grown by a quarter. */
 static int load_more(keel_txn *txn)
 {
-    keel_db *db = txn->db;
+    struct space_handle *h = &txn->db->space;
     uint64_t fp = txn->meta.free_pages;
-    if (fp > db->shrink_tried + db->shrink_tried / SPACE_FULL_LOAD_RESET_GROWTH_DIV)
-        db->shrink_backoff = 0, db->shrink_next = 0;
-    bool all = (fp > txn->meta.npages / SPACE_FULL_LOAD_FREE_DIV || db->walk.reload) && txn->txnid >= db->shrink_next;
+    if (fp > h->full_load_free + h->full_load_free / SPACE_FULL_LOAD_RESET_GROWTH_DIV)
+        h->full_load_backoff = 0, h->full_load_next = 0;
+    bool all = (fp > txn->meta.npages / SPACE_FULL_LOAD_FREE_DIV || h->walk.reload) && txn->txnid >= h->full_load_next;
     if (all) {
-        db->walk.reload = false;
-        db->shrink_tried = fp;
-        db->shrink_backoff = db->shrink_backoff ? db->shrink_backoff * 2 : SPACE_FULL_LOAD_BACKOFF_FIRST;
-        db->shrink_next = txn->txnid + db->shrink_backoff;
+        h->walk.reload = false;
+        h->full_load_free = fp;
+        h->full_load_backoff = h->full_load_backoff ? h->full_load_backoff * 2 : SPACE_FULL_LOAD_BACKOFF_FIRST;
+        h->full_load_next = txn->txnid + h->full_load_backoff;
         txn->space.full_load = true; /* space.c's order window: until space_sort_reusable */
     }
     for (int i = 0; !txn->space.nothing_reclaimable &&
@@ -681,8 +681,8 @@ static void walk_next(keel_txn *txn, struct space_walk *w, bool tree_left)
     } else if (txn->txnid >= w->reload_next) {
         w->reload = true;
         w->reload_next = txn->txnid + COMPACT_RELOAD_COMMITS;
-        txn->db->shrink_backoff = 0;
-        txn->db->shrink_next = txn->txnid + 1;
+        txn->db->space.full_load_backoff = 0;
+        txn->db->space.full_load_next = txn->txnid + 1;
         w->moved = 0;
     } /* else the moves count towards the next pass's request */
 }
@@ -691,7 +691,7 @@ int freelist_relocate(keel_txn *txn)
 {
     /* the top of a commit: neither guard of the re-entrancy rule is up */
     KEEL_ASSERT(!txn->space.editing_free_tree && !txn->space.recording);
-    struct space_walk *w = &txn->db->walk;
+    struct space_walk *w = &txn->db->space.walk;
     uint64_t hi = compact_target(txn);
     if (!hi || txn->txnid < w->idle_until)
         return 0;

@@ -205,6 +205,15 @@ struct space {
 #define COMPACT_IDLE_COMMITS 64    /* after a pass that moved nothing, commits before the next one */
 #define COMPACT_RELOAD_COMMITS 16  /* commits between two full loads the walk asks for, at least */
 
+/* The space layer's state kept on the handle between write txns (freelist.c;
+ * in memory only: a new handle starts from zero). */
+struct space_handle {
+    uint64_t full_load_free;    /* free pages when freelist_record last loaded them all */
+    uint64_t full_load_backoff; /* commits until the next full load may run (doubles) */
+    uint64_t full_load_next;    /* ... the txn id from which it may */
+    struct space_walk walk;     /* where freelist_relocate's walk goes on */
+};
+
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
     char *path;
@@ -239,9 +248,7 @@ struct keel_db {
     uint64_t max_reader_lag;  /* options.max_reader_lag */
     int32_t purge_per_commit; /* expired keys each write commit removes */
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
-    uint64_t shrink_tried;    /* free pages when freelist_record last loaded them all */
-    uint64_t shrink_backoff, shrink_next; /* ... and when it may again (txn id) */
-    struct space_walk walk; /* where freelist_relocate's walk goes on (the writer only) */
+    struct space_handle space; /* the space layer's memory between write txns (the writer only) */
     uint64_t unconfirmed; /* this handle's last commit, if one-flush: keel_close confirms it */
     uint8_t **pagebufs;   /* page buffers kept for the next write txn (pager.c; the writer only) */
     size_t npagebufs;

@@ -717,7 +717,7 @@ static void test_relocation_accounts(void **state)
         acct_free(&a);
     }
     fprintf(stderr, "relocation: %llu pages at the peak, %llu after %d commits (moved %llu this pass)\n",
-            (unsigned long long)peak, (unsigned long long)lowest, c, (unsigned long long)db->walk.moved);
+            (unsigned long long)peak, (unsigned long long)lowest, c, (unsigned long long)db->space.walk.moved);
     assert_true(lowest < peak / 2);
     keel_txn *t;
     assert_int_equal(keel_begin(db, KEEL_RDONLY, &t), 0);
