@@ -373,7 +373,9 @@ void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 /* ---- pager.c: the allocator's tools (space.c decides which page) ---- */
 bool pager_is_dirty(keel_txn *txn, uint64_t pgno); /* in memory or spilled */
 int pager_extend(keel_txn *txn, uint32_t n, uint64_t *pgno); /* n pages at the end of the file; KEEL_FULL */
-int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, uint8_t **buf);
+/* reused: from the free list, so checked against the dirty table (a damaged
+ * free tree can list a page twice) */
+int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, bool reused, uint8_t **buf);
 bool pager_drop_dirty(keel_txn *txn, uint64_t pgno); /* false if the txn holds no page there */
 int pager_own_buf(keel_txn *txn, uint64_t pgno, uint8_t **buf); /* *buf NULL if not the txn's */
 

@@ -392,11 +392,16 @@ int pager_extend(keel_txn *txn, uint32_t n, uint64_t *pgno)
     return 0;
 }
 
-/* A dirty buffer for npages pages at pgno, which no dirty entry holds:
- * zero clears it all, else only its header; the page number is set. */
-int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, uint8_t **buf)
+/* A dirty buffer for npages pages at pgno: zero clears it all, else only
+ * its header; the page number is set.  reused: the pages came from the
+ * free list, and a damaged free tree can list a page twice: never two
+ * buffers for one number (KEEL_CORRUPTED). */
+int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, bool reused, uint8_t **buf)
 {
     keel_db *db = txn->db;
+    for (uint32_t i = 0; reused && i < npages; i++)
+        if (dirty_find(&txn->dirty, pgno + i))
+            return CORRUPT(pgno + i);
     size_t bytes = (size_t)npages * db->psize;
     uint8_t *b = pagebuf_get(db, npages);
     if (!b)

@@ -259,13 +259,8 @@ static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t *
         int rc = pager_extend(txn, npages, &pg);
         if (rc)
             return rc;
-    } else {
-        /* a damaged free tree can list a page twice: never two buffers for one number */
-        for (uint32_t i = 0; i < npages; i++)
-            if (pager_is_dirty(txn, pg + i))
-                return CORRUPT(pg + i);
     }
-    int rc = pager_new_page(txn, pg, npages, zero, buf);
+    int rc = pager_new_page(txn, pg, npages, zero, found, buf);
     if (rc)
         return rc;
     *pgno = pg;
