@@ -1,49 +1,51 @@
 /*
- * freelist.c — free space: the free tree and the txn's page pool.
+ * freelist.c — free space on disk: the free tree and the meta's free tail,
+ * and relocation.  With space.c (the allocator, which owns the txn's
+ * free-space state, struct space) it is the space layer.
  *
  * Contract:
  *   - The free tree maps (txn id, chunk) -> a list of page numbers that txn
  *     stopped using.  Pages freed by txn T are visible to snapshots older
  *     than T, so the record may be reused once every reader's snapshot is
  *     >= T (T <= txn->oldest).  Records under txn id 0 hold pages that were
- *     already reusable when written (a txn's unused pool).
+ *     already reusable when written (a txn's unused reusable pages).
  *   - Records are small (one leaf node, at most chunk_pages() numbers), so
  *     reclaiming one and writing back what is left costs O(chunk), never a
  *     pass over all free space (LMDB and bbolt rewrote or scanned theirs).
- *   - freelist_reclaim() is called by the allocator when the pool is empty.
- *     It takes the first record (the lowest pages, see below), loads it into
- *     the pool first, then deletes it; pages that deletion needs come from
- *     the pool (or the end of the file), and txn->reclaiming stops it from
- *     reclaiming again, so it never recurses.
- *   - The pool's leftovers are written as txn-id-0 records before the first
- *     one when they lie low, after the last one when they lie above the
- *     compaction target: reclaim hands out the lowest free pages first.
- *   - freelist_record() runs at commit, in "final mode": no page enters the
- *     pool, new pages come off its low end (the end of the file only when it
- *     is empty: taking them there every commit kept the tail in use, so the
- *     file never shrank and grew a few pages per commit), and pages freed
- *     meanwhile join this txn's record.  Rewriting the records repeats until
- *     neither list changes; it converges because the pool only shrinks, a
- *     page is copied at most once per txn and a record rewrite of equal size
- *     is done in place.
+ *   - freelist_reclaim() is called by the allocator (space.c) when the
+ *     reusable list has no fit.  It takes the first record (the lowest
+ *     pages, see below), loads it into the reusable list first, then
+ *     deletes it; pages that deletion needs come from that list (or the end
+ *     of the file), never from another reclaim: space.c's re-entrancy rule.
+ *   - The reusable list's leftovers are written as txn-id-0 records before
+ *     the first one when they lie low, after the last one when they lie above
+ *     the compaction target: reclaim hands out the lowest free pages first.
+ *   - freelist_record() runs at commit; once it writes records it is
+ *     "recording" (space.recording): no page enters the reusable list, new
+ *     pages come off its low end (the end of the file only when it is empty:
+ *     taking them there every commit kept the tail in use, so the file never
+ *     shrank and grew a few pages per commit), and pages freed meanwhile join
+ *     this txn's record.  Rewriting the records repeats until neither list
+ *     changes; it converges because the reusable list only shrinks, a page is
+ *     copied at most once per txn and a record rewrite of equal size is done
+ *     in place.
  *   - The free tail (format.h) keeps a small commit off the free tree: when
- *     what the tree would get (the pool's leftovers, the pages this txn
- *     freed, the tail's groups not yet reusable) fits in the meta page's
+ *     what the tree would get (the reusable list's leftovers, the pages this
+ *     txn freed, the tail's groups not yet reusable) fits in the meta page's
  *     second half, it goes there, written with the meta, and the tree is not
  *     touched; a one-put commit then writes its path and the meta, not a
  *     free-tree leaf besides (a quarter fewer page writes, each a disk
  *     request of its own).  freelist_load_tail() runs at write-txn begin:
- *     groups every reader is past join the pool, the others wait in
- *     txn->tail.  When the lot does not fit, the tail's groups become
- *     free-tree records like any other (a txn whose pages went to the tail
- *     wrote no record, so their keys are new).
+ *     groups every reader is past join the reusable list, the others stay
+ *     pending in the meta (space.meta_pending).  When the lot does not fit,
+ *     the tail's groups become free-tree records like any other (a txn whose
+ *     pages went to the tail wrote no record, so their keys are new).
  *   - freelist_relocate() runs at commit while over a third of the file is
- *     free: it moves a bounded number of live pages from above the
- *     compaction target to free pages below it (bt_move_high), from the
- *     pool only, so the file never grows for it; once a pass over every
- *     tree has moved pages, a later commit loads the whole free list and
- *     the emptied tail is trimmed.  No work at all while the file is
- *     compact.
+ *     free: it moves a bounded number of live pages from above the compaction
+ *     target to free pages below it (bt_move_high), from the reusable list
+ *     only, so the file never grows for it; once a pass over every tree has
+ *     moved pages, a later commit loads the whole free list and the emptied
+ *     tail is trimmed.  No work at all while the file is compact.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -79,70 +81,6 @@ static size_t chunk_pages(const keel_txn *txn)
     return (txn->db->max_node - LEAF_HDR - FREE_KEY_SIZE) / 8;
 }
 
-static int cmp_desc(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x > y ? -1 : x < y;
-}
-
-/* The pool is kept descending.  Its first `start` pages already are; sort
- * the record just appended (at most chunk_pages()) and merge it in from the
- * low end.  Sorting the whole pool again made each reclaim O(P log P): after
- * a big delete the pool holds thousands of pages and commits reclaim several
- * records each, so that sort was most of a small commit's CPU time. */
-static void merge_into_pool(struct pgvec *pool, size_t start)
-{
-    size_t m = pool->n - start;
-    if (m == 0)
-        return;
-    /* records are written sorted (freed ascending, pool chunks descending):
-     * check for that in one pass before paying for a sort */
-    uint64_t *r = pool->v + start;
-    size_t up = 0, down = 0;
-    for (size_t x = 1; x < m; x++)
-        up += r[x] > r[x - 1], down += r[x] < r[x - 1];
-    if (up && !down) /* ascending: reverse it */
-        for (size_t a = 0, b = m - 1; a < b; a++, b--) {
-            uint64_t t = r[a];
-            r[a] = r[b];
-            r[b] = t;
-        }
-    else if (up) /* neither: a record not written by keel's own order */
-        qsort(r, m, sizeof(uint64_t), cmp_desc);
-    if (start == 0 || pool->v[start - 1] > pool->v[start])
-        return; /* already in order: every new page is below the old ones */
-    uint64_t *tmp = os_malloc(m * sizeof(uint64_t));
-    if (!tmp) { /* no memory for the merge: sort it all, as correct and slower */
-        qsort(pool->v, pool->n, sizeof(uint64_t), cmp_desc);
-        return;
-    }
-    memcpy(tmp, pool->v + start, m * sizeof(uint64_t));
-    /* fill from the end with the smaller of the two smallest left; k >= i
-     * always, so no old page is overwritten before it is moved */
-    size_t i = start, j = m, k = pool->n;
-    while (j > 0) {
-        if (i > 0 && pool->v[i - 1] < tmp[j - 1])
-            pool->v[--k] = pool->v[--i];
-        else
-            pool->v[--k] = tmp[--j];
-    }
-    os_free(tmp);
-}
-
-/* Descending, as the pool is kept. */
-static int sort_pool(struct pgvec *pool)
-{
-    if (pool->n < 2) /* and an empty one may have no array at all */
-        return 0;
-    int rc = sort_u64(pool->v, pool->n);
-    for (size_t a = 0, b = pool->n - 1; !rc && a < b; a++, b--) {
-        uint64_t t = pool->v[a];
-        pool->v[a] = pool->v[b];
-        pool->v[b] = t;
-    }
-    return rc;
-}
-
 /* A cursor on the free tree (the caller frees c->keybuf); false if the tree is empty. */
 static bool free_cursor(keel_txn *txn, keel_cursor *c)
 {
@@ -155,7 +93,6 @@ static bool free_cursor(keel_txn *txn, keel_cursor *c)
 }
 
 static uint64_t compact_target(const keel_txn *txn);
-static int reclaim_record(keel_txn *txn, bool merge);
 
 /* Is every page of a record at or above hi? */
 static bool record_above(keel_val v, uint64_t hi)
@@ -167,11 +104,11 @@ static bool record_above(keel_val v, uint64_t hi)
 }
 
 /* The record to reclaim: the first one, but while the file is being
- * compacted (compact_target) and the first one lies wholly above the target, the
- * first commit's record when it is reclaimable: the pool's pages below the
- * target come first (write_pool), so they are used up then, and the pages
- * commits freed since, those of the copies among them, lie behind every
- * txn-id-0 record. */
+ * compacted (compact_target) and the first one lies wholly above the target,
+ * the first commit's record when it is reclaimable: the reusable list's pages
+ * below the target come first (write_reusable), so they are used up then, and
+ * the pages commits freed since, those of the copies among them, lie behind
+ * every txn-id-0 record. */
 static int first_record(keel_txn *txn, keel_cursor *c, keel_val *k, keel_val *v)
 {
     int rc = cursor_first(c, k, v);
@@ -188,24 +125,17 @@ static int first_record(keel_txn *txn, keel_cursor *c, keel_val *k, keel_val *v)
     return rc && rc != KEEL_NOTFOUND ? rc : cursor_first(c, k, v);
 }
 
-int freelist_reclaim(keel_txn *txn) { return reclaim_record(txn, true); }
-
-/* merge: keep the pool sorted (merge_into_pool); else the record is only
- * appended, and the caller sorts the pool before anything but a single
- * page is taken from it (freelist_record's full load: merging each record
- * costs O(pool), and a long reader leaves thousands of small ones). */
-static int reclaim_record(keel_txn *txn, bool merge)
+/* Loads the first reclaimable record into the reusable list, then deletes
+ * it from the tree (inside freelist_record's full load the record is only
+ * appended: space.c's order window).  The delete is this layer's own
+ * free-tree edit: space_edit_free_tree asserts the re-entrancy rule. */
+int freelist_reclaim(keel_txn *txn)
 {
     struct tree_desc *ft = &txn->meta.trees[TREE_FREE];
     keel_cursor c;
     if (!free_cursor(txn, &c))
         return KEEL_NOTFOUND;
-    /* Never nested: the allocator asks only outside a reclaim, so the btree
-     * edits below are the only ones at nest 1 and scratch[1] (btree.c) is
-     * theirs, while an edit at nest 0 that allocated may hold scratch[0]. */
-    KEEL_ASSERT(txn->nest == 0 && !txn->reclaiming);
-    txn->reclaiming = true;
-    txn->nest++;
+    space_edit_free_tree(&txn->space, true);
     keel_val k, v;
     int rc = first_record(txn, &c, &k, &v);
     if (rc)
@@ -221,7 +151,7 @@ static int reclaim_record(keel_txn *txn, bool merge)
         goto out;
     }
     size_t n = v.len / 8;
-    struct pgvec *pool = &txn->pool;
+    struct pgvec *pool = &txn->space.reusable;
     size_t start = pool->n;
     for (size_t i = 0; i < n; i++) {
         uint64_t pg = rd64((const uint8_t *)v.data + 8 * i);
@@ -235,21 +165,20 @@ static int reclaim_record(keel_txn *txn, bool merge)
             goto out;
         }
     }
-    if (merge)
-        merge_into_pool(pool, start);
+    if (!txn->space.full_load)
+        space_merge_reusable(&txn->space, start);
     if ((rc = bt_del(txn, ft, (keel_val){key, FREE_KEY_SIZE}, NULL)))
         goto out;
     txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
 out:
     os_free(c.keybuf);
-    txn->nest--;
-    txn->reclaiming = false;
+    space_edit_free_tree(&txn->space, false);
     return rc;
 }
 
 /* Write the first n pages of *pv as records (txnid, first_chunk ...).  Each
- * chunk is copied out first: a bt_put may add to (and move) the vector.
- * With lowest_first (the pool, kept descending), chunks are cut from the
+ * chunk is copied out first: a bt_put may add to (and move) the vector. With
+ * lowest_first (the reusable list, kept descending), chunks are cut from the
  * end of the vector, so the first record holds the lowest pages: reclaimed
  * first, they fill the file from the front and let its tail go. */
 static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, const struct pgvec *pv, size_t n,
@@ -274,7 +203,7 @@ static int write_records(keel_txn *txn, uint64_t txnid, uint32_t first_chunk, co
 
 /* Txn-id-0 chunk numbers start here in an empty tree, so that there is
  * room on both sides: low pages go before the first chunk, high ones after
- * the last (write_pool). */
+ * the last (write_reusable). */
 #define ZERO_CHUNK_BASE 0x80000000u
 
 /* The first and last txn-id-0 chunk numbers in the free tree; with none,
@@ -325,29 +254,29 @@ static int check_newest_record(keel_txn *txn)
 static int record_in_tail(keel_txn *txn, bool *done);
 static int tail_to_tree(keel_txn *txn);
 
-/* The pool as txn-id-0 records, in two parts: its pages below the
- * compaction target (all of them when the file is compact) get chunk
- * numbers before the first txn-id-0 record, so that reclaim, which takes
- * the first record, hands out the lowest free pages first; the pages at or
- * above the target go after the last one, to be reused last and given back
- * with the file's tail.  (Appending every pool after the last record, as
- * keel did, let reuse sweep the whole file record by record: the live
- * pages never settled at its front, nor its tail emptied.) */
-struct pool_part {
-    uint64_t hi;    /* the part holds the pool's pages below hi (parts[0]) or at or above it (parts[1]) */
+/* The reusable list as txn-id-0 records, in two parts: its pages below the
+ * compaction target (all of them when the file is compact) get chunk numbers
+ * before the first txn-id-0 record, so that reclaim, which takes the first
+ * record, hands out the lowest free pages first; the pages at or above the
+ * target go after the last one, to be reused last and given back with the
+ * file's tail.  (Appending every reusable list after the last record, as keel
+ * did, let reuse sweep the whole file record by record: the live pages never
+ * settled at its front, nor its tail emptied.) */
+struct reusable_part {
+    uint64_t hi;    /* the part holds the reusable pages below hi (parts[0]) or at or above it (parts[1]) */
     uint32_t base;  /* its first chunk number */
     size_t chunks;  /* chunk numbers it may use from base, and records it has there */
 };
 
 static size_t part_count(const struct pgvec *pool, uint64_t hi, bool high)
 {
-    size_t nh = 0; /* the pool is descending: the high pages come first */
+    size_t nh = 0; /* the list is descending: the high pages come first */
     while (nh < pool->n && pool->v[nh] >= hi)
         nh++;
     return high ? nh : pool->n - nh;
 }
 
-static int plan_pool(keel_txn *txn, struct pool_part parts[2])
+static int plan_reusable(keel_txn *txn, struct reusable_part parts[2])
 {
     uint64_t hi = compact_target(txn);
     size_t per = chunk_pages(txn);
@@ -355,10 +284,10 @@ static int plan_pool(keel_txn *txn, struct pool_part parts[2])
     int rc = zero_chunk_range(txn, &first, &last);
     if (rc)
         return rc;
-    size_t low = (part_count(&txn->pool, hi ? hi : UINT64_MAX, false) + per - 1) / per;
-    size_t high = (part_count(&txn->pool, hi ? hi : UINT64_MAX, true) + per - 1) / per;
-    parts[0] = (struct pool_part){hi ? hi : UINT64_MAX, first - (uint32_t)low, low};
-    parts[1] = (struct pool_part){parts[0].hi, last + 1, high};
+    size_t low = (part_count(&txn->space.reusable, hi ? hi : UINT64_MAX, false) + per - 1) / per;
+    size_t high = (part_count(&txn->space.reusable, hi ? hi : UINT64_MAX, true) + per - 1) / per;
+    parts[0] = (struct reusable_part){hi ? hi : UINT64_MAX, first - (uint32_t)low, low};
+    parts[1] = (struct reusable_part){parts[0].hi, last + 1, high};
     if (low > first) { /* no room before the first record: after the last one too */
         parts[0].base = last + 1;
         parts[1].base = last + 1 + (uint32_t)low;
@@ -369,15 +298,15 @@ static int plan_pool(keel_txn *txn, struct pool_part parts[2])
     return 0;
 }
 
-/* Writes both parts of the pool as it is now; chunks a part no longer
- * needs (the pool shrank) are deleted. */
-static int write_pool(keel_txn *txn, struct pool_part parts[2])
+/* Writes both parts of the reusable list as it is now; chunks a part no longer
+ * needs (the reusable list shrank) are deleted. */
+static int write_reusable(keel_txn *txn, struct reusable_part parts[2])
 {
-    struct pgvec *pool = &txn->pool;
+    struct pgvec *pool = &txn->space.reusable;
     size_t per = chunk_pages(txn), nh = part_count(pool, parts[0].hi, true);
     for (int i = 0; i < 2; i++) {
-        struct pool_part *p = &parts[i];
-        /* the pool only shrinks in final mode, from its low end: each part's count never grows */
+        struct reusable_part *p = &parts[i];
+        /* the reusable list only shrinks in final mode, from its low end: each part's count never grows */
         struct pgvec sub = {.v = pool->v + (i ? 0 : nh), .n = i ? nh : pool->n - nh};
         int rc = sub.n ? write_records(txn, 0, p->base, &sub, sub.n, true) : 0;
         size_t now = (sub.n + per - 1) / per;
@@ -395,41 +324,45 @@ static int write_pool(keel_txn *txn, struct pool_part parts[2])
     return 0;
 }
 
-int freelist_record(keel_txn *txn)
+/* Step 1 of freelist_record: when much of the file is free, load a few
+ * more records so the tail can be given back (bounded work per commit).
+ * When most of it is free, or relocation has emptied the tail
+ * (freelist_relocate), load every reclaimable record once: the free pages
+ * at the end are then all reusable and the file shrinks in one commit.
+ * That costs O(free space), so it backs off: tried again after 2, 4, 8 ...
+ * commits (the free tree's own pages may still sit at the end the first
+ * time), and from 2 again once the free space has grown by a quarter. */
+static int load_more(keel_txn *txn)
 {
-    struct pgvec *pool = &txn->pool;
-    int rc = check_newest_record(txn);
-    if (rc)
-        return rc;
-    /* When much of the file is free, load a few more records so the tail
-     * can be given back (bounded work per commit).  When most of it is free,
-     * load every reclaimable record once: the free pages at the end are then
-     * all in the pool and the file shrinks in one commit.  That costs
-     * O(free space), so it backs off: tried again after 2, 4, 8 ... commits
-     * (the free tree's own pages may still sit at the end the first time),
-     * and from 2 again once the free space has grown by a quarter. */
-    keel_db *db = txn->db;
+    struct space_handle *h = &txn->db->space;
     uint64_t fp = txn->meta.free_pages;
-    if (fp > db->shrink_tried + db->shrink_tried / 4)
-        db->shrink_backoff = 0, db->shrink_next = 0;
-    /* ... and once relocation has emptied the tail (freelist_relocate) */
-    bool all = (fp > txn->meta.npages / 2 || db->walk.reload) && txn->txnid >= db->shrink_next;
+    if (fp > h->full_load_free + h->full_load_free / SPACE_FULL_LOAD_RESET_GROWTH_DIV)
+        h->full_load_backoff = 0, h->full_load_next = 0;
+    bool all = (fp > txn->meta.npages / SPACE_FULL_LOAD_FREE_DIV || h->walk.reload) && txn->txnid >= h->full_load_next;
     if (all) {
-        db->walk.reload = false;
-        db->shrink_tried = fp;
-        db->shrink_backoff = db->shrink_backoff ? db->shrink_backoff * 2 : 2;
-        db->shrink_next = txn->txnid + db->shrink_backoff;
+        h->walk.reload = false;
+        h->full_load_free = fp;
+        h->full_load_backoff = h->full_load_backoff ? h->full_load_backoff * 2 : SPACE_FULL_LOAD_BACKOFF_FIRST;
+        h->full_load_next = txn->txnid + h->full_load_backoff;
+        txn->space.full_load = true; /* space.c's order window: until space_sort_reusable */
     }
-    for (int i = 0; !txn->reclaim_exhausted && (all || (i < 4 && txn->meta.free_pages > txn->meta.npages / 4)); i++) {
-        rc = reclaim_record(txn, !all);
+    for (int i = 0; !txn->space.nothing_reclaimable &&
+                    (all || (i < SPACE_EXTRA_RECLAIM_RECORDS &&
+                             txn->meta.free_pages > txn->meta.npages / SPACE_EXTRA_RECLAIM_FREE_DIV));
+         i++) {
+        int rc = freelist_reclaim(txn);
         if (rc == KEEL_NOTFOUND)
             break;
         if (rc)
             return rc;
     }
-    if (all && (rc = sort_pool(pool)))
-        return rc;
-    /* free pages at the end of the file shrink it instead */
+    return all ? space_sort_reusable(&txn->space) : 0;
+}
+
+/* Step 2: free pages at the end of the file shrink it instead. */
+static void trim_end(keel_txn *txn)
+{
+    struct pgvec *pool = &txn->space.reusable;
     size_t drop = 0;
     while (drop < pool->n && pool->v[drop] == txn->meta.npages - 1) {
         txn->meta.npages--;
@@ -439,38 +372,55 @@ int freelist_record(keel_txn *txn)
         memmove(pool->v, pool->v + drop, (pool->n - drop) * sizeof(uint64_t));
         pool->n -= drop;
     }
-    bool in_tail;
-    if ((rc = record_in_tail(txn, &in_tail)) || in_tail)
-        return rc;
-    txn->final_mode = true;
-    if ((rc = tail_to_tree(txn)))
-        return rc;
-    /* Pages the free tree needs now come off the low end of the pool (not
-     * the end of the file, which would keep the tail in use for ever), so
-     * the pool's records are rewritten until neither list changes.  Taking
-     * the lowest page shortens only the last chunk of the low part; a chunk
-     * left empty is deleted. */
-    struct pool_part parts[2] = {{0}}; /* an empty pool: nothing to write or delete */
-    if (pool->n && (rc = plan_pool(txn, parts)))
+}
+
+/* Step 5, recording: pages the free tree needs now come off the low end of
+ * the reusable list (not the end of the file, which would keep the tail in
+ * use for ever), so its records are rewritten until neither list changes.
+ * Taking the lowest page shortens only the last chunk of the low part; a
+ * chunk left empty is deleted. */
+static int record_rounds(keel_txn *txn)
+{
+    struct pgvec *pool = &txn->space.reusable, *freed = &txn->space.freed_by_txn;
+    struct reusable_part parts[2] = {{0}}; /* an empty list: nothing to write or delete */
+    int rc;
+    if (pool->n && (rc = plan_reusable(txn, parts)))
         return rc;
     size_t pool_written = (size_t)-1, freed_written = (size_t)-1;
-    for (int round = 0; pool->n != pool_written || txn->freed.n != freed_written; round++) {
-        if (round > 64)
+    for (int round = 0; pool->n != pool_written || freed->n != freed_written; round++) {
+        if (round > SPACE_RECORD_ROUNDS_MAX)
             return CORRUPT(0); /* cannot happen: see the contract above */
         if (pool->n != pool_written) {
             pool_written = pool->n;
-            if ((rc = write_pool(txn, parts)))
+            if ((rc = write_reusable(txn, parts)))
                 return rc;
-            continue; /* the pool first: it can only shrink */
+            continue; /* the reusable list first: it can only shrink */
         }
-        freed_written = txn->freed.n;
-        if (freed_written && (rc = sort_u64(txn->freed.v, freed_written))) /* low pages in the first record */
+        freed_written = freed->n;
+        if (freed_written && (rc = sort_u64(freed->v, freed_written))) /* low pages in the first record */
             return rc;
-        if (freed_written && (rc = write_records(txn, txn->txnid, 0, &txn->freed, freed_written, false)))
+        if (freed_written && (rc = write_records(txn, txn->txnid, 0, freed, freed_written, false)))
             return rc;
     }
-    txn->meta.free_pages += pool->n + txn->freed.n;
+    txn->meta.free_pages += pool->n + freed->n;
     return 0;
+}
+
+int freelist_record(keel_txn *txn)
+{
+    /* the top of a commit: neither guard of the re-entrancy rule is up */
+    KEEL_ASSERT(!txn->space.editing_free_tree && !txn->space.recording && !txn->space.full_load);
+    int rc = check_newest_record(txn);
+    if (rc || (rc = load_more(txn)))
+        return rc;
+    trim_end(txn);
+    bool in_tail;
+    if ((rc = record_in_tail(txn, &in_tail)) || in_tail)
+        return rc;
+    txn->space.recording = true;
+    if ((rc = tail_to_tree(txn)))
+        return rc;
+    return record_rounds(txn);
 }
 
 /* ---- the free tail ---- */
@@ -512,13 +462,13 @@ static int push_group(struct pgvec *pv, uint64_t txnid, const uint64_t *pages, s
     return rc;
 }
 
-/* Reusable groups into the pool (as freelist_reclaim does with a record),
- * the rest into txn->tail. */
+/* Reusable groups into the reusable list (as freelist_reclaim does with a record),
+ * the rest into txn->space.meta_pending. */
 static int load_group(void *ctx, uint64_t txnid, const uint8_t *pages, size_t n)
 {
     keel_txn *txn = ctx;
     bool reusable = txnid <= txn->oldest;
-    struct pgvec *pv = reusable ? &txn->pool : &txn->tail;
+    struct pgvec *pv = reusable ? &txn->space.reusable : &txn->space.meta_pending;
     size_t start = pv->n;
     int rc = reusable ? 0 : pgvec_push(pv, txnid);
     if (!rc && !reusable)
@@ -528,7 +478,7 @@ static int load_group(void *ctx, uint64_t txnid, const uint8_t *pages, size_t n)
     if (rc)
         return rc;
     if (reusable) {
-        merge_into_pool(pv, start);
+        space_merge_reusable(&txn->space, start);
         txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
     }
     return 0;
@@ -545,7 +495,7 @@ int freelist_load_tail(keel_txn *txn, const uint8_t *meta_page)
 /* Pages from the tail's pending groups as free-tree records (final mode). */
 static int tail_to_tree(keel_txn *txn)
 {
-    struct pgvec *t = &txn->tail;
+    struct pgvec *t = &txn->space.meta_pending;
     size_t n = t->n;
     t->n = 0; /* consumed: pages the records need never come from it */
     for (size_t i = 0; i + 2 <= n;) {
@@ -561,7 +511,7 @@ static int tail_to_tree(keel_txn *txn)
 /* The tail path of freelist_record: *done if everything fit in the tail. */
 static int record_in_tail(keel_txn *txn, bool *done)
 {
-    struct pgvec *t = &txn->tail, *pool = &txn->pool, *freed = &txn->freed;
+    struct pgvec *t = &txn->space.meta_pending, *pool = &txn->space.reusable, *freed = &txn->space.freed_by_txn;
     size_t words = t->n + (pool->n ? 2 + pool->n : 0) + (freed->n ? 2 + freed->n : 0);
     *done = false;
     if (words > meta_tail_max_words(txn->db->psize))
@@ -581,31 +531,18 @@ static int record_in_tail(keel_txn *txn, bool *done)
 }
 
 /* ---- giving the file's tail back: relocation ----
- * A reader held through many commits pins the pages they copied, so the
- * file grows; once it ends, those pages are free, but the live pages of
- * the last commits sit among them, up to the end of the file, and only a
- * free tail is cut off.  So while much of the file is free, each write
- * commit also moves a few live pages from the upper part of the file to
- * the lowest free pages (bt_move_high: the ordinary copy-on-write of the
- * path to them), walking every tree a little further each commit.  When a
- * pass over all trees has moved pages, the next commit loads the whole
- * free list (freelist_record), the free pages at the end reach the pool and
- * the tail is trimmed.  The copies are ordinary changes of this txn: they
- * reach the disk, or not, with its commit, and pages a snapshot can see
- * are never reused, as for any copy. */
-
-/* Relocation runs while more than a third of the file's pages are free
- * (then the file ends within 1.5 times the live pages, and with pager.c's
- * cut within twice the live data) and they add up to more than
- * COMPACT_MIN_FREE_BYTES: less lies within the file's growth and shrink
- * steps, which relocation could not give back anyway. */
-#define COMPACT_MIN_FREE_BYTES ((uint64_t)1 << 20)
-#define COMPACT_READ_PAGES 64      /* tree pages the walk reads per commit, at most */
-#define COMPACT_COPY_PAGES 32      /* pages it copies per commit, at most (a longer overflow run alone) */
-#define COMPACT_RECLAIM_RECORDS 4  /* free-tree records it loads per commit for pages below the target */
-#define COMPACT_SLACK_BYTES ((uint64_t)256 << 10) /* free below the target, besides half the live pages */
-#define COMPACT_IDLE_COMMITS 64    /* after a pass that moved nothing, commits before the next one */
-#define COMPACT_RELOAD_COMMITS 16  /* commits between two full loads the walk asks for, at least */
+ * A reader held through many commits pins the pages they copied, so the file
+ * grows; once it ends, those pages are free, but the live pages of the last
+ * commits sit among them, up to the end of the file, and only a free tail is
+ * cut off.  So while much of the file is free, each write commit also moves a
+ * few live pages from the upper part of the file to the lowest free pages
+ * (bt_move_high: the ordinary copy-on-write of the path to them), walking
+ * every tree a little further each commit.  When a pass over all trees has
+ * moved pages, the next commit loads the whole free list (freelist_record),
+ * the free pages at the end reach the reusable list and the tail is trimmed.
+ * The copies are ordinary changes of this txn: they reach the disk, or not,
+ * with its commit, and pages a snapshot can see are never reused, as for any
+ * copy. */
 
 /* The walk's order: buckets before the catalog, whose pages their new
  * roots change anyway, the free tree last. */
@@ -617,22 +554,23 @@ enum { WALK_DEFAULT, WALK_BUCKETS, WALK_EXPIRY, WALK_CATALOG, WALK_FREE, WALK_TR
  * the copies themselves. */
 static uint64_t compact_target(const keel_txn *txn)
 {
-    uint64_t npages = txn->meta.npages, free = txn->meta.free_pages + txn->pool.n + txn->freed.n;
-    if (free + 2 > npages || free <= npages / 3 || free * txn->db->psize < COMPACT_MIN_FREE_BYTES)
+    uint64_t npages = txn->meta.npages, free = txn->meta.free_pages + txn->space.reusable.n + txn->space.freed_by_txn.n;
+    if (free + 2 > npages || free <= npages / COMPACT_FREE_DIV || free * txn->db->psize < COMPACT_MIN_FREE_BYTES)
         return 0;
     uint64_t live = npages - 2 - free, hi = 2 + live + live / 2 + COMPACT_SLACK_BYTES / txn->db->psize;
     return hi < npages ? hi : 0;
 }
 
 /* Loads free-tree records (the first, with the lowest pages) until the
- * pool holds n pages below hi or the commit's record budget is spent. */
+ * reusable list holds n pages below hi or the commit's record budget is
+ * spent. */
 static int compact_room(keel_txn *txn, uint64_t hi, size_t n, int *records)
 {
-    while (!page_pool_below(txn, n, hi) && *records > 0 && !txn->reclaim_exhausted) {
+    while (!page_pool_below(txn, n, hi) && *records > 0 && !txn->space.nothing_reclaimable) {
         (*records)--;
         int rc = freelist_reclaim(txn);
         if (rc == KEEL_NOTFOUND)
-            txn->reclaim_exhausted = true;
+            txn->space.nothing_reclaimable = true;
         else if (rc)
             return rc;
     }
@@ -699,21 +637,24 @@ static int move_tree(keel_txn *txn, struct tree_desc *t, void *ctx)
         return rc;
     memcpy(a->m->pos, a->w->pos, sizeof(a->m->pos));
     a->m->stalled = false;
-    /* no reclaim while the free tree's own pages move (the pool has room) */
-    txn->reclaiming = a->w->tree == WALK_FREE;
+    /* no reclaim while the free tree's own pages move (the reusable list has room) */
+    bool own = a->w->tree == WALK_FREE;
+    if (own)
+        space_edit_free_tree(&txn->space, true);
     rc = bt_move_high(txn, t, a->m, &a->done);
-    txn->reclaiming = false;
+    if (own)
+        space_edit_free_tree(&txn->space, false);
     memcpy(a->w->pos, a->m->pos, sizeof(a->m->pos));
     return rc;
 }
 
 /* The walk is through with its tree: on to the next one; after the last,
- * a pass has ended.  If it moved pages, the next commit loads the whole
- * free list, which trims the tail that emptied (when what this commit
- * freed is reusable); that costs O(free space), so at most once per
- * COMPACT_RELOAD_COMMITS (a small database's pass takes one commit).  If
- * it only left overflow runs above the target (no run free below it in
- * the pool), that load sorts the free list, lowest pages first, so that
+ * a pass has ended.  If it moved pages, the next commit loads the whole free
+ * list, which trims the tail that emptied (when what this commit freed is
+ * reusable); that costs O(free space), so at most once per
+ * COMPACT_RELOAD_COMMITS (a small database's pass takes one commit).  If it
+ * only left overflow runs above the target (no run free below it in the
+ * reusable list), that load sorts the free list, lowest pages first, so that
  * the next pass may find runs; a second such pass in a row rests
  * COMPACT_IDLE_COMMITS instead, as does a pass that found nothing. */
 static void walk_next(keel_txn *txn, struct space_walk *w, bool tree_left)
@@ -736,15 +677,17 @@ static void walk_next(keel_txn *txn, struct space_walk *w, bool tree_left)
     } else if (txn->txnid >= w->reload_next) {
         w->reload = true;
         w->reload_next = txn->txnid + COMPACT_RELOAD_COMMITS;
-        txn->db->shrink_backoff = 0;
-        txn->db->shrink_next = txn->txnid + 1;
+        txn->db->space.full_load_backoff = 0;
+        txn->db->space.full_load_next = txn->txnid + 1;
         w->moved = 0;
     } /* else the moves count towards the next pass's request */
 }
 
 int freelist_relocate(keel_txn *txn)
 {
-    struct space_walk *w = &txn->db->walk;
+    /* the top of a commit: neither guard of the re-entrancy rule is up */
+    KEEL_ASSERT(!txn->space.editing_free_tree && !txn->space.recording);
+    struct space_walk *w = &txn->db->space.walk;
     uint64_t hi = compact_target(txn);
     if (!hi || txn->txnid < w->idle_until)
         return 0;
@@ -770,7 +713,7 @@ int freelist_relocate(keel_txn *txn)
         w->moved += m.moved;
         w->skipped += m.skipped;
         m.moved = m.skipped = 0;
-        if (rc || (m.stalled && (records == 0 || txn->reclaim_exhausted)))
+        if (rc || (m.stalled && (records == 0 || txn->space.nothing_reclaimable)))
             break;
         if (m.stalled)
             continue; /* more records, then the same tree again */

@@ -2,14 +2,19 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> pager -> btree -> cursor -> freelist, bucket -> expiry -> kv -> txn -> ops, api
+ *   os -> lockfile -> pager -> btree -> cursor -> space, bucket -> expiry -> kv -> txn -> ops, api
  *
- * with two deliberate loops: pager's allocator asks the free-space layer
- * (freelist.c, built on btree) for reusable pages when its pool is empty,
- * and a user cursor looks its bucket's descriptor up in bucket.c (the
- * txn's bucket states may move while the cursor lives).  freelist.c's
- * relocation also reaches named buckets' trees through bucket_with_tree, to
- * move their pages.
+ * (space: space.c, the allocator, and freelist.c, the free tree on disk)
+ * with two deliberate loops.  btree <-> space: allocating a page
+ * may reclaim a free-tree record, and reclaiming edits the free tree
+ * through btree, which allocates again.  Its re-entrancy rule, asserted at
+ * the space layer's entry points: while the space layer edits the free
+ * tree itself (space.editing_free_tree) or records the free list at commit
+ * (space.recording), allocation never reclaims, so the loop turns at most
+ * once (space.c's contract).  And a user cursor looks its bucket's
+ * descriptor up in bucket.c (the txn's bucket states may move while the
+ * cursor lives).  freelist.c's relocation also reaches named buckets'
+ * trees through bucket_with_tree, to move their pages.
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H
@@ -130,6 +135,85 @@ struct space_walk {
     uint64_t reload_next; /* no full load asked for before this txn id */
 };
 
+/* ---- a write txn's free space (space.c, freelist.c) ----------------------
+ * Owned by the space layer: pager.c and btree.c never read or steer it.
+ * The re-entrancy rule of the btree <-> space loop is in space.c's
+ * contract; editing_free_tree and recording are its two guards. */
+struct space {
+    /* Pages no snapshot can see: reusable now.  Descending, so that a
+     * single page pops off the end as the lowest number; the one window
+     * where it is not is `full_load` below. */
+    struct pgvec reusable;
+    /* Pages this txn stopped using that older snapshots may still read:
+     * never reused by this txn, recorded under its id at commit. */
+    struct pgvec freed_by_txn;
+    /* Free-tail groups (txn id, count, pages) of the meta the txn began
+     * from that are not reusable yet, pending in the meta; after
+     * freelist_record, the whole free tail the commit writes. */
+    struct pgvec meta_pending;
+    bool recording;         /* freelist_record writes the free list: reusable only shrinks, nothing joins it */
+    bool editing_free_tree; /* the space layer itself edits the free tree: allocation must not reclaim */
+    bool nothing_reclaimable; /* no free-tree record this txn may reclaim is left */
+    bool full_load;         /* inside freelist_record's full load: `reusable` is appended to, sorted at its end */
+};
+
+/* ---- the space layer's tuning numbers (space.c, freelist.c) -------------
+ * All in one place, each with its unit and why that value.  None is part
+ * of the file format: changing one changes which pages a commit uses, not
+ * what a reader can read. */
+/* Allocation: an overflow run is searched for among the reusable pages,
+ * reclaiming records until one forms; past this many pages (pages) without
+ * one it is not forming (the pages are scattered), and fresh pages at the
+ * end of the file cost nothing to find. */
+#define SPACE_RUN_SEARCH_MAX_PAGES 4096
+/* Commit (freelist_record), extra reclaims: while more than 1/4 of the
+ * file's pages (a share: npages / DIV) are free, load up to 4 records
+ * beyond what allocation took, so that free pages near the end reach the
+ * reusable list and the tail trim: bounded work, a few chunks a commit. */
+#define SPACE_EXTRA_RECLAIM_FREE_DIV 4
+#define SPACE_EXTRA_RECLAIM_RECORDS 4 /* records per commit */
+/* Full load: while more than 1/2 of the file's pages are free, load every
+ * reclaimable record (O(free space)) so the file shrinks in one commit.
+ * It backs off: the next may run 2 commits later, then 4, 8, ... (the
+ * free tree's own pages may still sit at the end the first time); the
+ * backoff starts over once the free pages grew by more than 1/4 since. */
+#define SPACE_FULL_LOAD_FREE_DIV 2          /* share: npages / DIV */
+#define SPACE_FULL_LOAD_BACKOFF_FIRST 2     /* commits; doubles each time */
+#define SPACE_FULL_LOAD_RESET_GROWTH_DIV 4  /* share: last load's free pages / DIV */
+/* Recording rounds: they settle in one or two (freelist.c's contract says
+ * why they end); past this many the free tree must be damaged. */
+#define SPACE_RECORD_ROUNDS_MAX 64 /* rounds */
+/* Relocation (freelist_relocate) runs while more than 1/3 of the file's
+ * pages are free (then the file ends within 1.5 times the live pages, and
+ * with pager.c's cut within twice the live data) and they add up to more
+ * than COMPACT_MIN_FREE_BYTES: less lies within the file's growth and
+ * shrink steps, which relocation could not give back anyway. */
+#define COMPACT_FREE_DIV 3 /* share: npages / DIV */
+#define COMPACT_MIN_FREE_BYTES ((uint64_t)1 << 20)
+/* Per-commit budgets, so that a relocating commit costs a bounded amount
+ * more than a plain one: */
+#define COMPACT_READ_PAGES 64      /* tree pages the walk reads per commit, at most */
+#define COMPACT_COPY_PAGES 32      /* pages it copies per commit, at most (a longer overflow run alone) */
+#define COMPACT_RECLAIM_RECORDS 4  /* free-tree records it loads per commit for pages below the target */
+/* Free room below the target besides half the live pages (bytes): for
+ * the copies and the pages recent commits freed, not reusable yet. */
+#define COMPACT_SLACK_BYTES ((uint64_t)256 << 10)
+/* Commits (txn ids): after a pass that moved nothing there is nothing to
+ * gain soon, so the walk rests; a full load costs O(free space), so the
+ * walk asks for one at most this often (a small database's pass takes one
+ * commit). */
+#define COMPACT_IDLE_COMMITS 64    /* after a pass that moved nothing, commits before the next one */
+#define COMPACT_RELOAD_COMMITS 16  /* commits between two full loads the walk asks for, at least */
+
+/* The space layer's state kept on the handle between write txns (freelist.c;
+ * in memory only: a new handle starts from zero). */
+struct space_handle {
+    uint64_t full_load_free;    /* free pages when freelist_record last loaded them all */
+    uint64_t full_load_backoff; /* commits until the next full load may run (doubles) */
+    uint64_t full_load_next;    /* ... the txn id from which it may */
+    struct space_walk walk;     /* where freelist_relocate's walk goes on */
+};
+
 /* ---- the database handle ------------------------------------------------ */
 struct keel_db {
     char *path;
@@ -164,9 +248,7 @@ struct keel_db {
     uint64_t max_reader_lag;  /* options.max_reader_lag */
     int32_t purge_per_commit; /* expired keys each write commit removes */
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
-    uint64_t shrink_tried;    /* free pages when freelist_record last loaded them all */
-    uint64_t shrink_backoff, shrink_next; /* ... and when it may again (txn id) */
-    struct space_walk walk; /* where freelist_relocate's walk goes on (the writer only) */
+    struct space_handle space; /* the space layer's memory between write txns (the writer only) */
     uint64_t unconfirmed; /* this handle's last commit, if one-flush: keel_close confirms it */
     uint8_t **pagebufs;   /* page buffers kept for the next write txn (pager.c; the writer only) */
     size_t npagebufs;
@@ -224,21 +306,11 @@ struct keel_txn {
     /* write txns only */
     struct dirty_table dirty; /* buf NULL: spilled, the page is in the file */
     size_t dirty_bytes;       /* bytes of dirty buffers held in memory */
-    struct pgvec freed; /* pages this txn stopped using that older snapshots may read */
-    struct pgvec pool;  /* pages reusable now; sorted descending (pop takes the lowest), except
-                         * inside freelist_record's full load, which appends records and sorts
-                         * once at the end: only single pages are taken meanwhile (bt_del on
-                         * the free tree), and any free page is a right answer for those */
-    struct pgvec tail;  /* free-tail groups (txn id, count, pages) not reusable yet; after
-                         * freelist_record, the whole tail the commit writes */
+    struct space space; /* free space: what is reusable, freed, pending (space.c, freelist.c) */
     uint64_t oldest;    /* oldest snapshot any reader may hold */
-    bool reclaiming;    /* inside freelist_reclaim: take from the pool or the end of file, never reclaim again */
-    bool final_mode;    /* recording the free list at commit: no pool changes */
-    bool reclaim_exhausted; /* no reclaimable record left */
     uint8_t *scratch;  /* btree.c's buffer for rebuilding pages (two pages long) */
     int scratch_depth; /* btree.c: takes of it not given back yet */
-    int nest;
-    struct expiry_log xlog; /* expiry-tree changes not applied yet (ttl.c) */
+    struct expiry_log xlog; /* expiry-tree changes not applied yet (expiry.c) */
 };
 
 struct keel_cursor {
@@ -262,7 +334,7 @@ struct keel_cursor {
 #define CURSOR_DEAD 0xDEADC0DEu
 enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
 
-/* ---- pager.c: metas, pages, allocation, write-out ------------------------ */
+/* ---- pager.c: metas, pages, write-out; space.c: allocation (btree.c's names) */
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
 int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail);
 void meta_seal(struct meta *m);
@@ -281,8 +353,8 @@ static inline bool page_in_map(const keel_db *db, const uint8_t *p)
 }
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
 int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
-/* For the relocation (freelist_relocate): does the pool hold n pages below
- * `below`; a run from the pool alone that ends at or below it (KEEL_NOTFOUND). */
+/* For the relocation (freelist_relocate): do the reusable pages hold n below
+ * `below`; a run from them alone that ends at or below it (KEEL_NOTFOUND). */
 bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below);
 int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf);
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
@@ -298,9 +370,28 @@ void pager_free_pagebufs(keel_db *db); /* at close */
 int pager_grow(keel_db *db, uint64_t need_bytes);
 void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 
+/* ---- pager.c: the allocator's tools (space.c decides which page) ---- */
+bool pager_is_dirty(keel_txn *txn, uint64_t pgno); /* in memory or spilled */
+int pager_extend(keel_txn *txn, uint32_t n, uint64_t *pgno); /* n pages at the end of the file; KEEL_FULL */
+/* reused: from the free list, so checked against the dirty table (a damaged
+ * free tree can list a page twice) */
+int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, bool reused, uint8_t **buf);
+bool pager_drop_dirty(keel_txn *txn, uint64_t pgno); /* false if the txn holds no page there */
+int pager_own_buf(keel_txn *txn, uint64_t pgno, uint8_t **buf); /* *buf NULL if not the txn's */
+
+/* ---- space.c: the allocator and the txn's free-space state --------------- */
+void space_txn_begin(struct space *s);
+void space_txn_release(struct space *s);
+/* on: the space layer itself starts editing the free tree (allocation must
+ * not reclaim meanwhile); asserts the re-entrancy rule (space.c) */
+void space_edit_free_tree(struct space *s, bool on);
+void space_merge_reusable(struct space *s, size_t start); /* a record appended at start: into order */
+int space_sort_reusable(struct space *s); /* the whole list, ending the full-load window */
+bool space_reusable_in_order(const struct space *s); /* O(n): for tests */
+
 /* ---- freelist.c: the free tree ------------------------------------------ */
-int freelist_reclaim(keel_txn *txn);  /* loads one reclaimable record into the pool; KEEL_NOTFOUND if none */
-int freelist_record(keel_txn *txn);   /* at commit: writes pool leftovers and this txn's freed pages */
+int freelist_reclaim(keel_txn *txn);  /* one reclaimable record into space.reusable; KEEL_NOTFOUND if none */
+int freelist_record(keel_txn *txn);   /* at commit: writes the reusable leftovers and freed_by_txn */
 /* At commit, before the last bucket_flush: while over a third of the file
  * is free, copies a bounded number of live pages from its upper part to
  * lower free pages, so that its tail empties and can be cut off (see

@@ -1,17 +1,15 @@
 /*
- * pager.c — meta pages, page access, allocation, and writing a commit out.
+ * pager.c — meta pages, page access, dirty pages, and writing a commit out.
  *
  * Contract:
  *   - page_get() hands out a page for reading: the txn's own dirty copy if it
  *     has one, else the page in the map, after checking that the number is
  *     inside the snapshot and the page says it is that page.
  *   - Copy-on-write: a page reachable from a committed meta is never written.
- *     page_touch() gives a dirty copy under a new number and records the old
- *     number as freed by this txn.
- *   - Allocation takes, in order: the txn's pool of reusable pages (its
- *     lowest first), a record reclaimed from the free tree (pages no reader
- *     can see any more), the end of the file.  page_alloc_below takes from
- *     the pool alone, below a given page (relocation moves pages only down).
+ *     Which page a write gets is the allocator's choice (space.c: page_alloc,
+ *     page_touch, page_free); this file only makes and drops the dirty
+ *     buffers it asks for (pager_new_page, pager_drop_dirty, pager_own_buf)
+ *     and moves the end of the file (pager_extend).  It never calls up.
  *   - pager_write_out() is the commit protocol: grow the file, write dirty
  *     pages in page order, write the meta into the slot the previous commit
  *     did not use.  Two syncs (pages, then meta) make the order durable; one
@@ -375,173 +373,71 @@ int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out)
     return 0;
 }
 
-/* The pool's index of the lowest page of its lowest run of n consecutive
- * numbers, or SIZE_MAX.  The pool is kept sorted descending, so a run is
- * v[i-(n-1)] .. v[i] == v[i]+(n-1) .. v[i], and the search starts at the
- * low end. */
-static size_t pool_find_run(const struct pgvec *pool, uint32_t n)
-{
-    if (n == 0 || pool->n < n)
-        return SIZE_MAX;
-    for (size_t i = pool->n; i-- >= n;) {
-        size_t lo = i - (n - 1); /* index of the highest number in the window */
-        if (pool->v[lo] - pool->v[i] == n - 1)
-            return i;
-        if (i < n)
-            break;
-    }
-    return SIZE_MAX;
-}
+/* ---- new and dropped dirty pages: the allocator's tools (space.c) ----
+ * Which page to take is space.c's business; these make the buffers. */
 
-static void pool_remove_run(struct pgvec *pool, size_t i, uint32_t n)
-{
-    size_t lo = i - (n - 1);
-    memmove(&pool->v[lo], &pool->v[i + 1], (pool->n - i - 1) * sizeof(uint64_t));
-    pool->n -= n;
-}
+/* Does this txn hold page pgno (in memory or spilled)? */
+bool pager_is_dirty(keel_txn *txn, uint64_t pgno) { return dirty_find(&txn->dirty, pgno) != NULL; }
 
-/* Takes a run of n consecutive page numbers from the pool; single pages
- * come off the end, which is the lowest number, so the file fills from the
- * front and its tail can be given back. */
-static bool pool_take(struct pgvec *pool, uint32_t n, uint64_t *pgno)
-{
-    if (pool->n == 0)
-        return false;
-    if (n == 1) {
-        *pgno = pool->v[--pool->n];
-        return true;
-    }
-    size_t i = pool_find_run(pool, n);
-    if (i == SIZE_MAX)
-        return false;
-    *pgno = pool->v[i];
-    pool_remove_run(pool, i, n);
-    return true;
-}
-
-bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below)
-{
-    const struct pgvec *p = &txn->pool;
-    return n == 0 || (p->n >= n && p->v[p->n - n] < below);
-}
-
-static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero, uint64_t below);
-
-int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
-{
-    return alloc_pages(txn, npages, pgno, buf, npages == 1, 0);
-}
-
-/* A run of npages pages from the pool alone, ending at or below `below`
- * (KEEL_NOTFOUND if the pool has none): the relocation of freelist.c moves
- * an overflow run only down, and never makes the file longer for it.  Only
- * the header is cleared: the caller copies the run whole. */
-int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf)
-{
-    return alloc_pages(txn, npages, pgno, buf, false, below ? below : 1);
-}
-
-/* zero: clear the whole buffer (a page built from scratch must not carry
- * heap garbage to disk); else only the header (the caller fills it all).
- * below: 0, or take the pages from the pool alone, ending at or below it. */
-static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf, bool zero, uint64_t below)
+/* Grows the txn's pages by n at the end of the file (no file behind them
+ * until the commit or a spill): *pgno the first.  KEEL_FULL past the map. */
+int pager_extend(keel_txn *txn, uint32_t n, uint64_t *pgno)
 {
     keel_db *db = txn->db;
-    uint64_t pg = 0;
-    bool found = false;
-    if (below) {
-        size_t i = pool_find_run(&txn->pool, npages);
-        if (i == SIZE_MAX || txn->pool.v[i] + npages > below)
-            return KEEL_NOTFOUND;
-        pg = txn->pool.v[i];
-        pool_remove_run(&txn->pool, i, npages);
-        found = true;
-    } else if (!txn->final_mode) {
-        found = pool_take(&txn->pool, npages, &pg);
-        while (!found && !txn->reclaiming && !txn->reclaim_exhausted) {
-            int rc = freelist_reclaim(txn);
-            if (rc == KEEL_NOTFOUND) {
-                txn->reclaim_exhausted = true;
-                break;
-            }
-            if (rc)
-                return rc;
-            found = pool_take(&txn->pool, npages, &pg);
-            if (!found && npages > 1 && txn->pool.n > 4096)
-                break; /* a long run is not forming: take fresh pages */
-        }
-    } else if (npages == 1) {
-        /* recording the free list: the lowest pooled page (freelist_record
-         * rewrites the pool's records after) */
-        found = pool_take(&txn->pool, 1, &pg);
-    }
-    if (!found) {
-        pg = txn->meta.npages;
-        if (pg + npages > db->map_size / db->psize)
-            return KEEL_FULL;
-        txn->meta.npages += npages;
-    } else {
-        /* a damaged free tree can list a page twice: never two buffers for one number */
-        for (uint32_t i = 0; i < npages; i++)
-            if (dirty_find(&txn->dirty, pg + i))
-                return CORRUPT(pg + i);
-    }
+    uint64_t pg = txn->meta.npages;
+    if (pg + n > db->map_size / db->psize)
+        return KEEL_FULL;
+    txn->meta.npages += n;
+    *pgno = pg;
+    return 0;
+}
+
+/* A dirty buffer for npages pages at pgno: zero clears it all, else only
+ * its header; the page number is set.  reused: the pages came from the
+ * free list, and a damaged free tree can list a page twice: never two
+ * buffers for one number (KEEL_CORRUPTED). */
+int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, bool reused, uint8_t **buf)
+{
+    keel_db *db = txn->db;
+    for (uint32_t i = 0; reused && i < npages; i++)
+        if (dirty_find(&txn->dirty, pgno + i))
+            return CORRUPT(pgno + i);
     size_t bytes = (size_t)npages * db->psize;
     uint8_t *b = pagebuf_get(db, npages);
     if (!b)
         return KEEL_NOMEM;
     memset(b, 0, zero ? bytes : PAGE_HDR);
-    wr64(b + PH_PGNO, pg);
-    int rc = dirty_insert(&txn->dirty, pg, npages, b);
+    wr64(b + PH_PGNO, pgno);
+    int rc = dirty_insert(&txn->dirty, pgno, npages, b);
     if (rc) {
         pagebuf_put(db, b, npages);
         return rc;
     }
     txn->dirty_bytes += bytes;
-    *pgno = pg;
     *buf = b;
     return 0;
 }
 
-int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
+/* Drops this txn's dirty page (or run) at pgno, buffer and all: false if
+ * the txn holds none there. */
+bool pager_drop_dirty(keel_txn *txn, uint64_t pgno)
 {
     struct dirty *d = dirty_find(&txn->dirty, pgno);
-    if (d) { /* written only by this txn: nobody else can see it */
-        if (d->buf)
-            txn->dirty_bytes -= (size_t)d->npages * txn->db->psize;
-        pagebuf_put(txn->db, d->buf, d->npages);
-        dirty_remove(&txn->dirty, d);
-        if (!txn->final_mode) {
-            for (uint32_t i = 0; i < npages; i++) {
-                int rc = pgvec_push(&txn->pool, pgno + i);
-                if (rc)
-                    return rc;
-            }
-            /* keep the pool sorted descending */
-            struct pgvec *p = &txn->pool;
-            for (size_t i = p->n - npages; i < p->n; i++) {
-                uint64_t v = p->v[i];
-                size_t j = i;
-                while (j > 0 && p->v[j - 1] < v) {
-                    p->v[j] = p->v[j - 1];
-                    j--;
-                }
-                p->v[j] = v;
-            }
-            return 0;
-        }
-    }
-    for (uint32_t i = 0; i < npages; i++) {
-        int rc = pgvec_push(&txn->freed, pgno + i);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    if (!d)
+        return false;
+    if (d->buf)
+        txn->dirty_bytes -= (size_t)d->npages * txn->db->psize;
+    pagebuf_put(txn->db, d->buf, d->npages);
+    dirty_remove(&txn->dirty, d);
+    return true;
 }
 
-int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
+/* This txn's writable buffer for pgno, a spilled page read back into
+ * memory at the same number; *buf NULL if the txn holds no such page. */
+int pager_own_buf(keel_txn *txn, uint64_t pgno, uint8_t **buf)
 {
     struct dirty *de = dirty_find(&txn->dirty, pgno);
+    *buf = NULL;
     if (de && !de->buf) { /* spilled: ours already, back into memory at the same number */
         const uint8_t *p;
         if (de->npages != 1 || pgno >= page_map_limit(txn))
@@ -552,27 +448,8 @@ int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
         memcpy(de->buf, p, txn->db->psize);
         txn->dirty_bytes += txn->db->psize;
     }
-    if (de) {
-        *newpgno = pgno;
+    if (de)
         *buf = de->buf;
-        return 0;
-    }
-    const uint8_t *old;
-    int rc = page_get(txn, pgno, &old);
-    if (rc)
-        return rc;
-    uint64_t np;
-    uint8_t *b;
-    if ((rc = alloc_pages(txn, 1, &np, &b, false, 0)))
-        return rc;
-    if (np == pgno) /* a damaged free tree gave out the page being copied: freeing it would free the copy */
-        return CORRUPT(pgno);
-    memcpy(b, old, txn->db->psize);
-    wr64(b + PH_PGNO, np);
-    if ((rc = page_free(txn, pgno, 1)))
-        return rc;
-    *newpgno = np;
-    *buf = b;
     return 0;
 }
 
@@ -585,9 +462,6 @@ void pager_txn_release(keel_txn *txn)
     os_free(t->slots);
     memset(t, 0, sizeof(*t));
     txn->dirty_bytes = 0;
-    pgvec_free(&txn->freed);
-    pgvec_free(&txn->pool);
-    pgvec_free(&txn->tail);
 }
 
 /* ---- file size ---- */
@@ -774,7 +648,7 @@ int pager_write_out(keel_txn *txn)
     /* One flush for pages and meta when the meta can vouch for the pages (its
      * commit list) and the meta before it is durable: that is what a torn
      * commit falls back to. */
-    bool tail = txn->tail.n > 0;
+    bool tail = txn->space.meta_pending.n > 0;
     struct commit_list cl = {.block = mbuf + META_LIST_OFF, .max_runs = meta_list_max_runs(db->psize, tail)};
     bool try_one = metasync && !(txn->meta.flags & META_F_UNSYNCED);
     if ((rc = write_dirty(txn, false, try_one ? &cl : NULL)))
@@ -794,10 +668,10 @@ int pager_write_out(keel_txn *txn)
     }
     if (tail) { /* freelist_record made it fit */
         uint8_t *t = mbuf + meta_tail_off(db->psize);
-        size_t bytes = META_TAIL_HDR + txn->tail.n * 8;
-        wr32(t, (uint32_t)txn->tail.n);
-        for (size_t i = 0; i < txn->tail.n; i++)
-            wr64(t + META_TAIL_HDR + 8 * i, txn->tail.v[i]);
+        size_t bytes = META_TAIL_HDR + txn->space.meta_pending.n * 8;
+        wr32(t, (uint32_t)txn->space.meta_pending.n);
+        for (size_t i = 0; i < txn->space.meta_pending.n; i++)
+            wr64(t + META_TAIL_HDR + 8 * i, txn->space.meta_pending.v[i]);
         txn->meta.free_tail_sum = XXH3_64bits(t, bytes);
         mlen = (meta_tail_off(db->psize) + bytes + 511) / 512 * 512;
     }

@@ -123,8 +123,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     txn->gen = 1;
     txn->fork_gen = db->fork_gen;
     txn->cursors = NULL;
-    txn->nest = 0;
-    txn->reclaiming = txn->final_mode = txn->reclaim_exhausted = false;
+    space_txn_begin(&txn->space);
     txn->pin = NULL;
     txn->now = txn_clock_ms(db);
     int rc;
@@ -171,6 +170,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
             txn->oldest--;
         if ((rc = freelist_load_tail(txn, db->map + (size_t)txn->meta_slot * db->psize))) {
             pager_txn_release(txn);
+            space_txn_release(&txn->space);
             writer_leave(db, false);
             goto fail;
         }
@@ -226,6 +226,7 @@ static void txn_end(keel_txn *txn, bool committed)
     } else {
         expiry_log_free(txn);
         pager_txn_release(txn);
+        space_txn_release(&txn->space);
         writer_leave(db, inherited);
     }
     txn_put(txn);
@@ -236,7 +237,7 @@ void txn_abort(keel_txn *txn) { txn_end(txn, false); }
 /* After bucket_flush: bucket changes are catalog pages by then, so a
  * bucket created and dropped again in the txn counts for nothing, as it
  * does after a keel_bucket_list (which flushes too). */
-static bool has_changes(const keel_txn *txn) { return txn->dirty.count || txn->freed.n; }
+static bool has_changes(const keel_txn *txn) { return txn->dirty.count || txn->space.freed_by_txn.n; }
 
 int txn_commit(keel_txn *txn)
 {

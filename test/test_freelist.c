@@ -1,18 +1,23 @@
 /*
- * test_freelist.c — the free-space layer (lib/freelist.c, with the pool and
- * the allocator in lib/pager.c) on its own terms: pages a commit freed are
- * not handed out while a reader that can see them is open, and are after it
- * ends; the pool gives its lowest pages first; every commit leaves each page
- * either reachable or recorded free, exactly once; the free tail in the meta
- * page and its overflow into the free tree while a reader holds many
+ * test_freelist.c — the space layer (lib/freelist.c, and the reusable list
+ * and the allocator in lib/space.c) on its own terms: pages a commit freed
+ * are not handed out while a reader that can see them is open, and are after
+ * it ends; the pool gives its lowest pages first; every commit leaves each
+ * page either reachable or recorded free, exactly once; the free tail in the
+ * meta page and its overflow into the free tree while a reader holds many
  * groups; no page handed out twice by page_alloc; relocation after a long
- * reader keeps every page accounted for.  The accounting walks the trees
- * and the free list itself (bt_walk, a cursor on the free tree, the tail
- * groups) and runs keel_check besides.
+ * reader keeps every page accounted for; the re-entrancy rule of the btree
+ * <-> space loop, the reusable list's order and its one window, and the round
+ * trip from a commit's record to the next txn's reclaims.  The accounting
+ * walks the trees and the free list itself (bt_walk, a cursor on the free
+ * tree, the tail groups) and runs keel_check besides.
  */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "internal.h"
@@ -293,9 +298,9 @@ static void test_reuse_waits_for_reader(void **state)
     tu_remove(path);
 }
 
-/* The pool hands out its lowest page first, and a run of n pages from its
+/* The reusable list hands out its lowest page first, and a run of n pages from its
  * lowest run; a page this txn allocated and frees goes back into the pool
- * (in order), a committed page it frees goes to txn->freed and not into
+ * (in order), a committed page it frees goes to txn->space.freed_by_txn and not into
  * the pool. */
 static void test_pool_lowest_first(void **state)
 {
@@ -320,11 +325,11 @@ static void test_pool_lowest_first(void **state)
     uint8_t *buf;
     assert_int_equal(page_alloc(w, 1, &p0, &buf), 0);
     assert_int_equal(a.what[p0], FREE); /* from the free list, not the end of the file */
-    size_t n = w->pool.n;
+    size_t n = w->space.reusable.n;
     assert_true(n >= 3);
     uint64_t *pool = malloc(n * sizeof *pool);
     assert_non_null(pool);
-    memcpy(pool, w->pool.v, n * sizeof *pool);
+    memcpy(pool, w->space.reusable.v, n * sizeof *pool);
     for (size_t i = 1; i < n; i++)
         assert_true(pool[i - 1] > pool[i]); /* strictly descending */
     assert_true(p0 < pool[n - 1]);
@@ -341,10 +346,10 @@ static void test_pool_lowest_first(void **state)
         uint64_t r3;
         assert_int_equal(page_alloc(w, 3, &r3, &buf), 0);
         assert_int_equal(r3, pool[run]);
-        assert_int_equal(w->pool.n, n - 3);
+        assert_int_equal(w->space.reusable.n, n - 3);
         memmove(&pool[run - 2], &pool[run + 1], (n - run - 1) * sizeof *pool);
         n -= 3;
-        assert_memory_equal(w->pool.v, pool, n * sizeof *pool);
+        assert_memory_equal(w->space.reusable.v, pool, n * sizeof *pool);
     }
     /* single pages: lowest first, in order */
     size_t take = n < 10 ? n : 10;
@@ -353,28 +358,28 @@ static void test_pool_lowest_first(void **state)
         assert_int_equal(page_alloc(w, 1, &got[i], &buf), 0);
         assert_int_equal(got[i], pool[n - 1 - i]);
     }
-    assert_int_equal(w->pool.n, n - take);
+    assert_int_equal(w->space.reusable.n, n - take);
     /* a page of this txn freed: back into the pool, handed out next */
-    size_t freed_before = w->freed.n;
+    size_t freed_before = w->space.freed_by_txn.n;
     assert_int_equal(page_free(w, got[take / 2], 1), 0);
-    assert_int_equal(w->pool.n, n - take + 1);
-    assert_int_equal(w->pool.v[w->pool.n - 1], got[take / 2] < pool[n - 1 - take] ? got[take / 2] : pool[n - 1 - take]);
-    for (size_t i = 1; i < w->pool.n; i++)
-        assert_true(w->pool.v[i - 1] > w->pool.v[i]);
-    assert_int_equal(w->freed.n, freed_before);
+    assert_int_equal(w->space.reusable.n, n - take + 1);
+    assert_int_equal(w->space.reusable.v[w->space.reusable.n - 1], got[take / 2] < pool[n - 1 - take] ? got[take / 2] : pool[n - 1 - take]);
+    for (size_t i = 1; i < w->space.reusable.n; i++)
+        assert_true(w->space.reusable.v[i - 1] > w->space.reusable.v[i]);
+    assert_int_equal(w->space.freed_by_txn.n, freed_before);
     uint64_t again;
     assert_int_equal(page_alloc(w, 1, &again, &buf), 0);
     assert_int_equal(again, got[take / 2]);
-    /* a committed page freed: to txn->freed, not to the pool */
+    /* a committed page freed: to txn->space.freed_by_txn, not to the pool */
     uint64_t root = w->meta.trees[TREE_DEFAULT].root;
     assert_int_equal(a.what[root], REACHABLE);
-    size_t pool_n = w->pool.n;
+    size_t pool_n = w->space.reusable.n;
     assert_int_equal(page_free(w, root, 1), 0);
-    assert_int_equal(w->freed.n, freed_before + 1);
-    assert_int_equal(w->freed.v[w->freed.n - 1], root);
-    assert_int_equal(w->pool.n, pool_n);
-    for (size_t i = 0; i < w->pool.n; i++)
-        assert_true(w->pool.v[i] != root);
+    assert_int_equal(w->space.freed_by_txn.n, freed_before + 1);
+    assert_int_equal(w->space.freed_by_txn.v[w->space.freed_by_txn.n - 1], root);
+    assert_int_equal(w->space.reusable.n, pool_n);
+    for (size_t i = 0; i < w->space.reusable.n; i++)
+        assert_true(w->space.reusable.v[i] != root);
     keel_abort(w);
     free(pool);
     acct_free(&a);
@@ -450,9 +455,9 @@ static void test_no_page_twice(void **state)
             all[m++] = got[i] + j;
     assert_unique(all, m);
     /* ... nor the txn's freed list */
-    for (size_t i = 0; i < w->freed.n; i++)
+    for (size_t i = 0; i < w->space.freed_by_txn.n; i++)
         for (size_t j = 0; j < m; j++)
-            assert_true(w->freed.v[i] != all[j]);
+            assert_true(w->space.freed_by_txn.v[i] != all[j]);
     /* ... nor the pages the txn's trees use now (walked in the write txn) */
     struct acct now = {.npages = w->meta.npages};
     now.what = calloc(now.npages, 1);
@@ -465,12 +470,12 @@ static void test_no_page_twice(void **state)
         assert_int_equal(now.what[all[j]], UNSEEN);
     free(now.what);
     /* given back: into the pool (they are this txn's), then recorded free */
-    size_t pool_before = w->pool.n;
+    size_t pool_before = w->space.reusable.n;
     for (size_t i = 0; i < n; i++)
         assert_int_equal(page_free(w, got[i], len[i]), 0);
-    assert_int_equal(w->pool.n, pool_before + m);
-    for (size_t i = 1; i < w->pool.n; i++)
-        assert_true(w->pool.v[i - 1] > w->pool.v[i]);
+    assert_int_equal(w->space.reusable.n, pool_before + m);
+    for (size_t i = 1; i < w->space.reusable.n; i++)
+        assert_true(w->space.reusable.v[i - 1] > w->space.reusable.v[i]);
     assert_int_equal(keel_commit(w), 0);
     acct_free(&a);
     account(db, &a);
@@ -532,24 +537,24 @@ static void test_record_accounts_every_page(void **state)
                 assert_int_equal(keel_put(w, 0, tu_val(k), (keel_val){v, vl}, 0), 0);
             }
         }
-        for (size_t i = 0; i < w->freed.n; i++) {
-            uint64_t p = w->freed.v[i];
+        for (size_t i = 0; i < w->space.freed_by_txn.n; i++) {
+            uint64_t p = w->space.freed_by_txn.v[i];
             assert_true(p < a.npages);
             assert_int_equal(a.what[p], REACHABLE);
-            for (size_t j = 0; j < w->pool.n; j++)
-                assert_true(w->pool.v[j] != p);
+            for (size_t j = 0; j < w->space.reusable.n; j++)
+                assert_true(w->space.reusable.v[j] != p);
         }
-        for (size_t j = 0; j < w->pool.n; j++) {
-            uint64_t p = w->pool.v[j];
+        for (size_t j = 0; j < w->space.reusable.n; j++) {
+            uint64_t p = w->space.reusable.v[j];
             assert_true(p >= a.npages || a.what[p] == FREE);
             if (j)
-                assert_true(w->pool.v[j - 1] > p);
+                assert_true(w->space.reusable.v[j - 1] > p);
         }
-        size_t nfreed = w->freed.n;
+        size_t nfreed = w->space.freed_by_txn.n;
         uint64_t *freed = malloc((nfreed ? nfreed : 1) * sizeof *freed);
         assert_non_null(freed);
         if (nfreed)
-            memcpy(freed, w->freed.v, nfreed * sizeof *freed);
+            memcpy(freed, w->space.freed_by_txn.v, nfreed * sizeof *freed);
         assert_int_equal(keel_commit(w), 0);
         acct_free(&a);
         account(db, &a);
@@ -594,7 +599,7 @@ static int waiting_group(void *ctx, uint64_t txnid, const uint8_t *pages, size_t
 
 /* Small commits keep their free pages in the meta page's tail, the free
  * tree empty.  A reader held across commits makes the tail's groups wait
- * (txn->tail at begin: every group newer than the reader, none of their
+ * (txn->space.meta_pending at begin: every group newer than the reader, none of their
  * pages in the pool) until they no longer fit and go to the free tree; once
  * the reader ends, the pages are reused and the file stops growing. */
 static void test_tail_and_overflow(void **state)
@@ -632,8 +637,8 @@ static void test_tail_and_overflow(void **state)
         keel_txn *w;
         assert_int_equal(keel_begin(db, 0, &w), 0);
         assert_int_equal(w->oldest, rid);
-        struct group_check g = {.oldest = w->oldest, .pool = &w->pool};
-        assert_int_equal(freelist_tail_groups((const uint8_t *)w->tail.v, w->tail.n, w->meta.npages, w->meta.txnid,
+        struct group_check g = {.oldest = w->oldest, .pool = &w->space.reusable};
+        assert_int_equal(freelist_tail_groups((const uint8_t *)w->space.meta_pending.v, w->space.meta_pending.n, w->meta.npages, w->meta.txnid,
                                               waiting_group, &g),
                          0);
         if (w->meta.trees[TREE_FREE].root == 0 && c > 0)
@@ -712,7 +717,7 @@ static void test_relocation_accounts(void **state)
         acct_free(&a);
     }
     fprintf(stderr, "relocation: %llu pages at the peak, %llu after %d commits (moved %llu this pass)\n",
-            (unsigned long long)peak, (unsigned long long)lowest, c, (unsigned long long)db->walk.moved);
+            (unsigned long long)peak, (unsigned long long)lowest, c, (unsigned long long)db->space.walk.moved);
     assert_true(lowest < peak / 2);
     keel_txn *t;
     assert_int_equal(keel_begin(db, KEEL_RDONLY, &t), 0);
@@ -726,6 +731,276 @@ static void test_relocation_accounts(void **state)
     tu_remove(path);
 }
 
+/* ---- the space layer's own rules (space.c) ------------------------------ */
+
+/* A file with many free pages in the free tree, all reusable (two commits
+ * after the deletes), accounted for in *a. */
+static keel_db *open_with_free(const char *name, char *path, size_t pathlen, struct acct *a)
+{
+    tu_path(path, pathlen, name);
+    keel_options o = {.page_size = 4096, .flags = KEEL_NOSYNC};
+    keel_db *db;
+    assert_int_equal(keel_open(path, &o, &db), 0);
+    put_keys(db, 0, 2000, 300, 0);
+    del_keys(db, 0, 2000, 3);
+    del_keys(db, 1, 2000, 3);
+    put_keys(db, 1, 2, 10, 0);
+    put_keys(db, 1, 2, 10, 1);
+    account(db, a);
+    assert_true(a->free > 300);
+    assert_true(a->free_root != 0); /* too many for the free tail: records in the tree */
+    return db;
+}
+
+/* fn(ctx) in a child must fail a KEEL_ASSERT naming `file` and `cond`. */
+static void assert_dies(void (*fn)(void *ctx), void *ctx, const char *file, const char *cond)
+{
+#ifdef NDEBUG
+    (void)fn, (void)ctx, (void)file, (void)cond;
+    skip();
+#else
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        signal(SIGABRT, SIG_DFL);
+        fn(ctx);
+        _exit(0);
+    }
+    close(fds[1]);
+    char msg[512] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0)
+        got += (size_t)r;
+    close(fds[0]);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    if (!strstr(msg, file) || !strstr(msg, cond))
+        fail_msg("assertion message \"%s\" names neither %s nor %s", msg, file, cond);
+#endif
+}
+
+static void edit_free_tree_twice(void *ctx)
+{
+    struct space *s = ctx;
+    space_edit_free_tree(s, true);
+    space_edit_free_tree(s, true); /* nested: the rule forbids it */
+}
+
+static void reclaim_while_editing(void *ctx)
+{
+    keel_txn *w = ctx;
+    space_edit_free_tree(&w->space, true);
+    (void)freelist_reclaim(w); /* a reclaim inside the layer's own free-tree edit */
+}
+
+static void reclaim_while_recording(void *ctx)
+{
+    keel_txn *w = ctx;
+    w->space.recording = true;
+    (void)freelist_reclaim(w);
+}
+
+/* The re-entrancy rule of the btree <-> space loop: while the space layer
+ * edits the free tree itself, allocation never reclaims (the page comes
+ * from the end of the file and the free tree is untouched), and outside it
+ * it does; while recording, a page this txn allocated and frees goes to
+ * freed_by_txn, not back into the reusable list; and entering a reclaim or
+ * a free-tree edit inside one fails a KEEL_ASSERT. */
+static void test_reentrancy_rule(void **state)
+{
+    (void)state;
+    char path[256];
+    struct acct a;
+    keel_db *db = open_with_free("fl-rule", path, sizeof path, &a);
+    keel_txn *w;
+    assert_int_equal(keel_begin(db, 0, &w), 0);
+    assert_false(w->space.editing_free_tree || w->space.recording || w->space.full_load);
+    uint64_t pg;
+    uint8_t *buf;
+    while (w->space.reusable.n) /* empty the list without a reclaim */
+        assert_int_equal(page_alloc(w, 1, &pg, &buf), 0);
+    struct tree_desc ft = w->meta.trees[TREE_FREE];
+
+    space_edit_free_tree(&w->space, true);
+    uint64_t end = w->meta.npages;
+    assert_int_equal(page_alloc(w, 1, &pg, &buf), 0);
+    assert_int_equal(pg, end); /* the end of the file, not a reclaim */
+    assert_int_equal(w->meta.npages, end + 1);
+    assert_memory_equal(&w->meta.trees[TREE_FREE], &ft, sizeof ft);
+    assert_int_equal(w->space.reusable.n, 0);
+    assert_false(w->space.nothing_reclaimable);
+    space_edit_free_tree(&w->space, false);
+    assert_false(w->space.editing_free_tree);
+
+    assert_int_equal(page_alloc(w, 1, &pg, &buf), 0); /* now it reclaims */
+    assert_int_equal(a.what[pg], FREE);
+    assert_true(w->meta.trees[TREE_FREE].root != ft.root); /* the record's delete copied the path */
+    assert_true(w->space.reusable.n > 0);
+    assert_true(space_reusable_in_order(&w->space));
+
+    /* recording: this txn's page freed goes to freed_by_txn */
+    size_t nreuse = w->space.reusable.n, nfreed = w->space.freed_by_txn.n;
+    w->space.recording = true;
+    assert_int_equal(page_free(w, pg, 1), 0);
+    assert_int_equal(w->space.reusable.n, nreuse);
+    assert_int_equal(w->space.freed_by_txn.n, nfreed + 1);
+    assert_int_equal(w->space.freed_by_txn.v[nfreed], pg);
+    assert_false(pager_is_dirty(w, pg));
+    w->space.recording = false;
+
+    struct space loose = {0};
+    assert_dies(edit_free_tree_twice, &loose, "space.c:", "!s->editing_free_tree");
+    assert_dies(reclaim_while_editing, w, "space.c:", "!s->editing_free_tree");
+    assert_dies(reclaim_while_recording, w, "space.c:", "!s->recording");
+    keel_abort(w);
+    acct_free(&a);
+    keel_close(db);
+    tu_remove(path);
+}
+
+static void pop_out_of_order(void *ctx)
+{
+    keel_txn *w = ctx;
+    uint64_t pg;
+    uint8_t *buf;
+    (void)page_alloc(w, 1, &pg, &buf);
+}
+
+/* The reusable list's order: descending after begin and every reclaim, so
+ * single pages come out lowest first; inside the full-load window
+ * (space.full_load) it may be out of order and a single page is still
+ * handed out, and space_sort_reusable closes the window in order; outside
+ * the window a list out of order fails a KEEL_ASSERT at the next pop. */
+static void test_reusable_order(void **state)
+{
+    (void)state;
+    char path[256];
+    struct acct a;
+    keel_db *db = open_with_free("fl-order", path, sizeof path, &a);
+    keel_txn *w;
+    assert_int_equal(keel_begin(db, 0, &w), 0);
+    uint64_t prev = 0, pg;
+    uint8_t *buf;
+    for (int i = 0; i < 200; i++) { /* across several reclaimed records */
+        assert_true(space_reusable_in_order(&w->space));
+        uint64_t lowest = w->space.reusable.n ? w->space.reusable.v[w->space.reusable.n - 1] : 0;
+        assert_int_equal(page_alloc(w, 1, &pg, &buf), 0);
+        if (lowest)
+            assert_int_equal(pg, lowest);
+        assert_int_equal(a.what[pg], FREE);
+        assert_true(pg != prev);
+        prev = pg;
+    }
+    struct pgvec *r = &w->space.reusable;
+    assert_true(r->n >= 3);
+    uint64_t t = r->v[r->n - 1]; /* the lowest two swapped: out of order */
+    r->v[r->n - 1] = r->v[r->n - 2];
+    r->v[r->n - 2] = t;
+    assert_false(space_reusable_in_order(&w->space));
+    assert_dies(pop_out_of_order, w, "space.c:", "s->full_load ||");
+
+    w->space.full_load = true; /* the window: any page is a right answer */
+    uint64_t last = r->v[r->n - 1];
+    assert_int_equal(page_alloc(w, 1, &pg, &buf), 0);
+    assert_int_equal(pg, last);
+    uint64_t hi = r->v[0];
+    assert_int_equal(pgvec_push(r, pg), 0); /* back, out of order */
+    r->v[r->n - 1] = r->v[0];
+    r->v[0] = pg;
+    assert_int_equal(space_sort_reusable(&w->space), 0);
+    assert_false(w->space.full_load);
+    assert_true(space_reusable_in_order(&w->space));
+    assert_int_equal(r->v[0], hi);
+    keel_abort(w);
+    acct_free(&a);
+    keel_close(db);
+    tu_remove(path);
+}
+
+static void seen_free(const struct acct *a, uint8_t *seen, uint64_t pg)
+{
+    assert_true(pg < a->npages);
+    assert_int_equal(a->what[pg], FREE);
+    assert_int_equal(seen[pg], 0); /* none twice */
+    seen[pg] = 1;
+}
+
+/* With no reader, what a commit recorded free (tail and tree) comes back
+ * whole in the next txn: the reusable list after every reclaim, the pages
+ * the reclaims' deletes took from it, and the records and tail groups not
+ * reusable yet (newer than txn->oldest: under KEEL_NOSYNC the newest
+ * commit's pages wait one more commit) are exactly the accounting's free
+ * pages, each once. */
+static void assert_reclaims_all(keel_db *db, const struct acct *a)
+{
+    keel_txn *w;
+    assert_int_equal(keel_begin(db, 0, &w), 0);
+    int rc;
+    while ((rc = freelist_reclaim(w)) == 0)
+        ;
+    assert_int_equal(rc, KEEL_NOTFOUND);
+    assert_true(space_reusable_in_order(&w->space));
+    uint8_t *seen = calloc(a->npages, 1);
+    assert_non_null(seen);
+    uint64_t n = 0;
+    for (size_t i = 0; i < w->space.reusable.n; i++, n++)
+        seen_free(a, seen, w->space.reusable.v[i]);
+    for (size_t i = 0; i < w->dirty.cap; i++) {
+        const struct dirty *d = &w->dirty.slots[i];
+        if (!d->pgno || d->pgno >= w->snap_npages)
+            continue; /* pages past the snapshot's end came from the end of the file */
+        for (uint32_t j = 0; j < d->npages; j++, n++)
+            seen_free(a, seen, d->pgno + j);
+    }
+    keel_cursor c = {0};
+    cursor_init(&c, w, 0, &w->meta.trees[TREE_FREE]);
+    keel_val k, v;
+    for (rc = w->meta.trees[TREE_FREE].root ? cursor_first(&c, &k, &v) : KEEL_NOTFOUND; rc == 0;
+         rc = cursor_next(&c, &k, &v)) {
+        assert_true(free_key_txnid(k.data) > w->oldest); /* else reclaim would have taken it */
+        for (size_t i = 0; i < v.len / 8; i++, n++)
+            seen_free(a, seen, rd64((const uint8_t *)v.data + 8 * i));
+    }
+    assert_int_equal(rc, KEEL_NOTFOUND);
+    os_free(c.keybuf);
+    const struct pgvec *pend = &w->space.meta_pending;
+    for (size_t i = 0; i + 2 <= pend->n; i += 2 + pend->v[i + 1]) {
+        assert_true(pend->v[i] > w->oldest);
+        for (uint64_t j = 0; j < pend->v[i + 1]; j++, n++)
+            seen_free(a, seen, pend->v[i + 2 + j]);
+    }
+    assert_int_equal(n, a->free);
+    free(seen);
+    keel_abort(w);
+}
+
+/* Record and reclaim round trip: the free list a commit records is what
+ * the next txn reclaims, once from the deletes' records, and again after
+ * a commit that recorded a reusable list's leftovers (txn-id-0 records)
+ * and its own freed pages. */
+static void test_record_reclaim_round_trip(void **state)
+{
+    (void)state;
+    char path[256];
+    struct acct a;
+    keel_db *db = open_with_free("fl-round", path, sizeof path, &a);
+    assert_reclaims_all(db, &a);
+    acct_free(&a);
+    put_keys(db, 5000, 5100, 300, 0); /* takes some, leaves the rest as leftovers */
+    put_keys(db, 5000, 5001, 10, 1);  /* and its freed pages become reusable */
+    account(db, &a);
+    assert_true(a.free > 100);
+    assert_reclaims_all(db, &a);
+    acct_free(&a);
+    keel_close(db);
+    tu_remove(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -735,6 +1010,9 @@ int main(void)
         cmocka_unit_test(test_record_accounts_every_page),
         cmocka_unit_test(test_tail_and_overflow),
         cmocka_unit_test(test_relocation_accounts),
+        cmocka_unit_test(test_reentrancy_rule),
+        cmocka_unit_test(test_reusable_order),
+        cmocka_unit_test(test_record_reclaim_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
