@@ -710,7 +710,7 @@ static int share_two(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     if (!sep)
         return KEEL_NOMEM;
     share_move(lp.L, lp.R, page_nkeys(lp.L), (unsigned)s, lp.at, node, size);
-    txn->gen++;
+    txn->changes++;
     int rc = replace_separator(txn, t, path, level - 1, lp.ri, sep, sepsize);
     os_free(sep);
     return rc;
@@ -758,7 +758,7 @@ static int split_three(keel_txn *txn, struct tree_desc *t, struct bt_path *path,
         count_page(t, P_LEAF, -1);
         rc = (rc = page_free(txn, mpg, 1)) ? rc : KEEL_NOTFOUND;
     } else if (!rc) {
-        txn->gen++;
+        txn->changes++;
         rc = replace_separator(txn, t, path, level - 1, lp.ri, sep2, sep2size);
         if (!rc) /* it fits: checked above, and the parent did not split */
             page_insert_node(parent, lp.ri, sep1, sep1size);
@@ -841,7 +841,7 @@ static int split_insert(keel_txn *txn, struct tree_desc *t, struct bt_path *path
     scratch_give(txn);
     if (rc)
         return rc;
-    txn->gen++;
+    txn->changes++;
     if (level == 0)
         rc = grow_root(txn, t, path, sep, sepsize);
     else
@@ -857,7 +857,7 @@ static int insert_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     uint8_t *page = path->page[level];
     if (page_room(page) >= size + SLOT_SIZE) {
         page_insert_node(page, idx, node, size);
-        txn->gen++;
+        txn->changes++;
         return 0;
     }
     return split_insert(txn, t, path, level, idx, node, size, append);
@@ -973,7 +973,7 @@ static int put_first(keel_txn *txn, struct tree_desc *t, const uint8_t *node, si
     t->depth = 1;
     t->leaf_pages = 1;
     t->entries = 1;
-    txn->gen++;
+    txn->changes++;
     return 0;
 }
 
@@ -999,7 +999,7 @@ static int put_node(keel_txn *txn, struct tree_desc *t, struct bt_path *path, bo
         }
         if (leaf_node_size(old) == size) { /* same shape: overwrite in place */
             memcpy((uint8_t *)old, node, size);
-            txn->gen++;
+            txn->changes++;
             return 0;
         }
         page_remove_node(leaf, idx);
@@ -1268,11 +1268,11 @@ static int apply_fix(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
             page_remove_node(parent, 0);
             page_insert_node(parent, 0, first, fs);
         }
-        txn->gen++;
+        txn->changes++;
         break;
     case FIX_SEPARATOR:
         page_remove_node(parent, fix->idx);
-        txn->gen++;
+        txn->changes++;
         rc = insert_at(txn, t, path, level, fix->idx, fix->sep, fix->sepsize, false);
         os_free(fix->sep);
         break;
@@ -1331,7 +1331,7 @@ static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *
     }
     page_remove_node(leaf, path.idx[lv]);
     t->entries--;
-    txn->gen++;
+    txn->changes++;
     return rebalance(txn, t, &path, lv);
 }
 
@@ -1378,7 +1378,7 @@ int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expi
     memcpy(vdst, leaf_node_val(cur), vpart);
     if (size == leaf_node_size(cur)) {
         memcpy((uint8_t *)cur, node, size);
-        txn->gen++;
+        txn->changes++;
     } else {
         page_remove_node(leaf, path.idx[lv]);
         rc = insert_at(txn, t, &path, lv, path.idx[lv], node, size, false);
@@ -1461,7 +1461,7 @@ int bt_drop(keel_txn *txn, struct tree_desc *t)
     uint32_t id = t->id;
     memset(t, 0, sizeof(*t));
     t->id = id;
-    txn->gen++;
+    txn->changes++;
     return 0;
 }
 
@@ -1542,16 +1542,16 @@ int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, 
 {
     size_t size = leaf_node_size_for(0, key.len, val.len);
     if (size > txn->db->inline_max) {
-        f->gen = 0;
+        f->valid_at = 0;
         return bt_put(txn, t, key, val, 0, 0, NULL);
     }
     int rc;
     bool exact;
     struct bt_path *p = &f->path;
     bool inside = false;
-    if (f->gen == txn->gen && p->depth > 0 && (rc = finger_find(txn, f, key, &inside, &exact)))
+    if (f->valid_at == txn->changes && p->depth > 0 && (rc = finger_find(txn, f, key, &inside, &exact)))
         return rc;
-    f->gen = 0;
+    f->valid_at = 0;
     if (!inside) {
         rc = bt_search(txn, t, key.data, key.len, p, &exact);
         if (rc == KEEL_NOTFOUND) /* an empty tree: bt_put makes its first leaf */
@@ -1578,7 +1578,7 @@ int bt_put_next(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, 
     if (node != stackbuf)
         os_free(node);
     if (!rc && fits) /* no split: the path and the bounds still hold */
-        f->gen = txn->gen;
+        f->valid_at = txn->changes;
     return rc;
 }
 
@@ -1621,7 +1621,7 @@ static int move_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path, s
     m->copies -= fresh;
     for (int l = 0; l < path->depth; l++)
         m->moved += before[l] >= m->hi && path->pgno[l] < m->hi;
-    txn->gen++;
+    txn->changes++;
     return 0;
 }
 
@@ -1677,7 +1677,7 @@ static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, s
             return rc;
         m->copies -= m->copies < np ? m->copies : np;
         m->moved += np;
-        txn->gen++;
+        txn->changes++;
     }
     return 0;
 }

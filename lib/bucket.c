@@ -43,7 +43,7 @@ struct bucket_slot {
         uint32_t hash;      /* live and dead: of the name */
         uint32_t next_free; /* free: the next free slot, 0 = none */
     };
-    uint8_t gen;
+    uint8_t generation;
     uint8_t kind;
 };
 
@@ -61,7 +61,7 @@ static uint32_t handle_hash(keel_bucket b)
 
 static keel_bucket make_handle(const struct bucket_table *t, uint32_t slot)
 {
-    return (keel_bucket)t->slots[slot].gen << BUCKET_INDEX_BITS | slot;
+    return (keel_bucket)t->slots[slot].generation << BUCKET_INDEX_BITS | slot;
 }
 
 /* The snapshot a txn reads: the txn id of the newest commit it sees. */
@@ -140,7 +140,7 @@ static struct bucket_slot *usable_slot(const struct bucket_table *t, keel_bucket
     if (i == 0 || i >= t->n)
         return NULL;
     struct bucket_slot *s = &t->slots[i];
-    if (s->gen != b >> BUCKET_INDEX_BITS)
+    if (s->generation != b >> BUCKET_INDEX_BITS)
         return NULL;
     if (s->kind == SLOT_LIVE || (s->kind == SLOT_DEAD && txn->rdonly && s->dead_since > snapshot_of(txn)))
         return s;
@@ -187,7 +187,7 @@ static int add_slot(struct bucket_table *t, const char *name, uint32_t hash, kee
         if (t->n == 0)
             t->n = 1; /* slot 0 stays unused */
         i = t->n++;
-        t->slots[i].gen = 0;
+        t->slots[i].generation = 0;
     }
     struct bucket_slot *s = &t->slots[i];
     s->name = copy;
@@ -206,7 +206,7 @@ static void kill_slot(struct bucket_table *t, keel_bucket b, uint64_t since)
 {
     uint32_t i = bucket_index(b);
     struct bucket_slot *s = &t->slots[i];
-    if (s->kind != SLOT_LIVE || s->gen != b >> BUCKET_INDEX_BITS || index_reserve(t, &t->dead))
+    if (s->kind != SLOT_LIVE || s->generation != b >> BUCKET_INDEX_BITS || index_reserve(t, &t->dead))
         return;
     if (t->qhead + t->qlen == t->qcap) {
         if (t->qhead && t->qhead * 2 >= t->qcap) { /* reclaiming emptied half of it: the move pays for itself */
@@ -234,12 +234,12 @@ static void free_slot(struct bucket_table *t, uint32_t i)
     index_remove(t, &t->dead, i);
     os_free(s->name);
     s->name = NULL;
-    if (s->gen == BUCKET_GENERATIONS - 1) { /* a wrapped generation could meet an old handle */
+    if (s->generation == BUCKET_GENERATIONS - 1) { /* a wrapped generation could meet an old handle */
         s->kind = SLOT_RETIRED;
         t->retired++;
         return;
     }
-    s->gen++;
+    s->generation++;
     s->kind = SLOT_FREE;
     s->next_free = t->free_head;
     t->free_head = i;

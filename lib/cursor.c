@@ -4,8 +4,8 @@
  * Contract:
  *   - A cursor keeps the root-to-leaf path of its position.  In a read txn
  *     nothing changes under it, so the path stays valid.
- *   - In a write txn every change bumps txn->gen.  The cursor keeps a copy of
- *     its current key; when gen has moved it searches for that key again
+ *   - In a write txn every change bumps txn->changes.  The cursor keeps a copy of
+ *     its current key; when txn->changes has moved it searches for that key again
  *     before stepping, so it stays valid across its own txn's puts and
  *     deletes (bbolt and LMDB fix up cursors in place instead: more code).
  *   - After cursor_del the cursor sits "between" entries: next() yields the
@@ -36,7 +36,7 @@ int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *
     c->bucket = b;
     c->state = CUR_UNSET;
     c->all = false; /* a reused cursor must not keep showing expired entries */
-    c->gen = 0;
+    c->valid_at = 0;
     c->depth = 0;
     c->keylen = 0;
     return 0;
@@ -125,7 +125,7 @@ static __attribute__((noinline)) int remember_key(keel_cursor *c, const uint8_t 
     }
     memcpy(c->keybuf, k, kl);
     c->keylen = kl;
-    c->gen = c->txn->gen;
+    c->valid_at = c->txn->changes;
     return 0;
 }
 
@@ -279,11 +279,11 @@ static int seek_path(keel_cursor *c, const struct tree_desc *t, const uint8_t *k
 /* In a write txn, rebuild the path if the tree changed since we looked. */
 static int resync(keel_cursor *c, const struct tree_desc *t)
 {
-    if (c->txn->rdonly || c->gen == c->txn->gen || c->state == CUR_UNSET)
+    if (c->txn->rdonly || c->valid_at == c->txn->changes || c->state == CUR_UNSET)
         return 0;
     bool exact;
     int rc = seek_path(c, t, c->keybuf, c->keylen, &exact);
-    c->gen = c->txn->gen;
+    c->valid_at = c->txn->changes;
     if (rc == KEEL_NOTFOUND) { /* nothing at or after the key */
         c->state = CUR_EOF;
         return 0;
@@ -397,7 +397,7 @@ static __attribute__((noinline)) int move_in_leaf(keel_cursor *c, unsigned i, ke
 static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *key, keel_val *val, int dir)
 {
     keel_txn *txn = c->txn;
-    if (c->state == CUR_ON && (txn->rdonly || c->gen == txn->gen)) { /* the tree has not changed */
+    if (c->state == CUR_ON && (txn->rdonly || c->valid_at == txn->changes)) { /* the tree has not changed */
         int lv = c->depth - 1;
         const uint8_t *page = c->page[lv];
         unsigned i = c->idx[lv] + (unsigned)dir, nkeys = page_nkeys(page); /* from 0 back: wraps */

@@ -287,7 +287,7 @@ int expiry_flush(keel_txn *txn)
                 rc = CORRUPT(0); /* the trees disagree */
         }
     struct bt_finger f;
-    f.gen = 0;
+    f.valid_at = 0;
     f.path.depth = 0;
     for (size_t i = 0; i < m && !rc; i++)
         if (v[i].delta > 0) {

@@ -299,7 +299,7 @@ struct keel_txn {
     struct meta meta; /* working copy (write) or the snapshot's meta (read) */
     uint64_t snap_npages; /* write txns: npages of the meta it began from */
     unsigned meta_slot;   /* write txns: the slot (0, 1) of that meta; the commit writes the other */
-    uint64_t gen;   /* bumped by every change: cursors re-seek when it moves */
+    uint64_t changes; /* counts changes to trees and page buffers: cursors re-seek when it moves */
     struct txn_buckets bk;
     keel_cursor *cursors; /* open cursors, detached when the txn ends */
 
@@ -322,7 +322,7 @@ struct keel_cursor {
     struct tree_desc *tree; /* internal trees only; NULL = look the bucket up */
     int state;              /* CUR_UNSET, CUR_ON, CUR_AFTER_DEL, CUR_EOF */
     bool all;               /* internal: also visit expired entries */
-    uint64_t gen;           /* txn->gen when the path was last valid */
+    uint64_t valid_at;      /* txn->changes when the path was last valid */
     int depth;
     uint64_t pgno[KEEL_MAX_DEPTH];
     const uint8_t *page[KEEL_MAX_DEPTH];
@@ -430,11 +430,11 @@ int bt_walk(keel_txn *txn, const struct tree_desc *t,
             int (*fn)(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level), void *ctx);
 /* bt_put(txn, t, key, val, 0, 0, NULL) for a run of new keys in increasing
  * order: f remembers the leaf the last one went into, and while nothing
- * else has changed the txn (txn->gen) a key inside that leaf's bounds goes
- * straight in, without a search from the root.  Set f->gen = 0 first. */
+ * else has changed the txn (txn->changes) a key inside that leaf's bounds goes
+ * straight in, without a search from the root.  Set f->valid_at = 0 first. */
 struct bt_finger {
     struct bt_path path; /* touched: every page is a dirty buffer */
-    uint64_t gen;        /* txn->gen when path and bounds were valid; 0 = never */
+    uint64_t valid_at;   /* txn->changes when path and bounds were valid; 0 = never */
     const uint8_t *lo, *hi; /* the leaf's bounds (separators); NULL = unbounded */
     size_t lolen, hilen;
 };

@@ -614,7 +614,7 @@ int pager_maybe_spill(keel_txn *txn)
     int rc = pager_grow(db, txn->meta.npages * db->psize); /* the file must be there to write into */
     if (rc || (rc = write_dirty(txn, true, NULL)))
         return rc;
-    txn->gen++; /* cursors holding page pointers look again */
+    txn->changes++; /* cursors holding page pointers look again */
     return 0;
 }
 

@@ -120,7 +120,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     txn->rdonly = rdonly;
     txn->error = 0;
     txn->slot = -1;
-    txn->gen = 1;
+    txn->changes = 1;
     txn->fork_gen = db->fork_gen;
     txn->cursors = NULL;
     space_txn_begin(&txn->space);

@@ -4,7 +4,7 @@
  * write txn, and over buckets; first/last/next/prev/seek on an empty tree,
  * one leaf and a tree of several levels; seeks between keys, before the
  * first, after the last; steps past either end leave the cursor where it
- * was; the cursor re-seeks after its own txn's puts and deletes (txn->gen);
+ * was; the cursor re-seeks after its own txn's puts and deletes (txn->changes);
  * cursor_del then next/prev; and a seeded random walk checked against a
  * sorted model.  Keys and values are compared byte for byte.
  */
@@ -338,10 +338,10 @@ static void test_own_changes(void **state)
 
     assert_int_equal(cursor_seek(&c, key_of(100, kb), &k, &v), 0);
     assert_entry(k, v, 100, 0);
-    uint64_t gen = t->gen;
+    uint64_t before = t->changes;
     put_key(t, &td, 101, 0); /* right after the cursor */
     put_key(t, &td, 99, 0);  /* right before it */
-    assert_true(t->gen != gen);
+    assert_true(t->changes != before);
     assert_int_equal(cursor_current(&c, &k, &v), 0);
     assert_entry(k, v, 100, 0);
     assert_int_equal(cursor_next(&c, &k, &v), 0);
