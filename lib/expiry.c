@@ -71,7 +71,6 @@ struct xent {
     int16_t delta; /* +1 joins the expiry tree, -1 leaves it */
 };
 #define XWORD_KEY 12u /* key bytes the sort words hold */
-#define XRUN 16u      /* the sort: insertion sort of runs this long, then merges */
 
 /* n <= 8 bytes as a big-endian word, zero padded on the right */
 static inline uint64_t be_word(const uint8_t *p, size_t n)
@@ -87,11 +86,10 @@ static inline uint64_t be_word(const uint8_t *p, size_t n)
     return v;
 }
 
-/* Log bytes past which the log is applied early: it holds about what the
- * expiry tree's new pages will, so it shares the dirty-page budget. */
+/* Log bytes past which the log is applied early (tuning.h). */
 static size_t log_limit(const keel_txn *txn)
 {
-    size_t lim = txn->db->max_dirty / 4;
+    size_t lim = txn->db->max_dirty / EXPIRY_LOG_DIRTY_SHARE_DIV;
     return lim < ((size_t)1 << 30) ? lim : ((size_t)1 << 30); /* key offsets are 32-bit */
 }
 
@@ -175,10 +173,10 @@ static void insertion_sort(struct xent *v, size_t n, const uint8_t *keys)
  * returns v or tmp, whichever holds the result. */
 static struct xent *merge_sort(struct xent *v, struct xent *tmp, size_t n, const uint8_t *keys)
 {
-    for (size_t s = 0; s < n; s += XRUN)
-        insertion_sort(v + s, n - s < XRUN ? n - s : XRUN, keys);
+    for (size_t s = 0; s < n; s += EXPIRY_SORT_RUN)
+        insertion_sort(v + s, n - s < EXPIRY_SORT_RUN ? n - s : EXPIRY_SORT_RUN, keys);
     struct xent *src = v, *dst = tmp;
-    for (size_t w = XRUN; w < n; w *= 2) {
+    for (size_t w = EXPIRY_SORT_RUN; w < n; w *= 2) {
         for (size_t s = 0; s < n; s += 2 * w) {
             size_t m = n - s > w ? s + w : n, e = n - s > 2 * w ? s + 2 * w : n;
             if (m == e || xcmp(&src[m - 1], &src[m], keys) <= 0) {
@@ -236,7 +234,7 @@ static struct xent *sort_log(struct xent *v, struct xent *tmp, size_t n, const u
         tmp[end[(v[i].w[w] >> shift) & mask]++] = v[i]; /* end[b] moves to the end of bucket b */
     for (size_t b = 0, s = 0; b <= mask; s = end[b++]) {
         size_t len = end[b] - s;
-        if (len <= XRUN)
+        if (len <= EXPIRY_SORT_RUN)
             insertion_sort(tmp + s, len, keys);
         else if (merge_sort(tmp + s, v + s, len, keys) != tmp + s)
             memcpy(tmp + s, v + s, len * sizeof(*v));
@@ -253,7 +251,7 @@ int expiry_flush(keel_txn *txn)
     struct xent *tmp = NULL;
     uint8_t *buf = NULL;
     int rc = 0;
-    if (l->n > XRUN && !(tmp = os_malloc(l->n * sizeof(*tmp)))) {
+    if (l->n > EXPIRY_SORT_RUN && !(tmp = os_malloc(l->n * sizeof(*tmp)))) {
         rc = KEEL_NOMEM;
         goto out;
     }

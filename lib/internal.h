@@ -29,6 +29,7 @@
 #include "format.h"
 #include "keel.h"
 #include "os.h"
+#include "tuning.h"
 
 /* ---- small containers --------------------------------------------------- */
 struct pgvec { /* a growable array of page numbers */
@@ -52,7 +53,6 @@ struct dirty_table { /* open addressing on pgno */
 /* ---- lock file (lockfile.c) --------------------------------------------- */
 struct lock_header;
 struct reader_slot;
-#define LOCK_PARKED_MAX 16 /* reader slots a handle keeps between read txns */
 struct lockfile {
     int fd;      /* -1 with KEEL_NOLOCK */
     int data_fd; /* the database file, whose bytes say who uses it */
@@ -156,54 +156,6 @@ struct space {
     bool nothing_reclaimable; /* no free-tree record this txn may reclaim is left */
     bool full_load;         /* inside freelist_record's full load: `reusable` is appended to, sorted at its end */
 };
-
-/* ---- the space layer's tuning numbers (space.c, freelist.c) -------------
- * All in one place, each with its unit and why that value.  None is part
- * of the file format: changing one changes which pages a commit uses, not
- * what a reader can read. */
-/* Allocation: an overflow run is searched for among the reusable pages,
- * reclaiming records until one forms; past this many pages (pages) without
- * one it is not forming (the pages are scattered), and fresh pages at the
- * end of the file cost nothing to find. */
-#define SPACE_RUN_SEARCH_MAX_PAGES 4096
-/* Commit (freelist_record), extra reclaims: while more than 1/4 of the
- * file's pages (a share: npages / DIV) are free, load up to 4 records
- * beyond what allocation took, so that free pages near the end reach the
- * reusable list and the tail trim: bounded work, a few chunks a commit. */
-#define SPACE_EXTRA_RECLAIM_FREE_DIV 4
-#define SPACE_EXTRA_RECLAIM_RECORDS 4 /* records per commit */
-/* Full load: while more than 1/2 of the file's pages are free, load every
- * reclaimable record (O(free space)) so the file shrinks in one commit.
- * It backs off: the next may run 2 commits later, then 4, 8, ... (the
- * free tree's own pages may still sit at the end the first time); the
- * backoff starts over once the free pages grew by more than 1/4 since. */
-#define SPACE_FULL_LOAD_FREE_DIV 2          /* share: npages / DIV */
-#define SPACE_FULL_LOAD_BACKOFF_FIRST 2     /* commits; doubles each time */
-#define SPACE_FULL_LOAD_RESET_GROWTH_DIV 4  /* share: last load's free pages / DIV */
-/* Recording rounds: they settle in one or two (freelist.c's contract says
- * why they end); past this many the free tree must be damaged. */
-#define SPACE_RECORD_ROUNDS_MAX 64 /* rounds */
-/* Relocation (freelist_relocate) runs while more than 1/3 of the file's
- * pages are free (then the file ends within 1.5 times the live pages, and
- * with pager.c's cut within twice the live data) and they add up to more
- * than COMPACT_MIN_FREE_BYTES: less lies within the file's growth and
- * shrink steps, which relocation could not give back anyway. */
-#define COMPACT_FREE_DIV 3 /* share: npages / DIV */
-#define COMPACT_MIN_FREE_BYTES ((uint64_t)1 << 20)
-/* Per-commit budgets, so that a relocating commit costs a bounded amount
- * more than a plain one: */
-#define COMPACT_READ_PAGES 64      /* tree pages the walk reads per commit, at most */
-#define COMPACT_COPY_PAGES 32      /* pages it copies per commit, at most (a longer overflow run alone) */
-#define COMPACT_RECLAIM_RECORDS 4  /* free-tree records it loads per commit for pages below the target */
-/* Free room below the target besides half the live pages (bytes): for
- * the copies and the pages recent commits freed, not reusable yet. */
-#define COMPACT_SLACK_BYTES ((uint64_t)256 << 10)
-/* Commits (txn ids): after a pass that moved nothing there is nothing to
- * gain soon, so the walk rests; a full load costs O(free space), so the
- * walk asks for one at most this often (a small database's pass takes one
- * commit). */
-#define COMPACT_IDLE_COMMITS 64    /* after a pass that moved nothing, commits before the next one */
-#define COMPACT_RELOAD_COMMITS 16  /* commits between two full loads the walk asks for, at least */
 
 /* The space layer's state kept on the handle between write txns (freelist.c;
  * in memory only: a new handle starts from zero). */
@@ -453,28 +405,7 @@ struct bt_mover {
     bool stalled;                 /* out: the pool ran out of pages below hi */
 };
 int bt_move_high(keel_txn *txn, struct tree_desc *t, struct bt_mover *m, bool *done);
-/* Fill policy (btree.c), in fractions of a page's usable bytes
- * (psize - PAGE_HDR), each with why it is that value:
- * MERGE_BELOW: a page under half full looks for a merge.  Merging at half,
- *   not only at a quarter, keeps pages fuller after many deletes: a txn that
- *   deletes every other key writes half as many leaves.
- * STARVED_BELOW: a page under a quarter full must merge, or else share with
- *   its sibling: pages stay at least a quarter full.
- * MERGED_MAX: two pages merge by choice only when the result fills at most
- *   7/8 of a page: the eighth left keeps the next inserts from splitting it
- *   again at once; a larger fraction leaves emptier pages after mass deletes.
- * SHARE_MARGIN: a full leaf shares with a dirty sibling only if the sibling
- *   has a sixteenth of a page free beyond the new node (else the next inserts
- *   share again each time); with less the two become three pages.  A larger
- *   margin trades fuller leaves for fewer instructions.
- * CLEAN_SHARE_MARGIN: a clean sibling (to be copied first) is worth a share
- *   only with an eighth of a page free beyond the new node. */
-#define FILL_MERGE_BELOW_DIV 2
-#define FILL_STARVED_BELOW_DIV 4
-#define FILL_MERGED_MAX_NUM 7
-#define FILL_MERGED_MAX_DEN 8
-#define FILL_SHARE_MARGIN_DIV 16
-#define FILL_CLEAN_SHARE_MARGIN_DIV 8
+/* Fill policy (btree.c): tuning.h names the fractions. */
 static inline bool page_needs_merge(size_t used, size_t usable) { return used < usable / FILL_MERGE_BELOW_DIV; }
 static inline bool page_starved(size_t used, size_t usable) { return used < usable / FILL_STARVED_BELOW_DIV; }
 static inline bool pages_fit_merged(size_t total, size_t usable)

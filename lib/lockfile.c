@@ -63,11 +63,6 @@
 #define DATA_BYTE_LOCKED ((uint64_t)1 << 62)
 #define DATA_BYTE_NOLOCK (((uint64_t)1 << 62) + 1)
 
-/* A sole opener that finds the data file in use through another lock file
- * tries again a few times: two first openers through two paths at once see
- * each other and both step back. */
-#define LOCKPATH_TRIES 8
-#define LOCKPATH_PAUSE_MAX_US 4000
 
 /* A reader slot's txnid once a writer stopped keeping its snapshot. */
 #define SLOT_LAGGED UINT64_MAX
@@ -76,8 +71,6 @@
  * WRITER_WAITERS set once somebody sleeps on it. */
 #define WRITER_WAITERS 0x80000000u
 #define WRITER_HOLDER(w) ((w) & ~WRITER_WAITERS)
-/* How often a waiter looks whether the holder's process died. */
-#define WRITER_CHECK_MS 100
 
 struct lock_header {
     uint32_t magic;

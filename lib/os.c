@@ -3,6 +3,7 @@
  * See os.h for the contract.
  */
 #include "os.h"
+#include "tuning.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -84,7 +85,7 @@ int os_pread_upto(int fd, void *buf, size_t n, uint64_t off, size_t *got)
     return 0;
 }
 
-/* Writes reach the kernel in pieces that end at multiples of OS_WRITE_MAX
+/* Writes reach the kernel in pieces that end at multiples of OS_WRITE_MAX_BYTES
  * (16 KiB) in the file.  Linux gives a buffered write a page-cache folio as
  * large as the write (ext4 since 6.16; XFS earlier, without ext4's buffer
  * walk), and the folio stays: a later 4 KiB write into a 256 KiB folio,
@@ -94,8 +95,7 @@ int os_pread_upto(int fd, void *buf, size_t n, uint64_t off, size_t *got)
  * (doc/benchmarks.md, "Page-cache folios"); with 16 KiB pieces an update
  * walks at most four.  The price is one system call per 16 KiB of a
  * long run. */
-#define OS_WRITE_MAX ((uint64_t)16 << 10)
-static size_t piece_room(uint64_t off) { return (size_t)(OS_WRITE_MAX - off % OS_WRITE_MAX); }
+static size_t piece_room(uint64_t off) { return (size_t)(OS_WRITE_MAX_BYTES - off % OS_WRITE_MAX_BYTES); }
 
 int os_pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
 {

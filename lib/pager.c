@@ -27,7 +27,6 @@
 
 #include "internal.h"
 
-#define GROW_STEP ((uint64_t)1 << 20) /* file size moves in whole MiB */
 
 /* ---- small containers ---- */
 int pgvec_push(struct pgvec *pv, uint64_t pgno)
@@ -160,12 +159,10 @@ static void dirty_remove(struct dirty_table *t, struct dirty *d)
  * Dirty pages live in psize buffers from the heap.  A commit of a thousand
  * random puts takes and frees over a thousand of them, and at that rate
  * malloc's search of a fragmented heap for 4 KiB chunks is a large share of
- * its time (doc/benchmarks.md).  So single-page buffers a write txn lets go of are kept on
- * the handle, up to PAGEBUF_KEEP bytes, for the next one.  Only the writer
+ * its time.  So single-page buffers a write txn lets go of are kept on
+ * the handle, up to PAGEBUF_KEEP_BYTES, for the next one.  Only the writer
  * touches them (one write txn per handle at a time). */
-#define PAGEBUF_KEEP ((size_t)8 << 20)
-
-static size_t pagebuf_max(const keel_db *db) { return PAGEBUF_KEEP / db->psize; }
+static size_t pagebuf_max(const keel_db *db) { return PAGEBUF_KEEP_BYTES / db->psize; }
 
 static uint8_t *pagebuf_get(keel_db *db, uint32_t npages)
 {
@@ -470,10 +467,10 @@ int pager_grow(keel_db *db, uint64_t need)
     if (need <= db->file_size)
         return 0;
     uint64_t target = need;
-    uint64_t step = db->file_size / 8;
+    uint64_t step = db->file_size / GROW_SHARE_DIV;
     if (target < db->file_size + step)
         target = db->file_size + step;
-    target = (target + GROW_STEP - 1) / GROW_STEP * GROW_STEP;
+    target = (target + GROW_STEP_BYTES - 1) / GROW_STEP_BYTES * GROW_STEP_BYTES;
     if (target > db->map_size)
         target = db->map_size;
     if (target < need)
@@ -487,8 +484,8 @@ int pager_grow(keel_db *db, uint64_t need)
 
 void pager_maybe_shrink(keel_db *db, uint64_t used)
 {
-    uint64_t keep = (used + GROW_STEP - 1) / GROW_STEP * GROW_STEP;
-    if (db->file_size > keep + 2 * GROW_STEP + db->file_size / 8) {
+    uint64_t keep = (used + GROW_STEP_BYTES - 1) / GROW_STEP_BYTES * GROW_STEP_BYTES;
+    if (db->file_size > keep + SHRINK_SLACK_STEPS * GROW_STEP_BYTES + db->file_size / GROW_SHARE_DIV) {
         /* Only pages no reader can see lie past `used`; failing to shrink is harmless. */
         if (os_ftruncate(db->fd, keep) == 0)
             db->file_size = keep;
@@ -504,11 +501,6 @@ struct commit_list {
     uint64_t pages;
     bool ok; /* every page of the commit is listed and summed */
 };
-
-/* A one-flush commit is checked by reading its pages back at the first open
- * after a crash; bigger commits take the second sync instead, which costs
- * them little, so that this check stays short. */
-#define ONEFLUSH_MAX_BYTES ((uint64_t)8 << 20)
 
 static bool list_add(struct commit_list *cl, uint64_t first, uint64_t count)
 {
