@@ -593,7 +593,7 @@ int keel_cursor_open(keel_txn *txn, keel_bucket b, keel_cursor **out)
     }
     if (!c && !(c = os_calloc(sizeof(*c))))
         return KEEL_NOMEM;
-    cursor_init(c, txn, b, NULL);
+    cursor_init(c, txn, b, t);
     c->magic = CURSOR_MAGIC;
     c->prev = NULL;
     c->next = txn->cursors;

@@ -270,20 +270,29 @@ void bucket_table_counts(keel_db *db, struct bucket_counts *out)
 }
 
 /* ---- a txn's bucket states ---------------------------------------------- */
+/* The states live in chunks that never move while the txn lives, so a
+ * descriptor's address is stable: cursors keep it (LMDB's txn-owned
+ * database records are the model).  Chunk k holds STATES_MIN << k states
+ * and begins at position STATES_MIN * (2^k - 1). */
+static inline struct bucket_state *state_at(const struct txn_buckets *bk, uint32_t pos)
+{
+    uint32_t k = 31 - (uint32_t)__builtin_clz(pos / STATES_MIN + 1);
+    return &bk->chunk[k][pos - STATES_MIN * ((1u << k) - 1)];
+}
 
 static struct bucket_state *state_find(keel_txn *txn, keel_bucket b)
 {
     struct txn_buckets *bk = &txn->bk;
-    if (bk->last < bk->n && bk->v[bk->last].handle == b)
-        return &bk->v[bk->last];
+    if (bk->last < bk->n && state_at(bk, bk->last)->handle == b)
+        return state_at(bk, bk->last);
     if (!bk->index_cap)
         return NULL;
     uint32_t mask = bk->index_cap - 1;
     for (uint32_t i = handle_hash(b) & mask; bk->index[i]; i = (i + 1) & mask) {
         uint32_t pos = bk->index[i] - 1;
-        if (bk->v[pos].handle == b) {
+        if (state_at(bk, pos)->handle == b) {
             bk->last = pos;
-            return &bk->v[pos];
+            return state_at(bk, pos);
         }
     }
     return NULL;
@@ -291,23 +300,26 @@ static struct bucket_state *state_find(keel_txn *txn, keel_bucket b)
 
 static void state_index_put(struct txn_buckets *bk, uint32_t pos)
 {
-    uint32_t mask = bk->index_cap - 1, i = handle_hash(bk->v[pos].handle) & mask;
+    uint32_t mask = bk->index_cap - 1, i = handle_hash(state_at(bk, pos)->handle) & mask;
     while (bk->index[i])
         i = (i + 1) & mask;
     bk->index[i] = pos + 1;
 }
 
-/* A new state for handle b (ABSENT, clean); moves the other states. */
+/* A new state for handle b (ABSENT, clean). */
 static int state_add(keel_txn *txn, keel_bucket b, struct bucket_state **out)
 {
     struct txn_buckets *bk = &txn->bk;
-    if (bk->n == bk->cap) {
-        uint32_t cap = bk->cap ? bk->cap * 2 : STATES_MIN;
-        struct bucket_state *v = os_realloc(bk->v, (size_t)cap * sizeof(*v));
-        if (!v)
+    if (bk->n == bk->cap) { /* a new chunk, as big as all before it and STATES_MIN */
+        uint32_t k = bk->nchunks;
+        if (k == STATE_CHUNKS_MAX)
             return KEEL_NOMEM;
-        bk->v = v;
-        bk->cap = cap;
+        struct bucket_state *chunk = os_malloc(((size_t)STATES_MIN << k) * sizeof(*chunk));
+        if (!chunk)
+            return KEEL_NOMEM;
+        bk->chunk[k] = chunk;
+        bk->nchunks = k + 1;
+        bk->cap += STATES_MIN << k;
     }
     if ((bk->n + 1) * 2 > bk->index_cap) { /* rebuilt in position order: see states_clear */
         uint32_t cap = bk->index_cap ? bk->index_cap * 2 : INDEX_MIN_CAP;
@@ -320,7 +332,7 @@ static int state_add(keel_txn *txn, keel_bucket b, struct bucket_state **out)
         for (uint32_t p = 0; p < bk->n; p++)
             state_index_put(bk, p);
     }
-    struct bucket_state *s = &bk->v[bk->n];
+    struct bucket_state *s = state_at(bk, bk->n);
     memset(s, 0, sizeof(*s));
     s->handle = b;
     s->state = BUCKET_ABSENT;
@@ -332,7 +344,8 @@ static int state_add(keel_txn *txn, keel_bucket b, struct bucket_state **out)
 
 static void states_free(struct txn_buckets *bk)
 {
-    os_free(bk->v);
+    for (uint32_t k = 0; k < bk->nchunks; k++)
+        os_free(bk->chunk[k]);
     os_free(bk->index);
     memset(bk, 0, sizeof(*bk));
 }
@@ -347,7 +360,7 @@ static void states_clear(struct txn_buckets *bk)
     }
     uint32_t mask = bk->index_cap - 1;
     for (uint32_t p = bk->n; p-- > 0;) {
-        uint32_t i = handle_hash(bk->v[p].handle) & mask;
+        uint32_t i = handle_hash(state_at(bk, p)->handle) & mask;
         while (bk->index[i] != p + 1)
             i = (i + 1) & mask;
         bk->index[i] = 0;
@@ -553,6 +566,9 @@ int bucket_drop(keel_txn *txn, keel_bucket b)
         struct bucket_state *s = state_find(txn, b);
         s->state = BUCKET_ABSENT;
         s->dirty = true;
+        for (keel_cursor *c = txn->cursors; c; c = c->next)
+            if (c->bucket == b)
+                c->tree = NULL; /* its moves answer KEEL_BADBUCKET */
     }
     return 0;
 }
@@ -562,7 +578,7 @@ int bucket_flush(keel_txn *txn)
     struct txn_buckets *bk = &txn->bk;
     txn->db->bucket_visits += bk->n;
     for (uint32_t p = 0; p < bk->n; p++) {
-        struct bucket_state *s = &bk->v[p];
+        struct bucket_state *s = state_at(bk, p);
         if (!s->dirty)
             continue;
         char name[KEEL_MAX_BUCKET_NAME + 1];
@@ -598,7 +614,7 @@ void bucket_txn_end(keel_txn *txn, bool committed)
         db->bucket_visits += bk->n;
         pthread_mutex_lock(&db->mu);
         for (uint32_t p = 0; p < bk->n; p++) {
-            const struct bucket_state *s = &bk->v[p];
+            const struct bucket_state *s = state_at(bk, p);
             if (!(committed ? s->state == BUCKET_PRESENT : s->base_present))
                 kill_slot(&db->buckets, s->handle, since);
         }
@@ -709,13 +725,13 @@ int bucket_by_id(keel_txn *txn, uint32_t id, keel_bucket *out)
     }
     const struct txn_buckets *bk = &txn->bk;
     /* the bucket found last: the expiry tree groups a time's keys by bucket */
-    if (bk->last < bk->n && bk->v[bk->last].state == BUCKET_PRESENT && bk->v[bk->last].desc.id == id) {
-        *out = bk->v[bk->last].handle;
+    if (bk->last < bk->n && state_at(bk, bk->last)->state == BUCKET_PRESENT && state_at(bk, bk->last)->desc.id == id) {
+        *out = state_at(bk, bk->last)->handle;
         return 0;
     }
     for (uint32_t p = 0; p < bk->n; p++)
-        if (bk->v[p].state == BUCKET_PRESENT && bk->v[p].desc.id == id) {
-            *out = bk->v[p].handle;
+        if (state_at(bk, p)->state == BUCKET_PRESENT && state_at(bk, p)->desc.id == id) {
+            *out = state_at(bk, p)->handle;
             return 0;
         }
     struct find_id f = {.id = id};

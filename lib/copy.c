@@ -87,7 +87,7 @@ static int copy_tree(keel_txn *src, keel_bucket sb, keel_txn *dst, keel_bucket d
     int rc = bucket_tree(src, sb, &t);
     if (rc)
         return rc;
-    cursor_init(&c, src, sb, NULL);
+    cursor_init(&c, src, sb, t);
     keel_val k, v;
     for (rc = cursor_first(&c, &k, &v); rc == 0; rc = cursor_next(&c, &k, &v)) {
         const uint8_t *n;

@@ -18,19 +18,17 @@
 
 #include "internal.h"
 
-/* Internal cursors (free tree, catalog) carry their tree; user cursors look
- * their bucket up each time, as the bucket table may move. */
+/* The cursor's tree: its descriptor never moves while the txn lives
+ * (bucket.c), and a drop of its bucket detaches it (bucket_drop). */
 static int tree_of(keel_cursor *c, struct tree_desc **t)
 {
-    if (c->tree) {
-        *t = c->tree;
-        return 0;
-    }
-    return bucket_tree(c->txn, c->bucket, t);
+    *t = c->tree;
+    return *t ? 0 : KEEL_BADBUCKET;
 }
 
 int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *t)
 {
+    KEEL_ASSERT(t); /* from bucket_tree, or an internal tree */
     c->tree = t;
     c->txn = txn;
     c->bucket = b;

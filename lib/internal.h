@@ -220,6 +220,7 @@ struct expiry_log { /* a write txn's expiry-tree changes, applied sorted (expiry
 #define TXN_DEAD 0xDEADD00Du   /* finished: use gives KEEL_BADTXN */
 
 enum { BUCKET_ABSENT = 1, BUCKET_PRESENT };
+#define STATE_CHUNKS_MAX 24 /* bucket.c: chunk k holds 8 << k states, so 2^27 in all */
 struct bucket_state {
     keel_bucket handle;
     uint8_t state;
@@ -228,7 +229,8 @@ struct bucket_state {
     struct tree_desc desc;
 };
 struct txn_buckets { /* the buckets a txn touched (bucket.c) */
-    struct bucket_state *v; /* in the order of first use */
+    struct bucket_state *chunk[STATE_CHUNKS_MAX]; /* in the order of first use; they never move */
+    uint32_t nchunks;
     uint32_t n, cap;
     uint32_t *index; /* open addressing on the handle: position in v + 1, 0 = empty */
     uint32_t index_cap;
@@ -271,7 +273,7 @@ struct keel_cursor {
     keel_cursor *next; /* in txn->cursors, or in the spare list */
     keel_cursor *prev;
     keel_bucket bucket;
-    struct tree_desc *tree; /* internal trees only; NULL = look the bucket up */
+    struct tree_desc *tree; /* never moves while the txn lives; NULL once its bucket was dropped */
     int state;              /* CUR_UNSET, CUR_ON, CUR_AFTER_DEL, CUR_EOF */
     bool all;               /* internal: also visit expired entries */
     uint64_t valid_at;      /* txn->changes when the path was last valid */
@@ -348,7 +350,9 @@ int freelist_record(keel_txn *txn);   /* at commit: writes the reusable leftover
  * is free, copies a bounded number of live pages from its upper part to
  * lower free pages, so that its tail empties and can be cut off (see
  * freelist.c). */
-int freelist_relocate(keel_txn *txn);
+int freelist_relocate(keel_txn *txn); /* relocate.c */
+/* The page live pages should lie below while much of the file is free, or 0. */
+uint64_t freelist_compact_target(const keel_txn *txn);
 uint64_t free_key_txnid(const uint8_t *k); /* the txn id of a free-tree key (FREE_KEY_SIZE bytes) */
 /* At write-txn begin: the free tail of the meta page the txn began from. */
 int freelist_load_tail(keel_txn *txn, const uint8_t *meta_page);

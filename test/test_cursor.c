@@ -281,8 +281,22 @@ static void test_buckets(void **state)
         assert_int_equal(keel_bucket_open(t, "a", 0, &a), 0);
         assert_int_equal(keel_bucket_open(t, "b", 0, &b), 0);
         keel_cursor ca = {0}, cb = {0};
-        assert_int_equal(cursor_init(&ca, t, a, NULL), 0);
-        assert_int_equal(cursor_init(&cb, t, b, NULL), 0);
+        struct tree_desc *ta, *tb, *again;
+        assert_int_equal(bucket_tree(t, a, &ta), 0);
+        assert_int_equal(bucket_tree(t, b, &tb), 0);
+        assert_int_equal(cursor_init(&ca, t, a, ta), 0);
+        assert_int_equal(cursor_init(&cb, t, b, tb), 0);
+        /* a hundred more buckets touched: the descriptors the cursors hold
+         * do not move (bucket.c's chunks) */
+        for (int i = 0; i < 100; i++) {
+            char name[16];
+            keel_bucket x;
+            snprintf(name, sizeof name, "more%d", i);
+            assert_int_equal(keel_bucket_open(t, name, w ? KEEL_CREATE : 0, &x), w ? 0 : KEEL_NOTFOUND);
+        }
+        assert_true(txn_bucket_states(t) >= (w ? 102u : 2u));
+        assert_int_equal(bucket_tree(t, a, &again), 0);
+        assert_ptr_equal(again, ta);
         keel_val k, v;
         int ia = 0, ib = 0, rc;
         for (rc = cursor_first(&ca, &k, &v); rc == 0 && ia < 60; rc = cursor_next(&ca, &k, &v), ia++)
