@@ -54,64 +54,15 @@ static int write_initial_metas(keel_db *db)
     return rc;
 }
 
-/* Reads both metas with pread (the map is not set up yet) and picks the
- * newest valid one (*slot: which); a meta found torn at open (the lock
- * file's bad_meta) counts as damaged.  Meta 0 gives the page size; if it is
- * damaged, meta 1 is looked for at each possible page size.  With
- * check_size, the chosen meta's pages must fit in the file. */
-static int pick_meta(keel_db *db, uint64_t fsize, bool check_size, struct meta *out, unsigned *slot)
-{
-    /* a whole page at the largest size: a meta's free tail is in its page's second half */
-    uint8_t *buf = os_malloc(KEEL_MAX_PAGE);
-    if (!buf)
-        return KEEL_NOMEM;
-    struct meta m0, m1;
-    int r0 = KEEL_INVALID, r1 = KEEL_INVALID;
-    size_t got;
-    int rc = os_pread_upto(db->fd, buf, KEEL_MAX_PAGE, 0, &got);
-    if (rc)
-        goto out;
-    uint64_t bad = lockfile_bad_meta(&db->lock);
-    r0 = meta_check(buf, got, 0, &m0);
-    if (r0 == 0 && meta_is_bad(&m0, bad))
-        r0 = KEEL_CORRUPTED; /* the lock file names it torn: no damage met here */
-    int r1_keel = KEEL_INVALID; /* a damaged or newer meta 1 found while probing page sizes */
-    for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
-        if (r0 == 0 && ps != m0.page_size)
-            continue;
-        if ((rc = os_pread_upto(db->fd, buf, ps, ps, &got)))
-            goto out;
-        r1 = meta_check(buf, got, ps, &m1);
-        if (r1 == 0 && meta_is_bad(&m1, bad))
-            r1 = KEEL_CORRUPTED;
-        if (r1 == 0 || r0 == 0)
-            break;
-        if (r1 != KEEL_INVALID)
-            r1_keel = r1;
-    }
-    if (r1 == KEEL_INVALID) /* later probes past the real meta 1 must not hide what it said */
-        r1 = r1_keel;
-    /* A newer library wrote here: never read (and later overwrite) an older
-     * state of its file through the other meta. */
-    if (r0 == KEEL_VERSION || r1 == KEEL_VERSION)
-        rc = KEEL_VERSION;
-    else if (r0 && r1)
-        rc = r0 == KEEL_INVALID && r1 == KEEL_INVALID ? KEEL_INVALID : CORRUPT(0);
-    else {
-        *slot = (r0 == 0 && (r1 != 0 || meta_newer(&m0, &m1))) ? 0 : 1;
-        *out = *slot == 0 ? m0 : m1;
-        if (check_size && out->npages * out->page_size > fsize)
-            rc = CORRUPT(0);
-    }
-out:
-    os_free(buf);
-    return rc;
-}
-
+/* The newest meta, read with pread (the map is not set up yet: see
+ * meta_newest_file); its pages must fit in the file. */
 static int read_metas(keel_db *db, uint64_t fsize, struct meta *out)
 {
     unsigned slot;
-    return pick_meta(db, fsize, true, out, &slot);
+    int rc = meta_newest_file(db, out, &slot);
+    if (!rc && out->npages * out->page_size > fsize)
+        rc = CORRUPT(0);
+    return rc;
 }
 
 /* The first opener after a crash: was the newest commit torn?  Only a
@@ -123,9 +74,9 @@ static int check_last_commit(keel_db *db, uint64_t fsize)
 {
     struct meta m;
     unsigned slot;
-    if (pick_meta(db, fsize, false, &m, &slot) || !(m.flags & META_F_ONEFLUSH))
+    if (meta_newest_file(db, &m, &slot) || !(m.flags & META_F_ONEFLUSH))
         return 0; /* nothing to check (read_metas reports what is wrong) */
-    int rc = pager_verify_commit(db->fd, fsize, &m, slot);
+    int rc = meta_verify_commit(db->fd, fsize, &m, slot);
     if (rc == KEEL_CORRUPTED) {
         lockfile_set_bad_meta(&db->lock, m.checksum);
         rc = 0;
@@ -433,7 +384,7 @@ void keel_close(keel_db *db)
      * and writer lock alone: only the child's memory goes. */
     while (db->live_txns)
         txn_abort(db->live_txns);
-    pager_confirm(db);
+    meta_confirm(db);
     db_free(db, false);
 }
 
@@ -780,7 +731,7 @@ int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *coun
     if (!db || !count || (max && !out))
         return KEEL_BADARG;
     struct meta m;
-    int rc = pager_newest_meta(db, &m, NULL);
+    int rc = meta_newest(db, &m, NULL);
     if (rc)
         return rc;
     return readers_list(&db->lock, m.txnid, txn_clock_ms(db), out, max, count);

@@ -2,7 +2,7 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> pager -> btree -> cursor -> freelist, bucket -> ttl -> txn -> ops, api
+ *   os -> lockfile -> meta -> pager -> btree -> cursor -> freelist, bucket -> ttl -> txn -> ops, api
  *
  * with two deliberate loops: pager's allocator asks the free-space layer
  * (freelist.c, built on btree) for reusable pages when its pool is empty,
@@ -10,6 +10,11 @@
  * txn's bucket states may move while the cursor lives).  freelist.c's
  * relocation also reaches named buckets' trees through bucket_with_tree, to
  * move their pages.
+ *
+ * meta (meta.c) lies below the pager: the meta pages 0 and 1 are no pager
+ * pages, meta.c calls nothing of the pager, and the pager's commit
+ * write-out seals the meta it writes (meta_seal).  Every choice of the
+ * newest meta goes through meta_select.
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H
@@ -261,15 +266,26 @@ struct keel_cursor {
 #define CURSOR_DEAD 0xDEADC0DEu
 enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
 
-/* ---- pager.c: metas, pages, allocation, write-out ------------------------ */
+/* ---- meta.c: the meta pages: check, seal, select, verify ----------------- */
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
 int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail);
 void meta_seal(struct meta *m);
-size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out); /* see pager.c */
+size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out); /* see meta.c */
 bool meta_newer(const struct meta *a, const struct meta *b);
 bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file's bad_meta */
-int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
-int pager_snapshot_tail(keel_txn *txn, uint8_t **tail); /* see pager.c */
+/* The one selector: of metas m0 (slot 0) and m1 (slot 1), which meta_check
+ * answered r0 and r1, the newest usable one (*slot); one named by bad
+ * (meta_is_bad) is unusable.  Neither usable: KEEL_CORRUPTED. */
+int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, uint64_t bad, unsigned *slot);
+int meta_newest(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
+/* From the file with pread (the open, before the map): also KEEL_VERSION
+ * (a newer library's meta in either slot) and KEEL_INVALID (no keel meta). */
+int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot);
+int meta_snapshot_tail(keel_txn *txn, uint8_t **tail); /* see meta.c */
+int meta_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot); /* a one-flush commit whole? */
+void meta_confirm(keel_db *db); /* at close: see meta.c */
+
+/* ---- pager.c: pages, allocation, write-out ------------------------------- */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
 uint64_t page_map_limit(const keel_txn *txn); /* pages below it are backed by the file */
 /* A page page_get gave out lies in the map, or is a dirty buffer of this
@@ -287,8 +303,6 @@ int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *p
 int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
 int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
 int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
-int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot);
-void pager_confirm(keel_db *db); /* at close: see pager.c */
 /* Over db->max_dirty bytes of dirty pages: write them out early (no sync,
  * no meta: nothing points at them yet) and free their buffers. */
 int pager_maybe_spill(keel_txn *txn);
@@ -420,7 +434,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out);
 int64_t txn_clock_ms(keel_db *db); /* the db's clock (options.clock), ms since the epoch */
 int txn_commit(keel_txn *txn);
 void txn_abort(keel_txn *txn);
-/* A read txn and its snapshot's free tail (pager_snapshot_tail), begun again
+/* A read txn and its snapshot's free tail (meta_snapshot_tail), begun again
  * while commits overwrite its meta page; the caller frees *tail. */
 int txn_begin_with_tail(keel_db *db, keel_txn **out, uint8_t **tail);
 /* Is the txn usable?  Inline: every API call and every cursor step asks. */
