@@ -2,7 +2,7 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> meta -> pager -> btree -> cursor -> freelist, bucket -> ttl -> txn -> ops, api
+ *   os -> lockfile -> meta -> pager -> btree -> cursor -> freelist, bucket -> ttl -> txn -> ops, api, db
  *
  * with two deliberate loops: pager's allocator asks the free-space layer
  * (freelist.c, built on btree) for reusable pages when its pool is empty,
@@ -14,7 +14,9 @@
  * meta (meta.c) lies below the pager: the meta pages 0 and 1 are no pager
  * pages, meta.c calls nothing of the pager, and the pager's commit
  * write-out seals the meta it writes (meta_seal).  Every choice of the
- * newest meta goes through meta_select.
+ * newest meta goes through meta_select.  db (db.c: open, create, recover,
+ * close) is a top layer beside api: only the public keel_open and
+ * keel_close enter it, and it declares nothing here.
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H
