@@ -2,19 +2,27 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> pager -> btree -> cursor -> space, bucket -> expiry -> kv -> txn -> ops, api
+ *   os -> lockfile -> meta -> pager -> btree -> cursor -> space -> bucket
+ *      -> expiry, relocate -> kv -> txn -> ops, api, db      (copy, check)
  *
- * (space: space.c, the allocator, and freelist.c, the free tree on disk)
- * with two deliberate loops.  btree <-> space: allocating a page
- * may reclaim a free-tree record, and reclaiming edits the free tree
+ * (space: space.c, the allocator, and freelist.c, the free tree on disk.)
+ * One loop, deliberate, stated here once.  btree <-> space: allocating a
+ * page may reclaim a free-tree record, and reclaiming edits the free tree
  * through btree, which allocates again.  Its re-entrancy rule, asserted at
  * the space layer's entry points: while the space layer edits the free
  * tree itself (space.editing_free_tree) or records the free list at commit
  * (space.recording), allocation never reclaims, so the loop turns at most
- * once (space.c's contract).  And a user cursor looks its bucket's
- * descriptor up in bucket.c (the txn's bucket states may move while the
- * cursor lives).  freelist.c's relocation also reaches named buckets'
- * trees through bucket_with_tree, to move their pages.
+ * once (space.c's contract).
+ *
+ * meta (meta.c) lies below the pager: the meta pages 0 and 1 are no pager
+ * pages, meta.c calls nothing of the pager, and the pager's commit
+ * write-out seals the meta it writes (meta_seal).  Every choice of the
+ * newest meta goes through meta_select.  Bucket descriptors never move
+ * while a txn lives, so a cursor keeps its tree and calls nothing above
+ * it.  relocate.c walks every tree, named buckets too, so it sits above
+ * bucket.c.  kv.c is the one write path (see there).  db (db.c: open,
+ * create, recover, close) is a top layer beside api: only the public
+ * keel_open and keel_close enter it, and it declares nothing here.
  */
 #ifndef KEEL_INTERNAL_H
 #define KEEL_INTERNAL_H
@@ -288,15 +296,26 @@ struct keel_cursor {
 #define CURSOR_DEAD 0xDEADC0DEu
 enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
 
-/* ---- pager.c: metas, pages, write-out; space.c: allocation (btree.c's names) */
+/* ---- meta.c: the meta pages: check, seal, select, verify ----------------- */
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
 int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail);
 void meta_seal(struct meta *m);
-size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out); /* see pager.c */
+size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out); /* see meta.c */
 bool meta_newer(const struct meta *a, const struct meta *b);
 bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file's bad_meta */
-int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
-int pager_snapshot_tail(keel_txn *txn, uint8_t **tail); /* see pager.c */
+/* The one selector: of metas m0 (slot 0) and m1 (slot 1), which meta_check
+ * answered r0 and r1, the newest usable one (*slot); one named by bad
+ * (meta_is_bad) is unusable.  Neither usable: KEEL_CORRUPTED. */
+int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, uint64_t bad, unsigned *slot);
+int meta_newest(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
+/* From the file with pread (the open, before the map): also KEEL_VERSION
+ * (a newer library's meta in either slot) and KEEL_INVALID (no keel meta). */
+int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot);
+int meta_snapshot_tail(keel_txn *txn, uint8_t **tail); /* see meta.c */
+int meta_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot); /* a one-flush commit whole? */
+void meta_confirm(keel_db *db); /* at close: see meta.c */
+
+/* ---- pager.c: pages, dirty buffers, spill, file size, write-out ---------- */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
 uint64_t page_map_limit(const keel_txn *txn); /* pages below it are backed by the file */
 /* A page page_get gave out lies in the map, or is a dirty buffer of this
@@ -306,16 +325,7 @@ static inline bool page_in_map(const keel_db *db, const uint8_t *p)
     return (uintptr_t)p - (uintptr_t)db->map < db->map_size;
 }
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
-int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
-/* For the relocation (freelist_relocate): do the reusable pages hold n below
- * `below`; a run from them alone that ends at or below it (KEEL_NOTFOUND). */
-bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below);
-int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf);
-int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
-int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
 int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
-int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot);
-void pager_confirm(keel_db *db); /* at close: see pager.c */
 /* Over db->max_dirty bytes of dirty pages: write them out early (no sync,
  * no meta: nothing points at them yet) and free their buffers. */
 int pager_maybe_spill(keel_txn *txn);
@@ -323,6 +333,15 @@ void pager_txn_release(keel_txn *txn); /* drops dirty pages and lists */
 void pager_free_pagebufs(keel_db *db); /* at close */
 int pager_grow(keel_db *db, uint64_t need_bytes);
 void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
+
+/* ---- space.c: allocation (what btree.c calls) ---------------------------- */
+int page_alloc(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf);
+/* For the relocation (freelist_relocate): do the reusable pages hold n below
+ * `below`; a run from them alone that ends at or below it (KEEL_NOTFOUND). */
+bool page_pool_below(const keel_txn *txn, size_t n, uint64_t below);
+int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *pgno, uint8_t **buf);
+int page_touch(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf);
+int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
 
 /* ---- pager.c: the allocator's tools (space.c decides which page) ---- */
 bool pager_is_dirty(keel_txn *txn, uint64_t pgno); /* in memory or spilled */
@@ -509,7 +528,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out);
 int64_t txn_clock_ms(keel_db *db); /* the db's clock (options.clock), ms since the epoch */
 int txn_commit(keel_txn *txn);
 void txn_abort(keel_txn *txn);
-/* A read txn and its snapshot's free tail (pager_snapshot_tail), begun again
+/* A read txn and its snapshot's free tail (meta_snapshot_tail), begun again
  * while commits overwrite its meta page; the caller frees *tail. */
 int txn_begin_with_tail(keel_db *db, keel_txn **out, uint8_t **tail);
 /* Is the txn usable?  Inline: every API call and every cursor step asks. */

@@ -1,5 +1,6 @@
 /*
- * pager.c — meta pages, page access, dirty pages, and writing a commit out.
+ * pager.c — page access, dirty pages and their buffers, spilling, file size,
+ * and writing a commit out.
  *
  * Contract:
  *   - page_get() hands out a page for reading: the txn's own dirty copy if it
@@ -15,9 +16,14 @@
  *     did not use.  Two syncs (pages, then meta) make the order durable; one
  *     sync suffices when the meta lists the pages it needs with their
  *     checksum (META_F_ONEFLUSH), because then keel_open can tell a torn
- *     commit (pager_verify_commit) and fall back to the previous meta, which
+ *     commit (meta_verify_commit) and fall back to the previous meta, which
  *     was durable before this commit began.  fsync instead of fdatasync when
  *     the size changed.  A failed sync poisons the handle (KEEL_PANIC).
+ *
+ * Layer: above meta.c (os -> lockfile -> meta -> pager), which checks,
+ * seals and selects the meta pages.  The commit write-out builds the meta
+ * page it writes and seals it with meta_seal (a call down); nothing here
+ * reads or selects a meta page.
  */
 #include <errno.h>
 #include <limits.h>
@@ -189,148 +195,6 @@ void pager_free_pagebufs(keel_db *db)
         os_free(db->pagebufs[--db->npagebufs]);
     os_free(db->pagebufs);
     db->pagebufs = NULL;
-}
-
-/* ---- metas ---- */
-void meta_seal(struct meta *m) { m->checksum = XXH3_64bits(m, META_SUM_BYTES); }
-
-/* A meta page for m that needs no check of its commit's pages (the copy
- * keel_close makes of a one-flush meta, and keel_copy's metas): no flag but
- * FREETAIL, no commit list, and the free tail `tail` (its header and words,
- * already checked against m's sum; NULL if m has none).  `out` is psize
- * zeroed bytes; returns the bytes to write. */
-size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out)
-{
-    struct meta s = *m;
-    s.flags &= META_F_FREETAIL;
-    s.commit_list_sum = 0;
-    meta_seal(&s);
-    memcpy(out, &s, META_SIZE);
-    if (!tail)
-        return 512;
-    size_t off = meta_tail_off(psize), bytes = META_TAIL_HDR + (size_t)rd32(tail) * 8;
-    memcpy(out + off, tail, bytes);
-    return (off + bytes + 511) / 512 * 512;
-}
-
-int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out)
-{
-    return meta_check_head(buf, len, expect_psize, out, true);
-}
-
-/* with_tail false: the meta alone, not its free tail (check.c tells a torn
- * tail from a damaged meta with it) */
-int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail)
-{
-    if (len < META_SIZE)
-        return KEEL_INVALID;
-    struct meta m;
-    memcpy(&m, buf, META_SIZE);
-    if (m.magic != KEEL_MAGIC)
-        return KEEL_INVALID;
-    /* the checksum first: a garbled version field is damage (the other meta
-     * takes over), not a newer library's meta (which refuses the open) */
-    if (m.checksum != XXH3_64bits(&m, META_SUM_BYTES))
-        return CORRUPT(0);
-    if (m.version != KEEL_FORMAT_VERSION || (m.flags & ~META_F_KNOWN))
-        return KEEL_VERSION; /* older or newer: not a format this library reads */
-    if (m.page_size < KEEL_MIN_PAGE || m.page_size > KEEL_MAX_PAGE || (m.page_size & (m.page_size - 1)))
-        return CORRUPT(0);
-    if (expect_psize && m.page_size != expect_psize)
-        return CORRUPT(0);
-    if (m.npages < 2 || m.npages > (UINT64_MAX / m.page_size))
-        return CORRUPT(0);
-    if (m.txnid == UINT64_MAX) /* the next commit's id would wrap to 0 and lose to the other meta */
-        return CORRUPT(0);
-    if (with_tail && (m.flags & META_F_FREETAIL)) {
-        /* The tail shares the meta's write: a meta whose tail does not match
-         * its sum was torn (or damaged), and the other meta takes over. */
-        size_t off = meta_tail_off(m.page_size);
-        if (len < off + META_TAIL_HDR)
-            return CORRUPT(0);
-        uint32_t nwords = rd32(buf + off);
-        size_t bytes = META_TAIL_HDR + (size_t)nwords * 8;
-        if (rd32(buf + off + 4) || nwords > meta_tail_max_words(m.page_size) || len - off < bytes ||
-            XXH3_64bits(buf + off, bytes) != m.free_tail_sum)
-            return CORRUPT(0);
-    }
-    for (int i = 0; i < TREE_COUNT; i++) {
-        const struct tree_desc *t = &m.trees[i];
-        if (t->root == 1 || (t->root && t->root >= m.npages) || t->depth > KEEL_MAX_DEPTH ||
-            (t->root == 0) != (t->depth == 0) || t->id)
-            return CORRUPT(0);
-    }
-    *out = m;
-    return 0;
-}
-
-/* Is m the meta the lock file's bad_meta names?  Only a one-flush meta can
- * be torn, so only one is ever named: a damaged or hostile lock file cannot
- * hide any other. */
-bool meta_is_bad(const struct meta *m, uint64_t bad)
-{
-    return bad && m->checksum == bad && (m->flags & META_F_ONEFLUSH);
-}
-
-/* Which of two valid metas is the newest: the higher txn id; on a tie (a
- * one-flush meta and the copy keel_close made of it) the copy, which needs
- * no check of its pages; else a (slot 0). */
-bool meta_newer(const struct meta *a, const struct meta *b)
-{
-    if (a->txnid != b->txnid)
-        return a->txnid > b->txnid;
-    return !(a->flags & META_F_ONEFLUSH) || (b->flags & META_F_ONEFLUSH);
-}
-
-int pager_newest_meta(keel_db *db, struct meta *out, unsigned *slot)
-{
-    struct meta a, b;
-    int ra = meta_check(db->map, db->psize, db->psize, &a);
-    int rb = meta_check(db->map + db->psize, db->psize, db->psize, &b);
-    uint64_t bad = lockfile_bad_meta(&db->lock);
-    if (bad) { /* a torn one-flush commit found at open: as if its meta were torn */
-        if (!ra && meta_is_bad(&a, bad)) /* known since the open: nothing to record each time */
-            ra = KEEL_CORRUPTED;
-        if (!rb && meta_is_bad(&b, bad))
-            rb = KEEL_CORRUPTED;
-    }
-    if (ra && rb)
-        return CORRUPT(0);
-    unsigned s = (!ra && (rb || meta_newer(&a, &b))) ? 0 : 1;
-    *out = s == 0 ? a : b;
-    if (slot)
-        *slot = s;
-    return 0;
-}
-
-/* A read txn's free tail, copied from its snapshot's meta page in the map
- * (a malloc'd header and words, or NULL if the snapshot has none).  The
- * snapshot's pages stay while the txn lives, but its meta page is
- * overwritten by the second commit after it: then KEEL_BUSY (begin again). */
-int pager_snapshot_tail(keel_txn *txn, uint8_t **out)
-{
-    keel_db *db = txn->db;
-    *out = NULL;
-    if (!(txn->meta.flags & META_F_FREETAIL))
-        return 0;
-    size_t off = meta_tail_off(db->psize), max = META_TAIL_HDR + meta_tail_max_words(db->psize) * 8;
-    uint8_t *t = os_malloc(max);
-    if (!t)
-        return KEEL_NOMEM;
-    for (unsigned s = 0; s < 2; s++) {
-        const uint8_t *page = db->map + (size_t)s * db->psize;
-        if (memcmp(page, &txn->meta, META_SIZE))
-            continue;
-        memcpy(t, page + off, max);
-        size_t bytes = META_TAIL_HDR + (size_t)rd32(t) * 8;
-        /* still the same meta after the copy, and the copy matches its sum */
-        if (!memcmp(page, &txn->meta, META_SIZE) && bytes <= max && XXH3_64bits(t, bytes) == txn->meta.free_tail_sum) {
-            *out = t;
-            return 0;
-        }
-    }
-    os_free(t);
-    return KEEL_BUSY;
 }
 
 /* ---- page access ---- */
@@ -693,101 +557,5 @@ int pager_write_out(keel_txn *txn)
     pager_maybe_shrink(db, keep);
 out:
     pagebuf_put(db, mbuf, 1);
-    return rc;
-}
-
-/* At close, a one-flush commit of this handle's that is still the newest is
- * copied, flag cleared, into the other meta slot: both metas then hold that
- * commit, so the first open after a later crash has nothing to roll back
- * to, and damage to its pages reads as damage (KEEL_CORRUPTED), never as a
- * torn commit.  (A commit torn by a crash is always the newest one, so only
- * a process that did not close can leave one.)  Best effort: it does not
- * wait for another writer, whose commit supersedes this one anyway, and a
- * failure leaves the one-flush commit, durable, as the newest. */
-void pager_confirm(keel_db *db)
-{
-    if (!db->unconfirmed || db->panic || db->fork_gen != os_fork_generation() || !db->map)
-        return;
-    if (lockfile_writer_trylock(&db->lock))
-        return;
-    struct meta m;
-    unsigned slot;
-    uint8_t *buf = os_calloc(db->psize);
-    if (buf && pager_newest_meta(db, &m, &slot) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
-        const uint8_t *tail = db->map + (size_t)slot * db->psize + meta_tail_off(db->psize);
-        size_t len = meta_page_settled(db->psize, &m, (m.flags & META_F_FREETAIL) ? tail : NULL, buf);
-        if (os_pwrite_full(db->fd, buf, len, (uint64_t)(1 - slot) * db->psize) == 0)
-            (void)os_fdatasync(db->fd);
-    }
-    os_free(buf);
-    lockfile_writer_unlock(&db->lock);
-    db->unconfirmed = 0;
-}
-
-/* Is the one-flush commit of meta m (read from slot `slot`) whole in the
- * file?  Read with pread: keel_open calls it before the map exists, as the
- * sole user (no writer can change the pages meanwhile).  0 = whole,
- * KEEL_CORRUPTED = torn (or a damaged list), else an I/O error. */
-int pager_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot)
-{
-    uint32_t ps = m->page_size;
-    if (m->npages > fsize / ps) /* the growth it needed did not survive */
-        return CORRUPT(0);
-    enum { CHUNK = 1 << 16 };
-    uint8_t *buf = os_malloc(CHUNK > ps ? CHUNK : ps);
-    if (!buf)
-        return KEEL_NOMEM;
-    size_t got;
-    int rc = os_pread_upto(fd, buf, ps - META_LIST_OFF, (uint64_t)slot * ps + META_LIST_OFF, &got);
-    if (rc)
-        goto out;
-    uint32_t nruns = rd32(buf);
-    size_t list_len = META_LIST_HDR + (size_t)nruns * META_LIST_RUN;
-    if (got != ps - META_LIST_OFF || nruns > meta_list_max_runs(ps, m->flags & META_F_FREETAIL) || rd32(buf + 4) ||
-        XXH3_64bits(buf, list_len) != m->commit_list_sum) {
-        rc = CORRUPT(0);
-        goto out;
-    }
-    uint64_t want = rd64(buf + 8);
-    size_t nr = nruns;
-    uint64_t *runs = os_malloc((nr ? nr : 1) * 2 * sizeof(uint64_t));
-    if (!runs) {
-        rc = KEEL_NOMEM;
-        goto out;
-    }
-    uint64_t end = 2;
-    for (size_t i = 0; i < nr; i++) {
-        runs[2 * i] = rd64(buf + META_LIST_HDR + i * META_LIST_RUN);
-        runs[2 * i + 1] = rd64(buf + META_LIST_HDR + i * META_LIST_RUN + 8);
-        /* ascending, inside the commit's pages (first < npages before npages - first) */
-        if (runs[2 * i] < end || runs[2 * i] >= m->npages || runs[2 * i + 1] == 0 ||
-            runs[2 * i + 1] > m->npages - runs[2 * i]) {
-            os_free(runs);
-            rc = CORRUPT(0);
-            goto out;
-        }
-        end = runs[2 * i] + runs[2 * i + 1];
-    }
-    XXH3_state_t *sum = XXH3_createState();
-    rc = sum ? 0 : KEEL_NOMEM;
-    if (sum)
-        XXH3_64bits_reset(sum);
-    for (size_t i = 0; i < nr && !rc; i++) {
-        uint64_t off = runs[2 * i] * ps, left = runs[2 * i + 1] * ps;
-        while (left && !rc) {
-            size_t n = left < CHUNK ? (size_t)left : CHUNK;
-            if (!(rc = os_pread_upto(fd, buf, n, off, &got)) && got != n)
-                rc = CORRUPT((off + got) / ps);
-            XXH3_64bits_update(sum, buf, got);
-            off += n;
-            left -= n;
-        }
-    }
-    if (!rc && XXH3_64bits_digest(sum) != want)
-        rc = CORRUPT(0);
-    XXH3_freeState(sum);
-    os_free(runs);
-out:
-    os_free(buf);
     return rc;
 }

@@ -132,11 +132,11 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
             goto fail;
         for (;;) {
             struct meta again;
-            if ((rc = pager_newest_meta(db, &txn->meta, NULL)))
+            if ((rc = meta_newest(db, &txn->meta, NULL)))
                 goto fail;
             txn->pin_id = txn->meta.txnid ? txn->meta.txnid : 1;
             reader_publish(&db->lock, txn->slot, txn->pin_id, txn->now);
-            if ((rc = pager_newest_meta(db, &again, NULL)))
+            if ((rc = meta_newest(db, &again, NULL)))
                 goto fail;
             if (again.txnid == txn->meta.txnid)
                 break;
@@ -148,7 +148,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     } else {
         if ((rc = writer_enter(db)))
             goto fail;
-        if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = pager_newest_meta(db, &txn->meta, &txn->meta_slot)) ||
+        if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = meta_newest(db, &txn->meta, &txn->meta_slot)) ||
             (rc = meta_fits_map(db, &txn->meta))) {
             writer_leave(db, false);
             goto fail;
@@ -202,7 +202,7 @@ int txn_begin_with_tail(keel_db *db, keel_txn **out, uint8_t **tail)
         int rc = txn_begin(db, KEEL_RDONLY, out);
         if (rc)
             return rc;
-        if ((rc = pager_snapshot_tail(*out, tail)) != KEEL_BUSY) {
+        if ((rc = meta_snapshot_tail(*out, tail)) != KEEL_BUSY) {
             if (rc)
                 txn_abort(*out);
             return rc;

@@ -546,7 +546,7 @@ static uint8_t *make_generations(const char *p, uint32_t psize, int n, size_t *s
         OK(keel_commit(t));
     }
     /* the image is taken before keel_close, as a crash would leave it: close
-     * copies the newest meta into the other slot (pager_confirm) */
+     * copies the newest meta into the other slot (meta_confirm) */
     *size = (size_t)file_size(p);
     uint8_t *img = malloc(*size);
     assert_non_null(img);

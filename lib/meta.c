@@ -1,0 +1,335 @@
+/*
+ * meta.c — the two meta pages: check, seal, select, verify.
+ *
+ * Contract:
+ *   - meta_check() is the only judge of a meta's bytes: magic, checksum,
+ *     version, page size, limits, and the free tail against its sum.
+ *     meta_seal() is the only writer of the checksum.
+ *   - meta_select() is the one selector: every reader of the metas (the open
+ *     and its crash recovery through meta_newest_file, every txn begin, the
+ *     readers list and the close through meta_newest; copy and check through
+ *     their txn) takes the newest usable meta by its rule.  A meta that fails
+ *     meta_check, or that the lock file names torn (meta_is_bad), is
+ *     unusable; of two usable ones meta_newer decides.  Neither: damage.
+ *   - meta_verify_commit() tells, at the first open after a crash, whether a
+ *     one-flush commit is whole in the file (pager.c: the commit protocol);
+ *     meta_confirm() settles this handle's one-flush commit at close.
+ *   - meta_snapshot_tail() copies a read snapshot's free tail from its meta
+ *     page, or says the page has been overwritten since (KEEL_BUSY).
+ *
+ * Layer: below the pager (os -> lockfile -> meta -> pager).  Meta pages 0
+ * and 1 are outside the pager's pages (page_get refuses them): this file
+ * reads them from the map or with pread, writes them (meta_confirm) with
+ * os_pwrite, and calls nothing of the pager; the pager's commit write-out
+ * calls down into meta_seal.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "internal.h"
+
+/* ---- check and seal ---- */
+void meta_seal(struct meta *m) { m->checksum = XXH3_64bits(m, META_SUM_BYTES); }
+
+/* A meta page for m that needs no check of its commit's pages (the copy
+ * keel_close makes of a one-flush meta, and keel_copy's metas): no flag but
+ * FREETAIL, no commit list, and the free tail `tail` (its header and words,
+ * already checked against m's sum; NULL if m has none).  `out` is psize
+ * zeroed bytes; returns the bytes to write. */
+size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out)
+{
+    struct meta s = *m;
+    s.flags &= META_F_FREETAIL;
+    s.commit_list_sum = 0;
+    meta_seal(&s);
+    memcpy(out, &s, META_SIZE);
+    if (!tail)
+        return 512;
+    size_t off = meta_tail_off(psize), bytes = META_TAIL_HDR + (size_t)rd32(tail) * 8;
+    memcpy(out + off, tail, bytes);
+    return (off + bytes + 511) / 512 * 512;
+}
+
+int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out)
+{
+    return meta_check_head(buf, len, expect_psize, out, true);
+}
+
+/* with_tail false: the meta alone, not its free tail (check.c tells a torn
+ * tail from a damaged meta with it) */
+int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail)
+{
+    if (len < META_SIZE)
+        return KEEL_INVALID;
+    struct meta m;
+    memcpy(&m, buf, META_SIZE);
+    if (m.magic != KEEL_MAGIC)
+        return KEEL_INVALID;
+    /* the checksum first: a garbled version field is damage (the other meta
+     * takes over), not a newer library's meta (which refuses the open) */
+    if (m.checksum != XXH3_64bits(&m, META_SUM_BYTES))
+        return CORRUPT(0);
+    if (m.version != KEEL_FORMAT_VERSION || (m.flags & ~META_F_KNOWN))
+        return KEEL_VERSION; /* older or newer: not a format this library reads */
+    if (m.page_size < KEEL_MIN_PAGE || m.page_size > KEEL_MAX_PAGE || (m.page_size & (m.page_size - 1)))
+        return CORRUPT(0);
+    if (expect_psize && m.page_size != expect_psize)
+        return CORRUPT(0);
+    if (m.npages < 2 || m.npages > (UINT64_MAX / m.page_size))
+        return CORRUPT(0);
+    if (m.txnid == UINT64_MAX) /* the next commit's id would wrap to 0 and lose to the other meta */
+        return CORRUPT(0);
+    if (with_tail && (m.flags & META_F_FREETAIL)) {
+        /* The tail shares the meta's write: a meta whose tail does not match
+         * its sum was torn (or damaged), and the other meta takes over. */
+        size_t off = meta_tail_off(m.page_size);
+        if (len < off + META_TAIL_HDR)
+            return CORRUPT(0);
+        uint32_t nwords = rd32(buf + off);
+        size_t bytes = META_TAIL_HDR + (size_t)nwords * 8;
+        if (rd32(buf + off + 4) || nwords > meta_tail_max_words(m.page_size) || len - off < bytes ||
+            XXH3_64bits(buf + off, bytes) != m.free_tail_sum)
+            return CORRUPT(0);
+    }
+    for (int i = 0; i < TREE_COUNT; i++) {
+        const struct tree_desc *t = &m.trees[i];
+        if (t->root == 1 || (t->root && t->root >= m.npages) || t->depth > KEEL_MAX_DEPTH ||
+            (t->root == 0) != (t->depth == 0) || t->id)
+            return CORRUPT(0);
+    }
+    *out = m;
+    return 0;
+}
+
+/* ---- select ---- */
+/* Is m the meta the lock file's bad_meta names?  Only a one-flush meta can
+ * be torn, so only one is ever named: a damaged or hostile lock file cannot
+ * hide any other. */
+bool meta_is_bad(const struct meta *m, uint64_t bad)
+{
+    return bad && m->checksum == bad && (m->flags & META_F_ONEFLUSH);
+}
+
+/* Which of two valid metas is the newest: the higher txn id; on a tie (a
+ * one-flush meta and the copy keel_close made of it) the copy, which needs
+ * no check of its pages; else a (slot 0). */
+bool meta_newer(const struct meta *a, const struct meta *b)
+{
+    if (a->txnid != b->txnid)
+        return a->txnid > b->txnid;
+    return !(a->flags & META_F_ONEFLUSH) || (b->flags & META_F_ONEFLUSH);
+}
+
+/* meta_select's rule, inline here: a txn begin selects twice (txn.c), and
+ * for a one-get read txn that is a visible share of its cost. */
+static inline int select_newest(int r0, const struct meta *m0, int r1, const struct meta *m1, uint64_t bad,
+                                unsigned *slot)
+{
+    if (bad) { /* a torn one-flush commit found at open: as if its meta were torn */
+        if (!r0 && meta_is_bad(m0, bad)) /* known since the open: nothing to record each time */
+            r0 = KEEL_CORRUPTED;
+        if (!r1 && meta_is_bad(m1, bad))
+            r1 = KEEL_CORRUPTED;
+    }
+    if (r0 && r1)
+        return CORRUPT(0);
+    *slot = (!r0 && (r1 || meta_newer(m0, m1))) ? 0 : 1;
+    return 0;
+}
+
+int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, uint64_t bad, unsigned *slot)
+{
+    return select_newest(r0, m0, r1, m1, bad, slot);
+}
+
+int meta_newest(keel_db *db, struct meta *out, unsigned *slot)
+{
+    struct meta a, b;
+    int ra = meta_check(db->map, db->psize, db->psize, &a);
+    int rb = meta_check(db->map + db->psize, db->psize, db->psize, &b);
+    unsigned s;
+    int rc = select_newest(ra, &a, rb, &b, lockfile_bad_meta(&db->lock), &s);
+    if (rc)
+        return rc;
+    *out = s == 0 ? a : b;
+    if (slot)
+        *slot = s;
+    return 0;
+}
+
+/* Meta 0 gives the page size; if it is unusable, meta 1 is looked for at
+ * each possible page size.  A meta of a newer library (KEEL_VERSION) in
+ * either slot refuses the open; two metas that are not keel's at all are
+ * KEEL_INVALID (not a keel database); else meta_select decides. */
+int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot)
+{
+    /* a whole page at the largest size: a meta's free tail is in its page's second half */
+    uint8_t *buf = os_malloc(KEEL_MAX_PAGE);
+    if (!buf)
+        return KEEL_NOMEM;
+    struct meta m0, m1;
+    int r0 = KEEL_INVALID, r1 = KEEL_INVALID;
+    size_t got;
+    int rc = os_pread_upto(db->fd, buf, KEEL_MAX_PAGE, 0, &got);
+    if (rc)
+        goto out;
+    uint64_t bad = lockfile_bad_meta(&db->lock);
+    r0 = meta_check(buf, got, 0, &m0);
+    if (r0 == 0 && meta_is_bad(&m0, bad))
+        r0 = KEEL_CORRUPTED; /* the lock file names it torn: no damage met here */
+    int r1_keel = KEEL_INVALID; /* a damaged or newer meta 1 found while probing page sizes */
+    for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
+        if (r0 == 0 && ps != m0.page_size)
+            continue;
+        if ((rc = os_pread_upto(db->fd, buf, ps, ps, &got)))
+            goto out;
+        r1 = meta_check(buf, got, ps, &m1);
+        if (r1 == 0 && meta_is_bad(&m1, bad))
+            r1 = KEEL_CORRUPTED;
+        if (r1 == 0 || r0 == 0)
+            break;
+        if (r1 != KEEL_INVALID)
+            r1_keel = r1;
+    }
+    if (r1 == KEEL_INVALID) /* later probes past the real meta 1 must not hide what it said */
+        r1 = r1_keel;
+    /* A newer library wrote here: never read (and later overwrite) an older
+     * state of its file through the other meta. */
+    if (r0 == KEEL_VERSION || r1 == KEEL_VERSION)
+        rc = KEEL_VERSION;
+    else if (r0 == KEEL_INVALID && r1 == KEEL_INVALID)
+        rc = KEEL_INVALID;
+    else if ((rc = meta_select(r0, &m0, r1, &m1, bad, slot)) == 0)
+        *out = *slot == 0 ? m0 : m1;
+out:
+    os_free(buf);
+    return rc;
+}
+
+/* A read txn's free tail, copied from its snapshot's meta page in the map
+ * (a malloc'd header and words, or NULL if the snapshot has none).  The
+ * snapshot's pages stay while the txn lives, but its meta page is
+ * overwritten by the second commit after it: then KEEL_BUSY (begin again). */
+int meta_snapshot_tail(keel_txn *txn, uint8_t **out)
+{
+    keel_db *db = txn->db;
+    *out = NULL;
+    if (!(txn->meta.flags & META_F_FREETAIL))
+        return 0;
+    size_t off = meta_tail_off(db->psize), max = META_TAIL_HDR + meta_tail_max_words(db->psize) * 8;
+    uint8_t *t = os_malloc(max);
+    if (!t)
+        return KEEL_NOMEM;
+    for (unsigned s = 0; s < 2; s++) {
+        const uint8_t *page = db->map + (size_t)s * db->psize;
+        if (memcmp(page, &txn->meta, META_SIZE))
+            continue;
+        memcpy(t, page + off, max);
+        size_t bytes = META_TAIL_HDR + (size_t)rd32(t) * 8;
+        /* still the same meta after the copy, and the copy matches its sum */
+        if (!memcmp(page, &txn->meta, META_SIZE) && bytes <= max && XXH3_64bits(t, bytes) == txn->meta.free_tail_sum) {
+            *out = t;
+            return 0;
+        }
+    }
+    os_free(t);
+    return KEEL_BUSY;
+}
+
+/* ---- verify and confirm one-flush commits ---- */
+/* At close, a one-flush commit of this handle's that is still the newest is
+ * copied, flag cleared, into the other meta slot: both metas then hold that
+ * commit, so the first open after a later crash has nothing to roll back
+ * to, and damage to its pages reads as damage (KEEL_CORRUPTED), never as a
+ * torn commit.  (A commit torn by a crash is always the newest one, so only
+ * a process that did not close can leave one.)  Best effort: it does not
+ * wait for another writer, whose commit supersedes this one anyway, and a
+ * failure leaves the one-flush commit, durable, as the newest. */
+void meta_confirm(keel_db *db)
+{
+    if (!db->unconfirmed || db->panic || db->fork_gen != os_fork_generation() || !db->map)
+        return;
+    if (lockfile_writer_trylock(&db->lock))
+        return;
+    struct meta m;
+    unsigned slot;
+    uint8_t *buf = os_calloc(db->psize);
+    if (buf && meta_newest(db, &m, &slot) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
+        const uint8_t *tail = db->map + (size_t)slot * db->psize + meta_tail_off(db->psize);
+        size_t len = meta_page_settled(db->psize, &m, (m.flags & META_F_FREETAIL) ? tail : NULL, buf);
+        if (os_pwrite_full(db->fd, buf, len, (uint64_t)(1 - slot) * db->psize) == 0)
+            (void)os_fdatasync(db->fd);
+    }
+    os_free(buf);
+    lockfile_writer_unlock(&db->lock);
+    db->unconfirmed = 0;
+}
+
+/* Is the one-flush commit of meta m (read from slot `slot`) whole in the
+ * file?  Read with pread: keel_open calls it before the map exists, as the
+ * sole user (no writer can change the pages meanwhile).  0 = whole,
+ * KEEL_CORRUPTED = torn (or a damaged list), else an I/O error. */
+int meta_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot)
+{
+    uint32_t ps = m->page_size;
+    if (m->npages > fsize / ps) /* the growth it needed did not survive */
+        return CORRUPT(0);
+    enum { CHUNK = 1 << 16 };
+    uint8_t *buf = os_malloc(CHUNK > ps ? CHUNK : ps);
+    if (!buf)
+        return KEEL_NOMEM;
+    size_t got;
+    int rc = os_pread_upto(fd, buf, ps - META_LIST_OFF, (uint64_t)slot * ps + META_LIST_OFF, &got);
+    if (rc)
+        goto out;
+    uint32_t nruns = rd32(buf);
+    size_t list_len = META_LIST_HDR + (size_t)nruns * META_LIST_RUN;
+    if (got != ps - META_LIST_OFF || nruns > meta_list_max_runs(ps, m->flags & META_F_FREETAIL) || rd32(buf + 4) ||
+        XXH3_64bits(buf, list_len) != m->commit_list_sum) {
+        rc = CORRUPT(0);
+        goto out;
+    }
+    uint64_t want = rd64(buf + 8);
+    size_t nr = nruns;
+    uint64_t *runs = os_malloc((nr ? nr : 1) * 2 * sizeof(uint64_t));
+    if (!runs) {
+        rc = KEEL_NOMEM;
+        goto out;
+    }
+    uint64_t end = 2;
+    for (size_t i = 0; i < nr; i++) {
+        runs[2 * i] = rd64(buf + META_LIST_HDR + i * META_LIST_RUN);
+        runs[2 * i + 1] = rd64(buf + META_LIST_HDR + i * META_LIST_RUN + 8);
+        /* ascending, inside the commit's pages (first < npages before npages - first) */
+        if (runs[2 * i] < end || runs[2 * i] >= m->npages || runs[2 * i + 1] == 0 ||
+            runs[2 * i + 1] > m->npages - runs[2 * i]) {
+            os_free(runs);
+            rc = CORRUPT(0);
+            goto out;
+        }
+        end = runs[2 * i] + runs[2 * i + 1];
+    }
+    XXH3_state_t *sum = XXH3_createState();
+    rc = sum ? 0 : KEEL_NOMEM;
+    if (sum)
+        XXH3_64bits_reset(sum);
+    for (size_t i = 0; i < nr && !rc; i++) {
+        uint64_t off = runs[2 * i] * ps, left = runs[2 * i + 1] * ps;
+        while (left && !rc) {
+            size_t n = left < CHUNK ? (size_t)left : CHUNK;
+            if (!(rc = os_pread_upto(fd, buf, n, off, &got)) && got != n)
+                rc = CORRUPT((off + got) / ps);
+            XXH3_64bits_update(sum, buf, got);
+            off += n;
+            left -= n;
+        }
+    }
+    if (!rc && XXH3_64bits_digest(sum) != want)
+        rc = CORRUPT(0);
+    XXH3_freeState(sum);
+    os_free(runs);
+out:
+    os_free(buf);
+    return rc;
+}
