@@ -329,8 +329,8 @@ static keel_db *db_new(const char *path, const keel_options *o)
     db->flags = o->flags;
     db->clock = o->clock;
     db->clock_ctx = o->clock_ctx;
-    db->purge_per_commit = o->purge_per_commit == 0 ? 100 : o->purge_per_commit;
-    db->max_dirty = o->max_dirty ? (size_t)o->max_dirty : ((size_t)512 << 20);
+    db->purge_per_commit = o->purge_per_commit == 0 ? DEFAULT_PURGE_PER_COMMIT : o->purge_per_commit;
+    db->max_dirty = o->max_dirty ? (size_t)o->max_dirty : DEFAULT_MAX_DIRTY_BYTES;
     db->map_size = o->max_size ? o->max_size : (sizeof(void *) >= 8 ? DEFAULT_MAP_SIZE : ((uint64_t)1 << 30));
     os_watch_fork();
     db->fork_gen = os_fork_generation();

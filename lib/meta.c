@@ -23,6 +23,7 @@
  * os_pwrite, and calls nothing of the pager; the pager's commit write-out
  * calls down into meta_seal.
  */
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -143,13 +144,25 @@ int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, ui
     return select_newest(r0, m0, r1, m1, bad, slot);
 }
 
+/* The metas are read from the map while a writer in another process may
+ * be writing one with pwrite: a copy can be torn.  Only one meta is written
+ * at a time, so both torn means two commits went by during the reads; that
+ * passes, damage does not, so both unusable is read again a few times
+ * before it is KEEL_CORRUPTED. */
 int meta_newest(keel_db *db, struct meta *out, unsigned *slot)
 {
     struct meta a, b;
-    int ra = meta_check(db->map, db->psize, db->psize, &a);
-    int rb = meta_check(db->map + db->psize, db->psize, db->psize, &b);
     unsigned s;
-    int rc = select_newest(ra, &a, rb, &b, lockfile_bad_meta(&db->lock), &s);
+    int rc;
+    for (int tries = 0;; tries++) {
+        int ra = meta_check(db->map, db->psize, db->psize, &a);
+        int rb = meta_check(db->map + db->psize, db->psize, db->psize, &b);
+        if (!ra || !rb || tries + 1 >= META_READ_TRIES) {
+            rc = select_newest(ra, &a, rb, &b, lockfile_bad_meta(&db->lock), &s);
+            break;
+        }
+        sched_yield();
+    }
     if (rc)
         return rc;
     *out = s == 0 ? a : b;

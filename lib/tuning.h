@@ -89,6 +89,12 @@
 #define COMPACT_RELOAD_COMMITS 16  /* commits between two full loads the walk asks for, at least */
 
 
+/* ---- meta pages (meta.c) ------------------------------------------------- */
+/* Reads of both metas from the map before two unusable ones are damage:
+ * a concurrent commit can tear one copy, two commits during the reads both;
+ * a few tries (with a yield between) outlast that, and damage stays. */
+#define META_READ_TRIES 8
+
 /* ---- pages and write-out (pager.c, os.c) ---------------------------------- */
 /* The file grows and shrinks in whole steps, and grows by at least an
  * eighth of its size: few size changes, each of which costs a full sync.
