@@ -62,7 +62,7 @@ struct meta {
  *   particular order, so a power cut can leave this meta whole and some of
  *   its pages not.  The commit list after the meta names every page the
  *   commit wrote and their checksum; the first opener after a crash checks
- *   them (pager_verify_commit) and falls back to the other meta if they differ.
+ *   them (meta_verify_commit) and falls back to the other meta if they differ.
  * UNSYNCED: written without a sync of the meta (KEEL_NOMETASYNC, KEEL_NOSYNC):
  *   a crash may bring back the meta before it, so the next commit keeps that
  *   one's pages one commit longer and does not use ONEFLUSH.

@@ -214,7 +214,7 @@ struct keel_db {
     size_t npagebufs;
 };
 
-/* ---- the expiry log (ttl.c) ---------------------------------------------- */
+/* ---- the expiry log (expiry.c) ------------------------------------------- */
 struct xent;
 struct expiry_log { /* a write txn's expiry-tree changes, applied sorted (expiry_flush) */
     struct xent *v;
