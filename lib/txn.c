@@ -102,6 +102,70 @@ static int meta_fits_map(const keel_db *db, const struct meta *m)
     return m->npages > db->map_size / db->psize ? KEEL_MAPSIZE : 0;
 }
 
+/* A read txn's snapshot: the newest meta, published in the txn's reader
+ * slot, and still the newest after that (else a writer may already have
+ * reused what it freed: look again). */
+static int begin_read(keel_db *db, keel_txn *txn)
+{
+    int rc = reader_acquire(&db->lock, &txn->slot);
+    if (rc)
+        return rc;
+    for (;;) {
+        struct meta again;
+        if ((rc = meta_newest(db, &txn->meta, NULL)))
+            return rc;
+        txn->pin_id = txn->meta.txnid ? txn->meta.txnid : 1;
+        reader_publish(&db->lock, txn->slot, txn->pin_id, txn->now);
+        if ((rc = meta_newest(db, &again, NULL)))
+            return rc;
+        if (again.txnid == txn->meta.txnid)
+            break;
+    }
+    if ((rc = meta_fits_map(db, &txn->meta)))
+        return rc;
+    txn->txnid = txn->meta.txnid;
+    txn->pin = reader_pin(&db->lock, txn->slot);
+    return 0;
+}
+
+/* A write txn: the writer lock, the newest meta, the oldest snapshot a
+ * reader holds, the free tail.  On failure it holds nothing. */
+static int begin_write(keel_db *db, keel_txn *txn)
+{
+    int rc = writer_enter(db);
+    if (rc)
+        return rc;
+    if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = meta_newest(db, &txn->meta, &txn->meta_slot)) ||
+        (rc = meta_fits_map(db, &txn->meta)))
+        goto fail;
+    /* the file must hold the snapshot, and the commit needs an id that
+     * meta_check accepts (only a damaged meta has none left) */
+    if (txn->meta.npages * db->psize > db->file_size || txn->meta.txnid >= UINT64_MAX - 1) {
+        rc = CORRUPT(0);
+        goto fail;
+    }
+    txn->txnid = txn->meta.txnid + 1;
+    txn->snap_npages = txn->meta.npages;
+    txn->oldest = readers_oldest(&db->lock, txn->meta.txnid, db->max_reader_lag);
+    /* A newest meta written without a sync may not be on disk yet: a
+     * crash falls back to the one before, so what the newest commit freed
+     * (pages the one before still uses) must wait one more commit. */
+    if ((txn->meta.flags & META_F_UNSYNCED) && txn->oldest > 0 && txn->oldest == txn->meta.txnid)
+        txn->oldest--;
+    if ((rc = freelist_load_tail(txn, db->map + (size_t)txn->meta_slot * db->psize))) {
+        pager_txn_release(txn);
+        space_txn_release(&txn->space);
+        goto fail;
+    }
+    pthread_mutex_lock(&db->mu);
+    db->wtxn = txn;
+    pthread_mutex_unlock(&db->mu);
+    return 0;
+fail:
+    writer_leave(db, false);
+    return rc;
+}
+
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
 {
     if (db->panic)
@@ -126,57 +190,13 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     space_txn_begin(&txn->space);
     txn->pin = NULL;
     txn->now = txn_clock_ms(db);
-    int rc;
-    if (rdonly) {
-        if ((rc = reader_acquire(&db->lock, &txn->slot)))
-            goto fail;
-        for (;;) {
-            struct meta again;
-            if ((rc = meta_newest(db, &txn->meta, NULL)))
-                goto fail;
-            txn->pin_id = txn->meta.txnid ? txn->meta.txnid : 1;
-            reader_publish(&db->lock, txn->slot, txn->pin_id, txn->now);
-            if ((rc = meta_newest(db, &again, NULL)))
-                goto fail;
-            if (again.txnid == txn->meta.txnid)
-                break;
-        }
-        if ((rc = meta_fits_map(db, &txn->meta)))
-            goto fail;
-        txn->txnid = txn->meta.txnid;
-        txn->pin = reader_pin(&db->lock, txn->slot);
-    } else {
-        if ((rc = writer_enter(db)))
-            goto fail;
-        if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = meta_newest(db, &txn->meta, &txn->meta_slot)) ||
-            (rc = meta_fits_map(db, &txn->meta))) {
-            writer_leave(db, false);
-            goto fail;
-        }
-        /* the file must hold the snapshot, and the commit needs an id that
-         * meta_check accepts (only a damaged meta has none left) */
-        if (txn->meta.npages * db->psize > db->file_size || txn->meta.txnid >= UINT64_MAX - 1) {
-            writer_leave(db, false);
-            rc = CORRUPT(0);
-            goto fail;
-        }
-        txn->txnid = txn->meta.txnid + 1;
-        txn->snap_npages = txn->meta.npages;
-        txn->oldest = readers_oldest(&db->lock, txn->meta.txnid, db->max_reader_lag);
-        /* A newest meta written without a sync may not be on disk yet: a
-         * crash falls back to the one before, so what the newest commit freed
-         * (pages the one before still uses) must wait one more commit. */
-        if ((txn->meta.flags & META_F_UNSYNCED) && txn->oldest > 0 && txn->oldest == txn->meta.txnid)
-            txn->oldest--;
-        if ((rc = freelist_load_tail(txn, db->map + (size_t)txn->meta_slot * db->psize))) {
-            pager_txn_release(txn);
-            space_txn_release(&txn->space);
-            writer_leave(db, false);
-            goto fail;
-        }
-        pthread_mutex_lock(&db->mu);
-        db->wtxn = txn;
-        pthread_mutex_unlock(&db->mu);
+    int rc = rdonly ? begin_read(db, txn) : begin_write(db, txn);
+    if (rc) {
+        if (txn->slot >= 0)
+            reader_release(&db->lock, txn->slot);
+        txn->slot = -1;
+        txn_put(txn);
+        return rc;
     }
     txn->magic = TXN_MAGIC;
     pthread_mutex_lock(&db->mu);
@@ -188,12 +208,6 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     pthread_mutex_unlock(&db->mu);
     *out = txn;
     return 0;
-fail:
-    if (txn->slot >= 0)
-        reader_release(&db->lock, txn->slot);
-    txn->slot = -1;
-    txn_put(txn);
-    return rc;
 }
 
 int txn_begin_with_tail(keel_db *db, keel_txn **out, uint8_t **tail)
