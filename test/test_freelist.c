@@ -752,37 +752,6 @@ static keel_db *open_with_free(const char *name, char *path, size_t pathlen, str
     return db;
 }
 
-/* fn(ctx) in a child must fail a KEEL_ASSERT naming `file` and `cond`. */
-static void assert_dies(void (*fn)(void *ctx), void *ctx, const char *file, const char *cond)
-{
-#ifdef NDEBUG
-    (void)fn, (void)ctx, (void)file, (void)cond;
-    skip();
-#else
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        signal(SIGABRT, SIG_DFL);
-        fn(ctx);
-        _exit(0);
-    }
-    close(fds[1]);
-    char msg[512] = {0};
-    size_t got = 0;
-    ssize_t r;
-    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0)
-        got += (size_t)r;
-    close(fds[0]);
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
-    if (!strstr(msg, file) || !strstr(msg, cond))
-        fail_msg("assertion message \"%s\" names neither %s nor %s", msg, file, cond);
-#endif
-}
 
 static void edit_free_tree_twice(void *ctx)
 {
@@ -854,9 +823,9 @@ static void test_reentrancy_rule(void **state)
     w->space.recording = false;
 
     struct space loose = {0};
-    assert_dies(edit_free_tree_twice, &loose, "space.c:", "!s->editing_free_tree");
-    assert_dies(reclaim_while_editing, w, "space.c:", "!s->editing_free_tree");
-    assert_dies(reclaim_while_recording, w, "space.c:", "!s->recording");
+    tu_assert_dies(edit_free_tree_twice, &loose, "space.c:", "!s->editing_free_tree");
+    tu_assert_dies(reclaim_while_editing, w, "space.c:", "!s->editing_free_tree");
+    tu_assert_dies(reclaim_while_recording, w, "space.c:", "!s->recording");
     keel_abort(w);
     acct_free(&a);
     keel_close(db);
@@ -902,7 +871,7 @@ static void test_reusable_order(void **state)
     r->v[r->n - 1] = r->v[r->n - 2];
     r->v[r->n - 2] = t;
     assert_false(space_reusable_in_order(&w->space));
-    assert_dies(pop_out_of_order, w, "space.c:", "s->full_load ||");
+    tu_assert_dies(pop_out_of_order, w, "space.c:", "s->full_load ||");
 
     w->space.full_load = true; /* the window: any page is a right answer */
     uint64_t last = r->v[r->n - 1];

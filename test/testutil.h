@@ -60,4 +60,43 @@ static inline uint64_t tu_rand(uint64_t *s)
     return x * 0x2545F4914F6CDD1Dull;
 }
 
+#ifdef CMOCKA_H_ /* for the tests that include cmocka.h first */
+#include <signal.h>
+#include <sys/wait.h>
+
+/* fn(ctx) in a child must fail a KEEL_ASSERT naming `file` and `cond`
+ * (a failed one prints file:line and the condition to stderr, then aborts).
+ * A build with NDEBUG has none: the test is skipped. */
+static inline void tu_assert_dies(void (*fn)(void *ctx), void *ctx, const char *file, const char *cond)
+{
+#ifdef NDEBUG
+    (void)fn, (void)ctx, (void)file, (void)cond;
+    skip();
+#else
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        signal(SIGABRT, SIG_DFL);
+        fn(ctx);
+        _exit(0);
+    }
+    close(fds[1]);
+    char msg[512] = {0};
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof msg - 1 && (r = read(fds[0], msg + got, sizeof msg - 1 - got)) > 0)
+        got += (size_t)r;
+    close(fds[0]);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    if (!strstr(msg, file) || !strstr(msg, cond))
+        fail_msg("assertion message \"%s\" names neither %s nor %s", msg, file, cond);
+#endif
+}
+#endif
+
 #endif
