@@ -9,7 +9,10 @@ layers to its left; the one stated loop, btree <-> space, is allowed for
 the functions internal.h lists under "space.c: allocation (what btree.c
 calls)".  Names on one rank ("ops, api, db") are one layer and may call
 each other.  error.c (keel_strerror, CORRUPT's record) and os.c's table serve
-every layer.  Exit status 1 and one line per call against the order."""
+every layer.  And one write path: the steps of a write (spill, mark the
+bucket dirty, move the expiry entry, poison the txn, and the tree operations
+only user data gets) are called from kv.c alone.  Exit status 1 and one
+line per call against either rule."""
 import os, re, subprocess, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,8 +49,13 @@ for line in out.splitlines():
         used.setdefault(obj, set()).add(sym)
     elif kind in 'TDBR':
         defined[sym] = obj
+WRITE_PATH = {'pager_maybe_spill', 'bucket_mark_dirty', 'expiry_update', 'poison', 'bt_del_live', 'bt_set_expiry'}
 bad = 0
 for obj, syms in sorted(used.items()):
+    for sym in sorted(syms & WRITE_PATH):
+        if obj != 'kv':
+            print(f'{obj}.c -> {sym}: a step of the write path outside kv.c')
+            bad += 1
     for sym in sorted(syms):
         callee = defined.get(sym)
         if not callee or callee == obj or callee in ('error', 'os'):
