@@ -169,7 +169,7 @@ static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page
     /* A leaf not in the cache: ask for the nodes of the first three probes
      * at once (seven nodes), then one probe ahead in the loop, so their
      * cache misses overlap instead of following one another.  Four levels
-     * up front gained nothing more (doc/benchmarks.md has the figures). */
+     * up front gained nothing more (the commit that added it has the figures). */
     if (leaf && hi - lo > 6)
         prefetch_probes(page, lo, hi, 3);
     while (lo < hi) {

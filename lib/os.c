@@ -91,8 +91,8 @@ int os_pread_upto(int fd, void *buf, size_t n, uint64_t off, size_t *got)
  * walk), and the folio stays: a later 4 KiB write into a 256 KiB folio,
  * written whole by a bulk load's commit, makes ext4 walk all 64 of the
  * folio's block buffers, once in the write and once more at writeback.
- * That dominated the CPU time of batch commits on a bulk-loaded file
- * (doc/benchmarks.md, "Page-cache folios"); with 16 KiB pieces an update
+ * That dominated the CPU time of batch commits on a bulk-loaded file;
+ * with 16 KiB pieces an update
  * walks at most four.  The price is one system call per 16 KiB of a
  * long run. */
 static size_t piece_room(uint64_t off) { return (size_t)(OS_WRITE_MAX_BYTES - off % OS_WRITE_MAX_BYTES); }

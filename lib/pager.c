@@ -406,8 +406,16 @@ static int write_dirty(keel_txn *txn, bool spill, struct commit_list *cl)
         if (t->slots[i].pgno && t->slots[i].buf)
             pg[n++] = t->slots[i].pgno;
     int rc = sort_u64(pg, n);
-    for (size_t i = 0; i < n && !rc; i++)
+    for (size_t i = 0; i < n && !rc; i++) {
         v[i] = dirty_find(t, pg[i]);
+        /* Dirty pages tile: every one lies inside the file the commit
+         * describes (the allocator's invariant), and no two overlap, which
+         * only a free list that handed out a page of a dirty overflow run
+         * (damage) can break. */
+        KEEL_ASSERT(v[i]->pgno >= 2 && v[i]->pgno + v[i]->npages <= txn->meta.npages);
+        if (i && v[i - 1]->pgno + v[i - 1]->npages > v[i]->pgno)
+            rc = CORRUPT(v[i]->pgno);
+    }
     os_free(pg);
     if (rc) {
         os_free(v);
