@@ -15,7 +15,8 @@ set -eu
 cd "$(dirname "$0")/.."
 
 # liblmdb-dev: keel-bench compares with LMDB; lmdb-utils: test_cli's interoperability tests
-PKGS="meson ninja-build gcc pkg-config libcmocka-dev libxxhash-dev liblmdb-dev lmdb-utils"
+# python3, binutils (nm): the layers test (tools/check-layers.py)
+PKGS="meson ninja-build gcc pkg-config libcmocka-dev libxxhash-dev liblmdb-dev lmdb-utils python3 binutils"
 
 FUZZ_PKGS="clang libclang-rt-14-dev" # clang 14 and its libFuzzer runtime (Debian 12)
 
