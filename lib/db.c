@@ -334,6 +334,8 @@ static keel_db *db_new(const char *path, const keel_options *o)
     db->map_size = o->max_size ? o->max_size : (sizeof(void *) >= 8 ? DEFAULT_MAP_SIZE : ((uint64_t)1 << 30));
     os_watch_fork();
     db->fork_gen = os_fork_generation();
+    static _Atomic uint64_t opens;
+    db->open_id = atomic_fetch_add(&opens, 1) + 1;
     db->path = os_strdup(path);
     return db;
 }

@@ -186,6 +186,7 @@ struct keel_db {
     uint64_t synced_size; /* file size at the last successful fsync */
     struct lockfile lock;
     uint64_t fork_gen;
+    uint64_t open_id; /* this handle's number among all opens of the process: never reused */
     int64_t (*clock)(void *ctx);
     void *clock_ctx;
     volatile int panic; /* a sync failed: every txn gets KEEL_PANIC */

@@ -144,6 +144,36 @@ int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, ui
     return select_newest(r0, m0, r1, m1, bad, slot);
 }
 
+/* The last metas this thread found valid in one handle's map, by slot.  In
+ * that file a meta whose bytes equal one of them is the same commit's meta,
+ * checked already with its free tail (written with it; every commit has a
+ * new txn id), so a txn begin compares instead of hashing.  Only in that
+ * file: another file can hold the same meta bytes with a torn tail (a
+ * crash), hence the handle's open_id, which no later open reuses. */
+static __thread struct {
+    uint64_t open_id;
+    struct meta m[2];
+    bool ok[2];
+} meta_seen;
+
+static int meta_check_seen(const keel_db *db, unsigned slot, struct meta *out)
+{
+    const uint8_t *p = db->map + (size_t)slot * db->psize;
+    if (meta_seen.open_id != db->open_id) {
+        meta_seen.open_id = db->open_id;
+        meta_seen.ok[0] = meta_seen.ok[1] = false;
+    }
+    if (meta_seen.ok[slot] && !memcmp(p, &meta_seen.m[slot], META_SIZE)) {
+        *out = meta_seen.m[slot];
+        return 0;
+    }
+    int rc = meta_check(p, db->psize, db->psize, out);
+    if (!rc)
+        meta_seen.m[slot] = *out;
+    meta_seen.ok[slot] = rc == 0;
+    return rc;
+}
+
 /* The metas are read from the map while a writer in another process may
  * be writing one with pwrite: a copy can be torn.  Only one meta is written
  * at a time, so both torn means two commits went by during the reads; that
@@ -155,8 +185,8 @@ int meta_newest(keel_db *db, struct meta *out, unsigned *slot)
     unsigned s;
     int rc;
     for (int tries = 0;; tries++) {
-        int ra = meta_check(db->map, db->psize, db->psize, &a);
-        int rb = meta_check(db->map + db->psize, db->psize, db->psize, &b);
+        int ra = meta_check_seen(db, 0, &a);
+        int rb = meta_check_seen(db, 1, &b);
         if (!ra || !rb || tries + 1 >= META_READ_TRIES) {
             rc = select_newest(ra, &a, rb, &b, lockfile_bad_meta(&db->lock), &s);
             break;

@@ -3,7 +3,10 @@
  * valid metas, a torn (bad-checksum) meta passed over, a meta the lock file
  * names bad passed over, both unusable -> KEEL_CORRUPTED; and the two
  * readers of the metas (meta_newest from the map, meta_newest_file with
- * pread) choosing alike on a real database.
+ * pread) choosing alike on a real database, and a meta changed in the file
+ * under an open handle checked again (meta_newest compares a meta's bytes
+ * with the last valid one it saw; test_crash's images are the case of
+ * equal meta bytes over a torn tail in another file).
  */
 #include <fcntl.h>
 #include <setjmp.h>
