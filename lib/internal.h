@@ -309,6 +309,7 @@ bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file'
  * (meta_is_bad) is unusable.  Neither usable: KEEL_CORRUPTED. */
 int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, uint64_t bad, unsigned *slot);
 int meta_newest(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
+bool meta_maybe_newer(const keel_db *db, uint64_t txnid); /* false: no meta newer than txnid in the map */
 /* From the file with pread (the open, before the map): also KEEL_VERSION
  * (a newer library's meta in either slot) and KEEL_INVALID (no keel meta). */
 int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot);

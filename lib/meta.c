@@ -24,6 +24,7 @@
  * calls down into meta_seal.
  */
 #include <sched.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -199,6 +200,20 @@ int meta_newest(keel_db *db, struct meta *out, unsigned *slot)
     if (slot)
         *slot = s;
     return 0;
+}
+
+/* Has a meta newer than txnid been written, or is one being written, in
+ * either slot?  Two loads: a no is certain (a newer meta's txn id is in its
+ * slot once it is written), a yes only a maybe (a torn copy, a meta the
+ * lock file names bad), for the caller to settle with meta_newest. */
+bool meta_maybe_newer(const keel_db *db, uint64_t txnid)
+{
+    for (unsigned s = 0; s < 2; s++) {
+        const uint64_t *id = (const uint64_t *)(db->map + (size_t)s * db->psize + offsetof(struct meta, txnid));
+        if (__atomic_load_n(id, __ATOMIC_RELAXED) > txnid)
+            return true;
+    }
+    return false;
 }
 
 /* Meta 0 gives the page size; if it is unusable, meta 1 is looked for at

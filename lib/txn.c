@@ -104,7 +104,8 @@ static int meta_fits_map(const keel_db *db, const struct meta *m)
 
 /* A read txn's snapshot: the newest meta, published in the txn's reader
  * slot, and still the newest after that (else a writer may already have
- * reused what it freed: look again). */
+ * reused what it freed: look again).  "Still the newest" is two loads when
+ * no commit came by (meta_maybe_newer). */
 static int begin_read(keel_db *db, keel_txn *txn)
 {
     int rc = reader_acquire(&db->lock, &txn->slot);
@@ -116,6 +117,8 @@ static int begin_read(keel_db *db, keel_txn *txn)
             return rc;
         txn->pin_id = txn->meta.txnid ? txn->meta.txnid : 1;
         reader_publish(&db->lock, txn->slot, txn->pin_id, txn->now);
+        if (!meta_maybe_newer(db, txn->meta.txnid))
+            break;
         if ((rc = meta_newest(db, &again, NULL)))
             return rc;
         if (again.txnid == txn->meta.txnid)
