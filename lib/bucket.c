@@ -626,19 +626,20 @@ void bucket_txn_end(keel_txn *txn, bool committed)
 /* Frees the dead slots no txn of the db can use: each live txn, and each
  * reader in the lock file (a read txn being begun is there before it is on
  * the live list), reads a snapshot at least as new as the slot's death. */
-void bucket_reclaim(keel_txn *txn)
+bool bucket_reclaim_due(const keel_txn *txn, uint64_t *newest)
 {
-    keel_db *db = txn->db;
-    struct bucket_table *t = &db->buckets;
+    const struct bucket_table *t = &txn->db->buckets;
     if (txn->fork_gen != os_fork_generation())
-        return; /* the lock file is the parent's */
-    pthread_mutex_lock(&db->mu);
+        return false; /* the lock file is the parent's */
     /* a reader can only have held back the slots that died after its snapshot */
     bool worth = t->qlen && (!txn->rdonly || txn->txnid < t->slots[t->queue[t->qhead]].dead_since);
-    uint64_t newest = worth ? t->slots[t->queue[t->qhead + t->qlen - 1]].dead_since : 0;
-    pthread_mutex_unlock(&db->mu);
-    if (!worth)
-        return;
+    *newest = worth ? t->slots[t->queue[t->qhead + t->qlen - 1]].dead_since : 0;
+    return worth;
+}
+
+void bucket_reclaim(keel_db *db, uint64_t newest)
+{
+    struct bucket_table *t = &db->buckets;
     uint64_t oldest = readers_oldest(&db->lock, newest, 0);
     pthread_mutex_lock(&db->mu);
     for (const keel_txn *l = db->live_txns; l; l = l->live_next)

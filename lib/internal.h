@@ -474,9 +474,12 @@ int bucket_by_id(keel_txn *txn, uint32_t id, keel_bucket *out); /* KEEL_CORRUPTE
 /* At the end of a txn: the handles of a write txn's buckets that are absent
  * at its end die (before the writer lock goes); the states go. */
 void bucket_txn_end(keel_txn *txn, bool committed);
-/* After the txn left the live list and its reader slot: frees the handles
- * no txn can use any more. */
-void bucket_reclaim(keel_txn *txn);
+/* At the end of a txn, under db->mu, after it left the live list and its
+ * reader slot: may handles have died that this txn held back?  Then
+ * bucket_reclaim (not under db->mu) frees the ones no txn can use any more,
+ * up to those that died at `newest`. */
+bool bucket_reclaim_due(const keel_txn *txn, uint64_t *newest);
+void bucket_reclaim(keel_db *db, uint64_t newest);
 void bucket_txn_free(keel_txn *txn);
 void bucket_table_free(keel_db *db);
 struct bucket_counts { /* for tests */

@@ -48,6 +48,7 @@ static void txn_put(keel_txn *t)
     for (keel_cursor *c = t->cursors; c; c = c->next)
         c->txn = NULL; /* detached: further use gives KEEL_BADCURSOR */
     t->cursors = NULL;
+    /* one critical section in the common case (no dead bucket handles) */
     pthread_mutex_lock(&db->mu);
     if (t->live_prev || db->live_txns == t) { /* unlink from the live list */
         if (t->live_prev)
@@ -58,8 +59,16 @@ static void txn_put(keel_txn *t)
             t->live_next->live_prev = t->live_prev;
     }
     t->live_prev = t->live_next = NULL;
+    uint64_t newest;
+    bool reclaim = bucket_reclaim_due(t, &newest);
+    if (!reclaim) {
+        t->next_spare = db->spare_txns;
+        db->spare_txns = t;
+    }
     pthread_mutex_unlock(&db->mu);
-    bucket_reclaim(t);
+    if (!reclaim)
+        return;
+    bucket_reclaim(db, newest);
     pthread_mutex_lock(&db->mu);
     t->next_spare = db->spare_txns;
     db->spare_txns = t;
