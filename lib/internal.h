@@ -74,10 +74,11 @@ struct lockfile {
     bool nolock;
     uint64_t nolock_bad_meta; /* KEEL_NOLOCK: bad_meta kept here */
     uint32_t me;              /* this handle's number + 1: marks what it holds */
-    pthread_mutex_t mu;       /* guards parked */
-    bool mu_ready;
-    int parked[LOCK_PARKED_MAX]; /* slots held between read txns */
-    int nparked;
+    /* Reader slots the handle keeps between read txns, without a lock:
+     * bit i of `parked` says parked_slot[i] holds one to take; bit i of
+     * `parked_busy` says entry i is taken, or being filled or emptied. */
+    _Atomic uint32_t parked, parked_busy;
+    int parked_slot[LOCK_PARKED_MAX];
 };
 /* flags: KEEL_RDONLY, KEEL_NOLOCK.  KEEL_LOCKPATH when the database is in
  * use through another lock file; keel_error_detail() names the file at fault. */

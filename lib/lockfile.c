@@ -26,8 +26,9 @@
  *     A waiter that finds the holder's handle dead takes the lock over (a
  *     dead writer's meta write is either whole or fails its checksum).
  *     Threads of one handle are kept apart above this layer (txn.c).
- *   - Handles keep their reader slots between read txns (parked), so a read
- *     txn touches no shared cache line but its slot's.
+ *   - Handles keep their reader slots between read txns (parked, in a
+ *     lock-free set of LOCK_PARKED_MAX), so a read txn touches no shared
+ *     cache line but its slot's and takes no lock for it.
  *   - The file is (re)initialised by its sole user, under an exclusive lock
  *     on byte 0; every user then holds a shared lock on byte 0 for as long
  *     as it has the database open.  Its blocks are allocated before it is
@@ -334,8 +335,6 @@ int lockfile_open(struct lockfile *lf, int data_fd, const char *db_path, uint32_
     memset(lf, 0, sizeof(*lf));
     lf->fd = -1;
     lf->data_fd = data_fd;
-    pthread_mutex_init(&lf->mu, NULL);
-    lf->mu_ready = true;
     struct stat data;
     if (keel_os.fstat(data_fd, &data))
         return errno ? errno : EIO;
@@ -404,10 +403,12 @@ void lockfile_close(struct lockfile *lf, bool inherited)
 {
     /* In a child after fork() the slots and the locks are the parent's: the
      * descriptors close, the parent's locks stay with the parent's. */
+    uint32_t parked = atomic_exchange(&lf->parked, 0);
     if (lf->hdr && !inherited)
-        for (int i = 0; i < lf->nparked; i++)
-            slot_give_back(lf, (uint32_t)lf->parked[i]);
-    lf->nparked = 0;
+        for (int i = 0; i < LOCK_PARKED_MAX; i++)
+            if (parked & (1u << i))
+                slot_give_back(lf, (uint32_t)lf->parked_slot[i]);
+    atomic_store(&lf->parked_busy, 0);
     if (lf->hdr)
         keel_os.munmap(lf->hdr, lf->size);
     if (lf->fd >= 0)
@@ -416,9 +417,6 @@ void lockfile_close(struct lockfile *lf, bool inherited)
     lf->fd = -1;
     os_free(lf->path);
     lf->path = NULL;
-    if (lf->mu_ready)
-        pthread_mutex_destroy(&lf->mu);
-    lf->mu_ready = false;
 }
 
 void lockfile_abandon(struct lockfile *lf)
@@ -480,22 +478,55 @@ void lockfile_writer_unlock(struct lockfile *lf)
         os_futex_wake(w);
 }
 
+/* A parked slot taken (-1 if none): its bit leaves `parked` first, so no
+ * other thread takes it, and the entry is read before its busy bit goes. */
+_Static_assert(LOCK_PARKED_MAX >= 1 && LOCK_PARKED_MAX <= 32, "parked slots are the bits of a word");
+
+static int unpark(struct lockfile *lf)
+{
+    uint32_t m = atomic_load_explicit(&lf->parked, memory_order_acquire);
+    while (m) {
+        uint32_t bit = 1u << __builtin_ctz(m);
+        if (atomic_compare_exchange_weak_explicit(&lf->parked, &m, m & ~bit, memory_order_acquire,
+                                                  memory_order_acquire)) {
+            int slot = lf->parked_slot[__builtin_ctz(bit)];
+            atomic_fetch_and_explicit(&lf->parked_busy, ~bit, memory_order_release);
+            return slot;
+        }
+    }
+    return -1;
+}
+
+/* Parks a slot: claims a free entry (its busy bit), fills it, then offers
+ * it (its `parked` bit).  False when all LOCK_PARKED_MAX are in use. */
+static bool park(struct lockfile *lf, int slot)
+{
+    uint32_t all = LOCK_PARKED_MAX == 32 ? ~0u : (1u << LOCK_PARKED_MAX) - 1;
+    uint32_t busy = atomic_load_explicit(&lf->parked_busy, memory_order_acquire);
+    uint32_t bit;
+    do {
+        if ((busy & all) == all)
+            return false;
+        bit = 1u << __builtin_ctz(~busy & all);
+    } while (!atomic_compare_exchange_weak_explicit(&lf->parked_busy, &busy, busy | bit, memory_order_acquire,
+                                                    memory_order_acquire));
+    lf->parked_slot[__builtin_ctz(bit)] = slot;
+    atomic_fetch_or_explicit(&lf->parked, bit, memory_order_release);
+    return true;
+}
+
 int reader_acquire(struct lockfile *lf, int *slot)
 {
     *slot = -1;
     if (!lf->hdr)
         return 0; /* KEEL_NOLOCK: nobody writes, nothing to publish */
-    pthread_mutex_lock(&lf->mu);
-    while (lf->nparked) {
-        int i = lf->parked[--lf->nparked];
+    int p;
+    while ((p = unpark(lf)) >= 0)
         /* still ours, unless a damaged or hostile lock file says otherwise */
-        if (atomic_load_explicit(&lf->slots[i].owner, memory_order_relaxed) == lf->me) {
-            pthread_mutex_unlock(&lf->mu);
-            *slot = i;
+        if (atomic_load_explicit(&lf->slots[p].owner, memory_order_relaxed) == lf->me) {
+            *slot = p;
             return 0;
         }
-    }
-    pthread_mutex_unlock(&lf->mu);
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t i = 0; i < lf->max_readers; i++) {
             struct reader_slot *s = &lf->slots[i];
@@ -531,12 +562,7 @@ void reader_release(struct lockfile *lf, int slot)
     if (slot < 0)
         return;
     atomic_store(&lf->slots[slot].txnid, 0);
-    pthread_mutex_lock(&lf->mu);
-    bool park = lf->nparked < LOCK_PARKED_MAX;
-    if (park)
-        lf->parked[lf->nparked++] = slot;
-    pthread_mutex_unlock(&lf->mu);
-    if (!park)
+    if (!park(lf, slot))
         slot_give_back(lf, (uint32_t)slot);
 }
 

@@ -126,7 +126,7 @@
 /* ---- the lock file (lockfile.c) ------------------------------------------ */
 /* Reader slots a handle keeps between read txns: a read txn then takes
  * one without touching the shared table. */
-#define LOCK_PARKED_MAX 16 /* slots */
+#define LOCK_PARKED_MAX 16 /* slots; at most 32 (bits of a word) */
 /* How often a waiter for the writer lock looks whether the holder died. */
 #define WRITER_CHECK_MS 100
 /* A sole opener that finds the data file in use through another lock file
