@@ -117,6 +117,7 @@ struct engine {
     void (*bput)(uint32_t b, const void *k, size_t kl, const void *v, size_t vl);
     void (*bdrop)(uint32_t b);
     bool (*bget)(uint32_t b, const void *k, size_t kl); /* found, with a VAL_LEN value? */
+    bool (*txn_get)(const void *k, size_t kl); /* a read txn of its own with one get, from any thread */
 };
 
 /* keel */
@@ -199,9 +200,21 @@ static bool k_bget(uint32_t b, const void *k, size_t kl)
     keel_val v;
     return keel_get(ktxn, b, (keel_val){k, kl}, &v) == 0 && v.len == VAL_LEN;
 }
+static bool k_txn_get(const void *k, size_t kl)
+{
+    keel_txn *t;
+    keel_val v;
+    kcheck(keel_begin(kdb, KEEL_RDONLY, &t), "keel_begin");
+    int rc = keel_get(t, 0, (keel_val){k, kl}, &v);
+    if (rc && rc != KEEL_NOTFOUND)
+        die("keel_get", keel_strerror(rc));
+    bool found = rc == 0 && v.len == VAL_LEN;
+    keel_abort(t);
+    return found;
+}
 static const struct engine keel_engine = {"keel", k_open, k_close, k_begin, k_commit, k_put, k_get,
                                           k_del, k_range, k_rbegin, k_rget, k_rend,
-                                          k_open_nosync, k_bucket, k_bput, k_bdrop, k_bget};
+                                          k_open_nosync, k_bucket, k_bput, k_bdrop, k_bget, k_txn_get};
 
 #ifdef HAVE_LMDB
 static MDB_env *lenv;
@@ -282,6 +295,10 @@ static void l_open_nosync(const char *path, uint64_t buckets)
     lcheck(mdb_env_set_mapsize(lenv, ((size_t)8 << 30) + buckets * 8192), "mdb_env_set_mapsize");
     lcheck(mdb_env_set_maxdbs(lenv, (MDB_dbi)buckets + 16), "mdb_env_set_maxdbs");
     lcheck(mdb_env_open(lenv, path, MDB_NOSUBDIR | MDB_NOTLS | MDB_NOSYNC, 0644), "mdb_env_open");
+    MDB_txn *t; /* the main database too, for rows that put without buckets */
+    lcheck(mdb_txn_begin(lenv, NULL, 0, &t), "mdb_txn_begin");
+    lcheck(mdb_dbi_open(t, NULL, 0, &ldbi), "mdb_dbi_open");
+    lcheck(mdb_txn_commit(t), "mdb_txn_commit");
 }
 static uint32_t l_bucket(const char *name)
 {
@@ -300,9 +317,21 @@ static bool l_bget(uint32_t b, const void *k, size_t kl)
     MDB_val key = {kl, (void *)k}, val;
     return mdb_get(ltxn, b, &key, &val) == 0 && val.mv_size == VAL_LEN;
 }
+static bool l_txn_get(const void *k, size_t kl)
+{
+    MDB_txn *t;
+    MDB_val key = {kl, (void *)k}, val;
+    lcheck(mdb_txn_begin(lenv, NULL, MDB_RDONLY, &t), "mdb_txn_begin");
+    int rc = mdb_get(t, ldbi, &key, &val);
+    if (rc && rc != MDB_NOTFOUND)
+        die("mdb_get", mdb_strerror(rc));
+    bool found = rc == 0 && val.mv_size == VAL_LEN;
+    mdb_txn_abort(t);
+    return found;
+}
 static const struct engine lmdb_engine = {"lmdb", l_open, l_close, l_begin, l_commit, l_put, l_get,
                                           l_del, l_range, l_rbegin, l_rget, l_rend,
-                                          l_open_nosync, l_bucket, l_bput, l_bdrop, l_bget};
+                                          l_open_nosync, l_bucket, l_bput, l_bdrop, l_bget, l_txn_get};
 #endif
 
 /* ---- workloads: each returns the number of operations, or dies ---- */
@@ -402,6 +431,50 @@ static uint64_t w_read_txns(void)
     }
     if (found != n)
         fail("read txn per get: keys missing");
+    return n;
+}
+
+/* one read txn per get, in two threads at once (as a server's handlers) */
+static void *read_txn_thread(void *arg)
+{
+    uint64_t seed = (uint64_t)(uintptr_t)arg, found = 0, n = N < 200000 ? N : 200000;
+    uint8_t k[KEY_LEN];
+    for (uint64_t i = 0; i < n; i++) {
+        make_key(mix(i + seed) % N, k);
+        found += E->txn_get(k, KEY_LEN);
+    }
+    return (void *)(uintptr_t)found;
+}
+
+static uint64_t w_read_txns_2t(void)
+{
+    pthread_t t[2];
+    uint64_t found = 0, n = N < 200000 ? N : 200000;
+    for (uintptr_t i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, read_txn_thread, (void *)(i * 1000003 + 5));
+    for (int i = 0; i < 2; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        found += (uint64_t)(uintptr_t)r;
+    }
+    if (found != 2 * n)
+        fail("read txn per get, 2 threads: keys missing");
+    return 2 * n;
+}
+
+/* one read txn per 10-entry range */
+static uint64_t w_range_txns(void)
+{
+    uint8_t k[KEY_LEN];
+    uint64_t got = 0, n = 100000;
+    for (uint64_t i = 0; i < n; i++) {
+        make_key(mix(i + 11) % N, k);
+        E->begin(false);
+        got += E->range(k, KEY_LEN, 10);
+        E->commit();
+    }
+    if (got < n * 9)
+        fail("read txn per range: too few entries");
     return n;
 }
 
@@ -732,6 +805,26 @@ static uint64_t bucket_puts(bool churn)
     t_start = now_s() - dt; /* the close is not timed */
     return CHURN_COMMITS;
 }
+/* one write txn per put, without syncs (KEEL_NOSYNC, MDB_NOSYNC): the
+ * cost of a txn itself, which a durable commit's flush hides */
+static uint64_t w_write_txns_nosync(void)
+{
+    uint64_t n = N < CHURN_COMMITS ? N : CHURN_COMMITS;
+    E->open_nosync(P, 16);
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    t_start = now_s();
+    for (uint64_t i = 0; i < n; i++) {
+        make_key(mix(i + 13), k);
+        make_val(i, v, VAL_LEN);
+        E->begin(true);
+        E->put(k, KEY_LEN, v, VAL_LEN, false);
+        E->commit();
+    }
+    double dt = now_s() - t_start;
+    E->close();
+    t_start = now_s() - dt; /* the close is not timed */
+    return n;
+}
 static uint64_t w_bucket_puts(void) { return bucket_puts(false); }
 static uint64_t w_bucket_puts_churn(void) { return bucket_puts(true); }
 
@@ -751,6 +844,8 @@ static const struct workload workloads[] = {
     {"batch commits x1000", w_commits_1000, false, "commits/s", false, false},
     {"random reads", w_reads, false, "gets/s", false, false},
     {"read txn per get", w_read_txns, false, "txns/s", false, false},
+    {"read txn per get 2 threads", w_read_txns_2t, false, "txns/s", false, false},
+    {"read txn per range (10)", w_range_txns, false, "txns/s", false, false},
     {"range reads (10)", w_ranges, false, "ranges/s", false, false},
     {"full scan", w_scan, false, "entries/s", false, false},
     {"random reads 2 threads", w_reads_2t, false, "gets/s", false, false},
@@ -767,6 +862,7 @@ static const struct workload workloads[] = {
     /* named buckets, without syncs; the last one is keel only (LMDB's
      * named databases are a linear table: see doc/benchmarks.md) */
     {"buckets: create N/25", w_buckets_create, true, "buckets/s", false, true},
+    {"write txn per put, no sync", w_write_txns_nosync, true, "commits/s", false, true},
     {"bucket put, 1 per txn", w_bucket_puts, true, "commits/s", false, true},
     {"bucket put after churn", w_bucket_puts_churn, true, "commits/s", false, true},
     {"buckets: create N", w_buckets_million, true, "buckets/s", true, true},
