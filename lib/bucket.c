@@ -642,9 +642,11 @@ void bucket_reclaim(keel_db *db, uint64_t newest)
     struct bucket_table *t = &db->buckets;
     uint64_t oldest = readers_oldest(&db->lock, newest, 0);
     pthread_mutex_lock(&db->mu);
-    for (const keel_txn *l = db->live_txns; l; l = l->live_next)
-        if (snapshot_of(l) < oldest)
-            oldest = snapshot_of(l);
+    for (keel_txn *l = db->live_txns; l; l = l->live_next) { /* other threads' txns: their published snapshot */
+        uint64_t snap = atomic_load_explicit(&l->live_snapshot, memory_order_relaxed);
+        if (snap < oldest)
+            oldest = snap;
+    }
     while (t->qlen && t->slots[t->queue[t->qhead]].dead_since <= oldest) {
         free_slot(t, t->queue[t->qhead]);
         t->qhead++;

@@ -251,7 +251,8 @@ struct keel_txn {
     uint32_t magic;
     keel_db *db;
     keel_txn *next_spare;
-    keel_txn *live_prev, *live_next; /* in db->live_txns */
+    keel_txn *live_prev, *live_next; /* in db->live_txns (from txn_get on) */
+    _Atomic uint64_t live_snapshot; /* its snapshot for bucket_reclaim's scan of that list; 0 while begun */
     bool rdonly;
     int error;      /* sticky: a write op failed half way; only abort is allowed */
     int slot;       /* reader slot, -1 for none */

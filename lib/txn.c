@@ -29,15 +29,28 @@ int64_t txn_clock_ms(keel_db *db)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* A txn object, already in the live list: one critical section per begin.
+ * Its snapshot reads 0 there until begin succeeds (bucket_reclaim then
+ * frees no handle a txn being begun might use). */
 static keel_txn *txn_get(keel_db *db)
 {
     pthread_mutex_lock(&db->mu);
     keel_txn *t = db->spare_txns;
-    if (t)
+    if (!t) {
+        pthread_mutex_unlock(&db->mu);
+        if (!(t = os_calloc(sizeof(*t))))
+            return NULL;
+        pthread_mutex_lock(&db->mu);
+    } else {
         db->spare_txns = t->next_spare;
+    }
+    atomic_store_explicit(&t->live_snapshot, 0, memory_order_relaxed);
+    t->live_prev = NULL;
+    t->live_next = db->live_txns;
+    if (db->live_txns)
+        db->live_txns->live_prev = t;
+    db->live_txns = t;
     pthread_mutex_unlock(&db->mu);
-    if (!t)
-        t = os_calloc(sizeof(*t));
     return t;
 }
 
@@ -210,14 +223,8 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
         txn_put(txn);
         return rc;
     }
+    atomic_store_explicit(&txn->live_snapshot, rdonly ? txn->txnid : txn->txnid - 1, memory_order_relaxed);
     txn->magic = TXN_MAGIC;
-    pthread_mutex_lock(&db->mu);
-    txn->live_prev = NULL;
-    txn->live_next = db->live_txns;
-    if (db->live_txns)
-        db->live_txns->live_prev = txn;
-    db->live_txns = txn;
-    pthread_mutex_unlock(&db->mu);
     *out = txn;
     return 0;
 }
