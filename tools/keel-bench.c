@@ -434,6 +434,22 @@ static uint64_t w_read_txns(void)
     return n;
 }
 
+/* fn in two threads at once, with seeds seed and seed + 1000003: the sum
+ * of what they return */
+static uint64_t two_threads(void *(*fn)(void *), uintptr_t seed)
+{
+    pthread_t t[2];
+    for (uintptr_t i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, fn, (void *)(i * 1000003 + seed));
+    uint64_t sum = 0;
+    for (int i = 0; i < 2; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        sum += (uint64_t)(uintptr_t)r;
+    }
+    return sum;
+}
+
 /* one read txn per get, in two threads at once (as a server's handlers) */
 static void *read_txn_thread(void *arg)
 {
@@ -448,15 +464,7 @@ static void *read_txn_thread(void *arg)
 
 static uint64_t w_read_txns_2t(void)
 {
-    pthread_t t[2];
-    uint64_t found = 0, n = N < 200000 ? N : 200000;
-    for (uintptr_t i = 0; i < 2; i++)
-        pthread_create(&t[i], NULL, read_txn_thread, (void *)(i * 1000003 + 5));
-    for (int i = 0; i < 2; i++) {
-        void *r;
-        pthread_join(t[i], &r);
-        found += (uint64_t)(uintptr_t)r;
-    }
+    uint64_t n = N < 200000 ? N : 200000, found = two_threads(read_txn_thread, 5);
     if (found != 2 * n)
         fail("read txn per get, 2 threads: keys missing");
     return 2 * n;
@@ -518,15 +526,7 @@ static void *reader_thread(void *arg)
 
 static uint64_t w_reads_2t(void)
 {
-    pthread_t t[2];
-    for (uintptr_t i = 0; i < 2; i++)
-        pthread_create(&t[i], NULL, reader_thread, (void *)(i * 1000003 + 1));
-    uint64_t found = 0;
-    for (int i = 0; i < 2; i++) {
-        void *r;
-        pthread_join(t[i], &r);
-        found += (uint64_t)(uintptr_t)r;
-    }
+    uint64_t found = two_threads(reader_thread, 1);
     if (found != 2 * N)
         fail("2-thread reads: keys missing");
     return 2 * N;
