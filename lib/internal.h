@@ -334,6 +334,7 @@ int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
  * no meta: nothing points at them yet) and free their buffers. */
 int pager_maybe_spill(keel_txn *txn);
 void pager_txn_release(keel_txn *txn); /* drops dirty pages and lists */
+void pager_txn_free(keel_txn *txn);    /* frees what release kept (the txn object goes) */
 void pager_free_pagebufs(keel_db *db); /* at close */
 int pager_grow(keel_db *db, uint64_t need_bytes);
 void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);

@@ -314,15 +314,27 @@ int pager_own_buf(keel_txn *txn, uint64_t pgno, uint8_t **buf)
     return 0;
 }
 
+/* The table's slots stay with the txn object for its next write txn,
+ * emptied here (a one-put txn then allocates and clears no table), unless
+ * a big txn grew it past DIRTY_TABLE_KEEP_SLOTS. */
 void pager_txn_release(keel_txn *txn)
 {
     struct dirty_table *t = &txn->dirty;
     for (size_t i = 0; i < t->cap; i++)
-        if (t->slots[i].pgno)
+        if (t->slots[i].pgno) {
             pagebuf_put(txn->db, t->slots[i].buf, t->slots[i].npages);
-    os_free(t->slots);
-    memset(t, 0, sizeof(*t));
+            t->slots[i] = (struct dirty){0, 0, NULL};
+        }
+    t->count = 0;
+    if (t->cap > DIRTY_TABLE_KEEP_SLOTS)
+        pager_txn_free(txn);
     txn->dirty_bytes = 0;
+}
+
+void pager_txn_free(keel_txn *txn)
+{
+    os_free(txn->dirty.slots);
+    memset(&txn->dirty, 0, sizeof(txn->dirty));
 }
 
 /* ---- file size ---- */

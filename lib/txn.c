@@ -296,6 +296,7 @@ void txn_free_spares(keel_db *db)
     while (t) {
         keel_txn *next = t->next_spare;
         bucket_txn_free(t);
+        pager_txn_free(t);
         os_free(t->scratch);
         os_free(t);
         t = next;
