@@ -525,6 +525,16 @@ static int get_handle(keel_txn *txn, const char *name, unsigned flags, keel_buck
     return rc;
 }
 
+/* The txn's user cursors on handle b follow its bucket: gone when it is
+ * dropped, on the new one when the name is created again in the same txn
+ * (the same handle: the slot dies only when a txn ends without the name). */
+static void cursors_attach(keel_txn *txn, keel_bucket b, struct tree_desc *t)
+{
+    for (keel_cursor *c = txn->cursors; c; c = c->next)
+        if (c->bucket == b)
+            c->tree = t;
+}
+
 int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *out)
 {
     if (!name) {
@@ -549,6 +559,7 @@ int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *ou
         s->desc.id = (uint32_t)txn->meta.next_bucket_id++;
         s->state = BUCKET_PRESENT;
         s->dirty = true;
+        cursors_attach(txn, b, &s->desc); /* dropped earlier in this txn: its cursors go on here */
     }
     *out = b;
     return 0;
@@ -566,9 +577,7 @@ int bucket_drop(keel_txn *txn, keel_bucket b)
         struct bucket_state *s = state_find(txn, b);
         s->state = BUCKET_ABSENT;
         s->dirty = true;
-        for (keel_cursor *c = txn->cursors; c; c = c->next)
-            if (c->bucket == b)
-                c->tree = NULL; /* its moves answer KEEL_BADBUCKET */
+        cursors_attach(txn, b, NULL); /* their moves answer KEEL_BADBUCKET */
     }
     return 0;
 }

@@ -847,6 +847,17 @@ static void test_cursor_errors(void **state)
     assert_int_equal(keel_cursor_current(c, &k, &v), KEEL_BADBUCKET);
     assert_int_equal(keel_cursor_next(c, &k, &v), KEEL_BADBUCKET);
     assert_int_equal(keel_cursor_del(c), KEEL_BADBUCKET);
+    /* created again in the same txn: the same handle, and the cursor walks
+     * the new bucket */
+    keel_bucket again;
+    OK(keel_bucket_open(t, "gone", KEEL_CREATE, &again));
+    assert_int_equal(again, gb);
+    put_str(t, gb, "g3", "z");
+    OK(keel_cursor_first(c, &k, &v));
+    assert_int_equal(k.len, 2);
+    assert_memory_equal(k.data, "g3", 2);
+    assert_int_equal(keel_cursor_next(c, &k, &v), KEEL_NOTFOUND);
+    OK(keel_bucket_drop(t, gb));
     keel_cursor_close(c);
     /* none of the misuse above poisoned the write txn */
     expect_str(t, 0, "alpha", "1");
