@@ -323,13 +323,13 @@ int expiry_update(keel_txn *txn, uint32_t id, keel_val key, int64_t old_exp, int
 
 /* Logs the removal of the expiry entry of every expiring key of t (a
  * bucket about to be dropped). */
-int expiry_forget_tree(keel_txn *txn, const struct tree_desc *t)
+int expiry_forget_tree(keel_txn *txn, struct tree_desc *t)
 {
     if (t->root == 0 || (txn->meta.trees[TREE_EXPIRY].root == 0 && txn->xlog.n == 0))
         return 0;
     keel_cursor c;
     memset(&c, 0, sizeof(c));
-    cursor_init(&c, txn, 0, (struct tree_desc *)t);
+    cursor_init(&c, txn, 0, t);
     c.all = true;
     keel_val k;
     int rc;

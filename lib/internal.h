@@ -497,7 +497,7 @@ uint32_t txn_bucket_states(const keel_txn *txn);
 static inline bool expiry_live(const keel_txn *txn, int64_t expiry) { return expiry == 0 || expiry > txn->now; }
 /* Moves the index entry of (bucket id, key) from old_exp to new_exp (0 = none). */
 int expiry_update(keel_txn *txn, uint32_t id, keel_val key, int64_t old_exp, int64_t new_exp);
-int expiry_forget_tree(keel_txn *txn, const struct tree_desc *t); /* a bucket about to be dropped */
+int expiry_forget_tree(keel_txn *txn, struct tree_desc *t); /* a bucket about to be dropped */
 int expiry_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...), void *ctx, uint64_t *entries);
 /* Applies the expiry log to the expiry tree; every reader of that tree in a
  * write txn calls it first, and so does commit.  expiry_log_free drops the
