@@ -6,7 +6,8 @@
  *   - Every KEEL_* code has its own class, all under keel.Error (with .code,
  *     the keel code); the ones that are also a standard error derive from it
  *     too (NotFoundError is a KeyError, BadValueSizeError a ValueError...).
- *     A positive code (errno) is FileSystemError, an OSError.
+ *     A positive code (errno) is FileSystemError, an OSError.  keel.NOTFOUND
+ *     etc. are the codes.
  *   - A message is keel_strerror(), then keel_error_detail() when it says more.
  *   - kp_clock runs the Db's Python clock with the GIL taken (it may be
  *     called from a call that released it).  An exception it raises is kept
@@ -27,39 +28,41 @@ static PyObject *FileSystemError;
 #define NCODES (FIRST_CODE - LAST_CODE + 1)
 static PyObject *classes[NCODES];
 
+#define K(code) KEEL_##code, #code
 static const struct {
     int code;
+    const char *cname; /* KEEL_<cname>: the module's constant keel.<cname> */
     const char *name;
     int std; /* 0 none, 1 KeyError, 2 ValueError, 3 MemoryError, 4 OverflowError */
     const char *doc;
 } kinds[] = {
-    {KEEL_NOTFOUND, "NotFoundError", 1, "A key or bucket was not found."},
-    {KEEL_EXISTS, "ExistsError", 0, "The key exists."},
-    {KEEL_CORRUPTED, "CorruptedError", 0, "The database file is damaged."},
-    {KEEL_INVALID, "InvalidError", 0, "The file is not a keel database."},
-    {KEEL_VERSION, "VersionError", 0, "A keel file of another format version."},
-    {KEEL_FULL, "FullError", 0, "The disk or the address reservation is full."},
-    {KEEL_READERS_FULL, "ReadersFullError", 0, "Every reader slot is taken (see max_readers)."},
-    {KEEL_BADVALSIZE, "BadValueSizeError", 2, "A key empty or too long, or a value too long."},
-    {KEEL_READONLY, "ReadonlyError", 0, "A write in a read transaction or a read-only database."},
-    {KEEL_BADTXN, "TxnError", 0, "The transaction has ended, failed, or is used wrongly."},
-    {KEEL_PANIC, "PanicError", 0, "A sync failed: close the database and open it again."},
-    {KEEL_BADARG, "BadArgumentError", 2, "A meaningless argument."},
-    {KEEL_BADBUCKET, "BucketError", 0, "A bucket handle that names no open bucket."},
-    {KEEL_BADCURSOR, "CursorError", 0, "A closed cursor, or one not positioned."},
-    {KEEL_BUSY, "BusyError", 0, "A write txn is already open in this thread, or the txn is in use."},
-    {KEEL_BADFLAGS, "BadFlagsError", 2, "Unknown or contradictory options."},
-    {KEEL_BADNAME, "BadNameError", 2, "A bucket name empty or longer than 255 bytes."},
-    {KEEL_LOCKFILE, "LockFileError", 0, "The lock file is not a keel lock file or is damaged."},
-    {KEEL_FORKED, "ForkedError", 0, "A handle inherited across fork(): open the database again."},
-    {KEEL_NOMEM, "NoMemoryError", 3, "Out of memory."},
-    {KEEL_MISMATCH, "MismatchError", 0, "Compare-and-swap: the value differs."},
-    {KEEL_NOTNUMBER, "NotNumberError", 2, "Increment: the value is not a decimal integer."},
-    {KEEL_OVERFLOW, "IntOverflowError", 4, "Increment or deadline: the result does not fit in int64."},
-    {KEEL_LOCKPATH, "LockPathError", 0, "The database is in use through another lock file."},
-    {KEEL_MAPSIZE, "MapSizeError", 0, "The file has grown past this handle's map (max_size): reopen."},
-    {KEEL_ADDRSPACE, "AddressSpaceError", 0, "The address space for the map cannot be reserved."},
-    {KEEL_LAGGED, "LaggedError", 0, "A read txn fell too far behind (max_reader_lag): begin a new one."},
+    {K(NOTFOUND), "NotFoundError", 1, "A key or bucket was not found."},
+    {K(EXISTS), "ExistsError", 0, "The key exists."},
+    {K(CORRUPTED), "CorruptedError", 0, "The database file is damaged."},
+    {K(INVALID), "InvalidError", 0, "The file is not a keel database."},
+    {K(VERSION), "VersionError", 0, "A keel file of another format version."},
+    {K(FULL), "FullError", 0, "The disk or the address reservation is full."},
+    {K(READERS_FULL), "ReadersFullError", 0, "Every reader slot is taken (see max_readers)."},
+    {K(BADVALSIZE), "BadValueSizeError", 2, "A key empty or too long, or a value too long."},
+    {K(READONLY), "ReadonlyError", 0, "A write in a read transaction or a read-only database."},
+    {K(BADTXN), "TxnError", 0, "The transaction has ended, failed, or is used wrongly."},
+    {K(PANIC), "PanicError", 0, "A sync failed: close the database and open it again."},
+    {K(BADARG), "BadArgumentError", 2, "A meaningless argument."},
+    {K(BADBUCKET), "BucketError", 0, "A bucket handle that names no open bucket."},
+    {K(BADCURSOR), "CursorError", 0, "A closed cursor, or one not positioned."},
+    {K(BUSY), "BusyError", 0, "A write txn is already open in this thread, or the txn is in use."},
+    {K(BADFLAGS), "BadFlagsError", 2, "Unknown or contradictory options."},
+    {K(BADNAME), "BadNameError", 2, "A bucket name empty or longer than 255 bytes."},
+    {K(LOCKFILE), "LockFileError", 0, "The lock file is not a keel lock file or is damaged."},
+    {K(FORKED), "ForkedError", 0, "A handle inherited across fork(): open the database again."},
+    {K(NOMEM), "NoMemoryError", 3, "Out of memory."},
+    {K(MISMATCH), "MismatchError", 0, "Compare-and-swap: the value differs."},
+    {K(NOTNUMBER), "NotNumberError", 2, "Increment: the value is not a decimal integer."},
+    {K(OVERFLOW), "IntOverflowError", 4, "Increment or deadline: the result does not fit in int64."},
+    {K(LOCKPATH), "LockPathError", 0, "The database is in use through another lock file."},
+    {K(MAPSIZE), "MapSizeError", 0, "The file has grown past this handle's map (max_size): reopen."},
+    {K(ADDRSPACE), "AddressSpaceError", 0, "The address space for the map cannot be reserved."},
+    {K(LAGGED), "LaggedError", 0, "A read txn fell too far behind (max_reader_lag): begin a new one."},
 };
 
 PyObject *kp_raise_msg(int rc, const char *msg)
@@ -233,9 +236,7 @@ static int add_errors(PyObject *m)
 static int add_constants(PyObject *m)
 {
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
-        char name[40];
-        snprintf(name, sizeof name, "ERR_%s", kinds[i].name);
-        if (PyModule_AddIntConstant(m, name, kinds[i].code) < 0)
+        if (PyModule_AddIntConstant(m, kinds[i].cname, kinds[i].code) < 0)
             return -1;
     }
     if (PyModule_AddStringConstant(m, "__version__", "0.1.0") < 0 ||
