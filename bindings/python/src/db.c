@@ -138,6 +138,7 @@ PyObject *kp_open(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     d->db = NULL;
     d->closing = 0;
     d->pinned = 0;
+    d->nogil_calls = 0;
     d->pid = (long)getpid();
     d->path = d->clock = d->weakreflist = NULL;
     d->clock_exc[0] = d->clock_exc[1] = d->clock_exc[2] = NULL;
@@ -178,9 +179,11 @@ static int db_close(DbObject *d)
 {
     if (!d->db || d->closing)
         return 0;
+    int busy = d->nogil_calls > 0;
     for (TxnObject *t = d->txns; t; t = t->next)
-        if (t->busy)
-            return (kp_raise_msg(KEEL_BUSY, "a transaction of this database is running in another thread"), -1);
+        busy |= t->busy;
+    if (busy)
+        return (kp_raise_msg(KEEL_BUSY, "a call on this database is running in another thread"), -1);
     while (d->txns) {
         TxnObject *t = d->txns;
         Py_INCREF(t);
@@ -304,9 +307,11 @@ static PyObject *db_put(DbObject *d, PyObject *const *args, Py_ssize_t nargs, Py
         return NULL;
     }
     int rc;
+    d->nogil_calls++;
     Py_BEGIN_ALLOW_THREADS
     rc = keel_db_put(d->db, bucket, key.v, val.v, ttl);
     Py_END_ALLOW_THREADS
+    d->nogil_calls--;
     kp_bytes_release(&key);
     kp_bytes_release(&val);
     if (kp_clock_error(d))
@@ -324,9 +329,11 @@ static PyObject *db_delete(DbObject *d, PyObject *const *args, Py_ssize_t nargs,
         kp_bytes_get(a[0], &key, "key"))
         return NULL;
     int rc;
+    d->nogil_calls++;
     Py_BEGIN_ALLOW_THREADS
     rc = keel_db_del(d->db, bucket, key.v);
     Py_END_ALLOW_THREADS
+    d->nogil_calls--;
     kp_bytes_release(&key);
     if (kp_clock_error(d))
         return NULL;
@@ -350,9 +357,11 @@ static PyObject *db_incr(DbObject *d, PyObject *const *args, Py_ssize_t nargs, P
         return NULL;
     int64_t result = 0;
     int rc;
+    d->nogil_calls++;
     Py_BEGIN_ALLOW_THREADS
     rc = keel_db_incr(d->db, bucket, key.v, (int64_t)delta, &result);
     Py_END_ALLOW_THREADS
+    d->nogil_calls--;
     kp_bytes_release(&key);
     if (kp_clock_error(d))
         return NULL;
@@ -375,9 +384,11 @@ static PyObject *db_cas(DbObject *d, PyObject *const *args, Py_ssize_t nargs, Py
         return NULL;
     }
     int rc;
+    d->nogil_calls++;
     Py_BEGIN_ALLOW_THREADS
     rc = keel_db_cas(d->db, bucket, key.v, have_exp ? &exp.v : NULL, val.v);
     Py_END_ALLOW_THREADS
+    d->nogil_calls--;
     kp_bytes_release(&key);
     kp_bytes_release(&exp);
     kp_bytes_release(&val);

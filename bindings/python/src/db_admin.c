@@ -76,9 +76,11 @@ PyObject *kp_db_copy(DbObject *d, PyObject *const *args, Py_ssize_t nargs, PyObj
     if (compact < 0 || !PyUnicode_FSConverter(a[0], &bpath))
         return NULL;
     int rc;
+    d->nogil_calls++;
     Py_BEGIN_ALLOW_THREADS
     rc = keel_copy(d->db, PyBytes_AS_STRING(bpath), compact ? KEEL_COPY_COMPACT : 0);
     Py_END_ALLOW_THREADS
+    d->nogil_calls--;
     Py_DECREF(bpath);
     if (kp_clock_error(d))
         return NULL;
@@ -111,9 +113,11 @@ PyObject *kp_db_check(DbObject *d, PyObject *unused)
         return NULL;
     uint64_t problems = 0;
     int rc;
+    d->nogil_calls++;
     Py_BEGIN_ALLOW_THREADS
     rc = keel_check(d->db, report, &r, &problems);
     Py_END_ALLOW_THREADS
+    d->nogil_calls--;
     if (r.failed || kp_clock_error(d)) {
         Py_DECREF(r.list);
         return NULL;

@@ -11,7 +11,9 @@
  *     them in C (the Python objects stay, and raise when used).
  *   - A Txn is busy while a call on it runs without the GIL; any other call
  *     on it meanwhile (from another thread) raises BusyError instead of
- *     racing (keel allows a txn on any thread, one at a time).
+ *     racing (keel allows a txn on any thread, one at a time).  Calls on a
+ *     Db without the GIL (write begin, commit, one-call writes, copy, check)
+ *     are counted in nogil_calls: close() meanwhile raises BusyError.
  *   - buffers=True (read txns): values are memoryviews whose exporter is the
  *     Txn.  Ending the txn releases the memoryviews it handed out; if
  *     buffers obtained from them are still held elsewhere, the keel read txn
@@ -34,6 +36,7 @@ typedef struct DbObject {
     keel_db *db;          /* NULL once closed */
     int closing;          /* close() ran; pinned txns delay keel_close */
     Py_ssize_t pinned;    /* ended txns whose snapshot buffers still pin */
+    int nogil_calls;      /* keel calls on it running without the GIL */
     long pid;             /* the process that opened it */
     PyObject *path;       /* str, for repr and warnings */
     PyObject *buckets;    /* dict: bucket name (str or bytes) -> handle (int) */

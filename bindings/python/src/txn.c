@@ -187,9 +187,11 @@ PyObject *kp_txn_new(DbObject *d, int write, int buffers)
     t->views_limit = 64;
     int rc;
     if (write) {
+        d->nogil_calls++;
         Py_BEGIN_ALLOW_THREADS
         rc = keel_begin(d->db, 0, &t->txn);
         Py_END_ALLOW_THREADS
+        d->nogil_calls--;
     } else {
         rc = keel_begin(d->db, KEEL_RDONLY, &t->txn);
     }
@@ -238,9 +240,11 @@ int kp_txn_end(TxnObject *t, int commit)
         t->txn = NULL;
         t->state = TXN_DONE;
         int rc;
+        t->db->nogil_calls++;
         Py_BEGIN_ALLOW_THREADS
         rc = keel_commit(txn);
         Py_END_ALLOW_THREADS
+        t->db->nogil_calls--;
         return rc ? (kp_raise(rc), -1) : 0;
     }
     if (t->exports > 0) {

@@ -209,3 +209,25 @@ def test_unclosed_database_with_open_txn(path):
         gc.collect()
     with keel.open(path) as db:
         assert db.get(b"a") is None
+
+
+def test_close_while_another_thread_waits_for_the_writer_lock(db):
+    w = db.begin(write=True)
+    got = []
+
+    def second_writer():
+        with db.begin(write=True) as txn:  # waits without the GIL
+            txn.put(b"second", b"1")
+        got.append(True)
+
+    t = threading.Thread(target=second_writer)
+    t.start()
+    time.sleep(0.2)
+    with pytest.raises(keel.BusyError, match="another thread"):
+        db.close()  # would free the handle under the waiting thread
+    assert not db.closed
+    w.put(b"first", b"1")
+    w.commit()
+    t.join()
+    assert got == [True]
+    assert db.get(b"first") == b"1" and db.get(b"second") == b"1"
