@@ -20,6 +20,18 @@ PKGS="meson ninja-build gcc pkg-config libcmocka-dev libxxhash-dev liblmdb-dev l
 
 FUZZ_PKGS="clang libclang-rt-14-dev" # clang 14 and its libFuzzer runtime (Debian 12)
 
+# The Python binding (bindings/python, doc/python.md): build it into a venv
+# that sees Debian's packages (PEP 668; pip offline, no build isolation) and
+# run its pytest tests.  Debian's /usr/bin/python3, whatever is on PATH.
+python_binding() {
+    PKGS="$PKGS python3-dev python3-venv python3-mesonpy python3-pytest"
+    install_missing
+    rm -rf build-py/venv
+    /usr/bin/python3 -m venv --system-site-packages build-py/venv
+    build-py/venv/bin/pip install -q --no-build-isolation --no-index ./bindings/python
+    (cd build-py && venv/bin/python -m pytest -q -p no:cacheprovider ../bindings/python/tests)
+}
+
 install_missing() {
     missing=""
     for p in $PKGS; do
@@ -106,6 +118,7 @@ test)
     meson test -C build --print-errorlogs
     build build-san -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
     meson test -C build-san --print-errorlogs
+    python_binding
     fuzz_all
     ;;
 fuzz)
