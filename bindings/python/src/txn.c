@@ -117,8 +117,12 @@ static int prune_views(TxnObject *t)
 
 static PyObject *make_view(TxnObject *t, keel_val v)
 {
-    if (!t->views && !(t->views = PyList_New(0)))
-        return NULL;
+    if (!t->views) {
+        if (!(t->views = PyList_New(0)))
+            return NULL;
+        if (!PyObject_GC_IsTracked((PyObject *)t))
+            PyObject_GC_Track(t); /* views may make a cycle with it */
+    }
     if (PyList_GET_SIZE(t->views) >= t->views_limit && prune_views(t) < 0)
         return NULL;
     t->pend_buf = v.data;
@@ -163,6 +167,12 @@ static void release_views(TxnObject *t)
 
 /* ---- life cycle ---- */
 
+/* Txn objects of ended txns, kept for the next begin: one txn per get
+ * allocates no object memory.  They are untracked by the GC. */
+#define SPARE_TXNS 16
+static TxnObject *spare_txns[SPARE_TXNS];
+static int n_spare_txns;
+
 PyObject *kp_txn_new(DbObject *d, int write, int buffers)
 {
     if (buffers && write) {
@@ -170,9 +180,13 @@ PyObject *kp_txn_new(DbObject *d, int write, int buffers)
                         "buffers=True is for read transactions (a write txn's data move with each change)");
         return NULL;
     }
-    TxnObject *t = PyObject_GC_New(TxnObject, &Txn_Type);
-    if (!t)
+    TxnObject *t;
+    if (n_spare_txns) {
+        t = spare_txns[--n_spare_txns];
+        PyObject_Init((PyObject *)t, &Txn_Type);
+    } else if (!(t = PyObject_GC_New(TxnObject, &Txn_Type))) {
         return NULL;
+    }
     t->txn = NULL;
     Py_INCREF(d);
     t->db = d;
@@ -207,8 +221,7 @@ PyObject *kp_txn_new(DbObject *d, int write, int buffers)
     if (d->txns)
         d->txns->prev = t;
     d->txns = t;
-    PyObject_GC_Track(t);
-    return (PyObject *)t;
+    return (PyObject *)t; /* tracked by the GC once it has views (make_view) */
 }
 
 static void unlink_txn(TxnObject *t)
@@ -306,9 +319,12 @@ static void txn_dealloc(TxnObject *t)
         keel_abort(t->txn);
         kp_db_unpinned(t->db);
     }
-    Py_XDECREF(t->views);
-    Py_DECREF(t->db);
-    PyObject_GC_Del(t);
+    Py_CLEAR(t->views);
+    Py_CLEAR(t->db);
+    if (n_spare_txns < SPARE_TXNS)
+        spare_txns[n_spare_txns++] = t;
+    else
+        PyObject_GC_Del(t);
 }
 
 static PyObject *txn_repr(TxnObject *t)
