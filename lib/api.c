@@ -328,7 +328,7 @@ int keel_db_readers(keel_db *db, keel_reader_info *out, size_t max, size_t *coun
     if (!db || !count || (max && !out))
         return KEEL_BADARG;
     struct meta m;
-    int rc = meta_newest(db, &m, NULL);
+    int rc = meta_newest_visible(db, &m, NULL);
     if (rc)
         return rc;
     return readers_list(&db->lock, m.txnid, txn_clock_ms(db), out, max, count);

@@ -13,7 +13,7 @@
  *   - A failed open leaves nothing behind that it made and nobody else has
  *     seen: an empty data file it created, a lock file it created.
  *   - keel_close() ends the handle's txns, settles its one-flush commit
- *     (meta_confirm), and frees everything the handle holds.
+ *     (group_confirm), and frees everything the handle holds.
  *   - The public entries keel_open, keel_open_sized and keel_close live
  *     here with their argument checks; api.c has the others.
  *
@@ -155,6 +155,8 @@ static void db_free(keel_db *db, bool abandon)
         c = n;
     }
     pthread_mutex_destroy(&db->mu);
+    pthread_mutex_destroy(&db->flush_mu);
+    group_free(db);
     pthread_cond_destroy(&db->writer_cv);
     os_free(db->path);
     os_free(db);
@@ -324,6 +326,7 @@ static keel_db *db_new(const char *path, const keel_options *o)
     db->fd = -1;
     db->lock.fd = -1;
     pthread_mutex_init(&db->mu, NULL);
+    pthread_mutex_init(&db->flush_mu, NULL);
     pthread_cond_init(&db->writer_cv, NULL);
     db->max_reader_lag = o->max_reader_lag;
     db->flags = o->flags;
@@ -365,12 +368,20 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
                              path);
         return rc;
     }
+    /* The first user makes the newest commit durable before anybody sees
+     * it: a writer killed in the middle of a flush can leave its meta
+     * written and not synced, and here it becomes the visible commit. */
+    if (db->lock.sole && os_fsync(db->fd)) {
+        error_detail_set("%s: the first sync after the open failed", path);
+        return KEEL_PANIC;
+    }
+    if (db->lock.sole)
+        group_init(db, &m);
     /* only now: a refused file's lock file, never seen by anyone, goes again */
     if ((rc = lockfile_share(&db->lock)))
         return rc;
     db->psize = m.page_size;
     db->file_size = fsize;
-    db->synced_size = 0; /* unknown: a killed writer may have grown it unsynced; the first commit fsyncs */
     if ((rc = map_file(db, o)))
         return rc;
     size_t usable = db->psize - PAGE_HDR;
@@ -428,7 +439,7 @@ void keel_close(keel_db *db)
      * and writer lock alone: only the child's memory goes. */
     while (db->live_txns)
         txn_abort(db->live_txns);
-    meta_confirm(db);
+    group_confirm(db);
     db_free(db, false);
 }
 

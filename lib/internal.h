@@ -2,7 +2,7 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> meta -> pager -> btree -> cursor -> space -> bucket
+ *   os -> lockfile -> meta -> group -> pager -> btree -> cursor -> space -> bucket
  *      -> expiry, relocate -> kv -> txn -> ops, api, db      (copy, check)
  *
  * (space: space.c, the allocator, and freelist.c, the free tree on disk.)
@@ -61,6 +61,43 @@ struct dirty_table { /* open addressing on pgno */
 /* ---- lock file (lockfile.c) --------------------------------------------- */
 struct lock_header;
 struct reader_slot;
+
+/* ---- the group commit's shared state (group.c owns its meaning) ---------
+ * It lives in the lock file after the reader slots, so that writers in
+ * every process share it. */
+#define GROUP_RUNS_MAX 4096 /* page runs a group's commit list can gather (more: two syncs) */
+#define GROUP_SYNC_DATA 1u  /* a commit of the group wants its pages synced */
+#define GROUP_SYNC_META 2u  /* ... and its meta */
+struct group_run { /* pages [first, first + count) that commit `txnid` wrote */
+    uint64_t txnid, first, count;
+};
+struct group_slot { /* a commit published and not yet known durable: its meta page */
+    _Atomic uint64_t seq; /* odd while a writer fills the slot (a seqlock for the flusher's copy) */
+    uint64_t txnid;
+    uint64_t unlisted; /* the newest commit of the chain not in `runs` (its pages were not all listed); 0 none */
+    uint32_t needs;    /* GROUP_SYNC_*: of every commit since the visible one when it was published */
+    uint32_t nruns;
+    uint32_t mlen;  /* bytes of `page` to write */
+    uint32_t pad;
+    uint64_t fsize; /* the file's size when the commit was published (a flush compares it with synced_size) */
+    uint32_t pad2[4];
+    struct group_run runs[GROUP_RUNS_MAX]; /* the commits since the visible one, in commit order */
+    uint8_t page[KEEL_MAX_PAGE];
+};
+struct group_shared {
+    _Atomic uint64_t visible; /* the newest commit readers may see: durable (its line is read by every read txn) */
+    uint8_t pad0[56];
+    _Atomic uint32_t flusher; /* the flush lock (lockfile.c's word lock) */
+    _Atomic uint32_t failed;  /* a flush's sync failed: every later commit answers KEEL_PANIC */
+    _Atomic uint64_t pending;  /* the newest commit published (its slot: pending & 1); 0 none */
+    _Atomic uint64_t fallback; /* the oldest commit a crash can come back to */
+    _Atomic uint64_t keep;     /* writers reuse no page freed after this commit (<= fallback) */
+    _Atomic uint64_t synced_size; /* the file size at the last fsync */
+    _Atomic uint64_t fallback_npages; /* the fallback commit's size in pages: the file keeps them */
+    uint8_t pad1[16];
+    struct group_slot slot[2];
+};
+
 struct lockfile {
     int fd;      /* -1 with KEEL_NOLOCK */
     int data_fd; /* the database file, whose bytes say who uses it */
@@ -68,6 +105,7 @@ struct lockfile {
     size_t size;
     struct lock_header *hdr; /* NULL with KEEL_NOLOCK */
     struct reader_slot *slots;
+    struct group_shared *group; /* NULL with KEEL_NOLOCK (no writer) */
     uint32_t max_readers;
     bool sole;    /* holds byte 0 exclusively: nobody else has the db open */
     bool created; /* this open created the file */
@@ -92,6 +130,9 @@ void lockfile_abandon(struct lockfile *lf); /* a failed open: also removes a loc
 void lockfile_writer_lock(struct lockfile *lf); /* waits; takes over from a dead holder */
 void lockfile_writer_unlock(struct lockfile *lf);
 int lockfile_writer_trylock(struct lockfile *lf); /* 0, or EBUSY while another holds it */
+void lockfile_flush_lock(struct lockfile *lf); /* the group commit's flush lock (group.c), as the writer lock */
+int lockfile_flush_trylock(struct lockfile *lf);
+void lockfile_flush_unlock(struct lockfile *lf);
 /* The writer lock belongs to the handle: any of its threads may unlock it. */
 /* Takes a slot (*slot: its index; -1 with KEEL_NOLOCK, where nothing is published). */
 int reader_acquire(struct lockfile *lf, int *slot);
@@ -184,7 +225,6 @@ struct keel_db {
     uint64_t map_size;
     uint8_t *map;
     uint64_t file_size; /* last known size; maintained by the writer */
-    uint64_t synced_size; /* file size at the last successful fsync */
     struct lockfile lock;
     uint64_t fork_gen;
     uint64_t open_id; /* this handle's number among all opens of the process: never reused */
@@ -211,7 +251,12 @@ struct keel_db {
     int32_t purge_per_commit; /* expired keys each write commit removes */
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
     struct space_handle space; /* the space layer's memory between write txns (the writer only) */
-    uint64_t unconfirmed; /* this handle's last commit, if one-flush: keel_close confirms it */
+    uint64_t unconfirmed; /* the last commit this handle flushed, if one-flush: keel_close confirms it */
+    struct meta published; /* the meta this handle published last (group_base trusts it unchecked) */
+    bool published_ok;
+    pthread_mutex_t flush_mu;        /* the handle's threads take turns for the flush lock */
+    struct group_slot *flush_copy;   /* the flush leader's copy of a published commit */
+    uint8_t *flush_page;             /* ... and of the meta page it writes */
     uint8_t **pagebufs;   /* page buffers kept for the next write txn (pager.c; the writer only) */
     size_t npagebufs;
 };
@@ -263,7 +308,6 @@ struct keel_txn {
     uint64_t txnid; /* snapshot id (read) or id being written (write) */
     struct meta meta; /* working copy (write) or the snapshot's meta (read) */
     uint64_t snap_npages; /* write txns: npages of the meta it began from */
-    unsigned meta_slot;   /* write txns: the slot (0, 1) of that meta; the commit writes the other */
     uint64_t changes; /* counts changes to trees and page buffers: cursors re-seek when it moves */
     struct txn_buckets bk;
     keel_cursor *cursors; /* open cursors, detached when the txn ends */
@@ -311,13 +355,26 @@ bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file'
  * (meta_is_bad) is unusable.  Neither usable: KEEL_CORRUPTED. */
 int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, uint64_t bad, unsigned *slot);
 int meta_newest(keel_db *db, struct meta *out, unsigned *slot); /* from the map; slot may be NULL */
-bool meta_maybe_newer(const keel_db *db, uint64_t txnid); /* false: no meta newer than txnid in the map */
+int meta_newest_visible(keel_db *db, struct meta *out, unsigned *slot); /* ... no newer than the visible commit */
+int meta_newest_upto(keel_db *db, uint64_t limit, struct meta *out, unsigned *slot); /* ... txnid <= limit */
+bool meta_maybe_newer(const keel_db *db, uint64_t txnid); /* false: no commit newer than txnid visible */
 /* From the file with pread (the open, before the map): also KEEL_VERSION
  * (a newer library's meta in either slot) and KEEL_INVALID (no keel meta). */
 int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot);
 int meta_snapshot_tail(keel_txn *txn, uint8_t **tail); /* see meta.c */
 int meta_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot); /* a one-flush commit whole? */
-void meta_confirm(keel_db *db); /* at close: see meta.c */
+
+/* ---- group.c: group commit, visibility, the fallback commit ------------- */
+void group_init(keel_db *db, const struct meta *newest); /* the sole opener: from the newest meta */
+int group_base(keel_db *db, struct meta *out, const uint8_t **page); /* a writer's base: meta and its page */
+uint64_t group_keep(const keel_db *db); /* writers reuse no page freed after this commit */
+uint64_t group_shrink_floor(const keel_db *db, uint64_t base); /* pages the file keeps for a crash; 0: no shrink */
+/* Under the writer lock: the commit's meta page (mlen bytes), wanting GROUP_SYNC_* */
+void group_publish(keel_db *db, const uint8_t *page, size_t mlen, uint32_t needs);
+int group_flush_now(keel_db *db, uint64_t txnid); /* under the writer lock: a commit that wants no sync */
+int group_wait(keel_db *db, uint64_t txnid);      /* after the writer lock: until txnid is durable, visible */
+void group_confirm(keel_db *db); /* at close: see group.c */
+void group_free(keel_db *db);
 
 /* ---- pager.c: pages, dirty buffers, spill, file size, write-out ---------- */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);

@@ -53,7 +53,7 @@
 #include "internal.h"
 
 #define LOCK_MAGIC 0x4B4C4F43u /* "COLK" */
-#define LOCK_VERSION 3u /* 3: OFD byte locks instead of a mutex; the data file's identity */
+#define LOCK_VERSION 4u /* 3: OFD byte locks instead of a mutex; the data file's identity; 4: group commit */
 
 /* Bytes of the lock file that carry OFD locks (none of them need to exist). */
 #define LOCK_BYTE_USERS 0  /* shared: has the db open; exclusive: (re)initialising */
@@ -98,9 +98,11 @@ struct reader_slot { /* one cache line, so readers do not share lines */
 };
 _Static_assert(sizeof(struct reader_slot) == 64, "reader slot is one cache line");
 
+/* The header, the reader slots, then the group commit's state (group.c). */
 static size_t lock_size(uint32_t max_readers)
 {
-    return sizeof(struct lock_header) + (size_t)max_readers * sizeof(struct reader_slot);
+    return sizeof(struct lock_header) + (size_t)max_readers * sizeof(struct reader_slot) +
+           sizeof(struct group_shared);
 }
 
 static char *lock_path_for(const char *db_path)
@@ -219,8 +221,8 @@ static int lockfile_map(struct lockfile *lf, uint32_t max_readers, const struct 
             return rc;
         size = lock_size(max_readers);
     }
-    if (size < sizeof(struct lock_header) || size > ((uint64_t)1 << 30) ||
-        (size - sizeof(struct lock_header)) % sizeof(struct reader_slot))
+    if (size < sizeof(struct lock_header) + sizeof(struct group_shared) || size > ((uint64_t)1 << 30) ||
+        (size - sizeof(struct lock_header) - sizeof(struct group_shared)) % sizeof(struct reader_slot))
         return KEEL_LOCKFILE;
     /* Real blocks before any store through the map: on a full disk a store
      * into a hole is SIGBUS. */
@@ -242,6 +244,7 @@ static int lockfile_map(struct lockfile *lf, uint32_t max_readers, const struct 
         init_header(lf, fresh ? max_readers : h->max_readers, data);
     lf->max_readers = h->max_readers;
     lf->slots = (struct reader_slot *)((uint8_t *)m + sizeof(struct lock_header));
+    lf->group = (struct group_shared *)(lf->slots + lf->max_readers);
     return 0;
 }
 
@@ -292,10 +295,12 @@ static void clear_handle(struct lockfile *lf, uint32_t me)
             atomic_compare_exchange_strong(&lf->slots[i].owner, &o, 0);
         }
     }
-    _Atomic uint32_t *w = &lf->hdr->writer;
-    uint32_t v = atomic_load(w);
-    if (v && WRITER_HOLDER(v) == me && atomic_compare_exchange_strong(w, &v, 0))
-        os_futex_wake(w);
+    _Atomic uint32_t *words[2] = {&lf->hdr->writer, &lf->group->flusher};
+    for (int i = 0; i < 2; i++) {
+        uint32_t v = atomic_load(words[i]);
+        if (v && WRITER_HOLDER(v) == me && atomic_compare_exchange_strong(words[i], &v, 0))
+            os_futex_wake(words[i]);
+    }
 }
 
 /* Takes the lowest free handle number (its byte, for the handle's life). */
@@ -427,26 +432,27 @@ void lockfile_abandon(struct lockfile *lf)
     lockfile_close(lf, false);
 }
 
-/* One try at the writer word: 0, or EBUSY with *seen the word as found. */
-static int writer_try(struct lockfile *lf, uint32_t *seen)
+/* The writer lock and the flush lock (group.c) are words of one kind: 0 =
+ * free, else the holder's handle number + 1 with WRITER_WAITERS once
+ * somebody sleeps on it.  One try: 0, or EBUSY with *seen the word as found. */
+static int word_try(struct lockfile *lf, _Atomic uint32_t *w, uint32_t *seen)
 {
     uint32_t free_word = 0;
-    if (atomic_compare_exchange_strong(&lf->hdr->writer, &free_word, lf->me))
+    if (atomic_compare_exchange_strong(w, &free_word, lf->me))
         return 0;
     *seen = free_word;
     return EBUSY;
 }
 
-void lockfile_writer_lock(struct lockfile *lf)
+static void word_lock(struct lockfile *lf, _Atomic uint32_t *w)
 {
-    _Atomic uint32_t *w = &lf->hdr->writer;
     uint32_t v;
-    while (writer_try(lf, &v)) {
-        /* The holder's process died: take the lock over (its txn never
-         * committed, and a dead writer's meta is whole or fails its sum).
-         * No holder with the waiters bit, or our own number (txn.c lets one
-         * thread of a handle in at a time), is a damaged lock file: taken
-         * over too. */
+    while (word_try(lf, w, &v)) {
+        /* The holder's process died: take the lock over (a dead writer's txn
+         * never committed; a dead flusher's meta is whole or fails its sum,
+         * and the next flush writes that slot again).  No holder with the
+         * waiters bit, or our own number (the layer above lets one thread
+         * of a handle in at a time), is a damaged lock file: taken over too. */
         uint32_t holder = WRITER_HOLDER(v);
         if (holder == 0 || holder == lf->me || handle_dead(lf, holder)) {
             if (atomic_compare_exchange_strong(w, &v, lf->me | (v & WRITER_WAITERS)))
@@ -464,19 +470,32 @@ void lockfile_writer_lock(struct lockfile *lf)
     }
 }
 
-int lockfile_writer_trylock(struct lockfile *lf)
+static void word_unlock(_Atomic uint32_t *w)
 {
-    uint32_t v;
-    return writer_try(lf, &v);
-}
-
-void lockfile_writer_unlock(struct lockfile *lf)
-{
-    _Atomic uint32_t *w = &lf->hdr->writer;
     uint32_t v = atomic_exchange(w, 0);
     if (v & WRITER_WAITERS)
         os_futex_wake(w);
 }
+
+void lockfile_writer_lock(struct lockfile *lf) { word_lock(lf, &lf->hdr->writer); }
+
+int lockfile_writer_trylock(struct lockfile *lf)
+{
+    uint32_t v;
+    return word_try(lf, &lf->hdr->writer, &v);
+}
+
+void lockfile_writer_unlock(struct lockfile *lf) { word_unlock(&lf->hdr->writer); }
+
+void lockfile_flush_lock(struct lockfile *lf) { word_lock(lf, &lf->group->flusher); }
+
+int lockfile_flush_trylock(struct lockfile *lf)
+{
+    uint32_t v;
+    return word_try(lf, &lf->group->flusher, &v);
+}
+
+void lockfile_flush_unlock(struct lockfile *lf) { word_unlock(&lf->group->flusher); }
 
 /* A parked slot taken (-1 if none): its bit leaves `parked` first, so no
  * other thread takes it, and the entry is read before its busy bit goes. */

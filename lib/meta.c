@@ -12,16 +12,18 @@
  *     meta_check, or that the lock file names torn (meta_is_bad), is
  *     unusable; of two usable ones meta_newer decides.  Neither: damage.
  *   - meta_verify_commit() tells, at the first open after a crash, whether a
- *     one-flush commit is whole in the file (pager.c: the commit protocol);
- *     meta_confirm() settles this handle's one-flush commit at close.
+ *     one-flush commit is whole in the file (group.c: the commit protocol).
+ *   - Readers take the newest visible meta (meta_newest_visible: no newer
+ *     than the lock file's visible commit, durable: group.c), writers the
+ *     newest in the file (meta_newest), which group.c compares with the
+ *     newest published.
  *   - meta_snapshot_tail() copies a read snapshot's free tail from its meta
  *     page, or says the page has been overwritten since (KEEL_BUSY).
  *
  * Layer: below the pager (os -> lockfile -> meta -> pager).  Meta pages 0
  * and 1 are outside the pager's pages (page_get refuses them): this file
- * reads them from the map or with pread, writes them (meta_confirm) with
- * os_pwrite, and calls nothing of the pager; the pager's commit write-out
- * calls down into meta_seal.
+ * reads them from the map or with pread and calls nothing of the pager;
+ * group.c writes them, sealed with meta_seal.
  */
 #include <sched.h>
 #include <stddef.h>
@@ -175,21 +177,36 @@ static int meta_check_seen(const keel_db *db, unsigned slot, struct meta *out)
     return rc;
 }
 
-/* The metas are read from the map while a writer in another process may
- * be writing one with pwrite: a copy can be torn.  Only one meta is written
- * at a time, so both torn means two commits went by during the reads; that
- * passes, damage does not, so both unusable is read again a few times
- * before it is KEEL_CORRUPTED. */
-int meta_newest(keel_db *db, struct meta *out, unsigned *slot)
+/* The newest usable meta in the map (limit NULL), or the one whose txn id
+ * is *limit, re-read at each try: the visible commit, which is always in
+ * one slot while flushes write the other.  The metas are read while a flush
+ * in another process may be writing one with pwrite: a copy can be torn,
+ * and the limit can move on meanwhile.  Only one meta is written at a time,
+ * so that passes and damage does not: a few tries before both unusable is
+ * KEEL_CORRUPTED, and a visible commit in neither slot KEEL_LOCKFILE. */
+static int newest_upto(keel_db *db, const _Atomic uint64_t *limit, struct meta *out, unsigned *slot)
 {
     struct meta a, b;
-    unsigned s;
+    unsigned s = 0;
     int rc;
     for (int tries = 0;; tries++) {
+        uint64_t lim = limit ? atomic_load_explicit(limit, memory_order_acquire) : UINT64_MAX;
         int ra = meta_check_seen(db, 0, &a);
         int rb = meta_check_seen(db, 1, &b);
-        if (!ra || !rb || tries + 1 >= META_READ_TRIES) {
-            rc = select_newest(ra, &a, rb, &b, lockfile_bad_meta(&db->lock), &s);
+        /* a meta newer than the limit is not durable yet: as if absent */
+        if (!ra && a.txnid > lim)
+            ra = KEEL_BUSY;
+        if (!rb && b.txnid > lim)
+            rb = KEEL_BUSY;
+        rc = select_newest(ra, &a, rb, &b, lockfile_bad_meta(&db->lock), &s);
+        bool found = !rc && (!limit || (s == 0 ? a : b).txnid == lim);
+        if (found)
+            break;
+        if (tries + 1 >= META_READ_TRIES) {
+            if (limit && (!rc || (ra == KEEL_BUSY && rb == KEEL_BUSY))) { /* else the file is damaged */
+                error_detail_set("lock file: the visible commit %llu is not in the file", (unsigned long long)lim);
+                rc = KEEL_LOCKFILE;
+            }
             break;
         }
         sched_yield();
@@ -202,12 +219,27 @@ int meta_newest(keel_db *db, struct meta *out, unsigned *slot)
     return 0;
 }
 
-/* Has a meta newer than txnid been written, or is one being written, in
- * either slot?  Two loads: a no is certain (a newer meta's txn id is in its
- * slot once it is written), a yes only a maybe (a torn copy, a meta the
- * lock file names bad), for the caller to settle with meta_newest. */
+int meta_newest(keel_db *db, struct meta *out, unsigned *slot) { return newest_upto(db, NULL, out, slot); }
+
+int meta_newest_visible(keel_db *db, struct meta *out, unsigned *slot)
+{
+    return newest_upto(db, db->lock.group ? &db->lock.group->visible : NULL, out, slot);
+}
+
+int meta_newest_upto(keel_db *db, uint64_t limit, struct meta *out, unsigned *slot)
+{
+    _Atomic uint64_t lim = limit;
+    return newest_upto(db, &lim, out, slot);
+}
+
+/* Has a meta newer than txnid become visible, or (no lock file: no writer)
+ * been written in either slot?  One or two loads: a no is certain, a yes
+ * only a maybe (a torn copy, a meta the lock file names bad), for the
+ * caller to settle with meta_newest_visible. */
 bool meta_maybe_newer(const keel_db *db, uint64_t txnid)
 {
+    if (db->lock.group)
+        return atomic_load_explicit(&db->lock.group->visible, memory_order_acquire) > txnid;
     for (unsigned s = 0; s < 2; s++) {
         const uint64_t *id = (const uint64_t *)(db->map + (size_t)s * db->psize + offsetof(struct meta, txnid));
         if (__atomic_load_n(id, __ATOMIC_RELAXED) > txnid)
@@ -295,35 +327,7 @@ int meta_snapshot_tail(keel_txn *txn, uint8_t **out)
     return KEEL_BUSY;
 }
 
-/* ---- verify and confirm one-flush commits ---- */
-/* At close, a one-flush commit of this handle's that is still the newest is
- * copied, flag cleared, into the other meta slot: both metas then hold that
- * commit, so the first open after a later crash has nothing to roll back
- * to, and damage to its pages reads as damage (KEEL_CORRUPTED), never as a
- * torn commit.  (A commit torn by a crash is always the newest one, so only
- * a process that did not close can leave one.)  Best effort: it does not
- * wait for another writer, whose commit supersedes this one anyway, and a
- * failure leaves the one-flush commit, durable, as the newest. */
-void meta_confirm(keel_db *db)
-{
-    if (!db->unconfirmed || db->panic || db->fork_gen != os_fork_generation() || !db->map)
-        return;
-    if (lockfile_writer_trylock(&db->lock))
-        return;
-    struct meta m;
-    unsigned slot;
-    uint8_t *buf = os_calloc(db->psize);
-    if (buf && meta_newest(db, &m, &slot) == 0 && m.txnid == db->unconfirmed && (m.flags & META_F_ONEFLUSH)) {
-        const uint8_t *tail = db->map + (size_t)slot * db->psize + meta_tail_off(db->psize);
-        size_t len = meta_page_settled(db->psize, &m, (m.flags & META_F_FREETAIL) ? tail : NULL, buf);
-        if (os_pwrite_full(db->fd, buf, len, (uint64_t)(1 - slot) * db->psize) == 0)
-            (void)os_fdatasync(db->fd);
-    }
-    os_free(buf);
-    lockfile_writer_unlock(&db->lock);
-    db->unconfirmed = 0;
-}
-
+/* ---- verify one-flush commits ---- */
 /* Is the one-flush commit of meta m (read from slot `slot`) whole in the
  * file?  Read with pread: keel_open calls it before the map exists, as the
  * sole user (no writer can change the pages meanwhile).  0 = whole,

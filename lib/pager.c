@@ -11,19 +11,16 @@
  *     page_touch, page_free); this file only makes and drops the dirty
  *     buffers it asks for (pager_new_page, pager_drop_dirty, pager_own_buf)
  *     and moves the end of the file (pager_extend).  It never calls up.
- *   - pager_write_out() is the commit protocol: grow the file, write dirty
- *     pages in page order, write the meta into the slot the previous commit
- *     did not use.  Two syncs (pages, then meta) make the order durable; one
- *     sync suffices when the meta lists the pages it needs with their
- *     checksum (META_F_ONEFLUSH), because then keel_open can tell a torn
- *     commit (meta_verify_commit) and fall back to the previous meta, which
- *     was durable before this commit began.  fsync instead of fdatasync when
- *     the size changed.  A failed sync poisons the handle (KEEL_PANIC).
+ *   - pager_write_out() is a commit's share of the commit protocol: grow the
+ *     file, write dirty pages in page order (listing them with their sum:
+ *     the commit list that lets a flush go out in one sync), build the meta
+ *     page and publish it to the group commit (group.c), which syncs, writes
+ *     it into a meta slot and makes it visible.
  *
- * Layer: above meta.c (os -> lockfile -> meta -> pager), which checks,
- * seals and selects the meta pages.  The commit write-out builds the meta
- * page it writes and seals it with meta_seal (a call down); nothing here
- * reads or selects a meta page.
+ * Layer: above meta.c and group.c (os -> lockfile -> meta -> group ->
+ * pager).  The commit write-out builds the meta page, seals it with
+ * meta_seal and publishes it (calls down); nothing here reads or selects a
+ * meta page.
  */
 #include <errno.h>
 #include <limits.h>
@@ -494,17 +491,8 @@ int pager_maybe_spill(keel_txn *txn)
     return 0;
 }
 
-static int sync_or_panic(keel_db *db, bool full)
-{
-    if (full ? os_fsync(db->fd) : os_fdatasync(db->fd)) {
-        db->panic = 1;
-        return KEEL_PANIC;
-    }
-    if (full)
-        db->synced_size = db->file_size;
-    return 0;
-}
-
+/* The commit's pages into the file, its meta page built and published to
+ * the group commit (group.c), which makes it durable and visible. */
 int pager_write_out(keel_txn *txn)
 {
     keel_db *db = txn->db;
@@ -512,69 +500,53 @@ int pager_write_out(keel_txn *txn)
     int rc = pager_grow(db, used);
     if (rc)
         return rc;
-    /* any size change since the last sync (even one a failed commit made);
-     * fdatasync does not make a size change durable everywhere */
-    bool grew = db->file_size != db->synced_size;
     bool sync = !(db->flags & KEEL_NOSYNC);
     bool metasync = sync && !(db->flags & KEEL_NOMETASYNC);
     uint8_t *mbuf = pagebuf_get(db, 1);
     if (!mbuf)
         return KEEL_NOMEM;
-    memset(mbuf, 0, db->psize);
-    /* One flush for pages and meta when the meta can vouch for the pages (its
-     * commit list) and the meta before it is durable: that is what a torn
-     * commit falls back to. */
+    /* The commit list lets the flush go out in one sync (group.c decides) */
     bool tail = txn->space.meta_pending.n > 0;
     struct commit_list cl = {.block = mbuf + META_LIST_OFF, .max_runs = meta_list_max_runs(db->psize, tail)};
-    bool try_one = metasync && !(txn->meta.flags & META_F_UNSYNCED);
-    if ((rc = write_dirty(txn, false, try_one ? &cl : NULL)))
-        goto out;
-    bool one = try_one && cl.ok;
-    if (sync && !one && (rc = sync_or_panic(db, grew)))
+    if ((rc = write_dirty(txn, false, metasync ? &cl : NULL)))
         goto out;
     size_t mlen = 512;
+    memset(mbuf, 0, META_LIST_OFF);
     txn->meta.txnid = txn->txnid;
-    txn->meta.flags = (one ? META_F_ONEFLUSH : metasync ? 0 : META_F_UNSYNCED) | (tail ? META_F_FREETAIL : 0);
+    txn->meta.flags = (cl.ok ? META_F_ONEFLUSH : 0) | (tail ? META_F_FREETAIL : 0);
     txn->meta.commit_list_sum = 0;
     txn->meta.free_tail_sum = 0;
-    if (one) {
+    if (cl.ok) {
         size_t list_len = META_LIST_HDR + cl.nruns * META_LIST_RUN;
         txn->meta.commit_list_sum = XXH3_64bits(cl.block, list_len);
         mlen = (META_LIST_OFF + list_len + 511) / 512 * 512;
+        memset(mbuf + META_LIST_OFF + list_len, 0, mlen - META_LIST_OFF - list_len);
     }
     if (tail) { /* freelist_record made it fit */
         uint8_t *t = mbuf + meta_tail_off(db->psize);
         size_t bytes = META_TAIL_HDR + txn->space.meta_pending.n * 8;
         wr32(t, (uint32_t)txn->space.meta_pending.n);
+        wr32(t + 4, 0);
         for (size_t i = 0; i < txn->space.meta_pending.n; i++)
             wr64(t + META_TAIL_HDR + 8 * i, txn->space.meta_pending.v[i]);
         txn->meta.free_tail_sum = XXH3_64bits(t, bytes);
+        memset(mbuf + mlen, 0, meta_tail_off(db->psize) - mlen);
         mlen = (meta_tail_off(db->psize) + bytes + 511) / 512 * 512;
+        memset(t + bytes, 0, mlen - meta_tail_off(db->psize) - bytes);
     }
     meta_seal(&txn->meta);
     memcpy(mbuf, &txn->meta, META_SIZE);
-    /* Into the slot the txn's snapshot does not hold: that meta stays whole
-     * whatever becomes of this write.  (Not by txn id: a damaged or hostile
-     * file can hold a snapshot's meta in the slot its id's parity names.) */
-    if ((rc = os_pwrite_full(db->fd, mbuf, mlen, (uint64_t)(1 - txn->meta_slot) * db->psize))) {
-        /* the meta may be half written, or whole in the page cache: we cannot
-         * tell the caller "not committed" truthfully any more */
-        db->panic = 1;
-        rc = KEEL_PANIC;
+    group_publish(db, mbuf, mlen, (sync ? GROUP_SYNC_DATA : 0) | (metasync ? GROUP_SYNC_META : 0));
+    if ((rc = group_flush_now(db, txn->txnid)))
         goto out;
+    /* Pages past `used` serve no snapshot of this commit, but until it is
+     * durable a crash comes back to the fallback commit (or to the one this
+     * txn began from): the file keeps what all of them need. */
+    uint64_t floor = group_shrink_floor(db, txn->txnid - 1);
+    if (floor) {
+        uint64_t keep = floor > txn->snap_npages ? floor : txn->snap_npages;
+        pager_maybe_shrink(db, used > keep * db->psize ? used : keep * db->psize);
     }
-    if (metasync && (rc = sync_or_panic(db, one && grew)))
-        goto out;
-    db->unconfirmed = one ? txn->txnid : 0;
-    /* The slot of a meta found torn at open has just been overwritten. */
-    if (lockfile_bad_meta(&db->lock))
-        lockfile_set_bad_meta(&db->lock, 0);
-    /* Without a meta sync the previous meta may be the one a crash brings
-     * back: keep the file long enough for it. */
-    uint64_t keep = used;
-    if (!metasync && txn->snap_npages * db->psize > keep)
-        keep = txn->snap_npages * db->psize;
-    pager_maybe_shrink(db, keep);
 out:
     pagebuf_put(db, mbuf, 1);
     return rc;

@@ -95,6 +95,12 @@
  * a few tries (with a yield between) outlast that, and damage stays. */
 #define META_READ_TRIES 8
 
+/* ---- group commit (group.c) ----------------------------------------------- */
+/* Yields a flush leader waits for a published slot that a writer is filling
+ * while `pending` does not move: a writer fills it in microseconds, so this
+ * many is a writer that died mid-fill or a damaged lock file. */
+#define GROUP_COPY_TRIES 100000
+
 /* ---- pages and write-out (pager.c, os.c) ---------------------------------- */
 /* The file grows and shrinks in whole steps, and grows by at least an
  * eighth of its size: few size changes, each of which costs a full sync.

@@ -9,9 +9,10 @@
  *     commit/abort, and may end on any thread.  Threads of one handle take
  *     turns for it here (writer_enter/writer_leave); a thread that begins a
  *     second write txn on a handle while its first is open gets KEEL_BUSY.
- *     It works on a copy of the newest meta; commit runs freelist_relocate
- *     (it moves bucket roots), bucket_flush, freelist_record and
- *     pager_write_out, in that order.
+ *     It works on a copy of the newest commit's meta (group_base); commit
+ *     runs freelist_relocate (it moves bucket roots), bucket_flush,
+ *     freelist_record and pager_write_out, in that order, lets the writer
+ *     lock go and waits for its commit to be durable (group_wait).
  *   - Txn objects are recycled through the db, so a finished txn is
  *     recognisable (KEEL_BADTXN) until its memory is reused.
  */
@@ -135,13 +136,13 @@ static int begin_read(keel_db *db, keel_txn *txn)
         return rc;
     for (;;) {
         struct meta again;
-        if ((rc = meta_newest(db, &txn->meta, NULL)))
+        if ((rc = meta_newest_visible(db, &txn->meta, NULL)))
             return rc;
         txn->pin_id = txn->meta.txnid ? txn->meta.txnid : 1;
         reader_publish(&db->lock, txn->slot, txn->pin_id, txn->now);
         if (!meta_maybe_newer(db, txn->meta.txnid))
             break;
-        if ((rc = meta_newest(db, &again, NULL)))
+        if ((rc = meta_newest_visible(db, &again, NULL)))
             return rc;
         if (again.txnid == txn->meta.txnid)
             break;
@@ -153,14 +154,16 @@ static int begin_read(keel_db *db, keel_txn *txn)
     return 0;
 }
 
-/* A write txn: the writer lock, the newest meta, the oldest snapshot a
- * reader holds, the free tail.  On failure it holds nothing. */
+/* A write txn: the writer lock, the newest commit (published or in the
+ * file: group_base), the oldest snapshot a reader holds or a crash can come
+ * back to, the free tail.  On failure it holds nothing. */
 static int begin_write(keel_db *db, keel_txn *txn)
 {
     int rc = writer_enter(db);
     if (rc)
         return rc;
-    if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = meta_newest(db, &txn->meta, &txn->meta_slot)) ||
+    const uint8_t *base_page;
+    if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = group_base(db, &txn->meta, &base_page)) ||
         (rc = meta_fits_map(db, &txn->meta)))
         goto fail;
     /* the file must hold the snapshot, and the commit needs an id that
@@ -172,12 +175,11 @@ static int begin_write(keel_db *db, keel_txn *txn)
     txn->txnid = txn->meta.txnid + 1;
     txn->snap_npages = txn->meta.npages;
     txn->oldest = readers_oldest(&db->lock, txn->meta.txnid, db->max_reader_lag);
-    /* A newest meta written without a sync may not be on disk yet: a
-     * crash falls back to the one before, so what the newest commit freed
-     * (pages the one before still uses) must wait one more commit. */
-    if ((txn->meta.flags & META_F_UNSYNCED) && txn->oldest > 0 && txn->oldest == txn->meta.txnid)
-        txn->oldest--;
-    if ((rc = freelist_load_tail(txn, db->map + (size_t)txn->meta_slot * db->psize))) {
+    /* What commits after the fallback one freed, a crash may still need */
+    uint64_t keep = group_keep(db);
+    if (txn->oldest > keep)
+        txn->oldest = keep;
+    if ((rc = freelist_load_tail(txn, base_page))) {
         pager_txn_release(txn);
         space_txn_release(&txn->space);
         goto fail;
@@ -275,6 +277,7 @@ static bool has_changes(const keel_txn *txn) { return txn->dirty.count || txn->s
 int txn_commit(keel_txn *txn)
 {
     int rc = 0;
+    bool published = false;
     /* the expiry log and the bucket descriptors first: they are the rest of the txn's changes */
     if (txn->rdonly || (rc = expiry_flush(txn)) || (rc = bucket_flush(txn)) || !has_changes(txn))
         goto out;
@@ -284,8 +287,14 @@ int txn_commit(keel_txn *txn)
     if ((rc = freelist_relocate(txn)) || (rc = bucket_flush(txn)) || (rc = freelist_record(txn)) ||
         (rc = pager_write_out(txn)))
         goto out;
-out:
+    published = true;
+out:;
+    keel_db *db = txn->db;
+    uint64_t id = txn->txnid;
     txn_end(txn, rc == 0);
+    /* the next writer goes on while this commit waits for a flush, maybe its own */
+    if (published)
+        rc = group_wait(db, id);
     return rc;
 }
 

@@ -1431,9 +1431,9 @@ static void run_workload(const struct wspec *ws, uint64_t seed)
     rec_arm(path, ws->psize ? ws->psize : 4096, ws->flags);
     R.rng = seed ^ 0x5555;
     img_rng = seed ^ 0xAAAA;
+    push_acked(0, model_digest(&M, g_now), g_now); /* before the open: its first sync is a crash point */
     assert_int_equal(keel_open(path, &opts, &db), 0);
     assert_true(R.fd >= 0);
-    push_acked(0, model_digest(&M, g_now), g_now);
     reach_compute(db);
     R.write_point_p = ws->write_point_p;
     R.write_point_images = ws->write_point_images;

@@ -118,6 +118,7 @@ struct engine {
     void (*bdrop)(uint32_t b);
     bool (*bget)(uint32_t b, const void *k, size_t kl); /* found, with a VAL_LEN value? */
     bool (*txn_get)(const void *k, size_t kl); /* a read txn of its own with one get, from any thread */
+    void (*txn_put)(const void *k, size_t kl, const void *v, size_t vl); /* a durable write txn of its own */
 };
 
 /* keel */
@@ -212,9 +213,17 @@ static bool k_txn_get(const void *k, size_t kl)
     keel_abort(t);
     return found;
 }
+static void k_txn_put(const void *k, size_t kl, const void *v, size_t vl)
+{
+    keel_txn *t;
+    kcheck(keel_begin(kdb, 0, &t), "keel_begin");
+    kcheck(keel_put(t, 0, (keel_val){k, kl}, (keel_val){v, vl}, 0), "keel_put");
+    kcheck(keel_commit(t), "keel_commit");
+}
 static const struct engine keel_engine = {"keel", k_open, k_close, k_begin, k_commit, k_put, k_get,
                                           k_del, k_range, k_rbegin, k_rget, k_rend,
-                                          k_open_nosync, k_bucket, k_bput, k_bdrop, k_bget, k_txn_get};
+                                          k_open_nosync, k_bucket, k_bput, k_bdrop, k_bget, k_txn_get,
+                                          k_txn_put};
 
 #ifdef HAVE_LMDB
 static MDB_env *lenv;
@@ -329,9 +338,18 @@ static bool l_txn_get(const void *k, size_t kl)
     mdb_txn_abort(t);
     return found;
 }
+static void l_txn_put(const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_txn *t;
+    MDB_val key = {kl, (void *)k}, val = {vl, (void *)v};
+    lcheck(mdb_txn_begin(lenv, NULL, 0, &t), "mdb_txn_begin");
+    lcheck(mdb_put(t, ldbi, &key, &val, 0), "mdb_put");
+    lcheck(mdb_txn_commit(t), "mdb_txn_commit");
+}
 static const struct engine lmdb_engine = {"lmdb", l_open, l_close, l_begin, l_commit, l_put, l_get,
                                           l_del, l_range, l_rbegin, l_rget, l_rend,
-                                          l_open_nosync, l_bucket, l_bput, l_bdrop, l_bget, l_txn_get};
+                                          l_open_nosync, l_bucket, l_bput, l_bdrop, l_bget, l_txn_get,
+                                          l_txn_put};
 #endif
 
 /* ---- workloads: each returns the number of operations, or dies ---- */
@@ -830,6 +848,96 @@ static uint64_t w_write_txns_nosync(void)
     close_untimed();
     return n;
 }
+
+/* Durable commits of one put each from DURABLE_WRITERS writers at once, as
+ * a server's handlers commit: plain begin / put / commit in each, threads
+ * sharing one handle, or processes with a handle each.  Commits can share
+ * flushes only when they overlap, so this is where group commit shows. */
+#define DURABLE_WRITERS 4
+#define DURABLE_COMMITS 250 /* per writer */
+static void *durable_writer(void *arg)
+{
+    uint64_t seed = (uint64_t)(uintptr_t)arg;
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    for (uint64_t i = 0; i < DURABLE_COMMITS; i++) {
+        make_key(seed * DURABLE_COMMITS + i, k);
+        make_val(i, v, VAL_LEN);
+        E->txn_put(k, KEY_LEN, v, VAL_LEN);
+    }
+    return NULL;
+}
+
+static void expect_durable_entries(void)
+{
+    E->begin(false);
+    uint64_t got = E->range(NULL, 0, UINT64_MAX);
+    E->commit();
+    if (got != DURABLE_WRITERS * DURABLE_COMMITS)
+        fail("durable commits: wrong count");
+}
+
+static uint64_t w_durable_threads(void)
+{
+    E->open(P);
+    t_start = now_s();
+    pthread_t t[DURABLE_WRITERS];
+    for (uintptr_t i = 0; i < DURABLE_WRITERS; i++)
+        pthread_create(&t[i], NULL, durable_writer, (void *)i);
+    for (int i = 0; i < DURABLE_WRITERS; i++)
+        pthread_join(t[i], NULL);
+    double dt = now_s() - t_start;
+    expect_durable_entries();
+    E->close();
+    t_start = now_s() - dt;
+    return DURABLE_WRITERS * DURABLE_COMMITS;
+}
+
+static uint64_t w_durable_processes(void)
+{
+    E->open(P); /* created before the writers start */
+    E->close();
+    int ready[2], go[2];
+    if (pipe(ready) || pipe(go))
+        fail("pipe");
+    pid_t pid[DURABLE_WRITERS];
+    for (int p = 0; p < DURABLE_WRITERS; p++) {
+        if ((pid[p] = fork()) < 0)
+            fail("fork");
+        if (pid[p] == 0) {
+            E->open(P);
+            char c = 'r';
+            if (write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
+                _exit(5);
+            durable_writer((void *)(uintptr_t)p);
+            E->close();
+            _exit(0);
+        }
+    }
+    for (int p = 0; p < DURABLE_WRITERS; p++) {
+        char c;
+        if (read(ready[0], &c, 1) != 1)
+            fail("durable commits: a writer did not start");
+    }
+    t_start = now_s();
+    if (write(go[1], "gggg", DURABLE_WRITERS) != DURABLE_WRITERS)
+        fail("pipe");
+    int bad = 0;
+    for (int p = 0; p < DURABLE_WRITERS; p++) {
+        int st;
+        if (waitpid(pid[p], &st, 0) != pid[p] || !WIFEXITED(st) || WEXITSTATUS(st))
+            bad = 1;
+    }
+    double dt = now_s() - t_start;
+    close(ready[0]), close(ready[1]), close(go[0]), close(go[1]);
+    if (bad)
+        fail("durable commits: a writer failed");
+    E->open(P);
+    expect_durable_entries();
+    E->close();
+    t_start = now_s() - dt;
+    return DURABLE_WRITERS * DURABLE_COMMITS;
+}
+
 static uint64_t w_bucket_puts(void) { return bucket_puts(false); }
 static uint64_t w_bucket_puts_churn(void) { return bucket_puts(true); }
 
@@ -861,6 +969,8 @@ static const struct workload workloads[] = {
     {"bulk load 64 KiB values", w_bulk_64k, true, "puts/s", false, false},
     {"delete all", w_delete_all, true, "dels/s", false, false},
     {"commits, long reader", w_long_reader, true, "commits/s", false, true},
+    {"durable commits 4 threads", w_durable_threads, true, "commits/s", false, true},
+    {"durable commits 4 processes", w_durable_processes, true, "commits/s", false, true},
     /* keel only; the ratio column is explained where it is printed */
     {"put with TTL", w_put_ttl, true, "puts/s", true, false},
     {"purge expired", w_purge, true, "keys/s", true, false},

@@ -1,0 +1,437 @@
+/*
+ * group.c — group commit: commits share flushes, and readers see only what
+ * is durable.
+ *
+ * Contract:
+ *   - A commit writes its pages (pager_write_out) and, still under the
+ *     writer lock, publishes its meta page here (group_publish) instead of
+ *     writing it into a meta slot.  The next writer begins from the newest
+ *     published meta (group_base).  The committer then lets the writer lock
+ *     go and waits (group_wait) until a flush has made its commit durable.
+ *   - A flush is made by whichever waiter takes the flush lock first (the
+ *     leader, in any process): it takes the newest published meta, syncs
+ *     what the commits since the visible one want, writes that meta into the
+ *     slot that does not hold the visible meta, and makes it visible.  Every
+ *     commit published meanwhile shares that flush.  So the last durable
+ *     meta is never overwritten before its successor is durable.
+ *   - One sync per flush when the meta can vouch for the pages of every
+ *     commit since the visible one (META_F_ONEFLUSH: the commit list, built
+ *     here from the runs each commit published, summed from the map);
+ *     otherwise the pages are synced, then the meta.  A torn one-flush
+ *     commit falls back to the visible meta, durable before it began.
+ *   - Readers see the visible commit and nothing newer (meta_newest_upto):
+ *     in the default mode no reader sees a commit before it is durable, and
+ *     a commit returns only once it is.
+ *   - Writers keep the pages of the fallback commit: the oldest one a crash
+ *     can come back to (the visible one, or the one before it when the
+ *     visible meta was written without a sync), and the pages a group's
+ *     commit list names (`keep`: see flush_commit).
+ *   - A failed sync or meta write sets `failed`: every handle's waiting and
+ *     later commits answer KEEL_PANIC (the file's state is unknown).
+ *
+ * Layer: os -> lockfile -> meta -> group -> pager.  The pager publishes,
+ * txn.c asks for the base and waits; this file reads and writes the meta
+ * slots through meta.c's checks and selector, and the lock file's words.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "internal.h"
+
+static struct group_shared *shared(const keel_db *db) { return db->lock.group; }
+
+/* At the first open: the newest meta, made durable by the opener's sync, is
+ * visible and the fallback. */
+void group_init(keel_db *db, const struct meta *newest)
+{
+    struct group_shared *g = shared(db);
+    if (!g)
+        return;
+    atomic_store(&g->visible, newest->txnid);
+    atomic_store(&g->fallback, newest->txnid);
+    atomic_store(&g->keep, newest->txnid);
+    atomic_store(&g->fallback_npages, newest->npages);
+    atomic_store(&g->pending, 0);
+    atomic_store(&g->synced_size, 0); /* unknown: the first flush syncs the size */
+    atomic_store(&g->failed, 0);
+}
+
+uint64_t group_keep(const keel_db *db)
+{
+    return atomic_load_explicit(&shared(db)->keep, memory_order_acquire);
+}
+
+/* Under the writer lock, for the commit after `base`, published: a crash
+ * comes back to a commit from the fallback one to the visible one.  With
+ * base visible or this commit already (nothing else in flight: else 0, no
+ * shrink) the file keeps the pages of the fallback commit; the caller adds
+ * base's and its own. */
+uint64_t group_shrink_floor(const keel_db *db, uint64_t base)
+{
+    const struct group_shared *g = shared(db);
+    if (atomic_load_explicit(&g->visible, memory_order_acquire) < base)
+        return 0;
+    return atomic_load_explicit(&g->fallback_npages, memory_order_acquire);
+}
+
+/* The newest commit a writer builds on: the newest published one when it is
+ * newer than the newest meta in the file.  *page: its meta page. */
+int group_base(keel_db *db, struct meta *out, const uint8_t **page)
+{
+    unsigned slot;
+    int rc = meta_newest(db, out, &slot);
+    if (rc)
+        return rc;
+    *page = db->map + (size_t)slot * db->psize;
+    struct group_shared *g = shared(db);
+    uint64_t id = atomic_load_explicit(&g->pending, memory_order_acquire);
+    if (id <= out->txnid)
+        return 0;
+    /* Under the writer lock nobody fills a slot: no seqlock needed.  What
+     * this handle published last needs no second check. */
+    const struct group_slot *s = &g->slot[id & 1];
+    struct meta m;
+    if (s->txnid == id && db->published_ok && !memcmp(s->page, &db->published, META_SIZE))
+        m = db->published;
+    else if (s->txnid != id || meta_check(s->page, db->psize, db->psize, &m) || m.txnid != id) {
+        error_detail_set("lock file: the published commit %llu is damaged", (unsigned long long)id);
+        return KEEL_LOCKFILE;
+    }
+    *out = m;
+    *page = s->page;
+    return 0;
+}
+
+/* The runs of the commits since `visible` that the previous slot holds, then
+ * this commit's own (its commit list, if it has one: else it is unlisted). */
+static void chain_runs(struct group_slot *s, const struct group_slot *prev, bool chained, uint64_t visible,
+                       const uint8_t *page, const struct meta *m)
+{
+    s->nruns = 0;
+    s->unlisted = 0;
+    if (chained) {
+        s->needs |= prev->needs;
+        s->unlisted = prev->unlisted;
+        uint32_t n = prev->nruns < GROUP_RUNS_MAX ? prev->nruns : GROUP_RUNS_MAX;
+        for (uint32_t i = 0; i < n; i++)
+            if (prev->runs[i].txnid > visible)
+                s->runs[s->nruns++] = prev->runs[i];
+    }
+    if (!(m->flags & META_F_ONEFLUSH)) {
+        s->unlisted = m->txnid;
+        return;
+    }
+    const uint8_t *list = page + META_LIST_OFF;
+    uint32_t n = rd32(list);
+    for (uint32_t i = 0; i < n; i++) {
+        if (s->nruns == GROUP_RUNS_MAX) {
+            s->unlisted = m->txnid;
+            return;
+        }
+        const uint8_t *r = list + META_LIST_HDR + (size_t)i * META_LIST_RUN;
+        s->runs[s->nruns++] = (struct group_run){m->txnid, rd64(r), rd64(r + 8)};
+    }
+}
+
+void group_publish(keel_db *db, const uint8_t *page, size_t mlen, uint32_t needs)
+{
+    struct group_shared *g = shared(db);
+    struct meta m;
+    memcpy(&m, page, META_SIZE);
+    uint64_t id = m.txnid, visible = atomic_load_explicit(&g->visible, memory_order_acquire);
+    uint64_t prev_id = atomic_load_explicit(&g->pending, memory_order_relaxed);
+    struct group_slot *s = &g->slot[id & 1];
+    const struct group_slot *prev = &g->slot[(id - 1) & 1];
+    uint64_t seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    atomic_store_explicit(&s->seq, seq | 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    s->needs = needs;
+    chain_runs(s, prev, prev_id == id - 1 && prev_id > visible && prev->txnid == prev_id, visible, page, &m);
+    s->txnid = id;
+    s->mlen = (uint32_t)mlen;
+    s->fsize = db->file_size;
+    memcpy(s->page, page, mlen);
+    atomic_store_explicit(&s->seq, (seq | 1) + 1, memory_order_release);
+    atomic_store_explicit(&g->pending, id, memory_order_release);
+    db->published = m;
+    db->published_ok = true;
+}
+
+/* A copy of the newest published slot (header, runs, page), taken while
+ * writers may fill slots: a seqlock read.  *id: its commit, 0 when none is
+ * newer than the visible one.  The slot `pending` names is filled only once
+ * a newer commit is published, which moves `pending` on: one found being
+ * filled while `pending` stays put is a damaged lock file, not a wait. */
+static int copy_newest(keel_db *db, struct group_slot *c, uint64_t *out)
+{
+    struct group_shared *g = shared(db);
+    uint64_t last = 0;
+    for (int stuck = 0; stuck < GROUP_COPY_TRIES; stuck++) {
+        uint64_t id = atomic_load_explicit(&g->pending, memory_order_acquire);
+        *out = 0;
+        if (id <= atomic_load_explicit(&g->visible, memory_order_acquire))
+            return 0;
+        if (id != last)
+            stuck = 0;
+        last = id;
+        const struct group_slot *s = &g->slot[id & 1];
+        uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (!(seq & 1)) {
+            c->txnid = s->txnid;
+            c->unlisted = s->unlisted;
+            c->needs = s->needs;
+            c->fsize = s->fsize;
+            c->nruns = s->nruns < GROUP_RUNS_MAX ? s->nruns : GROUP_RUNS_MAX;
+            c->mlen = s->mlen <= db->psize ? s->mlen : db->psize;
+            memcpy(c->runs, s->runs, c->nruns * sizeof(c->runs[0]));
+            memcpy(c->page, s->page, c->mlen);
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(&s->seq, memory_order_relaxed) == seq && c->txnid == id) {
+                *out = id;
+                return 0;
+            }
+        }
+        sched_yield(); /* a writer is filling it: the next commit came by */
+    }
+    error_detail_set("lock file: the published commit %llu stays half written", (unsigned long long)last);
+    return KEEL_LOCKFILE;
+}
+
+static int cmp_run(const void *a, const void *b)
+{
+    const struct group_run *x = a, *y = b;
+    return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* The group's commit list, into page + META_LIST_OFF: the runs of the
+ * commits after `visible`, in page order, summed from the map (the pages
+ * are in the file and no writer touches them until this flush is
+ * durable).  False when they do not fit the meta or ONEFLUSH_MAX_BYTES. */
+static bool group_list(keel_db *db, struct group_slot *c, uint64_t visible, struct meta *m, uint8_t *page)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < c->nruns; i++)
+        if (c->runs[i].txnid > visible)
+            c->runs[n++] = c->runs[i];
+    qsort(c->runs, n, sizeof(c->runs[0]), cmp_run);
+    size_t max = meta_list_max_runs(db->psize, m->flags & META_F_FREETAIL), nruns = 0;
+    uint64_t pages = 0, end = 2;
+    uint8_t *list = page + META_LIST_OFF;
+    XXH3_state_t *sum = XXH3_createState();
+    if (!sum)
+        return false;
+    XXH3_64bits_reset(sum);
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        const struct group_run *r = &c->runs[i];
+        /* runs tile (the allocator's invariant) inside the commit's pages */
+        ok = r->first >= end && r->count && r->first + r->count <= m->npages;
+        pages += r->count;
+        ok = ok && pages <= ONEFLUSH_MAX_BYTES / db->psize;
+        if (!ok)
+            break;
+        uint8_t *last = nruns ? list + META_LIST_HDR + (nruns - 1) * META_LIST_RUN : NULL;
+        if (last && rd64(last) + rd64(last + 8) == r->first) {
+            wr64(last + 8, rd64(last + 8) + r->count);
+        } else if (nruns < max) {
+            uint8_t *w = list + META_LIST_HDR + nruns++ * META_LIST_RUN;
+            wr64(w, r->first);
+            wr64(w + 8, r->count);
+        } else {
+            ok = false;
+            break;
+        }
+        XXH3_64bits_update(sum, db->map + r->first * db->psize, r->count * db->psize);
+        end = r->first + r->count;
+    }
+    if (ok) {
+        wr32(list, (uint32_t)nruns);
+        wr32(list + 4, 0);
+        wr64(list + 8, XXH3_64bits_digest(sum));
+        m->commit_list_sum = XXH3_64bits(list, META_LIST_HDR + nruns * META_LIST_RUN);
+    }
+    XXH3_freeState(sum);
+    return ok;
+}
+
+static int flush_failed(keel_db *db, int rc)
+{
+    atomic_store(&shared(db)->failed, 1);
+    db->panic = 1;
+    (void)rc;
+    return KEEL_PANIC;
+}
+
+static int sync_file(keel_db *db, bool full) { return full ? os_fsync(db->fd) : os_fdatasync(db->fd); }
+
+/* The leader's work, under the flush lock: the published commit c (a copy,
+ * or the slot itself under the writer lock) made durable and visible. */
+static int flush_commit(keel_db *db, struct group_slot *c)
+{
+    struct group_shared *g = shared(db);
+    uint64_t visible = atomic_load_explicit(&g->visible, memory_order_acquire), id = c->txnid;
+    struct meta vm, m;
+    unsigned vslot;
+    int rc = meta_newest_upto(db, visible, &vm, &vslot);
+    if (rc)
+        return rc;
+    if (vm.txnid != visible || meta_check(c->page, db->psize, db->psize, &m) || m.txnid != id) {
+        error_detail_set("lock file: the visible commit %llu or the published one %llu is gone",
+                         (unsigned long long)visible, (unsigned long long)id);
+        return KEEL_LOCKFILE;
+    }
+    uint8_t *page = db->flush_page;
+    memcpy(page, c->page, c->mlen);
+    size_t mlen = c->mlen;
+    bool metasync = c->needs & GROUP_SYNC_META, datasync = c->needs & GROUP_SYNC_DATA;
+    uint64_t fsize = c->fsize;
+    bool grew = fsize != atomic_load_explicit(&g->synced_size, memory_order_relaxed);
+    /* one flush: the visible meta durable (its pages are the fall back) and every page since listed */
+    bool one = metasync && atomic_load(&g->fallback) == visible && c->unlisted <= visible &&
+               m.npages * db->psize <= fsize;
+    if (one && !(id == visible + 1 && (m.flags & META_F_ONEFLUSH))) /* a single commit's own list serves */
+        one = group_list(db, c, visible, &m, page);
+    m.flags = (m.flags & META_F_FREETAIL) | (one ? META_F_ONEFLUSH : 0) | (metasync ? 0 : META_F_UNSYNCED);
+    if (one) {
+        size_t list_end = META_LIST_OFF + META_LIST_HDR + (size_t)rd32(page + META_LIST_OFF) * META_LIST_RUN;
+        if (mlen < (list_end + 511) / 512 * 512)
+            mlen = (list_end + 511) / 512 * 512;
+    } else {
+        m.commit_list_sum = 0;
+    }
+    meta_seal(&m);
+    memcpy(page, &m, META_SIZE);
+    if (datasync && !one && sync_file(db, grew))
+        return flush_failed(db, errno);
+    /* into the slot the visible meta does not hold: that one stays whole */
+    if ((rc = os_pwrite_full(db->fd, page, mlen, (uint64_t)(1 - vslot) * db->psize)))
+        return flush_failed(db, rc); /* half written, or whole in the page cache: unknown */
+    if (metasync && sync_file(db, one && grew))
+        return flush_failed(db, errno);
+    if (grew && (datasync || metasync))
+        atomic_store_explicit(&g->synced_size, fsize, memory_order_relaxed);
+    if (lockfile_bad_meta(&db->lock)) /* the slot of a meta found torn at open has been overwritten */
+        lockfile_set_bad_meta(&db->lock, 0);
+    /* A group's list also names pages that a later commit of the group
+     * freed: they must stay as they are while this meta can be the newest
+     * at an open (meta_verify_commit reads them), so nothing freed after
+     * the previous visible commit is reused before the next flush. */
+    uint64_t fallback = metasync ? id : visible;
+    atomic_store_explicit(&g->fallback_npages, metasync ? m.npages : vm.npages, memory_order_release);
+    atomic_store_explicit(&g->fallback, fallback, memory_order_release);
+    atomic_store_explicit(&g->keep, one && id > visible + 1 ? visible : fallback, memory_order_release);
+    atomic_store_explicit(&g->visible, id, memory_order_release);
+    db->unconfirmed = one ? id : 0;
+    return 0;
+}
+
+static int flush_buffers(keel_db *db)
+{
+    if (!db->flush_copy && !(db->flush_copy = os_malloc(sizeof(*db->flush_copy))))
+        return KEEL_NOMEM;
+    if (!db->flush_page && !(db->flush_page = os_malloc(db->psize)))
+        return KEEL_NOMEM;
+    return 0;
+}
+
+static void flush_enter(keel_db *db)
+{
+    pthread_mutex_lock(&db->flush_mu); /* the flush lock is the handle's: its threads take turns */
+    lockfile_flush_lock(&db->lock);
+}
+
+static void flush_leave(keel_db *db)
+{
+    lockfile_flush_unlock(&db->lock);
+    pthread_mutex_unlock(&db->flush_mu);
+}
+
+/* A commit that wants no sync (and follows none that does) is made visible
+ * at once by its writer, under the writer lock, if nobody is flushing. */
+int group_flush_now(keel_db *db, uint64_t id)
+{
+    struct group_shared *g = shared(db);
+    struct group_slot *s = &g->slot[id & 1];
+    if (s->needs || flush_buffers(db) || pthread_mutex_trylock(&db->flush_mu))
+        return 0;
+    int rc = 0;
+    if (lockfile_flush_trylock(&db->lock) == 0) {
+        if (atomic_load(&g->visible) < id)
+            rc = flush_commit(db, s);
+        lockfile_flush_unlock(&db->lock);
+    }
+    pthread_mutex_unlock(&db->flush_mu);
+    return rc;
+}
+
+int group_wait(keel_db *db, uint64_t id)
+{
+    struct group_shared *g = shared(db);
+    int rc = flush_buffers(db);
+    while (!rc) {
+        if (atomic_load(&g->failed)) {
+            db->panic = 1;
+            return KEEL_PANIC;
+        }
+        if (atomic_load_explicit(&g->visible, memory_order_acquire) >= id)
+            return 0;
+        flush_enter(db);
+        if (atomic_load(&g->visible) < id && !atomic_load(&g->failed)) {
+            uint64_t newest;
+            if ((rc = copy_newest(db, db->flush_copy, &newest)))
+                ;
+            else if (newest < id) {
+                error_detail_set("lock file: commit %llu was published and is gone", (unsigned long long)id);
+                rc = KEEL_LOCKFILE;
+            } else {
+                rc = flush_commit(db, db->flush_copy);
+            }
+        }
+        flush_leave(db);
+    }
+    return rc;
+}
+
+/* At close, a one-flush commit this handle flushed that is still the newest
+ * is copied, flag cleared, into the other meta slot: both metas then hold
+ * that commit, so the first open after a later crash has nothing to roll
+ * back to, and damage to its pages reads as damage (KEEL_CORRUPTED), never
+ * as a torn commit.  Best effort: it does not wait for a flush, which
+ * supersedes this commit anyway, and a failure leaves the one-flush commit,
+ * durable, as the newest. */
+void group_confirm(keel_db *db)
+{
+    if (!db->unconfirmed || db->panic || db->fork_gen != os_fork_generation() || !db->map || !shared(db))
+        return;
+    struct group_shared *g = shared(db);
+    if (pthread_mutex_trylock(&db->flush_mu))
+        return;
+    if (lockfile_flush_trylock(&db->lock) == 0) {
+        struct meta m;
+        unsigned slot;
+        uint8_t *buf = os_calloc(db->psize);
+        if (buf && atomic_load(&g->pending) <= db->unconfirmed &&
+            meta_newest_upto(db, atomic_load(&g->visible), &m, &slot) == 0 && m.txnid == db->unconfirmed &&
+            (m.flags & META_F_ONEFLUSH)) {
+            const uint8_t *tail = db->map + (size_t)slot * db->psize + meta_tail_off(db->psize);
+            size_t len = meta_page_settled(db->psize, &m, (m.flags & META_F_FREETAIL) ? tail : NULL, buf);
+            if (os_pwrite_full(db->fd, buf, len, (uint64_t)(1 - slot) * db->psize) == 0)
+                (void)os_fdatasync(db->fd);
+        }
+        os_free(buf);
+        lockfile_flush_unlock(&db->lock);
+    }
+    pthread_mutex_unlock(&db->flush_mu);
+    db->unconfirmed = 0;
+}
+
+void group_free(keel_db *db)
+{
+    os_free(db->flush_copy);
+    os_free(db->flush_page);
+    db->flush_copy = NULL;
+    db->flush_page = NULL;
+}
