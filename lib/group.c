@@ -304,6 +304,7 @@ static int flush_commit(keel_db *db, struct group_slot *c)
     }
     meta_seal(&m);
     memcpy(page, &m, META_SIZE);
+    uint64_t t0 = os_monotonic_ns();
     if (datasync && !one && sync_file(db, grew))
         return flush_failed(db, errno);
     /* into the slot the visible meta does not hold: that one stays whole */
@@ -311,6 +312,10 @@ static int flush_commit(keel_db *db, struct group_slot *c)
         return flush_failed(db, rc); /* half written, or whole in the page cache: unknown */
     if (metasync && sync_file(db, one && grew))
         return flush_failed(db, errno);
+    if (datasync || metasync) {
+        uint64_t us = (os_monotonic_ns() - t0) / 1000;
+        atomic_store_explicit(&g->sync_us, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us, memory_order_relaxed);
+    }
     if (grew && (datasync || metasync))
         atomic_store_explicit(&g->synced_size, fsize, memory_order_relaxed);
     if (lockfile_bad_meta(&db->lock)) /* the slot of a meta found torn at open has been overwritten */
@@ -323,6 +328,8 @@ static int flush_commit(keel_db *db, struct group_slot *c)
     atomic_store_explicit(&g->fallback_npages, metasync ? m.npages : vm.npages, memory_order_release);
     atomic_store_explicit(&g->fallback, fallback, memory_order_release);
     atomic_store_explicit(&g->keep, one && id > visible + 1 ? visible : fallback, memory_order_release);
+    atomic_store_explicit(&g->last_group, id - visible > UINT32_MAX ? UINT32_MAX : (uint32_t)(id - visible),
+                          memory_order_relaxed);
     atomic_store_explicit(&g->visible, id, memory_order_release);
     db->unconfirmed = one ? id : 0;
     return 0;
@@ -343,10 +350,26 @@ static void flush_enter(keel_db *db)
     lockfile_flush_lock(&db->lock);
 }
 
+static bool flush_try_enter(keel_db *db)
+{
+    if (pthread_mutex_trylock(&db->flush_mu))
+        return false;
+    if (lockfile_flush_trylock(&db->lock) == 0)
+        return true;
+    pthread_mutex_unlock(&db->flush_mu);
+    return false;
+}
+
+/* The flush lock let go; committers asleep on `flushes` look at `visible`
+ * again (their commit may be in the flush that ended). */
 static void flush_leave(keel_db *db)
 {
+    struct group_shared *g = shared(db);
     lockfile_flush_unlock(&db->lock);
     pthread_mutex_unlock(&db->flush_mu);
+    atomic_fetch_add(&g->flushes, 1);
+    if (atomic_load(&g->sleepers))
+        os_futex_wake(&g->flushes);
 }
 
 /* A commit that wants no sync (and follows none that does) is made visible
@@ -355,18 +378,66 @@ int group_flush_now(keel_db *db, uint64_t id)
 {
     struct group_shared *g = shared(db);
     struct group_slot *s = &g->slot[id & 1];
-    if (s->needs || flush_buffers(db) || pthread_mutex_trylock(&db->flush_mu))
+    if (s->needs || flush_buffers(db) || !flush_try_enter(db))
         return 0;
     int rc = 0;
-    if (lockfile_flush_trylock(&db->lock) == 0) {
-        if (atomic_load(&g->visible) < id)
-            rc = flush_commit(db, s);
-        lockfile_flush_unlock(&db->lock);
-    }
-    pthread_mutex_unlock(&db->flush_mu);
+    if (atomic_load(&g->visible) < id)
+        rc = flush_commit(db, s);
+    flush_leave(db);
     return rc;
 }
 
+/* Commits that arrive while the leader syncs wait for the next flush, so
+ * several writers fall into two groups that flush by turns.  When the last
+ * flush was a group, or a commit is under way (the writer lock is held), the
+ * leader lets commits join before it copies the newest: for as long as they
+ * keep coming (none for 1/GROUP_GATHER_IDLE_DIV of the budget ends it), at
+ * most 1/GROUP_GATHER_DIV of the last sync's time.  A writer alone waits
+ * for nobody. */
+static void gather(keel_db *db)
+{
+    const struct group_shared *g = shared(db);
+    uint64_t budget = (uint64_t)atomic_load_explicit(&g->sync_us, memory_order_relaxed) * 1000 / GROUP_GATHER_DIV;
+    if (!budget || (atomic_load_explicit(&g->last_group, memory_order_relaxed) < 2 && !lockfile_writer_busy(&db->lock)))
+        return;
+    uint64_t start = os_monotonic_ns(), now = start, last_change = start, idle = budget / GROUP_GATHER_IDLE_DIV;
+    uint64_t seen = atomic_load_explicit(&g->pending, memory_order_acquire);
+    while (now - start < budget) {
+        uint64_t p = atomic_load_explicit(&g->pending, memory_order_acquire);
+        if (p != seen) {
+            seen = p;
+            last_change = now;
+        } else if (!lockfile_writer_busy(&db->lock) && now - last_change > idle) {
+            break;
+        }
+        sched_yield();
+        now = os_monotonic_ns();
+    }
+}
+
+/* Under the flush lock: the newest published commit flushed, if `id` is not
+ * visible yet. */
+static int lead_flush(keel_db *db, uint64_t id)
+{
+    struct group_shared *g = shared(db);
+    if (atomic_load(&g->visible) >= id || atomic_load(&g->failed))
+        return 0;
+    gather(db);
+    uint64_t newest;
+    int rc = copy_newest(db, db->flush_copy, &newest);
+    if (rc)
+        return rc;
+    if (newest < id) {
+        error_detail_set("lock file: commit %llu was published and is gone", (unsigned long long)id);
+        return KEEL_LOCKFILE;
+    }
+    return flush_commit(db, db->flush_copy);
+}
+
+/* Until commit `id` is visible: lead a flush when nobody else does, else
+ * sleep until one ends.  A leader that died mid-flush ends none: after
+ * GROUP_WAIT_MS without a flush the flush lock is taken the blocking way,
+ * which takes it over from a dead holder. */
 int group_wait(keel_db *db, uint64_t id)
 {
     struct group_shared *g = shared(db);
@@ -378,18 +449,16 @@ int group_wait(keel_db *db, uint64_t id)
         }
         if (atomic_load_explicit(&g->visible, memory_order_acquire) >= id)
             return 0;
-        flush_enter(db);
-        if (atomic_load(&g->visible) < id && !atomic_load(&g->failed)) {
-            uint64_t newest;
-            if ((rc = copy_newest(db, db->flush_copy, &newest)))
-                ;
-            else if (newest < id) {
-                error_detail_set("lock file: commit %llu was published and is gone", (unsigned long long)id);
-                rc = KEEL_LOCKFILE;
-            } else {
-                rc = flush_commit(db, db->flush_copy);
-            }
+        uint32_t seen = atomic_load(&g->flushes);
+        if (!flush_try_enter(db)) {
+            atomic_fetch_add(&g->sleepers, 1);
+            os_futex_wait(&g->flushes, seen, GROUP_WAIT_MS);
+            atomic_fetch_sub(&g->sleepers, 1);
+            if (atomic_load(&g->flushes) != seen)
+                continue;
+            flush_enter(db);
         }
+        rc = lead_flush(db, id);
         flush_leave(db);
     }
     return rc;
@@ -407,9 +476,7 @@ void group_confirm(keel_db *db)
     if (!db->unconfirmed || db->panic || db->fork_gen != os_fork_generation() || !db->map || !shared(db))
         return;
     struct group_shared *g = shared(db);
-    if (pthread_mutex_trylock(&db->flush_mu))
-        return;
-    if (lockfile_flush_trylock(&db->lock) == 0) {
+    if (flush_try_enter(db)) {
         struct meta m;
         unsigned slot;
         uint8_t *buf = os_calloc(db->psize);
@@ -422,9 +489,8 @@ void group_confirm(keel_db *db)
                 (void)os_fdatasync(db->fd);
         }
         os_free(buf);
-        lockfile_flush_unlock(&db->lock);
+        flush_leave(db);
     }
-    pthread_mutex_unlock(&db->flush_mu);
     db->unconfirmed = 0;
 }
 

@@ -87,6 +87,11 @@ struct group_slot { /* a commit published and not yet known durable: its meta pa
 struct group_shared {
     _Atomic uint64_t visible; /* the newest commit readers may see: durable (its line is read by every read txn) */
     uint8_t pad0[56];
+    _Atomic uint32_t flushes; /* counts flushes: committers that wait for one sleep on it (a futex word) */
+    _Atomic uint32_t sleepers; /* committers asleep on `flushes`: the leader wakes them */
+    _Atomic uint32_t sync_us;  /* how long the last flush's syncs took (the gather budget: group.c) */
+    _Atomic uint32_t last_group; /* commits the last flush made durable */
+    uint8_t pad2[48];
     _Atomic uint32_t flusher; /* the flush lock (lockfile.c's word lock) */
     _Atomic uint32_t failed;  /* a flush's sync failed: every later commit answers KEEL_PANIC */
     _Atomic uint64_t pending;  /* the newest commit published (its slot: pending & 1); 0 none */
@@ -130,6 +135,7 @@ void lockfile_abandon(struct lockfile *lf); /* a failed open: also removes a loc
 void lockfile_writer_lock(struct lockfile *lf); /* waits; takes over from a dead holder */
 void lockfile_writer_unlock(struct lockfile *lf);
 int lockfile_writer_trylock(struct lockfile *lf); /* 0, or EBUSY while another holds it */
+bool lockfile_writer_busy(const struct lockfile *lf); /* somebody holds the writer lock (a glance) */
 void lockfile_flush_lock(struct lockfile *lf); /* the group commit's flush lock (group.c), as the writer lock */
 int lockfile_flush_trylock(struct lockfile *lf);
 void lockfile_flush_unlock(struct lockfile *lf);

@@ -487,6 +487,11 @@ int lockfile_writer_trylock(struct lockfile *lf)
 
 void lockfile_writer_unlock(struct lockfile *lf) { word_unlock(&lf->hdr->writer); }
 
+bool lockfile_writer_busy(const struct lockfile *lf)
+{
+    return atomic_load_explicit(&lf->hdr->writer, memory_order_relaxed) != 0;
+}
+
 void lockfile_flush_lock(struct lockfile *lf) { word_lock(lf, &lf->group->flusher); }
 
 int lockfile_flush_trylock(struct lockfile *lf)

@@ -227,6 +227,13 @@ void os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int timeout_ms)
 
 void os_futex_wake(_Atomic uint32_t *word) { syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0); }
 
+uint64_t os_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 int os_allocate(int fd, uint64_t len)
 {
     int rc;

@@ -86,6 +86,8 @@ int os_lock_probe(int fd, uint64_t off, bool *held);
  * wait while *word == expected, at most timeout_ms; wake every waiter. */
 void os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int timeout_ms);
 void os_futex_wake(_Atomic uint32_t *word);
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t os_monotonic_ns(void);
 /* Allocates the file's blocks up to len (posix_fallocate): writes through a
  * map into a hole of a full file system are SIGBUS, an error here is not. */
 int os_allocate(int fd, uint64_t len);

@@ -100,6 +100,15 @@
  * while `pending` does not move: a writer fills it in microseconds, so this
  * many is a writer that died mid-fill or a damaged lock file. */
 #define GROUP_COPY_TRIES 100000
+/* A committer asleep until a flush ends wakes after this long without one
+ * and takes the flush lock the blocking way (which takes it over from a
+ * leader that died): longer than a sync usually takes. */
+#define GROUP_WAIT_MS 50
+/* A flush leader lets commits join its flush for at most 1/DIV of the last
+ * flush's sync time, and stops when none came for 1/IDLE_DIV of that
+ * (group.c: gather). */
+#define GROUP_GATHER_DIV 2
+#define GROUP_GATHER_IDLE_DIV 4
 
 /* ---- pages and write-out (pager.c, os.c) ---------------------------------- */
 /* The file grows and shrinks in whole steps, and grows by at least an
