@@ -370,13 +370,17 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
     }
     /* The first user makes the newest commit durable before anybody sees
      * it: a writer killed in the middle of a flush can leave its meta
-     * written and not synced, and here it becomes the visible commit. */
-    if (db->lock.sole && os_fsync(db->fd)) {
-        error_detail_set("%s: the first sync after the open failed", path);
-        return KEEL_PANIC;
+     * written and not synced, and here it becomes the visible commit.  A
+     * KEEL_NOSYNC opener does not sync: the newest commit is then not taken
+     * for durable (the first flush that syncs takes two syncs). */
+    if (db->lock.sole) {
+        bool synced = !(o->flags & KEEL_NOSYNC);
+        if (synced && os_fsync(db->fd)) {
+            error_detail_set("%s: the first sync after the open failed", path);
+            return KEEL_PANIC;
+        }
+        group_init(db, &m, synced, fsize);
     }
-    if (db->lock.sole)
-        group_init(db, &m);
     /* only now: a refused file's lock file, never seen by anyone, goes again */
     if ((rc = lockfile_share(&db->lock)))
         return rc;

@@ -43,17 +43,20 @@
 
 static struct group_shared *shared(const keel_db *db) { return db->lock.group; }
 
-/* At the first open: the newest meta, made durable by the opener's sync, is
- * visible and the fallback. */
-void group_init(keel_db *db, const struct meta *newest)
+/* At the first open: the newest meta is visible, and the fallback if the
+ * opener's sync made it durable; else the one before it is, and the file
+ * keeps its size until a flush says more. */
+void group_init(keel_db *db, const struct meta *newest, bool durable, uint64_t fsize)
 {
     struct group_shared *g = shared(db);
     if (!g)
         return;
+    uint64_t fallback = durable || !newest->txnid ? newest->txnid : newest->txnid - 1;
+    uint64_t npages = fsize / newest->page_size;
     atomic_store(&g->visible, newest->txnid);
-    atomic_store(&g->fallback, newest->txnid);
-    atomic_store(&g->keep, newest->txnid);
-    atomic_store(&g->fallback_npages, newest->npages);
+    atomic_store(&g->fallback, fallback);
+    atomic_store(&g->keep, fallback);
+    atomic_store(&g->fallback_npages, durable || npages < newest->npages ? newest->npages : npages);
     atomic_store(&g->pending, 0);
     atomic_store(&g->synced_size, 0); /* unknown: the first flush syncs the size */
     atomic_store(&g->failed, 0);

@@ -371,7 +371,8 @@ int meta_snapshot_tail(keel_txn *txn, uint8_t **tail); /* see meta.c */
 int meta_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot); /* a one-flush commit whole? */
 
 /* ---- group.c: group commit, visibility, the fallback commit ------------- */
-void group_init(keel_db *db, const struct meta *newest); /* the sole opener: from the newest meta */
+/* The sole opener: from the newest meta, durable (synced) or not; fsize: the file's size */
+void group_init(keel_db *db, const struct meta *newest, bool durable, uint64_t fsize);
 int group_base(keel_db *db, struct meta *out, const uint8_t **page); /* a writer's base: meta and its page */
 uint64_t group_keep(const keel_db *db); /* writers reuse no page freed after this commit */
 uint64_t group_shrink_floor(const keel_db *db, uint64_t base); /* pages the file keeps for a crash; 0: no shrink */
