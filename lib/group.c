@@ -400,7 +400,8 @@ int group_flush_now(keel_db *db, uint64_t id)
 static void gather(keel_db *db)
 {
     const struct group_shared *g = shared(db);
-    uint64_t budget = (uint64_t)atomic_load_explicit(&g->sync_us, memory_order_relaxed) * 1000 / GROUP_GATHER_DIV;
+    uint64_t sync_us = atomic_load_explicit(&g->sync_us, memory_order_relaxed);
+    uint64_t budget = (sync_us < GROUP_GATHER_MAX_US ? sync_us : GROUP_GATHER_MAX_US) * 1000 / GROUP_GATHER_DIV;
     if (!budget || (atomic_load_explicit(&g->last_group, memory_order_relaxed) < 2 && !lockfile_writer_busy(&db->lock)))
         return;
     uint64_t start = os_monotonic_ns(), now = start, last_change = start, idle = budget / GROUP_GATHER_IDLE_DIV;

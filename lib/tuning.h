@@ -108,6 +108,7 @@
  * flush's sync time, and stops when none came for 1/IDLE_DIV of that
  * (group.c: gather). */
 #define GROUP_GATHER_DIV 2
+#define GROUP_GATHER_MAX_US 10000 /* the sync time counted at most: a slow disk's, or a damaged word */
 #define GROUP_GATHER_IDLE_DIV 4
 
 /* ---- pages and write-out (pager.c, os.c) ---------------------------------- */
