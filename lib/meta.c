@@ -221,9 +221,30 @@ static int newest_upto(keel_db *db, const _Atomic uint64_t *limit, struct meta *
 
 int meta_newest(keel_db *db, struct meta *out, unsigned *slot) { return newest_upto(db, NULL, out, slot); }
 
+/* A read txn's usual case: the visible commit is one whose meta this
+ * thread checked, and its slot still holds those bytes (a torn commit's
+ * meta that a later commit of the same txn id overwrote does not). */
+static bool visible_seen(const keel_db *db, uint64_t visible, struct meta *out)
+{
+    if (meta_seen.open_id != db->open_id)
+        return false;
+    for (unsigned s = 0; s < 2; s++) {
+        if (meta_seen.ok[s] && meta_seen.m[s].txnid == visible &&
+            !memcmp(db->map + (size_t)s * db->psize, &meta_seen.m[s], META_SIZE) &&
+            !meta_is_bad(&meta_seen.m[s], lockfile_bad_meta(&db->lock))) {
+            *out = meta_seen.m[s];
+            return true;
+        }
+    }
+    return false;
+}
+
 int meta_newest_visible(keel_db *db, struct meta *out, unsigned *slot)
 {
-    return newest_upto(db, db->lock.group ? &db->lock.group->visible : NULL, out, slot);
+    const struct group_shared *g = db->lock.group;
+    if (g && !slot && visible_seen(db, atomic_load_explicit(&g->visible, memory_order_acquire), out))
+        return 0;
+    return newest_upto(db, g ? &g->visible : NULL, out, slot);
 }
 
 int meta_newest_upto(keel_db *db, uint64_t limit, struct meta *out, unsigned *slot)
