@@ -35,6 +35,7 @@
  */
 #include <errno.h>
 #include <sched.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -57,6 +58,8 @@ void group_init(keel_db *db, const struct meta *newest, bool durable, uint64_t f
     atomic_store(&g->fallback, fallback);
     atomic_store(&g->keep, fallback);
     atomic_store(&g->fallback_npages, durable || npages < newest->npages ? newest->npages : npages);
+    atomic_store(&g->visible_npages, newest->npages);
+    atomic_store(&g->visible_slot, 2); /* unknown: the first flush looks */
     atomic_store(&g->pending, 0);
     atomic_store(&g->synced_size, 0); /* unknown: the first flush syncs the size */
     atomic_store(&g->failed, 0);
@@ -82,24 +85,38 @@ uint64_t group_shrink_floor(const keel_db *db, uint64_t base)
 
 /* The newest commit a writer builds on: the newest published one when it is
  * newer than the newest meta in the file.  *page: its meta page. */
+/* Is the slot's page the meta this handle published last?  Then it needs
+ * no second check. */
+static bool own_published(const keel_db *db, const struct group_slot *s, uint64_t id)
+{
+    return db->published_ok && db->published.txnid == id && s->txnid == id &&
+           !memcmp(s->page, &db->published, META_SIZE);
+}
+
 int group_base(keel_db *db, struct meta *out, const uint8_t **page)
 {
+    /* Under the writer lock nobody fills a slot: no seqlock needed.  A
+     * flush writes only published commits into the file, so the newest
+     * published one is never older than the file's newest meta: when it is
+     * this handle's own (the usual case for a writer that commits again),
+     * no meta is read. */
+    struct group_shared *g = shared(db);
+    uint64_t id = atomic_load_explicit(&g->pending, memory_order_acquire);
+    const struct group_slot *s = &g->slot[id & 1];
+    if (id && own_published(db, s, id)) {
+        *out = db->published;
+        *page = s->page;
+        return 0;
+    }
     unsigned slot;
     int rc = meta_newest(db, out, &slot);
     if (rc)
         return rc;
     *page = db->map + (size_t)slot * db->psize;
-    struct group_shared *g = shared(db);
-    uint64_t id = atomic_load_explicit(&g->pending, memory_order_acquire);
     if (id <= out->txnid)
         return 0;
-    /* Under the writer lock nobody fills a slot: no seqlock needed.  What
-     * this handle published last needs no second check. */
-    const struct group_slot *s = &g->slot[id & 1];
     struct meta m;
-    if (s->txnid == id && db->published_ok && !memcmp(s->page, &db->published, META_SIZE))
-        m = db->published;
-    else if (s->txnid != id || meta_check(s->page, db->psize, db->psize, &m) || m.txnid != id) {
+    if (s->txnid != id || meta_check(s->page, db->psize, db->psize, &m) || m.txnid != id) {
         error_detail_set("lock file: the published commit %llu is damaged", (unsigned long long)id);
         return KEEL_LOCKFILE;
     }
@@ -276,14 +293,22 @@ static int flush_commit(keel_db *db, struct group_slot *c)
 {
     struct group_shared *g = shared(db);
     uint64_t visible = atomic_load_explicit(&g->visible, memory_order_acquire), id = c->txnid;
-    struct meta vm, m;
-    unsigned vslot;
-    int rc = meta_newest_upto(db, visible, &vm, &vslot);
-    if (rc)
-        return rc;
-    if (vm.txnid != visible || meta_check(c->page, db->psize, db->psize, &m) || m.txnid != id) {
-        error_detail_set("lock file: the visible commit %llu or the published one %llu is gone",
-                         (unsigned long long)visible, (unsigned long long)id);
+    /* The visible meta's slot, as the last flush left it if that slot still
+     * names it (a glance at its txn id), else looked for */
+    unsigned vslot = atomic_load_explicit(&g->visible_slot, memory_order_relaxed);
+    uint64_t vnpages = atomic_load_explicit(&g->visible_npages, memory_order_relaxed);
+    if (vslot > 1 || rd64(db->map + (size_t)vslot * db->psize + offsetof(struct meta, txnid)) != visible) {
+        struct meta vm;
+        int rc = meta_newest_upto(db, visible, &vm, &vslot);
+        if (rc)
+            return rc;
+        vnpages = vm.npages;
+    }
+    struct meta m;
+    if (c == &g->slot[id & 1] && own_published(db, c, id))
+        m = db->published;
+    else if (meta_check(c->page, db->psize, db->psize, &m) || m.txnid != id) {
+        error_detail_set("lock file: the published commit %llu is damaged", (unsigned long long)id);
         return KEEL_LOCKFILE;
     }
     uint8_t *page = db->flush_page;
@@ -311,7 +336,8 @@ static int flush_commit(keel_db *db, struct group_slot *c)
     if (datasync && !one && sync_file(db, grew))
         return flush_failed(db, errno);
     /* into the slot the visible meta does not hold: that one stays whole */
-    if ((rc = os_pwrite_full(db->fd, page, mlen, (uint64_t)(1 - vslot) * db->psize)))
+    int rc = os_pwrite_full(db->fd, page, mlen, (uint64_t)(1 - vslot) * db->psize);
+    if (rc)
         return flush_failed(db, rc); /* half written, or whole in the page cache: unknown */
     if (metasync && sync_file(db, one && grew))
         return flush_failed(db, errno);
@@ -328,7 +354,9 @@ static int flush_commit(keel_db *db, struct group_slot *c)
      * at an open (meta_verify_commit reads them), so nothing freed after
      * the previous visible commit is reused before the next flush. */
     uint64_t fallback = metasync ? id : visible;
-    atomic_store_explicit(&g->fallback_npages, metasync ? m.npages : vm.npages, memory_order_release);
+    atomic_store_explicit(&g->fallback_npages, metasync ? m.npages : vnpages, memory_order_release);
+    atomic_store_explicit(&g->visible_npages, m.npages, memory_order_relaxed);
+    atomic_store_explicit(&g->visible_slot, 1 - vslot, memory_order_relaxed);
     atomic_store_explicit(&g->fallback, fallback, memory_order_release);
     atomic_store_explicit(&g->keep, one && id > visible + 1 ? visible : fallback, memory_order_release);
     atomic_store_explicit(&g->last_group, id - visible > UINT32_MAX ? UINT32_MAX : (uint32_t)(id - visible),

@@ -99,7 +99,9 @@ struct group_shared {
     _Atomic uint64_t keep;     /* writers reuse no page freed after this commit (<= fallback) */
     _Atomic uint64_t synced_size; /* the file size at the last fsync */
     _Atomic uint64_t fallback_npages; /* the fallback commit's size in pages: the file keeps them */
-    uint8_t pad1[16];
+    _Atomic uint64_t visible_npages;  /* the visible commit's size in pages */
+    _Atomic uint32_t visible_slot;    /* the meta slot the visible commit was flushed into; > 1: unknown */
+    uint8_t pad1[4];
     struct group_slot slot[2];
 };
 

@@ -110,7 +110,7 @@ static struct dirty *dirty_find(struct dirty_table *t, uint64_t pgno)
 static int dirty_insert(struct dirty_table *t, uint64_t pgno, uint32_t npages, uint8_t *buf)
 {
     if ((t->count + 1) * 4 > t->cap * 3) {
-        size_t cap = t->cap ? t->cap * 2 : 256;
+        size_t cap = t->cap ? t->cap * 2 : DIRTY_TABLE_MIN_SLOTS;
         struct dirty *s = os_calloc(cap * sizeof(*s));
         if (!s)
             return KEEL_NOMEM;

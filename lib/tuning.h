@@ -123,10 +123,12 @@
  * this many bytes, for the next one: malloc's search of a fragmented heap
  * for page-sized chunks was a large share of a commit's time. */
 #define PAGEBUF_KEEP_BYTES ((size_t)8 << 20)
-/* A write txn's dirty-page table stays with its txn object up to this
- * many slots (24 bytes each): a one-put txn then neither allocates nor
- * clears one; a bulk load's big table is freed. */
-#define DIRTY_TABLE_KEEP_SLOTS 4096
+/* A write txn's dirty-page table starts with MIN slots (24 bytes each) and
+ * stays with its txn object up to KEEP slots: a one-put txn then neither
+ * allocates one nor walks a big one (its end and its write-out visit every
+ * slot); a bigger txn's table is freed. */
+#define DIRTY_TABLE_MIN_SLOTS 32
+#define DIRTY_TABLE_KEEP_SLOTS 128
 /* A one-flush commit is checked by reading its pages back at the first
  * open after a crash; bigger commits take the second sync instead, which
  * costs them little, so that this check stays short. */
