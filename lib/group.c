@@ -59,6 +59,7 @@ void group_init(keel_db *db, const struct meta *newest, bool durable, uint64_t f
     atomic_store(&g->keep, fallback);
     atomic_store(&g->fallback_npages, durable || npages < newest->npages ? newest->npages : npages);
     atomic_store(&g->visible_npages, newest->npages);
+    atomic_store(&g->file_size, fsize);
     atomic_store(&g->visible_slot, 2); /* unknown: the first flush looks */
     atomic_store(&g->pending, 0);
     atomic_store(&g->synced_size, 0); /* unknown: the first flush syncs the size */
@@ -68,6 +69,21 @@ void group_init(keel_db *db, const struct meta *newest, bool durable, uint64_t f
 uint64_t group_keep(const keel_db *db)
 {
     return atomic_load_explicit(&shared(db)->keep, memory_order_acquire);
+}
+
+/* Set by a writer before it shrinks the file and after it grew it, so that
+ * a writer killed in between leaves a size below the real one: the next
+ * one grows the file again (an ftruncate), where a size above the real one
+ * would let a meta point past the end. */
+uint64_t group_file_size(const keel_db *db)
+{
+    return shared(db) ? atomic_load_explicit(&shared(db)->file_size, memory_order_relaxed) : 0;
+}
+
+void group_set_file_size(keel_db *db, uint64_t size)
+{
+    if (shared(db))
+        atomic_store_explicit(&shared(db)->file_size, size, memory_order_relaxed);
 }
 
 /* Under the writer lock, for the commit after `base`, published: a crash

@@ -102,6 +102,8 @@ struct group_shared {
     _Atomic uint64_t visible_npages;  /* the visible commit's size in pages */
     _Atomic uint32_t visible_slot;    /* the meta slot the visible commit was flushed into; > 1: unknown */
     uint8_t pad1[4];
+    _Atomic uint64_t file_size; /* the data file's size as writers changed it, never above the real one */
+    uint8_t pad3[56];
     struct group_slot slot[2];
 };
 
@@ -377,6 +379,9 @@ int meta_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned sl
 void group_init(keel_db *db, const struct meta *newest, bool durable, uint64_t fsize);
 int group_base(keel_db *db, struct meta *out, const uint8_t **page); /* a writer's base: meta and its page */
 uint64_t group_keep(const keel_db *db); /* writers reuse no page freed after this commit */
+/* The file size writers share, under the writer lock: no fstat per write txn (0: ask the file) */
+uint64_t group_file_size(const keel_db *db);
+void group_set_file_size(keel_db *db, uint64_t size);
 uint64_t group_shrink_floor(const keel_db *db, uint64_t base); /* pages the file keeps for a crash; 0: no shrink */
 /* Under the writer lock: the commit's meta page (mlen bytes), wanting GROUP_SYNC_* */
 void group_publish(keel_db *db, const uint8_t *page, size_t mlen, uint32_t needs);

@@ -352,6 +352,7 @@ int pager_grow(keel_db *db, uint64_t need)
     if (rc)
         return rc == EFBIG || rc == ENOSPC ? KEEL_FULL : rc;
     db->file_size = target;
+    group_set_file_size(db, target);
     return 0;
 }
 
@@ -359,7 +360,9 @@ void pager_maybe_shrink(keel_db *db, uint64_t used)
 {
     uint64_t keep = (used + GROW_STEP_BYTES - 1) / GROW_STEP_BYTES * GROW_STEP_BYTES;
     if (db->file_size > keep + SHRINK_SLACK_STEPS * GROW_STEP_BYTES + db->file_size / GROW_SHARE_DIV) {
-        /* Only pages no reader can see lie past `used`; failing to shrink is harmless. */
+        /* Only pages no reader can see lie past `used`; failing to shrink is
+         * harmless (the shared size stays below the real one) */
+        group_set_file_size(db, keep);
         if (os_ftruncate(db->fd, keep) == 0)
             db->file_size = keep;
     }

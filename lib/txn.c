@@ -163,8 +163,12 @@ static int begin_write(keel_db *db, keel_txn *txn)
     if (rc)
         return rc;
     const uint8_t *base_page;
-    if ((rc = os_file_size(db->fd, &db->file_size)) || (rc = group_base(db, &txn->meta, &base_page)) ||
-        (rc = meta_fits_map(db, &txn->meta)))
+    if ((rc = group_base(db, &txn->meta, &base_page)) || (rc = meta_fits_map(db, &txn->meta)))
+        goto fail;
+    /* the size writers share, or the file's own when that is too small
+     * for the base (the shared one errs low: group.c) */
+    db->file_size = group_file_size(db);
+    if (txn->meta.npages * db->psize > db->file_size && (rc = os_file_size(db->fd, &db->file_size)))
         goto fail;
     /* the file must hold the snapshot, and the commit needs an id that
      * meta_check accepts (only a damaged meta has none left) */
