@@ -356,16 +356,26 @@ int pager_grow(keel_db *db, uint64_t need)
     return 0;
 }
 
+static bool shrink_worth(uint64_t size, uint64_t keep)
+{
+    return size > keep && size - keep > SHRINK_SLACK_STEPS * GROW_STEP_BYTES + size / GROW_SHARE_DIV;
+}
+
 void pager_maybe_shrink(keel_db *db, uint64_t used)
 {
+    if (used >= db->file_size)
+        return;
     uint64_t keep = (used + GROW_STEP_BYTES - 1) / GROW_STEP_BYTES * GROW_STEP_BYTES;
-    if (db->file_size > keep + SHRINK_SLACK_STEPS * GROW_STEP_BYTES + db->file_size / GROW_SHARE_DIV) {
-        /* Only pages no reader can see lie past `used`; failing to shrink is
-         * harmless (the shared size stays below the real one) */
-        group_set_file_size(db, keep);
-        if (os_ftruncate(db->fd, keep) == 0)
-            db->file_size = keep;
-    }
+    /* the shared size says so; the file's own says it again (a shrink is
+     * rare, and a damaged lock file's size must not cut the file) */
+    uint64_t real;
+    if (!shrink_worth(db->file_size, keep) || os_file_size(db->fd, &real) || !shrink_worth(real, keep))
+        return;
+    /* Only pages no reader can see lie past `used`; failing to shrink is
+     * harmless (the shared size stays below the real one) */
+    group_set_file_size(db, keep);
+    if (os_ftruncate(db->fd, keep) == 0)
+        db->file_size = keep;
 }
 
 /* ---- commit ---- */
@@ -546,10 +556,9 @@ int pager_write_out(keel_txn *txn)
      * durable a crash comes back to the fallback commit (or to the one this
      * txn began from): the file keeps what all of them need. */
     uint64_t floor = group_shrink_floor(db, txn->txnid - 1);
-    if (floor) {
-        uint64_t keep = floor > txn->snap_npages ? floor : txn->snap_npages;
+    uint64_t keep = floor > txn->snap_npages ? floor : txn->snap_npages;
+    if (floor && keep <= db->file_size / db->psize) /* past the end: a damaged lock file's, no floor */
         pager_maybe_shrink(db, used > keep * db->psize ? used : keep * db->psize);
-    }
 out:
     pagebuf_put(db, mbuf, 1);
     return rc;
