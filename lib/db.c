@@ -371,11 +371,12 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
     /* The first user makes the newest commit durable before anybody sees
      * it: a writer killed in the middle of a flush can leave its meta
      * written and not synced, and here it becomes the visible commit.  A
-     * KEEL_NOSYNC opener does not sync: the newest commit is then not taken
+     * KEEL_NOSYNC opener does not sync, nor does a read-only one whose sync
+     * fails (a read-only file system): the newest commit is then not taken
      * for durable (the first flush that syncs takes two syncs). */
     if (db->lock.sole) {
-        bool synced = !(o->flags & KEEL_NOSYNC);
-        if (synced && os_fsync(db->fd)) {
+        bool synced = !(o->flags & KEEL_NOSYNC) && os_fsync(db->fd) == 0;
+        if (!synced && !(o->flags & (KEEL_NOSYNC | KEEL_RDONLY))) {
             error_detail_set("%s: the first sync after the open failed", path);
             return KEEL_PANIC;
         }

@@ -982,6 +982,49 @@ static void test_panic(void **state)
     tu_remove(path);
 }
 
+/* The first opener syncs the file before it shows the newest commit
+ * (design.md §6, group commit).  When that sync fails, a writing handle's
+ * open answers KEEL_PANIC; a read-only one opens anyway (a read-only file
+ * system), and the newest commit is not taken for durable: the next
+ * writer's first flush takes two syncs. */
+static void test_open_sync_fails(void **state)
+{
+    (void)state;
+    char path[256];
+    fpath(path, sizeof path, "opensync");
+    keel_db *db;
+    assert_int_equal(keel_open(path, NULL, &db), 0);
+    assert_int_equal(keel_db_put(db, NULL, tu_val("a"), tu_val("1"), 0), 0);
+    keel_close(db);
+    sync_calls = 0;
+    sync_fail_from = 1;
+    keel_os.fsync = failing_fsync;
+    keel_os.fdatasync = failing_fdatasync;
+    assert_int_equal(keel_open(path, NULL, &db), KEEL_PANIC);
+    assert_non_null(strstr(keel_error_detail(), "first sync"));
+    keel_options ro = {.flags = KEEL_RDONLY};
+    assert_int_equal(keel_open(path, &ro, &db), 0);
+    keel_txn *t;
+    keel_val v;
+    assert_int_equal(keel_begin(db, KEEL_RDONLY, &t), 0);
+    assert_int_equal(keel_get(t, 0, tu_val("a"), &v), 0);
+    keel_abort(t);
+    sync_fail_from = -1;
+    /* a writer while the read-only handle keeps the lock file's state */
+    keel_db *w;
+    assert_int_equal(keel_open(path, NULL, &w), 0);
+    long before = sync_calls;
+    assert_int_equal(keel_db_put(w, NULL, tu_val("b"), tu_val("2"), 0), 0);
+    assert_int_equal(sync_calls - before, 2); /* pages, then meta: the base was not known durable */
+    before = sync_calls;
+    assert_int_equal(keel_db_put(w, NULL, tu_val("c"), tu_val("3"), 0), 0);
+    assert_int_equal(sync_calls - before, 1); /* one flush again */
+    keel_close(w);
+    keel_close(db);
+    os_reset();
+    tu_remove(path);
+}
+
 /* ---- disk full: RLIMIT_FSIZE in a child ---- */
 enum { DF_FULL = 0, DF_ERRNO = 1, DF_OTHER = 2, DF_NEVER = 3, DF_UNUSABLE = 4, DF_SETUP = 5 };
 
@@ -1133,6 +1176,7 @@ int main(void)
     double t0 = now_s();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_panic, reset_os),
+        cmocka_unit_test_setup(test_open_sync_fails, reset_os),
         cmocka_unit_test_setup(test_io_faults, reset_os),
         cmocka_unit_test_setup(test_io_faults_nometasync, reset_os),
         cmocka_unit_test_setup(test_oom, reset_os),
