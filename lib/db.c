@@ -325,7 +325,14 @@ static keel_db *db_new(const char *path, const keel_options *o)
         return NULL;
     db->fd = -1;
     db->lock.fd = -1;
-    pthread_mutex_init(&db->mu, NULL);
+    /* adaptive: its critical sections are a few list operations, and read
+     * txns of several threads take it twice each; spinning a little beats
+     * a futex sleep and wake */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&db->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
     pthread_mutex_init(&db->flush_mu, NULL);
     pthread_cond_init(&db->writer_cv, NULL);
     db->max_reader_lag = o->max_reader_lag;
