@@ -19,7 +19,7 @@
  *     here from the runs each commit published, summed from the map);
  *     otherwise the pages are synced, then the meta.  A torn one-flush
  *     commit falls back to the visible meta, durable before it began.
- *   - Readers see the visible commit and nothing newer (meta_newest_upto):
+ *   - Readers see the visible commit and nothing newer (meta_newest_visible):
  *     in the default mode no reader sees a commit before it is durable, and
  *     a commit returns only once it is.
  *   - Writers keep the pages of the fallback commit: the oldest one a crash
@@ -99,8 +99,6 @@ uint64_t group_shrink_floor(const keel_db *db, uint64_t base)
     return atomic_load_explicit(&g->fallback_npages, memory_order_acquire);
 }
 
-/* The newest commit a writer builds on: the newest published one when it is
- * newer than the newest meta in the file.  *page: its meta page. */
 /* Is the slot's page the meta this handle published last?  Then it needs
  * no second check. */
 static bool own_published(const keel_db *db, const struct group_slot *s, uint64_t id)
@@ -109,6 +107,8 @@ static bool own_published(const keel_db *db, const struct group_slot *s, uint64_
            !memcmp(s->page, &db->published, META_SIZE);
 }
 
+/* The newest commit a writer builds on: the newest published one when it is
+ * newer than the newest meta in the file.  *page: its meta page. */
 int group_base(keel_db *db, struct meta *out, const uint8_t **page)
 {
     /* Under the writer lock nobody fills a slot: no seqlock needed.  A
@@ -293,11 +293,11 @@ static bool group_list(keel_db *db, struct group_slot *c, uint64_t visible, stru
     return ok;
 }
 
-static int flush_failed(keel_db *db, int rc)
+/* A sync or the meta write failed: the file's state is unknown to all. */
+static int flush_failed(keel_db *db)
 {
     atomic_store(&shared(db)->failed, 1);
     db->panic = 1;
-    (void)rc;
     return KEEL_PANIC;
 }
 
@@ -350,13 +350,13 @@ static int flush_commit(keel_db *db, struct group_slot *c)
     memcpy(page, &m, META_SIZE);
     uint64_t t0 = os_monotonic_ns();
     if (datasync && !one && sync_file(db, grew))
-        return flush_failed(db, errno);
+        return flush_failed(db);
     /* into the slot the visible meta does not hold: that one stays whole */
     int rc = os_pwrite_full(db->fd, page, mlen, (uint64_t)(1 - vslot) * db->psize);
     if (rc)
-        return flush_failed(db, rc); /* half written, or whole in the page cache: unknown */
+        return flush_failed(db); /* half written, or whole in the page cache: unknown */
     if (metasync && sync_file(db, one && grew))
-        return flush_failed(db, errno);
+        return flush_failed(db);
     if (datasync || metasync) {
         uint64_t us = (os_monotonic_ns() - t0) / 1000;
         atomic_store_explicit(&g->sync_us, us > UINT32_MAX ? UINT32_MAX : (uint32_t)us, memory_order_relaxed);
