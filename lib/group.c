@@ -68,7 +68,7 @@ void group_init(keel_db *db, const struct meta *newest, bool durable, uint64_t f
 
 uint64_t group_keep(const keel_db *db)
 {
-    return atomic_load_explicit(&shared(db)->keep, memory_order_acquire);
+    return atomic_load(&shared(db)->keep); /* seq_cst: ordered before the reader scan (txn.c) */
 }
 
 /* Set by a writer before it shrinks the file and after it grew it, so that

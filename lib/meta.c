@@ -260,7 +260,7 @@ int meta_newest_upto(keel_db *db, uint64_t limit, struct meta *out, unsigned *sl
 bool meta_maybe_newer(const keel_db *db, uint64_t txnid)
 {
     if (db->lock.group)
-        return atomic_load_explicit(&db->lock.group->visible, memory_order_acquire) > txnid;
+        return atomic_load(&db->lock.group->visible) > txnid; /* seq_cst: after the pin's store */
     for (unsigned s = 0; s < 2; s++) {
         const uint64_t *id = (const uint64_t *)(db->map + (size_t)s * db->psize + offsetof(struct meta, txnid));
         if (__atomic_load_n(id, __ATOMIC_RELAXED) > txnid)

@@ -178,9 +178,14 @@ static int begin_write(keel_db *db, keel_txn *txn)
     }
     txn->txnid = txn->meta.txnid + 1;
     txn->snap_npages = txn->meta.npages;
-    txn->oldest = readers_oldest(&db->lock, txn->meta.txnid, db->max_reader_lag);
-    /* What commits after the fallback one freed, a crash may still need */
+    /* What commits after `keep` freed, a crash may still need.  Loaded
+     * before the reader slots are read: a flush (no writer lock) can make
+     * newer commits visible meanwhile, and a reader that pins its snapshot
+     * after the scan took it no older than the visible commit at this load,
+     * which is at least `keep`; `keep` loaded after the scan could be newer
+     * than that reader's snapshot. */
     uint64_t keep = group_keep(db);
+    txn->oldest = readers_oldest(&db->lock, txn->meta.txnid, db->max_reader_lag);
     if (txn->oldest > keep)
         txn->oldest = keep;
     if ((rc = freelist_load_tail(txn, base_page))) {
