@@ -373,11 +373,13 @@ static int flush_commit(keel_db *db, struct group_slot *c)
     atomic_store_explicit(&g->fallback_npages, metasync ? m.npages : vnpages, memory_order_release);
     atomic_store_explicit(&g->visible_npages, m.npages, memory_order_relaxed);
     atomic_store_explicit(&g->visible_slot, 1 - vslot, memory_order_relaxed);
-    atomic_store_explicit(&g->fallback, fallback, memory_order_release);
-    atomic_store_explicit(&g->keep, one && id > visible + 1 ? visible : fallback, memory_order_release);
     atomic_store_explicit(&g->last_group, id - visible > UINT32_MAX ? UINT32_MAX : (uint32_t)(id - visible),
                           memory_order_relaxed);
-    atomic_store_explicit(&g->visible, id, memory_order_release);
+    /* visible before keep: keep never exceeds what readers may have
+     * settled on (the reader protocol, design.md section 7) */
+    atomic_store(&g->visible, id);
+    atomic_store(&g->fallback, fallback);
+    atomic_store(&g->keep, one && id > visible + 1 ? visible : fallback);
     db->unconfirmed = one ? id : 0;
     return 0;
 }
