@@ -20,7 +20,8 @@
  *   - meta_snapshot_tail() copies a read snapshot's free tail from its meta
  *     page, or says the page has been overwritten since (KEEL_BUSY).
  *
- * Layer: below the pager (os -> lockfile -> meta -> pager).  Meta pages 0
+ * Layer: below group.c and the pager (os -> lockfile -> meta -> group ->
+ * pager).  Meta pages 0
  * and 1 are outside the pager's pages (page_get refuses them): this file
  * reads them from the map or with pread and calls nothing of the pager;
  * group.c writes them, sealed with meta_seal.
