@@ -103,7 +103,7 @@ uint64_t group_shrink_floor(const keel_db *db, uint64_t base)
  * no second check. */
 static bool own_published(const keel_db *db, const struct group_slot *s, uint64_t id)
 {
-    return db->published_ok && db->published.txnid == id && s->txnid == id &&
+    return id && db->published.txnid == id && s->txnid == id &&
            !memcmp(s->page, &db->published, META_SIZE);
 }
 
@@ -119,7 +119,7 @@ int group_base(keel_db *db, struct meta *out, const uint8_t **page)
     struct group_shared *g = shared(db);
     uint64_t id = atomic_load_explicit(&g->pending, memory_order_acquire);
     const struct group_slot *s = &g->slot[id & 1];
-    if (id && own_published(db, s, id)) {
+    if (own_published(db, s, id)) {
         *out = db->published;
         *page = s->page;
         return 0;
@@ -193,7 +193,6 @@ void group_publish(keel_db *db, const uint8_t *page, size_t mlen, uint32_t needs
     atomic_store_explicit(&s->seq, (seq | 1) + 1, memory_order_release);
     atomic_store_explicit(&g->pending, id, memory_order_release);
     db->published = m;
-    db->published_ok = true;
 }
 
 /* A copy of the newest published slot (header, runs, page), taken while

@@ -262,8 +262,7 @@ struct keel_db {
     size_t max_dirty;         /* dirty bytes a write txn holds before spilling */
     struct space_handle space; /* the space layer's memory between write txns (the writer only) */
     uint64_t unconfirmed; /* the last commit this handle flushed, if one-flush: keel_close confirms it */
-    struct meta published; /* the meta this handle published last (group_base trusts it unchecked) */
-    bool published_ok;
+    struct meta published; /* the meta this handle published last (txn id 0: none; group_base trusts it) */
     pthread_mutex_t flush_mu;        /* the handle's threads take turns for the flush lock */
     struct group_slot *flush_copy;   /* the flush leader's copy of a published commit */
     uint8_t *flush_page;             /* ... and of the meta page it writes */

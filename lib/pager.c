@@ -521,10 +521,10 @@ int pager_write_out(keel_txn *txn)
     /* The commit list lets the flush go out in one sync (group.c decides) */
     bool tail = txn->space.meta_pending.n > 0;
     struct commit_list cl = {.block = mbuf + META_LIST_OFF, .max_runs = meta_list_max_runs(db->psize, tail)};
+    memset(mbuf, 0, db->psize);
     if ((rc = write_dirty(txn, false, metasync ? &cl : NULL)))
         goto out;
     size_t mlen = 512;
-    memset(mbuf, 0, META_LIST_OFF);
     txn->meta.txnid = txn->txnid;
     txn->meta.flags = (cl.ok ? META_F_ONEFLUSH : 0) | (tail ? META_F_FREETAIL : 0);
     txn->meta.commit_list_sum = 0;
@@ -533,19 +533,15 @@ int pager_write_out(keel_txn *txn)
         size_t list_len = META_LIST_HDR + cl.nruns * META_LIST_RUN;
         txn->meta.commit_list_sum = XXH3_64bits(cl.block, list_len);
         mlen = (META_LIST_OFF + list_len + 511) / 512 * 512;
-        memset(mbuf + META_LIST_OFF + list_len, 0, mlen - META_LIST_OFF - list_len);
     }
     if (tail) { /* freelist_record made it fit */
         uint8_t *t = mbuf + meta_tail_off(db->psize);
         size_t bytes = META_TAIL_HDR + txn->space.meta_pending.n * 8;
         wr32(t, (uint32_t)txn->space.meta_pending.n);
-        wr32(t + 4, 0);
         for (size_t i = 0; i < txn->space.meta_pending.n; i++)
             wr64(t + META_TAIL_HDR + 8 * i, txn->space.meta_pending.v[i]);
         txn->meta.free_tail_sum = XXH3_64bits(t, bytes);
-        memset(mbuf + mlen, 0, meta_tail_off(db->psize) - mlen);
         mlen = (meta_tail_off(db->psize) + bytes + 511) / 512 * 512;
-        memset(t + bytes, 0, mlen - meta_tail_off(db->psize) - bytes);
     }
     meta_seal(&txn->meta);
     memcpy(mbuf, &txn->meta, META_SIZE);

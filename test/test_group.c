@@ -166,6 +166,16 @@ static void expect_keys(keel_db *db, int writer, long n)
     keel_abort(t);
 }
 
+static void expect_clean(keel_db *db);
+
+/* Every writer's n keys are there, and keel_check finds nothing. */
+static void expect_all(keel_db *db, long n)
+{
+    for (int w = 0; w < WRITERS; w++)
+        expect_keys(db, w, n);
+    expect_clean(db);
+}
+
 static void report(void *ctx, const char *msg)
 {
     (void)ctx;
@@ -233,14 +243,11 @@ static void test_threads_one_handle(void **state)
     tu_remove(path);
     keel_db *db = open_flags(0);
     uint64_t syncs = run_threads(db, NULL, n);
-    for (int w = 0; w < WRITERS; w++)
-        expect_keys(db, w, n);
-    expect_clean(db);
+    expect_all(db, n);
     keel_close(db);
     expect_shared_flushes(syncs, WRITERS * n, "threads, one handle");
     db = open_flags(0);
-    for (int w = 0; w < WRITERS; w++)
-        expect_keys(db, w, n);
+    expect_all(db, n);
     keel_close(db);
 }
 
@@ -254,9 +261,7 @@ static void test_threads_own_handles(void **state)
     keel_close(keep);
     expect_shared_flushes(syncs, WRITERS * n, "threads, a handle each");
     keel_db *db = open_flags(0);
-    for (int w = 0; w < WRITERS; w++)
-        expect_keys(db, w, n);
-    expect_clean(db);
+    expect_all(db, n);
     keel_close(db);
 }
 
@@ -270,14 +275,10 @@ static void test_mixed_modes(void **state)
     keel_db *keep = open_flags(0);
     static const unsigned flags[WRITERS] = {0, KEEL_NOMETASYNC, KEEL_NOSYNC, 0};
     (void)run_threads(NULL, flags, n);
-    for (int w = 0; w < WRITERS; w++)
-        expect_keys(keep, w, n);
-    expect_clean(keep);
+    expect_all(keep, n);
     keel_close(keep);
     keel_db *db = open_flags(0);
-    for (int w = 0; w < WRITERS; w++)
-        expect_keys(db, w, n);
-    expect_clean(db);
+    expect_all(db, n);
     keel_close(db);
 }
 
@@ -455,21 +456,6 @@ static void test_snapshots_whole(void **state)
 
 /* ---- processes ----------------------------------------------------------------- */
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const char *p = buf;
-    while (n) {
-        ssize_t r = write(fd, p, n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
 /* A writer process: durable puts from `from` on, each acknowledged through
  * ackfd once keel_commit returned 0; n < 0: until killed. */
 static void writer_process(int writer, long from, long n, int ackfd)
@@ -484,7 +470,7 @@ static void writer_process(int writer, long from, long n, int ackfd)
             fprintf(stderr, "writer %d, commit %ld: %s (%s)\n", writer, i, keel_strerror(rc), keel_error_detail());
             _exit(3);
         }
-        if (write_all(ackfd, &i, sizeof i))
+        if (tu_write_all(ackfd, &i, sizeof i))
             _exit(4);
     }
     keel_close(db);
@@ -545,9 +531,7 @@ static void test_processes(void **state)
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     }
     expect_shared_flushes(atomic_load(&cnt->syncs) - syncs0, WRITERS * n, "processes");
-    for (int w = 0; w < WRITERS; w++)
-        expect_keys(keep, w, n);
-    expect_clean(keep);
+    expect_all(keep, n);
     keel_close(keep);
 }
 

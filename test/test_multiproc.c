@@ -176,21 +176,6 @@ static int teardown(void **state)
 
 /* ---- pipes and shared memory --------------------------------------------- */
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const char *p = buf;
-    while (n) {
-        ssize_t r = write(fd, p, n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
 /* 1 = got n bytes, 0 = end of file before any byte, -1 = error or short */
 static int read_all(int fd, void *buf, size_t n)
 {
@@ -561,7 +546,7 @@ static void test_visibility(void **state)
             CHILD_RC(keel_put(t, 0, tu_val(k), tu_val(v), 0), 0);
             struct vis_msg m = {i, keel_txn_id(t)};
             CHILD_RC(keel_commit(t), 0);
-            CHILD_CHECK(write_all(w2p[1], &m, sizeof m) == 0);
+            CHILD_CHECK(tu_write_all(w2p[1], &m, sizeof m) == 0);
         }
         keel_close(wdb);
         _exit(0);
@@ -573,7 +558,7 @@ static void test_visibility(void **state)
     while ((r = read_all(w2p[0], &m, sizeof m)) == 1) {
         assert_int_equal(m.i, n);
         assert_true(vis_sees(db, &m));
-        assert_int_equal(write_all(p2r[1], &m, sizeof m), 0);
+        assert_int_equal(tu_write_all(p2r[1], &m, sizeof m), 0);
         n++;
     }
     assert_int_equal(r, 0);
@@ -635,7 +620,7 @@ static void test_dead_reader(void **state)
         CHILD_RC(keel_get(rt, 0, tu_val("dr0000"), &v), 0);
         CHILD_CHECK(v.len == 7 && memcmp(v.data, "initial", 7) == 0);
         uint64_t id = keel_txn_id(rt);
-        CHILD_CHECK(write_all(p[1], &id, sizeof id) == 0);
+        CHILD_CHECK(tu_write_all(p[1], &id, sizeof id) == 0);
         for (;;)
             pause(); /* holds the snapshot until killed */
     }
@@ -704,7 +689,7 @@ static void test_dead_readers_full(void **state)
             keel_txn *t;
             CHILD_RC(keel_begin(rdb, KEEL_RDONLY, &t), 0);
             char one = 1;
-            CHILD_CHECK(write_all(p[1], &one, 1) == 0);
+            CHILD_CHECK(tu_write_all(p[1], &one, 1) == 0);
             for (;;)
                 pause();
         }
@@ -779,7 +764,7 @@ static void test_slot_claim(void **state)
         keel_txn *t;
         CHILD_RC(keel_begin(rdb, KEEL_RDONLY, &t), 0);
         char one = 1;
-        CHILD_CHECK(write_all(p[1], &one, 1) == 0);
+        CHILD_CHECK(tu_write_all(p[1], &one, 1) == 0);
         CHILD_CHECK(read_all(q[0], &one, 1) == 1); /* the parent overwrote a many times */
         keel_val v;
         CHILD_RC(keel_get(t, 0, tu_val("a"), &v), 0);
@@ -803,7 +788,7 @@ static void test_slot_claim(void **state)
     }
     assert_true(slots[idx].owner != 0);
     byte = 1;
-    assert_int_equal(write_all(q[1], &byte, 1), 0);
+    assert_int_equal(tu_write_all(q[1], &byte, 1), 0);
     assert_exited_ok(reader, "slot_claim reader");
 
     /* a reader dies holding a snapshot; a writer frees its slot */
@@ -813,7 +798,7 @@ static void test_slot_claim(void **state)
         keel_txn *t;
         CHILD_RC(keel_begin(rdb, KEEL_RDONLY, &t), 0);
         char one = 1;
-        CHILD_CHECK(write_all(p[1], &one, 1) == 0);
+        CHILD_CHECK(tu_write_all(p[1], &one, 1) == 0);
         for (;;)
             pause();
     }
@@ -838,7 +823,7 @@ static void test_slot_claim(void **state)
         uint64_t zero = 0;
         CHILD_CHECK(atomic_compare_exchange_strong(&slots[idx].owner, &zero, 0x1234));
         char one = 1;
-        CHILD_CHECK(write_all(p[1], &one, 1) == 0);
+        CHILD_CHECK(tu_write_all(p[1], &one, 1) == 0);
         for (;;)
             pause();
     }
@@ -933,7 +918,7 @@ static void dw_writer(struct dw_shared *sh, int ackfd, unsigned flags)
     bool found;
     uint64_t c0 = dw_counter(t, &found);
     keel_abort(t);
-    CHILD_CHECK(write_all(ackfd, &c0, sizeof c0) == 0); /* ready, starting after c0 */
+    CHILD_CHECK(tu_write_all(ackfd, &c0, sizeof c0) == 0); /* ready, starting after c0 */
     static char buf[32768];
     for (uint64_t i = c0 + 1; i < c0 + 1000000; i++) {
         atomic_store(&sh->in_flight, i);
@@ -957,7 +942,7 @@ static void dw_writer(struct dw_shared *sh, int ackfd, unsigned flags)
         atomic_store(&sh->phase, 2);
         CHILD_RC(keel_commit(t), 0);
         atomic_store(&sh->phase, 3);
-        CHILD_CHECK(write_all(ackfd, &i, sizeof i) == 0);
+        CHILD_CHECK(tu_write_all(ackfd, &i, sizeof i) == 0);
     }
     _exit(0);
 }
@@ -1223,7 +1208,7 @@ static void test_two_handles(void **state)
         CHILD_RC(keel_commit(w), KEEL_FORKED);
         keel_close(db2);
         char byte = 1;
-        CHILD_CHECK(write_all(c2p[1], &byte, 1) == 0);
+        CHILD_CHECK(tu_write_all(c2p[1], &byte, 1) == 0);
         /* keel_open takes the writer lock (doc/format.md): wait until the
          * parent has committed */
         CHILD_CHECK(read_all(p2c[0], &byte, 1) == 1);
@@ -1246,7 +1231,7 @@ static void test_two_handles(void **state)
     assert_get(w, "w", "parent");
     assert_int_equal(keel_commit(w), 0);
     assert_get(rr, "w", NULL);
-    assert_int_equal(write_all(p2c[1], &byte, 1), 0);
+    assert_int_equal(tu_write_all(p2c[1], &byte, 1), 0);
     assert_exited_ok(kid, "two_handles forked child");
     close(c2p[0]);
     close(p2c[1]);
@@ -1281,7 +1266,7 @@ static void write_file(const char *p, const void *buf, size_t n)
 {
     int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     assert_true(fd >= 0);
-    assert_int_equal(write_all(fd, buf, n), 0);
+    assert_int_equal(tu_write_all(fd, buf, n), 0);
     close(fd);
 }
 
@@ -1479,7 +1464,7 @@ static void test_growth(void **state)
         uint8_t *want = malloc(GR_BIG);
         CHILD_CHECK(want != NULL);
         char one = 1;
-        CHILD_CHECK(write_all(c2p[1], &one, 1) == 0);
+        CHILD_CHECK(tu_write_all(c2p[1], &one, 1) == 0);
         struct gr_msg m;
         uint64_t seen = 0;
         int r;
@@ -1537,10 +1522,10 @@ static void test_growth(void **state)
         }
         struct gr_msg m = {b + 1, keel_txn_id(t)};
         assert_int_equal(keel_commit(t), 0);
-        assert_int_equal(write_all(p2c[1], &m, sizeof m), 0);
+        assert_int_equal(tu_write_all(p2c[1], &m, sizeof m), 0);
     }
     struct gr_msg done = {UINT64_MAX, 0};
-    assert_int_equal(write_all(p2c[1], &done, sizeof done), 0);
+    assert_int_equal(tu_write_all(p2c[1], &done, sizeof done), 0);
     close(p2c[1]);
     close(c2p[0]);
     assert_exited_ok(kid, "growth reader");

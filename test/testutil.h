@@ -10,6 +10,7 @@
 #ifndef KEEL_TESTUTIL_H
 #define KEEL_TESTUTIL_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,22 @@ static inline uint64_t tu_seed(uint64_t def)
 }
 
 static inline keel_val tu_val(const char *s) { return (keel_val){s, strlen(s)}; }
+
+/* All n bytes to fd (a pipe to a parent, say): 0, or -1 */
+static inline int tu_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t r = write(fd, p, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
 
 /* xorshift64*: small, fast, reproducible */
 static inline uint64_t tu_rand(uint64_t *s)

@@ -565,41 +565,57 @@ static uint64_t w_remove_half(void)
     return gone;
 }
 
-/* 2 processes, each with its own handle, as 2-thread reads; timed from when both are open */
-static uint64_t w_reads_2p(void)
+/* n processes, each with its own handle, each running child(p) once all
+ * have opened the file; timed (t_start) from then.  False unless every
+ * child(p) returned 0. */
+#define MAX_PROCS 8
+static bool in_processes(int n, int (*child)(int p))
 {
     int ready[2], go[2];
-    if (pipe(ready) || pipe(go))
+    if (n > MAX_PROCS || pipe(ready) || pipe(go))
         fail("pipe");
-    pid_t pid[2];
-    for (int p = 0; p < 2; p++) {
-        pid[p] = fork();
-        if (pid[p] < 0)
+    pid_t pid[MAX_PROCS];
+    for (int p = 0; p < n; p++) {
+        if ((pid[p] = fork()) < 0)
             fail("fork");
         if (pid[p] == 0) {
             E->open(P);
             char c = 'r';
             if (write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
                 _exit(5);
-            uint64_t found = (uint64_t)(uintptr_t)reader_thread((void *)(uintptr_t)(p * 1000003 + 1));
+            int rc = child(p);
             E->close();
-            _exit(found == N ? 0 : 6);
+            _exit(rc);
         }
     }
-    char c[2];
-    if (read(ready[0], c, 1) != 1 || read(ready[0], c + 1, 1) != 1)
-        fail("2-process reads: a reader did not start");
+    for (int p = 0; p < n; p++) {
+        char c;
+        if (read(ready[0], &c, 1) != 1)
+            fail("a child process did not start");
+    }
     t_start = now_s();
-    if (write(go[1], "gg", 2) != 2)
+    static const char gos[MAX_PROCS] = "gggggggg";
+    if (write(go[1], gos, (size_t)n) != n)
         fail("pipe");
-    int bad = 0;
-    for (int p = 0; p < 2; p++) {
+    bool ok = true;
+    for (int p = 0; p < n; p++) {
         int st;
         if (waitpid(pid[p], &st, 0) != pid[p] || !WIFEXITED(st) || WEXITSTATUS(st))
-            bad = 1;
+            ok = false;
     }
     close(ready[0]), close(ready[1]), close(go[0]), close(go[1]);
-    if (bad)
+    return ok;
+}
+
+static int reads_child(int p)
+{
+    return (uint64_t)(uintptr_t)reader_thread((void *)(uintptr_t)(p * 1000003 + 1)) == N ? 0 : 6;
+}
+
+/* 2 processes, each with its own handle, as 2-thread reads; timed from when both are open */
+static uint64_t w_reads_2p(void)
+{
+    if (!in_processes(2, reads_child))
         fail("2-process reads: keys missing");
     return 2 * N;
 }
@@ -892,45 +908,19 @@ static uint64_t w_durable_threads(void)
     return DURABLE_WRITERS * DURABLE_COMMITS;
 }
 
+static int durable_child(int p)
+{
+    durable_writer((void *)(uintptr_t)p);
+    return 0;
+}
+
 static uint64_t w_durable_processes(void)
 {
     E->open(P); /* created before the writers start */
     E->close();
-    int ready[2], go[2];
-    if (pipe(ready) || pipe(go))
-        fail("pipe");
-    pid_t pid[DURABLE_WRITERS];
-    for (int p = 0; p < DURABLE_WRITERS; p++) {
-        if ((pid[p] = fork()) < 0)
-            fail("fork");
-        if (pid[p] == 0) {
-            E->open(P);
-            char c = 'r';
-            if (write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
-                _exit(5);
-            durable_writer((void *)(uintptr_t)p);
-            E->close();
-            _exit(0);
-        }
-    }
-    for (int p = 0; p < DURABLE_WRITERS; p++) {
-        char c;
-        if (read(ready[0], &c, 1) != 1)
-            fail("durable commits: a writer did not start");
-    }
-    t_start = now_s();
-    if (write(go[1], "gggg", DURABLE_WRITERS) != DURABLE_WRITERS)
-        fail("pipe");
-    int bad = 0;
-    for (int p = 0; p < DURABLE_WRITERS; p++) {
-        int st;
-        if (waitpid(pid[p], &st, 0) != pid[p] || !WIFEXITED(st) || WEXITSTATUS(st))
-            bad = 1;
-    }
-    double dt = now_s() - t_start;
-    close(ready[0]), close(ready[1]), close(go[0]), close(go[1]);
-    if (bad)
+    if (!in_processes(DURABLE_WRITERS, durable_child))
         fail("durable commits: a writer failed");
+    double dt = now_s() - t_start;
     E->open(P);
     expect_durable_entries();
     E->close();
