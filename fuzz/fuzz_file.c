@@ -291,8 +291,11 @@ static void ff_reseal(uint8_t *img, size_t n, const uint8_t *full, size_t fulln,
         return;
     ff_reseal_list(img, n, full, fulln, off);
     ff_reseal_tail(img, n, off);
-    uint64_t sum = XXH3_64bits(img + off, META_SUM_BYTES);
-    memcpy(img + off + META_SUM_BYTES, &sum, 8);
+    /* the header fields the two resealers set lie where both formats keep
+     * them; format 1's checksum follows its shorter descriptors */
+    size_t sum_off = rd32(img + off + 4) == 1 ? META_V1_SUM_OFF : META_SUM_BYTES;
+    uint64_t sum = XXH3_64bits(img + off, sum_off);
+    memcpy(img + off + sum_off, &sum, 8);
 }
 
 FUZZ_ENTRY(file)
@@ -338,8 +341,11 @@ FUZZ_ENTRY(file)
         const char *cpath = fuzz_path(3, "file-copy.db");
         fuzz_remove_db(cpath);
         int rc2 = keel_copy(db, cpath, compact ? KEEL_COPY_COMPACT : 0);
+        /* a compact copy writes the newest format, whose longest key is
+         * shorter than format 1's: such a key refuses it */
+        bool older = hn >= 8 && rd32(head + 4) < KEEL_FORMAT_VERSION;
         if (clean)
-            FUZZ_CHECK(rc2 == 0);
+            FUZZ_CHECK(rc2 == 0 || (compact && older && rc2 == KEEL_BADVALSIZE));
         if (rc2 == 0) {
             keel_db *cdb;
             keel_options co = {.flags = KEEL_NOSYNC | KEEL_RDONLY, .clock = ff_clock, .clock_ctx = &now};

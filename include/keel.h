@@ -57,6 +57,8 @@ typedef struct {
 #define KEEL_NOMETASYNC  0x0004u /* open: sync data pages but not the meta page */
 #define KEEL_NOLOCK      0x0008u /* open, with KEEL_RDONLY only: use no lock file (read-only media).
                                     Safe only while no process writes the database. */
+#define KEEL_VERIFY      0x0200u /* open: check every page a txn reads against its checksum (format 2
+                                    files): damage answers KEEL_CORRUPTED, never wrong data */
 /* keel_put */
 #define KEEL_NOOVERWRITE 0x0010u /* fail with KEEL_EXISTS if the key is present */
 #define KEEL_APPEND      0x0020u /* key sorts after every key in the bucket: fill pages fully */

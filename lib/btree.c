@@ -62,7 +62,7 @@ static inline int key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_
 
 int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) { return key_cmp(a, alen, b, blen); }
 
-static inline size_t usable(const keel_txn *txn) { return txn->db->psize - PAGE_HDR; }
+static inline size_t usable(const keel_txn *txn) { return txn->db->node_end - PAGE_HDR; }
 
 /* A level of the path, and the leaf's: a path is never deeper than a tree may be. */
 static inline void check_level(const struct bt_path *path, int level)
@@ -78,7 +78,7 @@ static inline int leaf_level(const struct bt_path *path)
 /* ---- page checks ---- */
 int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want)
 {
-    uint32_t ps = txn->db->psize;
+    uint32_t ps = txn->db->node_end;
     unsigned n = page_nkeys(page);
     if (page_flags(page) != want || n == 0 || page_upper(page) > ps || page_upper(page) < PAGE_HDR + SLOT_SIZE * n)
         return CORRUPT(pgno);
@@ -102,7 +102,7 @@ static size_t node_size(const uint8_t *page, const uint8_t *n)
  * here and keep the property. */
 static int check_nodes(keel_txn *txn, const uint8_t *page)
 {
-    uint32_t upper = page_upper(page), area = txn->db->psize - upper; /* bt_check_page: upper <= psize */
+    uint32_t upper = page_upper(page), area = txn->db->node_end - upper; /* bt_check_page: upper <= psize */
     const uint8_t *base = page + upper;
     unsigned n = page_nkeys(page);
     uint64_t starts[KEEL_MAX_PAGE / 64]; /* a bit per offset from upper where a node starts */
@@ -216,7 +216,7 @@ static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page
 static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, size_t klen,
                        unsigned *idx, bool *exact)
 {
-    uint32_t ps = txn->db->psize;
+    uint32_t ps = txn->db->node_end;
     bool trusted = !page_in_map(txn->db, page);
     *exact = false;
     if (page_flags(page) & P_LEAF)
@@ -263,15 +263,17 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
             return 0;
         }
         const uint8_t *n;
-        if ((rc = node_at(page, idx, txn->db->psize, &n)))
+        if ((rc = node_at(page, idx, txn->db->node_end, &n)))
             return rc;
         pg = branch_node_child(n);
     }
 }
 
-static uint32_t overflow_pages_for(const keel_txn *txn, uint64_t vsize)
+/* The run holds the header, the value and (summed) the trailer. */
+uint32_t bt_overflow_pages(const keel_txn *txn, uint64_t vsize)
 {
-    return (uint32_t)((PAGE_HDR + vsize + txn->db->psize - 1) / txn->db->psize);
+    uint32_t ps = txn->db->psize, trailer = ps - txn->db->node_end;
+    return (uint32_t)((PAGE_HDR + vsize + trailer + ps - 1) / ps);
 }
 
 int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
@@ -283,7 +285,7 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
         return 0;
     }
     uint64_t ov = leaf_node_overflow(node);
-    uint32_t need = overflow_pages_for(txn, vsize);
+    uint32_t need = bt_overflow_pages(txn, vsize);
     const uint8_t *p;
     int rc = page_get(txn, ov, &p);
     if (rc)
@@ -309,7 +311,7 @@ static int overflow_run(keel_txn *txn, const uint8_t *node, uint64_t *ov, uint32
     if (rc)
         return rc;
     *ov = leaf_node_overflow(node);
-    *npages = overflow_pages_for(txn, leaf_node_vsize(node));
+    *npages = bt_overflow_pages(txn, leaf_node_vsize(node));
     return 0;
 }
 
@@ -324,7 +326,7 @@ int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val
         return KEEL_NOTFOUND;
     const uint8_t *n;
     int lv = leaf_level(&path);
-    if ((rc = node_at(path.page[lv], path.idx[lv], txn->db->psize, &n)))
+    if ((rc = node_at(path.page[lv], path.idx[lv], txn->db->node_end, &n)))
         return rc;
     if (expiry)
         *expiry = leaf_node_expiry(n);
@@ -416,10 +418,28 @@ static void scratch_give(keel_txn *txn)
     txn->scratch_depth = 0;
 }
 
-static int new_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t **buf)
+/* Which tree a page belongs to, for its trailer (format.h: TAG_*, or the
+ * bucket's id).  The internal trees are the meta's descriptors themselves. */
+static uint32_t tree_tag(const keel_txn *txn, const struct tree_desc *t)
+{
+    if (t == &txn->meta.trees[TREE_CATALOG])
+        return TAG_CATALOG;
+    if (t == &txn->meta.trees[TREE_FREE])
+        return TAG_FREE;
+    if (t == &txn->meta.trees[TREE_EXPIRY])
+        return TAG_EXPIRY;
+    return t->id;
+}
+
+/* New pages for tree t: their trailer names it (a copy-on-write copy keeps
+ * its original's). */
+static int new_pages(keel_txn *txn, const struct tree_desc *t, uint32_t npages, uint64_t *pgno, uint8_t **buf)
 {
     KEEL_ASSERT(txn->scratch_depth == 0);
-    return page_alloc(txn, npages, pgno, buf);
+    int rc = page_alloc(txn, npages, pgno, buf);
+    if (!rc && txn->db->summed)
+        page_set_tree(*buf, (size_t)npages * txn->db->psize, tree_tag(txn, t));
+    return rc;
 }
 
 static int touch_page(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t **buf)
@@ -428,13 +448,22 @@ static int touch_page(keel_txn *txn, uint64_t pgno, uint64_t *newpgno, uint8_t *
     return page_touch(txn, pgno, newpgno, buf);
 }
 
-static uint8_t *make_branch_node(uint64_t child, const uint8_t *key, size_t klen, size_t *size)
+/* A branch node in the db's format; sum: the child's (0 for a child this
+ * txn wrote: the seal fills it in). */
+static uint8_t *make_branch_node(const keel_txn *txn, uint64_t child, uint64_t sum, const uint8_t *key, size_t klen,
+                                 size_t *size)
 {
-    uint8_t *n = os_malloc(BRANCH_HDR + klen);
+    uint8_t *n = os_malloc(BRANCH_FIRST_MAX + klen);
     if (!n)
         return NULL;
-    *size = branch_node_write(n, child, key, klen);
+    *size = branch_node_write(n, child, sum, key, klen, txn->db->summed);
     return n;
+}
+
+/* node 0 of a branch page: the same child, no key (it is never read) */
+static size_t branch_first(const keel_txn *txn, uint8_t first[BRANCH_FIRST_MAX], const uint8_t *node)
+{
+    return branch_node_write(first, branch_node_child(node), branch_node_sum(node), NULL, 0, txn->db->summed);
 }
 
 /* The pieces to redistribute: the nodes of a, then those of b (NULL: none),
@@ -573,8 +602,8 @@ static void share_move(uint8_t *L, uint8_t *R, unsigned ln, unsigned s, unsigned
  * s's whole key.  Branches: piece s's key, and piece s becomes `first`, its
  * copy without the key (a branch's first key is never read).  NULL when out
  * of memory. */
-static uint8_t *cut_separator(struct piece *pc, size_t s, bool leaf, bool shortest, uint64_t pg,
-                              uint8_t first[BRANCH_HDR], size_t *size)
+static uint8_t *cut_separator(const keel_txn *txn, struct piece *pc, size_t s, bool leaf, bool shortest,
+                              uint64_t pg, uint8_t first[BRANCH_FIRST_MAX], size_t *size)
 {
     const uint8_t *k;
     size_t kl;
@@ -587,9 +616,9 @@ static uint8_t *cut_separator(struct piece *pc, size_t s, bool leaf, bool shorte
         k = leaf_node_key(pc[s].p);
         kl = leaf_node_ksize(pc[s].p);
     }
-    uint8_t *sep = make_branch_node(pg, k, kl, size);
+    uint8_t *sep = make_branch_node(txn, pg, 0, k, kl, size);
     if (sep && !leaf)
-        pc[s] = (struct piece){first, branch_node_write(first, branch_node_child(pc[s].p), NULL, 0)};
+        pc[s] = (struct piece){first, branch_first(txn, first, pc[s].p)};
     return sep;
 }
 
@@ -597,11 +626,11 @@ static uint8_t *cut_separator(struct piece *pc, size_t s, bool leaf, bool shorte
 static int fill_pair(keel_txn *txn, uint8_t *L, uint8_t *R, unsigned flags, struct piece *pc, size_t n, size_t s,
                      bool shortest, uint64_t rpg, uint8_t **sep, size_t *sepsize)
 {
-    uint8_t first[BRANCH_HDR];
-    if (!(*sep = cut_separator(pc, s, flags & P_LEAF, shortest, rpg, first, sepsize)))
+    uint8_t first[BRANCH_FIRST_MAX];
+    if (!(*sep = cut_separator(txn, pc, s, flags & P_LEAF, shortest, rpg, first, sepsize)))
         return KEEL_NOMEM;
-    page_fill(L, flags, txn->db->psize, pc, s);
-    page_fill(R, flags, txn->db->psize, pc + s, n - s);
+    page_fill(L, flags, txn->db->node_end, pc, s);
+    page_fill(R, flags, txn->db->node_end, pc + s, n - s);
     return 0;
 }
 
@@ -666,8 +695,7 @@ static int pick_sibling(keel_txn *txn, struct bt_path *path, int level, size_t s
         const uint8_t *sp;
         if ((rc = page_get(txn, pg, &sp)) || (rc = check_nodes(txn, sp)) || (rc = touch_page(txn, pg, &np, &sib)))
             return rc;
-        if (np != pg)
-            branch_node_set_child(node_mut(parent, cidx), np);
+        branch_node_set_child(node_mut(parent, cidx), np); /* also when np == pg: a changed page's sum is 0 */
         room = croom;
         sidx = cidx;
     }
@@ -703,7 +731,7 @@ static int share_two(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     if (!pc)
         return KEEL_NOMEM;
     size_t s = choose_split(pc, n, usable(txn), false);
-    uint8_t *sep = s ? cut_separator(pc, s, true, true, rpg, NULL, &sepsize) : NULL;
+    uint8_t *sep = s ? cut_separator(txn, pc, s, true, true, rpg, NULL, &sepsize) : NULL;
     os_free(pc);
     if (!s)
         return KEEL_NOTFOUND;
@@ -723,11 +751,11 @@ static int share_two(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
 static int split_three(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, struct leaf_pair lp,
                        const uint8_t *node, size_t size)
 {
-    uint32_t ps = txn->db->psize;
+    uint32_t ps = txn->db->psize, end = txn->db->node_end;
     uint8_t *parent = path->page[level - 1], *mid, *sc, *sep1 = NULL, *sep2 = NULL;
     uint64_t rpg = branch_node_child(node_ptr(parent, lp.ri)), mpg;
     size_t n, s1 = 0, s2 = 0, sep1size = 0, sep2size = 0;
-    int rc = new_pages(txn, 1, &mpg, &mid);
+    int rc = new_pages(txn, t, 1, &mpg, &mid);
     if (rc)
         return rc;
     count_page(t, P_LEAF, 1);
@@ -740,15 +768,15 @@ static int split_three(keel_txn *txn, struct tree_desc *t, struct bt_path *path,
     if (!pc) {
         rc = KEEL_NOMEM;
     } else if (choose_split3(pc, n, usable(txn), &s1, &s2)) {
-        sep2 = cut_separator(pc, s2, true, true, rpg, NULL, &sep2size);
-        sep1 = cut_separator(pc, s1, true, true, mpg, NULL, &sep1size);
+        sep2 = cut_separator(txn, pc, s2, true, true, rpg, NULL, &sep2size);
+        sep1 = cut_separator(txn, pc, s1, true, true, mpg, NULL, &sep1size);
         if (!sep1 || !sep2) {
             rc = KEEL_NOMEM;
         } else if (page_room(parent) + branch_node_size(node_ptr(parent, lp.ri)) >=
                    sep1size + sep2size + 2 * SLOT_SIZE) {
-            page_fill(lp.L, P_LEAF, ps, pc, s1);
-            page_fill(mid, P_LEAF, ps, pc + s1, s2 - s1);
-            page_fill(lp.R, P_LEAF, ps, pc + s2, n - s2);
+            page_fill(lp.L, P_LEAF, end, pc, s1);
+            page_fill(mid, P_LEAF, end, pc + s1, s2 - s1);
+            page_fill(lp.R, P_LEAF, end, pc + s2, n - s2);
             done = true;
         }
     }
@@ -795,12 +823,13 @@ static int share_with_sibling(keel_txn *txn, struct tree_desc *t, struct bt_path
 static int grow_root(keel_txn *txn, struct tree_desc *t, struct bt_path *path, const uint8_t *sep, size_t sepsize)
 {
     uint64_t rootpg;
-    uint8_t *root, first[BRANCH_HDR];
-    int rc = new_pages(txn, 1, &rootpg, &root);
+    uint8_t *root, first[BRANCH_FIRST_MAX];
+    int rc = new_pages(txn, t, 1, &rootpg, &root);
     if (rc)
         return rc;
-    page_init(root, P_BRANCH, txn->db->psize);
-    page_insert_node(root, 0, first, branch_node_write(first, path->pgno[0], NULL, 0));
+    page_init(root, P_BRANCH, txn->db->node_end);
+    KEEL_ASSERT(t->root_sum == 0); /* the old root is this txn's */
+    page_insert_node(root, 0, first, branch_node_write(first, path->pgno[0], 0, NULL, 0, txn->db->summed));
     page_insert_node(root, 1, sep, sepsize);
     t->root = rootpg;
     t->depth++;
@@ -823,7 +852,7 @@ static int split_insert(keel_txn *txn, struct tree_desc *t, struct bt_path *path
         return rc;
     uint64_t rpg;
     size_t n, sepsize = 0;
-    if ((rc = new_pages(txn, 1, &rpg, &right)))
+    if ((rc = new_pages(txn, t, 1, &rpg, &right)))
         return rc;
     count_page(t, flags, 1);
     if (!(copy = scratch_take(txn)))
@@ -888,13 +917,15 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
         uint8_t *buf;
         if ((rc = check_nodes(txn, page)) || (rc = touch_page(txn, path->pgno[level], &np, &buf)))
             return rc;
-        if (np != path->pgno[level]) {
-            if (level == 0)
-                t->root = np;
-            else
-                branch_node_set_child(node_mut(path->page[level - 1], path->idx[level - 1]), np);
-            path->pgno[level] = np;
+        /* also when np is the same page (spilled, back in memory): the
+         * reference to a page the txn changes holds sum 0 (seal.c) */
+        if (level == 0) {
+            t->root = np;
+            t->root_sum = 0;
+        } else {
+            branch_node_set_child(node_mut(path->page[level - 1], path->idx[level - 1]), np);
         }
+        path->pgno[level] = np;
         path->page[level] = buf;
     }
     return 0;
@@ -911,7 +942,7 @@ static int put_search(keel_txn *txn, struct tree_desc *t, keel_val key, unsigned
     if (*exact) {
         const uint8_t *cur;
         int lv = leaf_level(path);
-        if ((rc = node_at(path->page[lv], path->idx[lv], txn->db->psize, &cur)))
+        if ((rc = node_at(path->page[lv], path->idx[lv], txn->db->node_end, &cur)))
             return rc;
         int64_t cur_exp = leaf_node_expiry(cur);
         bool live = cur_exp == 0 || cur_exp > txn->now; /* an expired key counts as absent */
@@ -932,8 +963,9 @@ static unsigned put_node_flags(const keel_txn *txn, keel_val key, keel_val val, 
 {
     unsigned flags = expiry ? N_EXPIRES : 0;
     size_t inline_size = leaf_node_size_for(flags, key.len, val.len);
-    size_t big_size = leaf_node_size_for(flags | N_BIG, key.len, val.len);
-    return flags | (inline_size > txn->db->inline_max && inline_size > big_size ? N_BIG : 0);
+    unsigned big = N_BIG | (txn->db->summed ? N_SUM : 0);
+    size_t big_size = leaf_node_size_for(flags | big, key.len, val.len);
+    return flags | (inline_size > txn->db->inline_max && inline_size > big_size ? big : 0);
 }
 
 static int put_make_node(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry,
@@ -945,16 +977,20 @@ static int put_make_node(keel_txn *txn, struct tree_desc *t, keel_val key, keel_
             memcpy(vdst, val.data, val.len);
         return 0;
     }
-    uint32_t np = overflow_pages_for(txn, val.len);
+    uint32_t np = bt_overflow_pages(txn, val.len);
     uint64_t ov;
     uint8_t *ovbuf;
-    int rc = new_pages(txn, np, &ov, &ovbuf);
+    int rc = new_pages(txn, t, np, &ov, &ovbuf);
     if (rc)
         return rc;
+    /* the run is whole now: sealed at once, its sum into the node */
+    size_t len = (size_t)np * txn->db->psize, trailer = txn->db->psize - txn->db->node_end;
     overflow_set_header(ovbuf, np);
     memcpy(ovbuf + PAGE_HDR, val.data, val.len);
-    memset(ovbuf + PAGE_HDR + val.len, 0, (size_t)np * txn->db->psize - PAGE_HDR - val.len);
+    memset(ovbuf + PAGE_HDR + val.len, 0, len - trailer - PAGE_HDR - val.len);
     leaf_node_set_overflow(node, ov);
+    if (txn->db->summed)
+        leaf_node_set_overflow_sum(node, pager_seal(txn, ovbuf, np));
     t->overflow_pages += np;
     return 0;
 }
@@ -964,12 +1000,13 @@ static int put_first(keel_txn *txn, struct tree_desc *t, const uint8_t *node, si
 {
     uint64_t pg;
     uint8_t *leaf;
-    int rc = new_pages(txn, 1, &pg, &leaf);
+    int rc = new_pages(txn, t, 1, &pg, &leaf);
     if (rc)
         return rc;
-    page_init(leaf, P_LEAF, txn->db->psize);
+    page_init(leaf, P_LEAF, txn->db->node_end);
     page_insert_node(leaf, 0, node, size);
     t->root = pg;
+    t->root_sum = 0;
     t->depth = 1;
     t->leaf_pages = 1;
     t->entries = 1;
@@ -1072,13 +1109,15 @@ static int collapse_root(keel_txn *txn, struct tree_desc *t, struct bt_path *pat
             return rc;
         count_page(t, flags, -1);
         t->root = 0;
+        t->root_sum = 0;
         t->depth = 0;
     } else if (!(flags & P_LEAF) && n == 1) {
-        uint64_t child = branch_node_child(node_ptr(page, 0));
+        uint64_t child = branch_node_child(node_ptr(page, 0)), sum = branch_node_sum(node_ptr(page, 0));
         if ((rc = page_free(txn, path->pgno[0], 1)))
             return rc;
         t->branch_pages--;
         t->root = child;
+        t->root_sum = sum;
         t->depth--;
     }
     return 0;
@@ -1116,10 +1155,11 @@ static int load_sibling(keel_txn *txn, struct bt_path *path, int level, unsigned
 
 /* A branch merge or share takes the parent's separator as the key of R's
  * first node (whose own key is never read). */
-static uint8_t *joined_node(const uint8_t *parent, unsigned ri, const uint8_t *R, size_t *size)
+static uint8_t *joined_node(const keel_txn *txn, const uint8_t *parent, unsigned ri, const uint8_t *R, size_t *size)
 {
-    const uint8_t *sep = node_ptr(parent, ri);
-    return make_branch_node(branch_node_child(node_ptr(R, 0)), branch_node_key(sep), branch_node_ksize(sep), size);
+    const uint8_t *sep = node_ptr(parent, ri), *r0 = node_ptr(R, 0);
+    return make_branch_node(txn, branch_node_child(r0), branch_node_sum(r0), branch_node_key(sep),
+                            branch_node_ksize(sep), size);
 }
 
 /* Merge R into L by appending R's nodes to L: L's own nodes stay where
@@ -1136,13 +1176,12 @@ static int merge_pages(keel_txn *txn, struct tree_desc *t, struct bt_path *path,
     if (!mp->sib_right) {
         if ((rc = touch_page(txn, mp->sibpg, &newpg, &L)))
             return rc;
-        if (newpg != mp->sibpg)
-            branch_node_set_child(node_mut(parent, mp->sib), newpg);
+        branch_node_set_child(node_mut(parent, mp->sib), newpg); /* a changed page's sum is 0 */
         rpg = path->pgno[level];
     }
     uint8_t *joined = NULL;
     size_t joined_size = 0;
-    if (!(flags & P_LEAF) && !(joined = joined_node(parent, mp->ri, R, &joined_size)))
+    if (!(flags & P_LEAF) && !(joined = joined_node(txn, parent, mp->ri, R, &joined_size)))
         return KEEL_NOMEM;
     unsigned ln = page_nkeys(L), rn = page_nkeys(R);
     for (unsigned i = 0; i < rn; i++) {
@@ -1171,8 +1210,7 @@ static int share_pages(keel_txn *txn, struct bt_path *path, int level, const str
     int rc;
     if ((rc = touch_page(txn, mp->sibpg, &newpg, &sibbuf)))
         return rc;
-    if (newpg != mp->sibpg)
-        branch_node_set_child(node_mut(parent, mp->sib), newpg);
+    branch_node_set_child(node_mut(parent, mp->sib), newpg); /* a changed page's sum is 0 */
     if (page_flags(sibbuf) != flags)
         return CORRUPT(mp->sibpg);
     uint8_t *L = mp->sib_right ? page : sibbuf, *R = mp->sib_right ? sibbuf : page;
@@ -1186,7 +1224,7 @@ static int share_pages(keel_txn *txn, struct bt_path *path, int level, const str
     uint8_t *joined = NULL;
     rc = pc ? 0 : KEEL_NOMEM;
     if (!rc && !(flags & P_LEAF)) {
-        if ((joined = joined_node(parent, mp->ri, sc + ps, &joined_size)))
+        if ((joined = joined_node(txn, parent, mp->ri, sc + ps, &joined_size)))
             pc[ln] = (struct piece){joined, joined_size};
         else
             rc = KEEL_NOMEM;
@@ -1212,7 +1250,7 @@ static int share_pages(keel_txn *txn, struct bt_path *path, int level, const str
  * in one, and shares when they do not. */
 static int fix_child(keel_txn *txn, struct tree_desc *t, struct bt_path *path, int level, struct fix *fix)
 {
-    uint32_t ps = txn->db->psize;
+    uint32_t ps = txn->db->node_end;
     uint8_t *page = path->page[level], *parent = path->page[level - 1];
     unsigned flags = page_flags(page), n = page_nkeys(page);
     bool leaf = flags & P_LEAF;
@@ -1263,8 +1301,8 @@ static int apply_fix(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     case FIX_DROP:
         page_remove_node(parent, fix->idx);
         if (fix->idx == 0 && page_nkeys(parent) > 0) { /* the new first key is never read */
-            uint8_t first[BRANCH_HDR];
-            size_t fs = branch_node_write(first, branch_node_child(node_ptr(parent, 0)), NULL, 0);
+            uint8_t first[BRANCH_FIRST_MAX];
+            size_t fs = branch_first(txn, first, node_ptr(parent, 0));
             page_remove_node(parent, 0);
             page_insert_node(parent, 0, first, fs);
         }
@@ -1309,7 +1347,7 @@ static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *
         return KEEL_NOTFOUND;
     if (live_only) {
         const uint8_t *cur;
-        if ((rc = node_at(path.page[leaf_level(&path)], path.idx[leaf_level(&path)], txn->db->psize, &cur)))
+        if ((rc = node_at(path.page[leaf_level(&path)], path.idx[leaf_level(&path)], txn->db->node_end, &cur)))
             return rc;
         int64_t e = leaf_node_expiry(cur);
         if (e && e <= txn->now)
@@ -1356,7 +1394,7 @@ int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expi
         return KEEL_NOTFOUND;
     const uint8_t *cur;
     int lv = leaf_level(&path);
-    if ((rc = node_at(path.page[lv], path.idx[lv], txn->db->psize, &cur)))
+    if ((rc = node_at(path.page[lv], path.idx[lv], txn->db->node_end, &cur)))
         return rc;
     *old_expiry = leaf_node_expiry(cur);
     if (*old_expiry == expiry)
@@ -1414,7 +1452,7 @@ static int walk_page(struct walker *w, uint64_t pg, unsigned level)
     unsigned n = page_nkeys(page);
     for (unsigned i = 0; i < n; i++) {
         const uint8_t *nd;
-        if ((rc = node_at(page, i, txn->db->psize, &nd)))
+        if ((rc = node_at(page, i, txn->db->node_end, &nd)))
             return rc;
         if (!leaf) {
             if ((rc = walk_page(w, branch_node_child(nd), level + 1)))
@@ -1472,7 +1510,7 @@ int bt_drop(keel_txn *txn, struct tree_desc *t)
  * rightmost leaf).  They point into the path's dirty branch pages. */
 static int finger_bounds(keel_txn *txn, struct bt_finger *f)
 {
-    uint32_t ps = txn->db->psize;
+    uint32_t ps = txn->db->node_end;
     f->lo = f->hi = NULL;
     f->lolen = f->hilen = 0;
     for (int l = f->path.depth - 2; l >= 0 && (!f->lo || !f->hi); l--) {
@@ -1500,7 +1538,7 @@ static int finger_bounds(keel_txn *txn, struct bt_finger *f)
  * last key is tried first: a key above it is above the low bound too. */
 static int finger_find(keel_txn *txn, struct bt_finger *f, keel_val key, bool *inside, bool *exact)
 {
-    uint32_t ps = txn->db->psize;
+    uint32_t ps = txn->db->node_end;
     int lv = leaf_level(&f->path);
     const uint8_t *leaf = f->path.page[lv], *n;
     unsigned lo = 0, hi = page_nkeys(leaf), *idx = &f->path.idx[lv];
@@ -1632,12 +1670,12 @@ static bool mover_out(const struct bt_mover *m) { return m->copies == 0 || m->st
 static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, struct bt_mover *m)
 {
     int lv = leaf_level(path);
-    uint32_t ps = txn->db->psize;
+    uint32_t ps = txn->db->psize, end = txn->db->node_end;
     for (unsigned j = 0; j < page_nkeys(path->page[lv]) && !mover_out(m); j++) {
         const uint8_t *nd;
         uint64_t ov;
         uint32_t np;
-        int rc = node_at(path->page[lv], j, ps, &nd);
+        int rc = node_at(path->page[lv], j, end, &nd);
         if (rc)
             return rc;
         if (!(leaf_node_flags(nd) & N_BIG))
@@ -1668,11 +1706,13 @@ static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, s
             return page_free(txn, nov, np);
         const uint8_t *old;
         uint8_t *node;
-        if ((rc = page_get(txn, ov, &old)) || (rc = node_at(path->page[lv], j, ps, (const uint8_t **)&node)))
+        if ((rc = page_get(txn, ov, &old)) || (rc = node_at(path->page[lv], j, end, (const uint8_t **)&node)))
             return rc;
         memcpy(nbuf, old, (size_t)np * ps);
         page_set_pgno(nbuf, nov);
         leaf_node_set_overflow(node, nov);
+        if (txn->db->summed)
+            leaf_node_set_overflow_sum(node, pager_seal(txn, nbuf, np));
         if ((rc = page_free(txn, ov, np)))
             return rc;
         m->copies -= m->copies < np ? m->copies : np;
@@ -1710,7 +1750,7 @@ static int mover_descend(keel_txn *txn, const struct tree_desc *t, struct bt_mov
             if (m->pos[level] >= page_nkeys(page))
                 break;
             const uint8_t *nd;
-            if ((rc = node_at(page, m->pos[level], txn->db->psize, &nd)))
+            if ((rc = node_at(page, m->pos[level], txn->db->node_end, &nd)))
                 return rc;
             path->idx[level] = m->pos[level];
             pg = branch_node_child(nd);
@@ -1741,7 +1781,7 @@ static int move_unit(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
     uint8_t *parent = path->page[unit];
     for (uint32_t i = m->pos[unit]; i < page_nkeys(parent) && !mover_out(m); i++) {
         const uint8_t *nd;
-        if ((rc = node_at(parent, i, txn->db->psize, &nd)))
+        if ((rc = node_at(parent, i, txn->db->node_end, &nd)))
             return rc;
         uint64_t child = branch_node_child(nd);
         bool move = child >= m->hi && !page_dirty(txn, child);

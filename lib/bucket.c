@@ -372,11 +372,15 @@ uint32_t txn_bucket_states(const keel_txn *txn) { return txn->bk.n; }
 
 /* ---- descriptors -------------------------------------------------------- */
 
+/* A catalog value is a descriptor in the file's format: format 1's has no root sum. */
+static size_t desc_size(const keel_txn *txn) { return txn->db->summed ? TREE_DESC_SIZE : TREE_DESC_V1_SIZE; }
+
 static int desc_from_value(keel_txn *txn, keel_val v, struct tree_desc *d)
 {
-    if (v.len != TREE_DESC_SIZE)
+    if (v.len != desc_size(txn))
         return CORRUPT(0);
-    memcpy(d, v.data, TREE_DESC_SIZE);
+    memset(d, 0, sizeof(*d));
+    memcpy(d, v.data, v.len);
     if ((d->root && (d->root < 2 || d->root >= txn->meta.npages)) || d->depth > KEEL_MAX_DEPTH ||
         (d->root == 0) != (d->depth == 0) || d->id == 0)
         return CORRUPT(0);
@@ -486,7 +490,7 @@ int bucket_with_tree(keel_txn *txn, const char *name, int (*fn)(keel_txn *txn, s
         return rc;
     struct tree_desc before = d;
     if ((rc = fn(txn, &d, ctx)) == 0 && memcmp(&before, &d, sizeof d))
-        rc = bt_put(txn, &txn->meta.trees[TREE_CATALOG], (keel_val){name, len}, (keel_val){&d, TREE_DESC_SIZE}, 0, 0,
+        rc = bt_put(txn, &txn->meta.trees[TREE_CATALOG], (keel_val){name, len}, (keel_val){&d, desc_size(txn)}, 0, 0,
                     NULL);
     return rc;
 }
@@ -554,7 +558,7 @@ int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *ou
         memset(&s->desc, 0, sizeof(s->desc));
         if (txn->meta.next_bucket_id == 0)
             txn->meta.next_bucket_id = 1;
-        if (txn->meta.next_bucket_id > UINT32_MAX)
+        if (txn->meta.next_bucket_id >= BUCKET_ID_MAX)
             return KEEL_FULL;
         s->desc.id = (uint32_t)txn->meta.next_bucket_id++;
         s->state = BUCKET_PRESENT;
@@ -596,7 +600,7 @@ int bucket_flush(keel_txn *txn)
         if (rc)
             return rc;
         if (s->state == BUCKET_PRESENT)
-            rc = bt_put(txn, &txn->meta.trees[TREE_CATALOG], k, (keel_val){&s->desc, TREE_DESC_SIZE}, 0, 0,
+            rc = bt_put(txn, &txn->meta.trees[TREE_CATALOG], k, (keel_val){&s->desc, desc_size(txn)}, 0, 0,
                         NULL);
         else {
             rc = bt_del(txn, &txn->meta.trees[TREE_CATALOG], k, NULL);

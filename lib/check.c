@@ -4,7 +4,10 @@
  * Contract: reads one snapshot through the same checked accessors as every
  * other reader, so a damaged file yields problem reports, never a crash.
  * It marks each page it reaches in a bitmap: a page reached twice, or both
- * reachable and free, or neither (leaked), is a problem.
+ * reachable and free, or neither (leaked), is a problem.  In a summed file
+ * (format 2) every page and overflow run must match the sum its reference
+ * holds (format.h: the page trailer); a page that does not is reported with
+ * its tree and the range of keys it held, and not walked further.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,6 +23,7 @@ struct checker {
     void (*report)(void *ctx, const char *msg);
     void *ctx;
     const char *tree; /* name of the tree being walked, for messages */
+    uint32_t tag;     /* ... and the tag its pages' trailers carry */
     size_t max_key;   /* the longest leaf key that tree may hold */
     /* counted while walking */
     uint64_t entries, branch, leaf, overflow;
@@ -78,18 +82,76 @@ struct bound {
     size_t len;
 };
 
-static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth, struct bound lo, struct bound hi)
+/* A key for a message: printable bytes as they are, else hex; long ones cut. */
+static void key_text(char *out, size_t size, const uint8_t *k, size_t len)
+{
+    bool printable = true;
+    for (size_t i = 0; i < len && printable; i++)
+        printable = k[i] >= 0x20 && k[i] < 0x7f && k[i] != '"' && k[i] != '\\';
+    size_t max = printable ? 48 : 24, n = len < max ? len : max;
+    size_t at = 0;
+    if (printable)
+        at = (size_t)snprintf(out, size, "\"%.*s\"", (int)n, (const char *)k);
+    else
+        for (size_t i = 0; i < n && at + 3 < size; i++)
+            at += (size_t)snprintf(out + at, size - at, "%02x", k[i]);
+    if (n < len && at + 4 < size)
+        snprintf(out + at, size - at, "...");
+}
+
+/* "keys from A to B": lo inclusive, hi exclusive, either unbounded */
+static void range_text(char *out, size_t size, struct bound lo, struct bound hi)
+{
+    char a[120] = "the first key", b[120] = "the last key";
+    if (lo.key)
+        key_text(a, sizeof a, lo.key, lo.len);
+    if (hi.key)
+        key_text(b, sizeof b, hi.key, hi.len);
+    snprintf(out, size, "keys from %s %s %s", a, hi.key ? "up to (not including)" : "to", b);
+}
+
+/* A summed file: the page (or run, len bytes) matches the sum its
+ * reference holds, names the tree, and is no newer than the snapshot.
+ * false: damaged, reported with the keys it held. */
+static bool check_sum(struct checker *ck, const uint8_t *page, size_t len, uint64_t pg, uint64_t want,
+                      const char *what, struct bound lo, struct bound hi)
+{
+    if (!ck->txn->db->summed)
+        return true;
+    const char *why = NULL;
+    if (want == 0)
+        why = "its reference holds no checksum";
+    else if (page_sum(page, len) != want)
+        why = "checksum mismatch";
+    else if (page_trailer_sum(page, len) != want)
+        why = "its trailer's checksum differs from its reference's";
+    else if (page_trailer_tree(page, len) != ck->tag)
+        why = "its trailer names another tree";
+    else if (page_trailer_txnid(page, len) > ck->txn->meta.txnid)
+        why = "written by a txn after the snapshot";
+    if (!why)
+        return true;
+    char range[300];
+    range_text(range, sizeof range, lo, hi);
+    problem(ck, "%s page %llu: %s; it held %s", what, (unsigned long long)pg, why, range);
+    return false;
+}
+
+static void walk(struct checker *ck, uint64_t pg, uint64_t sum, unsigned level, unsigned depth, struct bound lo,
+                 struct bound hi)
 {
     keel_txn *txn = ck->txn;
-    uint32_t ps = txn->db->psize;
-    if (!mark(ck, pg, 1, level + 1 == depth ? "leaf" : "branch"))
+    uint32_t ps = txn->db->psize, end = txn->db->node_end;
+    bool leaf = level + 1 == depth;
+    if (!mark(ck, pg, 1, leaf ? "leaf" : "branch"))
         return;
     const uint8_t *page;
     if (page_get(txn, pg, &page)) {
         problem(ck, "page %llu unreadable or mislabelled", (unsigned long long)pg);
         return;
     }
-    bool leaf = level + 1 == depth;
+    if (!check_sum(ck, page, ps, pg, sum, leaf ? "leaf" : "branch", lo, hi))
+        return;
     if (bt_check_page(txn, page, pg, leaf ? P_LEAF : P_BRANCH)) {
         problem(ck, "page %llu: bad header (flags %#x, %u keys, upper %u) at level %u of %u",
                 (unsigned long long)pg, page_flags(page), page_nkeys(page), page_upper(page), level, depth);
@@ -104,7 +166,7 @@ static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth
     size_t prevlen = 0;
     for (unsigned i = 0; i < n; i++) {
         const uint8_t *nd;
-        if (node_at(page, i, ps, &nd)) {
+        if (node_at(page, i, end, &nd)) {
             problem(ck, "page %llu node %u outside the page", (unsigned long long)pg, i);
             return;
         }
@@ -130,16 +192,20 @@ static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth
             ck->entries++;
             if (leaf_node_flags(nd) & N_EXPIRES)
                 ck->expiring++;
-            if (leaf_node_flags(nd) & ~(N_BIG | N_EXPIRES))
+            if (leaf_node_flags(nd) & ~(N_BIG | N_EXPIRES | N_SUM))
                 problem(ck, "page %llu node %u: unknown flags", (unsigned long long)pg, i);
             if (leaf_node_flags(nd) & N_BIG) {
-                uint64_t ov = rd64(leaf_node_val(nd));
-                uint64_t need = (PAGE_HDR + (uint64_t)leaf_node_vsize(nd) + ps - 1) / ps;
+                uint64_t ov = leaf_node_overflow(nd);
+                uint32_t need = bt_overflow_pages(txn, leaf_node_vsize(nd));
                 if (mark(ck, ov, need, "overflow")) {
                     keel_val v;
                     if (bt_leaf_value(txn, nd, &v))
                         problem(ck, "page %llu node %u: bad overflow run at %llu", (unsigned long long)pg, i,
                                 (unsigned long long)ov);
+                    else
+                        check_sum(ck, (const uint8_t *)v.data - PAGE_HDR, (size_t)need * ps, ov,
+                                  leaf_node_overflow_sum(nd), "overflow", (struct bound){k, kl},
+                                  (struct bound){NULL, 0});
                     ck->overflow += need;
                 }
             }
@@ -148,17 +214,19 @@ static void walk(struct checker *ck, uint64_t pg, unsigned level, unsigned depth
             struct bound chi = hi;
             if (i + 1 < n) {
                 const uint8_t *nx;
-                if (node_at(page, i + 1, ps, &nx) == 0)
+                if (node_at(page, i + 1, end, &nx) == 0)
                     chi = (struct bound){branch_node_key(nx), branch_node_ksize(nx)};
             }
-            walk(ck, branch_node_child(nd), level + 1, depth, clo, chi);
+            walk(ck, branch_node_child(nd), branch_node_sum(nd), level + 1, depth, clo, chi);
         }
     }
 }
 
-static void check_tree(struct checker *ck, const char *name, const struct tree_desc *t, size_t max_key)
+static void check_tree(struct checker *ck, const char *name, uint32_t tag, const struct tree_desc *t,
+                       size_t max_key)
 {
     ck->tree = name;
+    ck->tag = tag;
     ck->max_key = max_key;
     ck->entries = ck->branch = ck->leaf = ck->overflow = 0;
     if (t->root == 0) {
@@ -170,7 +238,7 @@ static void check_tree(struct checker *ck, const char *name, const struct tree_d
         problem(ck, "depth %u", t->depth);
         return;
     }
-    walk(ck, t->root, 0, t->depth, (struct bound){0}, (struct bound){0});
+    walk(ck, t->root, t->root_sum, 0, t->depth, (struct bound){0}, (struct bound){0});
     if (ck->entries != t->entries)
         problem(ck, "%llu entries found, descriptor says %llu", (unsigned long long)ck->entries,
                 (unsigned long long)t->entries);
@@ -268,7 +336,7 @@ static int check_bucket(const char *name, void *ctx)
         return 0;
     }
     struct tree_desc copy = *t;
-    check_tree(ck, name, &copy, ck->txn->db->max_key);
+    check_tree(ck, name, copy.id, &copy, ck->txn->db->max_key);
     return 0;
 }
 
@@ -309,11 +377,11 @@ int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ct
             problem(&ck, "meta page %u is not valid (the other one is in use)", s);
     /* a damaged meta in the spare slot is repaired by the next commit: report, but it is not fatal */
     uint64_t meta_problems = ck.problems;
-    check_tree(&ck, "default bucket", &txn->meta.trees[TREE_DEFAULT], db->max_key);
+    check_tree(&ck, "default bucket", 0, &txn->meta.trees[TREE_DEFAULT], db->max_key);
     uint64_t expiring = ck.expiring; /* internal trees hold no expiring entries */
-    check_tree(&ck, "catalog", &txn->meta.trees[TREE_CATALOG], KEEL_MAX_BUCKET_NAME);
-    check_tree(&ck, "free tree", &txn->meta.trees[TREE_FREE], FREE_KEY_SIZE);
-    check_tree(&ck, "expiry tree", &txn->meta.trees[TREE_EXPIRY], EXPIRY_KEY_PREFIX + db->max_key);
+    check_tree(&ck, "catalog", TAG_CATALOG, &txn->meta.trees[TREE_CATALOG], KEEL_MAX_BUCKET_NAME);
+    check_tree(&ck, "free tree", TAG_FREE, &txn->meta.trees[TREE_FREE], FREE_KEY_SIZE);
+    check_tree(&ck, "expiry tree", TAG_EXPIRY, &txn->meta.trees[TREE_EXPIRY], EXPIRY_KEY_PREFIX + db->max_key);
     if (ck.expiring != expiring)
         problem(&ck, "internal trees hold entries with an expiry time");
     if (ck.problems == meta_problems) {

@@ -91,10 +91,16 @@ static int copy_tree(keel_txn *src, keel_bucket sb, keel_txn *dst, keel_bucket d
     keel_val k, v;
     for (rc = cursor_first(&c, &k, &v); rc == 0; rc = cursor_next(&c, &k, &v)) {
         const uint8_t *n;
-        if ((rc = node_at(c.page[c.depth - 1], c.idx[c.depth - 1], src->db->psize, &n)))
+        if ((rc = node_at(c.page[c.depth - 1], c.idx[c.depth - 1], src->db->node_end, &n)))
             break;
-        if (check_key(dst, k)) { /* a key no put could have made: damage */
-            rc = CORRUPT(c.pgno[c.depth - 1]);
+        if (check_key(dst, k)) {
+            if (check_key(src, k)) { /* a key no put could have made: damage */
+                rc = CORRUPT(c.pgno[c.depth - 1]);
+            } else { /* a key an older format allowed: the copy's format has less room */
+                error_detail_set("a key of %zu bytes: the copy's format allows at most %zu (a plain copy "
+                                 "keeps the older format)", k.len, dst->db->max_key);
+                rc = KEEL_BADVALSIZE;
+            }
             break;
         }
         if ((rc = kv_put(dst, db, k, v, leaf_node_expiry(n), KEEL_APPEND)))

@@ -67,7 +67,7 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int l
             return 0;
         }
         const uint8_t *n;
-        if ((rc = node_at(page, idx, txn->db->psize, &n)))
+        if ((rc = node_at(page, idx, txn->db->node_end, &n)))
             return rc;
         pg = branch_node_child(n);
     }
@@ -151,7 +151,7 @@ static inline int load_entry(keel_cursor *c, const struct entry *e, keel_val *ke
 static int load(keel_cursor *c, keel_val *key, keel_val *val)
 {
     struct entry e;
-    int rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &e);
+    int rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->node_end, &e);
     return rc ? rc : load_entry(c, &e, key, val);
 }
 
@@ -178,7 +178,7 @@ static int step(keel_cursor *c, const struct tree_desc *t, int dir)
     if (up < 0)
         return KEEL_NOTFOUND;
     c->idx[up] = dir > 0 ? c->idx[up] + 1 : c->idx[up] - 1;
-    uint32_t ps = c->txn->db->psize;
+    uint32_t ps = c->txn->db->node_end;
     const uint8_t *n, *was = c->page[level];
     unsigned was_idx = c->idx[level];
     int rc = node_at(c->page[up], c->idx[up], ps, &n);
@@ -200,7 +200,7 @@ static bool expired_here(keel_cursor *c)
     if (c->all)
         return false;
     struct entry e;
-    if (leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &e))
+    if (leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->node_end, &e))
         return false; /* load() reports the damage */
     return !expiry_live(c->txn, e.expiry);
 }
@@ -212,7 +212,7 @@ static int settle(keel_cursor *c, const struct tree_desc *t, int dir, keel_val *
     for (;;) {
         int lv = c->depth - 1;
         struct entry e;
-        int rc = leaf_entry(c->page[lv], c->idx[lv], c->txn->db->psize, &e);
+        int rc = leaf_entry(c->page[lv], c->idx[lv], c->txn->db->node_end, &e);
         if (rc)
             return rc;
         if (e.expiry == 0 || e.expiry > c->txn->now || c->all)
@@ -375,7 +375,7 @@ static __attribute__((noinline)) int move_in_leaf(keel_cursor *c, unsigned i, ke
 {
     int lv = c->depth - 1;
     struct entry e;
-    int rc = leaf_entry(c->page[lv], i, c->txn->db->psize, &e);
+    int rc = leaf_entry(c->page[lv], i, c->txn->db->node_end, &e);
     if (rc)
         return rc;
     if (e.expiry != 0 && e.expiry <= c->txn->now && !c->all)
@@ -400,7 +400,7 @@ static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *
         const uint8_t *page = c->page[lv];
         unsigned i = c->idx[lv] + (unsigned)dir, nkeys = page_nkeys(page); /* from 0 back: wraps */
         if (i < nkeys) {
-            uint32_t ps = txn->db->psize;
+            uint32_t ps = txn->db->node_end;
             unsigned off = page_slot(page, i);
             if (txn->rdonly && off >= PAGE_HDR + 2 * nkeys && off <= ps - LEAF_HDR) {
                 const uint8_t *n = page + off;
@@ -451,7 +451,7 @@ int cursor_expiry(keel_cursor *c, int64_t *unix_ms)
     if (c->state != CUR_ON || expired_here(c))
         return KEEL_NOTFOUND;
     struct entry e;
-    if ((rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->psize, &e)))
+    if ((rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->node_end, &e)))
         return rc;
     *unix_ms = e.expiry;
     return 0;

@@ -49,8 +49,8 @@ static int write_initial_metas(keel_db *db)
     m.npages = 2;
     m.next_bucket_id = 1;
     meta_seal(&m);
-    memcpy(buf, &m, META_SIZE);
-    memcpy(buf + ps, &m, META_SIZE);
+    meta_encode(&m, buf);
+    meta_encode(&m, buf + ps);
     /* Page 1 first, made durable, then page 0: a crash in between leaves
      * page 0 all zeros, which no truncated real file has (truncation keeps
      * the front), so keel_open can tell an unfinished creation and redo it. */
@@ -302,7 +302,7 @@ int(keel_open)(const char *path, const keel_options *opts, keel_db **out)
 /* What keel_open_sized refuses before it touches anything: 0 or the code. */
 static int options_check(const keel_options *o)
 {
-    if (o->flags & ~(KEEL_RDONLY | KEEL_NOSYNC | KEEL_NOMETASYNC | KEEL_NOLOCK))
+    if (o->flags & ~(KEEL_RDONLY | KEEL_NOSYNC | KEEL_NOMETASYNC | KEEL_NOLOCK | KEEL_VERIFY))
         return KEEL_BADFLAGS;
     if ((o->flags & KEEL_NOLOCK) && !(o->flags & KEEL_RDONLY))
         return KEEL_BADFLAGS; /* a writer without the lock file would be alone only by luck */
@@ -396,11 +396,17 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
     db->file_size = fsize;
     if ((rc = map_file(db, o)))
         return rc;
-    size_t usable = db->psize - PAGE_HDR;
+    /* The file's format decides the pages this handle writes: format 1
+     * files stay format 1 (keel_copy upgrades them). */
+    db->summed = m.version >= 2;
+    db->verify = (o->flags & KEEL_VERIFY) && db->summed;
+    db->node_end = db->psize - (db->summed ? PAGE_TRAILER : 0);
+    size_t usable = db->node_end - PAGE_HDR;
     db->max_node = usable / 2 - 2;
     db->inline_max = db->max_node;
-    /* a leaf node with expiry and overflow pointer must still fit max_node */
-    db->max_key = db->max_node - LEAF_HDR - 8 - 8 - EXPIRY_KEY_PREFIX; /* the expiry tree's key holds it too */
+    /* a leaf node with expiry and overflow reference must still fit
+     * max_node, and the expiry tree's key holds the key too */
+    db->max_key = db->max_node - LEAF_HDR - 8 - (db->summed ? 16 : 8) - EXPIRY_KEY_PREFIX;
     return 0;
 }
 

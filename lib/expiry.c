@@ -335,7 +335,7 @@ int expiry_forget_tree(keel_txn *txn, struct tree_desc *t)
     int rc;
     for (rc = cursor_first(&c, &k, NULL); rc == 0; rc = cursor_next(&c, &k, NULL)) {
         const uint8_t *n;
-        if ((rc = node_at(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->psize, &n)))
+        if ((rc = node_at(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &n)))
             break;
         int64_t e = leaf_node_expiry(n);
         if (e && (rc = expiry_update(txn, t->id, k, e, 0)))

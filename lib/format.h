@@ -19,7 +19,8 @@
 #endif
 
 #define KEEL_MAGIC 0x4C45454Bu /* "KEEL" read as little-endian bytes */
-#define KEEL_FORMAT_VERSION 1u
+#define KEEL_FORMAT_VERSION 2u /* the format new files get: page checksums (see PAGE_TRAILER) */
+#define KEEL_FORMAT_OLDEST 1u  /* the oldest format this library reads and writes (as that format) */
 #define KEEL_MIN_PAGE KEEL_MIN_PAGE_SIZE /* keel.h */
 #define KEEL_MAX_PAGE KEEL_MAX_PAGE_SIZE
 #define KEEL_MAX_DEPTH 32 /* deeper than any real tree: a deeper one is corrupt */
@@ -27,8 +28,9 @@
 /* Internal trees whose descriptors live in the meta page. */
 enum { TREE_DEFAULT = 0, TREE_CATALOG = 1, TREE_FREE = 2, TREE_EXPIRY = 3, TREE_COUNT = 4 };
 
-/* A tree descriptor: 48 bytes, in the meta page (internal trees) or as the
- * value of a catalog entry (named buckets). */
+/* A tree descriptor: 56 bytes, in the meta page (internal trees) or as the
+ * value of a catalog entry (named buckets).  Format 1 had no root_sum: its
+ * descriptors are the first 48 bytes (TREE_DESC_V1_SIZE). */
 struct tree_desc {
     uint64_t root; /* 0 = empty tree (pages 0 and 1 are metas, never roots) */
     uint64_t entries;
@@ -37,8 +39,10 @@ struct tree_desc {
     uint64_t overflow_pages;
     uint32_t depth; /* 0 when empty, 1 = a single leaf */
     uint32_t id;    /* bucket id, stable for the bucket's life: 0 = default bucket and internal trees */
+    uint64_t root_sum; /* the root page's sum (PAGE_TRAILER); 0: none (format 1, or changed in this txn) */
 };
-#define TREE_DESC_SIZE 48
+#define TREE_DESC_SIZE 56
+#define TREE_DESC_V1_SIZE 48
 
 /* The meta page: at offset 0 of pages 0 and 1. */
 struct meta {
@@ -98,6 +102,11 @@ static inline size_t meta_tail_max_words(uint32_t psize) { return (psize / 2 - M
 #define META_SUM_BYTES offsetof(struct meta, checksum)
 _Static_assert(sizeof(struct tree_desc) == TREE_DESC_SIZE, "tree_desc layout");
 _Static_assert(sizeof(struct meta) == 64 + 4 * TREE_DESC_SIZE + 8, "meta layout");
+/* Format 1's meta: the same first 64 bytes, 48-byte descriptors, then the
+ * checksum of the bytes before it (meta.c converts). */
+#define META_V1_TREES 64u
+#define META_V1_SUM_OFF (META_V1_TREES + 4 * TREE_DESC_V1_SIZE)
+#define META_V1_SIZE (META_V1_SUM_OFF + 8)
 
 /* Page header: 16 bytes at the start of every non-meta page. */
 #define PAGE_HDR 16u
@@ -141,14 +150,49 @@ static inline void overflow_set_header(uint8_t *p, uint32_t npages) { page_set_h
 static inline uint8_t *page_slot_at(uint8_t *p, unsigned i) { return p + PAGE_HDR + SLOT_SIZE * i; }
 static inline void page_set_slot(uint8_t *p, unsigned i, unsigned off) { wr16(page_slot_at(p, i), (uint16_t)off); }
 
+/* Page trailer (format 2): the last 24 bytes of every page, and of an
+ * overflow run's last page:
+ *   u64 txnid (the commit that wrote it) | u32 tree | u32 zero | u64 sum
+ * sum is page_sum() (pager.c) of every byte before it; a reference to the page (its
+ * parent's branch node, the leaf node of an overflow value, a descriptor)
+ * holds the same sum, so that a lost or misdirected write is caught too.
+ * tree names the tree the page belongs to (a bucket's id, or TAG_* for the
+ * internal trees), so that salvage can tell whose a lost page was.  Nodes
+ * end where the trailer begins (keel_db.node_end).  Format 1 pages have no
+ * trailer: nodes end at the page's end. */
+#define PAGE_TRAILER 24u
+#define PT_TXNID 24u /* offsets from the end of the page (run) */
+#define PT_TREE 16u
+#define PT_SUM 8u
+#define TAG_CATALOG 0xFFFFFFFFu
+#define TAG_FREE 0xFFFFFFFEu
+#define TAG_EXPIRY 0xFFFFFFFDu
+#define BUCKET_ID_MAX 0xFFFFFF00u /* bucket ids stay below the tags */
+static inline uint64_t page_trailer_txnid(const uint8_t *p, size_t len) { return rd64(p + len - PT_TXNID); }
+static inline uint32_t page_trailer_tree(const uint8_t *p, size_t len) { return rd32(p + len - PT_TREE); }
+static inline uint64_t page_trailer_sum(const uint8_t *p, size_t len) { return rd64(p + len - PT_SUM); }
+static inline void page_set_tree(uint8_t *p, size_t len, uint32_t tree)
+{
+    wr32(p + len - PT_TREE, tree);
+    wr32(p + len - PT_TREE + 4, 0);
+}
+
 /*
- * Leaf node:   u16 flags | u16 ksize | u32 vsize | [u64 expiry if N_EXPIRES] | key | value or u64 overflow pgno
- * Branch node: u64 child | u16 ksize | key      (the key of node 0 is ignored: it stands for -infinity)
+ * Leaf node:   u16 flags | u16 ksize | u32 vsize | [u64 expiry if N_EXPIRES] | key | value or overflow reference
+ *              (overflow reference: u64 first pgno, then with N_SUM the run's u64 sum)
+ * Branch node: u64 child | u16 ksize (bit 15: B_SUM) | key | [u64 the child's sum if B_SUM]
+ *              (the key of node 0 is ignored: it stands for -infinity)
+ * Format 2 writes N_SUM on every N_BIG node and B_SUM on every branch node;
+ * format 1 wrote neither.  A sum of 0 in a dirty page means "not known yet":
+ * the commit's seal fills it in (seal.c).
  */
 #define N_BIG 0x01u     /* value lives in an overflow run; the node holds its first page number */
 #define N_EXPIRES 0x02u /* an absolute expiry time (ms since the epoch) follows the header */
+#define N_SUM 0x04u     /* with N_BIG: the run's sum follows its page number */
 #define LEAF_HDR 8u
 #define BRANCH_HDR 10u
+#define B_SUM 0x8000u
+#define B_KSIZE_MASK 0x7FFFu
 
 static inline unsigned leaf_node_flags(const uint8_t *n) { return rd16(n); }
 static inline unsigned leaf_node_ksize(const uint8_t *n) { return rd16(n + 2); }
@@ -160,7 +204,7 @@ static inline size_t leaf_node_size(const uint8_t *n)
 {
     /* summed in size_t: in 32 bits a damaged vsize near 4 GiB wraps to a small size */
     return (size_t)LEAF_HDR + leaf_node_extra(n) + leaf_node_ksize(n) +
-           ((leaf_node_flags(n) & N_BIG) ? 8u : (size_t)leaf_node_vsize(n));
+           ((leaf_node_flags(n) & N_BIG) ? ((leaf_node_flags(n) & N_SUM) ? 16u : 8u) : (size_t)leaf_node_vsize(n));
 }
 static inline int64_t leaf_node_expiry(const uint8_t *n)
 {
@@ -168,17 +212,31 @@ static inline int64_t leaf_node_expiry(const uint8_t *n)
 }
 /* N_BIG: the first page of the overflow run holding the value */
 static inline uint64_t leaf_node_overflow(const uint8_t *n) { return rd64(leaf_node_val(n)); }
+/* N_BIG: the run's sum, 0 without N_SUM */
+static inline uint64_t leaf_node_overflow_sum(const uint8_t *n)
+{
+    return (leaf_node_flags(n) & N_SUM) ? rd64(leaf_node_val(n) + 8) : 0;
+}
 static inline uint64_t branch_node_child(const uint8_t *n) { return rd64(n); }
-static inline unsigned branch_node_ksize(const uint8_t *n) { return rd16(n + 8); }
+static inline unsigned branch_node_ksize(const uint8_t *n) { return rd16(n + 8) & B_KSIZE_MASK; }
+static inline bool branch_node_has_sum(const uint8_t *n) { return rd16(n + 8) & B_SUM; }
 static inline const uint8_t *branch_node_key(const uint8_t *n) { return n + BRANCH_HDR; }
-static inline size_t branch_node_size(const uint8_t *n) { return BRANCH_HDR + branch_node_ksize(n); }
+static inline size_t branch_node_size(const uint8_t *n)
+{
+    return BRANCH_HDR + branch_node_ksize(n) + (branch_node_has_sum(n) ? 8u : 0u);
+}
+/* the child's sum, 0 without B_SUM */
+static inline uint64_t branch_node_sum(const uint8_t *n)
+{
+    return branch_node_has_sum(n) ? rd64(n + BRANCH_HDR + branch_node_ksize(n)) : 0;
+}
 
 /* Node writers.  A leaf node: its size, then its header, expiry and key;
  * leaf_node_write returns where the value (or, N_BIG, the overflow run's
  * first page number) goes. */
 static inline size_t leaf_node_size_for(unsigned flags, size_t klen, size_t vlen)
 {
-    return LEAF_HDR + ((flags & N_EXPIRES) ? 8u : 0u) + klen + ((flags & N_BIG) ? 8u : vlen);
+    return LEAF_HDR + ((flags & N_EXPIRES) ? 8u : 0u) + klen + ((flags & N_BIG) ? ((flags & N_SUM) ? 16u : 8u) : vlen);
 }
 static inline uint8_t *leaf_node_write(uint8_t *n, unsigned flags, const void *key, size_t klen, uint32_t vsize,
                                        int64_t expiry)
@@ -193,32 +251,54 @@ static inline uint8_t *leaf_node_write(uint8_t *n, unsigned flags, const void *k
     return k + klen;
 }
 static inline void leaf_node_set_overflow(uint8_t *n, uint64_t pgno) { wr64(n + (leaf_node_val(n) - n), pgno); }
-static inline size_t branch_node_write(uint8_t *n, uint64_t child, const void *key, size_t klen)
+static inline void leaf_node_set_overflow_sum(uint8_t *n, uint64_t sum)
+{
+    if (leaf_node_flags(n) & N_SUM)
+        wr64(n + (leaf_node_val(n) - n) + 8, sum);
+}
+/* summed: a format 2 node (B_SUM) with the child's sum (0: not known
+ * until the seal).  BRANCH_FIRST_MAX bytes hold a node without a key. */
+#define BRANCH_FIRST_MAX (BRANCH_HDR + 8u)
+static inline size_t branch_node_write(uint8_t *n, uint64_t child, uint64_t sum, const void *key, size_t klen,
+                                       bool summed)
 {
     wr64(n, child);
-    wr16(n + 8, (uint16_t)klen);
+    wr16(n + 8, (uint16_t)(klen | (summed ? B_SUM : 0)));
     if (klen)
         memcpy(n + BRANCH_HDR, key, klen);
-    return BRANCH_HDR + klen;
+    if (summed)
+        wr64(n + BRANCH_HDR + klen, sum);
+    return BRANCH_HDR + klen + (summed ? 8u : 0u);
 }
-static inline void branch_node_set_child(uint8_t *n, uint64_t child) { wr64(n, child); }
+static inline void branch_node_set_sum(uint8_t *n, uint64_t sum)
+{
+    if (branch_node_has_sum(n))
+        wr64(n + BRANCH_HDR + branch_node_ksize(n), sum);
+}
+/* A new child: its sum is not known until the seal */
+static inline void branch_node_set_child(uint8_t *n, uint64_t child)
+{
+    wr64(n, child);
+    branch_node_set_sum(n, 0);
+}
 
 /* Expiry-tree keys: big-endian expiry time (ms since the epoch), big-endian
  * bucket id, then the entry's key; the value is empty. */
 #define EXPIRY_KEY_PREFIX 12u
 
-/* The i-th node of a page, checked to lie inside the page (a damaged slot
- * or size gives KEEL_CORRUPTED, never a read outside). */
-static inline int page_node(const uint8_t *page, unsigned i, uint32_t psize, const uint8_t **node)
+/* The i-th node of a page, checked to lie inside its node area, which ends
+ * at `end` (keel_db.node_end: a damaged slot or size gives KEEL_CORRUPTED,
+ * never a read outside). */
+static inline int page_node(const uint8_t *page, unsigned i, uint32_t end, const uint8_t **node)
 {
     unsigned off = page_slot(page, i);
     bool leaf = page_flags(page) & P_LEAF;
     size_t hdr = leaf ? LEAF_HDR : BRANCH_HDR;
-    if (off < PAGE_HDR + SLOT_SIZE * page_nkeys(page) || off + hdr > psize)
+    if (off < PAGE_HDR + SLOT_SIZE * page_nkeys(page) || off + hdr > end)
         return KEEL_CORRUPTED;
     const uint8_t *n = page + off;
     size_t sz = leaf ? leaf_node_size(n) : branch_node_size(n);
-    if (off + sz > psize)
+    if (off + sz > end)
         return KEEL_CORRUPTED;
     *node = n;
     return 0;

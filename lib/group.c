@@ -104,7 +104,7 @@ uint64_t group_shrink_floor(const keel_db *db, uint64_t base)
 static bool own_published(const keel_db *db, const struct group_slot *s, uint64_t id)
 {
     return id && db->published.txnid == id && s->txnid == id &&
-           !memcmp(s->page, &db->published, META_SIZE);
+           meta_matches(s->page, &db->published);
 }
 
 /* The newest commit a writer builds on: the newest published one when it is
@@ -176,7 +176,7 @@ void group_publish(keel_db *db, const uint8_t *page, size_t mlen, uint32_t needs
 {
     struct group_shared *g = shared(db);
     struct meta m;
-    memcpy(&m, page, META_SIZE);
+    meta_decode(page, &m);
     uint64_t id = m.txnid, visible = atomic_load_explicit(&g->visible, memory_order_acquire);
     uint64_t prev_id = atomic_load_explicit(&g->pending, memory_order_relaxed);
     struct group_slot *s = &g->slot[id & 1];
@@ -346,7 +346,7 @@ static int flush_commit(keel_db *db, struct group_slot *c)
         m.commit_list_sum = 0;
     }
     meta_seal(&m);
-    memcpy(page, &m, META_SIZE);
+    meta_encode(&m, page);
     uint64_t t0 = os_monotonic_ns();
     if (datasync && !one && sync_file(db, grew))
         return flush_failed(db);

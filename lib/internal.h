@@ -3,7 +3,7 @@
  * interface.  Dependencies point one way:
  *
  *   os -> lockfile -> meta -> group -> pager -> btree -> cursor -> space -> bucket
- *      -> expiry, relocate -> kv -> txn -> ops, api, db      (copy, check)
+ *      -> expiry, relocate, seal -> kv -> txn -> ops, api, db      (copy, check)
  *
  * (space: space.c, the allocator, and freelist.c, the free tree on disk.)
  * One loop, deliberate, stated here once.  btree <-> space: allocating a
@@ -51,7 +51,8 @@ int sort_u64(uint64_t *v, size_t n); /* ascending; KEEL_NOMEM */
 struct dirty { /* a page (or overflow run) written by this txn, not yet on disk */
     uint64_t pgno; /* 0 = empty slot */
     uint32_t npages;
-    uint8_t *buf;
+    uint8_t *buf;  /* NULL: spilled (written to the file early) */
+    uint64_t sum;  /* spilled, summed file: the sum it was sealed with */
 };
 struct dirty_table { /* open addressing on pgno */
     struct dirty *slots;
@@ -242,6 +243,9 @@ struct keel_db {
     void *clock_ctx;
     volatile int panic; /* a sync failed: every txn gets KEEL_PANIC */
 
+    bool summed;       /* format 2: pages carry trailers, references their sums (format.h) */
+    bool verify;       /* KEEL_VERIFY on a summed file: txns check the sum of every page they read */
+    uint32_t node_end; /* where a page's nodes end: psize, less the trailer when summed */
     size_t max_key;    /* longest key */
     size_t max_node;   /* biggest node: two always fit in a page */
     size_t inline_max; /* leaf nodes up to this size keep their value inline */
@@ -356,6 +360,11 @@ enum { CUR_UNSET = 0, CUR_ON, CUR_AFTER_DEL, CUR_EOF };
 int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out);
 int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail);
 void meta_seal(struct meta *m);
+/* The meta's bytes in the file (its version's layout: META_SIZE or
+ * META_V1_SIZE, returned), and back; meta_decode trusts the version field. */
+size_t meta_encode(const struct meta *m, uint8_t *out);
+void meta_decode(const uint8_t *buf, struct meta *m);
+bool meta_matches(const uint8_t *page, const struct meta *m); /* the page begins with m's bytes */
 size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out); /* see meta.c */
 bool meta_newer(const struct meta *a, const struct meta *b);
 bool meta_is_bad(const struct meta *m, uint64_t bad); /* named by the lock file's bad_meta */
@@ -400,9 +409,18 @@ static inline bool page_in_map(const keel_db *db, const uint8_t *p)
 }
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
 int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
-/* Over db->max_dirty bytes of dirty pages: write them out early (no sync,
- * no meta: nothing points at them yet) and free their buffers. */
-int pager_maybe_spill(keel_txn *txn);
+/* A page's (or run's, len bytes) sum: XXH3-64 of all but its last 8 bytes, never 0 */
+uint64_t page_sum(const uint8_t *p, size_t len);
+/* Seals a buffer this txn wrote (npages pages): the txn id and sum into its
+ * trailer; returns the sum, for the reference to it. */
+uint64_t pager_seal(keel_txn *txn, uint8_t *buf, uint32_t npages);
+/* Spill: over db->max_dirty bytes of dirty pages, pager_spill writes them
+ * out early (no sync, no meta: nothing points at them yet) and frees their
+ * buffers; in a summed file only the pages seal_spill sealed (a nonzero
+ * sum in the dirty table). */
+bool pager_spill_due(const keel_txn *txn);
+int pager_spill(keel_txn *txn);
+int pager_each_dirty(keel_txn *txn, int (*fn)(keel_txn *txn, struct dirty *d, void *ctx), void *ctx);
 void pager_txn_release(keel_txn *txn); /* drops dirty pages and lists */
 void pager_txn_free(keel_txn *txn);    /* frees what release kept (the txn object goes) */
 void pager_free_pagebufs(keel_db *db); /* at close */
@@ -420,6 +438,9 @@ int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages);
 
 /* ---- pager.c: the allocator's tools (space.c decides which page) ---- */
 bool pager_is_dirty(keel_txn *txn, uint64_t pgno); /* in memory or spilled */
+/* For the seal: the txn's buffer for pgno, or NULL and the sum a spilled
+ * page was sealed with (*sum); KEEL_NOTFOUND when the txn wrote no page there. */
+int pager_dirty_state(keel_txn *txn, uint64_t pgno, uint8_t **buf, uint64_t *sum);
 int pager_extend(keel_txn *txn, uint32_t n, uint64_t *pgno); /* n pages at the end of the file; KEEL_FULL */
 /* reused: from the free list, so checked against the dirty table (a damaged
  * free tree can list a page twice) */
@@ -463,6 +484,7 @@ struct bt_path {
 int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size_t klen,
               struct bt_path *path, bool *exact);
 int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val);
+uint32_t bt_overflow_pages(const keel_txn *txn, uint64_t vsize); /* the run a value of vsize bytes takes */
 int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry);
 /* Expiry times are ms since the epoch, 0 = none.  bt_put: an existing key
  * whose expiry is <= txn->now counts as absent for KEEL_NOOVERWRITE and
@@ -600,6 +622,10 @@ int kv_cursor_del(keel_cursor *c);
 int kv_drop_bucket(keel_txn *txn, keel_bucket b);
 int kv_purge(keel_txn *txn, size_t max, size_t *purged);
 int poison(keel_txn *txn, int rc); /* a failed write op leaves its txn able only to abort */
+
+/* ---- seal.c: the sums of what a txn wrote (see there) ------------------- */
+int seal_commit(keel_txn *txn);
+int seal_spill(keel_txn *txn); /* a spill, when due: pages sealed bottom-up, then pager_spill */
 
 /* ---- txn.c -------------------------------------------------------------- */
 int txn_begin(keel_db *db, unsigned flags, keel_txn **out);

@@ -39,7 +39,7 @@ static int write_begin(keel_txn *txn, keel_bucket b, struct tree_desc **t)
     int rc = bucket_tree(txn, b, t);
     if (rc)
         return rc;
-    return poison(txn, pager_maybe_spill(txn));
+    return poison(txn, seal_spill(txn));
 }
 
 /* rc: the tree operation's; old_exp/new_exp: the entry's expiry before and

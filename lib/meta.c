@@ -34,8 +34,56 @@
 
 #include "internal.h"
 
+/* ---- the two layouts ----
+ * In memory a meta is always format 2's struct meta; a format 1 meta (48-byte
+ * descriptors, no root sums) is converted on the way in and out, here only. */
+size_t meta_encode(const struct meta *m, uint8_t *out)
+{
+    if (m->version != 1) {
+        memcpy(out, m, META_SIZE);
+        return META_SIZE;
+    }
+    memcpy(out, m, META_V1_TREES);
+    for (int i = 0; i < TREE_COUNT; i++)
+        memcpy(out + META_V1_TREES + (size_t)i * TREE_DESC_V1_SIZE, &m->trees[i], TREE_DESC_V1_SIZE);
+    wr64(out + META_V1_SUM_OFF, m->checksum);
+    return META_V1_SIZE;
+}
+
+/* buf holds at least meta_size_of(buf) bytes */
+static size_t meta_size_of(const uint8_t *buf) { return rd32(buf + 4) == 1 ? META_V1_SIZE : META_SIZE; }
+
+void meta_decode(const uint8_t *buf, struct meta *m)
+{
+    if (rd32(buf + 4) != 1) {
+        memcpy(m, buf, META_SIZE);
+        return;
+    }
+    memset(m, 0, sizeof(*m));
+    memcpy(m, buf, META_V1_TREES);
+    for (int i = 0; i < TREE_COUNT; i++)
+        memcpy(&m->trees[i], buf + META_V1_TREES + (size_t)i * TREE_DESC_V1_SIZE, TREE_DESC_V1_SIZE);
+    m->checksum = rd64(buf + META_V1_SUM_OFF);
+}
+
+/* Does the page begin with m's bytes? */
+bool meta_matches(const uint8_t *page, const struct meta *m)
+{
+    uint8_t enc[META_SIZE];
+    return !memcmp(page, enc, meta_encode(m, enc));
+}
+
+static uint64_t meta_sum(const struct meta *m)
+{
+    if (m->version != 1)
+        return XXH3_64bits(m, META_SUM_BYTES);
+    uint8_t enc[META_SIZE];
+    meta_encode(m, enc);
+    return XXH3_64bits(enc, META_V1_SUM_OFF);
+}
+
 /* ---- check and seal ---- */
-void meta_seal(struct meta *m) { m->checksum = XXH3_64bits(m, META_SUM_BYTES); }
+void meta_seal(struct meta *m) { m->checksum = meta_sum(m); }
 
 /* A meta page for m that needs no check of its commit's pages (the copy
  * keel_close makes of a one-flush meta, and keel_copy's metas): no flag but
@@ -48,7 +96,7 @@ size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *ta
     s.flags &= META_F_FREETAIL;
     s.commit_list_sum = 0;
     meta_seal(&s);
-    memcpy(out, &s, META_SIZE);
+    meta_encode(&s, out);
     if (!tail)
         return 512;
     size_t off = meta_tail_off(psize), bytes = META_TAIL_HDR + (size_t)rd32(tail) * 8;
@@ -65,17 +113,17 @@ int meta_check(const uint8_t *buf, size_t len, uint32_t expect_psize, struct met
  * tail from a damaged meta with it) */
 int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struct meta *out, bool with_tail)
 {
-    if (len < META_SIZE)
+    if (len < 8 || len < meta_size_of(buf))
         return KEEL_INVALID;
     struct meta m;
-    memcpy(&m, buf, META_SIZE);
+    meta_decode(buf, &m);
     if (m.magic != KEEL_MAGIC)
         return KEEL_INVALID;
     /* the checksum first: a garbled version field is damage (the other meta
      * takes over), not a newer library's meta (which refuses the open) */
-    if (m.checksum != XXH3_64bits(&m, META_SUM_BYTES))
+    if (m.checksum != meta_sum(&m))
         return CORRUPT(0);
-    if (m.version != KEEL_FORMAT_VERSION || (m.flags & ~META_F_KNOWN))
+    if (m.version < KEEL_FORMAT_OLDEST || m.version > KEEL_FORMAT_VERSION || (m.flags & ~META_F_KNOWN))
         return KEEL_VERSION; /* older or newer: not a format this library reads */
     if (m.page_size < KEEL_MIN_PAGE || m.page_size > KEEL_MAX_PAGE || (m.page_size & (m.page_size - 1)))
         return CORRUPT(0);
@@ -157,6 +205,8 @@ int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, ui
 static __thread struct {
     uint64_t open_id;
     struct meta m[2];
+    uint8_t raw[2][META_SIZE]; /* m's bytes in the file (meta_encode: not the page's, which a writer may be changing) */
+    size_t rawlen[2];
     bool ok[2];
 } meta_seen;
 
@@ -167,13 +217,15 @@ static int meta_check_seen(const keel_db *db, unsigned slot, struct meta *out)
         meta_seen.open_id = db->open_id;
         meta_seen.ok[0] = meta_seen.ok[1] = false;
     }
-    if (meta_seen.ok[slot] && !memcmp(p, &meta_seen.m[slot], META_SIZE)) {
+    if (meta_seen.ok[slot] && !memcmp(p, meta_seen.raw[slot], meta_seen.rawlen[slot])) {
         *out = meta_seen.m[slot];
         return 0;
     }
     int rc = meta_check(p, db->psize, db->psize, out);
-    if (!rc)
+    if (!rc) {
         meta_seen.m[slot] = *out;
+        meta_seen.rawlen[slot] = meta_encode(out, meta_seen.raw[slot]);
+    }
     meta_seen.ok[slot] = rc == 0;
     return rc;
 }
@@ -231,7 +283,7 @@ static bool visible_seen(const keel_db *db, uint64_t visible, struct meta *out)
         return false;
     for (unsigned s = 0; s < 2; s++) {
         if (meta_seen.ok[s] && meta_seen.m[s].txnid == visible &&
-            !memcmp(db->map + (size_t)s * db->psize, &meta_seen.m[s], META_SIZE) &&
+            !memcmp(db->map + (size_t)s * db->psize, meta_seen.raw[s], meta_seen.rawlen[s]) &&
             !meta_is_bad(&meta_seen.m[s], lockfile_bad_meta(&db->lock))) {
             *out = meta_seen.m[s];
             return true;
@@ -335,12 +387,12 @@ int meta_snapshot_tail(keel_txn *txn, uint8_t **out)
         return KEEL_NOMEM;
     for (unsigned s = 0; s < 2; s++) {
         const uint8_t *page = db->map + (size_t)s * db->psize;
-        if (memcmp(page, &txn->meta, META_SIZE))
+        if (!meta_matches(page, &txn->meta))
             continue;
         memcpy(t, page + off, max);
         size_t bytes = META_TAIL_HDR + (size_t)rd32(t) * 8;
         /* still the same meta after the copy, and the copy matches its sum */
-        if (!memcmp(page, &txn->meta, META_SIZE) && bytes <= max && XXH3_64bits(t, bytes) == txn->meta.free_tail_sum) {
+        if (meta_matches(page, &txn->meta) && bytes <= max && XXH3_64bits(t, bytes) == txn->meta.free_tail_sum) {
             *out = t;
             return 0;
         }

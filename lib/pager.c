@@ -129,7 +129,7 @@ static int dirty_insert(struct dirty_table *t, uint64_t pgno, uint32_t npages, u
     size_t i = hash_pgno(pgno, t->cap);
     while (t->slots[i].pgno)
         i = (i + 1) & (t->cap - 1);
-    t->slots[i] = (struct dirty){pgno, npages, buf};
+    t->slots[i] = (struct dirty){pgno, npages, buf, 0};
     t->count++;
     return 0;
 }
@@ -237,6 +237,16 @@ int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out)
 /* Does this txn hold page pgno (in memory or spilled)? */
 bool pager_is_dirty(keel_txn *txn, uint64_t pgno) { return dirty_find(&txn->dirty, pgno) != NULL; }
 
+int pager_dirty_state(keel_txn *txn, uint64_t pgno, uint8_t **buf, uint64_t *sum)
+{
+    struct dirty *d = dirty_find(&txn->dirty, pgno);
+    if (!d)
+        return KEEL_NOTFOUND;
+    *buf = d->buf;
+    *sum = d->sum;
+    return 0;
+}
+
 /* Grows the txn's pages by n at the end of the file (no file behind them
  * until the commit or a spill): *pgno the first.  KEEL_FULL past the map. */
 int pager_extend(keel_txn *txn, uint32_t n, uint64_t *pgno)
@@ -304,6 +314,7 @@ int pager_own_buf(keel_txn *txn, uint64_t pgno, uint8_t **buf)
         if (!(de->buf = pagebuf_get(txn->db, 1)))
             return KEEL_NOMEM;
         memcpy(de->buf, p, txn->db->psize);
+        de->sum = 0; /* in memory again: the txn changes it, the seal sums it again */
         txn->dirty_bytes += txn->db->psize;
     }
     if (de)
@@ -320,7 +331,7 @@ void pager_txn_release(keel_txn *txn)
     for (size_t i = 0; i < t->cap; i++)
         if (t->slots[i].pgno) {
             pagebuf_put(txn->db, t->slots[i].buf, t->slots[i].npages);
-            t->slots[i] = (struct dirty){0, 0, NULL};
+            t->slots[i] = (struct dirty){0, 0, NULL, 0};
         }
     t->count = 0;
     if (t->cap > DIRTY_TABLE_KEEP_SLOTS)
@@ -378,6 +389,23 @@ void pager_maybe_shrink(keel_db *db, uint64_t used)
         db->file_size = keep;
 }
 
+/* ---- sums (format.h: the page trailer) ---- */
+uint64_t page_sum(const uint8_t *p, size_t len)
+{
+    uint64_t h = XXH3_64bits(p, len - PT_SUM);
+    return h ? h : 1; /* 0 says "no sum" in a reference */
+}
+
+uint64_t pager_seal(keel_txn *txn, uint8_t *buf, uint32_t npages)
+{
+    size_t len = (size_t)npages * txn->db->psize;
+    KEEL_ASSERT(txn->db->summed);
+    wr64(buf + len - PT_TXNID, txn->txnid);
+    uint64_t sum = page_sum(buf, len);
+    wr64(buf + len - PT_SUM, sum);
+    return sum;
+}
+
 /* ---- commit ---- */
 /* The page list of a one-flush commit, built by write_dirty inside the meta
  * page's buffer (format.h: the commit list). */
@@ -406,8 +434,9 @@ static bool list_add(struct commit_list *cl, uint64_t first, uint64_t count)
     return true;
 }
 
-/* Writes every dirty page that still has a buffer, in page order, contiguous
- * runs in one os_pwritev_full.  With spill, the buffers are freed afterwards: the
+/* Writes every dirty page that still has a buffer (with spill in a summed
+ * file, every one seal_spill sealed), in page order, contiguous runs in one
+ * os_pwritev_full.  With spill, the buffers are freed afterwards: the
  * pages now live in the file (at numbers no snapshot can see) until the txn
  * touches them again.  With cl, also lists and sums the pages when they fit
  * (cl->ok); pages spilled earlier were not kept to sum, so then they don't. */
@@ -425,7 +454,7 @@ static int write_dirty(keel_txn *txn, bool spill, struct commit_list *cl)
     /* in page order: sort the numbers, then look each one up again */
     size_t n = 0;
     for (size_t i = 0; i < t->cap; i++)
-        if (t->slots[i].pgno && t->slots[i].buf)
+        if (t->slots[i].pgno && t->slots[i].buf && (!spill || !db->summed || t->slots[i].sum))
             pg[n++] = t->slots[i].pgno;
     int rc = sort_u64(pg, n);
     for (size_t i = 0; i < n && !rc; i++) {
@@ -492,11 +521,22 @@ static int write_dirty(keel_txn *txn, bool spill, struct commit_list *cl)
     return rc;
 }
 
-int pager_maybe_spill(keel_txn *txn)
+bool pager_spill_due(const keel_txn *txn) { return txn->dirty_bytes > txn->db->max_dirty; }
+
+int pager_each_dirty(keel_txn *txn, int (*fn)(keel_txn *txn, struct dirty *d, void *ctx), void *ctx)
+{
+    for (size_t i = 0; i < txn->dirty.cap; i++)
+        if (txn->dirty.slots[i].pgno) {
+            int rc = fn(txn, &txn->dirty.slots[i], ctx);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}
+
+int pager_spill(keel_txn *txn)
 {
     keel_db *db = txn->db;
-    if (txn->dirty_bytes <= db->max_dirty)
-        return 0;
     int rc = pager_grow(db, txn->meta.npages * db->psize); /* the file must be there to write into */
     if (rc || (rc = write_dirty(txn, true, NULL)))
         return rc;
@@ -544,7 +584,7 @@ int pager_write_out(keel_txn *txn)
         mlen = (meta_tail_off(db->psize) + bytes + 511) / 512 * 512;
     }
     meta_seal(&txn->meta);
-    memcpy(mbuf, &txn->meta, META_SIZE);
+    meta_encode(&txn->meta, mbuf);
     group_publish(db, mbuf, mlen, (sync ? GROUP_SYNC_DATA : 0) | (metasync ? GROUP_SYNC_META : 0));
     if ((rc = group_flush_now(db, txn->txnid)))
         goto out;

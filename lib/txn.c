@@ -11,7 +11,7 @@
  *     second write txn on a handle while its first is open gets KEEL_BUSY.
  *     It works on a copy of the newest commit's meta (group_base); commit
  *     runs freelist_relocate (it moves bucket roots), bucket_flush,
- *     freelist_record and pager_write_out, in that order, lets the writer
+ *     freelist_record, seal_commit and pager_write_out, in that order, lets the writer
  *     lock go and waits for its commit to be durable (group_wait).
  *   - Txn objects are recycled through the db, so a finished txn is
  *     recognisable (KEEL_BADTXN) until its memory is reused.
@@ -294,7 +294,7 @@ int txn_commit(keel_txn *txn)
     if (txn->db->purge_per_commit > 0 && (rc = kv_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
         goto out;
     if ((rc = freelist_relocate(txn)) || (rc = bucket_flush(txn)) || (rc = freelist_record(txn)) ||
-        (rc = pager_write_out(txn)))
+        (rc = seal_commit(txn)) || (rc = pager_write_out(txn)))
         goto out;
     published = true;
 out:;

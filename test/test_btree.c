@@ -693,11 +693,21 @@ static void test_format_writers(void **state)
         else
             assert_memory_equal(leaf_node_val(n), "value", 5);
     }
-    /* a branch page: the first node without a key */
-    uint8_t b0[BRANCH_HDR], b1[BRANCH_HDR + 3];
-    size_t s0 = branch_node_write(b0, 10, NULL, 0), s1 = branch_node_write(b1, 11, "abc", 3);
+    /* a branch page: the first node without a key; format 1's (no sum), then format 2's */
+    uint8_t b0[BRANCH_HDR], b1[BRANCH_HDR + 3 + 8];
+    size_t s0 = branch_node_write(b0, 10, 0, NULL, 0, false), s1 = branch_node_write(b1, 11, 0, "abc", 3, false);
     assert_int_equal(s0, BRANCH_HDR);
     assert_int_equal(s1, BRANCH_HDR + 3);
+    assert_false(branch_node_has_sum(b1));
+    assert_int_equal(branch_node_sum(b1), 0);
+    assert_int_equal(branch_node_write(b1, 11, 0x1234, "abc", 3, true), BRANCH_HDR + 3 + 8);
+    assert_true(branch_node_has_sum(b1));
+    assert_int_equal(branch_node_ksize(b1), 3);
+    assert_int_equal(branch_node_size(b1), BRANCH_HDR + 3 + 8);
+    assert_int_equal(branch_node_sum(b1), 0x1234);
+    branch_node_set_child(b1, 12); /* a new child: its sum is not known */
+    assert_int_equal(branch_node_sum(b1), 0);
+    s1 = branch_node_write(b1, 11, 0, "abc", 3, false);
     memcpy(page + PS - s0, b0, s0);
     memcpy(page + PS - s0 - s1, b1, s1);
     page_set_slot(page, 0, PS - (unsigned)s0);
