@@ -242,11 +242,11 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
         return KEEL_NOTFOUND;
     if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
         return CORRUPT(t->root);
-    uint64_t pg = t->root;
+    uint64_t pg = t->root, sum = t->root_sum;
     for (unsigned level = 0;; level++) {
         KEEL_ASSERT(level < t->depth); /* the leaf level returns: the path fits */
         const uint8_t *page;
-        int rc = page_get(txn, pg, &page);
+        int rc = page_get_summed(txn, pg, sum, &page);
         if (rc)
             return rc;
         bool leaf = level + 1 == t->depth;
@@ -266,6 +266,7 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
         if ((rc = node_at(page, idx, txn->db->node_end, &n)))
             return rc;
         pg = branch_node_child(n);
+        sum = branch_node_sum(n);
     }
 }
 
@@ -295,6 +296,8 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
     /* a run in the map must end inside the file (a dirty one is a buffer of need pages) */
     if (page_in_map(txn->db, p) && ov + need > page_map_limit(txn))
         return CORRUPT(ov);
+    if (txn->db->verify && (rc = page_verify(txn, p, ov, need, leaf_node_overflow_sum(node))))
+        return rc;
     val->data = p + PAGE_HDR;
     val->len = vsize;
     return 0;
@@ -691,9 +694,10 @@ static int pick_sibling(keel_txn *txn, struct bt_path *path, int level, size_t s
     if (!sib) { /* a clean sibling: checked whole, then copied */
         if (!croom)
             return KEEL_NOTFOUND;
-        uint64_t pg = branch_node_child(node_ptr(parent, cidx)), np;
-        const uint8_t *sp;
-        if ((rc = page_get(txn, pg, &sp)) || (rc = check_nodes(txn, sp)) || (rc = touch_page(txn, pg, &np, &sib)))
+        const uint8_t *pn = node_ptr(parent, cidx), *sp;
+        uint64_t pg = branch_node_child(pn), np;
+        if ((rc = page_get_summed(txn, pg, branch_node_sum(pn), &sp)) || (rc = check_nodes(txn, sp)) ||
+            (rc = touch_page(txn, pg, &np, &sib)))
             return rc;
         branch_node_set_child(node_mut(parent, cidx), np); /* also when np == pg: a changed page's sum is 0 */
         room = croom;
@@ -1145,7 +1149,8 @@ static int load_sibling(keel_txn *txn, struct bt_path *path, int level, unsigned
      * a page of the path itself (a damaged parent can point twice at one
      * child; the merge would free it under us). */
     int rc;
-    if ((rc = page_get(txn, mp->sibpg, &mp->sp)) || (rc = bt_check_page(txn, mp->sp, mp->sibpg, flags)))
+    if ((rc = page_get_summed(txn, mp->sibpg, branch_node_sum(node_ptr(parent, mp->sib)), &mp->sp)) ||
+        (rc = bt_check_page(txn, mp->sp, mp->sibpg, flags)))
         return rc;
     for (int l = 0; l <= level; l++)
         if (path->page[l] == mp->sp)
@@ -1435,13 +1440,13 @@ struct walker {
     uint64_t budget; /* pages left to visit: a damaged tree can share pages (a DAG), */
 };                   /* reaching exponentially many; no tree has more pages than the file */
 
-static int walk_page(struct walker *w, uint64_t pg, unsigned level)
+static int walk_page(struct walker *w, uint64_t pg, uint64_t sum, unsigned level)
 {
     keel_txn *txn = w->txn;
     if (level >= w->depth || w->budget-- == 0)
         return CORRUPT(pg);
     const uint8_t *page;
-    int rc = page_get(txn, pg, &page);
+    int rc = page_get_summed(txn, pg, sum, &page);
     if (rc)
         return rc;
     bool leaf = level + 1 == w->depth;
@@ -1455,7 +1460,7 @@ static int walk_page(struct walker *w, uint64_t pg, unsigned level)
         if ((rc = node_at(page, i, txn->db->node_end, &nd)))
             return rc;
         if (!leaf) {
-            if ((rc = walk_page(w, branch_node_child(nd), level + 1)))
+            if ((rc = walk_page(w, branch_node_child(nd), branch_node_sum(nd), level + 1)))
                 return rc;
         } else if (leaf_node_flags(nd) & N_BIG) {
             uint64_t ov;
@@ -1475,7 +1480,7 @@ int bt_walk(keel_txn *txn, const struct tree_desc *t,
     if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
         return CORRUPT(t->root);
     struct walker w = {txn, fn, ctx, t->depth, txn->meta.npages};
-    return walk_page(&w, t->root, 0);
+    return walk_page(&w, t->root, t->root_sum, 0);
 }
 
 static int collect_page(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level)
@@ -1706,7 +1711,8 @@ static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, s
             return page_free(txn, nov, np);
         const uint8_t *old;
         uint8_t *node;
-        if ((rc = page_get(txn, ov, &old)) || (rc = node_at(path->page[lv], j, end, (const uint8_t **)&node)))
+        if ((rc = page_get(txn, ov, &old)) || (rc = node_at(path->page[lv], j, end, (const uint8_t **)&node)) ||
+            (txn->db->verify && (rc = page_verify(txn, old, ov, np, leaf_node_overflow_sum(node)))))
             return rc;
         memcpy(nbuf, old, (size_t)np * ps);
         page_set_pgno(nbuf, nov);
@@ -1730,7 +1736,7 @@ static int mover_descend(keel_txn *txn, const struct tree_desc *t, struct bt_mov
 {
     path->depth = 0;
     for (;;) {
-        uint64_t pg = t->root;
+        uint64_t pg = t->root, sum = t->root_sum;
         int level;
         for (level = 0;; level++) {
             if (m->reads == 0)
@@ -1738,7 +1744,7 @@ static int mover_descend(keel_txn *txn, const struct tree_desc *t, struct bt_mov
             m->reads--;
             const uint8_t *page;
             bool leaf = level + 1 == (int)t->depth;
-            int rc = page_get(txn, pg, &page);
+            int rc = page_get_summed(txn, pg, sum, &page);
             if (rc || (rc = bt_check_page(txn, page, pg, leaf ? P_LEAF : P_BRANCH)))
                 return rc;
             path->pgno[level] = pg;
@@ -1754,6 +1760,7 @@ static int mover_descend(keel_txn *txn, const struct tree_desc *t, struct bt_mov
                 return rc;
             path->idx[level] = m->pos[level];
             pg = branch_node_child(nd);
+            sum = branch_node_sum(nd);
         }
         if (level == 0) {
             *done = true;
@@ -1791,7 +1798,8 @@ static int move_unit(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
             return 0;
         m->reads--;
         const uint8_t *leaf;
-        if ((rc = page_get(txn, child, &leaf)) || (rc = bt_check_page(txn, leaf, child, P_LEAF)))
+        if ((rc = page_get_summed(txn, child, branch_node_sum(nd), &leaf)) ||
+            (rc = bt_check_page(txn, leaf, child, P_LEAF)))
             return rc;
         path->idx[unit] = i;
         path->pgno[unit + 1] = child;

@@ -42,7 +42,7 @@ int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *
 
 /* Fill the path from `level` down to a leaf, taking the first (or last)
  * child at each step. */
-static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int level, bool last)
+static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, uint64_t sum, int level, bool last)
 {
     keel_txn *txn = c->txn;
     for (;; level++) {
@@ -52,7 +52,7 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int l
          * the catalog's desc_from_value): the path arrays hold the levels */
         KEEL_ASSERT(level < KEEL_MAX_DEPTH);
         const uint8_t *page;
-        int rc = page_get(txn, pg, &page);
+        int rc = page_get_summed(txn, pg, sum, &page);
         if (rc)
             return rc;
         bool leaf = level + 1 == (int)t->depth;
@@ -70,6 +70,7 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, int l
         if ((rc = node_at(page, idx, txn->db->node_end, &n)))
             return rc;
         pg = branch_node_child(n);
+        sum = branch_node_sum(n);
     }
 }
 
@@ -182,7 +183,7 @@ static int step(keel_cursor *c, const struct tree_desc *t, int dir)
     const uint8_t *n, *was = c->page[level];
     unsigned was_idx = c->idx[level];
     int rc = node_at(c->page[up], c->idx[up], ps, &n);
-    if (rc || (rc = descend(c, t, branch_node_child(n), up + 1, dir < 0)))
+    if (rc || (rc = descend(c, t, branch_node_child(n), branch_node_sum(n), up + 1, dir < 0)))
         return rc;
     /* Into the next leaf the keys must go on growing (shrinking, going
      * back).  A damaged tree can share pages (a DAG): without this a walk
@@ -304,7 +305,7 @@ int cursor_first(keel_cursor *c, keel_val *key, keel_val *val)
         c->state = CUR_UNSET;
         return KEEL_NOTFOUND;
     }
-    if ((rc = descend(c, t, t->root, 0, false)) || (rc = settle(c, t, 1, key, val)))
+    if ((rc = descend(c, t, t->root, t->root_sum, 0, false)) || (rc = settle(c, t, 1, key, val)))
         c->state = CUR_UNSET;
     return rc;
 }
@@ -319,7 +320,7 @@ int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
         c->state = CUR_UNSET;
         return KEEL_NOTFOUND;
     }
-    if ((rc = descend(c, t, t->root, 0, true)) || (rc = settle(c, t, -1, key, val)))
+    if ((rc = descend(c, t, t->root, t->root_sum, 0, true)) || (rc = settle(c, t, -1, key, val)))
         c->state = CUR_UNSET;
     return rc;
 }

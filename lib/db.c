@@ -158,6 +158,7 @@ static void db_free(keel_db *db, bool abandon)
     pthread_mutex_destroy(&db->flush_mu);
     group_free(db);
     pthread_cond_destroy(&db->writer_cv);
+    os_free((void *)db->verified);
     os_free(db->path);
     os_free(db);
 }
@@ -400,6 +401,8 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
      * files stay format 1 (keel_copy upgrades them). */
     db->summed = m.version >= 2;
     db->verify = (o->flags & KEEL_VERIFY) && db->summed;
+    if (db->verify && !(db->verified = os_calloc(VERIFIED_SLOTS * sizeof(uint64_t))))
+        return KEEL_NOMEM;
     db->node_end = db->psize - (db->summed ? PAGE_TRAILER : 0);
     size_t usable = db->node_end - PAGE_HDR;
     db->max_node = usable / 2 - 2;

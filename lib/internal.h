@@ -246,6 +246,7 @@ struct keel_db {
     bool summed;       /* format 2: pages carry trailers, references their sums (format.h) */
     bool verify;       /* KEEL_VERIFY on a summed file: txns check the sum of every page they read */
     uint32_t node_end; /* where a page's nodes end: psize, less the trailer when summed */
+    _Atomic uint64_t *verified; /* KEEL_VERIFY: pages checked against a sum (pager.c: page_verify) */
     size_t max_key;    /* longest key */
     size_t max_node;   /* biggest node: two always fit in a page */
     size_t inline_max; /* leaf nodes up to this size keep their value inline */
@@ -400,6 +401,18 @@ void group_free(keel_db *db);
 
 /* ---- pager.c: pages, dirty buffers, spill, file size, write-out ---------- */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
+/* KEEL_VERIFY: the page (run of npages) from the map matches the sum its
+ * reference holds (see pager.c); KEEL_CORRUPTED names it if not. */
+int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npages, uint64_t sum);
+/* page_get of a page reached through a reference holding `sum`: checked
+ * against it under KEEL_VERIFY.  Without it, a test of one flag. */
+static inline int page_get_summed(keel_txn *txn, uint64_t pgno, uint64_t sum, const uint8_t **out)
+{
+    int rc = page_get(txn, pgno, out);
+    if (rc || __builtin_expect(!txn->db->verify, 1))
+        return rc;
+    return page_verify(txn, *out, pgno, 1, sum);
+}
 uint64_t page_map_limit(const keel_txn *txn); /* pages below it are backed by the file */
 /* A page page_get gave out lies in the map, or is a dirty buffer of this
  * write txn (built by keel from checked pages: btree.c trusts its nodes). */

@@ -23,6 +23,7 @@
  * meta page.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,6 +405,54 @@ uint64_t pager_seal(keel_txn *txn, uint8_t *buf, uint32_t npages)
     uint64_t sum = page_sum(buf, len);
     wr64(buf + len - PT_SUM, sum);
     return sum;
+}
+
+/* ---- KEEL_VERIFY ----
+ * A page is hashed when a txn first reaches it through a reference, and
+ * (page number, sum) goes into db->verified.  The bytes at a page number
+ * change only when the page is freed and reused, and then every reference
+ * to the new bytes holds their new sum: an entry never vouches for bytes
+ * it did not check, so no commit needs to clear the table.  What it does
+ * not see is the file changing under keel (a disk returning other bytes
+ * for a page it already gave): keel check, which hashes every page, does.
+ * Entries are one word each (a mix of number and sum), so threads share
+ * the table without locks and a torn entry cannot exist. */
+static size_t verified_slot(uint64_t pgno) { return (size_t)((pgno * 0x9E3779B97F4A7C15ull) >> 48) & (VERIFIED_SLOTS - 1); }
+static uint64_t verified_tag(uint64_t pgno, uint64_t sum)
+{
+    uint64_t x = sum ^ (pgno * 0xC2B2AE3D27D4EB4Full);
+    x ^= x >> 31;
+    return x | 1; /* 0: an empty slot */
+}
+
+int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npages, uint64_t sum)
+{
+    keel_db *db = txn->db;
+    if (!page_in_map(db, page)) /* a buffer of this txn's */
+        return 0;
+    if (sum == 0) {
+        if (!txn->rdonly && pager_is_dirty(txn, pgno)) /* spilled: ours, sealed at commit */
+            return 0;
+        error_detail_set("page %" PRIu64 ": its reference holds no checksum", pgno);
+        return KEEL_CORRUPTED;
+    }
+    _Atomic uint64_t *slot = &db->verified[verified_slot(pgno)];
+    uint64_t tag = verified_tag(pgno, sum);
+    if (atomic_load_explicit(slot, memory_order_relaxed) == tag)
+        return 0;
+    size_t len = (size_t)npages * db->psize;
+    if (npages == 0 || pgno + npages > page_map_limit(txn) || pgno + npages < pgno)
+        return CORRUPT(pgno);
+    if (page_sum(page, len) != sum || page_trailer_sum(page, len) != sum) {
+        error_detail_set("page %" PRIu64 ": checksum mismatch", pgno);
+        return KEEL_CORRUPTED;
+    }
+    if (page_trailer_txnid(page, len) > (txn->rdonly ? txn->meta.txnid : txn->txnid)) {
+        error_detail_set("page %" PRIu64 ": written after the snapshot", pgno);
+        return KEEL_CORRUPTED;
+    }
+    atomic_store_explicit(slot, tag, memory_order_relaxed);
+    return 0;
 }
 
 /* ---- commit ---- */

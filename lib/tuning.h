@@ -127,6 +127,10 @@
  * stays with its txn object up to KEEP slots: a one-put txn then neither
  * allocates one nor walks a big one (its end and its write-out visit every
  * slot); a bigger txn's table is freed. */
+/* KEEL_VERIFY: pages whose sum a handle remembers having checked (a
+ * direct-mapped table of 8-byte entries: 512 KiB per handle). */
+#define VERIFIED_SLOTS ((size_t)1 << 16)
+
 #define DIRTY_TABLE_MIN_SLOTS 32
 #define DIRTY_TABLE_KEEP_SLOTS 128
 /* A one-flush commit is checked by reading its pages back at the first
