@@ -265,6 +265,23 @@ int keel_copy(keel_db *db, const char *dest_path, unsigned flags);
  * the walk finished (look at *problems), or an error if it could not run. */
 int keel_check(keel_db *db, void (*report)(void *ctx, const char *msg), void *ctx, uint64_t *problems);
 
+/* A new database at dest (which must not exist) from every record of the
+ * database at src that can still be read: src is read page by page and
+ * never written, and need not open.  Damaged pages' records are not
+ * copied (a format 2 file finds damage by its checksums, a format 1 file by
+ * its structure); the leaves below a damaged branch page are looked for in
+ * the whole file.  report (if not NULL) gets one line per key range lost
+ * and per damaged page met.  Answers 0 when dest was written (st says
+ * whether anything was lost), else an error and dest is not left behind. */
+typedef struct keel_salvage_stat {
+    uint64_t records;       /* records written to dest */
+    uint64_t damaged_pages; /* pages (or overflow runs) whose checksum or structure failed */
+    uint64_t lost_ranges;   /* key ranges that could not all be read back: 0 = nothing lost */
+    uint64_t scanned_pages; /* leaf pages found by scanning the file, below damaged branches */
+} keel_salvage_stat;
+int keel_salvage(const char *src, const char *dest, void (*report)(void *ctx, const char *msg), void *ctx,
+                 keel_salvage_stat *st);
+
 const char *keel_strerror(int err);
 /* Where the calling thread's last error was met, when keel knows more than
  * the code says: the file at fault ("x.db-lock: Is a directory"), or after

@@ -404,12 +404,9 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
     if (db->verify && !(db->verified = os_calloc(VERIFIED_SLOTS * sizeof(uint64_t))))
         return KEEL_NOMEM;
     db->node_end = db->psize - (db->summed ? PAGE_TRAILER : 0);
-    size_t usable = db->node_end - PAGE_HDR;
-    db->max_node = usable / 2 - 2;
+    db->max_node = format_max_node(db->node_end);
     db->inline_max = db->max_node;
-    /* a leaf node with expiry and overflow reference must still fit
-     * max_node, and the expiry tree's key holds the key too */
-    db->max_key = db->max_node - LEAF_HDR - 8 - (db->summed ? 16 : 8) - EXPIRY_KEY_PREFIX;
+    db->max_key = format_max_key(db->node_end, db->summed);
     return 0;
 }
 

@@ -286,6 +286,16 @@ static inline void branch_node_set_child(uint8_t *n, uint64_t child)
  * bucket id, then the entry's key; the value is empty. */
 #define EXPIRY_KEY_PREFIX 12u
 
+/* The longest key a format allows: two of the biggest nodes fit a page's
+ * node area (which ends at node_end), and the biggest is a leaf node with
+ * an expiry time and an overflow reference, whose key the expiry tree's
+ * key (EXPIRY_KEY_PREFIX more bytes) holds too. */
+static inline size_t format_max_node(uint32_t node_end) { return (node_end - PAGE_HDR) / 2 - 2; }
+static inline size_t format_max_key(uint32_t node_end, bool summed)
+{
+    return format_max_node(node_end) - LEAF_HDR - 8 - (summed ? 16u : 8u) - EXPIRY_KEY_PREFIX;
+}
+
 /* The i-th node of a page, checked to lie inside its node area, which ends
  * at `end` (keel_db.node_end: a damaged slot or size gives KEEL_CORRUPTED,
  * never a read outside). */

@@ -3,7 +3,7 @@
  * interface.  Dependencies point one way:
  *
  *   os -> lockfile -> meta -> group -> pager -> btree -> cursor -> space -> bucket
- *      -> expiry, relocate, seal -> kv -> txn -> ops, api, db      (copy, check)
+ *      -> expiry, relocate, seal -> kv -> txn -> ops, api, db      (copy, check, salvage)
  *
  * (space: space.c, the allocator, and freelist.c, the free tree on disk.)
  * One loop, deliberate, stated here once.  btree <-> space: allocating a
@@ -380,6 +380,7 @@ bool meta_maybe_newer(const keel_db *db, uint64_t txnid); /* false: no commit ne
 /* From the file with pread (the open, before the map): also KEEL_VERSION
  * (a newer library's meta in either slot) and KEEL_INVALID (no keel meta). */
 int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot);
+int meta_newest_fd(int fd, uint64_t bad, struct meta *out, unsigned *slot); /* ... of any file: bad as meta_select */
 int meta_snapshot_tail(keel_txn *txn, uint8_t **tail); /* see meta.c */
 int meta_verify_commit(int fd, uint64_t fsize, const struct meta *m, unsigned slot); /* a one-flush commit whole? */
 

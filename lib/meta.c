@@ -328,6 +328,11 @@ bool meta_maybe_newer(const keel_db *db, uint64_t txnid)
  * KEEL_INVALID (not a keel database); else meta_select decides. */
 int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot)
 {
+    return meta_newest_fd(db->fd, lockfile_bad_meta(&db->lock), out, slot);
+}
+
+int meta_newest_fd(int fd, uint64_t bad, struct meta *out, unsigned *slot)
+{
     /* a whole page at the largest size: a meta's free tail is in its page's second half */
     uint8_t *buf = os_malloc(KEEL_MAX_PAGE);
     if (!buf)
@@ -335,10 +340,9 @@ int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot)
     struct meta m0, m1;
     int r0 = KEEL_INVALID, r1 = KEEL_INVALID;
     size_t got;
-    int rc = os_pread_upto(db->fd, buf, KEEL_MAX_PAGE, 0, &got);
+    int rc = os_pread_upto(fd, buf, KEEL_MAX_PAGE, 0, &got);
     if (rc)
         goto out;
-    uint64_t bad = lockfile_bad_meta(&db->lock);
     r0 = meta_check(buf, got, 0, &m0);
     if (r0 == 0 && meta_is_bad(&m0, bad))
         r0 = KEEL_CORRUPTED; /* the lock file names it torn: no damage met here */
@@ -346,7 +350,7 @@ int meta_newest_file(keel_db *db, struct meta *out, unsigned *slot)
     for (uint32_t ps = KEEL_MIN_PAGE; ps <= KEEL_MAX_PAGE; ps *= 2) {
         if (r0 == 0 && ps != m0.page_size)
             continue;
-        if ((rc = os_pread_upto(db->fd, buf, ps, ps, &got)))
+        if ((rc = os_pread_upto(fd, buf, ps, ps, &got)))
             goto out;
         r1 = meta_check(buf, got, ps, &m1);
         if (r1 == 0 && meta_is_bad(&m1, bad))

@@ -1062,6 +1062,24 @@ static int cmd_copy(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* Exit 0: nothing lost; 1: dest written, some records lost; 2: an error
+ * (dest not left behind). */
+static int cmd_salvage(int argc, char **argv)
+{
+    char *pos[2];
+    int np;
+    if (parse_args(argc, argv, NULL, false, pos, 2, &np) || np != 2)
+        return usage_of("salvage");
+    keel_salvage_stat st;
+    int rc = keel_salvage(pos[0], pos[1], check_report, NULL, &st);
+    if (rc)
+        return failf(rc, "salvage %s into %s", pos[0], pos[1]);
+    printf("%s: %" PRIu64 " records recovered into %s; %" PRIu64 " damaged pages, %" PRIu64
+           " key ranges lost, %" PRIu64 " leaf pages found by scanning\n",
+           pos[0], st.records, pos[1], st.damaged_pages, st.lost_ranges, st.scanned_pages);
+    return st.lost_ranges ? EXIT_NOTFOUND : EXIT_OK;
+}
+
 /* ======================================================================== */
 /* shell verbs                                                               */
 /* ======================================================================== */
@@ -1581,6 +1599,7 @@ static const struct command commands[] = {
     {"stat", cmd_stat, "stat DB", "page size, depth, entries per bucket, pages by kind, free pages, readers"},
     {"check", cmd_check, "check DB", "walk the newest snapshot; list every problem"},
     {"copy", cmd_copy, "copy [--compact] DB DEST", "a consistent copy while writers go on"},
+    {"salvage", cmd_salvage, "salvage SRC DEST", "a new database from every record of a damaged one still readable"},
     {"get", cmd_get, "get DB [VERB-OPTIONS] KEY", "print a value"},
     {"put", cmd_put, "put DB [VERB-OPTIONS] [--ttl T] [--nx] [--keepttl] KEY (VALUE | --value-file FILE | --stdin)",
      "store a value; --ttl: expire in T seconds; --nx: only if absent (exit 1 if present);\n"
