@@ -3,14 +3,24 @@
  *
  *   make_corpus DIR     (fuzz/build.sh builds it; fuzz/make_corpus.sh runs it on fuzz/corpus)
  *
+ *   make_corpus DIR [FORMAT1]   (FORMAT1: default test/data/format1.keel)
+ *
  *   DIR/fuzz_file/  valid database files of several shapes (empty, small,
  *                   named buckets with TTLs, overflow values, a deep tree of
  *                   long keys, a free tree after many commits, free pages
  *                   in both the meta's free tail and the free tree, a dropped
- *                   bucket, a wide tree) at 4, 8 and 16 KiB pages; each file
- *                   is the option byte, then the file cut to the meta's npages
- *                   and, made in the default sync mode, a small database as a
- *                   crash after a one-flush commit leaves it (crashed-oneflush-*)
+ *                   bucket, a wide tree) at 4, 8 and 16 KiB pages, in the
+ *                   newest format (2: page sums); each file is the option
+ *                   byte, then the file cut to the meta's npages.  Also: a
+ *                   deep tree with overflow runs opened with KEEL_VERIFY
+ *                   (option bit 6: deep-overflow-verify-*), two with stale
+ *                   sums (bit 5: *-stale-*), a small database as a crash
+ *                   after a one-flush commit leaves it (made in the default
+ *                   sync mode: crashed-oneflush-*), and a format 1 database
+ *                   (format1-4096): FORMAT1's meta header (magic, format,
+ *                   page size) with no trees, filled through keel, which
+ *                   keeps writing format 1 (the file itself is 1 MiB, too
+ *                   big for a seed)
  *   DIR/fuzz_lock/  lock files taken from a database in use
  *   DIR/fuzz_ops/   operation streams (pseudo-random, fixed seeds)
  *   DIR/fuzz_dump/  dump texts in both formats, plain (-T) text, odd headers
@@ -24,6 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include <xxhash.h>
 
 #include "dumpfmt.h"
 #include "format.h"
@@ -173,6 +185,40 @@ static void shape_deep(keel_db *db)
     free(k);
 }
 
+/* A tree of three levels (long keys) whose entries have overflow runs
+ * of one to three pages, and a bucket with runs too. */
+static void shape_deep_overflow(keel_db *db)
+{
+    keel_stat st;
+    OK(keel_db_stat(db, &st));
+    size_t ps = st.page_size, mk = keel_max_key_size(db);
+    char *k = malloc(mk + 1);
+    uint8_t *big = malloc(3 * ps);
+    memset(k, 'y', mk);
+    for (size_t i = 0; i < 3 * ps; i++)
+        big[i] = (uint8_t)(i * 13 + 5);
+    keel_txn *w;
+    OK(keel_begin(db, 0, &w));
+    for (int i = 0; i < 12; i++) {
+        snprintf(k + mk - 4, 5, "%04d", i * 37 % 1000);
+        keel_val v = i % 3 ? (keel_val){big, (i % 3) * ps - ps / 2} : sv("small"); /* runs of 1 and 2 pages */
+        OK(keel_put(w, 0, (keel_val){k, mk}, v, 0));
+    }
+    keel_bucket b;
+    OK(keel_bucket_open(w, "runs", KEEL_CREATE, &b));
+    for (int i = 0; i < 3; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "r%d", i);
+        OK(keel_put(w, b, sv(key), i ? (keel_val){big, ps / 2 + (size_t)i * ps / 4} : sv("small"), 0));
+    }
+    OK(keel_commit(w));
+    OK(keel_db_stat(db, &st));
+    if (st.depth < 3)
+        die("deep-overflow shape has depth %u", st.depth);
+    free(k);
+    free(big);
+}
+
 static void shape_freelist(keel_db *db)
 {
     for (int round = 0; round < 6; round++) {
@@ -251,14 +297,23 @@ static void shape_wide(keel_db *db)
 struct shape {
     const char *name;
     void (*fn)(keel_db *);
-    unsigned sizes; /* bit i: page size 4096 << i */
+    unsigned sizes; /* bit i: page size 4096 << i (bit 3: 65536) */
+    uint8_t opt;    /* option bits beyond the page size's (fuzz_file.c) */
 };
 
 static const struct shape shapes[] = {
-    {"empty", shape_empty, 0xF},       {"small", shape_small, 0x7},       {"buckets", shape_buckets, 0x3},
-    {"overflow", shape_overflow, 0x3}, {"deep", shape_deep, 0x3},         {"freelist", shape_freelist, 0x3},
-    {"freetree", shape_freetree, 0x1},
-    {"dropped", shape_dropped, 0x1},   {"wide", shape_wide, 0x1},
+    {"empty", shape_empty, 0xF, 0},
+    {"small", shape_small, 0x7, 0},
+    {"buckets", shape_buckets, 0x3, 8}, /* every TTL expired */
+    {"overflow", shape_overflow, 0x3, 0},
+    {"deep", shape_deep, 0x1, 0}, /* 8 KiB: deep-overflow-verify is deep too */
+    {"freelist", shape_freelist, 0x3, 0},
+    {"freetree", shape_freetree, 0x1, 0},
+    {"dropped", shape_dropped, 0x1, 0},
+    {"wide", shape_wide, 0x1, 0},
+    {"deep-overflow-verify", shape_deep_overflow, 0x1, 64}, /* KEEL_VERIFY, sums re-sealed */
+    {"small-stale", shape_small, 0x1, 32},                  /* KEEL_VERIFY, sums left stale */
+    {"buckets-stale", shape_buckets, 0x1, 32},
 };
 
 /* The file as keel left it, cut to the newest meta's npages. */
@@ -326,13 +381,57 @@ static void make_files(void)
             uint8_t *img = db_image(path, &len);
             char name[64];
             snprintf(name, sizeof name, "%s-%u", shapes[s].name, ps);
-            uint8_t opt = (uint8_t)(i == 3 ? 3 : i); /* page size bits; checksums re-sealed; clock at 1000 */
-            if (!strcmp(shapes[s].name, "buckets"))
-                opt |= 8; /* every TTL expired */
+            /* page size bits; checksums re-sealed; clock at 1000 */
+            uint8_t opt = (uint8_t)((i == 3 ? 3 : i) | shapes[s].opt);
             put_file("fuzz_file", name, &opt, 1, img, len);
             free(img);
         }
     }
+    fuzz_remove_db(path);
+}
+
+/* A format 1 database: the meta header (magic, format, page size) of the
+ * format 1 file src, with no trees and npages 2, in both slots; keel opens
+ * it as format 1 and writes format 1 into it (format.md, "Format 1"). */
+static void make_format1_file(const char *src)
+{
+    size_t len;
+    uint8_t *old = read_all(src, &len);
+    if (len < META_V1_SIZE || rd32(old) != KEEL_MAGIC || rd32(old + 4) != 1)
+        die("%s: not a format 1 keel file", src);
+    uint32_t ps = rd32(old + offsetof(struct meta, page_size));
+    uint8_t *empty = calloc(2, ps);
+    if (!empty)
+        die("out of memory");
+    memcpy(empty, old, offsetof(struct meta, flags));
+    wr64(empty + offsetof(struct meta, npages), 2);
+    wr64(empty + offsetof(struct meta, next_bucket_id), 1);
+    wr64(empty + META_V1_SUM_OFF, XXH3_64bits(empty, META_V1_SUM_OFF));
+    memcpy(empty + ps, empty, META_V1_SIZE);
+    const char *path = fuzz_path(0, "corpus.db");
+    fuzz_remove_db(path);
+    if (fuzz_write_file(path, empty, 2 * (size_t)ps))
+        die("%s: write failed", path);
+    keel_db *db = open_db(path, 0);
+    shape_buckets(db);
+    shape_overflow(db);
+    shape_small(db);
+    uint64_t problems;
+    OK(keel_check(db, NULL, NULL, &problems));
+    if (problems)
+        die("format 1 shape: %llu problems", (unsigned long long)problems);
+    keel_close(db);
+    size_t n;
+    uint8_t *img = db_image(path, &n);
+    if (rd32(img + 4) != 1 || rd32(img + ps + 4) != 1)
+        die("format 1 shape: written as format %u", rd32(img + 4));
+    char name[64];
+    snprintf(name, sizeof name, "format1-%u", ps);
+    uint8_t opt = (uint8_t)(ps == 8192 ? 1 : 0);
+    put_file("fuzz_file", name, &opt, 1, img, n);
+    free(img);
+    free(empty);
+    free(old);
     fuzz_remove_db(path);
 }
 
@@ -470,14 +569,15 @@ static void make_dumps(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: make_corpus DIR\n");
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: make_corpus DIR [FORMAT1]\n");
         return 2;
     }
     outdir = argv[1];
     mkdir(outdir, 0755);
     make_files();
     make_crashed_files();
+    make_format1_file(argc == 3 ? argv[2] : "test/data/format1.keel");
     make_locks();
     make_ops();
     make_dumps();
