@@ -696,7 +696,8 @@ static int pick_sibling(keel_txn *txn, struct bt_path *path, int level, size_t s
             return KEEL_NOTFOUND;
         const uint8_t *pn = node_ptr(parent, cidx), *sp;
         uint64_t pg = branch_node_child(pn), np;
-        if ((rc = page_get_summed(txn, pg, branch_node_sum(pn), &sp)) || (rc = check_nodes(txn, sp)) ||
+        if ((rc = page_get_summed(txn, pg, branch_node_sum(pn), &sp)) ||
+            (!page_known(txn->db, pg, branch_node_sum(pn)) && (rc = check_nodes(txn, sp))) ||
             (rc = touch_page(txn, pg, &np, &sib)))
             return rc;
         branch_node_set_child(node_mut(parent, cidx), np); /* also when np == pg: a changed page's sum is 0 */
@@ -917,9 +918,11 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
          * damaged free tree that gave out a page in use. */
         if (page_dirty(txn, path->pgno[level]))
             return CORRUPT(path->pgno[level]);
-        uint64_t np;
+        uint64_t np, sum = level ? branch_node_sum(node_ptr(path->page[level - 1], path->idx[level - 1]))
+                                 : t->root_sum;
         uint8_t *buf;
-        if ((rc = check_nodes(txn, page)) || (rc = touch_page(txn, path->pgno[level], &np, &buf)))
+        if ((!page_known(txn->db, path->pgno[level], sum) && (rc = check_nodes(txn, page))) ||
+            (rc = touch_page(txn, path->pgno[level], &np, &buf)))
             return rc;
         /* also when np is the same page (spilled, back in memory): the
          * reference to a page the txn changes holds sum 0 (seal.c) */
@@ -1284,7 +1287,8 @@ static int fix_child(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
         return 0; /* would not fit well: leave the sibling untouched */
     /* the sibling's nodes are read (a merge) or rebuilt (a share) through
      * unchecked accessors: a page from the map is checked whole first */
-    if (!page_dirty(txn, mp.sibpg) && (rc = check_nodes(txn, mp.sp)))
+    if (!page_dirty(txn, mp.sibpg) && !page_known(txn->db, mp.sibpg, branch_node_sum(node_ptr(parent, mp.sib))) &&
+        (rc = check_nodes(txn, mp.sp)))
         return rc;
     const uint8_t *R = mp.sib_right ? mp.sp : page;
     size_t rfirst = leaf ? 0 : branch_node_ksize(node_ptr(R, 0)); /* replaced by the separator */

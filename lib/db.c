@@ -158,7 +158,7 @@ static void db_free(keel_db *db, bool abandon)
     pthread_mutex_destroy(&db->flush_mu);
     group_free(db);
     pthread_cond_destroy(&db->writer_cv);
-    os_free((void *)db->verified);
+    os_free((void *)db->known);
     os_free(db->path);
     os_free(db);
 }
@@ -401,8 +401,8 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
      * files stay format 1 (keel_copy upgrades them). */
     db->summed = m.version >= 2;
     db->verify = (o->flags & KEEL_VERIFY) && db->summed;
-    if (db->verify && !(db->verified = os_calloc(VERIFIED_SLOTS * sizeof(uint64_t))))
-        return KEEL_NOMEM;
+    if (db->verify && (rc = pager_known_init(db))) /* readers share it from the start */
+        return rc;
     db->node_end = db->psize - (db->summed ? PAGE_TRAILER : 0);
     db->max_node = format_max_node(db->node_end);
     db->inline_max = db->max_node;

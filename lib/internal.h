@@ -246,7 +246,8 @@ struct keel_db {
     bool summed;       /* format 2: pages carry trailers, references their sums (format.h) */
     bool verify;       /* KEEL_VERIFY on a summed file: txns check the sum of every page they read */
     uint32_t node_end; /* where a page's nodes end: psize, less the trailer when summed */
-    _Atomic uint64_t *verified; /* KEEL_VERIFY: pages checked against a sum (pager.c: page_verify) */
+    _Atomic uint64_t *known; /* pages known to hold the bytes of their sum (pager.c), or NULL */
+    size_t known_mask;       /* its slots - 1 (a power of two) */
     size_t max_key;    /* longest key */
     size_t max_node;   /* biggest node: two always fit in a page */
     size_t inline_max; /* leaf nodes up to this size keep their value inline */
@@ -423,6 +424,10 @@ static inline bool page_in_map(const keel_db *db, const uint8_t *p)
 }
 uint8_t *page_dirty(keel_txn *txn, uint64_t pgno);
 int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
+/* The (page, sum) pairs a handle knows whole (pager.c): made at open with
+ * KEEL_VERIFY, else at the first write txn of a summed file. */
+int pager_known_init(keel_db *db);
+bool page_known(const keel_db *db, uint64_t pgno, uint64_t sum);
 /* A page's (or run's, len bytes) sum: XXH3-64 of all but its last 8 bytes, never 0 */
 uint64_t page_sum(const uint8_t *p, size_t len);
 /* Seals a buffer this txn wrote (npages pages): the txn id and sum into its

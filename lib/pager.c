@@ -390,6 +390,57 @@ void pager_maybe_shrink(keel_db *db, uint64_t used)
         db->file_size = keep;
 }
 
+/* ---- pages known whole: KEEL_VERIFY's checks, and copy-on-write's ----
+ * db->known holds (page number, sum) pairs whose bytes this handle knows
+ * to be what a commit sealed: it sealed them itself (pager_seal), or it
+ * hashed them and they matched (page_verify).  The bytes at a page number
+ * change only when the page is freed and reused, and every reference to
+ * the new bytes holds their new sum, so an entry never vouches for bytes it
+ * did not see: no commit needs to clear the table.  Two users: a txn under
+ * KEEL_VERIFY hashes no page it finds there, and a write txn copying a
+ * page for writing skips the whole-page structure check (btree.c's
+ * check_nodes), since keel writes only whole pages.  What the table cannot
+ * see is the file changing under keel after an entry was made (a disk
+ * returning other bytes for a page still in it, another program writing
+ * the file): keel check hashes every page, every time.  Entries are one
+ * word each (a mix of number and sum), so threads share the table without
+ * locks and no entry is ever torn. */
+static size_t known_slot(const keel_db *db, uint64_t pgno)
+{
+    return (size_t)((pgno * 0x9E3779B97F4A7C15ull) >> 32) & db->known_mask;
+}
+static uint64_t known_tag(uint64_t pgno, uint64_t sum)
+{
+    uint64_t x = sum ^ (pgno * 0xC2B2AE3D27D4EB4Full);
+    x ^= x >> 31;
+    return x | 1; /* 0: an empty slot */
+}
+
+int pager_known_init(keel_db *db)
+{
+    if (db->known || !db->summed)
+        return 0;
+    size_t slots = KNOWN_SLOTS_MIN;
+    while (slots < KNOWN_SLOTS_MAX && slots < 2 * (db->file_size / db->psize))
+        slots *= 2;
+    if (!(db->known = os_calloc(slots * sizeof(uint64_t))))
+        return KEEL_NOMEM;
+    db->known_mask = slots - 1;
+    return 0;
+}
+
+bool page_known(const keel_db *db, uint64_t pgno, uint64_t sum)
+{
+    return db->known && sum &&
+           atomic_load_explicit(&db->known[known_slot(db, pgno)], memory_order_relaxed) == known_tag(pgno, sum);
+}
+
+static void page_set_known(keel_db *db, uint64_t pgno, uint64_t sum)
+{
+    if (db->known)
+        atomic_store_explicit(&db->known[known_slot(db, pgno)], known_tag(pgno, sum), memory_order_relaxed);
+}
+
 /* ---- sums (format.h: the page trailer) ---- */
 uint64_t page_sum(const uint8_t *p, size_t len)
 {
@@ -404,25 +455,8 @@ uint64_t pager_seal(keel_txn *txn, uint8_t *buf, uint32_t npages)
     wr64(buf + len - PT_TXNID, txn->txnid);
     uint64_t sum = page_sum(buf, len);
     wr64(buf + len - PT_SUM, sum);
+    page_set_known(txn->db, page_pgno(buf), sum);
     return sum;
-}
-
-/* ---- KEEL_VERIFY ----
- * A page is hashed when a txn first reaches it through a reference, and
- * (page number, sum) goes into db->verified.  The bytes at a page number
- * change only when the page is freed and reused, and then every reference
- * to the new bytes holds their new sum: an entry never vouches for bytes
- * it did not check, so no commit needs to clear the table.  What it does
- * not see is the file changing under keel (a disk returning other bytes
- * for a page it already gave): keel check, which hashes every page, does.
- * Entries are one word each (a mix of number and sum), so threads share
- * the table without locks and a torn entry cannot exist. */
-static size_t verified_slot(uint64_t pgno) { return (size_t)((pgno * 0x9E3779B97F4A7C15ull) >> 48) & (VERIFIED_SLOTS - 1); }
-static uint64_t verified_tag(uint64_t pgno, uint64_t sum)
-{
-    uint64_t x = sum ^ (pgno * 0xC2B2AE3D27D4EB4Full);
-    x ^= x >> 31;
-    return x | 1; /* 0: an empty slot */
 }
 
 int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npages, uint64_t sum)
@@ -436,9 +470,7 @@ int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npag
         error_detail_set("page %" PRIu64 ": its reference holds no checksum", pgno);
         return KEEL_CORRUPTED;
     }
-    _Atomic uint64_t *slot = &db->verified[verified_slot(pgno)];
-    uint64_t tag = verified_tag(pgno, sum);
-    if (atomic_load_explicit(slot, memory_order_relaxed) == tag)
+    if (page_known(db, pgno, sum))
         return 0;
     size_t len = (size_t)npages * db->psize;
     if (npages == 0 || pgno + npages > page_map_limit(txn) || pgno + npages < pgno)
@@ -451,7 +483,7 @@ int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npag
         error_detail_set("page %" PRIu64 ": written after the snapshot", pgno);
         return KEEL_CORRUPTED;
     }
-    atomic_store_explicit(slot, tag, memory_order_relaxed);
+    page_set_known(db, pgno, sum);
     return 0;
 }
 

@@ -70,18 +70,21 @@ static int seal_page(keel_txn *txn, uint64_t pgno, uint32_t tag, unsigned height
     unsigned flags = page_flags(page);
     if (flags != (height > 1 ? P_BRANCH : P_LEAF))
         return CORRUPT(pgno);
-    for (unsigned i = 0; flags == P_BRANCH && i < page_nkeys(page); i++) {
-        const uint8_t *n;
-        if ((rc = node_at(page, i, txn->db->node_end, &n)))
-            return rc;
-        if (!branch_node_has_sum(n))
+    /* A dirty page is whole (btree.c builds it from pages checked whole):
+     * its nodes are read without bounds checks, one load of ksize each, as
+     * this loop visits every reference of every branch page written. */
+    for (unsigned i = 0, n = flags == P_BRANCH ? page_nkeys(page) : 0; i < n; i++) {
+        uint8_t *nd = page + page_slot(page, i);
+        unsigned ks = rd16(nd + 8);
+        if (!(ks & B_SUM))
             return CORRUPT(pgno);
-        if (branch_node_sum(n))
+        uint8_t *sum_at = nd + BRANCH_HDR + (ks & B_KSIZE_MASK);
+        if (rd64(sum_at))
             continue;
         uint64_t s;
-        if ((rc = seal_page(txn, branch_node_child(n), tag, height - 1, &s)))
+        if ((rc = seal_page(txn, branch_node_child(nd), tag, height - 1, &s)))
             return rc;
-        branch_node_set_sum((uint8_t *)n, s);
+        wr64(sum_at, s);
     }
     if (flags == P_LEAF && tag == TAG_CATALOG && (rc = seal_catalog_leaf(txn, page)))
         return rc;

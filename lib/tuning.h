@@ -127,9 +127,13 @@
  * stays with its txn object up to KEEP slots: a one-put txn then neither
  * allocates one nor walks a big one (its end and its write-out visit every
  * slot); a bigger txn's table is freed. */
-/* KEEL_VERIFY: pages whose sum a handle remembers having checked (a
- * direct-mapped table of 8-byte entries: 512 KiB per handle). */
-#define VERIFIED_SLOTS ((size_t)1 << 16)
+/* Pages a handle knows whole (KEEL_VERIFY's checks, copy-on-write's
+ * structure check: pager.c), a direct-mapped table of 8-byte entries sized
+ * when it is made to twice the file's pages (a power of two), between these
+ * bounds: 512 KiB to 32 MiB per handle, which covers a 16 GiB file of 4 KiB
+ * pages.  A page that falls out of it is checked again when next met. */
+#define KNOWN_SLOTS_MIN ((size_t)1 << 16)
+#define KNOWN_SLOTS_MAX ((size_t)1 << 22)
 
 #define DIRTY_TABLE_MIN_SLOTS 32
 #define DIRTY_TABLE_KEEP_SLOTS 128

@@ -184,6 +184,8 @@ static int begin_write(keel_db *db, keel_txn *txn)
      * after the scan took it no older than the visible commit at this load,
      * which is at least `keep`; `keep` loaded after the scan could be newer
      * than that reader's snapshot. */
+    if ((rc = pager_known_init(db))) /* under the writer lock: made once per handle */
+        goto fail;
     uint64_t keep = group_keep(db);
     txn->oldest = readers_oldest(&db->lock, txn->meta.txnid, db->max_reader_lag);
     if (txn->oldest > keep)

@@ -119,6 +119,7 @@ struct engine {
     bool (*bget)(uint32_t b, const void *k, size_t kl); /* found, with a VAL_LEN value? */
     bool (*txn_get)(const void *k, size_t kl); /* a read txn of its own with one get, from any thread */
     void (*txn_put)(const void *k, size_t kl, const void *v, size_t vl); /* a durable write txn of its own */
+    void (*open_verified)(const char *path); /* keel: KEEL_VERIFY (every page read checked); LMDB: open */
 };
 
 /* keel */
@@ -133,6 +134,12 @@ static void kcheck(int rc, const char *what)
 static void k_open(const char *path)
 {
     kcheck(keel_open(path, NULL, &kdb), "keel_open");
+}
+static void k_open_verified(const char *path)
+{
+    keel_options o = {0};
+    o.flags = KEEL_VERIFY;
+    kcheck(keel_open(path, &o, &kdb), "keel_open");
 }
 static void k_close(void) { keel_close(kdb); }
 static void k_begin(bool w) { kcheck(keel_begin(kdb, w ? 0 : KEEL_RDONLY, &ktxn), "keel_begin"); }
@@ -223,7 +230,7 @@ static void k_txn_put(const void *k, size_t kl, const void *v, size_t vl)
 static const struct engine keel_engine = {"keel", k_open, k_close, k_begin, k_commit, k_put, k_get,
                                           k_del, k_range, k_rbegin, k_rget, k_rend,
                                           k_open_nosync, k_bucket, k_bput, k_bdrop, k_bget, k_txn_get,
-                                          k_txn_put};
+                                          k_txn_put, k_open_verified};
 
 #ifdef HAVE_LMDB
 static MDB_env *lenv;
@@ -349,7 +356,7 @@ static void l_txn_put(const void *k, size_t kl, const void *v, size_t vl)
 static const struct engine lmdb_engine = {"lmdb", l_open, l_close, l_begin, l_commit, l_put, l_get,
                                           l_del, l_range, l_rbegin, l_rget, l_rend,
                                           l_open_nosync, l_bucket, l_bput, l_bdrop, l_bget, l_txn_get,
-                                          l_txn_put};
+                                          l_txn_put, l_open};
 #endif
 
 /* ---- workloads: each returns the number of operations, or dies ---- */
@@ -417,7 +424,7 @@ static uint64_t w_commits_1000(void)
     return 100;
 }
 
-static uint64_t w_reads(void)
+static uint64_t reads(void)
 {
     uint8_t k[KEY_LEN];
     uint64_t found = 0;
@@ -432,6 +439,20 @@ static uint64_t w_reads(void)
     if (found != N)
         fail("random reads: keys missing");
     return N;
+}
+static uint64_t w_reads(void) { return reads(); }
+
+static void close_untimed(void);
+
+/* keel checks every page it reads against its checksum (KEEL_VERIFY);
+ * LMDB reads as in "random reads".  Read against that row's ratio. */
+static uint64_t w_reads_verified(void)
+{
+    E->open_verified(P);
+    t_start = now_s();
+    uint64_t n = reads();
+    close_untimed();
+    return n;
 }
 
 /* As applications read: one read txn per get. */
@@ -946,6 +967,7 @@ static const struct workload workloads[] = {
     {"individual commits", w_commits_1, false, "commits/s", false, false},
     {"batch commits x1000", w_commits_1000, false, "commits/s", false, false},
     {"random reads", w_reads, false, "gets/s", false, false},
+    {"random reads, KEEL_VERIFY", w_reads_verified, false, "gets/s", false, true},
     {"read txn per get", w_read_txns, false, "txns/s", false, false},
     {"read txn per get 2 threads", w_read_txns_2t, false, "txns/s", false, false},
     {"read txn per range (10)", w_range_txns, false, "txns/s", false, false},
