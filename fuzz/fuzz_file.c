@@ -292,7 +292,7 @@ static void ff_sums_init(struct ff_sums *s, uint8_t *img, size_t n, uint32_t ps,
     static uint32_t *len;
     static uint64_t cap; /* pages the three arrays hold */
     uint64_t np = n / ps;
-    if (np > cap) {
+    if (np > cap || !seen) { /* np 0 (an image shorter than a page) gets arrays too */
         uint64_t c = np < 64 ? 64 : np;
         free(seen);
         free(sum);
