@@ -697,7 +697,7 @@ static int pick_sibling(keel_txn *txn, struct bt_path *path, int level, size_t s
         const uint8_t *pn = node_ptr(parent, cidx), *sp;
         uint64_t pg = branch_node_child(pn), np;
         if ((rc = page_get_summed(txn, pg, branch_node_sum(pn), &sp)) ||
-            (!page_known(txn->db, pg, branch_node_sum(pn)) && (rc = check_nodes(txn, sp))) ||
+            (!page_known_whole(txn->db, pg, branch_node_sum(pn)) && (rc = check_nodes(txn, sp))) ||
             (rc = touch_page(txn, pg, &np, &sib)))
             return rc;
         branch_node_set_child(node_mut(parent, cidx), np); /* also when np == pg: a changed page's sum is 0 */
@@ -921,7 +921,7 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
         uint64_t np, sum = level ? branch_node_sum(node_ptr(path->page[level - 1], path->idx[level - 1]))
                                  : t->root_sum;
         uint8_t *buf;
-        if ((!page_known(txn->db, path->pgno[level], sum) && (rc = check_nodes(txn, page))) ||
+        if ((!page_known_whole(txn->db, path->pgno[level], sum) && (rc = check_nodes(txn, page))) ||
             (rc = touch_page(txn, path->pgno[level], &np, &buf)))
             return rc;
         /* also when np is the same page (spilled, back in memory): the
@@ -1287,7 +1287,7 @@ static int fix_child(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
         return 0; /* would not fit well: leave the sibling untouched */
     /* the sibling's nodes are read (a merge) or rebuilt (a share) through
      * unchecked accessors: a page from the map is checked whole first */
-    if (!page_dirty(txn, mp.sibpg) && !page_known(txn->db, mp.sibpg, branch_node_sum(node_ptr(parent, mp.sib))) &&
+    if (!page_dirty(txn, mp.sibpg) && !page_known_whole(txn->db, mp.sibpg, branch_node_sum(node_ptr(parent, mp.sib))) &&
         (rc = check_nodes(txn, mp.sp)))
         return rc;
     const uint8_t *R = mp.sib_right ? mp.sp : page;

@@ -427,7 +427,7 @@ int pager_write_out(keel_txn *txn); /* dirty pages, syncs, meta */
 /* The (page, sum) pairs a handle knows whole (pager.c): made at open with
  * KEEL_VERIFY, else at the first write txn of a summed file. */
 int pager_known_init(keel_db *db);
-bool page_known(const keel_db *db, uint64_t pgno, uint64_t sum);
+bool page_known_whole(const keel_db *db, uint64_t pgno, uint64_t sum); /* sealed by this handle */
 /* A page's (or run's, len bytes) sum: XXH3-64 of all but its last 8 bytes, never 0 */
 uint64_t page_sum(const uint8_t *p, size_t len);
 /* Seals a buffer this txn wrote (npages pages): the txn id and sum into its

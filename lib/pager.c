@@ -391,27 +391,30 @@ void pager_maybe_shrink(keel_db *db, uint64_t used)
 }
 
 /* ---- pages known whole: KEEL_VERIFY's checks, and copy-on-write's ----
- * db->known holds (page number, sum) pairs whose bytes this handle knows
- * to be what a commit sealed: it sealed them itself (pager_seal), or it
- * hashed them and they matched (page_verify).  The bytes at a page number
- * change only when the page is freed and reused, and every reference to
- * the new bytes holds their new sum, so an entry never vouches for bytes it
- * did not see: no commit needs to clear the table.  Two users: a txn under
- * KEEL_VERIFY hashes no page it finds there, and a write txn copying a
- * page for writing skips the whole-page structure check (btree.c's
- * check_nodes), since keel writes only whole pages.  What the table cannot
- * see is the file changing under keel after an entry was made (a disk
- * returning other bytes for a page still in it, another program writing
- * the file): keel check hashes every page, every time.  Entries are one
- * word each (a mix of number and sum), so threads share the table without
- * locks and no entry is ever torn. */
+ * db->known holds (page number, sum) pairs whose bytes this handle has
+ * seen: "whole" ones it sealed itself (pager_seal: keel built the page),
+ * "matching" ones it hashed under KEEL_VERIFY and found equal to their
+ * reference's sum.  The bytes at a page number change only when the page is
+ * freed and reused, and every reference to the new bytes holds their new
+ * sum, so an entry never vouches for bytes it did not see: no commit needs
+ * to clear the table.  A txn under KEEL_VERIFY hashes no page with either
+ * kind of entry.  A write txn copying a page for writing skips the
+ * whole-page structure check (btree.c's check_nodes) only for a "whole"
+ * one: a damaged or hostile file can carry right sums over a page keel
+ * never built.  What the table cannot see is the file changing under keel
+ * after an entry was made (a disk returning other bytes for a page still
+ * in it, another program writing the file): keel check hashes every page,
+ * every time.  Entries are one word each (a mix of number, sum and kind),
+ * so threads share the table without locks and no entry is ever torn. */
 static size_t known_slot(const keel_db *db, uint64_t pgno)
 {
     return (size_t)((pgno * 0x9E3779B97F4A7C15ull) >> 32) & db->known_mask;
 }
-static uint64_t known_tag(uint64_t pgno, uint64_t sum)
+/* whole: sealed by this handle (keel built the page); else hashed and
+ * matching (a file can carry right sums over a page keel never built) */
+static uint64_t known_tag(uint64_t pgno, uint64_t sum, bool whole)
 {
-    uint64_t x = sum ^ (pgno * 0xC2B2AE3D27D4EB4Full);
+    uint64_t x = sum ^ (pgno * 0xC2B2AE3D27D4EB4Full) ^ (whole ? 0x9E3779B97F4A7C15ull : 0);
     x ^= x >> 31;
     return x | 1; /* 0: an empty slot */
 }
@@ -429,16 +432,25 @@ int pager_known_init(keel_db *db)
     return 0;
 }
 
-bool page_known(const keel_db *db, uint64_t pgno, uint64_t sum)
+static uint64_t known_entry(const keel_db *db, uint64_t pgno)
 {
-    return db->known && sum &&
-           atomic_load_explicit(&db->known[known_slot(db, pgno)], memory_order_relaxed) == known_tag(pgno, sum);
+    return atomic_load_explicit(&db->known[known_slot(db, pgno)], memory_order_relaxed);
 }
 
-static void page_set_known(keel_db *db, uint64_t pgno, uint64_t sum)
+bool page_known_whole(const keel_db *db, uint64_t pgno, uint64_t sum)
+{
+    return db->known && sum && known_entry(db, pgno) == known_tag(pgno, sum, true);
+}
+
+static bool page_known_matching(const keel_db *db, uint64_t pgno, uint64_t sum)
+{
+    return page_known_whole(db, pgno, sum) || (db->known && known_entry(db, pgno) == known_tag(pgno, sum, false));
+}
+
+static void page_set_known(keel_db *db, uint64_t pgno, uint64_t sum, bool whole)
 {
     if (db->known)
-        atomic_store_explicit(&db->known[known_slot(db, pgno)], known_tag(pgno, sum), memory_order_relaxed);
+        atomic_store_explicit(&db->known[known_slot(db, pgno)], known_tag(pgno, sum, whole), memory_order_relaxed);
 }
 
 /* ---- sums (format.h: the page trailer) ---- */
@@ -455,7 +467,7 @@ uint64_t pager_seal(keel_txn *txn, uint8_t *buf, uint32_t npages)
     wr64(buf + len - PT_TXNID, txn->txnid);
     uint64_t sum = page_sum(buf, len);
     wr64(buf + len - PT_SUM, sum);
-    page_set_known(txn->db, page_pgno(buf), sum);
+    page_set_known(txn->db, page_pgno(buf), sum, true);
     return sum;
 }
 
@@ -470,7 +482,7 @@ int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npag
         error_detail_set("page %" PRIu64 ": its reference holds no checksum", pgno);
         return KEEL_CORRUPTED;
     }
-    if (page_known(db, pgno, sum))
+    if (page_known_matching(db, pgno, sum))
         return 0;
     size_t len = (size_t)npages * db->psize;
     if (npages == 0 || pgno + npages > page_map_limit(txn) || pgno + npages < pgno)
@@ -483,7 +495,7 @@ int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npag
         error_detail_set("page %" PRIu64 ": written after the snapshot", pgno);
         return KEEL_CORRUPTED;
     }
-    page_set_known(db, pgno, sum);
+    page_set_known(db, pgno, sum, false);
     return 0;
 }
 

@@ -88,7 +88,10 @@ static int seal_page(keel_txn *txn, uint64_t pgno, uint32_t tag, unsigned height
     }
     if (flags == P_LEAF && tag == TAG_CATALOG && (rc = seal_catalog_leaf(txn, page)))
         return rc;
-    KEEL_ASSERT(page_trailer_tree(page, txn->db->psize) == tag);
+    /* The tag came with the page's first version, copied from the file
+     * ever since: damage, if it names another tree */
+    if (page_trailer_tree(page, txn->db->psize) != tag)
+        return CORRUPT(pgno);
     *sum = pager_seal(txn, page, 1);
     return 0;
 }
