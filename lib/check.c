@@ -82,34 +82,6 @@ struct bound {
     size_t len;
 };
 
-/* A key for a message: printable bytes as they are, else hex; long ones cut. */
-static void key_text(char *out, size_t size, const uint8_t *k, size_t len)
-{
-    bool printable = true;
-    for (size_t i = 0; i < len && printable; i++)
-        printable = k[i] >= 0x20 && k[i] < 0x7f && k[i] != '"' && k[i] != '\\';
-    size_t max = printable ? 48 : 24, n = len < max ? len : max;
-    size_t at = 0;
-    if (printable)
-        at = (size_t)snprintf(out, size, "\"%.*s\"", (int)n, (const char *)k);
-    else
-        for (size_t i = 0; i < n && at + 3 < size; i++)
-            at += (size_t)snprintf(out + at, size - at, "%02x", k[i]);
-    if (n < len && at + 4 < size)
-        snprintf(out + at, size - at, "...");
-}
-
-/* "keys from A to B": lo inclusive, hi exclusive, either unbounded */
-static void range_text(char *out, size_t size, struct bound lo, struct bound hi)
-{
-    char a[120] = "the first key", b[120] = "the last key";
-    if (lo.key)
-        key_text(a, sizeof a, lo.key, lo.len);
-    if (hi.key)
-        key_text(b, sizeof b, hi.key, hi.len);
-    snprintf(out, size, "keys from %s %s %s", a, hi.key ? "up to (not including)" : "to", b);
-}
-
 /* A summed file: the page (or run, len bytes) matches the sum its
  * reference holds, names the tree, and is no newer than the snapshot.
  * false: damaged, reported with the keys it held. */
@@ -132,7 +104,7 @@ static bool check_sum(struct checker *ck, const uint8_t *page, size_t len, uint6
     if (!why)
         return true;
     char range[300];
-    range_text(range, sizeof range, lo, hi);
+    range_text(range, sizeof range, lo.key, lo.len, hi.key, hi.len);
     problem(ck, "%s page %llu: %s; it held %s", what, (unsigned long long)pg, why, range);
     return false;
 }

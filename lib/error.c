@@ -85,3 +85,29 @@ void keel_assert_fail(const char *file, int line, const char *cond)
     abort();
 }
 #endif
+
+/* A key for a message: printable bytes as they are, else hex; long ones cut. */
+static void key_text(char *out, size_t size, const uint8_t *k, size_t len)
+{
+    bool printable = true;
+    for (size_t i = 0; i < len && printable; i++)
+        printable = k[i] >= 0x20 && k[i] < 0x7f && k[i] != '"' && k[i] != '\\';
+    size_t max = printable ? 48 : 24, n = len < max ? len : max, at = 0;
+    if (printable)
+        at = (size_t)snprintf(out, size, "\"%.*s\"", (int)n, (const char *)k);
+    else
+        for (size_t i = 0; i < n && at + 3 < size; i++)
+            at += (size_t)snprintf(out + at, size - at, "%02x", k[i]);
+    if (n < len && at + 4 < size)
+        snprintf(out + at, size - at, "...");
+}
+
+void range_text(char *out, size_t size, const uint8_t *lo, size_t lolen, const uint8_t *hi, size_t hilen)
+{
+    char a[120] = "the first key", b[120] = "the last key";
+    if (lo)
+        key_text(a, sizeof a, lo, lolen);
+    if (hi)
+        key_text(b, sizeof b, hi, hilen);
+    snprintf(out, size, "keys from %s %s %s", a, hi ? "up to (not including)" : "to", b);
+}

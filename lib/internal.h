@@ -678,6 +678,9 @@ void txn_free_spares(keel_db *db);
 /* ---- error.c: what keel_error_detail() tells ---- */
 void error_detail_clear(void);
 void error_detail_set(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* For reports (check, salvage): "keys from A up to (not including) B", lo
+ * inclusive and hi exclusive (NULL: unbounded), keys printable or in hex. */
+void range_text(char *out, size_t size, const uint8_t *lo, size_t lolen, const uint8_t *hi, size_t hilen);
 /* Damage met: CORRUPT(pgno) records where (this source file and line, and
  * the page, 0 when the caller knows none) in keel_error_detail() and is
  * KEEL_CORRUPTED.  For what the file says, never for keel's own bugs

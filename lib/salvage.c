@@ -121,34 +121,14 @@ static void say(struct salvage *s, const char *fmt, ...)
     s->report(s->ctx, msg);
 }
 
-static void key_text(char *out, size_t size, const uint8_t *k, size_t len, const char *none)
-{
-    if (!k) {
-        snprintf(out, size, "%s", none);
-        return;
-    }
-    bool printable = true;
-    for (size_t i = 0; i < len && printable; i++)
-        printable = k[i] >= 0x20 && k[i] < 0x7f && k[i] != '"' && k[i] != '\\';
-    size_t max = printable ? 48 : 24, n = len < max ? len : max, at = 0;
-    if (printable)
-        at = (size_t)snprintf(out, size, "\"%.*s\"", (int)n, (const char *)k);
-    else
-        for (size_t i = 0; i < n && at + 3 < size; i++)
-            at += (size_t)snprintf(out + at, size - at, "%02x", k[i]);
-    if (n < len && at + 4 < size)
-        snprintf(out + at, size - at, "...");
-}
-
 /* Keys [lo, hi) could not all be read back. */
 static void lost(struct salvage *s, const uint8_t *lo, size_t lolen, const uint8_t *hi, size_t hilen,
                  const char *why)
 {
-    char a[120], b[120];
-    key_text(a, sizeof a, lo, lolen, "the first key");
-    key_text(b, sizeof b, hi, hilen, "the last key");
+    char range[300];
+    range_text(range, sizeof range, lo, lolen, hi, hilen);
     s->st->lost_ranges++;
-    say(s, "keys from %s %s %s lost: %s", a, hi ? "up to (not including)" : "to", b, why);
+    say(s, "%s lost: %s", range, why);
 }
 
 /* Pages [pg, pg + n) into buf; they must say they are page pg. */

@@ -208,16 +208,7 @@ static void make_db(const char *p)
     keel_close(db);
 }
 
-static void flip_bit(const char *p, uint64_t off, unsigned bit)
-{
-    int fd = open(p, O_RDWR);
-    assert_true(fd >= 0);
-    uint8_t b;
-    assert_int_equal(pread(fd, &b, 1, (off_t)off), 1);
-    b ^= (uint8_t)(1u << bit);
-    assert_int_equal(pwrite(fd, &b, 1, (off_t)off), 1);
-    close(fd);
-}
+static void flip_bit(const char *p, uint64_t off, unsigned bit) { assert_int_equal(tu_flip(p, off, (uint8_t)(1u << bit)), 0); }
 
 /* The page holding key k of bucket b (leaf) and the root of its tree. */
 static void find_pages(keel_db *db, const char *bucket, const char *k, uint64_t *leaf, uint64_t *root)

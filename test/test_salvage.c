@@ -68,16 +68,7 @@ static void make_db(const char *p, uint64_t n)
     keel_close(db);
 }
 
-static void flip_bit(const char *p, uint64_t off, unsigned b)
-{
-    int fd = open(p, O_RDWR);
-    assert_true(fd >= 0);
-    uint8_t c;
-    assert_int_equal(pread(fd, &c, 1, (off_t)off), 1);
-    c ^= (uint8_t)(1u << b);
-    assert_int_equal(pwrite(fd, &c, 1, (off_t)off), 1);
-    close(fd);
-}
+static void flip_bit(const char *p, uint64_t off, unsigned bit) { assert_int_equal(tu_flip(p, off, (uint8_t)(1u << bit)), 0); }
 
 /* The path to key in bucket (NULL: default) of the newest snapshot. */
 static void path_to(const char *p, const char *bucket, const char *key, struct bt_path *out, uint32_t *psize)

@@ -565,16 +565,7 @@ static void restore(const char *p, const uint8_t *img, size_t size)
     close(fd);
 }
 
-static void flip(const char *p, uint64_t off, uint8_t mask)
-{
-    int fd = open(p, O_RDWR);
-    assert_true(fd >= 0);
-    uint8_t b;
-    assert_int_equal(pread(fd, &b, 1, (off_t)off), 1);
-    b ^= mask;
-    assert_int_equal(pwrite(fd, &b, 1, (off_t)off), 1);
-    close(fd);
-}
+static void flip(const char *p, uint64_t off, uint8_t mask) { assert_int_equal(tu_flip(p, off, mask), 0); }
 
 /* The db opens and shows generation `gen` (commits after it absent). */
 static void expect_generation(const char *p, int gen, int total, unsigned flags)

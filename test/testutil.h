@@ -6,11 +6,13 @@
  *   tu_scale()          KEEL_TEST_SCALE (default 1): multiply loop counts by it
  *   tu_seed(def)        KEEL_SEED if set, else def
  *   tu_val(s)           a keel_val over a C string
+ *   tu_flip(path, off, mask)  XORs the byte at off of a file with mask (-1 on failure)
  */
 #ifndef KEEL_TESTUTIL_H
 #define KEEL_TESTUTIL_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +51,18 @@ static inline uint64_t tu_seed(uint64_t def)
 }
 
 static inline keel_val tu_val(const char *s) { return (keel_val){s, strlen(s)}; }
+
+static inline int tu_flip(const char *path, uint64_t off, uint8_t mask)
+{
+    int fd = open(path, O_RDWR);
+    uint8_t b;
+    int ok = fd >= 0 && pread(fd, &b, 1, (off_t)off) == 1;
+    b ^= mask;
+    ok = ok && pwrite(fd, &b, 1, (off_t)off) == 1;
+    if (fd >= 0)
+        close(fd);
+    return ok ? 0 : -1;
+}
 
 /* All n bytes to fd (a pipe to a parent, say): 0, or -1 */
 static inline int tu_write_all(int fd, const void *buf, size_t n)
