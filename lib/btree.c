@@ -266,7 +266,7 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
         if ((rc = node_at(page, idx, txn->db->node_end, &n)))
             return rc;
         pg = branch_node_child(n);
-        if (txn->db->verify) /* read only for KEEL_VERIFY: a get reads no more than before the sums */
+        if (txn->verify) /* read only for KEEL_VERIFY: a get reads no more than before the sums */
             sum = branch_node_sum(n);
     }
 }
@@ -297,7 +297,7 @@ int bt_leaf_value(keel_txn *txn, const uint8_t *node, keel_val *val)
     /* a run in the map must end inside the file (a dirty one is a buffer of need pages) */
     if (page_in_map(txn->db, p) && ov + need > page_map_limit(txn))
         return CORRUPT(ov);
-    if (txn->db->verify && (rc = page_verify(txn, p, ov, need, leaf_node_overflow_sum(node))))
+    if (txn->verify && (rc = page_verify(txn, p, ov, need, leaf_node_overflow_sum(node))))
         return rc;
     val->data = p + PAGE_HDR;
     val->len = vsize;
@@ -1717,7 +1717,7 @@ static int move_runs(keel_txn *txn, struct tree_desc *t, struct bt_path *path, s
         const uint8_t *old;
         uint8_t *node;
         if ((rc = page_get(txn, ov, &old)) || (rc = node_at(path->page[lv], j, end, (const uint8_t **)&node)) ||
-            (txn->db->verify && (rc = page_verify(txn, old, ov, np, leaf_node_overflow_sum(node)))))
+            (txn->verify && (rc = page_verify(txn, old, ov, np, leaf_node_overflow_sum(node)))))
             return rc;
         memcpy(nbuf, old, (size_t)np * ps);
         page_set_pgno(nbuf, nov);

@@ -8,6 +8,10 @@
  *     (their content does not matter: the copy's free tree says they are free).
  *   - Compact: a new database filled bucket by bucket in key order with
  *     KEEL_APPEND, so pages come out full and in order, expiry times kept.
+ *   In a summed (format 2) file both check every page of the snapshot
+ *   against its sum as they read it (the plain copy walks the trees for
+ *   that): a damaged database gives KEEL_CORRUPTED and no copy, never a
+ *   backup that carries the damage on (keel salvage is for such a file).
  *   The copy is made under a unique name beside the destination, synced,
  *   and then linked to the destination's name, which must not exist: the
  *   destination appears whole or not at all (a full disk, a crash half way),
@@ -27,6 +31,30 @@
 #include "internal.h"
 
 /* The snapshot's pages into fd, an empty file; synced. */
+/* Every page and overflow run reachable from the snapshot, against its sum. */
+static int walk_none(void *ctx, uint64_t pgno, uint32_t npages, unsigned kind, int level)
+{
+    (void)ctx, (void)pgno, (void)npages, (void)kind, (void)level;
+    return 0;
+}
+
+static int verify_bucket(const char *name, const struct tree_desc *d, void *ctx)
+{
+    (void)name;
+    if (!d)
+        return CORRUPT(0);
+    struct tree_desc t = *d;
+    return bt_walk(ctx, &t, walk_none, NULL);
+}
+
+static int verify_snapshot(keel_txn *txn)
+{
+    int rc = 0;
+    for (int i = 0; i < TREE_COUNT && !rc; i++)
+        rc = bt_walk(txn, &txn->meta.trees[i], walk_none, NULL);
+    return rc ? rc : bucket_walk(txn, verify_bucket, txn);
+}
+
 static int copy_pages(keel_db *db, int fd)
 {
     keel_txn *txn;
@@ -34,6 +62,12 @@ static int copy_pages(keel_db *db, int fd)
     int rc = txn_begin_with_tail(db, &txn, &tail);
     if (rc)
         return rc;
+    txn->verify = db->summed;
+    if (db->summed && (rc = verify_snapshot(txn))) {
+        os_free(tail);
+        txn_abort(txn);
+        return rc;
+    }
     uint32_t ps = db->psize;
     uint64_t start = 2, end = txn->meta.npages;
     /* pages per write: up to 256, never more than the copy needs (a small
@@ -139,6 +173,7 @@ static int copy_compact(keel_db *db, const char *path)
     keel_txn *src, *dst;
     if ((rc = txn_begin(db, KEEL_RDONLY, &src)))
         goto done;
+    src->verify = db->summed;
     /* the snapshot's clock: keys already expired are left behind */
     if ((rc = txn_begin(out, 0, &dst)) == 0) {
         if ((rc = copy_tree(src, KEEL_DEFAULT_BUCKET, dst, KEEL_DEFAULT_BUCKET)))

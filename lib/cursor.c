@@ -70,7 +70,7 @@ static int descend(keel_cursor *c, const struct tree_desc *t, uint64_t pg, uint6
         if ((rc = node_at(page, idx, txn->db->node_end, &n)))
             return rc;
         pg = branch_node_child(n);
-        if (txn->db->verify)
+        if (txn->verify)
             sum = branch_node_sum(n);
     }
 }

@@ -314,6 +314,7 @@ struct keel_txn {
     keel_txn *live_prev, *live_next; /* in db->live_txns (from txn_get on) */
     _Atomic uint64_t live_snapshot; /* its snapshot for bucket_reclaim's scan of that list; 0 while begun */
     bool rdonly;
+    bool verify;    /* checks every page it reaches against its sum: KEEL_VERIFY, and keel_copy's reads */
     int error;      /* sticky: a write op failed half way; only abort is allowed */
     int slot;       /* reader slot, -1 for none */
     const _Atomic uint64_t *pin; /* read txns: the slot's published id (a writer may replace it: KEEL_LAGGED) */
@@ -403,7 +404,7 @@ void group_free(keel_db *db);
 
 /* ---- pager.c: pages, dirty buffers, spill, file size, write-out ---------- */
 int page_get(keel_txn *txn, uint64_t pgno, const uint8_t **out);
-/* KEEL_VERIFY: the page (run of npages) from the map matches the sum its
+/* txn->verify: the page (run of npages) from the map matches the sum its
  * reference holds (see pager.c); KEEL_CORRUPTED names it if not. */
 int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npages, uint64_t sum);
 /* page_get of a page reached through a reference holding `sum`: checked
@@ -411,7 +412,7 @@ int page_verify(keel_txn *txn, const uint8_t *page, uint64_t pgno, uint32_t npag
 static inline int page_get_summed(keel_txn *txn, uint64_t pgno, uint64_t sum, const uint8_t **out)
 {
     int rc = page_get(txn, pgno, out);
-    if (rc || __builtin_expect(!txn->db->verify, 1))
+    if (rc || __builtin_expect(!txn->verify, 1))
         return rc;
     return page_verify(txn, *out, pgno, 1, sum);
 }

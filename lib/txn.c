@@ -220,6 +220,7 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
         return KEEL_NOMEM;
     txn->db = db;
     txn->rdonly = rdonly;
+    txn->verify = db->verify;
     txn->error = 0;
     txn->slot = -1;
     txn->changes = 1;

@@ -7,7 +7,7 @@
  *     the same contents.
  *   - KEEL_VERIFY: a damaged leaf, branch or overflow page answers
  *     KEEL_CORRUPTED naming the page, where a plain open returns the damaged
- *     bytes as data.
+ *     bytes as data; keel_copy refuses a damaged file.
  *   - keel_check reports every single-bit flip in the pages of a compact
  *     file (KEEL_TEST_SCALE multiplies the flips), with the tree and keys.
  */
@@ -303,6 +303,15 @@ static void test_verify_catches_damage(void **state)
     assert_non_null(strstr(keel_error_detail(), want));
     /* the other leaves still read */
     OK(get_one(path, KEEL_VERIFY, NULL, "key000001", NULL));
+    /* keel_copy checks every page it copies, whatever the open flags: no
+     * backup carries the damage on, plain or compact */
+    tu_path(copy_path, sizeof copy_path, "verify-copy");
+    OK(keel_open(path, &(keel_options){.flags = KEEL_NOSYNC}, &db));
+    assert_int_equal(keel_copy(db, copy_path, 0), KEEL_CORRUPTED);
+    assert_int_equal(access(copy_path, F_OK), -1);
+    assert_int_equal(keel_copy(db, copy_path, KEEL_COPY_COMPACT), KEEL_CORRUPTED);
+    assert_int_equal(access(copy_path, F_OK), -1);
+    keel_close(db);
     flip_bit(path, off, 0);
     OK(get_one(path, KEEL_VERIFY, NULL, "key001234", NULL));
 
