@@ -158,29 +158,31 @@ static inline void prefetch_probes(const uint8_t *page, unsigned lo, unsigned hi
 
 /* The first index in [lo, hi) whose key is >= key (hi if none); *exact when
  * equal.  Always inlined: page_search gets a copy for each kind of page, so
- * that the leaf-only prefetch costs the branches nothing and a dirty page
- * (built by this txn from pages checked whole: touch_path) skips the
- * per-node bounds checks a page read from the file needs. */
+ * that a dirty page (built by this txn from pages checked whole: touch_path)
+ * skips the per-node bounds checks a page read from the file needs. */
 static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page, uint32_t ps, bool leaf,
                                                              bool trusted, unsigned lo, unsigned hi,
-                                                             const uint8_t *key, size_t klen, unsigned *idx,
-                                                             bool *exact)
+                                                             const uint8_t *key, size_t klen, bool far,
+                                                             unsigned *idx, bool *exact)
 {
-    /* A leaf not in the cache: ask for the nodes of the first three probes
+    /* A page not in the cache: ask for the nodes of the first three probes
      * at once (seven nodes), then one probe ahead in the loop, so their
      * cache misses overlap instead of following one another.  Four levels
-     * up front gained nothing more (the commit that added it has the figures). */
-    if (leaf && hi - lo > 6)
+     * up front gained nothing more (the commit that added it has the figures).
+     * Branches too when they are far (bt_search): then the level above the
+     * leaves no longer stays in the nearer caches, and its probes were as
+     * much of the wait as the leaf's (perf); in a smaller tree the branches
+     * are near and the prefetches would cost more than they save. */
+    bool ahead = leaf || far;
+    if (ahead && hi - lo > 6)
         prefetch_probes(page, lo, hi, 3);
     while (lo < hi) {
         unsigned mid = lo + (hi - lo) / 2;
-        /* In a leaf, the probe after this one is one of two nodes: ask for
-         * both now, so that a leaf not in the cache costs about one memory
-         * wait per two probes, not one per probe.  Leaves only: in a big
-         * tree they are the pages not in the cache, the branches above them
-         * mostly are.  (A prefetch never faults, and the slots read here lie
-         * in the slot array bt_check_page checked.) */
-        if (leaf && hi - lo > 2) {
+        /* The probe after this one is one of two nodes: ask for both now,
+         * so that a page not in the cache costs about one memory wait per
+         * two probes, not one per probe.  (A prefetch never faults, and the
+         * slots read here lie in the slot array bt_check_page checked.) */
+        if (ahead && hi - lo > 2) {
             __builtin_prefetch(page + page_slot(page, lo + (mid - lo) / 2) + 8);
             __builtin_prefetch(page + page_slot(page, mid + 1 + (hi - mid - 1) / 2) + 8);
         }
@@ -211,20 +213,45 @@ static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page
     return 0;
 }
 
+/* The child bt_search goes to next, asked for before page_get reads its
+ * header.  In a big tree that page is not in the cache (nor in the TLB), and
+ * what its search reads first depends on what it reads before: the header,
+ * then a slot, then that slot's node.  Asking for all of a leaf (4 KiB pages:
+ * its probes land anywhere in it) and for a branch's header and slot array
+ * at once turns that chain of memory waits into about one.  A prefetch never
+ * faults; the bound only keeps the address inside the map. */
+static inline void prefetch_child(const keel_txn *txn, uint64_t pg, bool leaf)
+{
+    const keel_db *db = txn->db;
+    if (pg >= db->map_size / db->psize)
+        return;
+    const uint8_t *c = db->map + pg * db->psize;
+    unsigned bytes = leaf && db->psize == 4096 ? 4096 : 384; /* 384: a header and 184 slots */
+    for (unsigned off = 0; off < bytes; off += 256) {
+        __builtin_prefetch(c + off);
+        __builtin_prefetch(c + off + 64);
+        __builtin_prefetch(c + off + 128);
+        __builtin_prefetch(c + off + 192);
+    }
+}
+
 /* In a leaf: the first index whose key is >= key (nkeys if none); *exact when equal.
  * In a branch: the last index i >= 1 whose key is <= key, else 0. */
-static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, size_t klen,
+static int page_search(keel_txn *txn, const uint8_t *page, const uint8_t *key, size_t klen, bool far,
                        unsigned *idx, bool *exact)
 {
     uint32_t ps = txn->db->node_end;
     bool trusted = !page_in_map(txn->db, page);
     *exact = false;
     if (page_flags(page) & P_LEAF)
-        return trusted ? lower_bound(page, ps, true, true, 0, page_nkeys(page), key, klen, idx, exact)
-                       : lower_bound(page, ps, true, false, 0, page_nkeys(page), key, klen, idx, exact);
-    unsigned lo;
-    int rc = trusted ? lower_bound(page, ps, false, true, 1, page_nkeys(page), key, klen, &lo, exact)
-                     : lower_bound(page, ps, false, false, 1, page_nkeys(page), key, klen, &lo, exact);
+        return trusted ? lower_bound(page, ps, true, true, 0, page_nkeys(page), key, klen, false, idx, exact)
+                       : lower_bound(page, ps, true, false, 0, page_nkeys(page), key, klen, false, idx, exact);
+    /* far is a constant in each copy, so that near trees pay no test for it
+     * (a dirty branch was just built by this txn: near) */
+    unsigned lo, n = page_nkeys(page);
+    int rc = trusted ? lower_bound(page, ps, false, true, 1, n, key, klen, false, &lo, exact)
+             : far   ? lower_bound(page, ps, false, false, 1, n, key, klen, true, &lo, exact)
+                     : lower_bound(page, ps, false, false, 1, n, key, klen, false, &lo, exact);
     if (rc)
         return rc;
     /* lo = first branch key > key (or equal when exact) */
@@ -243,6 +270,11 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
     if (t->depth == 0 || t->depth > KEEL_MAX_DEPTH)
         return CORRUPT(t->root);
     uint64_t pg = t->root, sum = t->root_sum;
+    /* Far: branch pages beyond what a core's nearer caches hold (about 1
+     * MiB), so that a lookup's pages are mostly not in them: prefetch ahead
+     * in branches and for the child.  The count is a statistic; a wrong one
+     * only changes what is prefetched. */
+    bool far = t->branch_pages * txn->db->psize > (1u << 20);
     for (unsigned level = 0;; level++) {
         KEEL_ASSERT(level < t->depth); /* the leaf level returns: the path fits */
         const uint8_t *page;
@@ -255,7 +287,7 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
         path->pgno[level] = pg;
         path->page[level] = (uint8_t *)page;
         unsigned idx;
-        if ((rc = page_search(txn, page, key, klen, &idx, exact)))
+        if ((rc = page_search(txn, page, key, klen, far, &idx, exact)))
             return rc;
         path->idx[level] = idx;
         if (leaf) {
@@ -268,6 +300,8 @@ int bt_search(keel_txn *txn, const struct tree_desc *t, const uint8_t *key, size
         pg = branch_node_child(n);
         if (txn->verify) /* read only for KEEL_VERIFY: a get reads no more than before the sums */
             sum = branch_node_sum(n);
+        if (far)
+            prefetch_child(txn, pg, level + 2 == t->depth);
     }
 }
 

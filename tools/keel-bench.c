@@ -1065,6 +1065,16 @@ static struct result run_one(const struct engine *e, const char *path, const str
  * lmdb_first the engines take turns the other way round: the second of a
  * pair runs after the first's writeback and file removal, so rounds swap
  * who pays for that. */
+/* -w's test: a substring of the name, or with a trailing '$' the whole name
+ * ("random reads$" without the 2-thread and 2-process rows) */
+static bool name_matches(const char *name, const char *want)
+{
+    size_t n = strlen(want);
+    if (n > 0 && want[n - 1] == '$')
+        return strlen(name) == n - 1 && !memcmp(name, want, n - 1);
+    return strstr(name, want) != NULL;
+}
+
 static int run_round(const struct engine *const *engines, int ne, const char *only, const char *engine_only,
                      bool lmdb_first, struct result res[NWORK][2])
 {
@@ -1072,7 +1082,7 @@ static int run_round(const struct engine *const *engines, int ne, const char *on
     printf("%-26s %14s %14s %8s %10s %10s\n", "workload", "keel", "lmdb", "ratio", "keel RSS", "lmdb RSS");
     for (size_t w = 0; w < NWORK; w++) {
         memset(res[w], 0, sizeof res[w]);
-        if (only && !strstr(workloads[w].name, only))
+        if (only && !name_matches(workloads[w].name, only))
             continue;
         for (int i = 0; i < ne; i++) {
             int e = lmdb_first ? ne - 1 - i : i;
@@ -1173,7 +1183,7 @@ int main(int argc, char **argv)
         case 'e': engine_only = optarg; break;
         case 'r': rounds = atoi(optarg); break;
         default:
-            fprintf(stderr, "usage: keel-bench [-n N] [-d DIR] [-w WORKLOAD-SUBSTRING] [-e keel|lmdb] [-r ROUNDS]\n");
+            fprintf(stderr, "usage: keel-bench [-n N] [-d DIR] [-w WORKLOAD-SUBSTRING[$]] [-e keel|lmdb] [-r ROUNDS]\n");
             return 2;
         }
     }
