@@ -51,6 +51,26 @@ def test_verify(path):
         assert db.stat()["entries"] >= 0
 
 
+def test_verify_refuses_a_damaged_page(path):
+    """A flipped bit in a value: returned as data without verify, an error with it."""
+    assert keel.HAVE_VERIFY
+    with keel.open(path, sync="none") as db:
+        for i in range(2000):
+            db.put(b"key%05d" % i, b"value-%05d-" % i + b"x" * 40)
+    with open(path, "rb") as f:
+        image = f.read()
+    at = image.index(b"value-01234-") + 8
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(bytes([image[at] ^ 1]))
+    with keel.open(path) as db:
+        assert db.get(b"key01234") != b"value-01234-" + b"x" * 40
+    with keel.open(path, verify=True) as db:
+        with pytest.raises(keel.CorruptedError):
+            db.get(b"key01234")
+        assert db.get(b"key00001") == b"value-00001-" + b"x" * 40
+
+
 def test_write_txn_commits_on_exit_and_aborts_on_exception(db):
     with db.begin(write=True) as txn:
         assert txn.write and not txn.buffers and not txn.ended
