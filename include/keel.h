@@ -78,7 +78,7 @@ enum {
     KEEL_READERS_FULL = -30806, /* every reader slot is taken */
     KEEL_BADVALSIZE = -30807,   /* key empty or too long, or value too long */
     KEEL_READONLY = -30808,     /* a write in a read txn or a read-only db */
-    KEEL_BADTXN = -30809,       /* txn finished, failed, or used from the wrong place */
+    KEEL_BADTXN = -30809,       /* txn finished, failed, used from the wrong place, or has a live child */
     KEEL_PANIC = -30810,        /* a sync failed: the db must be closed and reopened */
     KEEL_BADARG = -30811,       /* a NULL pointer or a meaningless argument */
     KEEL_BADBUCKET = -30812,    /* a bucket handle that names no open bucket */
@@ -148,6 +148,27 @@ int keel_begin(keel_db *db, unsigned flags, keel_txn **out); /* 0 = write txn, K
 int keel_commit(keel_txn *txn); /* the txn is gone afterwards, whatever the result */
 void keel_abort(keel_txn *txn); /* NULL is ignored */
 uint64_t keel_txn_id(const keel_txn *txn); /* snapshot id (read) or id being written (write); 0 for NULL */
+
+/* A child of a write txn (a savepoint): it sees everything its parent did,
+ * and every kind of change may be made in it (buckets, TTLs, purges,
+ * cursors).  keel_commit(child) hands its changes to the parent and writes
+ * nothing; keel_abort(child), also after a failed call left the child able
+ * only to abort, leaves the parent exactly as it was when the child began:
+ * data, buckets (a handle the child made for a bucket it created answers
+ * KEEL_BADBUCKET afterwards), TTLs, counts, free space.  Children nest, up to
+ * 255 deep.  keel_txn_id(child) is the parent's id; a child reads no clock
+ * of its own (TTLs count from its outermost txn's begin).
+ *   - While a child lives, every call on its parent answers KEEL_BADTXN
+ *     (keel_error_detail() says why), keel_commit(parent) too, and ends
+ *     nothing; keel_abort(parent) aborts the child (and its children) and
+ *     then the parent; keel_close aborts them all.
+ *   - The parent's cursors stay open: once the child ends they find their
+ *     key again, as after any change.  The child's own cursors answer
+ *     KEEL_BADCURSOR once it ends.
+ *   - Nothing is written to the file early (options.max_dirty) while a
+ *     child lives: its pages, and its parent's, stay in memory until it ends.
+ * A read txn's child: KEEL_READONLY.  NULL arguments: KEEL_BADARG. */
+int keel_begin_nested(keel_txn *parent, keel_txn **child);
 
 /* ---- buckets ----------------------------------------------------------- */
 #define KEEL_MAX_BUCKET_NAME 255

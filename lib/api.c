@@ -26,10 +26,23 @@ int keel_begin(keel_db *db, unsigned flags, keel_txn **out)
     return txn_begin(db, flags, out);
 }
 
+int keel_begin_nested(keel_txn *parent, keel_txn **child)
+{
+    if (!child)
+        return KEEL_BADARG;
+    *child = NULL;
+    int rc = txn_check(parent, true); /* a read txn: KEEL_READONLY; a shell: KEEL_BADTXN */
+    if (rc)
+        return rc;
+    return txn_begin_nested(parent, child);
+}
+
 int keel_commit(keel_txn *txn)
 {
     if (!txn)
         return KEEL_BADARG;
+    if (txn->magic == TXN_PARENT) /* nothing ends: the child is still the caller's */
+        return error_live_child();
     if (txn->magic != TXN_MAGIC)
         return KEEL_BADTXN;
     int rc = txn_check(txn, false);
@@ -42,14 +55,14 @@ int keel_commit(keel_txn *txn)
 
 void keel_abort(keel_txn *txn)
 {
-    if (!txn || txn->magic != TXN_MAGIC)
+    if (!txn || (txn->magic != TXN_MAGIC && txn->magic != TXN_PARENT))
         return;
-    txn_abort(txn);
+    txn_abort(txn); /* and its children */
 }
 
 uint64_t keel_txn_id(const keel_txn *txn)
 {
-    if (!txn || txn->magic != TXN_MAGIC)
+    if (!txn || (txn->magic != TXN_MAGIC && txn->magic != TXN_PARENT))
         return 0;
     return txn->txnid;
 }

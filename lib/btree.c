@@ -726,6 +726,11 @@ static int pick_sibling(keel_txn *txn, struct bt_path *path, int level, size_t s
             cidx = i;
         }
     }
+    if (sib && txn->nest) { /* a nested txn saves its parent's page before changing it (pager.c) */
+        uint64_t same;
+        if ((rc = touch_page(txn, branch_node_child(node_ptr(parent, sidx)), &same, &sib)))
+            return rc;
+    }
     if (!sib) { /* a clean sibling: checked whole, then copied */
         if (!croom)
             return KEEL_NOTFOUND;
@@ -946,6 +951,11 @@ static int touch_path(keel_txn *txn, struct tree_desc *t, struct bt_path *path)
             for (int l = 0; l < level; l++)
                 if (path->page[l] == page)
                     return CORRUPT(path->pgno[level]);
+            /* a nested txn saves its parent's page before changing it (pager.c) */
+            uint64_t same;
+            uint8_t *buf;
+            if (txn->nest && (rc = touch_page(txn, path->pgno[level], &same, &buf)))
+                return rc;
             continue;
         }
         /* From the file, and not dirty since the search: a page allocated

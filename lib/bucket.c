@@ -336,6 +336,7 @@ static int state_add(keel_txn *txn, keel_bucket b, struct bucket_state **out)
     memset(s, 0, sizeof(*s));
     s->handle = b;
     s->state = BUCKET_ABSENT;
+    s->level = txn->nest;
     state_index_put(bk, bk->n);
     bk->last = bk->n++;
     *out = s;
@@ -369,6 +370,120 @@ static void states_clear(struct txn_buckets *bk)
 }
 
 uint32_t txn_bucket_states(const keel_txn *txn) { return txn->bk.n; }
+
+/* ---- nested txns -------------------------------------------------------- *
+ * A child takes over its parent's bucket states.  The states it adds come
+ * after the parent's (undo.states_begin); a state of a lower level is saved
+ * whole the first time the child may change it (state_own: when load_state
+ * hands it out, and before bucket_flush writes it back), with the level it
+ * had (bucket_state.level).  The chunks never move, so a save remembers
+ * the state's address, and the parent's cursors keep theirs.  Abort puts
+ * the saved states back and removes the child's own; a handle the child
+ * made for a name its parent lacks (not base_present) dies then, as at the
+ * end of an aborted txn.  Commit relabels the child's states as the
+ * parent's and hands the parent the saves its own abort needs. */
+struct state_save {
+    struct bucket_state *at;
+    struct bucket_state was;
+};
+
+static int saves_room(struct nest_undo *u, uint32_t more)
+{
+    if (u->nstates + more <= u->states_cap)
+        return 0;
+    uint32_t cap = u->states_cap ? u->states_cap * 2 : 16;
+    while (cap < u->nstates + more)
+        cap *= 2;
+    struct state_save *v = os_realloc(u->states, (size_t)cap * sizeof(*v));
+    if (!v)
+        return KEEL_NOMEM;
+    u->states = v;
+    u->states_cap = cap;
+    return 0;
+}
+
+/* A state the txn may change from here on: a lower level's is saved first. */
+static int state_own(keel_txn *txn, struct bucket_state *s)
+{
+    if (s->level >= txn->nest)
+        return 0;
+    int rc = saves_room(&txn->undo, 1);
+    if (rc)
+        return rc;
+    txn->undo.states[txn->undo.nstates++] = (struct state_save){s, *s};
+    s->level = txn->nest;
+    return 0;
+}
+
+void bucket_nest_begin(keel_txn *child, keel_txn *parent)
+{
+    states_free(&child->bk); /* states the object kept from an earlier txn */
+    child->bk = parent->bk;
+    child->undo.nstates = 0;
+    child->undo.states_begin = parent->bk.n;
+}
+
+int bucket_nest_reserve(keel_txn *parent, const keel_txn *child)
+{
+    return parent->nest ? saves_room(&parent->undo, child->undo.nstates) : 0;
+}
+
+/* The states the child added, newest first (each one's probe run holds
+ * only older entries, as in states_clear); handles of names the parent
+ * lacks die as an aborted txn's do. */
+static void states_truncate(keel_txn *txn, uint32_t keep)
+{
+    keel_db *db = txn->db;
+    struct txn_buckets *bk = &txn->bk;
+    uint32_t mask = bk->index_cap - 1;
+    pthread_mutex_lock(&db->mu);
+    for (uint32_t p = bk->n; p-- > keep;) {
+        const struct bucket_state *s = state_at(bk, p);
+        if (!s->base_present)
+            kill_slot(&db->buckets, s->handle, txn->txnid - 1);
+        uint32_t i = handle_hash(s->handle) & mask;
+        while (bk->index[i] != p + 1)
+            i = (i + 1) & mask;
+        bk->index[i] = 0;
+    }
+    pthread_mutex_unlock(&db->mu);
+    bk->n = keep;
+    bk->last = 0;
+}
+
+/* After a commit: the parent's cursors follow the buckets the child
+ * dropped or created again (cursors_attach did that for the child's own). */
+static void cursors_follow(keel_txn *txn)
+{
+    for (keel_cursor *c = txn->cursors; c; c = c->next) {
+        struct bucket_state *s;
+        if (c->bucket != KEEL_DEFAULT_BUCKET && (s = state_find(txn, c->bucket)))
+            c->tree = s->state == BUCKET_PRESENT ? &s->desc : NULL;
+    }
+}
+
+void bucket_nest_end(keel_txn *parent, keel_txn *child, bool commit)
+{
+    struct nest_undo *u = &child->undo;
+    parent->bk = child->bk;
+    memset(&child->bk, 0, sizeof(child->bk));
+    if (!commit) {
+        for (uint32_t i = u->nstates; i-- > 0;)
+            *u->states[i].at = u->states[i].was;
+        if (parent->bk.n > u->states_begin)
+            states_truncate(parent, u->states_begin);
+    } else {
+        for (uint32_t p = u->states_begin; p < parent->bk.n; p++)
+            state_at(&parent->bk, p)->level = parent->nest;
+        for (uint32_t i = 0; i < u->nstates; i++) {
+            u->states[i].at->level = parent->nest;
+            if (u->states[i].was.level < parent->nest) /* its abort needs it: room reserved */
+                parent->undo.states[parent->undo.nstates++] = u->states[i];
+        }
+        cursors_follow(parent);
+    }
+    u->nstates = 0;
+}
 
 /* ---- descriptors -------------------------------------------------------- */
 
@@ -419,7 +534,7 @@ static int load_state(keel_txn *txn, keel_bucket b, struct bucket_state **out)
     struct bucket_state *s = state_find(txn, b);
     if (s) {
         *out = s;
-        return 0;
+        return state_own(txn, s);
     }
     char name[KEEL_MAX_BUCKET_NAME + 1];
     struct tree_desc d;
@@ -455,8 +570,10 @@ int bucket_tree(keel_txn *txn, keel_bucket b, struct tree_desc **out)
 void bucket_mark_dirty(keel_txn *txn, keel_bucket b)
 {
     struct bucket_state *s;
-    if (b != KEEL_DEFAULT_BUCKET && (s = state_find(txn, b)))
+    if (b != KEEL_DEFAULT_BUCKET && (s = state_find(txn, b))) {
+        KEEL_ASSERT(s->level == txn->nest); /* the write found its tree through load_state, which owns it */
         s->dirty = true;
+    }
 }
 
 /* For a walk below the API (freelist.c's relocation): fn on the tree of
@@ -595,7 +712,9 @@ int bucket_flush(keel_txn *txn)
         if (!s->dirty)
             continue;
         char name[KEEL_MAX_BUCKET_NAME + 1];
-        int rc = handle_name(txn, s->handle, name);
+        int rc = state_own(txn, s);
+        if (!rc)
+            rc = handle_name(txn, s->handle, name);
         keel_val k = {name, strlen(name)};
         if (rc)
             return rc;

@@ -20,7 +20,9 @@ const char *keel_strerror(int err)
     case KEEL_READERS_FULL: return "KEEL_READERS_FULL: every reader slot is in use";
     case KEEL_BADVALSIZE: return "KEEL_BADVALSIZE: key empty or too long, or value too long";
     case KEEL_READONLY: return "KEEL_READONLY: write attempted in a read-only transaction or database";
-    case KEEL_BADTXN: return "KEEL_BADTXN: the transaction has ended or failed and can only be aborted";
+    case KEEL_BADTXN:
+        return "KEEL_BADTXN: the transaction has ended, or failed and can only be aborted, or has a live child "
+               "transaction";
     case KEEL_PANIC: return "KEEL_PANIC: a write to disk failed; close and reopen the database";
     case KEEL_BADARG: return "KEEL_BADARG: a required argument is NULL or meaningless";
     case KEEL_BADBUCKET: return "KEEL_BADBUCKET: the bucket handle names no bucket in this transaction";
@@ -60,6 +62,12 @@ void error_detail_set(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(error_detail, sizeof error_detail, fmt, ap);
     va_end(ap);
+}
+
+int error_live_child(void)
+{
+    error_detail_set("the txn has a live child (keel_begin_nested): end the child first");
+    return KEEL_BADTXN;
 }
 
 /* The file name without the build's directories: the detail names a source

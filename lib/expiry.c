@@ -243,6 +243,76 @@ static struct xent *sort_log(struct xent *v, struct xent *tmp, size_t n, const u
     return tmp;
 }
 
+/* ---- nested txns ----
+ * A child takes over its parent's log and appends to it, so the log's
+ * length is its undo, until the child applies the log (expiry_flush: a
+ * purge, a long log): then the parent's part is saved first, whole. */
+void expiry_nest_begin(keel_txn *child, keel_txn *parent)
+{
+    struct nest_undo *u = &child->undo;
+    child->xlog = parent->xlog;
+    u->xlog_saved = false;
+    u->xlog_n = parent->xlog.n;
+    u->xlog_used = parent->xlog.used;
+}
+
+static int save_for_child(keel_txn *txn)
+{
+    struct nest_undo *u = &txn->undo;
+    struct expiry_log *l = &txn->xlog, *s = &u->xlog;
+    if (!txn->nest || u->xlog_saved)
+        return 0;
+    if (u->xlog_n > s->cap) {
+        struct xent *v = os_realloc(s->v, u->xlog_n * sizeof(*v));
+        if (!v)
+            return KEEL_NOMEM;
+        s->v = v;
+        s->cap = u->xlog_n;
+    }
+    if (u->xlog_used > s->keycap) {
+        uint8_t *k = os_realloc(s->keys, u->xlog_used);
+        if (!k)
+            return KEEL_NOMEM;
+        s->keys = k;
+        s->keycap = u->xlog_used;
+    }
+    if (u->xlog_n) {
+        memcpy(s->v, l->v, u->xlog_n * sizeof(*s->v));
+        memcpy(s->keys, l->keys, u->xlog_used);
+    }
+    s->n = u->xlog_n;
+    s->used = u->xlog_used;
+    u->xlog_saved = true;
+    return 0;
+}
+
+void expiry_nest_end(keel_txn *parent, keel_txn *child, bool commit)
+{
+    struct nest_undo *u = &child->undo, *pu = &parent->undo;
+    struct expiry_log *l = &child->xlog;
+    if (commit) {
+        parent->xlog = *l;
+        /* the parent had not applied the log: what the child saved begins with the parent's part */
+        if (parent->nest && u->xlog_saved && !pu->xlog_saved) {
+            struct expiry_log keep = pu->xlog;
+            pu->xlog = u->xlog;
+            pu->xlog.n = pu->xlog_n;
+            pu->xlog.used = pu->xlog_used;
+            u->xlog = keep;
+            pu->xlog_saved = true;
+        }
+    } else if (u->xlog_saved) { /* the saved copy is the parent's; the child's arrays stay for later */
+        parent->xlog = u->xlog;
+        u->xlog = *l;
+    } else {
+        parent->xlog = *l;
+        parent->xlog.n = u->xlog_n;
+        parent->xlog.used = u->xlog_used;
+    }
+    u->xlog_saved = false;
+    memset(l, 0, sizeof(*l));
+}
+
 int expiry_flush(keel_txn *txn)
 {
     struct expiry_log *l = &txn->xlog;
@@ -250,7 +320,9 @@ int expiry_flush(keel_txn *txn)
         return 0;
     struct xent *tmp = NULL;
     uint8_t *buf = NULL;
-    int rc = 0;
+    int rc = save_for_child(txn); /* the log is sorted in place */
+    if (rc)
+        return rc;
     if (l->n > EXPIRY_SORT_RUN && !(tmp = os_malloc(l->n * sizeof(*tmp)))) {
         rc = KEEL_NOMEM;
         goto out;

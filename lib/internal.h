@@ -51,6 +51,7 @@ int sort_u64(uint64_t *v, size_t n); /* ascending; KEEL_NOMEM */
 struct dirty { /* a page (or overflow run) written by this txn, not yet on disk */
     uint64_t pgno; /* 0 = empty slot */
     uint32_t npages;
+    uint8_t level; /* the nesting level that made it or last saved it (pager.c, "nested txns") */
     uint8_t *buf;  /* NULL: spilled (written to the file early) */
     uint64_t sum;  /* spilled, summed file: the sum it was sealed with */
 };
@@ -287,7 +288,9 @@ struct expiry_log { /* a write txn's expiry-tree changes, applied sorted (expiry
 
 /* ---- transactions ------------------------------------------------------- */
 #define TXN_MAGIC 0x4B54584Eu  /* live */
+#define TXN_PARENT 0x4B54584Fu /* live, with a live child (keel_begin_nested): use gives KEEL_BADTXN */
 #define TXN_DEAD 0xDEADD00Du   /* finished: use gives KEEL_BADTXN */
+#define TXN_NEST_MAX 255       /* levels of children below a write txn (struct dirty.level is 8 bits) */
 
 enum { BUCKET_ABSENT = 1, BUCKET_PRESENT };
 #define STATE_CHUNKS_MAX 24 /* bucket.c: chunk k holds 8 << k states, so 2^27 in all */
@@ -296,6 +299,7 @@ struct bucket_state {
     uint8_t state;
     bool dirty;        /* desc changed: write back to the catalog at commit */
     bool base_present; /* the bucket existed when the txn first looked */
+    uint8_t level;     /* the nesting level that made it or last saved it (bucket.c, "nested txns") */
     struct tree_desc desc;
 };
 struct txn_buckets { /* the buckets a txn touched (bucket.c) */
@@ -305,6 +309,26 @@ struct txn_buckets { /* the buckets a txn touched (bucket.c) */
     uint32_t *index; /* open addressing on the handle: position in v + 1, 0 = empty */
     uint32_t index_cap;
     uint32_t last; /* position of the last state found */
+};
+
+/* A child's undo record (keel_begin_nested): how to give the parent back
+ * its working state as it was when the child began.  txn.c drives it; each
+ * layer keeps its own part, in the child's txn object (design.md, "Nested
+ * transactions").  The arrays stay with the object for its next use. */
+struct page_save;  /* pager.c */
+struct state_save; /* bucket.c */
+struct nest_undo {
+    struct page_save *pages; /* pager.c: pages the child made, and those of lower levels as they were */
+    size_t npages, pages_cap;
+    struct state_save *states; /* bucket.c: bucket states of lower levels as they were */
+    uint32_t nstates, states_cap;
+    uint32_t states_begin;     /* ... the txn's states when the child began: later ones are the child's */
+    struct pgvec reusable;     /* space.c: the reusable list as it was, saved when the child first changes it */
+    bool reusable_saved;
+    size_t freed_begin;        /* ... freed_by_txn's length (a child only appends to it) */
+    struct expiry_log xlog;    /* expiry.c: the log as it was, saved when the child first applies it */
+    bool xlog_saved;
+    size_t xlog_n, xlog_used;  /* ... its length (a child appends to it) */
 };
 
 struct keel_txn {
@@ -336,6 +360,12 @@ struct keel_txn {
     uint8_t *scratch;  /* btree.c's buffer for rebuilding pages (two pages long) */
     int scratch_depth; /* btree.c: takes of it not given back yet */
     struct expiry_log xlog; /* expiry-tree changes not applied yet (expiry.c) */
+
+    /* nested write txns (txn.c): a child works in its parent's state
+     * (dirty, space, bk, xlog, a copy of meta) and undoes it through undo */
+    keel_txn *parent, *child; /* child: the parent is a shell (TXN_PARENT) while it lives */
+    uint8_t nest;             /* 0 for a txn of keel_begin, parent->nest + 1 for a child */
+    struct nest_undo undo;    /* a child's: what it changed of its parent's state */
 };
 
 struct keel_cursor {
@@ -465,8 +495,16 @@ int pager_extend(keel_txn *txn, uint32_t n, uint64_t *pgno); /* n pages at the e
 /* reused: from the free list, so checked against the dirty table (a damaged
  * free tree can list a page twice) */
 int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, bool reused, uint8_t **buf);
-bool pager_drop_dirty(keel_txn *txn, uint64_t pgno); /* false if the txn holds no page there */
+/* *dropped false if the txn holds no page there; KEEL_NOMEM only in a nested txn (the page's save) */
+int pager_drop_dirty(keel_txn *txn, uint64_t pgno, bool *dropped);
 int pager_own_buf(keel_txn *txn, uint64_t pgno, uint8_t **buf); /* *buf NULL if not the txn's */
+/* Nested txns (pager.c, "nested txns"): a child takes over its parent's
+ * dirty table and gives it back, its pages relabelled as the parent's
+ * (commit) or undone (abort).  reserve: room in the parent's journal for
+ * what a commit hands it, so that the end itself cannot fail. */
+void pager_nest_begin(keel_txn *child, keel_txn *parent);
+int pager_nest_reserve(keel_txn *parent, const keel_txn *child);
+void pager_nest_end(keel_txn *parent, keel_txn *child, bool commit);
 
 /* ---- space.c: the allocator and the txn's free-space state --------------- */
 void space_txn_begin(struct space *s);
@@ -477,6 +515,9 @@ void space_edit_free_tree(struct space *s, bool on);
 void space_merge_reusable(struct space *s, size_t start); /* a record appended at start: into order */
 int space_sort_reusable(struct space *s); /* the whole list, ending the full-load window */
 bool space_reusable_in_order(const struct space *s); /* O(n): for tests */
+/* Nested txns: the child takes over the free-space state and gives it back */
+void space_nest_begin(keel_txn *child, keel_txn *parent);
+void space_nest_end(keel_txn *parent, keel_txn *child, bool commit);
 
 /* ---- freelist.c: the free tree ------------------------------------------ */
 int freelist_reclaim(keel_txn *txn);  /* one reclaimable record into space.reusable; KEEL_NOTFOUND if none */
@@ -602,6 +643,11 @@ struct bucket_counts { /* for tests */
 };
 void bucket_table_counts(keel_db *db, struct bucket_counts *out);
 uint32_t txn_bucket_states(const keel_txn *txn);
+/* Nested txns: the child takes over the bucket states and gives them back
+ * (an abort kills the handles it made for names its parent lacks) */
+void bucket_nest_begin(keel_txn *child, keel_txn *parent);
+int bucket_nest_reserve(keel_txn *parent, const keel_txn *child);
+void bucket_nest_end(keel_txn *parent, keel_txn *child, bool commit);
 
 /* ---- expiry.c: the expiry index ------------------------------------------ */
 /* A txn reads the clock once, at begin (txn->now): an entry whose expiry is
@@ -616,6 +662,9 @@ int expiry_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...)
  * log (the txn ends). */
 int expiry_flush(keel_txn *txn);
 void expiry_log_free(keel_txn *txn);
+/* Nested txns: the child takes over the log and gives it back */
+void expiry_nest_begin(keel_txn *child, keel_txn *parent);
+void expiry_nest_end(keel_txn *parent, keel_txn *child, bool commit);
 /* The entries whose time has come, oldest first (kv_purge):
  * begin; while next_due gives one (KEEL_NOTFOUND: none left), remove it
  * from its bucket, then remove_due; end. */
@@ -655,13 +704,17 @@ void txn_abort(keel_txn *txn);
 /* A read txn and its snapshot's free tail (meta_snapshot_tail), begun again
  * while commits overwrite its meta page; the caller frees *tail. */
 int txn_begin_with_tail(keel_db *db, keel_txn **out, uint8_t **tail);
+/* A child of a write txn (keel_begin_nested; the caller checked parent) */
+int txn_begin_nested(keel_txn *parent, keel_txn **out);
+/* KEEL_BADTXN, with keel_error_detail() saying the txn has a live child (error.c) */
+int error_live_child(void) __attribute__((cold));
 /* Is the txn usable?  Inline: every API call and every cursor step asks. */
 static inline int txn_check(const keel_txn *txn, bool write)
 {
     if (!txn)
         return KEEL_BADARG;
     if (txn->magic != TXN_MAGIC)
-        return KEEL_BADTXN;
+        return txn->magic == TXN_PARENT ? error_live_child() : KEEL_BADTXN;
     if (txn->db->panic)
         return KEEL_PANIC;
     if (txn->fork_gen != os_fork_generation())

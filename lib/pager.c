@@ -108,7 +108,7 @@ static struct dirty *dirty_find(struct dirty_table *t, uint64_t pgno)
     }
 }
 
-static int dirty_insert(struct dirty_table *t, uint64_t pgno, uint32_t npages, uint8_t *buf)
+static int dirty_insert(struct dirty_table *t, struct dirty e)
 {
     if ((t->count + 1) * 4 > t->cap * 3) {
         size_t cap = t->cap ? t->cap * 2 : DIRTY_TABLE_MIN_SLOTS;
@@ -127,10 +127,10 @@ static int dirty_insert(struct dirty_table *t, uint64_t pgno, uint32_t npages, u
         t->slots = s;
         t->cap = cap;
     }
-    size_t i = hash_pgno(pgno, t->cap);
+    size_t i = hash_pgno(e.pgno, t->cap);
     while (t->slots[i].pgno)
         i = (i + 1) & (t->cap - 1);
-    t->slots[i] = (struct dirty){pgno, npages, buf, 0};
+    t->slots[i] = e;
     t->count++;
     return 0;
 }
@@ -193,6 +193,143 @@ void pager_free_pagebufs(keel_db *db)
         os_free(db->pagebufs[--db->npagebufs]);
     os_free(db->pagebufs);
     db->pagebufs = NULL;
+}
+
+/* ---- nested txns: the child's page journal ----
+ * A child (txn->nest > 0, keel_begin_nested) works in its parent's dirty
+ * table.  Each entry carries the level that made it or last saved it
+ * (struct dirty.level).  The first time a child is about to change a page
+ * of a lower level (pager_own_buf, from page_touch, which btree.c calls
+ * for every dirty page it changes while nested) or frees one
+ * (pager_drop_dirty), the journal keeps the page as it was: a copy of its
+ * bytes, or its own buffer when it leaves the table, or "spilled, with
+ * this sum".  Pages the child makes are listed too (level -1).
+ *
+ * Abort first drops the pages the child made, then puts the saved ones
+ * back: the table never holds more entries than it held when the child
+ * began, so it never grows, and the end cannot fail.  Commit relabels the
+ * child's pages as its parent's and hands the parent the entries its own
+ * abort needs (made pages, and saves of levels below the parent), freeing
+ * the rest: work in proportion to what the child changed.  Nothing spills
+ * while a child lives (pager_spill_due): a spill would write over the file
+ * bytes of a lower level's spilled page, which its "spilled" save counts
+ * on. */
+struct page_save {
+    uint64_t pgno, sum;
+    uint8_t *buf; /* the bytes as they were (the journal's own); NULL: spilled then, or made */
+    uint32_t npages;
+    int level; /* the level the page had; -1: the child made it */
+};
+
+static int journal_room(struct nest_undo *u, size_t more)
+{
+    if (u->npages + more <= u->pages_cap)
+        return 0;
+    size_t cap = u->pages_cap ? u->pages_cap * 2 : 64;
+    while (cap < u->npages + more)
+        cap *= 2;
+    struct page_save *v = os_realloc(u->pages, cap * sizeof(*v));
+    if (!v)
+        return KEEL_NOMEM;
+    u->pages = v;
+    u->pages_cap = cap;
+    return 0;
+}
+
+/* d as it is, with buf: a copy of its bytes, or its own buffer when it
+ * leaves the table; level -1 for a page the child made */
+static int journal_push(keel_txn *txn, const struct dirty *d, uint8_t *buf, int level)
+{
+    int rc = journal_room(&txn->undo, 1);
+    if (rc)
+        return rc;
+    txn->undo.pages[txn->undo.npages++] = (struct page_save){d->pgno, d->sum, buf, d->npages, level};
+    return 0;
+}
+
+/* A lower level's page about to change: kept as it is, then it is this level's */
+static int journal_save(keel_txn *txn, struct dirty *d)
+{
+    uint8_t *copy = NULL;
+    size_t bytes = (size_t)d->npages * txn->db->psize;
+    if (d->buf) {
+        if (!(copy = pagebuf_get(txn->db, d->npages)))
+            return KEEL_NOMEM;
+        memcpy(copy, d->buf, bytes);
+    }
+    int rc = journal_push(txn, d, copy, d->level);
+    if (rc) {
+        pagebuf_put(txn->db, copy, d->npages);
+        return rc;
+    }
+    d->level = txn->nest;
+    return 0;
+}
+
+void pager_nest_begin(keel_txn *child, keel_txn *parent)
+{
+    pager_txn_free(child); /* a table the object kept from an earlier txn */
+    child->dirty = parent->dirty;
+    child->dirty_bytes = parent->dirty_bytes;
+    child->undo.npages = 0;
+}
+
+int pager_nest_reserve(keel_txn *parent, const keel_txn *child)
+{
+    return parent->nest ? journal_room(&parent->undo, child->undo.npages) : 0;
+}
+
+/* Abort: the child's pages out, then the saved ones back as they were. */
+static void journal_undo(keel_txn *parent, keel_txn *child)
+{
+    struct nest_undo *u = &child->undo;
+    struct dirty_table *t = &parent->dirty;
+    for (size_t i = 0; i < u->npages; i++) {
+        struct dirty *d = dirty_find(t, u->pages[i].pgno);
+        if (u->pages[i].level < 0 && d && d->level == child->nest) {
+            pagebuf_put(parent->db, d->buf, d->npages);
+            dirty_remove(t, d);
+        }
+    }
+    for (size_t i = u->npages; i-- > 0;) {
+        const struct page_save *e = &u->pages[i];
+        if (e->level < 0)
+            continue;
+        struct dirty was = {e->pgno, e->npages, (uint8_t)e->level, e->buf, e->sum};
+        struct dirty *d = dirty_find(t, e->pgno);
+        if (d) {
+            pagebuf_put(parent->db, d->buf, d->npages);
+            *d = was;
+        } else {
+            int rc = dirty_insert(t, was); /* never grows: see above */
+            KEEL_ASSERT(rc == 0);
+            (void)rc;
+        }
+    }
+}
+
+void pager_nest_end(keel_txn *parent, keel_txn *child, bool commit)
+{
+    struct nest_undo *u = &child->undo;
+    parent->dirty = child->dirty;
+    memset(&child->dirty, 0, sizeof(child->dirty));
+    if (!commit) { /* the parent's dirty_bytes is still what it was */
+        journal_undo(parent, child);
+        u->npages = 0;
+        return;
+    }
+    parent->dirty_bytes = child->dirty_bytes;
+    for (size_t i = 0; i < u->npages; i++) {
+        struct page_save *e = &u->pages[i];
+        struct dirty *d = dirty_find(&parent->dirty, e->pgno);
+        if (d && d->level == child->nest)
+            d->level = parent->nest;
+        if (parent->nest && e->level < (int)parent->nest) /* its abort needs it: room reserved */
+            parent->undo.pages[parent->undo.npages++] = *e;
+        else
+            pagebuf_put(parent->db, e->buf, e->npages);
+    }
+    u->npages = 0;
 }
 
 /* ---- page access ---- */
@@ -277,7 +414,9 @@ int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, boo
         return KEEL_NOMEM;
     memset(b, 0, zero ? bytes : PAGE_HDR);
     wr64(b + PH_PGNO, pgno);
-    int rc = dirty_insert(&txn->dirty, pgno, npages, b);
+    int rc = dirty_insert(&txn->dirty, (struct dirty){pgno, npages, txn->nest, b, 0});
+    if (!rc && txn->nest && (rc = journal_push(txn, &(struct dirty){pgno, npages, 0, NULL, 0}, NULL, -1)))
+        dirty_remove(&txn->dirty, dirty_find(&txn->dirty, pgno));
     if (rc) {
         pagebuf_put(db, b, npages);
         return rc;
@@ -287,18 +426,27 @@ int pager_new_page(keel_txn *txn, uint64_t pgno, uint32_t npages, bool zero, boo
     return 0;
 }
 
-/* Drops this txn's dirty page (or run) at pgno, buffer and all: false if
- * the txn holds none there. */
-bool pager_drop_dirty(keel_txn *txn, uint64_t pgno)
+/* Drops this txn's dirty page (or run) at pgno, buffer and all; a nested
+ * txn's journal keeps the buffer of a page of a lower level. */
+int pager_drop_dirty(keel_txn *txn, uint64_t pgno, bool *dropped)
 {
     struct dirty *d = dirty_find(&txn->dirty, pgno);
+    *dropped = d != NULL;
     if (!d)
-        return false;
+        return 0;
+    if (d->level < txn->nest) {
+        int rc = journal_push(txn, d, d->buf, d->level);
+        if (rc) {
+            *dropped = false;
+            return rc;
+        }
+    } else {
+        pagebuf_put(txn->db, d->buf, d->npages);
+    }
     if (d->buf)
         txn->dirty_bytes -= (size_t)d->npages * txn->db->psize;
-    pagebuf_put(txn->db, d->buf, d->npages);
     dirty_remove(&txn->dirty, d);
-    return true;
+    return 0;
 }
 
 /* This txn's writable buffer for pgno, a spilled page read back into
@@ -307,6 +455,9 @@ int pager_own_buf(keel_txn *txn, uint64_t pgno, uint8_t **buf)
 {
     struct dirty *de = dirty_find(&txn->dirty, pgno);
     *buf = NULL;
+    int rc;
+    if (de && de->level < txn->nest && (rc = journal_save(txn, de))) /* a lower level's page: kept as it is */
+        return rc;
     if (de && !de->buf) { /* spilled: ours already, back into memory at the same number */
         const uint8_t *p;
         if (de->npages != 1 || pgno >= page_map_limit(txn))
@@ -332,7 +483,7 @@ void pager_txn_release(keel_txn *txn)
     for (size_t i = 0; i < t->cap; i++)
         if (t->slots[i].pgno) {
             pagebuf_put(txn->db, t->slots[i].buf, t->slots[i].npages);
-            t->slots[i] = (struct dirty){0, 0, NULL, 0};
+            t->slots[i] = (struct dirty){0, 0, 0, NULL, 0};
         }
     t->count = 0;
     if (t->cap > DIRTY_TABLE_KEEP_SLOTS)
@@ -614,7 +765,9 @@ static int write_dirty(keel_txn *txn, bool spill, struct commit_list *cl)
     return rc;
 }
 
-bool pager_spill_due(const keel_txn *txn) { return txn->dirty_bytes > txn->db->max_dirty; }
+/* Never in a nested txn: a spill would write over the file bytes of pages
+ * a lower level spilled, which its journal counts on ("nested txns"). */
+bool pager_spill_due(const keel_txn *txn) { return txn->dirty_bytes > txn->db->max_dirty && !txn->nest; }
 
 int pager_each_dirty(keel_txn *txn, int (*fn)(keel_txn *txn, struct dirty *d, void *ctx), void *ctx)
 {

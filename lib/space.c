@@ -82,6 +82,70 @@ void space_edit_free_tree(struct space *s, bool on)
     s->editing_free_tree = on;
 }
 
+/* ---- nested txns ----
+ * A child takes over its parent's free-space state.  Of the three lists,
+ * meta_pending changes only at begin and commit (never in a child),
+ * freed_by_txn only grows in a child (its length is its undo), and the
+ * reusable list is reordered as well as appended to: it is saved whole,
+ * but only when the child first changes it (alloc_pages, page_free), so a
+ * child that allocates nothing costs nothing here. */
+void space_nest_begin(keel_txn *child, keel_txn *parent)
+{
+    const struct space *s = &parent->space;
+    KEEL_ASSERT(!s->recording && !s->editing_free_tree && !s->full_load); /* a commit's windows */
+    child->space = *s;
+    child->undo.reusable_saved = false;
+    child->undo.freed_begin = s->freed_by_txn.n;
+}
+
+static int save_for_child(keel_txn *txn)
+{
+    struct nest_undo *u = &txn->undo;
+    if (!txn->nest || u->reusable_saved)
+        return 0;
+    const struct pgvec *r = &txn->space.reusable;
+    if (r->n > u->reusable.cap) {
+        uint64_t *v = os_realloc(u->reusable.v, r->n * sizeof(uint64_t));
+        if (!v)
+            return KEEL_NOMEM;
+        u->reusable.v = v;
+        u->reusable.cap = r->n;
+    }
+    if (r->n)
+        memcpy(u->reusable.v, r->v, r->n * sizeof(uint64_t));
+    u->reusable.n = r->n;
+    u->reusable_saved = true;
+    return 0;
+}
+
+void space_nest_end(keel_txn *parent, keel_txn *child, bool commit)
+{
+    struct nest_undo *u = &child->undo, *pu = &parent->undo;
+    struct space *s = &child->space, *ps = &parent->space;
+    if (commit) {
+        *ps = *s;
+        /* the parent had not changed its list yet: what the child saved is the parent's list as it was */
+        if (parent->nest && u->reusable_saved && !pu->reusable_saved) {
+            struct pgvec keep = pu->reusable;
+            pu->reusable = u->reusable;
+            u->reusable = keep;
+            pu->reusable_saved = true;
+        }
+    } else {
+        /* the lists as they were; the flags are the parent's own, unchanged */
+        ps->freed_by_txn = s->freed_by_txn;
+        ps->freed_by_txn.n = u->freed_begin;
+        ps->meta_pending = s->meta_pending;
+        ps->reusable = s->reusable;
+        if (u->reusable_saved) { /* the saved copy is the parent's; the child's array stays for later */
+            ps->reusable = u->reusable;
+            u->reusable = s->reusable;
+        }
+    }
+    u->reusable_saved = false;
+    memset(s, 0, sizeof(*s));
+}
+
 /* ---- the reusable list ---- */
 
 static int cmp_desc(const void *a, const void *b)
@@ -238,6 +302,9 @@ static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t *
     struct space *s = &txn->space;
     uint64_t pg = 0;
     bool found = false;
+    int rc = save_for_child(txn);
+    if (rc)
+        return rc;
     if (below) {
         KEEL_ASSERT(!s->recording && !s->full_load);
         size_t i = find_run(&s->reusable, npages);
@@ -247,21 +314,16 @@ static int alloc_pages(keel_txn *txn, uint32_t npages, uint64_t *pgno, uint8_t *
         remove_run(&s->reusable, i, npages);
         found = true;
     } else if (!s->recording) {
-        int rc = take_or_reclaim(txn, npages, &pg, &found);
-        if (rc)
+        if ((rc = take_or_reclaim(txn, npages, &pg, &found)))
             return rc;
     } else if (npages == 1) {
         /* recording the free list: the lowest reusable page (freelist_record
          * rewrites the list's records after) */
         found = take(s, 1, &pg);
     }
-    if (!found) {
-        int rc = pager_extend(txn, npages, &pg);
-        if (rc)
-            return rc;
-    }
-    int rc = pager_new_page(txn, pg, npages, zero, found, buf);
-    if (rc)
+    if (!found && (rc = pager_extend(txn, npages, &pg)))
+        return rc;
+    if ((rc = pager_new_page(txn, pg, npages, zero, found, buf)))
         return rc;
     *pgno = pg;
     return 0;
@@ -284,16 +346,18 @@ int page_alloc_below(keel_txn *txn, uint32_t npages, uint64_t below, uint64_t *p
 int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
 {
     struct space *s = &txn->space;
+    bool own;
+    int rc = save_for_child(txn);
+    if (rc || (rc = pager_drop_dirty(txn, pgno, &own)))
+        return rc;
     /* written only by this txn: nobody else can see it, reusable at once;
      * but not while recording, where the list only shrinks (it joins
      * freed_by_txn, reusable one commit later) */
-    if (pager_drop_dirty(txn, pgno) && !s->recording) {
+    if (own && !s->recording) {
         struct pgvec *p = &s->reusable;
-        for (uint32_t i = 0; i < npages; i++) {
-            int rc = pgvec_push(p, pgno + i);
-            if (rc)
+        for (uint32_t i = 0; i < npages; i++)
+            if ((rc = pgvec_push(p, pgno + i)))
                 return rc;
-        }
         /* into its place: the list stays descending */
         for (size_t i = p->n - npages; i < p->n; i++) {
             uint64_t v = p->v[i];
@@ -308,8 +372,7 @@ int page_free(keel_txn *txn, uint64_t pgno, uint32_t npages)
         return 0;
     }
     for (uint32_t i = 0; i < npages; i++) {
-        int rc = pgvec_push(&s->freed_by_txn, pgno + i);
-        if (rc)
+        if ((rc = pgvec_push(&s->freed_by_txn, pgno + i)))
             return rc;
     }
     return 0;

@@ -15,6 +15,12 @@
  *     lock go and waits for its commit to be durable (group_wait).
  *   - Txn objects are recycled through the db, so a finished txn is
  *     recognisable (KEEL_BADTXN) until its memory is reused.
+ *   - A child of a write txn (txn_begin_nested) takes over its parent's
+ *     working state; the parent is a shell (TXN_PARENT: every use answers
+ *     KEEL_BADTXN) until the child ends.  Its commit hands the state back
+ *     with its changes, its abort as it was (each layer's undo record, in
+ *     struct nest_undo); neither writes anything.  Aborting a txn aborts
+ *     its children first, the deepest first.
  */
 #include <string.h>
 #include <time.h>
@@ -226,6 +232,8 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     txn->changes = 1;
     txn->fork_gen = db->fork_gen;
     txn->cursors = NULL;
+    txn->parent = txn->child = NULL;
+    txn->nest = 0;
     space_txn_begin(&txn->space);
     txn->pin = NULL;
     txn->now = txn_clock_ms(db);
@@ -279,7 +287,90 @@ static void txn_end(keel_txn *txn, bool committed)
     txn_put(txn);
 }
 
-void txn_abort(keel_txn *txn) { txn_end(txn, false); }
+/* ---- nested txns ---- */
+
+int txn_begin_nested(keel_txn *parent, keel_txn **out)
+{
+    keel_db *db = parent->db;
+    if (parent->nest == TXN_NEST_MAX) {
+        error_detail_set("write txns nest %d levels deep at most", TXN_NEST_MAX);
+        return KEEL_BADTXN;
+    }
+    keel_txn *c = txn_get(db);
+    if (!c)
+        return KEEL_NOMEM;
+    c->db = db;
+    c->rdonly = false;
+    c->verify = parent->verify;
+    c->error = 0;
+    c->slot = -1;
+    c->pin = NULL;
+    c->fork_gen = parent->fork_gen;
+    c->now = parent->now; /* one clock for the whole write txn: what is expired stays so */
+    c->txnid = parent->txnid;
+    c->meta = parent->meta;
+    c->snap_npages = parent->snap_npages;
+    c->oldest = parent->oldest;
+    c->changes = parent->changes + 1;
+    c->cursors = NULL;
+    c->scratch_depth = 0; /* its own scratch buffer: btree.c gives it back between operations */
+    c->parent = parent;
+    c->child = NULL;
+    c->nest = parent->nest + 1;
+    pager_nest_begin(c, parent);
+    space_nest_begin(c, parent);
+    bucket_nest_begin(c, parent);
+    expiry_nest_begin(c, parent);
+    atomic_store_explicit(&c->live_snapshot, c->txnid - 1, memory_order_relaxed);
+    c->magic = TXN_MAGIC;
+    parent->child = c;
+    parent->magic = TXN_PARENT;
+    *out = c;
+    return 0;
+}
+
+/* The child's state back to its parent, changed (commit) or as it was;
+ * cannot fail (a commit reserved what it needs first). */
+static void nest_end(keel_txn *c, bool commit)
+{
+    keel_txn *p = c->parent;
+    KEEL_ASSERT(p && p->child == c && !c->child);
+    pager_nest_end(p, c, commit);
+    space_nest_end(p, c, commit);
+    bucket_nest_end(p, c, commit);
+    expiry_nest_end(p, c, commit);
+    if (commit)
+        p->meta = c->meta;
+    p->changes = c->changes + 1; /* the parent's cursors look again */
+    p->child = NULL;
+    p->magic = TXN_MAGIC;
+    c->parent = NULL;
+    c->nest = 0;
+    txn_put(c); /* its cursors are detached: KEEL_BADCURSOR */
+}
+
+static int nest_commit(keel_txn *c)
+{
+    int rc = pager_nest_reserve(c->parent, c);
+    if (!rc)
+        rc = bucket_nest_reserve(c->parent, c);
+    nest_end(c, rc == 0);
+    return rc;
+}
+
+void txn_abort(keel_txn *txn)
+{
+    while (txn->child) { /* its children first, the deepest first */
+        keel_txn *d = txn->child;
+        while (d->child)
+            d = d->child;
+        nest_end(d, false);
+    }
+    if (txn->parent)
+        nest_end(txn, false);
+    else
+        txn_end(txn, false);
+}
 
 /* After bucket_flush: bucket changes are catalog pages by then, so a
  * bucket created and dropped again in the txn counts for nothing, as it
@@ -288,6 +379,8 @@ static bool has_changes(const keel_txn *txn) { return txn->dirty.count || txn->s
 
 int txn_commit(keel_txn *txn)
 {
+    if (txn->parent)
+        return nest_commit(txn);
     int rc = 0;
     bool published = false;
     /* the expiry log and the bucket descriptors first: they are the rest of the txn's changes */
@@ -319,6 +412,11 @@ void txn_free_spares(keel_db *db)
         bucket_txn_free(t);
         pager_txn_free(t);
         os_free(t->scratch);
+        os_free(t->undo.pages);
+        os_free(t->undo.states);
+        pgvec_free(&t->undo.reusable);
+        os_free(t->undo.xlog.v);
+        os_free(t->undo.xlog.keys);
         os_free(t);
         t = next;
     }
