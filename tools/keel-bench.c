@@ -120,6 +120,9 @@ struct engine {
     bool (*txn_get)(const void *k, size_t kl); /* a read txn of its own with one get, from any thread */
     void (*txn_put)(const void *k, size_t kl, const void *v, size_t vl); /* a durable write txn of its own */
     void (*open_verified)(const char *path); /* keel: KEEL_VERIFY (every page read checked); LMDB: open */
+    void (*abort)(void);                 /* the write txn */
+    void (*child_begin)(void);           /* a nested txn of the write txn: put and the rest go to it */
+    void (*child_end)(bool commit);      /* ... back to its parent */
 };
 
 /* keel */
@@ -227,10 +230,25 @@ static void k_txn_put(const void *k, size_t kl, const void *v, size_t vl)
     kcheck(keel_put(t, 0, (keel_val){k, kl}, (keel_val){v, vl}, 0), "keel_put");
     kcheck(keel_commit(t), "keel_commit");
 }
+static keel_txn *kparent;
+static void k_abort(void) { keel_abort(ktxn); }
+static void k_child_begin(void)
+{
+    kparent = ktxn;
+    kcheck(keel_begin_nested(kparent, &ktxn), "keel_begin_nested");
+}
+static void k_child_end(bool commit)
+{
+    if (commit)
+        kcheck(keel_commit(ktxn), "keel_commit (child)");
+    else
+        keel_abort(ktxn);
+    ktxn = kparent;
+}
 static const struct engine keel_engine = {"keel", k_open, k_close, k_begin, k_commit, k_put, k_get,
                                           k_del, k_range, k_rbegin, k_rget, k_rend,
                                           k_open_nosync, k_bucket, k_bput, k_bdrop, k_bget, k_txn_get,
-                                          k_txn_put, k_open_verified};
+                                          k_txn_put, k_open_verified, k_abort, k_child_begin, k_child_end};
 
 #ifdef HAVE_LMDB
 static MDB_env *lenv;
@@ -353,10 +371,25 @@ static void l_txn_put(const void *k, size_t kl, const void *v, size_t vl)
     lcheck(mdb_put(t, ldbi, &key, &val, 0), "mdb_put");
     lcheck(mdb_txn_commit(t), "mdb_txn_commit");
 }
+static MDB_txn *lparent;
+static void l_abort(void) { mdb_txn_abort(ltxn); }
+static void l_child_begin(void)
+{
+    lparent = ltxn;
+    lcheck(mdb_txn_begin(lenv, lparent, 0, &ltxn), "mdb_txn_begin (child)");
+}
+static void l_child_end(bool commit)
+{
+    if (commit)
+        lcheck(mdb_txn_commit(ltxn), "mdb_txn_commit (child)");
+    else
+        mdb_txn_abort(ltxn);
+    ltxn = lparent;
+}
 static const struct engine lmdb_engine = {"lmdb", l_open, l_close, l_begin, l_commit, l_put, l_get,
                                           l_del, l_range, l_rbegin, l_rget, l_rend,
                                           l_open_nosync, l_bucket, l_bput, l_bdrop, l_bget, l_txn_get,
-                                          l_txn_put, l_open};
+                                          l_txn_put, l_open, l_abort, l_child_begin, l_child_end};
 #endif
 
 /* ---- workloads: each returns the number of operations, or dies ---- */
@@ -949,6 +982,49 @@ static uint64_t w_durable_processes(void)
     return DURABLE_WRITERS * DURABLE_COMMITS;
 }
 
+/* Nested txns (keel_begin_nested; LMDB: mdb_txn_begin with a parent) in a
+ * write txn over the file "remove half" left, that holds 1,000 puts of its
+ * own: a child with nothing in it, and a child that puts one key and
+ * commits.  The parent is aborted at the end: the file stays as it was. */
+#define NESTED_CHILDREN 100000
+static void parent_with_puts(void)
+{
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    E->begin(true);
+    for (uint64_t i = 0; i < 1000; i++) {
+        make_key(4 * N + i, k);
+        make_val(i, v, VAL_LEN);
+        E->put(k, KEY_LEN, v, VAL_LEN, false);
+    }
+    t_start = now_s();
+}
+
+static uint64_t w_child_abort(void)
+{
+    parent_with_puts();
+    for (uint64_t i = 0; i < NESTED_CHILDREN; i++) {
+        E->child_begin();
+        E->child_end(false);
+    }
+    E->abort();
+    return NESTED_CHILDREN;
+}
+
+static uint64_t w_child_put(void)
+{
+    uint8_t k[KEY_LEN], v[VAL_LEN];
+    parent_with_puts();
+    for (uint64_t i = 0; i < NESTED_CHILDREN; i++) {
+        make_key(5 * N + i, k);
+        make_val(i, v, VAL_LEN);
+        E->child_begin();
+        E->put(k, KEY_LEN, v, VAL_LEN, false);
+        E->child_end(true);
+    }
+    E->abort();
+    return NESTED_CHILDREN;
+}
+
 static uint64_t w_bucket_puts(void) { return bucket_puts(false); }
 static uint64_t w_bucket_puts_churn(void) { return bucket_puts(true); }
 
@@ -976,6 +1052,8 @@ static const struct workload workloads[] = {
     {"random reads 2 threads", w_reads_2t, false, "gets/s", false, false},
     {"random reads 2 processes", w_reads_2p, false, "gets/s", false, true},
     {"remove half", w_remove_half, false, "dels/s", false, false},
+    {"nested txn begin+abort", w_child_abort, false, "children/s", false, false},
+    {"child commit of one put", w_child_put, false, "children/s", false, false},
     {"bulk load (sorted)", w_sorted, true, "puts/s", false, false},
     {"bulk load 4 KiB values", w_bulk_4k, true, "puts/s", false, false},
     {"bulk load 64 KiB values", w_bulk_64k, true, "puts/s", false, false},
