@@ -8,6 +8,10 @@
  * what an input may cost: FO_BYTES_BUDGET below).
  *   byte 0 bits 0-1  page size 4096, 8192, 16384, 65536
  *          bits 2-3  purge_per_commit: none, 1, 3, 100
+ *          bit 5     nested txns: opcode bytes 240-255 begin a child of the
+ *                    write txn (240-247), commit the innermost child
+ *                    (248-251) or abort it (252-255); without the bit they
+ *                    are ordinary opcodes, so older inputs mean what they did
  *
  * Three buckets: the default one and "alpha", "beta" (created, dropped and
  * re-created by the input).  One write txn at a time (begun on demand) with
@@ -19,7 +23,11 @@
  *
  * The model: per bucket a sorted array of (key, value, expiry) whose keys
  * and values are immutable reference-counted blobs, so the committed state,
- * the write txn's state and the reader's snapshot are cheap copies.
+ * the write txn's state and the reader's snapshot are cheap copies.  With
+ * nested txns the write side is a stack: each child begins from a copy of
+ * its parent's state, which its abort puts back.  Commit (op 11) commits
+ * every child, innermost first, then the write txn; abort (op 12) aborts
+ * the write txn, and keel aborts its children with it.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -49,6 +57,7 @@
 #define FO_BYTES_BUDGET ((size_t)256 << 10)
 #define FO_MAX_REOPENS 2
 #define FO_MAX_CHECKS 2
+#define FO_MAX_NEST 10 /* children below the write txn */
 
 static const char *const fo_names[FO_NB] = {NULL, "alpha", "beta"};
 
@@ -288,6 +297,16 @@ struct fo {
     int cur_b;
     bool cur_on;      /* positioned (not unset) */
     struct blob *cur_key;
+    /* nested txns: f->w is the innermost; lv[i] the txns below it, each
+     * with what the write side's model and handles were when its child began */
+    bool nested; /* byte 0 bit 5 */
+    int depth;
+    struct fo_level {
+        keel_txn *txn;
+        struct mstate W;
+        bool known[FO_NB], wchanged, wsure;
+        keel_bucket h[FO_NB];
+    } lv[FO_MAX_NEST];
     int step;
     int reopens, checks; /* mid-stream ones so far (FO_MAX_REOPENS, FO_MAX_CHECKS) */
     uint8_t *keybuf; /* 70000 bytes, static: a fresh calloc that size per run
@@ -547,9 +566,61 @@ static bool commit_purged(struct fo *f, const struct mstate *P)
     return is_p;
 }
 
+/* ---- nested txns ---- */
+static void nest_begin(struct fo *f)
+{
+    ensure_w(f);
+    if (f->depth == FO_MAX_NEST)
+        return;
+    close_cursor(f); /* the parent's cursor would only answer KEEL_BADTXN */
+    struct fo_level *l = &f->lv[f->depth++];
+    l->txn = f->w;
+    ms_copy(&l->W, &f->W);
+    memcpy(l->known, f->known, sizeof l->known);
+    memcpy(l->h, f->h, sizeof l->h);
+    l->wchanged = f->wchanged;
+    l->wsure = f->wsure;
+    EXPECT(f, keel_begin_nested(l->txn, &f->w), 0);
+    keel_val v;
+    EXPECT(f, keel_get(l->txn, KEEL_DEFAULT_BUCKET, (keel_val){"a", 1}, &v), KEEL_BADTXN); /* a shell now */
+}
+
+/* The innermost child's end: its changes kept, or the parent's state and
+ * handles as they were (a handle the child made for a bucket its parent
+ * lacks is dead). */
+static void nest_end(struct fo *f, bool commit)
+{
+    close_cursor(f);
+    struct fo_level *l = &f->lv[--f->depth];
+    if (commit) {
+        EXPECT(f, keel_commit(f->w), 0);
+        ms_free(&l->W);
+    } else {
+        keel_abort(f->w);
+        ms_free(&f->W);
+        f->W = l->W;
+        memcpy(f->known, l->known, sizeof f->known);
+        memcpy(f->h, l->h, sizeof f->h);
+        f->wchanged = l->wchanged;
+        f->wsure = l->wsure;
+    }
+    memset(&l->W, 0, sizeof l->W);
+    f->w = l->txn;
+}
+
+static void op_nested(struct fo *f, unsigned raw)
+{
+    if (raw < 248)
+        nest_begin(f);
+    else if (f->depth)
+        nest_end(f, raw < 252);
+}
+
 static void do_commit(struct fo *f)
 {
     ensure_w(f);
+    while (f->depth)
+        nest_end(f, true);
     close_cursor(f);
     EXPECT(f, keel_commit(f->w), 0);
     f->w = NULL;
@@ -577,6 +648,11 @@ static void do_abort(struct fo *f)
     close_cursor(f);
     if (!f->w)
         return;
+    if (f->depth) { /* the write txn, and keel ends its children with it */
+        f->w = f->lv[0].txn;
+        while (f->depth)
+            ms_free(&f->lv[--f->depth].W);
+    }
     keel_abort(f->w);
     f->w = NULL;
     ms_free(&f->W);
@@ -1395,6 +1471,7 @@ FUZZ_ENTRY(ops)
     f->n = size - 1;
     f->clk = 1000000000;
     f->ppc = ppcs[(data[0] >> 2) & 3];
+    f->nested = data[0] & 0x20;
     f->opts = (keel_options){.page_size = psizes[data[0] & 3],
                              .flags = KEEL_NOSYNC,
                              .max_size = (uint64_t)1 << 28,
@@ -1417,7 +1494,11 @@ FUZZ_ENTRY(ops)
                 fprintf(stderr, " %u", f->p[i]);
             fprintf(stderr, "%s%s\n", f->w ? " [w]" : "", f->r ? " [r]" : "");
         }
-        unsigned op = take(f) % 24;
+        unsigned raw = take(f), op = raw % 24;
+        if (f->nested && raw >= 240) {
+            op_nested(f, raw);
+            continue;
+        }
         switch (op) {
         case 0:
         case 1:

@@ -519,6 +519,37 @@ static void make_ops(void)
         21,                              /* check */
     };
     put_file("fuzz_ops", "handmade", NULL, 0, seq, sizeof seq);
+    /* nested txns (byte 0 bit 5): children that write, create and drop
+     * buckets, purge; one commits, one aborts, one is aborted with its parent */
+    static const uint8_t nest[] = {
+        0x21,                            /* 8 KiB pages, nested txns */
+        0, 0, 1, 7, 2, 0,                /* put default key00 */
+        240,                             /* a child */
+        16, 0, 1,                        /* create "alpha" */
+        3, 1, 11, 3, 9, 2,               /* put_ttl alpha */
+        19, 0, 4, 31, 9,                 /* range put default */
+        241,                             /* a grandchild */
+        16, 3, 0,                        /* drop "alpha" */
+        20, 0, 0, 20, 0,                 /* range delete default */
+        252,                             /* abort the grandchild */
+        18, 1,                           /* verify alpha */
+        248,                             /* commit the child */
+        14, 3,                           /* clock +1000 */
+        242, 15, 6, 18, 0, 249,          /* a child purges, commits */
+        243, 19, 2, 8, 31, 9, 244, 4, 0, 1, 12, /* children; abort the write txn with them */
+        11,                              /* commit */
+    };
+    put_file("fuzz_ops", "nested", NULL, 0, nest, sizeof nest);
+    for (int i = 0; i < 2; i++) { /* random ones, about one op in sixteen a nested one */
+        uint8_t buf[1200];
+        size_t len = i ? 1200 : 300;
+        for (size_t j = 0; j < len; j++)
+            buf[j] = rnd();
+        buf[0] = (uint8_t)(0x20 | (i * 7));
+        char name[32];
+        snprintf(name, sizeof name, "nested-random-%zu", len);
+        put_file("fuzz_ops", name, NULL, 0, buf, len);
+    }
 }
 
 static void make_dumps(void)
