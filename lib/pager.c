@@ -108,7 +108,8 @@ static struct dirty *dirty_find(struct dirty_table *t, uint64_t pgno)
     }
 }
 
-static int dirty_insert(struct dirty_table *t, struct dirty e)
+/* inlined: the hot caller is pager_new_page (journal_undo is the other) */
+static inline __attribute__((always_inline)) int dirty_insert(struct dirty_table *t, struct dirty e)
 {
     if ((t->count + 1) * 4 > t->cap * 3) {
         size_t cap = t->cap ? t->cap * 2 : DIRTY_TABLE_MIN_SLOTS;

@@ -98,11 +98,9 @@ void space_nest_begin(keel_txn *child, keel_txn *parent)
     child->undo.freed_begin = s->freed_by_txn.n;
 }
 
-static int save_for_child(keel_txn *txn)
+static __attribute__((noinline)) int save_reusable(keel_txn *txn)
 {
     struct nest_undo *u = &txn->undo;
-    if (!txn->nest || u->reusable_saved)
-        return 0;
     const struct pgvec *r = &txn->space.reusable;
     if (r->n > u->reusable.cap) {
         uint64_t *v = os_realloc(u->reusable.v, r->n * sizeof(uint64_t));
@@ -116,6 +114,12 @@ static int save_for_child(keel_txn *txn)
     u->reusable.n = r->n;
     u->reusable_saved = true;
     return 0;
+}
+
+/* Before a change of the reusable list: one test outside a child */
+static inline int save_for_child(keel_txn *txn)
+{
+    return txn->nest && !txn->undo.reusable_saved ? save_reusable(txn) : 0;
 }
 
 void space_nest_end(keel_txn *parent, keel_txn *child, bool commit)
