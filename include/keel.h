@@ -63,8 +63,10 @@ typedef struct {
 #define KEEL_NOOVERWRITE 0x0010u /* fail with KEEL_EXISTS if the key is present */
 #define KEEL_APPEND      0x0020u /* key sorts after every key in the bucket: fill pages fully */
 #define KEEL_KEEPTTL     0x0040u /* keep the key's expiry time (a plain put clears it) */
+#define KEEL_NODUPDATA   0x0800u /* DUPSORT buckets: fail with KEEL_EXISTS if this (key, value) pair is present */
 /* keel_bucket_open */
 #define KEEL_CREATE      0x0100u /* create the bucket if it does not exist */
+#define KEEL_DUPSORT     0x0400u /* with KEEL_CREATE: each key holds a sorted set of values (see below) */
 
 /* ---- errors ------------------------------------------------------------ */
 enum {
@@ -98,6 +100,8 @@ enum {
     KEEL_ADDRSPACE = -30825,    /* the address space for the map (options.max_size) cannot be reserved */
     KEEL_LAGGED = -30826,       /* a read txn fell more than options.max_reader_lag commits behind
                                    and writers stopped keeping its snapshot: begin a new one */
+    KEEL_INCOMPATIBLE = -30827, /* an operation that the bucket's kind does not allow (keel_cas in a
+                                   DUPSORT bucket), or a bucket created again as the other kind */
 };
 
 /* ---- opening ----------------------------------------------------------- */
@@ -181,6 +185,31 @@ int keel_bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucke
 int keel_bucket_drop(keel_txn *txn, keel_bucket b); /* the default bucket is emptied, not removed */
 /* Calls fn for each named bucket in name order; a non-zero return from fn stops and is returned. */
 int keel_bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void *ctx);
+/* The bucket's kind: *flags = KEEL_DUPSORT or 0. */
+int keel_bucket_flags(keel_txn *txn, keel_bucket b, unsigned *flags);
+
+/* ---- duplicate-sorted (DUPSORT) buckets ---------------------------------
+ * keel_bucket_open(txn, name, KEEL_CREATE | KEEL_DUPSORT, &b) makes a bucket
+ * whose key holds a sorted set of values (LMDB's MDB_DUPSORT, a multimap).
+ * Its kind is fixed at creation: opening it later needs no flag; creating an
+ * existing bucket as the other kind answers KEEL_INCOMPATIBLE, and so does
+ * KEEL_DUPSORT for the default bucket.  In such a bucket:
+ *   - keel_put adds the pair (an existing pair: 0 and no change, or
+ *     KEEL_EXISTS with KEEL_NODUPDATA; KEEL_NOOVERWRITE: KEEL_EXISTS if the
+ *     key has any value); keel_get gives the key's first (smallest) value;
+ *     keel_del removes the key with all its values; keel_del_value one pair.
+ *   - Cursors visit every pair in (key, value) order; keel_cursor_del
+ *     removes the current pair; keel_cursor_seek finds the first pair whose
+ *     key is >= key.  Entry counts in the stats count pairs.
+ *   - A TTL belongs to the key: its values expire together.  keel_put_ttl
+ *     adds the pair and sets the key's expiry; a plain put keeps it.
+ *   - keel_cas and keel_incr answer KEEL_INCOMPATIBLE.
+ *   - Values are compared as keys are (bytewise, shorter first).  The
+ *     key's length plus the value's, with each zero byte of the key counted
+ *     twice, is at most keel_max_pair_size() (>= keel_max_key_size() + 24).
+ * The cursor calls below work in plain buckets too, where a key has one value. */
+int keel_del_value(keel_txn *txn, keel_bucket b, keel_val key, keel_val val); /* one pair; KEEL_NOTFOUND */
+size_t keel_max_pair_size(const keel_db *db);
 
 /* ---- data -------------------------------------------------------------- */
 int keel_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val);
@@ -250,6 +279,21 @@ int keel_cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
  * none: what keel_expiry_at says, without a second search. */
 int keel_cursor_expiry(keel_cursor *c, int64_t *unix_ms);
 int keel_cursor_del(keel_cursor *c); /* next() then yields the following entry */
+/* Exactly key (its first value); KEEL_NOTFOUND leaves the cursor unpositioned. */
+int keel_cursor_seek_key(keel_cursor *c, keel_val key, keel_val *val_out);
+/* key's first value >= val; KEEL_NOTFOUND (unpositioned) if it has none. */
+int keel_cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *key_out, keel_val *val_out);
+/* The next (previous) value of the current key; KEEL_NOTFOUND at the end of
+ * its values, and the cursor stays.  An unpositioned cursor: KEEL_BADCURSOR. */
+int keel_cursor_next_dup(keel_cursor *c, keel_val *key, keel_val *val);
+int keel_cursor_prev_dup(keel_cursor *c, keel_val *key, keel_val *val);
+/* The first value of the next key; the last value of the previous key (as
+ * LMDB's MDB_NEXT_NODUP and MDB_PREV_NODUP).  Unpositioned: as next()/prev(). */
+int keel_cursor_next_key(keel_cursor *c, keel_val *key, keel_val *val);
+int keel_cursor_prev_key(keel_cursor *c, keel_val *key, keel_val *val);
+/* The number of values of the current key: O(log n) while they share a
+ * leaf page, plus one step per further leaf page they fill. */
+int keel_cursor_count(keel_cursor *c, uint64_t *count);
 void keel_cursor_close(keel_cursor *c); /* NULL is ignored */
 
 /* ---- statistics -------------------------------------------------------- */

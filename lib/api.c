@@ -75,7 +75,7 @@ int keel_bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucke
         return rc;
     if (!out)
         return KEEL_BADARG;
-    if (flags & ~KEEL_CREATE)
+    if (flags & ~(KEEL_CREATE | KEEL_DUPSORT))
         return KEEL_BADFLAGS;
     if (name && (!*name || strlen(name) > KEEL_MAX_BUCKET_NAME))
         return KEEL_BADNAME;
@@ -100,8 +100,17 @@ int keel_bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void
     return bucket_list(txn, fn, ctx);
 }
 
+int keel_bucket_flags(keel_txn *txn, keel_bucket b, unsigned *flags)
+{
+    int rc = txn_check(txn, false);
+    if (rc)
+        return rc;
+    return flags ? bucket_flags(txn, b, flags) : KEEL_BADARG;
+}
+
 /* ---- data ---- */
 size_t keel_max_key_size(const keel_db *db) { return db ? db->max_key : 0; }
+size_t keel_max_pair_size(const keel_db *db) { return db ? db->max_pair_key - PAIR_TERM_SIZE : 0; }
 
 int check_key(keel_txn *txn, keel_val key)
 {
@@ -129,7 +138,7 @@ int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned 
     int rc = txn_check(txn, true);
     if (rc)
         return rc;
-    if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND | KEEL_KEEPTTL))
+    if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND | KEEL_KEEPTTL | KEEL_NODUPDATA))
         return KEEL_BADFLAGS;
     if ((rc = check_key(txn, key)))
         return rc;
@@ -138,6 +147,18 @@ int keel_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, unsigned 
     if (val.len > KEEL_MAX_VALUE_SIZE)
         return KEEL_BADVALSIZE;
     return kv_put(txn, b, key, val, 0, flags);
+}
+
+int keel_del_value(keel_txn *txn, keel_bucket b, keel_val key, keel_val val)
+{
+    int rc = txn_check(txn, true);
+    if (rc)
+        return rc;
+    if ((rc = check_key(txn, key)))
+        return rc;
+    if (!val.data && val.len)
+        return KEEL_BADARG;
+    return kv_del_value(txn, b, key, val);
 }
 
 int keel_del(keel_txn *txn, keel_bucket b, keel_val key)
@@ -213,7 +234,7 @@ void keel_cursor_close(keel_cursor *c)
     c->magic = CURSOR_DEAD;
     c->txn = NULL;
     if (!db) { /* detached from a finished txn: we do not know its db any more */
-        os_free(c->keybuf);
+        cursor_release(c);
         os_free(c);
         return;
     }
@@ -254,6 +275,43 @@ int keel_cursor_seek(keel_cursor *c, keel_val key, keel_val *key_out, keel_val *
     if ((rc = check_key(c->txn, key)))
         return rc;
     return cursor_seek(c, key, key_out, val_out);
+}
+
+int keel_cursor_seek_key(keel_cursor *c, keel_val key, keel_val *val_out)
+{
+    int rc = cursor_check(c);
+    if (rc || (rc = check_key(c->txn, key)))
+        return rc;
+    return cursor_seek_key(c, key, val_out);
+}
+
+int keel_cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *key_out, keel_val *val_out)
+{
+    int rc = cursor_check(c);
+    if (rc || (rc = check_key(c->txn, key)))
+        return rc;
+    if (!val.data && val.len)
+        return KEEL_BADARG;
+    return cursor_seek_pair(c, key, val, key_out, val_out);
+}
+
+#define CURSOR_MOVE(name, fn, dir)                                      \
+    int name(keel_cursor *c, keel_val *key, keel_val *val)              \
+    {                                                                   \
+        int rc = cursor_check(c);                                       \
+        return rc ? rc : fn(c, key, val, dir);                          \
+    }
+CURSOR_MOVE(keel_cursor_next_dup, cursor_move_dup, 1)
+CURSOR_MOVE(keel_cursor_prev_dup, cursor_move_dup, -1)
+CURSOR_MOVE(keel_cursor_next_key, cursor_move_key, 1)
+CURSOR_MOVE(keel_cursor_prev_key, cursor_move_key, -1)
+
+int keel_cursor_count(keel_cursor *c, uint64_t *count)
+{
+    int rc = cursor_check(c);
+    if (rc)
+        return rc;
+    return count ? cursor_count(c, count) : KEEL_BADARG;
 }
 
 int keel_cursor_del(keel_cursor *c)

@@ -497,7 +497,7 @@ static int desc_from_value(keel_txn *txn, keel_val v, struct tree_desc *d)
     memset(d, 0, sizeof(*d));
     memcpy(d, v.data, v.len);
     if ((d->root && (d->root < 2 || d->root >= txn->meta.npages)) || d->depth > KEEL_MAX_DEPTH ||
-        (d->root == 0) != (d->depth == 0) || d->id == 0)
+        (d->root == 0) != (d->depth == 0) || d->id == 0 || (d->flags & ~TREE_F_KNOWN))
         return CORRUPT(0);
     return 0;
 }
@@ -652,13 +652,27 @@ static int get_handle(keel_txn *txn, const char *name, unsigned flags, keel_buck
 static void cursors_attach(keel_txn *txn, keel_bucket b, struct tree_desc *t)
 {
     for (keel_cursor *c = txn->cursors; c; c = c->next)
-        if (c->bucket == b)
+        if (c->bucket == b) {
             c->tree = t;
+            c->dup = t && (t->flags & TREE_F_DUPSORT);
+        }
+}
+
+/* The kind asked for (flags) against the bucket's: KEEL_DUPSORT, or
+ * KEEL_CREATE without it, must name the kind the bucket has. */
+static int kind_matches(const struct tree_desc *t, unsigned flags)
+{
+    bool dup = t->flags & TREE_F_DUPSORT;
+    if ((flags & KEEL_DUPSORT) ? !dup : ((flags & KEEL_CREATE) && dup))
+        return KEEL_INCOMPATIBLE;
+    return 0;
 }
 
 int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *out)
 {
     if (!name) {
+        if (flags & KEEL_DUPSORT)
+            return KEEL_INCOMPATIBLE; /* the default bucket is a plain one */
         *out = KEEL_DEFAULT_BUCKET;
         return 0;
     }
@@ -678,12 +692,27 @@ int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *ou
         if (txn->meta.next_bucket_id >= BUCKET_ID_MAX)
             return KEEL_FULL;
         s->desc.id = (uint32_t)txn->meta.next_bucket_id++;
+        if (flags & KEEL_DUPSORT) {
+            s->desc.flags = TREE_F_DUPSORT;
+            txn->meta.flags |= META_F_DUPSORT; /* older libraries refuse the file from here on */
+        }
         s->state = BUCKET_PRESENT;
         s->dirty = true;
         cursors_attach(txn, b, &s->desc); /* dropped earlier in this txn: its cursors go on here */
+    } else if ((rc = kind_matches(&s->desc, flags))) {
+        return rc;
     }
     *out = b;
     return 0;
+}
+
+int bucket_flags(keel_txn *txn, keel_bucket b, unsigned *flags)
+{
+    struct tree_desc *t;
+    int rc = bucket_tree(txn, b, &t);
+    if (!rc)
+        *flags = (t->flags & TREE_F_DUPSORT) ? KEEL_DUPSORT : 0;
+    return rc;
 }
 
 int bucket_drop(keel_txn *txn, keel_bucket b)
@@ -814,7 +843,7 @@ int bucket_walk(keel_txn *txn, int (*fn)(const char *name, const struct tree_des
         if ((rc = fn(name, desc_from_value(txn, v, &d) ? NULL : &d, ctx)))
             break;
     }
-    os_free(c.keybuf);
+    cursor_release(&c);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
 

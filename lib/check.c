@@ -25,6 +25,10 @@ struct checker {
     const char *tree; /* name of the tree being walked, for messages */
     uint32_t tag;     /* ... and the tag its pages' trailers carry */
     size_t max_key;   /* the longest leaf key that tree may hold */
+    bool dup;         /* a DUPSORT tree: leaf keys are pair keys (format.h) */
+    uint8_t last[KEEL_MAX_PAGE_SIZE / 2]; /* ... the escaped key of the last pair walked, */
+    size_t lastlen;   /*     its length (0: none yet) */
+    int64_t lastexp;  /*     and its expiry: every pair of a key has the same */
     /* counted while walking */
     uint64_t entries, branch, leaf, overflow;
     uint64_t expiring; /* leaf entries with an expiry time, over all buckets */
@@ -109,6 +113,35 @@ static bool check_sum(struct checker *ck, const uint8_t *page, size_t len, uint6
     return false;
 }
 
+/* A DUPSORT leaf entry: a well-formed pair key with an empty value, whose
+ * expiry is its key's; the index holds one entry per expiring key. */
+static void check_pair(struct checker *ck, uint64_t pg, unsigned i, const uint8_t *nd, const uint8_t *k, size_t kl)
+{
+    size_t part = pair_key_part(k, kl);
+    if (part == 0 || (leaf_node_flags(nd) & N_BIG) || leaf_node_vsize(nd) != 0) {
+        problem(ck, "page %llu node %u: not a DUPSORT pair (key and value in its key, empty value)",
+                (unsigned long long)pg, i);
+        return;
+    }
+    if (part - (pair_key_escaped_len(k, part) - part) > ck->txn->db->max_key) /* each 00 FF is one byte */
+        problem(ck, "page %llu node %u: the pair's key is longer than the %zu allowed", (unsigned long long)pg, i,
+                ck->txn->db->max_key);
+    int64_t exp = leaf_node_expiry(nd);
+    if (part > sizeof ck->last) /* a node is at most half a page: a damaged size */
+        return;
+    if (ck->lastlen == part && memcmp(ck->last, k, part) == 0) {
+        if (exp != ck->lastexp)
+            problem(ck, "page %llu node %u: the values of one key expire at different times", (unsigned long long)pg,
+                    i);
+        return;
+    }
+    if (exp)
+        ck->expiring++;
+    memcpy(ck->last, k, part);
+    ck->lastlen = part;
+    ck->lastexp = exp;
+}
+
 static void walk(struct checker *ck, uint64_t pg, uint64_t sum, unsigned level, unsigned depth, struct bound lo,
                  struct bound hi)
 {
@@ -160,10 +193,14 @@ static void walk(struct checker *ck, uint64_t pg, uint64_t sum, unsigned level, 
             prev = k;
             prevlen = kl;
         }
-        if (leaf) {
-            ck->entries++;
+        if (leaf && ck->dup) {
+            check_pair(ck, pg, i, nd, k, kl);
+        } else if (leaf) {
             if (leaf_node_flags(nd) & N_EXPIRES)
                 ck->expiring++;
+        }
+        if (leaf) {
+            ck->entries++;
             if (leaf_node_flags(nd) & ~(N_BIG | N_EXPIRES | N_SUM))
                 problem(ck, "page %llu node %u: unknown flags", (unsigned long long)pg, i);
             if (leaf_node_flags(nd) & N_BIG) {
@@ -201,6 +238,8 @@ static void check_tree(struct checker *ck, const char *name, uint32_t tag, const
     ck->tag = tag;
     ck->max_key = max_key;
     ck->entries = ck->branch = ck->leaf = ck->overflow = 0;
+    ck->dup = t->flags & TREE_F_DUPSORT;
+    ck->lastlen = 0;
     if (t->root == 0) {
         if (t->entries || t->branch_pages || t->leaf_pages || t->overflow_pages)
             problem(ck, "empty tree with non-zero counts");
@@ -308,7 +347,7 @@ static int check_bucket(const char *name, void *ctx)
         return 0;
     }
     struct tree_desc copy = *t;
-    check_tree(ck, name, copy.id, &copy, ck->txn->db->max_key);
+    check_tree(ck, name, copy.id, &copy, (copy.flags & TREE_F_DUPSORT) ? ck->txn->db->max_pair_key : ck->txn->db->max_key);
     return 0;
 }
 

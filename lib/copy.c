@@ -140,7 +140,7 @@ static int copy_tree(keel_txn *src, keel_bucket sb, keel_txn *dst, keel_bucket d
         if ((rc = kv_put(dst, db, k, v, leaf_node_expiry(n), KEEL_APPEND)))
             break;
     }
-    os_free(c.keybuf);
+    cursor_release(&c);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
 
@@ -152,9 +152,10 @@ static int copy_bucket(const char *name, void *ctx)
     int rc = bucket_open(cp->src, name, 0, &sb);
     if (rc)
         return rc;
-    if ((rc = txn_begin(cp->out, 0, &dst)))
+    unsigned kind;
+    if ((rc = bucket_flags(cp->src, sb, &kind)) || (rc = txn_begin(cp->out, 0, &dst)))
         return rc;
-    if ((rc = bucket_open(dst, name, KEEL_CREATE, &db)) || (rc = copy_tree(cp->src, sb, dst, db))) {
+    if ((rc = bucket_open(dst, name, KEEL_CREATE | kind, &db)) || (rc = copy_tree(cp->src, sb, dst, db))) {
         txn_abort(dst);
         return rc;
     }

@@ -13,6 +13,11 @@
  *   - Stepping past either end answers KEEL_NOTFOUND and leaves the cursor on
  *     the last entry it had.
  *   - Entries whose expiry time is <= txn->now are skipped (unless c->all).
+ *   - In a DUPSORT tree (c->dup) the path and keybuf hold pair keys
+ *     (format.h): every move is a plain tree's, and only handing an entry
+ *     out splits its pair key into the user's key and value.  The moves
+ *     that know about a key's values (next_dup ... count) are seeks to
+ *     pair-key bounds, so a key with a million values costs O(log n).
  */
 #include <string.h>
 
@@ -34,6 +39,7 @@ int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *
     c->bucket = b;
     c->state = CUR_UNSET;
     c->all = false; /* a reused cursor must not keep showing expired entries */
+    c->dup = t->flags & TREE_F_DUPSORT;
     c->valid_at = 0;
     c->depth = 0;
     c->keylen = 0;
@@ -129,6 +135,33 @@ static __attribute__((noinline)) int remember_key(keel_cursor *c, const uint8_t 
     return 0;
 }
 
+/* A DUPSORT entry's key and value, from its pair key: the key unescaped
+ * into c->dupkey when it holds a zero byte, else pointing into the node. */
+static __attribute__((noinline)) int load_pair(keel_cursor *c, const struct entry *e, keel_val *key, keel_val *val)
+{
+    size_t kpart = pair_key_part(e->key, e->klen);
+    if (kpart == 0 || e->vlen != 0 || (e->flags & N_BIG))
+        return CORRUPT(c->pgno[c->depth - 1]);
+    keel_val k = {e->key, kpart};
+    if (key && memchr(e->key, 0, kpart)) {
+        if (!c->dupkey && !(c->dupkey = os_malloc(c->txn->db->max_key + 1)))
+            return KEEL_NOMEM;
+        k.len = pair_key_unescape(c->dupkey, e->key, kpart);
+        k.data = c->dupkey;
+        if (k.len > c->txn->db->max_key)
+            return CORRUPT(c->pgno[c->depth - 1]);
+    }
+    int rc;
+    if (!c->txn->rdonly && (rc = remember_key(c, e->key, e->klen)))
+        return rc;
+    if (val)
+        *val = (keel_val){e->key + kpart + PAIR_TERM_SIZE, e->klen - kpart - PAIR_TERM_SIZE};
+    if (key)
+        *key = k;
+    c->state = CUR_ON;
+    return 0;
+}
+
 /* Hand out the entry the cursor moves onto.  On an error nothing about the
  * cursor has changed. */
 static inline int load_entry(keel_cursor *c, const struct entry *e, keel_val *key, keel_val *val)
@@ -137,6 +170,8 @@ static inline int load_entry(keel_cursor *c, const struct entry *e, keel_val *ke
     int rc;
     if (e->klen == 0) /* no tree holds an empty key: a damaged node (and memcpy from a NULL keybuf) */
         return CORRUPT(c->pgno[c->depth - 1]);
+    if (c->dup)
+        return load_pair(c, e, key, val);
     keel_val v = {e->key + e->klen, e->vlen};
     if (val && (e->flags & N_BIG) && (rc = bt_leaf_value(txn, e->node, &v)))
         return rc;
@@ -326,8 +361,12 @@ int cursor_last(keel_cursor *c, keel_val *key, keel_val *val)
     return rc;
 }
 
+static int cursor_seek_dup(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout);
+
 int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
 {
+    if (c->dup)
+        return cursor_seek_dup(c, key, kout, vout);
     struct tree_desc *t;
     int rc = tree_of(c, &t);
     if (rc)
@@ -404,7 +443,7 @@ static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *
         if (i < nkeys) {
             uint32_t ps = txn->db->node_end;
             unsigned off = page_slot(page, i);
-            if (txn->rdonly && off >= PAGE_HDR + 2 * nkeys && off <= ps - LEAF_HDR) {
+            if (txn->rdonly && !c->dup && off >= PAGE_HDR + 2 * nkeys && off <= ps - LEAF_HDR) {
                 const uint8_t *n = page + off;
                 size_t klen = leaf_node_ksize(n);
                 uint32_t vlen = leaf_node_vsize(n);
@@ -459,6 +498,14 @@ int cursor_expiry(keel_cursor *c, int64_t *unix_ms)
     return 0;
 }
 
+void cursor_release(keel_cursor *c)
+{
+    os_free(c->keybuf);
+    os_free(c->dupkey);
+    c->keybuf = c->dupkey = NULL;
+    c->keycap = 0;
+}
+
 int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry)
 {
     KEEL_ASSERT(c->state != CUR_UNSET); /* keel_cursor_del answers that before any change */
@@ -469,4 +516,331 @@ int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry)
         return KEEL_NOTFOUND;
     /* the next move searches for the deleted key and lands on its successor */
     return bt_del(c->txn, t, (keel_val){c->keybuf, c->keylen}, old_expiry);
+}
+
+/* ---- DUPSORT moves ------------------------------------------------------
+ * Each is a seek to a pair-key bound (format.h): PAIR_KEY_END after a key's
+ * escaped bytes comes before its first value, PAIR_KEY_NEXT after its last.
+ * In a plain tree a key has one value and they reduce to plain moves. */
+
+static int pair_bound_make(struct pair_bound *pb, const uint8_t *esc, size_t esclen, bool escaped, const uint8_t tail[2],
+                           keel_val val)
+{
+    size_t elen = escaped ? esclen : pair_key_escaped_len(esc, esclen);
+    size_t need = elen + PAIR_TERM_SIZE + val.len;
+    pb->k = need <= sizeof pb->buf ? pb->buf : os_malloc(need);
+    if (!pb->k)
+        return KEEL_NOMEM;
+    if (escaped)
+        memcpy(pb->k, esc, elen);
+    else
+        pair_key_escape(pb->k, esc, esclen);
+    memcpy(pb->k + elen, tail, PAIR_TERM_SIZE);
+    if (val.len)
+        memcpy(pb->k + elen + PAIR_TERM_SIZE, val.data, val.len);
+    pb->keylen = elen + PAIR_TERM_SIZE;
+    pb->len = need;
+    return 0;
+}
+
+int pair_bound(struct pair_bound *pb, keel_val key, const uint8_t tail[2], keel_val val)
+{
+    return pair_bound_make(pb, key.data, key.len, false, tail, val);
+}
+
+void pair_bound_free(struct pair_bound *pb)
+{
+    if (pb->k != pb->buf)
+        os_free(pb->k);
+}
+
+/* For the write path: the first entry of t >= pb (expired or not), which
+ * must begin with pb's key part; its node key and expiry.  No cursor moves. */
+int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, const uint8_t **key,
+                     size_t *klen, int64_t *expiry)
+{
+    if (t->root == 0)
+        return KEEL_NOTFOUND;
+    keel_cursor c;
+    c.txn = txn;
+    bool exact;
+    int rc = seek_path(&c, t, pb->k, pb->len, &exact);
+    struct entry e;
+    if (rc || (rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
+        return rc;
+    if (e.klen < pb->keylen || memcmp(e.key, pb->k, pb->keylen))
+        return KEEL_NOTFOUND;
+    *key = e.key;
+    *klen = e.klen;
+    *expiry = e.expiry;
+    return 0;
+}
+
+/* The pair key the cursor is on (or, after a delete, was on): in a write
+ * txn its copy (the tree may have changed), in a read txn the node. */
+static int position_key(keel_cursor *c, const uint8_t **k, size_t *kl)
+{
+    if (!c->txn->rdonly) {
+        *k = c->keybuf;
+        *kl = c->keylen;
+        return 0;
+    }
+    struct entry e;
+    int rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->node_end, &e);
+    *k = e.key;
+    *kl = e.klen;
+    return rc;
+}
+
+/* A bound for the key the cursor is on, with tail; whole: the position's
+ * pair key itself (its value too, and tail ignored). */
+static int position_bound(keel_cursor *c, struct pair_bound *pb, const uint8_t tail[2], bool whole)
+{
+    const uint8_t *k;
+    size_t kl;
+    int rc = position_key(c, &k, &kl);
+    if (rc)
+        return rc;
+    size_t part = pair_key_part(k, kl);
+    if (part == 0)
+        return CORRUPT(c->pgno[c->depth - 1]);
+    keel_val val = {k + part + PAIR_TERM_SIZE, kl - part - PAIR_TERM_SIZE};
+    return pair_bound_make(pb, k, part, true, whole ? PAIR_KEY_END : tail, whole ? val : (keel_val){NULL, 0});
+}
+
+/* Does the cursor's position begin with the first `prefix` bytes of pb? */
+static bool position_in(keel_cursor *c, const struct pair_bound *pb)
+{
+    const uint8_t *k;
+    size_t kl;
+    return position_key(c, &k, &kl) == 0 && kl >= pb->keylen && memcmp(k, pb->k, pb->keylen) == 0;
+}
+
+/* A cursor's whole position, to put back when a move finds nothing. */
+struct saved_position {
+    struct saved_path path;
+    int state;
+    uint64_t valid_at;
+};
+static void save_position(const keel_cursor *c, struct saved_position *sp)
+{
+    save_path(c, &sp->path);
+    sp->state = c->state;
+    sp->valid_at = c->valid_at;
+}
+static void restore_position(keel_cursor *c, const struct saved_position *sp)
+{
+    restore_path(c, &sp->path);
+    c->state = sp->state;
+    c->valid_at = sp->valid_at;
+}
+
+/* Onto the first live entry >= the bound, going forward; with `match` it
+ * must be one of the bound's key's pairs.  KEEL_NOTFOUND leaves the cursor
+ * unpositioned. */
+static int seek_bound(keel_cursor *c, const struct pair_bound *pb, bool match, keel_val *kout, keel_val *vout)
+{
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc)
+        return rc;
+    bool exact;
+    keel_val k, v;
+    if ((rc = seek_path(c, t, pb->k, pb->len, &exact)) == 0 && (rc = settle(c, t, 1, &k, &v)) == 0 && match &&
+        !position_in(c, pb))
+        rc = KEEL_NOTFOUND;
+    if (rc) {
+        c->state = CUR_UNSET;
+        return rc;
+    }
+    if (kout)
+        *kout = k;
+    if (vout)
+        *vout = v;
+    return 0;
+}
+
+static int cursor_seek_dup(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout)
+{
+    struct pair_bound pb;
+    int rc = pair_bound_make(&pb, key.data, key.len, false, PAIR_KEY_END, (keel_val){NULL, 0});
+    if (rc)
+        return rc;
+    pb.len -= PAIR_TERM_SIZE; /* the escaped key alone: every pair of key, or of a later key, is >= */
+    pb.keylen = 0;
+    rc = seek_bound(c, &pb, false, kout, vout);
+    pair_bound_free(&pb);
+    return rc;
+}
+
+int cursor_seek_key(keel_cursor *c, keel_val key, keel_val *vout)
+{
+    if (!c->dup) {
+        keel_val k;
+        int rc = cursor_seek(c, key, &k, vout);
+        if (rc == 0 && (k.len != key.len || memcmp(k.data, key.data, k.len))) {
+            c->state = CUR_UNSET;
+            rc = KEEL_NOTFOUND;
+        }
+        return rc;
+    }
+    struct pair_bound pb;
+    int rc = pair_bound(&pb, key, PAIR_KEY_END, (keel_val){NULL, 0});
+    if (rc)
+        return rc;
+    rc = seek_bound(c, &pb, true, NULL, vout);
+    pair_bound_free(&pb);
+    return rc;
+}
+
+int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout, keel_val *vout)
+{
+    if (!c->dup) {
+        keel_val v;
+        int rc = cursor_seek_key(c, key, &v);
+        if (rc == 0 && bt_cmp(v.data, v.len, val.data, val.len) < 0) {
+            c->state = CUR_UNSET;
+            rc = KEEL_NOTFOUND;
+        }
+        if (rc == 0 && kout)
+            cursor_current(c, kout, NULL);
+        if (rc == 0 && vout)
+            *vout = v;
+        return rc;
+    }
+    struct pair_bound pb;
+    int rc = pair_bound(&pb, key, PAIR_KEY_END, val);
+    if (rc)
+        return rc;
+    rc = seek_bound(c, &pb, true, kout, vout);
+    pair_bound_free(&pb);
+    return rc;
+}
+
+/* next_dup / prev_dup: one move, undone when it left the key. */
+int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+{
+    if (c->state == CUR_UNSET)
+        return KEEL_BADCURSOR;
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc || (rc = resync(c, t)))
+        return rc;
+    if (!c->dup || c->state == CUR_EOF)
+        return KEEL_NOTFOUND;
+    struct pair_bound pb; /* our pair key, whole: a write txn's copy of it is put back with the path */
+    if ((rc = position_bound(c, &pb, PAIR_KEY_END, true)))
+        return rc;
+    struct saved_position sp;
+    save_position(c, &sp);
+    keel_val k, v;
+    if ((rc = move(c, &k, &v, dir)) == 0 && !position_in(c, &pb)) { /* another key's: back where we were */
+        rc = c->txn->rdonly ? 0 : remember_key(c, pb.k, pb.len);
+        restore_position(c, &sp);
+        if (rc == 0)
+            rc = KEEL_NOTFOUND;
+    }
+    pair_bound_free(&pb);
+    if (rc == 0) {
+        if (key)
+            *key = k;
+        if (val)
+            *val = v;
+    }
+    return rc;
+}
+
+/* next_key: a seek past the key's last value; prev_key: to its first value,
+ * then one step back.  Nothing there: the cursor stays. */
+int cursor_move_key(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+{
+    if (!c->dup || c->state == CUR_UNSET)
+        return move(c, key, val, dir);
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc || (rc = resync(c, t)))
+        return rc;
+    if (c->state == CUR_EOF)
+        return move_general(c, key, val, dir);
+    struct pair_bound pb;
+    if ((rc = position_bound(c, &pb, dir > 0 ? PAIR_KEY_NEXT : PAIR_KEY_END, false)))
+        return rc;
+    struct saved_position sp;
+    save_position(c, &sp);
+    bool exact;
+    rc = seek_path(c, t, pb.k, pb.len, &exact);
+    if (dir < 0) {
+        if (rc == KEEL_NOTFOUND) /* nothing from our key on: the last entry comes before it */
+            rc = descend(c, t, t->root, t->root_sum, 0, true);
+        else if (rc == 0)
+            rc = step(c, t, -1);
+    }
+    if (rc == 0)
+        rc = settle(c, t, dir, key, val);
+    if (rc)
+        restore_position(c, &sp);
+    pair_bound_free(&pb);
+    return rc;
+}
+
+/* The entries of the tree between two positions of one search each: the
+ * rest of lo's leaf, the leaves between, and hi's leaf up to hi. */
+static int count_between(keel_cursor *c, const struct tree_desc *t, const struct bt_path *lo, const struct bt_path *hi,
+                         uint64_t *count)
+{
+    int lv = lo->depth - 1;
+    if (lo->pgno[lv] == hi->pgno[lv]) {
+        *count = hi->idx[lv] - lo->idx[lv];
+        return 0;
+    }
+    struct saved_position sp;
+    save_position(c, &sp);
+    c->depth = lo->depth;
+    for (int i = 0; i < lo->depth; i++) {
+        c->pgno[i] = lo->pgno[i];
+        c->page[i] = lo->page[i];
+        c->idx[i] = lo->idx[i];
+    }
+    uint64_t n = 0, leaves = 0;
+    int rc = 0;
+    while (c->pgno[lv] != hi->pgno[lv]) {
+        unsigned nkeys = page_nkeys(c->page[lv]);
+        n += nkeys - c->idx[lv];
+        c->idx[lv] = nkeys - 1;
+        if (++leaves > t->leaf_pages || (rc = step(c, t, 1))) /* hi is further on: not reached is damage */
+            break;
+    }
+    restore_position(c, &sp);
+    if (rc || leaves > t->leaf_pages)
+        return rc == KEEL_NOTFOUND || !rc ? CORRUPT(hi->pgno[lv]) : rc;
+    *count = n + hi->idx[lv];
+    return 0;
+}
+
+int cursor_count(keel_cursor *c, uint64_t *count)
+{
+    if (c->state == CUR_UNSET)
+        return KEEL_BADCURSOR;
+    struct tree_desc *t;
+    int rc = tree_of(c, &t);
+    if (rc || (rc = resync(c, t)))
+        return rc;
+    if (c->state != CUR_ON || expired_here(c))
+        return KEEL_NOTFOUND;
+    if (!c->dup) {
+        *count = 1;
+        return 0;
+    }
+    struct pair_bound pb;
+    if ((rc = position_bound(c, &pb, PAIR_KEY_END, false)))
+        return rc;
+    struct bt_path lo, hi;
+    bool exact;
+    if ((rc = bt_search(c->txn, t, pb.k, pb.len, &lo, &exact)) == 0) {
+        memcpy(pb.k + pb.len - PAIR_TERM_SIZE, PAIR_KEY_NEXT, PAIR_TERM_SIZE);
+        if ((rc = bt_search(c->txn, t, pb.k, pb.len, &hi, &exact)) == 0)
+            rc = count_between(c, t, &lo, &hi, count);
+    }
+    pair_bound_free(&pb);
+    return rc;
 }

@@ -144,13 +144,13 @@ static void db_free(keel_db *db, bool abandon)
     pager_free_pagebufs(db);
     keel_cursor *c = db->spare_cursor;
     if (c) {
-        os_free(c->keybuf);
+        cursor_release(c);
         os_free(c);
     }
     c = db->spare_cursors;
     while (c) {
         keel_cursor *n = c->next;
-        os_free(c->keybuf);
+        cursor_release(c);
         os_free(c);
         c = n;
     }
@@ -407,6 +407,7 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
     db->max_node = format_max_node(db->node_end);
     db->inline_max = db->max_node;
     db->max_key = format_max_key(db->node_end, db->summed);
+    db->max_pair_key = format_max_pair_key(db->node_end);
     return 0;
 }
 

@@ -41,6 +41,7 @@ const char *keel_strerror(int err)
                "lock file was removed)";
     case KEEL_MAPSIZE: return "KEEL_MAPSIZE: the file has grown past this handle's map; reopen with a larger max_size";
     case KEEL_ADDRSPACE: return "KEEL_ADDRSPACE: the address space for the map (max_size) cannot be reserved";
+    case KEEL_INCOMPATIBLE: return "KEEL_INCOMPATIBLE: the bucket's kind does not allow this (a DUPSORT bucket and a plain one)";
     case KEEL_LAGGED: return "KEEL_LAGGED: the read transaction fell too far behind the writer; begin a new one";
     }
     if (err > 0)

@@ -405,7 +405,8 @@ int expiry_forget_tree(keel_txn *txn, struct tree_desc *t)
     c.all = true;
     keel_val k;
     int rc;
-    for (rc = cursor_first(&c, &k, NULL); rc == 0; rc = cursor_next(&c, &k, NULL)) {
+    /* a DUPSORT key has one index entry, whatever its number of pairs */
+    for (rc = cursor_first(&c, &k, NULL); rc == 0; rc = cursor_move_key(&c, &k, NULL, 1)) {
         const uint8_t *n;
         if ((rc = node_at(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &n)))
             break;
@@ -413,7 +414,7 @@ int expiry_forget_tree(keel_txn *txn, struct tree_desc *t)
         if (e && (rc = expiry_update(txn, t->id, k, e, 0)))
             break;
     }
-    os_free(c.keybuf);
+    cursor_release(&c);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
 
@@ -464,8 +465,23 @@ int expiry_remove_due(struct expiry_due *d)
 
 void expiry_due_end(struct expiry_due *d)
 {
-    os_free(d->cursor.keybuf);
+    cursor_release(&d->cursor);
     os_free(d->buf);
+}
+
+/* The key's expiry in its tree: a DUPSORT key's is on its first pair. */
+static int expiry_of(keel_txn *txn, const struct tree_desc *t, keel_val key, int64_t *exp)
+{
+    if (!(t->flags & TREE_F_DUPSORT))
+        return bt_get(txn, t, key, NULL, exp);
+    struct pair_bound pb;
+    int rc = pair_bound(&pb, key, PAIR_KEY_END, (keel_val){NULL, 0});
+    const uint8_t *k;
+    size_t kl;
+    if (rc == 0)
+        rc = cursor_find_pair(txn, t, &pb, &k, &kl, exp);
+    pair_bound_free(&pb);
+    return rc;
 }
 
 /* For keel_check: does every expiry entry name a live node with that expiry? */
@@ -496,10 +512,10 @@ int expiry_check(keel_txn *txn, void (*problem)(void *ctx, const char *fmt, ...)
             continue;
         }
         keel_val ukey = {(const uint8_t *)k.data + EXPIRY_KEY_PREFIX, k.len - EXPIRY_KEY_PREFIX};
-        if (bt_get(txn, t, ukey, NULL, &have) || have != exp)
+        if (expiry_of(txn, t, ukey, &have) || have != exp)
             problem(ctx, "expiry entry %llu: the key is missing or has another expiry", (unsigned long long)n);
     }
-    os_free(c.keybuf);
+    cursor_release(&c);
     *entries = n;
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }

@@ -37,11 +37,19 @@ struct tree_desc {
     uint64_t branch_pages;
     uint64_t leaf_pages;
     uint64_t overflow_pages;
-    uint32_t depth; /* 0 when empty, 1 = a single leaf */
+    uint16_t depth; /* 0 when empty, 1 = a single leaf */
+    uint16_t flags; /* TREE_F_*: the tree's kind, fixed at its creation (a u32 depth before: always 0) */
     uint32_t id;    /* bucket id, stable for the bucket's life: 0 = default bucket and internal trees */
     uint64_t root_sum; /* the root page's sum (PAGE_TRAILER); 0: none (format 1, or changed in this txn) */
 };
 #define TREE_DESC_SIZE 56
+/* Tree flags.
+ * DUPSORT: a bucket whose key holds a sorted set of values.  Each (key,
+ *   value) pair is one entry, whose node key is the pair's key (below) and
+ *   whose value is empty; the tree is ordered by key, then by value.  A
+ *   file holding one has META_F_DUPSORT, which older libraries refuse. */
+#define TREE_F_DUPSORT 0x1u
+#define TREE_F_KNOWN TREE_F_DUPSORT
 #define TREE_DESC_V1_SIZE 48
 
 /* The meta page: at offset 0 of pages 0 and 1. */
@@ -77,7 +85,9 @@ struct meta {
 #define META_F_ONEFLUSH 0x1u
 #define META_F_UNSYNCED 0x2u
 #define META_F_FREETAIL 0x4u
-#define META_F_KNOWN (META_F_ONEFLUSH | META_F_UNSYNCED | META_F_FREETAIL)
+#define META_F_DUPSORT 0x8u /* the file has (or had) a DUPSORT bucket (TREE_F_DUPSORT): never cleared */
+#define META_F_STICKY META_F_DUPSORT /* what the file holds: every commit keeps these */
+#define META_F_KNOWN (META_F_ONEFLUSH | META_F_UNSYNCED | META_F_FREETAIL | META_F_DUPSORT)
 
 /* The commit list: at offset META_LIST_OFF of a ONEFLUSH meta's page.
  *   u32 nruns | u32 zero | u64 pages_sum | nruns x (u64 first pgno, u64 count)
@@ -296,6 +306,13 @@ static inline size_t format_max_key(uint32_t node_end, bool summed)
     return format_max_node(node_end) - LEAF_HDR - 8 - (summed ? 16u : 8u) - EXPIRY_KEY_PREFIX;
 }
 
+/* The longest pair key of a DUPSORT tree (below): it fits a leaf node with
+ * an expiry time and an empty value, and a branch node with a sum. */
+static inline size_t format_max_pair_key(uint32_t node_end)
+{
+    return format_max_node(node_end) - BRANCH_HDR - 8;
+}
+
 /* The i-th node of a page, checked to lie inside its node area, which ends
  * at `end` (keel_db.node_end: a damaged slot or size gives KEEL_CORRUPTED,
  * never a read outside). */
@@ -312,6 +329,59 @@ static inline int page_node(const uint8_t *page, unsigned i, uint32_t end, const
         return KEEL_CORRUPTED;
     *node = n;
     return 0;
+}
+
+/* A DUPSORT tree's pair key: the user key with each 0x00 byte written as
+ * 00 FF, then the terminator 00 00, then the value.  memcmp order of pair
+ * keys is then (key, value) order, so the tree code, its separators and
+ * every walk stay those of a plain tree (FoundationDB's tuple layer escapes
+ * the same way).  PAIR_KEY_NEXT follows every pair key of a key and
+ * precedes every later key's: a seek there skips the key's values. */
+#define PAIR_TERM_SIZE 2u
+static const uint8_t PAIR_KEY_END[2] = {0x00, 0x00};
+static const uint8_t PAIR_KEY_NEXT[2] = {0x00, 0x01};
+static inline size_t pair_key_escaped_len(const uint8_t *key, size_t klen)
+{
+    size_t n = klen;
+    for (const uint8_t *p = key, *e = key + klen; (p = memchr(p, 0, (size_t)(e - p))); p++)
+        n++;
+    return n;
+}
+/* Writes the escaped key (without its terminator) to out; its length. */
+static inline size_t pair_key_escape(uint8_t *out, const uint8_t *key, size_t klen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < klen; i++) {
+        out[o++] = key[i];
+        if (key[i] == 0)
+            out[o++] = 0xFF;
+    }
+    return o;
+}
+/* The escaped key's length in the pair key p (where its terminator
+ * begins), or 0 when p holds no well-formed one. */
+static inline size_t pair_key_part(const uint8_t *p, size_t len)
+{
+    const uint8_t *z = p, *e = p + len;
+    while ((z = memchr(z, 0, (size_t)(e - z))) && z + 1 < e) {
+        if (z[1] == 0x00)
+            return z == p ? 0 : (size_t)(z - p);
+        if (z[1] != 0xFF)
+            return 0;
+        z += 2;
+    }
+    return 0;
+}
+/* Unescapes n escaped bytes (well formed: pair_key_part) into out; the length. */
+static inline size_t pair_key_unescape(uint8_t *out, const uint8_t *esc, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        out[o++] = esc[i];
+        if (esc[i] == 0)
+            i++;
+    }
+    return o;
 }
 
 /* Free-tree keys: big-endian txn id then big-endian chunk number, so that

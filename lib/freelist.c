@@ -165,7 +165,7 @@ int freelist_reclaim(keel_txn *txn)
         goto out;
     txn->meta.free_pages -= n < txn->meta.free_pages ? n : txn->meta.free_pages;
 out:
-    os_free(c.keybuf);
+    cursor_release(&c);
     space_edit_free_tree(&txn->space, false);
     return rc;
 }
@@ -225,7 +225,7 @@ static int zero_chunk_range(keel_txn *txn, uint32_t *first, uint32_t *last)
         if (rc == 0)
             *last = key_chunk(k.data);
     }
-    os_free(c.keybuf);
+    cursor_release(&c);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
 
@@ -241,7 +241,7 @@ static int check_newest_record(keel_txn *txn)
     int rc = cursor_last(&c, &k, NULL);
     if (rc == 0 && (k.len != FREE_KEY_SIZE || free_key_txnid(k.data) >= txn->txnid))
         rc = CORRUPT(c.pgno[c.depth - 1]);
-    os_free(c.keybuf);
+    cursor_release(&c);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
 

@@ -337,7 +337,7 @@ static int flush_commit(keel_db *db, struct group_slot *c)
                m.npages * db->psize <= fsize;
     if (one && !(id == visible + 1 && (m.flags & META_F_ONEFLUSH))) /* a single commit's own list serves */
         one = group_list(db, c, visible, &m, page);
-    m.flags = (m.flags & META_F_FREETAIL) | (one ? META_F_ONEFLUSH : 0) | (metasync ? 0 : META_F_UNSYNCED);
+    m.flags = (m.flags & (META_F_FREETAIL | META_F_STICKY)) | (one ? META_F_ONEFLUSH : 0) | (metasync ? 0 : META_F_UNSYNCED);
     if (one) {
         size_t list_end = META_LIST_OFF + META_LIST_HDR + (size_t)rd32(page + META_LIST_OFF) * META_LIST_RUN;
         if (mlen < (list_end + 511) / 512 * 512)

@@ -3,7 +3,7 @@
  * interface.  Dependencies point one way:
  *
  *   os -> lockfile -> meta -> group -> pager -> btree -> cursor -> space -> bucket
- *      -> expiry, relocate, seal -> kv -> txn -> ops, api, db      (copy, check, salvage)
+ *      -> expiry, relocate, seal -> dup -> kv -> txn -> ops, api, db      (copy, check, salvage)
  *
  * (space: space.c, the allocator, and freelist.c, the free tree on disk.)
  * One loop, deliberate, stated here once.  btree <-> space: allocating a
@@ -250,6 +250,7 @@ struct keel_db {
     _Atomic uint64_t *known; /* pages known to hold the bytes of their sum (pager.c), or NULL */
     size_t known_mask;       /* its slots - 1 (a power of two) */
     size_t max_key;    /* longest key */
+    size_t max_pair_key; /* longest pair key of a DUPSORT tree (format.h) */
     size_t max_node;   /* biggest node: two always fit in a page */
     size_t inline_max; /* leaf nodes up to this size keep their value inline */
 
@@ -377,6 +378,7 @@ struct keel_cursor {
     struct tree_desc *tree; /* never moves while the txn lives; NULL once its bucket was dropped */
     int state;              /* CUR_UNSET, CUR_ON, CUR_AFTER_DEL, CUR_EOF */
     bool all;               /* internal: also visit expired entries */
+    bool dup;               /* the tree is a DUPSORT one: node keys are pair keys (format.h) */
     uint64_t valid_at;      /* txn->changes when the path was last valid */
     int depth;
     uint64_t pgno[KEEL_MAX_DEPTH];
@@ -384,6 +386,7 @@ struct keel_cursor {
     unsigned idx[KEEL_MAX_DEPTH];
     uint8_t *keybuf; /* write txns: a copy of the current key, to re-seek after changes */
     size_t keylen, keycap;
+    uint8_t *dupkey; /* DUPSORT: the current key unescaped, when it holds a zero byte (max_key bytes) */
 };
 #define CURSOR_MAGIC 0x4B435552u
 #define CURSOR_DEAD 0xDEADC0DEu
@@ -613,11 +616,31 @@ int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout);
 int cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_expiry(keel_cursor *c, int64_t *unix_ms); /* the current entry's, 0 = none */
 int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry); /* the deleted key stays in c->keybuf */
+void cursor_release(keel_cursor *c); /* frees what an internal (stack) cursor allocated */
+/* DUPSORT: a pair-key bound, esc(key) + tail + val (format.h), in buf or a
+ * malloc'd block that pair_bound_free releases */
+struct pair_bound {
+    uint8_t *k;
+    size_t len;    /* the whole bound */
+    size_t keylen; /* its escaped key and tail: the prefix every pair of the key has (tail PAIR_KEY_END) */
+    uint8_t buf[512];
+};
+int pair_bound(struct pair_bound *pb, keel_val key, const uint8_t tail[2], keel_val val);
+void pair_bound_free(struct pair_bound *pb);
+int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, const uint8_t **key,
+                     size_t *klen, int64_t *expiry);
+/* DUPSORT moves (plain trees: a key has one value) */
+int cursor_seek_key(keel_cursor *c, keel_val key, keel_val *vout);
+int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout, keel_val *vout);
+int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir);
+int cursor_move_key(keel_cursor *c, keel_val *key, keel_val *val, int dir);
+int cursor_count(keel_cursor *c, uint64_t *count);
 
 /* ---- bucket.c ----------------------------------------------------------- */
 int bucket_tree(keel_txn *txn, keel_bucket b, struct tree_desc **out); /* KEEL_BADBUCKET */
 int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *out);
 int bucket_drop(keel_txn *txn, keel_bucket b);
+int bucket_flags(keel_txn *txn, keel_bucket b, unsigned *flags); /* KEEL_DUPSORT or 0 */
 int bucket_list(keel_txn *txn, int (*fn)(const char *name, void *ctx), void *ctx);
 int bucket_flush(keel_txn *txn); /* writes changed descriptors to the catalog */
 void bucket_mark_dirty(keel_txn *txn, keel_bucket b);
@@ -682,11 +705,22 @@ int expiry_next_due(struct expiry_due *d);
 int expiry_remove_due(struct expiry_due *d);
 void expiry_due_end(struct expiry_due *d);
 
+/* ---- dup.c: a DUPSORT tree's operations, for kv.c (see there) ------------ */
+bool dup_pair_fits(keel_txn *txn, keel_val key, keel_val val);
+int dup_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry);
+int dup_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
+            int64_t *old_exp, int64_t *new_exp);
+int dup_del_key(keel_txn *txn, struct tree_desc *t, keel_val key, bool live, int64_t *old_exp);
+int dup_del_pair(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t *old_exp, int64_t *new_exp);
+int dup_after_del(keel_txn *txn, const struct tree_desc *t, keel_val key, int64_t old_exp, int64_t *new_exp);
+int dup_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expiry);
+
 /* ---- kv.c: the write path (see there) ------------------------------------ */
 int kv_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *expiry);
 int kv_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t expiry, unsigned flags);
 int kv_del(keel_txn *txn, keel_bucket b, keel_val key);
 int kv_set_expiry(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry); /* 0 = persist */
+int kv_del_value(keel_txn *txn, keel_bucket b, keel_val key, keel_val val);
 int kv_cursor_del(keel_cursor *c);
 int kv_drop_bucket(keel_txn *txn, keel_bucket b);
 int kv_purge(keel_txn *txn, size_t max, size_t *purged);

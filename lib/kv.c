@@ -19,7 +19,10 @@
  *     KEEL_KEEPTTL; a CAS and an increment keep it (ops.c passes KEEPTTL);
  *     a delete removes it.
  *   - Callers (api.c, ops.c, copy.c) have checked their arguments; kv checks
- *     nothing but what only the txn's state can tell.
+ *     nothing but what only the txn's state can tell (a DUPSORT pair's
+ *     length: KEEL_BADVALSIZE before any change).
+ *   - A DUPSORT tree's operations are dup.c's: the same prologue and
+ *     epilogue, with one expiry-index entry per key.
  */
 #include <string.h>
 
@@ -60,7 +63,7 @@ int kv_get(keel_txn *txn, keel_bucket b, keel_val key, keel_val *val, int64_t *e
     if (rc)
         return rc;
     int64_t exp;
-    if ((rc = bt_get(txn, t, key, val, &exp)))
+    if ((rc = (t->flags & TREE_F_DUPSORT) ? dup_get(txn, t, key, val, &exp) : bt_get(txn, t, key, val, &exp)))
         return rc;
     if (!expiry_live(txn, exp)) {
         if (val)
@@ -79,6 +82,13 @@ int kv_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t exp
     if (rc)
         return rc;
     int64_t old = 0;
+    if (t->flags & TREE_F_DUPSORT) {
+        if (!dup_pair_fits(txn, key, val))
+            return KEEL_BADVALSIZE;
+        int64_t now;
+        rc = dup_put(txn, t, key, val, expiry, flags, &old, &now);
+        return write_end(txn, b, t, key, rc, old, now);
+    }
     rc = bt_put(txn, t, key, val, expiry, flags, &old);
     int64_t kept = (flags & KEEL_KEEPTTL) && old && expiry_live(txn, old) ? old : expiry;
     return write_end(txn, b, t, key, rc, old, kept);
@@ -91,8 +101,29 @@ int kv_del(keel_txn *txn, keel_bucket b, keel_val key)
     if (rc)
         return rc;
     int64_t old = 0;
-    rc = bt_del_live(txn, t, key, &old);
+    rc = (t->flags & TREE_F_DUPSORT) ? dup_del_key(txn, t, key, true, &old) : bt_del_live(txn, t, key, &old);
     return write_end(txn, b, t, key, rc, old, 0);
+}
+
+/* One pair; in a plain bucket the key, if its value is val. */
+int kv_del_value(keel_txn *txn, keel_bucket b, keel_val key, keel_val val)
+{
+    struct tree_desc *t;
+    int rc = write_begin(txn, b, &t);
+    if (rc)
+        return rc;
+    int64_t old = 0, now = 0;
+    if (t->flags & TREE_F_DUPSORT) {
+        rc = dup_del_pair(txn, t, key, val, &old, &now);
+    } else {
+        keel_val v;
+        if ((rc = kv_get(txn, b, key, &v, NULL)))
+            return rc;
+        if (v.len != val.len || memcmp(v.data, val.data, v.len))
+            return KEEL_NOTFOUND;
+        rc = bt_del_live(txn, t, key, &old);
+    }
+    return write_end(txn, b, t, key, rc, old, now);
 }
 
 int kv_set_expiry(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry)
@@ -102,11 +133,12 @@ int kv_set_expiry(keel_txn *txn, keel_bucket b, keel_val key, int64_t expiry)
     if (rc)
         return rc;
     int64_t old = 0;
-    rc = bt_get(txn, t, key, NULL, &old);
+    bool dup = t->flags & TREE_F_DUPSORT;
+    rc = dup ? dup_get(txn, t, key, NULL, &old) : bt_get(txn, t, key, NULL, &old);
     if (!rc && !expiry_live(txn, old))
         rc = KEEL_NOTFOUND;
     if (!rc)
-        rc = bt_set_expiry(txn, t, key, expiry, &old);
+        rc = dup ? dup_set_expiry(txn, t, key, expiry) : bt_set_expiry(txn, t, key, expiry, &old);
     return write_end(txn, b, t, key, rc, old, expiry);
 }
 
@@ -118,7 +150,22 @@ int kv_cursor_del(keel_cursor *c)
         return rc;
     int64_t old = 0;
     rc = cursor_del(c, t, &old); /* the deleted key stays in c->keybuf */
-    return write_end(c->txn, c->bucket, t, (keel_val){c->keybuf, c->keylen}, rc, old, 0);
+    if (!(t->flags & TREE_F_DUPSORT))
+        return write_end(c->txn, c->bucket, t, (keel_val){c->keybuf, c->keylen}, rc, old, 0);
+    /* a pair: the key's expiry leaves the index with its last pair */
+    if (rc)
+        return poison(c->txn, rc);
+    size_t part = pair_key_part(c->keybuf, c->keylen);
+    uint8_t *key = part ? os_malloc(part) : NULL;
+    if (!key)
+        return poison(c->txn, part ? KEEL_NOMEM : CORRUPT(0));
+    keel_val k = {key, pair_key_unescape(key, c->keybuf, part)};
+    int64_t now = 0;
+    if (old)
+        rc = dup_after_del(c->txn, t, k, old, &now);
+    rc = write_end(c->txn, c->bucket, t, k, rc, old, now);
+    os_free(key);
+    return rc;
 }
 
 /* The bucket's expiring keys leave the expiry index first: a walk of the
@@ -148,7 +195,7 @@ int kv_purge(keel_txn *txn, size_t max, size_t *purged)
         int64_t old;
         if ((rc = bucket_by_id(txn, due.bucket_id, &b)) || (rc = bucket_tree(txn, b, &t)))
             break;
-        if ((rc = bt_del(txn, t, due.key, &old)))
+        if ((rc = (t->flags & TREE_F_DUPSORT) ? dup_del_key(txn, t, due.key, false, &old) : bt_del(txn, t, due.key, &old)))
             break;
         if (old != due.expiry) {
             rc = CORRUPT(0); /* the index and the bucket disagree */

@@ -93,7 +93,7 @@ void meta_seal(struct meta *m) { m->checksum = meta_sum(m); }
 size_t meta_page_settled(uint32_t psize, const struct meta *m, const uint8_t *tail, uint8_t *out)
 {
     struct meta s = *m;
-    s.flags &= META_F_FREETAIL;
+    s.flags &= META_F_FREETAIL | META_F_STICKY;
     s.commit_list_sum = 0;
     meta_seal(&s);
     meta_encode(&s, out);
@@ -148,7 +148,7 @@ int meta_check_head(const uint8_t *buf, size_t len, uint32_t expect_psize, struc
     for (int i = 0; i < TREE_COUNT; i++) {
         const struct tree_desc *t = &m.trees[i];
         if (t->root == 1 || (t->root && t->root >= m.npages) || t->depth > KEEL_MAX_DEPTH ||
-            (t->root == 0) != (t->depth == 0) || t->id)
+            (t->root == 0) != (t->depth == 0) || t->id || t->flags)
             return CORRUPT(0);
     }
     *out = m;

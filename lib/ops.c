@@ -36,7 +36,7 @@ int keel_put_ttl(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64
     int rc = write_args(txn, key);
     if (rc)
         return rc;
-    if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND))
+    if (flags & ~(KEEL_NOOVERWRITE | KEEL_APPEND | KEEL_NODUPDATA))
         return KEEL_BADFLAGS;
     if ((!val.data && val.len))
         return KEEL_BADARG;
@@ -114,6 +114,14 @@ int keel_purge(keel_txn *txn, size_t max, size_t *purged)
 }
 
 /* ---- atomic operations ---- */
+/* A value to compare or to count in: one per key, so not in a DUPSORT bucket. */
+static int single_valued(keel_txn *txn, keel_bucket b)
+{
+    struct tree_desc *t;
+    int rc = bucket_tree(txn, b, &t);
+    return rc ? rc : (t->flags & TREE_F_DUPSORT) ? KEEL_INCOMPATIBLE : 0;
+}
+
 int keel_cas(keel_txn *txn, keel_bucket b, keel_val key, const keel_val *expected, keel_val new_val)
 {
     int rc = write_args(txn, key);
@@ -123,6 +131,8 @@ int keel_cas(keel_txn *txn, keel_bucket b, keel_val key, const keel_val *expecte
         return KEEL_BADARG;
     if (new_val.len > KEEL_MAX_VALUE_SIZE)
         return KEEL_BADVALSIZE;
+    if ((rc = single_valued(txn, b)))
+        return rc;
     keel_val cur;
     rc = kv_get(txn, b, key, &cur, NULL);
     if (rc && rc != KEEL_NOTFOUND)
@@ -165,6 +175,8 @@ int keel_incr(keel_txn *txn, keel_bucket b, keel_val key, int64_t delta, int64_t
         return rc;
     if (!result)
         return KEEL_BADARG;
+    if ((rc = single_valued(txn, b)))
+        return rc;
     keel_val cur;
     int64_t v = 0;
     rc = kv_get(txn, b, key, &cur, NULL);
@@ -229,7 +241,7 @@ int keel_put_many(keel_txn *txn, keel_bucket b, const keel_val *keys, const keel
             return rc;
         if (!vals[i].data && vals[i].len)
             return KEEL_BADARG;
-        if (vals[i].len > KEEL_MAX_VALUE_SIZE)
+        if (vals[i].len > KEEL_MAX_VALUE_SIZE || ((t->flags & TREE_F_DUPSORT) && !dup_pair_fits(txn, keys[i], vals[i])))
             return KEEL_BADVALSIZE;
     }
     if (flags & KEEL_NOOVERWRITE) { /* every conflict first: in the bucket, then inside the batch */

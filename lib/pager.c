@@ -813,7 +813,7 @@ int pager_write_out(keel_txn *txn)
         goto out;
     size_t mlen = 512;
     txn->meta.txnid = txn->txnid;
-    txn->meta.flags = (cl.ok ? META_F_ONEFLUSH : 0) | (tail ? META_F_FREETAIL : 0);
+    txn->meta.flags = (txn->meta.flags & META_F_STICKY) | (cl.ok ? META_F_ONEFLUSH : 0) | (tail ? META_F_FREETAIL : 0);
     txn->meta.commit_list_sum = 0;
     txn->meta.free_tail_sum = 0;
     if (cl.ok) {

@@ -78,7 +78,7 @@ static int walk_bucket(keel_txn *txn, struct space_walk *w, bool *found)
         }
         *found = true;
     }
-    os_free(c.keybuf);
+    cursor_release(&c);
     return rc == KEEL_NOTFOUND ? 0 : rc;
 }
 

@@ -76,6 +76,7 @@ struct salvage {
     bool free_known;             /* the free tree and tail were read whole */
     bool catalog_damaged;
     size_t max_key;
+    size_t max_leaf_key; /* the longer of max_key and a DUPSORT tree's longest pair key */
     keel_txn *txn; /* of the new database */
     keel_salvage_stat *st;
     void (*report)(void *ctx, const char *msg);
@@ -174,7 +175,7 @@ static bool well_formed(const struct salvage *s, const uint8_t *p, unsigned want
         const uint8_t *k = leaf ? leaf_node_key(nd) : branch_node_key(nd);
         size_t kl = leaf ? leaf_node_ksize(nd) : branch_node_ksize(nd);
         if ((prev && bt_cmp(prev, prevlen, k, kl) >= 0) || (lo && bt_cmp(k, kl, lo, lolen) < 0) ||
-            (hi && bt_cmp(k, kl, hi, hilen) >= 0) || (leaf && (kl == 0 || kl > s->max_key)))
+            (hi && bt_cmp(k, kl, hi, hilen) >= 0) || (leaf && (kl == 0 || kl > s->max_leaf_key)))
             return false;
         prev = k;
         prevlen = kl;
@@ -214,8 +215,30 @@ static int put_record(struct salvage *s, const uint8_t *nd)
             set_bit(s->reached, ov + i);
         val.data = run + PAGE_HDR;
     }
-    int rc = keel_put(s->txn, s->bucket, key, val, 0);
-    if (!rc && (leaf_node_flags(nd) & N_EXPIRES))
+    unsigned kind = 0;
+    int rc = keel_bucket_flags(s->txn, s->bucket, &kind);
+    if (!rc && kind == KEEL_DUPSORT) { /* the pair key holds key and value (format.h) */
+        size_t part = pair_key_part(key.data, key.len);
+        uint8_t *k = part && !val.len && !run ? os_malloc(part) : NULL;
+        if (!k) {
+            lost(s, key.data, key.len, NULL, 0, "not a DUPSORT pair");
+            return 0;
+        }
+        val = (keel_val){(const uint8_t *)key.data + part + PAIR_TERM_SIZE, key.len - part - PAIR_TERM_SIZE};
+        key = (keel_val){k, pair_key_unescape(k, key.data, part)};
+        run = k; /* freed below */
+    }
+    if (!rc && key.len > s->max_key) {
+        lost(s, key.data, key.len, NULL, 0, "its key is too long");
+        os_free(run);
+        return 0;
+    }
+    if (!rc)
+        rc = keel_put(s->txn, s->bucket, key, val, 0);
+    int64_t had = 0; /* a DUPSORT key's other values have it already */
+    if (!rc && (leaf_node_flags(nd) & N_EXPIRES) && kind == KEEL_DUPSORT)
+        keel_expiry_at(s->txn, s->bucket, key, &had);
+    if (!rc && (leaf_node_flags(nd) & N_EXPIRES) && had != leaf_node_expiry(nd))
         rc = keel_expire_at(s->txn, s->bucket, key, leaf_node_expiry(nd));
     os_free(run);
     s->st->records += rc == 0;
@@ -537,7 +560,9 @@ static int salvage_trees(struct salvage *s, unsigned slot)
     for (size_t i = 0; i < s->nnamed && !rc; i++) {
         struct named *nb = &s->named[i];
         keel_bucket b;
-        if (nb->d.id == 0 || nb->d.id >= BUCKET_ID_MAX || (rc = keel_bucket_open(s->txn, nb->name, KEEL_CREATE, &b)))
+        unsigned kind = (nb->d.flags & TREE_F_DUPSORT) ? KEEL_DUPSORT : 0;
+        if (nb->d.id == 0 || nb->d.id >= BUCKET_ID_MAX ||
+            (rc = keel_bucket_open(s->txn, nb->name, KEEL_CREATE | kind, &b)))
             continue;
         rc = walk_tree(s, nb->name, nb->d.id, b, LEAF_RECORDS, &nb->d);
     }
@@ -599,6 +624,7 @@ int keel_salvage(const char *src, const char *dest, void (*report)(void *ctx, co
     s.summed = s.m.version >= 2;
     s.node_end = s.psize - (s.summed ? PAGE_TRAILER : 0);
     s.max_key = format_max_key(s.node_end, s.summed);
+    s.max_leaf_key = format_max_pair_key(s.node_end) > s.max_key ? format_max_pair_key(s.node_end) : s.max_key;
     s.npages = s.m.npages < fsize / s.psize ? s.m.npages : fsize / s.psize;
     s.reached = os_calloc(s.npages / 8 + 1);
     s.free_map = os_calloc(s.npages / 8 + 1);
