@@ -465,32 +465,32 @@ static inline __attribute__((always_inline)) int move(keel_cursor *c, keel_val *
 int cursor_next(keel_cursor *c, keel_val *key, keel_val *val) { return move(c, key, val, 1); }
 int cursor_prev(keel_cursor *c, keel_val *key, keel_val *val) { return move(c, key, val, -1); }
 
-int cursor_current(keel_cursor *c, keel_val *key, keel_val *val)
+/* For the calls about the current entry: the cursor is on one, found
+ * again after changes, and it is live (it may have expired since the
+ * cursor moved onto it: expire_at in the past). */
+static int on_live_entry(keel_cursor *c, struct tree_desc **t)
 {
     if (c->state == CUR_UNSET)
         return KEEL_BADCURSOR;
+    int rc = tree_of(c, t);
+    if (rc || (rc = resync(c, *t)))
+        return rc;
+    return c->state != CUR_ON || expired_here(c) ? KEEL_NOTFOUND : 0;
+}
+
+int cursor_current(keel_cursor *c, keel_val *key, keel_val *val)
+{
     struct tree_desc *t;
-    int rc = tree_of(c, &t);
-    if (rc)
-        return rc;
-    if ((rc = resync(c, t)))
-        return rc;
-    /* the entry may have expired since we moved onto it (expire_at in the past) */
-    if (c->state != CUR_ON || expired_here(c))
-        return KEEL_NOTFOUND;
-    return load(c, key, val);
+    int rc = on_live_entry(c, &t);
+    return rc ? rc : load(c, key, val);
 }
 
 int cursor_expiry(keel_cursor *c, int64_t *unix_ms)
 {
-    if (c->state == CUR_UNSET)
-        return KEEL_BADCURSOR;
     struct tree_desc *t;
-    int rc = tree_of(c, &t);
-    if (rc || (rc = resync(c, t)))
+    int rc = on_live_entry(c, &t);
+    if (rc)
         return rc;
-    if (c->state != CUR_ON || expired_here(c))
-        return KEEL_NOTFOUND;
     struct entry e;
     if ((rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->node_end, &e)))
         return rc;
@@ -819,14 +819,10 @@ static int count_between(keel_cursor *c, const struct tree_desc *t, const struct
 
 int cursor_count(keel_cursor *c, uint64_t *count)
 {
-    if (c->state == CUR_UNSET)
-        return KEEL_BADCURSOR;
     struct tree_desc *t;
-    int rc = tree_of(c, &t);
-    if (rc || (rc = resync(c, t)))
+    int rc = on_live_entry(c, &t);
+    if (rc)
         return rc;
-    if (c->state != CUR_ON || expired_here(c))
-        return KEEL_NOTFOUND;
     if (!c->dup) {
         *count = 1;
         return 0;
