@@ -563,7 +563,16 @@ static const struct bad bads[] = {
     {"VERSION not a number", "VERSION=three\nHEADER=END\nDATA=END\n", "line 1:", "unsupported VERSION", false},
     {"bad format", "VERSION=3\nformat=hex\nHEADER=END\nDATA=END\n", "line 2:", "unsupported format", false},
     {"bad type", "VERSION=3\ntype=hash\nHEADER=END\nDATA=END\n", "line 2:", "unsupported type", false},
-    {"dupsort", "VERSION=3\ndupsort=1\nHEADER=END\nDATA=END\n", "line 2:", "duplicate keys", false},
+    {"dupsort into the default bucket", "VERSION=3\ndupsort=1\nHEADER=END\nDATA=END\n", "line 1:",
+     "keel's default bucket is a plain one", false},
+    {"dupsort=2", "VERSION=3\ndatabase=d\nduplicates=2\nHEADER=END\nDATA=END\n", "line 3:", "expected 0 or 1",
+     false},
+    /* b1 is a plain bucket of the database, and of the new file by its first section */
+    {"dupsort into a plain bucket", "VERSION=3\nformat=print\ndatabase=b1\nHEADER=END\n k0\n v\nDATA=END\n"
+     "VERSION=3\nformat=print\ndatabase=b1\nduplicates=1\ndupsort=1\nHEADER=END\n k\n v\nDATA=END\n", "line 8:",
+     "bucket b1 is a plain bucket, and the section holds a DUPSORT database", false},
+    {"dupsort expiry section", HDR " 6b\n 76\nDATA=END\nVERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX
+     "\ndupsort=1\ntype=btree\nHEADER=END\n k\n 4102444800000\nDATA=END\n", "line 8:", "one time a key", false},
     {"no DATA=END", HDR " 6b\n 76\n", "line 6:", "no DATA=END", false},
     {"bad escape", PHDR " k\\q1\n v\nDATA=END\n", "line 5:", "bad escape at column 3", false},
     {"short escape", PHDR " k\n v\\4\nDATA=END\n", "line 6:", "bad escape", false},
