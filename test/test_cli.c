@@ -1826,6 +1826,195 @@ static void test_dupsort_keel_to_lmdb(void **state)
     nftw(lpath, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The verbs on DUPSORT buckets; TTLs, -N and -T in dump/load; check. */
+static void test_dupsort_verbs(void **state)
+{
+    (void)state;
+    struct run r = KEEL(NULL, "put", path_a, "--dup", "k", "v"); /* the default bucket is plain */
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "--dup needs -s BUCKET"));
+    assert_false(exists(path_a));
+    run_free(&r);
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "k", "b"));
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "--hex", "6b", "00ff"));
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "k", "a")); /* an existing DUPSORT bucket: adds */
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "k", "a")); /* a pair already there: no change */
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "-e", "k\\00z", "x"));
+    for (int i = 0; i < 30; i++) {
+        char v[16];
+        snprintf(v, sizeof v, "m%02d", 29 - i);
+        free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "many", v));
+    }
+    free(KEEL_OK(NULL, "put", path_a, "-s", "plain", "k", "v"));
+    r = KEEL(NULL, "put", path_a, "-s", "plain", "--dup", "k", "w"); /* the other kind */
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "bucket plain is a plain bucket, not a DUPSORT one"));
+    assert_non_null(strstr(r.err, "KEEL_INCOMPATIBLE"));
+    run_free(&r);
+    r = KEEL(NULL, "incr", path_a, "-s", "tags", "n");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "KEEL_INCOMPATIBLE"));
+    run_free(&r);
+    char *s = KEEL_OK(NULL, "scan", path_a, "-s", "tags");
+    char want[2048] = "k\t\\00\\ff\nk\ta\nk\tb\nk\\00z\tx\n";
+    for (int i = 0; i < 30; i++)
+        snprintf(want + strlen(want), sizeof want - strlen(want), "many\tm%02d\n", i);
+    assert_string_equal(s, want);
+    free(s);
+    s = KEEL_OK(NULL, "scan", path_a, "-s", "tags", "--prefix", "k", "--limit", "2");
+    assert_string_equal(s, "k\t\\00\\ff\nk\ta\n");
+    free(s);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "tags", "k");
+    assert_string_equal(s, "\\00\\ff\n");
+    free(s);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "tags", "--all", "k");
+    assert_string_equal(s, "\\00\\ff\na\nb\n");
+    free(s);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "tags", "--all", "--hex", "6b");
+    assert_string_equal(s, "00ff\n61\n62\n");
+    free(s);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "plain", "--all", "k"); /* a plain bucket: its one value */
+    assert_string_equal(s, "v\n");
+    free(s);
+    r = KEEL(NULL, "get", path_a, "-s", "tags", "--all", "nokey");
+    assert_int_equal(r.code, 1);
+    assert_string_equal(r.out, "");
+    run_free(&r);
+    /* del KEY VALUE: one pair; del KEY: the key */
+    free(KEEL_OK(NULL, "del", path_a, "-s", "tags", "k", "a"));
+    r = KEEL(NULL, "del", path_a, "-s", "tags", "k", "a");
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "KEEL_NOTFOUND"));
+    run_free(&r);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "tags", "--all", "k");
+    assert_string_equal(s, "\\00\\ff\nb\n");
+    free(s);
+    free(KEEL_OK(NULL, "del", path_a, "-s", "tags", "--hex", "6b", "00ff"));
+    free(KEEL_OK(NULL, "del", path_a, "-s", "tags", "many"));
+    s = KEEL_OK(NULL, "scan", path_a, "-s", "tags");
+    assert_string_equal(s, "k\tb\nk\\00z\tx\n");
+    free(s);
+    r = KEEL(NULL, "del", path_a, "-s", "plain", "k", "other"); /* a plain bucket: only if the value is that */
+    assert_int_equal(r.code, 1);
+    run_free(&r);
+    free(KEEL_OK(NULL, "del", path_a, "-s", "plain", "k", "v"));
+    r = KEEL(NULL, "get", path_a, "-s", "plain", "k");
+    assert_int_equal(r.code, 1);
+    run_free(&r);
+    /* expire / ttl / persist reach a DUPSORT bucket's keys */
+    free(KEEL_OK(NULL, "expire", path_a, "-s", "tags", "k", "1000"));
+    s = KEEL_OK(NULL, "ttl", path_a, "-s", "tags", "k");
+    assert_string_equal(s, "1000\n");
+    free(s);
+    free(KEEL_OK(NULL, "persist", path_a, "-s", "tags", "k"));
+    s = KEEL_OK(NULL, "stat", path_a);
+    assert_non_null(strstr(s, "(default)            entries 0, "));
+    assert_non_null(strstr(s, "  plain                entries 0, depth"));
+    assert_non_null(strstr(s, "kind plain\n  tags                 entries 2, "));
+    assert_non_null(strstr(s, "kind dupsort\n"));
+    free(s);
+    s = KEEL_OK(NULL, "check", path_a);
+    assert_non_null(strstr(s, "ok, no problems"));
+    free(s);
+}
+
+/* keel → keel: a DUPSORT bucket with expiry times (one record a key in the
+ * expiry section, however many values), both formats; -N; -T. */
+static void test_dupsort_dump_load(void **state)
+{
+    (void)state;
+    keel_db *db;
+    keel_txn *t;
+    keel_bucket b, p;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    OK(keel_bucket_open(t, "d", KEEL_CREATE | KEEL_DUPSORT, &b));
+    OK(keel_bucket_open(t, "p", KEEL_CREATE, &p));
+    for (int i = 0; i < 200; i++) {
+        char k[16], v[16];
+        int kl = snprintf(k, sizeof k, "key\\%d", i % 20), vl = snprintf(v, sizeof v, "v\n%d", i);
+        put(t, b, k, (size_t)kl, v, (size_t)vl);
+        put(t, p, k, (size_t)kl, v, (size_t)vl);
+    }
+    put(t, b, "\0", 1, "\0", 1);
+    put(t, b, "\0", 1, "", 0);
+    OK(keel_expire_at(t, b, (keel_val){"key\\3", 5}, FAR_FUTURE + 3));
+    OK(keel_expire_at(t, b, (keel_val){"\0", 1}, FAR_FUTURE + 4));
+    OK(keel_commit(t));
+    keel_close(db);
+    free(KEEL_OK(NULL, "check", path_a));
+    for (int print = 0; print < 2; print++) {
+        remove_db(path_b);
+        char *d1 = print ? KEEL_OK(NULL, "dump", "-a", "-p", path_a) : KEEL_OK(NULL, "dump", "-a", path_a);
+        /* the expiry section: the two keys once each */
+        const char *ex = strstr(d1, "database=" DUMP_EXPIRY_PREFIX "d\n");
+        assert_non_null(ex);
+        ex = strstr(ex, "HEADER=END\n") + strlen("HEADER=END\n");
+        const char *want = print ? " \\00\n 4102444800004\n key\\\\3\n 4102444800003\nDATA=END\n"
+                                 : " 00\n 34313032343434383030303034\n 6b65795c33\n 34313032343434383030303033\n"
+                                   "DATA=END\n";
+        assert_memory_equal(ex, want, strlen(want));
+        write_text(txt, d1);
+        free(KEEL_OK(txt, "load", path_b));
+        assert_same_db(path_a, path_b);
+        char *d2 = print ? KEEL_OK(NULL, "dump", "-a", "-p", path_b) : KEEL_OK(NULL, "dump", "-a", path_b);
+        assert_string_equal(d1, d2);
+        free(d2);
+        /* again into the loaded file: the same pairs (a DUPSORT bucket keeps a pair once) */
+        free(KEEL_OK(txt, "load", path_b));
+        d2 = print ? KEEL_OK(NULL, "dump", "-a", "-p", path_b) : KEEL_OK(NULL, "dump", "-a", path_b);
+        assert_string_equal(d1, d2);
+        free(d2);
+        free(d1);
+    }
+    /* -N: existing pairs are skipped, others added; a key that was there keeps its expiry */
+    write_text(txt, "VERSION=3\nformat=print\ndatabase=d\nduplicates=1\ndupsort=1\nHEADER=END\n"
+                    " key\\\\3\n new\n key\\\\3\n v\\0a3\n fresh\n one\n fresh\n two\nDATA=END\n"
+                    "VERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX "d\nHEADER=END\n"
+                    " key\\\\3\n 4102444809999\n fresh\n 4102444809998\nDATA=END\n");
+    free(KEEL_OK(txt, "load", "-N", path_b));
+    OK(keel_open(path_b, NULL, &db));
+    OK(keel_begin(db, KEEL_RDONLY, &t));
+    OK(keel_bucket_open(t, "d", 0, &b));
+    int64_t at;
+    OK(keel_expiry_at(t, b, (keel_val){"key\\3", 5}, &at));
+    assert_int_equal(at, FAR_FUTURE + 3);
+    OK(keel_expiry_at(t, b, (keel_val){"fresh", 5}, &at));
+    assert_int_equal(at, FAR_FUTURE + 9998);
+    keel_cursor *c;
+    OK(keel_cursor_open(t, b, &c));
+    keel_val k, v;
+    uint64_t n;
+    OK(keel_cursor_seek_key(c, (keel_val){"key\\3", 5}, &v));
+    OK(keel_cursor_count(c, &n));
+    assert_int_equal(n, 11); /* 10 + "new" */
+    OK(keel_cursor_seek_key(c, (keel_val){"fresh", 5}, &v));
+    assert_int_equal(v.len, 3);
+    assert_memory_equal(v.data, "one", 3);
+    OK(keel_cursor_next_dup(c, &k, &v));
+    assert_memory_equal(v.data, "two", 3);
+    keel_cursor_close(c);
+    keel_abort(t);
+    keel_close(db);
+    /* a plain section into the DUPSORT bucket: refused, naming the kinds; -T states no kind */
+    write_text(txt, "VERSION=3\nformat=print\ndatabase=d\nHEADER=END\n k\n v\nDATA=END\n");
+    struct run r = KEEL(txt, "load", path_b);
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "bucket d is a DUPSORT bucket, and the section holds a plain (not DUPSORT) database"));
+    assert_non_null(strstr(r.err, "nothing was written"));
+    run_free(&r);
+    write_text(txt, "tk\nv1\ntk\nv2\n");
+    free(KEEL_OK(txt, "load", "-T", "-s", "d", path_b));
+    char *s = KEEL_OK(NULL, "get", path_b, "-s", "d", "--all", "tk");
+    assert_string_equal(s, "v1\nv2\n");
+    free(s);
+    free(KEEL_OK(txt, "load", "-T", "-s", "p", path_b)); /* a plain bucket: the last value */
+    s = KEEL_OK(NULL, "get", path_b, "-s", "p", "--all", "tk");
+    assert_string_equal(s, "v2\n");
+    free(s);
+    free(KEEL_OK(NULL, "check", path_b));
+}
+
 /* ---- the parser on its own ---------------------------------------------------------- */
 struct counts {
     unsigned long sections, records, ends;
@@ -2544,6 +2733,8 @@ int main(void)
         cmocka_unit_test_setup(test_keel_to_lmdb, fresh),
         cmocka_unit_test_setup(test_dupsort_lmdb_to_keel, fresh),
         cmocka_unit_test_setup(test_dupsort_keel_to_lmdb, fresh),
+        cmocka_unit_test_setup(test_dupsort_verbs, fresh),
+        cmocka_unit_test_setup(test_dupsort_dump_load, fresh),
         cmocka_unit_test_setup(test_output_full, fresh),
         cmocka_unit_test_setup(test_load_file_size_limit, fresh),
         cmocka_unit_test_setup(test_closed_std_fds, fresh),
