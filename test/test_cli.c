@@ -1246,7 +1246,8 @@ static void test_man_page(void **state)
     assert_true(commands >= 17);
     const char *const opts[] = {"\\-\\-hex", "\\-\\-ms", "\\-\\-nx", "\\-\\-keepttl", "\\-\\-from",
                                 "\\-\\-bucket", "\\-\\-compact", "EXIT STATUS", "__keel_expiry__",
-                                "\\-\\-value\\-file", "\\-\\-stdin", "SIGXFSZ", "max_dirty"};
+                                "\\-\\-value\\-file", "\\-\\-stdin", "SIGXFSZ", "max_dirty",
+                                "\\-\\-dup", "\\-\\-all", "duplicates=1", "dupsort=1", "DUPSORT"};
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
         assert_non_null(strstr(man, opts[i]));
     free(help);
