@@ -33,6 +33,7 @@ struct fd_sec {
     int print;
     uint64_t mapsize;
     uint32_t maxreaders, pagesize;
+    int dupsort;
     size_t n, cap;
     struct fd_rec *r;
     bool ended;
@@ -79,6 +80,8 @@ static int fd_section(void *ctx, const struct dump_section *s, char *err, size_t
     sec->mapsize = s->mapsize;
     sec->maxreaders = s->maxreaders;
     sec->pagesize = s->pagesize;
+    sec->dupsort = s->dupsort;
+    FUZZ_CHECK(s->dupsort == 0 || s->dupsort == 1);
     FUZZ_CHECK(s->version >= 1 && s->version <= DUMP_VERSION);
     return 0;
 }
@@ -176,7 +179,8 @@ static bool fd_same(const struct fd_run *a, const struct fd_run *b, bool plain)
         if (!plain) {
             if ((x->database == NULL) != (y->database == NULL) ||
                 (x->database && strcmp(x->database, y->database)) || x->print != y->print ||
-                x->mapsize != y->mapsize || x->maxreaders != y->maxreaders || x->pagesize != y->pagesize)
+                x->mapsize != y->mapsize || x->maxreaders != y->maxreaders || x->pagesize != y->pagesize ||
+                x->dupsort != y->dupsort)
                 return false;
         }
         for (size_t j = 0; j < x->n; j++)
@@ -242,7 +246,7 @@ FUZZ_ENTRY(dump)
         for (size_t i = 0; i < run->nsec; i++) {
             const struct fd_sec *s = &run->sec[i];
             if (!plain) {
-                struct dump_info h = {s->print, s->database, s->mapsize, s->maxreaders, s->pagesize};
+                struct dump_info h = {s->print, s->database, s->mapsize, s->maxreaders, s->pagesize, s->dupsort};
                 FUZZ_CHECK(dump_write_header(m, &h) == 0);
             }
             for (size_t j = 0; j < s->n; j++) {

@@ -563,7 +563,16 @@ static const struct bad bads[] = {
     {"VERSION not a number", "VERSION=three\nHEADER=END\nDATA=END\n", "line 1:", "unsupported VERSION", false},
     {"bad format", "VERSION=3\nformat=hex\nHEADER=END\nDATA=END\n", "line 2:", "unsupported format", false},
     {"bad type", "VERSION=3\ntype=hash\nHEADER=END\nDATA=END\n", "line 2:", "unsupported type", false},
-    {"dupsort", "VERSION=3\ndupsort=1\nHEADER=END\nDATA=END\n", "line 2:", "duplicate keys", false},
+    {"dupsort into the default bucket", "VERSION=3\ndupsort=1\nHEADER=END\nDATA=END\n", "line 1:",
+     "keel's default bucket is a plain one", false},
+    {"dupsort=2", "VERSION=3\ndatabase=d\nduplicates=2\nHEADER=END\nDATA=END\n", "line 3:", "expected 0 or 1",
+     false},
+    /* b1 is a plain bucket of the database, and of the new file by its first section */
+    {"dupsort into a plain bucket", "VERSION=3\nformat=print\ndatabase=b1\nHEADER=END\n k0\n v\nDATA=END\n"
+     "VERSION=3\nformat=print\ndatabase=b1\nduplicates=1\ndupsort=1\nHEADER=END\n k\n v\nDATA=END\n", "line 8:",
+     "bucket b1 is a plain bucket, and the section holds a DUPSORT database", false},
+    {"dupsort expiry section", HDR " 6b\n 76\nDATA=END\nVERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX
+     "\ndupsort=1\ntype=btree\nHEADER=END\n k\n 4102444800000\nDATA=END\n", "line 8:", "one time a key", false},
     {"no DATA=END", HDR " 6b\n 76\n", "line 6:", "no DATA=END", false},
     {"bad escape", PHDR " k\\q1\n v\nDATA=END\n", "line 5:", "bad escape at column 3", false},
     {"short escape", PHDR " k\n v\\4\nDATA=END\n", "line 6:", "bad escape", false},
@@ -1237,7 +1246,8 @@ static void test_man_page(void **state)
     assert_true(commands >= 17);
     const char *const opts[] = {"\\-\\-hex", "\\-\\-ms", "\\-\\-nx", "\\-\\-keepttl", "\\-\\-from",
                                 "\\-\\-bucket", "\\-\\-compact", "EXIT STATUS", "__keel_expiry__",
-                                "\\-\\-value\\-file", "\\-\\-stdin", "SIGXFSZ", "max_dirty"};
+                                "\\-\\-value\\-file", "\\-\\-stdin", "SIGXFSZ", "max_dirty",
+                                "\\-\\-dup", "\\-\\-all", "duplicates=1", "dupsort=1", "DUPSORT"};
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
         assert_non_null(strstr(man, opts[i]));
     free(help);
@@ -1509,6 +1519,501 @@ static void test_keel_to_lmdb(void **state)
     keel_to_lmdb(false, true);
     keel_to_lmdb(true, false);
     keel_to_lmdb(true, true);
+}
+
+/* ---- DUPSORT buckets (issue 20): dump, load, LMDB, the verbs ------------------------------ */
+struct pair {
+    uint8_t k[8], v[8];
+    size_t kl, vl;
+};
+
+static int cmp_bytes(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    size_t n = al < bl ? al : bl;
+    int c = n ? memcmp(a, b, n) : 0;
+    return c ? c : (al > bl) - (al < bl);
+}
+
+static int cmp_pair(const void *x, const void *y)
+{
+    const struct pair *a = x, *b = y;
+    int c = cmp_bytes(a->k, a->kl, b->k, b->kl);
+    return c ? c : cmp_bytes(a->v, a->vl, b->v, b->vl);
+}
+
+/* The pairs of a DUPSORT database: binary keys and values with zero bytes,
+ * an empty value, a key with 600 values (LMDB keeps them in a sub-tree), keys
+ * of one and of several values; printable (text) or not.  No backslashes:
+ * LMDB 0.9.24's mdb_dump -p does not double them.  Sorted as LMDB and keel
+ * sort them, in *sorted. */
+static size_t dup_pairs(struct pair *p, bool text, uint64_t seed)
+{
+    size_t n = 0;
+    for (int i = 0; i < 600; i++) { /* one key, 600 values */
+        struct pair *q = &p[n++];
+        memcpy(q->k, "many", 4), q->kl = 4;
+        q->vl = 4;
+        q->v[0] = text ? (uint8_t)('a' + i / 26 % 26) : (uint8_t)(i / 200);
+        q->v[1] = text ? (uint8_t)('a' + i % 26) : (uint8_t)(i % 200 + (i % 200 >= 0x5c)); /* no backslash */
+        q->v[2] = text ? 'z' : 0;
+        q->v[3] = text ? (uint8_t)('0' + i / 676) : 0x7c;
+    }
+    for (int i = 0; i < 120; i++) { /* keys of 1..4 values */
+        for (int j = 0; j <= i % 4; j++) {
+            struct pair *q = &p[n++];
+            q->kl = 3;
+            q->k[0] = text ? 'k' : 0;
+            q->k[1] = text ? (uint8_t)('A' + i / 26) : (uint8_t)(i + (i >= 0x5c));
+            q->k[2] = text ? (uint8_t)('a' + i % 26) : (uint8_t)(255 - i);
+            q->vl = 1 + (size_t)j;
+            for (size_t b = 0; b < q->vl; b++) {
+                uint8_t c = (uint8_t)tu_rand(&seed);
+                q->v[b] = text ? (uint8_t)(' ' + c % 94) : c;
+                if (q->v[b] == 0x5c)
+                    q->v[b] = 0x5d;
+            }
+            q->v[0] = (uint8_t)(text ? 'a' + j : j * 40); /* distinct values of a key */
+        }
+    }
+    struct pair *q = &p[n++]; /* a zero byte in the middle of a key, a value of zero bytes */
+    memcpy(q->k, text ? "z z" : "z\0z", 3), q->kl = 3;
+    memcpy(q->v, text ? "  " : "\0\0", 2), q->vl = 2;
+    q = &p[n++];
+    memcpy(q->k, text ? "z z" : "z\0z", 3), q->kl = 3;
+    memcpy(q->v, text ? " " : "\0", 1), q->vl = 1;
+    q = &p[n++]; /* an empty value, a key's only one: LMDB 0.9.24 loses an empty value beside others */
+    memcpy(q->k, text ? "z y" : "z\0y", 3), q->kl = 3;
+    q->vl = 0;
+    return n;
+}
+
+#define MAX_DUP_PAIRS 1000
+
+/* A section of pairs, in the order given, with the flags mdb_dump writes. */
+static void write_section(FILE *f, const char *name, bool dup, const struct pair *p, size_t n)
+{
+    struct dump_info h = {.print = 0, .database = name, .mapsize = KEEL_DEFAULT_MAX_SIZE,
+                          .maxreaders = KEEL_DEFAULT_MAX_READERS, .pagesize = 4096, .dupsort = dup};
+    OK(dump_write_header(f, &h));
+    for (size_t i = 0; i < n; i++)
+        OK(dump_write_record(f, 0, p[i].k, p[i].kl, p[i].v, p[i].vl));
+    OK(dump_write_end(f));
+}
+
+/* Bucket name of db holds exactly the pairs p[0..n), in that order, and is of kind dup. */
+static void assert_pairs(const char *dbpath, const char *name, bool dup, const struct pair *p, size_t n)
+{
+    keel_db *db;
+    keel_txn *t;
+    keel_bucket b = KEEL_DEFAULT_BUCKET;
+    OK(keel_open(dbpath, NULL, &db));
+    OK(keel_begin(db, KEEL_RDONLY, &t));
+    if (name)
+        OK(keel_bucket_open(t, name, 0, &b));
+    unsigned kind;
+    OK(keel_bucket_flags(t, b, &kind));
+    assert_int_equal(kind, dup ? KEEL_DUPSORT : 0);
+    keel_cursor *c;
+    OK(keel_cursor_open(t, b, &c));
+    keel_val k, v;
+    size_t i = 0;
+    for (int rc = keel_cursor_first(c, &k, &v); rc == 0; rc = keel_cursor_next(c, &k, &v), i++) {
+        assert_true(i < n);
+        assert_int_equal(k.len, p[i].kl);
+        assert_memory_equal(k.data, p[i].k, k.len);
+        assert_int_equal(v.len, p[i].vl);
+        if (v.len)
+            assert_memory_equal(v.data, p[i].v, v.len);
+    }
+    assert_int_equal(i, n);
+    keel_cursor_close(c);
+    keel_abort(t);
+    keel_close(db);
+}
+
+/* The text after keel's first section (the default bucket's, which mdb_dump -a never
+ * writes): asserting it holds no data. */
+static const char *after_default_section(const char *kdump)
+{
+    const char *end = strstr(kdump, "HEADER=END\nDATA=END\n");
+    assert_non_null(end);
+    assert_ptr_equal(end, strstr(kdump, "HEADER=END\n"));
+    return end + strlen("HEADER=END\nDATA=END\n");
+}
+
+static char *mdb_dump_of(const char *lpath, const char *flag1, const char *flag2, const char *flag3)
+{
+    char *argv[8] = {"mdb_dump"};
+    int n = 1;
+    if (flag1)
+        argv[n++] = (char *)flag1;
+    if (flag2)
+        argv[n++] = (char *)flag2;
+    if (flag3)
+        argv[n++] = (char *)flag3;
+    argv[n++] = (char *)lpath;
+    argv[n] = NULL;
+    struct run r = runv(NULL, argv);
+    if (r.code)
+        fprintf(stderr, "mdb_dump: %s", r.err);
+    assert_int_equal(r.code, 0);
+    free(r.err);
+    return r.out;
+}
+
+static void mdb_load_file(const char *file, const char *lpath, const char *flag)
+{
+    struct run r = flag ? PROG(NULL, "mdb_load", (char *)flag, "-f", (char *)file, (char *)lpath)
+                        : PROG(NULL, "mdb_load", "-f", (char *)file, (char *)lpath);
+    if (r.code)
+        fprintf(stderr, "mdb_load: %s", r.err);
+    assert_int_equal(r.code, 0);
+    run_free(&r);
+}
+
+/* LMDB → keel: an LMDB file made by mdb_load from pairs in scrambled order,
+ * with DUPSORT and plain named databases; mdb_dump -a (both formats) loads
+ * into keel with the same pairs in the same order, each DUPSORT database into
+ * a DUPSORT bucket, and keel dump -a writes the very same text. */
+static void test_dupsort_lmdb_to_keel(void **state)
+{
+    (void)state;
+    if (!have_lmdb_tools())
+        skip();
+    static struct pair dups[MAX_DUP_PAIRS], texts[MAX_DUP_PAIRS], plain[50], scrambled[MAX_DUP_PAIRS];
+    size_t nd = dup_pairs(dups, false, 1), nt = dup_pairs(texts, true, 2);
+    for (size_t i = 0; i < 50; i++) {
+        plain[i].kl = (size_t)snprintf((char *)plain[i].k, sizeof plain[i].k, "p%03zu", i);
+        plain[i].vl = 3;
+        memcpy(plain[i].v, i % 2 ? "\0\1\2" : "abc", 3);
+    }
+    char lpath[2048];
+    in_dir(lpath, sizeof lpath, "ldup");
+    for (int print = 0; print < 2; print++) {
+        nftw(lpath, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        OK(mkdir(lpath, 0755));
+        remove_db(path_b);
+        FILE *f = fopen(txt, "w");
+        assert_non_null(f);
+        uint64_t seed = 77;
+        const struct pair *srcs[] = {dups, texts};
+        size_t counts[] = {nd, nt};
+        const char *names[] = {"dups", "texts"};
+        for (int s = 0; s < 2; s++) { /* LMDB sorts them */
+            memcpy(scrambled, srcs[s], counts[s] * sizeof *scrambled);
+            for (size_t i = counts[s] - 1; i > 0; i--) {
+                size_t j = (size_t)(tu_rand(&seed) % (i + 1));
+                struct pair tmp = scrambled[i];
+                scrambled[i] = scrambled[j];
+                scrambled[j] = tmp;
+            }
+            write_section(f, names[s], true, scrambled, counts[s]);
+            if (s == 0)
+                write_section(f, "middle plain", false, plain, 50);
+        }
+        OK(fclose(f));
+        mdb_load_file(txt, lpath, NULL);
+        qsort(dups, nd, sizeof *dups, cmp_pair);
+        qsort(texts, nt, sizeof *texts, cmp_pair);
+        char *ldump = mdb_dump_of(lpath, "-a", print ? "-p" : NULL, NULL);
+        assert_non_null(strstr(ldump, "duplicates=1\ndupsort=1\n"));
+        write_text(txt2, ldump);
+        free(KEEL_OK(txt2, "load", path_b));
+        assert_pairs(path_b, "dups", true, dups, nd);
+        assert_pairs(path_b, "texts", true, texts, nt);
+        assert_pairs(path_b, "middle plain", false, plain, 50);
+        free(KEEL_OK(NULL, "check", path_b));
+        char *stat = KEEL_OK(NULL, "stat", path_b), want[64];
+        snprintf(want, sizeof want, "dups                 entries %zu, ", nd);
+        assert_non_null(strstr(stat, want));
+        assert_non_null(strstr(stat, "kind dupsort\n  middle plain         entries 50, "));
+        assert_non_null(strstr(stat, "overflow pages 0, kind plain\n  texts"));
+        free(stat);
+        char *kdump = print ? KEEL_OK(NULL, "dump", "-a", "-p", path_b) : KEEL_OK(NULL, "dump", "-a", path_b);
+        assert_string_equal(after_default_section(kdump), ldump);
+        free(kdump);
+        free(ldump);
+    }
+    /* a DUPSORT main database: into a named bucket with -s, not into the default one */
+    nftw(lpath, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    OK(mkdir(lpath, 0755));
+    FILE *f = fopen(txt, "w");
+    assert_non_null(f);
+    write_section(f, NULL, true, dups, nd);
+    OK(fclose(f));
+    mdb_load_file(txt, lpath, NULL);
+    char *ldump = mdb_dump_of(lpath, NULL, NULL, NULL);
+    write_text(txt2, ldump);
+    remove_db(path_c);
+    struct run r = KEEL(txt2, "load", path_c);
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "line 1: the section holds a DUPSORT database"));
+    assert_non_null(strstr(r.err, "-s BUCKET"));
+    assert_false(exists(path_c));
+    run_free(&r);
+    free(KEEL_OK(txt2, "load", "-s", "main", path_c));
+    assert_pairs(path_c, "main", true, dups, nd);
+    char *kdump = KEEL_OK(NULL, "dump", "-s", "main", path_c);
+    /* the same records; keel names the bucket */
+    char *a = keep_lines(ldump, data_and_names), *b = keep_lines(kdump, data_and_names);
+    assert_string_equal(a, strstr(b, "\n") + 1);
+    free(a);
+    free(b);
+    free(kdump);
+    free(ldump);
+    nftw(lpath, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* keel → LMDB: keel dump -a of DUPSORT and plain buckets loads with mdb_load,
+ * and mdb_dump of the result is keel's text; -s of one bucket too. */
+static void test_dupsort_keel_to_lmdb(void **state)
+{
+    (void)state;
+    if (!have_lmdb_tools())
+        skip();
+    static struct pair dups[MAX_DUP_PAIRS], texts[MAX_DUP_PAIRS];
+    size_t nd = dup_pairs(dups, false, 3), nt = dup_pairs(texts, true, 4);
+    keel_db *db;
+    keel_txn *t;
+    keel_bucket bd, bt, bp;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    OK(keel_bucket_open(t, "dups", KEEL_CREATE | KEEL_DUPSORT, &bd));
+    OK(keel_bucket_open(t, "plain", KEEL_CREATE, &bp));
+    OK(keel_bucket_open(t, "texts", KEEL_CREATE | KEEL_DUPSORT, &bt));
+    for (size_t i = 0; i < nd; i++)
+        put(t, bd, dups[i].k, dups[i].kl, dups[i].v, dups[i].vl);
+    for (size_t i = 0; i < nt; i++)
+        put(t, bt, texts[i].k, texts[i].kl, texts[i].v, texts[i].vl);
+    for (int i = 0; i < 40; i++) {
+        char k[16];
+        int kl = snprintf(k, sizeof k, "key %d", i);
+        put(t, bp, k, (size_t)kl, "\0v\xff", 3);
+    }
+    put(t, KEEL_DEFAULT_BUCKET, "main", 4, "x", 1);
+    OK(keel_commit(t));
+    keel_close(db);
+    char lpath[2048];
+    in_dir(lpath, sizeof lpath, "ldup");
+    nftw(lpath, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    OK(mkdir(lpath, 0755));
+    char *kdump = KEEL_OK(NULL, "dump", "-a", "-o", txt, path_a);
+    free(kdump);
+    kdump = read_file(txt, NULL);
+    mdb_load_file(txt, lpath, NULL);
+    char *ldump = mdb_dump_of(lpath, "-a", NULL, NULL);
+    /* keel's default bucket went to LMDB's main database, which mdb_dump -a skips */
+    const char *named = strstr(kdump, "DATA=END\n") + strlen("DATA=END\n");
+    assert_string_equal(named, ldump);
+    assert_non_null(strstr(ldump, "database=dups\ntype=btree\nmapsize=1099511627776\nmaxreaders=126\n"
+                                  "duplicates=1\ndupsort=1\ndb_pagesize=4096\nHEADER=END\n"));
+    free(ldump);
+    free(kdump);
+    /* one bucket, each format (mdb_load 0.9.24 misreads print escapes: the text bucket only) */
+    const char *const which[][2] = {{"dups", NULL}, {"texts", NULL}, {"texts", "-p"}, {"plain", NULL}};
+    for (size_t i = 0; i < sizeof which / sizeof which[0]; i++) {
+        nftw(lpath, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        OK(mkdir(lpath, 0755));
+        kdump = which[i][1] ? KEEL_OK(NULL, "dump", "-s", (char *)which[i][0], "-p", "-o", txt, path_a)
+                            : KEEL_OK(NULL, "dump", "-s", (char *)which[i][0], "-o", txt, path_a);
+        free(kdump);
+        kdump = read_file(txt, NULL);
+        mdb_load_file(txt, lpath, NULL);
+        ldump = mdb_dump_of(lpath, which[i][1], "-s", which[i][0]);
+        assert_string_equal(kdump, ldump);
+        free(ldump);
+        free(kdump);
+    }
+    nftw(lpath, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The verbs on DUPSORT buckets; TTLs, -N and -T in dump/load; check. */
+static void test_dupsort_verbs(void **state)
+{
+    (void)state;
+    struct run r = KEEL(NULL, "put", path_a, "--dup", "k", "v"); /* the default bucket is plain */
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "--dup needs -s BUCKET"));
+    assert_false(exists(path_a));
+    run_free(&r);
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "k", "b"));
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "--hex", "6b", "00ff"));
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "k", "a")); /* an existing DUPSORT bucket: adds */
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "k", "a")); /* a pair already there: no change */
+    free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "-e", "k\\00z", "x"));
+    for (int i = 0; i < 30; i++) {
+        char v[16];
+        snprintf(v, sizeof v, "m%02d", 29 - i);
+        free(KEEL_OK(NULL, "put", path_a, "-s", "tags", "--dup", "many", v));
+    }
+    free(KEEL_OK(NULL, "put", path_a, "-s", "plain", "k", "v"));
+    r = KEEL(NULL, "put", path_a, "-s", "plain", "--dup", "k", "w"); /* the other kind */
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "bucket plain is a plain bucket, not a DUPSORT one"));
+    assert_non_null(strstr(r.err, "KEEL_INCOMPATIBLE"));
+    run_free(&r);
+    r = KEEL(NULL, "incr", path_a, "-s", "tags", "n");
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "KEEL_INCOMPATIBLE"));
+    run_free(&r);
+    char *s = KEEL_OK(NULL, "scan", path_a, "-s", "tags");
+    char want[2048] = "k\t\\00\\ff\nk\ta\nk\tb\nk\\00z\tx\n";
+    for (int i = 0; i < 30; i++)
+        snprintf(want + strlen(want), sizeof want - strlen(want), "many\tm%02d\n", i);
+    assert_string_equal(s, want);
+    free(s);
+    s = KEEL_OK(NULL, "scan", path_a, "-s", "tags", "--prefix", "k", "--limit", "2");
+    assert_string_equal(s, "k\t\\00\\ff\nk\ta\n");
+    free(s);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "tags", "k");
+    assert_string_equal(s, "\\00\\ff\n");
+    free(s);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "tags", "--all", "k");
+    assert_string_equal(s, "\\00\\ff\na\nb\n");
+    free(s);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "tags", "--all", "--hex", "6b");
+    assert_string_equal(s, "00ff\n61\n62\n");
+    free(s);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "plain", "--all", "k"); /* a plain bucket: its one value */
+    assert_string_equal(s, "v\n");
+    free(s);
+    r = KEEL(NULL, "get", path_a, "-s", "tags", "--all", "nokey");
+    assert_int_equal(r.code, 1);
+    assert_string_equal(r.out, "");
+    run_free(&r);
+    /* del KEY VALUE: one pair; del KEY: the key */
+    free(KEEL_OK(NULL, "del", path_a, "-s", "tags", "k", "a"));
+    r = KEEL(NULL, "del", path_a, "-s", "tags", "k", "a");
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "KEEL_NOTFOUND"));
+    run_free(&r);
+    s = KEEL_OK(NULL, "get", path_a, "-s", "tags", "--all", "k");
+    assert_string_equal(s, "\\00\\ff\nb\n");
+    free(s);
+    free(KEEL_OK(NULL, "del", path_a, "-s", "tags", "--hex", "6b", "00ff"));
+    free(KEEL_OK(NULL, "del", path_a, "-s", "tags", "many"));
+    s = KEEL_OK(NULL, "scan", path_a, "-s", "tags");
+    assert_string_equal(s, "k\tb\nk\\00z\tx\n");
+    free(s);
+    r = KEEL(NULL, "del", path_a, "-s", "plain", "k", "other"); /* a plain bucket: only if the value is that */
+    assert_int_equal(r.code, 1);
+    run_free(&r);
+    free(KEEL_OK(NULL, "del", path_a, "-s", "plain", "k", "v"));
+    r = KEEL(NULL, "get", path_a, "-s", "plain", "k");
+    assert_int_equal(r.code, 1);
+    run_free(&r);
+    /* expire / ttl / persist reach a DUPSORT bucket's keys */
+    free(KEEL_OK(NULL, "expire", path_a, "-s", "tags", "k", "1000"));
+    s = KEEL_OK(NULL, "ttl", path_a, "-s", "tags", "k");
+    assert_string_equal(s, "1000\n");
+    free(s);
+    free(KEEL_OK(NULL, "persist", path_a, "-s", "tags", "k"));
+    s = KEEL_OK(NULL, "stat", path_a);
+    assert_non_null(strstr(s, "(default)            entries 0, "));
+    assert_non_null(strstr(s, "  plain                entries 0, depth"));
+    assert_non_null(strstr(s, "kind plain\n  tags                 entries 2, "));
+    assert_non_null(strstr(s, "kind dupsort\n"));
+    free(s);
+    s = KEEL_OK(NULL, "check", path_a);
+    assert_non_null(strstr(s, "ok, no problems"));
+    free(s);
+}
+
+/* keel → keel: a DUPSORT bucket with expiry times (one record a key in the
+ * expiry section, however many values), both formats; -N; -T. */
+static void test_dupsort_dump_load(void **state)
+{
+    (void)state;
+    keel_db *db;
+    keel_txn *t;
+    keel_bucket b, p;
+    OK(keel_open(path_a, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    OK(keel_bucket_open(t, "d", KEEL_CREATE | KEEL_DUPSORT, &b));
+    OK(keel_bucket_open(t, "p", KEEL_CREATE, &p));
+    for (int i = 0; i < 200; i++) {
+        char k[16], v[16];
+        int kl = snprintf(k, sizeof k, "key\\%d", i % 20), vl = snprintf(v, sizeof v, "v\n%d", i);
+        put(t, b, k, (size_t)kl, v, (size_t)vl);
+        put(t, p, k, (size_t)kl, v, (size_t)vl);
+    }
+    put(t, b, "\0", 1, "\0", 1);
+    put(t, b, "\0", 1, "", 0);
+    OK(keel_expire_at(t, b, (keel_val){"key\\3", 5}, FAR_FUTURE + 3));
+    OK(keel_expire_at(t, b, (keel_val){"\0", 1}, FAR_FUTURE + 4));
+    OK(keel_commit(t));
+    keel_close(db);
+    free(KEEL_OK(NULL, "check", path_a));
+    for (int print = 0; print < 2; print++) {
+        remove_db(path_b);
+        char *d1 = print ? KEEL_OK(NULL, "dump", "-a", "-p", path_a) : KEEL_OK(NULL, "dump", "-a", path_a);
+        /* the expiry section: the two keys once each */
+        const char *ex = strstr(d1, "database=" DUMP_EXPIRY_PREFIX "d\n");
+        assert_non_null(ex);
+        ex = strstr(ex, "HEADER=END\n") + strlen("HEADER=END\n");
+        const char *want = print ? " \\00\n 4102444800004\n key\\\\3\n 4102444800003\nDATA=END\n"
+                                 : " 00\n 34313032343434383030303034\n 6b65795c33\n 34313032343434383030303033\n"
+                                   "DATA=END\n";
+        assert_memory_equal(ex, want, strlen(want));
+        write_text(txt, d1);
+        free(KEEL_OK(txt, "load", path_b));
+        assert_same_db(path_a, path_b);
+        char *d2 = print ? KEEL_OK(NULL, "dump", "-a", "-p", path_b) : KEEL_OK(NULL, "dump", "-a", path_b);
+        assert_string_equal(d1, d2);
+        free(d2);
+        /* again into the loaded file: the same pairs (a DUPSORT bucket keeps a pair once) */
+        free(KEEL_OK(txt, "load", path_b));
+        d2 = print ? KEEL_OK(NULL, "dump", "-a", "-p", path_b) : KEEL_OK(NULL, "dump", "-a", path_b);
+        assert_string_equal(d1, d2);
+        free(d2);
+        free(d1);
+    }
+    /* -N: existing pairs are skipped, others added; a key that was there keeps its expiry */
+    write_text(txt, "VERSION=3\nformat=print\ndatabase=d\nduplicates=1\ndupsort=1\nHEADER=END\n"
+                    " key\\\\3\n new\n key\\\\3\n v\\0a3\n fresh\n one\n fresh\n two\nDATA=END\n"
+                    "VERSION=3\nformat=print\ndatabase=" DUMP_EXPIRY_PREFIX "d\nHEADER=END\n"
+                    " key\\\\3\n 4102444809999\n fresh\n 4102444809998\nDATA=END\n");
+    free(KEEL_OK(txt, "load", "-N", path_b));
+    OK(keel_open(path_b, NULL, &db));
+    OK(keel_begin(db, KEEL_RDONLY, &t));
+    OK(keel_bucket_open(t, "d", 0, &b));
+    int64_t at;
+    OK(keel_expiry_at(t, b, (keel_val){"key\\3", 5}, &at));
+    assert_int_equal(at, FAR_FUTURE + 3);
+    OK(keel_expiry_at(t, b, (keel_val){"fresh", 5}, &at));
+    assert_int_equal(at, FAR_FUTURE + 9998);
+    keel_cursor *c;
+    OK(keel_cursor_open(t, b, &c));
+    keel_val k, v;
+    uint64_t n;
+    OK(keel_cursor_seek_key(c, (keel_val){"key\\3", 5}, &v));
+    OK(keel_cursor_count(c, &n));
+    assert_int_equal(n, 11); /* 10 + "new" */
+    OK(keel_cursor_seek_key(c, (keel_val){"fresh", 5}, &v));
+    assert_int_equal(v.len, 3);
+    assert_memory_equal(v.data, "one", 3);
+    OK(keel_cursor_next_dup(c, &k, &v));
+    assert_memory_equal(v.data, "two", 3);
+    keel_cursor_close(c);
+    keel_abort(t);
+    keel_close(db);
+    /* a plain section into the DUPSORT bucket: refused, naming the kinds; -T states no kind */
+    write_text(txt, "VERSION=3\nformat=print\ndatabase=d\nHEADER=END\n k\n v\nDATA=END\n");
+    struct run r = KEEL(txt, "load", path_b);
+    assert_int_equal(r.code, 2);
+    assert_non_null(strstr(r.err, "bucket d is a DUPSORT bucket, and the section holds a plain (not DUPSORT) database"));
+    assert_non_null(strstr(r.err, "nothing was written"));
+    run_free(&r);
+    write_text(txt, "tk\nv1\ntk\nv2\n");
+    free(KEEL_OK(txt, "load", "-T", "-s", "d", path_b));
+    char *s = KEEL_OK(NULL, "get", path_b, "-s", "d", "--all", "tk");
+    assert_string_equal(s, "v1\nv2\n");
+    free(s);
+    free(KEEL_OK(txt, "load", "-T", "-s", "p", path_b)); /* a plain bucket: the last value */
+    s = KEEL_OK(NULL, "get", path_b, "-s", "p", "--all", "tk");
+    assert_string_equal(s, "v2\n");
+    free(s);
+    free(KEEL_OK(NULL, "check", path_b));
 }
 
 /* ---- the parser on its own ---------------------------------------------------------- */
@@ -2227,6 +2732,10 @@ int main(void)
         cmocka_unit_test_setup(test_big_load, fresh),
         cmocka_unit_test_setup(test_lmdb_to_keel, fresh),
         cmocka_unit_test_setup(test_keel_to_lmdb, fresh),
+        cmocka_unit_test_setup(test_dupsort_lmdb_to_keel, fresh),
+        cmocka_unit_test_setup(test_dupsort_keel_to_lmdb, fresh),
+        cmocka_unit_test_setup(test_dupsort_verbs, fresh),
+        cmocka_unit_test_setup(test_dupsort_dump_load, fresh),
         cmocka_unit_test_setup(test_output_full, fresh),
         cmocka_unit_test_setup(test_load_file_size_limit, fresh),
         cmocka_unit_test_setup(test_closed_std_fds, fresh),

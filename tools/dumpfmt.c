@@ -47,6 +47,8 @@ int dump_write_header(FILE *out, const struct dump_info *h)
     fputs("type=btree\n", out);
     fprintf(out, "mapsize=%llu\n", (unsigned long long)h->mapsize);
     fprintf(out, "maxreaders=%u\n", (unsigned)h->maxreaders);
+    if (h->dupsort) /* mdb_dump's order: duplicates=1, then the flag names */
+        fputs("duplicates=1\ndupsort=1\n", out);
     fprintf(out, "db_pagesize=%u\n", (unsigned)h->pagesize);
     fputs("HEADER=END\n", out);
     return out_status(out);
@@ -411,9 +413,11 @@ static bool number(const char *s, size_t len, uint64_t max, uint64_t *out)
     return true;
 }
 
-/* LMDB's per-database flags (mdb_dump prints the set ones as NAME=1). */
-static const char *const dup_flags[] = {"duplicates", "dupsort", "dupfixed", "integerdup", "reversedup", NULL};
+/* LMDB's per-database flags (mdb_dump prints the set ones as NAME=1, and
+ * duplicates=1 besides dupsort=1 for a DUPSORT database). */
+static const char *const dup_flags[] = {"duplicates", "dupsort", NULL};
 static const char *const order_flags[] = {"reversekey", "integerkey", NULL};
+static const char *const dup_order_flags[] = {"integerdup", "reversedup", NULL};
 
 static bool in_list(const char *const *list, const char *s, size_t len)
 {
@@ -483,12 +487,20 @@ static int header_line(struct parse *ps, struct dump_section *s, char *line, siz
     } else if (is(line, klen, "mapaddr")) {
         /* a fixed map address: meaningless here */
     } else if (in_list(dup_flags, line, klen)) {
-        if (!is(v, vlen, "0"))
-            return parse_fail(ps, DUMP_EINPUT, ln, "%.*s: duplicate keys are not supported (a keel key has one value)",
-                        (int)klen, line);
+        if (is(v, vlen, "1"))
+            s->dupsort = 1;
+        else if (!is(v, vlen, "0"))
+            return parse_fail(ps, DUMP_EINPUT, ln, "%.*s=%.*s: expected 0 or 1", (int)klen, line,
+                              (int)(vlen > 40 ? 40 : vlen), v);
     } else if (in_list(order_flags, line, klen)) {
         if (!is(v, vlen, "0"))
             parse_warn(ps, ln, "%.*s ignored: keys are stored in bytewise order", (int)klen, line);
+    } else if (in_list(dup_order_flags, line, klen)) {
+        if (!is(v, vlen, "0"))
+            parse_warn(ps, ln, "%.*s ignored: a key's values are stored in bytewise order", (int)klen, line);
+    } else if (is(line, klen, "dupfixed")) {
+        if (!is(v, vlen, "0"))
+            parse_warn(ps, ln, "dupfixed ignored: a key's values may differ in size");
     } else {
         parse_warn(ps, ln, "unrecognized keyword ignored: %.*s", (int)(klen > 60 ? 60 : klen), line);
     }

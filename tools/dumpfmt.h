@@ -34,6 +34,7 @@ struct dump_info { /* one section's header */
     uint64_t mapsize;
     uint32_t maxreaders;
     uint32_t pagesize;
+    int dupsort;          /* duplicates=1 and dupsort=1, as mdb_dump writes them: a DUPSORT bucket */
 };
 
 /* Each answers 0, or errno when writing failed (ferror). */
@@ -65,6 +66,7 @@ struct dump_section { /* a parsed header; pointers valid during the callback */
     uint64_t mapsize;     /* 0 if absent */
     uint32_t maxreaders;  /* 0 if absent */
     uint32_t pagesize;    /* db_pagesize=, 0 if absent */
+    int dupsort;          /* duplicates=1 or dupsort=1: a DUPSORT database (LMDB's MDB_DUPSORT) */
     unsigned long line;   /* line number of the header's first line (1-based) */
 };
 

@@ -451,9 +451,14 @@ static int dump_bucket(struct dumper *d, const char *name)
     if (name && strncmp(name, DUMP_EXPIRY_PREFIX, strlen(DUMP_EXPIRY_PREFIX)) == 0)
         fprintf(stderr, "keel: dump: warning: bucket '%s' has the name of an expiry section; keel load will "
                         "read it as one\n", name);
+    unsigned kind = 0;
+    int rc = keel_bucket_flags(d->txn, b, &kind);
+    if (rc)
+        return failf(rc, "dump bucket %s", bucket_label(name));
+    bool dup = kind & KEEL_DUPSORT;
     struct dump_info h = {.print = d->print, .database = name, .mapsize = DUMP_MAPSIZE,
-                          .maxreaders = DUMP_MAXREADERS, .pagesize = d->pagesize};
-    int rc = dump_write_header(d->out, &h);
+                          .maxreaders = DUMP_MAXREADERS, .pagesize = d->pagesize, .dupsort = dup};
+    rc = dump_write_header(d->out, &h);
     keel_cursor *c = NULL;
     keel_val k, v;
     uint64_t expiring = 0;
@@ -472,12 +477,15 @@ static int dump_bucket(struct dumper *d, const char *name)
     }
     if (!rc)
         rc = dump_write_end(d->out);
-    if (!rc && expiring) { /* the companion section: key -> absolute expiry ms */
+    if (!rc && expiring) { /* the companion section: key -> absolute expiry ms, once a key */
         char ename[KEEL_MAX_BUCKET_NAME + sizeof DUMP_EXPIRY_PREFIX];
         snprintf(ename, sizeof ename, "%s%s", DUMP_EXPIRY_PREFIX, name ? name : "");
         h.database = ename;
+        h.dupsort = 0;
         rc = dump_write_header(d->out, &h);
-        for (int r = rc ? rc : keel_cursor_first(c, &k, &v); !rc; r = keel_cursor_next(c, &k, &v)) {
+        /* a DUPSORT key's values share its expiry: the first value stands for the key */
+        int (*step)(keel_cursor *, keel_val *, keel_val *) = dup ? keel_cursor_next_key : keel_cursor_next;
+        for (int r = rc ? rc : keel_cursor_first(c, &k, &v); !rc; r = step(c, &k, &v)) {
             if (r) {
                 rc = r == KEEL_NOTFOUND ? 0 : r;
                 break;
@@ -595,6 +603,7 @@ struct loader {
     const char *path;   /* the database */
     const char *bucket; /* -s: target of sections without database= */
     bool nooverwrite;   /* -N */
+    bool plain;         /* -T: no header, so the sections state no kind of bucket */
     bool created;       /* the file did not exist before this load */
     keel_db *db;
     keel_txn *txn;
@@ -602,6 +611,7 @@ struct loader {
     keel_bucket b;     /* the current section's bucket */
     char bname[KEEL_MAX_BUCKET_NAME + 16];
     bool expiry;       /* the current section holds expiry times */
+    bool dupsort;      /* the current section's bucket is a DUPSORT one */
 
     /* -N: keys skipped because they existed, so that their expiry times in
      * the input are skipped too.  One list per target bucket, as the same
@@ -666,13 +676,45 @@ static int load_section(void *ctx, const struct dump_section *s, char *err, size
     snprintf(ld->bname, sizeof ld->bname, "%s", bucket_label(target));
     ld->target = target;
     ld->b = KEEL_DEFAULT_BUCKET;
-    if (target && (rc = keel_bucket_open(ld->txn, target, ld->expiry ? 0 : KEEL_CREATE, &ld->b))) {
-        if (ld->expiry && rc == KEEL_NOTFOUND)
-            snprintf(err, errlen, "expiry section for bucket %s, which holds no data: %s", ld->bname,
-                     keel_strerror(rc));
-        else
-            snprintf(err, errlen, "bucket %s: %s", ld->bname, keel_strerror(rc));
+    ld->dupsort = false;
+    if (ld->expiry && s->dupsort) {
+        snprintf(err, errlen, "expiry section for bucket %s has duplicates=1: an expiry section holds one time a key",
+                 ld->bname);
+        return KEEL_INCOMPATIBLE;
+    }
+    if (!target) { /* the default bucket is a plain one */
+        if (s->dupsort && !ld->expiry) {
+            snprintf(err, errlen, "the section holds a DUPSORT database (duplicates=1) and names no database: "
+                                  "keel's default bucket is a plain one; load it into a named bucket with -s BUCKET");
+            return KEEL_INCOMPATIBLE;
+        }
+        return 0;
+    }
+    rc = keel_bucket_open(ld->txn, target, 0, &ld->b);
+    if (rc == KEEL_NOTFOUND && ld->expiry) {
+        snprintf(err, errlen, "expiry section for bucket %s, which holds no data: %s", ld->bname, keel_strerror(rc));
         return rc;
+    }
+    bool want = s->dupsort;
+    if (rc == KEEL_NOTFOUND) /* a new bucket of the section's kind */
+        rc = keel_bucket_open(ld->txn, target, KEEL_CREATE | (want ? KEEL_DUPSORT : 0), &ld->b);
+    unsigned kind = 0;
+    if (!rc)
+        rc = keel_bucket_flags(ld->txn, ld->b, &kind);
+    if (rc) {
+        snprintf(err, errlen, "bucket %s: %s", ld->bname, keel_strerror(rc));
+        return rc;
+    }
+    ld->dupsort = kind & KEEL_DUPSORT;
+    /* a bucket keeps its kind: pairs never go into the other kind of bucket
+     * (-T states no kind: its pairs go into the bucket as it is) */
+    if (!ld->expiry && !ld->plain && ld->dupsort != want) {
+        snprintf(err, errlen,
+                 "bucket %s is a %s bucket, and the section holds a %s database%s: a bucket keeps its kind; "
+                 "load into another bucket (-s BUCKET for a section without database=) or drop this one first",
+                 ld->bname, ld->dupsort ? "DUPSORT" : "plain", want ? "DUPSORT" : "plain (not DUPSORT)",
+                 want ? " (duplicates=1)" : " (no duplicates=1)");
+        return KEEL_INCOMPATIBLE;
     }
     return 0;
 }
@@ -715,19 +757,44 @@ static int new_skip_list(struct loader *ld, struct skip_list **out)
     return 0;
 }
 
-/* -N: remember a key skipped in the current bucket. */
-static int remember_skip(struct loader *ld, keel_val k)
+/* -N: remember a key skipped in the current bucket (its value ""), or, in a
+ * DUPSORT bucket, a key this load met first and did not find ("n"). */
+static int remember_key(struct loader *ld, keel_val k, bool skipped)
 {
     struct skip_list *sl = skips_of_target(ld);
     int rc = sl ? 0 : new_skip_list(ld, &sl);
-    return rc ? rc : keel_put(ld->txn, sl->b, k, (keel_val){"", 0}, 0);
+    return rc ? rc : keel_put(ld->txn, sl->b, k, skipped ? (keel_val){"", 0} : (keel_val){"n", 1}, 0);
 }
 
-static bool was_skipped(struct loader *ld, keel_val k)
+static int remember_skip(struct loader *ld, keel_val k) { return remember_key(ld, k, true); }
+
+/* 1: the key was skipped (was there before the load); 0: not; -1: never met. */
+static int skip_state(struct loader *ld, keel_val k)
 {
     struct skip_list *sl = skips_of_target(ld);
     keel_val v;
-    return sl && keel_get(ld->txn, sl->b, k, &v) == 0;
+    if (!sl || keel_get(ld->txn, sl->b, k, &v) != 0)
+        return -1;
+    return v.len == 0;
+}
+
+static bool was_skipped(struct loader *ld, keel_val k) { return skip_state(ld, k) == 1; }
+
+/* -N in a DUPSORT bucket: a pair already there is skipped, any other added;
+ * a key that was there before the load keeps its expiry, as a skipped key
+ * of a plain bucket does.  Answers what keel_put did. */
+static int load_pair_noover(struct loader *ld, keel_val k, keel_val v)
+{
+    int st = skip_state(ld, k), rc;
+    if (st < 0) { /* met for the first time: was it there? */
+        keel_val old;
+        rc = keel_get(ld->txn, ld->b, k, &old);
+        if (rc && rc != KEEL_NOTFOUND)
+            return rc;
+        if ((rc = remember_key(ld, k, rc == 0)))
+            return rc;
+    }
+    return keel_put(ld->txn, ld->b, k, v, KEEL_NODUPDATA);
 }
 
 /* Drops the lists (drop) and frees them; an error of the drop. */
@@ -773,7 +840,18 @@ static int load_record(void *ctx, const void *key, size_t klen, const void *val,
     char kb[100];
     int rc;
     ld->records++;
-    if (!ld->expiry) {
+    if (!ld->expiry && ld->dupsort && ld->nooverwrite) {
+        rc = load_pair_noover(ld, k, v);
+        if (rc == KEEL_EXISTS) {
+            ld->skipped++;
+        } else if (rc) {
+            snprintf(err, errlen, "put key '%s' into bucket %s: %s", shown(key, klen, kb, sizeof kb), ld->bname,
+                     keel_strerror(rc));
+            return rc;
+        } else {
+            ld->loaded++;
+        }
+    } else if (!ld->expiry) {
         rc = keel_put(ld->txn, ld->b, k, v, ld->nooverwrite ? KEEL_NOOVERWRITE : 0);
         if (rc == KEEL_EXISTS && ld->nooverwrite) {
             ld->skipped++;
@@ -839,7 +917,7 @@ static int cmd_load(int argc, char **argv)
     int np;
     if (parse_args(argc, argv, opts, false, pos, 1, &np) || np != 1)
         return usage_of("load");
-    struct loader ld = {.path = pos[0], .bucket = bucket, .nooverwrite = noover};
+    struct loader ld = {.path = pos[0], .bucket = bucket, .nooverwrite = noover, .plain = plain};
     /* reading the database (or its lock file) as a dump while loading into it */
     if (inpath ? refuse_db_file(ld.path, inpath, -1, "input file")
                : refuse_db_file(ld.path, "standard input", 0, "input"))
@@ -894,11 +972,12 @@ static int cmd_load(int argc, char **argv)
 /* ======================================================================== */
 /* stat, check, copy                                                        */
 /* ======================================================================== */
-static void print_tree_stat(const char *label, const keel_stat *s)
+static void print_tree_stat(const char *label, const keel_stat *s, unsigned kind)
 {
     printf("  %-20s entries %" PRIu64 ", depth %u, branch pages %" PRIu64 ", leaf pages %" PRIu64
-           ", overflow pages %" PRIu64 "\n",
-           label, s->entries, s->depth, s->branch_pages, s->leaf_pages, s->overflow_pages);
+           ", overflow pages %" PRIu64 ", kind %s\n",
+           label, s->entries, s->depth, s->branch_pages, s->leaf_pages, s->overflow_pages,
+           kind & KEEL_DUPSORT ? "dupsort" : "plain");
 }
 
 static int stat_buckets(keel_db *db, const char *path)
@@ -912,13 +991,15 @@ static int stat_buckets(keel_db *db, const char *path)
     if ((rc = keel_bucket_list(txn, collect_name, &ns)) == 0 &&
         (rc = keel_bucket_stat(txn, KEEL_DEFAULT_BUCKET, &s)) == 0) {
         printf("buckets:             %zu named, and the default bucket\n", ns.n);
-        print_tree_stat("(default)", &s);
+        print_tree_stat("(default)", &s, 0);
         for (size_t i = 0; i < ns.n && !rc; i++) {
             keel_bucket b;
-            if ((rc = keel_bucket_open(txn, ns.v[i], 0, &b)) || (rc = keel_bucket_stat(txn, b, &s)))
+            unsigned kind;
+            if ((rc = keel_bucket_open(txn, ns.v[i], 0, &b)) || (rc = keel_bucket_stat(txn, b, &s)) ||
+                (rc = keel_bucket_flags(txn, b, &kind)))
                 break;
             char label[KEEL_MAX_BUCKET_NAME * 3 + 8];
-            print_tree_stat(shown(ns.v[i], strlen(ns.v[i]), label, sizeof label), &s);
+            print_tree_stat(shown(ns.v[i], strlen(ns.v[i]), label, sizeof label), &s, kind);
         }
     }
     free_names(&ns);
@@ -1090,10 +1171,24 @@ struct verb { /* what every verb shares: the db, its bucket, the encoding, one t
     bool hex;     /* --hex: arguments are hex, and so is what is printed */
     bool ms;      /* --ms: times are in milliseconds, not seconds */
     bool created; /* a write verb made the file: a failure takes it away again */
+    bool dup;     /* put --dup: the bucket is (or is created as) a DUPSORT one */
     keel_db *db;
     keel_txn *txn;
     keel_bucket b;
 };
+
+/* Opens bucket name for a verb: an existing one as it is (either kind;
+ * with vb->dup it must be a DUPSORT one), a missing one created by a write,
+ * DUPSORT with vb->dup. */
+static int verb_bucket(struct verb *vb, bool write)
+{
+    int rc = keel_bucket_open(vb->txn, vb->bucket, vb->dup ? KEEL_DUPSORT : 0, &vb->b);
+    if (rc == KEEL_NOTFOUND && write)
+        rc = keel_bucket_open(vb->txn, vb->bucket, KEEL_CREATE | (vb->dup ? KEEL_DUPSORT : 0), &vb->b);
+    if (rc == KEEL_INCOMPATIBLE) /* only --dup asks for a kind */
+        fprintf(stderr, "keel: bucket %s is a plain bucket, not a DUPSORT one (--dup)\n", vb->bucket);
+    return rc;
+}
 
 /* Opens db, txn and bucket; writes create the file and the bucket.  Answers
  * an exit code (a missing bucket of a read is "not found"). */
@@ -1109,7 +1204,7 @@ static int verb_begin(struct verb *vb, bool write)
         return EXIT_FAIL;
     }
     int rc = keel_begin(vb->db, write ? 0 : KEEL_RDONLY, &vb->txn);
-    if (!rc && vb->bucket && (rc = keel_bucket_open(vb->txn, vb->bucket, write ? KEEL_CREATE : 0, &vb->b)))
+    if (!rc && vb->bucket && (rc = verb_bucket(vb, write)))
         keel_abort(vb->txn);
     if (rc) {
         bool undo = vb->created && still_empty(vb->path, vb->db);
@@ -1231,16 +1326,39 @@ static int verb_args(int argc, char **argv, struct verb *vb, const struct opt *e
     return 0;
 }
 
+/* get --all: every value of the key, in order, one a line */
+static int get_all(struct verb *vb, keel_val k)
+{
+    keel_cursor *c;
+    keel_val v, kk;
+    int rc = keel_cursor_open(vb->txn, vb->b, &c);
+    if (rc)
+        return verb_fail(vb, rc, "get", k);
+    uint64_t n = 0;
+    for (rc = keel_cursor_seek_key(c, k, &v); !rc; rc = keel_cursor_next_dup(c, &kk, &v), n++) {
+        print_data(vb, v.data, v.len);
+        putchar('\n');
+    }
+    keel_cursor_close(c);
+    if (rc != KEEL_NOTFOUND || n == 0) /* seek_key's NOTFOUND: no such key */
+        return verb_fail(vb, rc, "get", k);
+    return verb_end(vb, false);
+}
+
 static int cmd_get(int argc, char **argv)
 {
     struct verb vb = {0};
+    bool all = false;
+    struct opt extra[] = {{"--all", NULL, &all}, {NULL, NULL, NULL}};
     char *pos[1];
     int np, ex;
     keel_val k, v;
-    if (verb_args(argc, argv, &vb, NULL, pos, 1, 1, &np) || arg_val(&vb, "key", pos[0], &k))
+    if (verb_args(argc, argv, &vb, extra, pos, 1, 1, &np) || arg_val(&vb, "key", pos[0], &k))
         return EXIT_USAGE;
     if ((ex = verb_begin(&vb, false)))
         return ex;
+    if (all)
+        return get_all(&vb, k);
     int rc = keel_get(vb.txn, vb.b, k, &v);
     if (rc)
         return verb_fail(&vb, rc, "get", k);
@@ -1320,7 +1438,8 @@ static int cmd_put(int argc, char **argv)
     const char *ttl_arg = NULL, *file = NULL;
     bool nx = false, keepttl = false, from_stdin = false;
     struct opt extra[] = {{"--ttl", &ttl_arg, NULL}, {"--nx", NULL, &nx}, {"--keepttl", NULL, &keepttl},
-                          {"--value-file", &file, NULL}, {"--stdin", NULL, &from_stdin}, {NULL, NULL, NULL}};
+                          {"--value-file", &file, NULL}, {"--stdin", NULL, &from_stdin}, {"--dup", NULL, &vb.dup},
+                          {NULL, NULL, NULL}};
     char *pos[2];
     int np, ex;
     keel_val k, v;
@@ -1333,6 +1452,10 @@ static int cmd_put(int argc, char **argv)
             fprintf(stderr, "keel put: --ttl %s %s (a positive number of seconds, of ms with --ms)\n", ttl_arg, bad);
         else
             fprintf(stderr, "keel put: --ttl and --keepttl contradict each other\n");
+        return usage_of("put");
+    }
+    if (vb.dup && !vb.bucket) {
+        fprintf(stderr, "keel put: --dup needs -s BUCKET: the default bucket is a plain one\n");
         return usage_of("put");
     }
     if (arg_val(&vb, "key", pos[0], &k))
@@ -1375,7 +1498,31 @@ static int verb_key_write(int argc, char **argv, int (*op)(keel_txn *, keel_buck
     return verb_end(&vb, true);
 }
 
-static int cmd_del(int argc, char **argv) { return verb_key_write(argc, argv, keel_del); }
+/* del KEY: the key with every value; del KEY VALUE: that one pair */
+static int cmd_del(int argc, char **argv)
+{
+    struct verb vb = {0};
+    char *pos[2];
+    int np, ex;
+    keel_val k, v;
+    if (verb_args(argc, argv, &vb, NULL, pos, 1, 2, &np) || arg_val(&vb, "key", pos[0], &k) ||
+        (np == 2 && arg_val(&vb, "value", pos[1], &v)))
+        return EXIT_USAGE;
+    if (!file_exists(vb.path))
+        return sys_failf(ENOENT, "open %s", vb.path);
+    if ((ex = verb_begin(&vb, true)))
+        return ex;
+    int rc = np == 2 ? keel_del_value(vb.txn, vb.b, k, v) : keel_del(vb.txn, vb.b, k);
+    if (rc && np == 2) {
+        char vbuf[100];
+        verb_end(&vb, false);
+        char kb[100];
+        return failf(rc, "del %s %s", shown(k.data, k.len, kb, sizeof kb), shown(v.data, v.len, vbuf, sizeof vbuf));
+    }
+    if (rc)
+        return verb_fail(&vb, rc, "del", k);
+    return verb_end(&vb, true);
+}
 static int cmd_persist(int argc, char **argv) { return verb_key_write(argc, argv, keel_persist); }
 
 static int cmd_expire(int argc, char **argv)
@@ -1595,18 +1742,25 @@ static const struct command commands[] = {
     {"dump", cmd_dump, "dump [-a | -s BUCKET] [-p] [-o FILE] DB",
      "write buckets in mdb_dump's text format (-a every bucket, -p print format)"},
     {"load", cmd_load, "load [-s BUCKET] [-N] [-T] [-f FILE] DB",
-     "read that format into DB, in one txn (-N skip existing keys, -T plain text pairs)"},
-    {"stat", cmd_stat, "stat DB", "page size, depth, entries per bucket, pages by kind, free pages, readers"},
+     "read that format into DB, in one txn (-N skip existing keys, or pairs in a DUPSORT\n"
+     "      bucket; -T plain text pairs)"},
+    {"stat", cmd_stat, "stat DB",
+     "page size, depth, entries and kind (plain or dupsort) per bucket, pages by kind, free pages, readers"},
     {"check", cmd_check, "check DB", "walk the newest snapshot; list every problem"},
     {"copy", cmd_copy, "copy [--compact] DB DEST", "a consistent copy while writers go on"},
     {"salvage", cmd_salvage, "salvage SRC DEST", "a new database from every record of a damaged one still readable"},
-    {"get", cmd_get, "get DB [VERB-OPTIONS] KEY", "print a value"},
-    {"put", cmd_put, "put DB [VERB-OPTIONS] [--ttl T] [--nx] [--keepttl] KEY (VALUE | --value-file FILE | --stdin)",
-     "store a value; --ttl: expire in T seconds; --nx: only if absent (exit 1 if present);\n"
-     "      --value-file FILE (- for standard input) or --stdin: the value is that file's bytes, as they are"},
-    {"del", cmd_del, "del DB [VERB-OPTIONS] KEY", "delete a key"},
+    {"get", cmd_get, "get DB [VERB-OPTIONS] [--all] KEY",
+     "print a value (a DUPSORT key's first one; --all: each of its values, one a line)"},
+    {"put", cmd_put,
+     "put DB [VERB-OPTIONS] [--dup] [--ttl T] [--nx] [--keepttl] KEY (VALUE | --value-file FILE | --stdin)",
+     "store a value (a DUPSORT bucket adds it to the key's values); --dup: the bucket (-s) is,\n"
+     "      or is created as, a DUPSORT one; --ttl: expire in T seconds; --nx: only if the key is absent\n"
+     "      (exit 1 if present); --value-file FILE (- for standard input) or --stdin: the value is that\n"
+     "      file's bytes, as they are"},
+    {"del", cmd_del, "del DB [VERB-OPTIONS] KEY [VALUE]",
+     "delete a key with all its values, or (VALUE) the one pair KEY VALUE"},
     {"scan", cmd_scan, "scan DB [VERB-OPTIONS] [--prefix P] [--from K] [--limit N]",
-     "print KEY<tab>VALUE lines in key order"},
+     "print KEY<tab>VALUE lines in key order (every pair of a DUPSORT bucket)"},
     {"incr", cmd_incr, "incr DB [VERB-OPTIONS] KEY [DELTA]", "add DELTA (default 1) to a decimal counter"},
     {"ttl", cmd_ttl, "ttl DB [VERB-OPTIONS] KEY", "seconds until the key expires (ms with --ms), -1 if never"},
     {"expire", cmd_expire, "expire DB [VERB-OPTIONS] KEY T", "make a key expire in T seconds (ms with --ms)"},
@@ -1662,8 +1816,11 @@ static int cmd_help(int argc, char **argv)
            "\n"
            "dump / load: the text format of LMDB's mdb_dump / mdb_load (see\n"
            "doc/dump-format.md).  Expiry times travel in companion sections named\n"
-           "%s<bucket>.  load runs in ONE write txn: on any error nothing is\n"
-           "written (a DB that load created is removed again).\n"
+           "%s<bucket>.  A DUPSORT bucket is a section with duplicates=1\n"
+           "and dupsort=1, one record a pair; load makes such a section a DUPSORT\n"
+           "bucket, and never loads a section into a bucket of the other kind.\n"
+           "load runs in ONE write txn: on any error nothing is written (a DB that\n"
+           "load created is removed again).\n"
            "\n"
            "exit codes:\n"
            "  0  success (check: no problems)\n"
