@@ -119,7 +119,7 @@ int kv_del_value(keel_txn *txn, keel_bucket b, keel_val key, keel_val val)
         keel_val v;
         if ((rc = kv_get(txn, b, key, &v, NULL)))
             return rc;
-        if (v.len != val.len || memcmp(v.data, val.data, v.len))
+        if (v.len != val.len || (v.len && memcmp(v.data, val.data, v.len)))
             return KEEL_NOTFOUND;
         rc = bt_del_live(txn, t, key, &old);
     }
