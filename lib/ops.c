@@ -270,12 +270,17 @@ int keel_put_many(keel_txn *txn, keel_bucket b, const keel_val *keys, const keel
 }
 
 /* ---- one-call forms ---- */
+/* The bucket as it is, of either kind; a write creates a missing one, plain
+ * (KEEL_CREATE alone on a DUPSORT bucket would ask for the other kind). */
 static int begin_in(keel_db *db, const char *bucket, bool write, keel_txn **txn, keel_bucket *b)
 {
     int rc = keel_begin(db, write ? 0 : KEEL_RDONLY, txn);
     if (rc)
         return rc;
-    if ((rc = keel_bucket_open(*txn, bucket, write ? KEEL_CREATE : 0, b))) {
+    rc = keel_bucket_open(*txn, bucket, 0, b);
+    if (rc == KEEL_NOTFOUND && write)
+        rc = keel_bucket_open(*txn, bucket, KEEL_CREATE, b);
+    if (rc) {
         keel_abort(*txn);
         *txn = NULL;
     }

@@ -144,6 +144,19 @@ static void test_put_get_del(void **state)
     walk(t, b, buf, sizeof buf);
     assert_string_equal(buf, "k0=z k2=x k9=d m=1 m=2");
     keel_abort(t);
+    /* the one-call forms reach the bucket as it is */
+    assert_int_equal(keel_db_put(db, "idx", tu_val("m"), tu_val("0"), 0), 0);
+    assert_int_equal(keel_db_del(db, "idx", tu_val("k0")), 0);
+    assert_int_equal(keel_db_cas(db, "idx", tu_val("m"), NULL, tu_val("x")), KEEL_INCOMPATIBLE);
+    void *copy;
+    size_t len;
+    assert_int_equal(keel_db_get(db, "idx", tu_val("m"), &copy, &len), 0);
+    assert_true(len == 1 && memcmp(copy, "0", 1) == 0);
+    free(copy);
+    t = begin(db, KEEL_RDONLY);
+    walk(t, b, buf, sizeof buf);
+    assert_string_equal(buf, "k2=x k9=d m=0 m=1 m=2");
+    keel_abort(t);
     keel_close(db);
     tu_remove(path);
 }
