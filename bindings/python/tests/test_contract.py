@@ -380,6 +380,14 @@ def test_help_and_docstrings():
     for name in dir(keel):
         if name.endswith("Error") and name != "Error":
             assert f"class {name}(" in text, name
+    for cls in (keel.Database, keel.Transaction, keel.Cursor):  # every method and property
+        body = text.split(f"class {cls.__name__}:")[1].split("\nclass ")[0]
+        for name in dir(cls):
+            if not name.startswith("_"):
+                assert f"def {name}(" in body, f"{cls.__name__}.{name}"
+    for name in dir(keel):
+        if name.isupper() and not name.startswith("_"):
+            assert f"\n{name}: int" in text, name
 
 
 def test_strerror():
