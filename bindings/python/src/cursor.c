@@ -7,8 +7,14 @@
  *     put); key/value/item read the current entry (None when unpositioned);
  *     delete() removes it.  Iterating a cursor yields (key, value) from the
  *     current entry (or the first, if unpositioned) onwards.
+ *   - DUPSORT buckets: the cursor visits every (key, value) pair in order;
+ *     seek_key/seek_pair/next_dup/prev_dup/next_key/prev_key answer as the
+ *     moves above (next_dup/prev_dup: False when unpositioned too), count()
+ *     the current key's values (0 when unpositioned).  In a plain bucket a
+ *     key has one value.
  *   - The txn's end closes the keel cursor (txn.c); the Cursor then raises
- *     TxnError.
+ *     TxnError.  A nested txn's cursors end with it; its parent's cursors
+ *     raise TxnError while the child lives, then work again.
  */
 #include <string.h>
 
@@ -138,6 +144,63 @@ static PyObject *cursor_seek(CursorObject *c, PyObject *key)
     return moved(rc);
 }
 
+static PyObject *cursor_seek_key(CursorObject *c, PyObject *key)
+{
+    kp_bytes kb;
+    keel_val v;
+    if (kp_cursor_usable(c) || kp_bytes_get(key, &kb, "key"))
+        return NULL;
+    int rc = keel_cursor_seek_key(c->c, kb.v, &v);
+    kp_bytes_release(&kb);
+    return moved(rc);
+}
+
+static PyObject *cursor_seek_pair(CursorObject *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "value", NULL};
+    PyObject *a[2];
+    kp_bytes kb, vb;
+    keel_val k, v;
+    if (kp_args("seek_pair", args, nargs, kwnames, names, 2, 2, a) || kp_cursor_usable(c) ||
+        kp_bytes_get(a[0], &kb, "key"))
+        return NULL;
+    if (kp_bytes_get(a[1], &vb, "value")) {
+        kp_bytes_release(&kb);
+        return NULL;
+    }
+    int rc = keel_cursor_seek_pair(c->c, kb.v, vb.v, &k, &v);
+    kp_bytes_release(&kb);
+    kp_bytes_release(&vb);
+    return moved(rc);
+}
+
+/* next_dup/prev_dup: an unpositioned cursor has no key, so no next value. */
+static PyObject *cursor_move_dup(CursorObject *c, move_fn fn)
+{
+    keel_val k, v;
+    if (kp_cursor_usable(c))
+        return NULL;
+    int rc = fn(c->c, &k, &v);
+    return moved(rc == KEEL_BADCURSOR ? KEEL_NOTFOUND : rc);
+}
+
+static PyObject *cursor_next_dup(CursorObject *c, PyObject *u) { (void)u; return cursor_move_dup(c, keel_cursor_next_dup); }
+static PyObject *cursor_prev_dup(CursorObject *c, PyObject *u) { (void)u; return cursor_move_dup(c, keel_cursor_prev_dup); }
+static PyObject *cursor_next_key(CursorObject *c, PyObject *u) { (void)u; return cursor_move(c, keel_cursor_next_key); }
+static PyObject *cursor_prev_key(CursorObject *c, PyObject *u) { (void)u; return cursor_move(c, keel_cursor_prev_key); }
+
+static PyObject *cursor_count(CursorObject *c, PyObject *u)
+{
+    (void)u;
+    uint64_t n = 0;
+    if (kp_cursor_usable(c))
+        return NULL;
+    int rc = keel_cursor_count(c->c, &n);
+    if (rc == KEEL_BADCURSOR || rc == KEEL_NOTFOUND)
+        return PyLong_FromLong(0);
+    return rc ? kp_raise(rc) : PyLong_FromUnsignedLongLong(n);
+}
+
 static PyObject *cursor_delete(CursorObject *c, PyObject *u)
 {
     (void)u;
@@ -229,8 +292,23 @@ static PyMethodDef cursor_methods[] = {
       "next() -> bool\n\nMove to the next entry (unpositioned: the first); False at the end (stays put)."),
     M("prev", cursor_prev, METH_NOARGS,
       "prev() -> bool\n\nMove to the previous entry (unpositioned: the last); False at the start (stays put)."),
+    M("seek_key", cursor_seek_key, METH_O,
+      "seek_key(key) -> bool\n\nMove to exactly key (its first value); False (unpositioned) if absent."),
+    M("seek_pair", cursor_seek_pair, METH_FASTCALL | METH_KEYWORDS,
+      "seek_pair(key, value) -> bool\n\nMove to key's first value >= value; False (unpositioned) if none."),
+    M("next_dup", cursor_next_dup, METH_NOARGS,
+      "next_dup() -> bool\n\nMove to the current key's next value; False at its last (stays put) or unpositioned."),
+    M("prev_dup", cursor_prev_dup, METH_NOARGS,
+      "prev_dup() -> bool\n\nMove to the current key's previous value; False at its first (stays put) or unpositioned."),
+    M("next_key", cursor_next_key, METH_NOARGS,
+      "next_key() -> bool\n\nMove to the next key's first value (unpositioned: the first); False at the end."),
+    M("prev_key", cursor_prev_key, METH_NOARGS,
+      "prev_key() -> bool\n\nMove to the previous key's last value (unpositioned: the last); False at the start."),
+    M("count", cursor_count, METH_NOARGS,
+      "count() -> int\n\nThe number of values of the current key (1 in a plain bucket; 0 if unpositioned)."),
     M("delete", cursor_delete, METH_NOARGS,
-      "delete() -> bool\n\nDelete the current entry (next() then gives the following one); False if unpositioned."),
+      "delete() -> bool\n\nDelete the current entry (in a dupsort bucket: the current pair; next() then gives\n"
+      "the following one); False if unpositioned."),
     M("close", cursor_close_m, METH_NOARGS, "close()\n\nClose the cursor (the txn's end closes it too)."),
     {NULL, NULL, 0, NULL},
 };

@@ -13,7 +13,10 @@
  *   - get/put/delete/incr/cas each run their own transaction through the
  *     keel_db_* one-call forms; the writing ones run without the GIL (they
  *     wait for the writer lock and sync).  put with nx or keepttl, which
- *     keel_db_put lacks, runs a Transaction's put and commits it.
+ *     keel_db_put lacks, runs a Transaction's put and commits it; so do put
+ *     with dupdata=False, delete with a value, and a put or delete that
+ *     keel_db_* refuses with KEEL_INCOMPATIBLE (they open the bucket with
+ *     KEEL_CREATE, which names a plain bucket: a DUPSORT one is refused).
  *   - stat(), readers(), copy() and check() wrap their keel calls; copy and
  *     check run without the GIL.
  */
@@ -286,16 +289,16 @@ static PyObject *in_own_txn(DbObject *d, const char *name, PyObject *const *args
 
 static PyObject *db_put(DbObject *d, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    static const char *const names[] = {"key", "value", "bucket", "ttl", "nx", "keepttl", NULL};
-    PyObject *a[6];
+    static const char *const names[] = {"key", "value", "bucket", "ttl", "nx", "keepttl", "dupdata", NULL};
+    PyObject *a[7];
     const char *bucket;
     int64_t ttl = 0;
     if (kp_args("put", args, nargs, kwnames, names, 2, 2, a) || kp_db_usable(d))
         return NULL;
-    int nx = kp_bool(a[4], 0), keep = kp_bool(a[5], 0);
-    if (nx < 0 || keep < 0)
+    int nx = kp_bool(a[4], 0), keep = kp_bool(a[5], 0), dupdata = kp_bool(a[6], 1);
+    if (nx < 0 || keep < 0 || dupdata < 0)
         return NULL;
-    if (nx || keep)
+    if (nx || keep || !dupdata)
         return in_own_txn(d, "put", args, nargs, kwnames);
     if (bucket_cname(a[2], &bucket) || (a[3] && a[3] != Py_None && kp_ms(a[3], "ttl", &ttl)))
         return NULL;
@@ -316,17 +319,22 @@ static PyObject *db_put(DbObject *d, PyObject *const *args, Py_ssize_t nargs, Py
     kp_bytes_release(&val);
     if (kp_clock_error(d))
         return NULL;
+    if (rc == KEEL_INCOMPATIBLE && bucket) /* a DUPSORT bucket */
+        return in_own_txn(d, "put", args, nargs, kwnames);
     return rc ? kp_raise(rc) : Py_NewRef(Py_True);
 }
 
 static PyObject *db_delete(DbObject *d, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    static const char *const names[] = {"key", "bucket", NULL};
-    PyObject *a[2];
+    static const char *const names[] = {"key", "value", "bucket", NULL};
+    PyObject *a[3];
     const char *bucket;
     kp_bytes key;
-    if (kp_args("delete", args, nargs, kwnames, names, 1, 1, a) || kp_db_usable(d) || bucket_cname(a[1], &bucket) ||
-        kp_bytes_get(a[0], &key, "key"))
+    if (kp_args("delete", args, nargs, kwnames, names, 2, 1, a) || kp_db_usable(d))
+        return NULL;
+    if (a[1] && a[1] != Py_None)
+        return in_own_txn(d, "delete", args, nargs, kwnames);
+    if (bucket_cname(a[2], &bucket) || kp_bytes_get(a[0], &key, "key"))
         return NULL;
     int rc;
     d->nogil_calls++;
@@ -339,6 +347,8 @@ static PyObject *db_delete(DbObject *d, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     if (rc == KEEL_NOTFOUND)
         return Py_NewRef(Py_False);
+    if (rc == KEEL_INCOMPATIBLE && bucket) /* a DUPSORT bucket */
+        return in_own_txn(d, "delete", args, nargs, kwnames);
     return rc ? kp_raise(rc) : Py_NewRef(Py_True);
 }
 
@@ -468,10 +478,18 @@ static PyObject *db_get_max_key_size(DbObject *d, void *unused)
     return kp_db_usable(d) ? NULL : PyLong_FromSize_t(keel_max_key_size(d->db));
 }
 
+static PyObject *db_get_max_pair_size(DbObject *d, void *unused)
+{
+    (void)unused;
+    return kp_db_usable(d) ? NULL : PyLong_FromSize_t(keel_max_pair_size(d->db));
+}
+
 static PyGetSetDef db_getset[] = {
     {"closed", (getter)db_get_closed, NULL, "True once close() ran.", NULL},
     {"path", (getter)db_get_path, NULL, "The path given to open().", NULL},
     {"max_key_size", (getter)db_get_max_key_size, NULL, "The longest key this database takes (bytes).", NULL},
+    {"max_pair_size", (getter)db_get_max_pair_size, NULL,
+     "A dupsort bucket's limit on len(key) + len(value), each zero byte of the key counted twice.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -488,9 +506,12 @@ static PyMethodDef db_methods[] = {
       "values and keys are memoryviews into the map, valid until the txn ends."),
     M("get", db_get, FAST, "get(key, default=None, *, bucket=None) -> bytes\n\nRead one key in a txn of its own."),
     M("put", db_put, FAST,
-      "put(key, value, *, bucket=None, ttl=None, nx=False, keepttl=False) -> bool\n\n"
-      "Write one key in a txn of its own (committed).  False: nx and the key exists."),
-    M("delete", db_delete, FAST, "delete(key, *, bucket=None) -> bool\n\nDelete one key in a txn of its own."),
+      "put(key, value, *, bucket=None, ttl=None, nx=False, keepttl=False, dupdata=True) -> bool\n\n"
+      "Write one key in a txn of its own (committed).  False: nx and the key exists, or\n"
+      "dupdata=False and the pair exists (a dupsort bucket)."),
+    M("delete", db_delete, FAST,
+      "delete(key, value=None, *, bucket=None) -> bool\n\n"
+      "Delete one key (with value: one pair) in a txn of its own."),
     M("incr", db_incr, FAST,
       "incr(key, delta=1, *, bucket=None) -> int\n\nAdd to a decimal counter in a txn of its own."),
     M("cas", db_cas, FAST,

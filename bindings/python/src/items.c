@@ -120,9 +120,14 @@ static PyObject *past_prefix(PyObject *prefix)
         n--;
     if (n == 0)
         return NULL;
-    PyObject *r = PyBytes_FromStringAndSize((const char *)p, n);
-    if (r)
-        ((unsigned char *)PyBytes_AS_STRING(r))[n - 1]++;
+    /* a fresh object to write into: FromStringAndSize(p, 1) would answer
+     * CPython's shared one-byte bytes, and the increment would change it */
+    PyObject *r = PyBytes_FromStringAndSize(NULL, n);
+    if (r) {
+        unsigned char *q = (unsigned char *)PyBytes_AS_STRING(r);
+        memcpy(q, p, (size_t)n);
+        q[n - 1]++;
+    }
     return r;
 }
 

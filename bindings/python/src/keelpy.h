@@ -14,6 +14,11 @@
  *     racing (keel allows a txn on any thread, one at a time).  Calls on a
  *     Db without the GIL (write begin, commit, one-call writes, copy, check)
  *     are counted in nogil_calls: close() meanwhile raises BusyError.
+ *   - A nested Txn (txn.nested()) holds its parent Txn (a strong reference);
+ *     the parent points at its live child (borrowed: the child's end clears
+ *     it).  While a child lives, the parent is unusable (TxnError) and cannot
+ *     commit; ending the parent otherwise (abort, db.close()) ends the child
+ *     first.  Children are on the Db's live list like any txn.
  *   - buffers=True (read txns): values are memoryviews whose exporter is the
  *     Txn.  Ending the txn releases the memoryviews it handed out; if
  *     buffers obtained from them are still held elsewhere, the keel read txn
@@ -53,6 +58,8 @@ struct TxnObject {
     keel_txn *txn;        /* open while LIVE or PINNED */
     DbObject *db;
     TxnObject *prev, *next; /* the db's live list */
+    TxnObject *parent;      /* a nested txn's parent (strong), else NULL */
+    TxnObject *child;       /* the live nested txn (borrowed), else NULL */
     CursorObject *cursors;  /* open cursors (a list through CursorObject.next) */
     int state;
     char write, buffers, busy, pend_ready;
@@ -138,6 +145,8 @@ KP_METHOD(kp_txn_cas);
 KP_METHOD(kp_txn_ttl);
 KP_METHOD(kp_txn_expire);
 KP_METHOD(kp_txn_persist);
+KP_METHOD(kp_txn_get_all);
+KP_METHOD(kp_txn_count);
 /* txn_batch.c */
 KP_METHOD(kp_txn_get_many);
 KP_METHOD(kp_txn_put_many);
@@ -146,7 +155,8 @@ KP_METHOD(kp_txn_items);
 KP_METHOD(kp_txn_cursor);
 KP_METHOD(kp_txn_stat);
 PyObject *kp_txn_buckets(TxnObject *t, PyObject *unused);
-PyObject *kp_txn_create_bucket(TxnObject *t, PyObject *name);
+KP_METHOD(kp_txn_create_bucket);
+KP_METHOD(kp_txn_is_dupsort);
 PyObject *kp_txn_drop_bucket(TxnObject *t, PyObject *name);
 
 /* cursor.c */

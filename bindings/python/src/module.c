@@ -24,7 +24,7 @@ PyObject *kp_str_release;
 static PyObject *FileSystemError;
 
 #define FIRST_CODE KEEL_NOTFOUND
-#define LAST_CODE KEEL_LAGGED
+#define LAST_CODE KEEL_INCOMPATIBLE
 #define NCODES (FIRST_CODE - LAST_CODE + 1)
 static PyObject *classes[NCODES];
 
@@ -63,6 +63,8 @@ static const struct {
     {K(MAPSIZE), "MapSizeError", 0, "The file has grown past this handle's map (max_size): reopen."},
     {K(ADDRSPACE), "AddressSpaceError", 0, "The address space for the map cannot be reserved."},
     {K(LAGGED), "LaggedError", 0, "A read txn fell too far behind (max_reader_lag): begin a new one."},
+    {K(INCOMPATIBLE), "IncompatibleError", 0,
+     "The bucket's kind does not allow this (cas/incr in a dupsort bucket), or a bucket created as the other kind."},
 };
 
 PyObject *kp_raise_msg(int rc, const char *msg)

@@ -15,6 +15,16 @@
  *     exist reads an empty bucket; writing one creates it.
  *   - Values (and keys, from scans) are bytes, or with buffers=True
  *     memoryviews exported by the txn itself (keelpy.h).
+ *   - A write txn's nested txn (txn.nested(), keel_begin_nested) is a
+ *     Transaction too: it sees the parent's changes; its commit hands them
+ *     to the parent (with the GIL: it writes nothing), its abort drops them.
+ *     While it lives, every call on the parent raises TxnError and so does
+ *     the parent's commit(), which ends nothing; the parent's abort (or
+ *     db.close()) aborts the child first.  The `with` block of a parent
+ *     that ends normally with a child still live aborts both, then raises
+ *     TxnError.
+ *   - Buckets that exist are opened without KEEL_CREATE, so that a write
+ *     reaches a DUPSORT bucket too (keel's KEEL_CREATE names the plain kind).
  *   - The data calls live in txn_ops.c and txn_batch.c, scans in cursor.c.
  */
 #include "keelpy.h"
@@ -27,6 +37,10 @@ int kp_txn_usable(TxnObject *t)
     }
     if (t->busy) {
         kp_raise_msg(KEEL_BUSY, "the transaction is in use by another thread");
+        return -1;
+    }
+    if (t->child) {
+        kp_raise_msg(KEEL_BADTXN, "the transaction has a live nested transaction (end it first)");
         return -1;
     }
     return 0;
@@ -49,8 +63,10 @@ int kp_bucket(TxnObject *t, PyObject *name, int create, keel_bucket *out)
     }
     if (PyErr_Occurred() || kp_name(name, &cname))
         return -1;
-    int rc = keel_bucket_open(t->txn, cname, create ? KEEL_CREATE : 0, out);
-    if (rc == KEEL_NOTFOUND && !create)
+    int rc = keel_bucket_open(t->txn, cname, 0, out); /* either kind */
+    if (rc == KEEL_NOTFOUND && create)
+        rc = keel_bucket_open(t->txn, cname, KEEL_CREATE, out);
+    else if (rc == KEEL_NOTFOUND)
         return KP_ABSENT;
     if (rc)
         return (kp_raise(rc), KP_ERR);
@@ -173,6 +189,16 @@ static void release_views(TxnObject *t)
 static TxnObject *spare_txns[SPARE_TXNS];
 static int n_spare_txns;
 
+static void link_txn(TxnObject *t)
+{
+    DbObject *d = t->db;
+    t->state = TXN_LIVE;
+    t->next = d->txns;
+    if (d->txns)
+        d->txns->prev = t;
+    d->txns = t;
+}
+
 PyObject *kp_txn_new(DbObject *d, int write, int buffers)
 {
     if (buffers && write) {
@@ -191,6 +217,7 @@ PyObject *kp_txn_new(DbObject *d, int write, int buffers)
     Py_INCREF(d);
     t->db = d;
     t->prev = t->next = NULL;
+    t->parent = t->child = NULL;
     t->cursors = NULL;
     t->state = TXN_DONE;
     t->write = (char)write;
@@ -216,11 +243,7 @@ PyObject *kp_txn_new(DbObject *d, int write, int buffers)
         Py_DECREF(t);
         return rc ? kp_raise(rc) : NULL;
     }
-    t->state = TXN_LIVE;
-    t->next = d->txns;
-    if (d->txns)
-        d->txns->prev = t;
-    d->txns = t;
+    link_txn(t);
     return (PyObject *)t; /* tracked by the GC once it has views (make_view) */
 }
 
@@ -244,11 +267,28 @@ int kp_txn_end(TxnObject *t, int commit)
     }
     if (t->busy)
         return kp_txn_usable(t);
+    if (t->child) {
+        if (commit) /* as keel_commit: refused, and nothing ends */
+            return kp_txn_usable(t);
+        if (kp_txn_end(t->child, 0)) /* a busy descendant: nothing ended */
+            return -1;
+    }
     while (t->cursors)
         kp_cursor_close(t->cursors);
     release_views(t);
     unlink_txn(t);
     keel_txn *txn = t->txn;
+    if (t->parent) {
+        t->parent->child = NULL;
+        t->txn = NULL;
+        t->state = TXN_DONE;
+        if (!commit) {
+            keel_abort(txn);
+            return 0;
+        }
+        int rc = keel_commit(txn); /* hands the changes to the parent: no I/O */
+        return rc ? (kp_raise(rc), -1) : 0;
+    }
     if (commit && t->write) {
         t->txn = NULL;
         t->state = TXN_DONE;
@@ -269,6 +309,43 @@ int kp_txn_end(TxnObject *t, int commit)
     t->state = TXN_DONE;
     keel_abort(txn);
     return 0;
+}
+
+static PyObject *txn_nested(TxnObject *t, PyObject *unused)
+{
+    (void)unused;
+    if (kp_txn_usable(t))
+        return NULL;
+    if (!t->write)
+        return kp_raise_msg(KEEL_READONLY, "a nested transaction needs a write transaction");
+    TxnObject *c;
+    if (n_spare_txns) {
+        c = spare_txns[--n_spare_txns];
+        PyObject_Init((PyObject *)c, &Txn_Type);
+    } else if (!(c = PyObject_GC_New(TxnObject, &Txn_Type))) {
+        return NULL;
+    }
+    c->txn = NULL;
+    c->db = (DbObject *)Py_NewRef(t->db);
+    c->prev = c->next = NULL;
+    c->parent = (TxnObject *)Py_NewRef(t);
+    c->child = NULL;
+    c->cursors = NULL;
+    c->state = TXN_DONE;
+    c->write = 1;
+    c->buffers = c->busy = c->pend_ready = 0;
+    c->exports = 0;
+    c->views = NULL;
+    c->views_limit = 64;
+    int rc = keel_begin_nested(t->txn, &c->txn);
+    if (rc) {
+        c->txn = NULL;
+        Py_DECREF(c);
+        return kp_raise(rc);
+    }
+    link_txn(c);
+    t->child = c;
+    return (PyObject *)c;
 }
 
 static PyObject *txn_commit(TxnObject *t, PyObject *unused)
@@ -294,12 +371,18 @@ static PyObject *txn_exit(TxnObject *t, PyObject *const *args, Py_ssize_t nargs)
     int ok = nargs < 1 || args[0] == Py_None;
     if (t->state != TXN_LIVE)
         return Py_NewRef(Py_False);
+    if (ok && t->write && t->child && !t->busy) { /* the block ended with a child left open */
+        if (kp_txn_end(t, 0))
+            return NULL;
+        return kp_raise_msg(KEEL_BADTXN, "the block ended with a nested transaction still open: both aborted");
+    }
     return kp_txn_end(t, ok && t->write) ? NULL : Py_NewRef(Py_False);
 }
 
 static int txn_traverse(TxnObject *t, visitproc visit, void *arg)
 {
     Py_VISIT(t->db);
+    Py_VISIT(t->parent);
     Py_VISIT(t->views);
     return 0;
 }
@@ -320,6 +403,7 @@ static void txn_dealloc(TxnObject *t)
         kp_db_unpinned(t->db);
     }
     Py_CLEAR(t->views);
+    Py_CLEAR(t->parent);
     Py_CLEAR(t->db);
     if (n_spare_txns < SPARE_TXNS)
         spare_txns[n_spare_txns++] = t;
@@ -330,7 +414,8 @@ static void txn_dealloc(TxnObject *t)
 static PyObject *txn_repr(TxnObject *t)
 {
     static const char *const states[] = {"live", "ended (buffers still held)", "ended"};
-    return PyUnicode_FromFormat("<keel.Transaction %s %s>", t->write ? "write" : "read", states[t->state]);
+    return PyUnicode_FromFormat("<keel.Transaction %s %s>", t->parent ? "nested" : t->write ? "write" : "read",
+                                states[t->state]);
 }
 
 static PyObject *txn_get_id(TxnObject *t, void *unused)
@@ -348,11 +433,18 @@ static PyObject *txn_get_flag(TxnObject *t, void *which)
     }
 }
 
+static PyObject *txn_get_parent(TxnObject *t, void *unused)
+{
+    (void)unused;
+    return Py_NewRef(t->parent ? (PyObject *)t->parent : Py_None);
+}
+
 static PyGetSetDef txn_getset[] = {
     {"id", (getter)txn_get_id, NULL, "The snapshot id (read txn) or the id being written (write txn).", NULL},
     {"write", (getter)txn_get_flag, NULL, "True for the write txn.", (void *)0},
     {"buffers", (getter)txn_get_flag, NULL, "True if reads answer memoryviews.", (void *)1},
     {"ended", (getter)txn_get_flag, NULL, "True once committed or aborted.", (void *)2},
+    {"parent", (getter)txn_get_parent, NULL, "The parent of a nested txn, else None.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -362,10 +454,21 @@ static PyMethodDef txn_methods[] = {
     M("get", kp_txn_get, FAST,
       "get(key, default=None, *, bucket=None) -> bytes\n\nThe key's value, or default if absent or expired."),
     M("put", kp_txn_put, FAST,
-      "put(key, value, *, bucket=None, ttl=None, nx=False, keepttl=False) -> bool\n\n"
+      "put(key, value, *, bucket=None, ttl=None, nx=False, keepttl=False, dupdata=True) -> bool\n\n"
       "Store value under key.  ttl: seconds until it expires.  A plain put clears the\n"
-      "key's expiry unless keepttl=True.  nx=True: only if absent (False if present)."),
-    M("delete", kp_txn_delete, FAST, "delete(key, *, bucket=None) -> bool\n\nFalse if the key was absent."),
+      "key's expiry unless keepttl=True.  nx=True: only if absent (False if present).\n"
+      "In a dupsort bucket: adds value to the key's values (the key's expiry is kept\n"
+      "unless ttl is given); dupdata=False: False if the pair is already there."),
+    M("delete", kp_txn_delete, FAST,
+      "delete(key, value=None, *, bucket=None) -> bool\n\n"
+      "Delete the key (in a dupsort bucket: with all its values); with value, only\n"
+      "the pair (key, value) (a plain bucket: the key if its value is value).\n"
+      "False if absent."),
+    M("get_all", kp_txn_get_all, FAST,
+      "get_all(key, *, bucket=None) -> list\n\n"
+      "Every value of key in order (a dupsort bucket); [] if absent."),
+    M("count", kp_txn_count, FAST,
+      "count(key, *, bucket=None) -> int\n\nThe number of values of key (0 if absent; 1 in a plain bucket)."),
     M("incr", kp_txn_incr, FAST,
       "incr(key, delta=1, *, bucket=None) -> int\n\n"
       "Add delta to the decimal integer stored at key (absent = 0); keeps its expiry."),
@@ -388,13 +491,23 @@ static PyMethodDef txn_methods[] = {
     M("put_many", kp_txn_put_many, FAST,
       "put_many(pairs, *, bucket=None)\n\nStore a mapping or an iterable of (key, value): all or nothing."),
     M("buckets", kp_txn_buckets, METH_NOARGS, "buckets() -> list of str\n\nThe named buckets, in name order."),
-    M("create_bucket", kp_txn_create_bucket, METH_O,
-      "create_bucket(name) -> bool\n\nCreate the bucket; False if it exists."),
+    M("create_bucket", kp_txn_create_bucket, FAST,
+      "create_bucket(name, *, dupsort=False) -> bool\n\n"
+      "Create the bucket; False if it exists.  dupsort=True: each key holds a sorted\n"
+      "set of values.  IncompatibleError if it exists as the other kind."),
+    M("is_dupsort", kp_txn_is_dupsort, FAST,
+      "is_dupsort(bucket=None) -> bool\n\nTrue for a dupsort bucket (NotFoundError if absent)."),
     M("drop_bucket", kp_txn_drop_bucket, METH_O,
       "drop_bucket(name) -> bool\n\nRemove the bucket and its keys; False if absent."),
     M("purge", kp_txn_purge, FAST,
       "purge(max=None) -> int\n\nRemove up to max expired keys (all if None), oldest first; how many."),
     M("stat", kp_txn_stat, FAST, "stat(bucket=None) -> dict\n\nPage and entry counts of one bucket."),
+    M("nested", txn_nested, METH_NOARGS,
+      "nested() -> Transaction\n\n"
+      "Begin a nested txn of this write txn (a savepoint): it sees this txn's changes;\n"
+      "its commit hands its changes to this txn, its abort drops them.  Until it ends,\n"
+      "calls on this txn raise TxnError.  Used with `with`, it commits on normal exit\n"
+      "and aborts on an exception."),
     M("commit", txn_commit, METH_NOARGS,
       "commit()\n\nMake the write txn's changes durable (a read txn just ends)."),
     M("abort", txn_abort, METH_NOARGS, "abort()\n\nEnd the txn, dropping its changes (again: no-op)."),

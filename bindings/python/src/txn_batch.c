@@ -1,6 +1,6 @@
 /*
  * txn_batch.c — a Transaction's many-key and whole-bucket calls: get_many,
- * put_many, purge, stat, buckets, create_bucket, drop_bucket.
+ * put_many, purge, stat, buckets, create_bucket, drop_bucket, is_dupsort.
  *
  * Contract:
  *   - get_many and put_many convert every argument before the keel call
@@ -10,6 +10,9 @@
  *     tuples or lists; keel_put_many writes all or nothing.
  *   - purge runs without the GIL.  Bucket names come back as str (bytes that
  *     are not UTF-8 with surrogate escapes, so they round-trip).
+ *   - create_bucket(dupsort=True) makes a DUPSORT bucket; an existing bucket
+ *     of the other kind raises IncompatibleError (as keel_bucket_open does),
+ *     one of the same kind answers False.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -238,18 +241,25 @@ PyObject *kp_txn_buckets(TxnObject *t, PyObject *unused)
     return list;
 }
 
-PyObject *kp_txn_create_bucket(TxnObject *t, PyObject *name)
+PyObject *kp_txn_create_bucket(TxnObject *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    static const char *const names[] = {"name", "dupsort", NULL};
+    PyObject *a[2];
     keel_bucket b;
     const char *cname;
-    if (kp_txn_usable(t) || kp_name(name, &cname))
+    if (kp_args("create_bucket", args, nargs, kwnames, names, 1, 1, a) || kp_txn_usable(t))
+        return NULL;
+    PyObject *name = a[0];
+    int dupsort = kp_bool(a[1], 0);
+    if (dupsort < 0 || kp_name(name, &cname))
         return NULL;
     if (!t->write)
         return kp_raise_msg(KEEL_READONLY, "a write in a read transaction (begin(write=True))");
+    unsigned kind = dupsort ? KEEL_DUPSORT : 0;
     int rc = keel_bucket_open(t->txn, cname, 0, &b);
     int created = rc == KEEL_NOTFOUND;
-    if (created)
-        rc = keel_bucket_open(t->txn, cname, KEEL_CREATE, &b);
+    if (created || !rc) /* present: keel checks the kind */
+        rc = keel_bucket_open(t->txn, cname, KEEL_CREATE | kind, &b);
     if (rc)
         return kp_raise(rc);
     PyObject *v = PyLong_FromUnsignedLong(b);
@@ -279,4 +289,25 @@ PyObject *kp_txn_drop_bucket(TxnObject *t, PyObject *name)
     if (rc == KP_ABSENT || rc == KEEL_NOTFOUND)
         return Py_NewRef(Py_False);
     return rc ? kp_raise(rc) : Py_NewRef(Py_True);
+}
+
+PyObject *kp_txn_is_dupsort(TxnObject *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"bucket", NULL};
+    PyObject *a[1];
+    keel_bucket b;
+    unsigned flags = 0;
+    int rc, tries = 0;
+    if (kp_args("is_dupsort", args, nargs, kwnames, names, 1, 0, a) || kp_txn_usable(t))
+        return NULL;
+    do {
+        if ((rc = kp_bucket(t, a[0], 0, &b)))
+            break;
+        rc = keel_bucket_flags(t->txn, b, &flags);
+    } while (kp_bucket_stale(t, a[0], rc, &tries));
+    if (rc == KP_ERR)
+        return NULL;
+    if (rc)
+        return kp_raise(rc == KP_ABSENT ? KEEL_NOTFOUND : rc);
+    return PyBool_FromLong((flags & KEEL_DUPSORT) != 0);
 }

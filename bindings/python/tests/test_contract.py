@@ -200,6 +200,17 @@ def test_items_prefix_of_ff_bytes(db):
             b"\xff\xff\x01", b"\xff\xff", b"\xff\x00", b"\xff"]
 
 
+def test_items_one_byte_prefix_leaves_bytes_alone(db):
+    # CPython shares one bytes object per single byte: computing the bound past
+    # a one-byte prefix must not write into it (it once turned b"b" into b"c")
+    with db.begin(write=True) as txn:
+        for k in (b"a", b"b", b"b1", b"c"):
+            txn.put(k, b"")
+        for p in (b"b", bytearray(b"b"), memoryview(b"b")):
+            assert [k for k, _ in txn.items(prefix=p)] == [b"b", b"b1"]
+    assert bytes([98]) == b"b" and b"b"[0] == 98 and bytes([99]) == b"c"
+
+
 def test_items_in_write_txn_sees_changes(db):
     fill(db, 10)
     with db.begin(write=True) as txn:
@@ -369,6 +380,14 @@ def test_help_and_docstrings():
     for name in dir(keel):
         if name.endswith("Error") and name != "Error":
             assert f"class {name}(" in text, name
+    for cls in (keel.Database, keel.Transaction, keel.Cursor):  # every method and property
+        body = text.split(f"class {cls.__name__}:")[1].split("\nclass ")[0]
+        for name in dir(cls):
+            if not name.startswith("_"):
+                assert f"def {name}(" in body, f"{cls.__name__}.{name}"
+    for name in dir(keel):
+        if name.isupper() and not name.startswith("_"):
+            assert f"\n{name}: int" in text, name
 
 
 def test_strerror():

@@ -19,15 +19,15 @@ CODES = {
     "MISMATCH": ("MismatchError", None), "NOTNUMBER": ("NotNumberError", ValueError),
     "OVERFLOW": ("IntOverflowError", OverflowError), "LOCKPATH": ("LockPathError", None),
     "MAPSIZE": ("MapSizeError", None), "ADDRSPACE": ("AddressSpaceError", None),
-    "LAGGED": ("LaggedError", None),
+    "LAGGED": ("LaggedError", None), "INCOMPATIBLE": ("IncompatibleError", None),
 }
 
 
 def test_every_code_has_a_class():
-    assert len(CODES) == 27
+    assert len(CODES) == 28
     for cname, (cls_name, std) in CODES.items():
         code = getattr(keel, cname)
-        assert -30826 <= code <= -30800
+        assert -30827 <= code <= -30800
         cls = getattr(keel, cls_name)
         assert issubclass(cls, keel.Error)
         if std:

@@ -57,3 +57,49 @@ def test_open_put_get_iterate_close_is_stable(tmp_path):
     assert rss1 - rss0 < 4096, f"RSS grew {rss1 - rss0} KiB over {loops - warm} loops"
     with keel.open(path) as db:
         assert db.get(b"n") == b"%d" % loops
+
+
+def dup_nested_loop(db, i):
+    with db.begin(write=True) as txn:
+        txn.put(b"k%d" % (i % 50), b"v%d" % (i % 7), bucket="d", ttl=60)
+        with txn.nested() as child:
+            child.put(b"k%d" % (i % 50), b"w", bucket="d")
+            assert child.count(b"k%d" % (i % 50), bucket="d") >= 1
+            c = child.cursor("d")
+            c.seek_key(b"k%d" % (i % 50))
+            c.next_dup()
+        try:
+            with txn.nested() as child:
+                child.delete(b"k%d" % (i % 50), b"w", bucket="d")
+                child.nested()  # left open: aborted with its parent
+                raise KeyError
+        except KeyError:
+            pass
+        child = txn.nested()
+        child.cursor()
+        del child  # aborts
+        txn.get_all(b"k%d" % (i % 50), bucket="d")
+        try:
+            txn.cas(b"k", None, b"x", bucket="d")
+        except keel.IncompatibleError:
+            pass
+    with db.begin(buffers=True) as txn:
+        txn.get_all(b"k%d" % (i % 50), bucket="d")
+        list(txn.items(bucket="d", prefix=b"k1"))
+
+
+def test_dupsort_and_nested_calls_are_stable(tmp_path):
+    loops = int(os.environ.get("KEEL_PY_LEAK_LOOPS", "100000")) // 10
+    with keel.open(str(tmp_path / "leak2.db"), sync="none") as db:
+        with db.begin(write=True) as txn:
+            txn.create_bucket("d", dupsort=True)
+        warm = max(1, min(500, loops // 10))
+        for i in range(warm):
+            dup_nested_loop(db, i)
+        gc.collect()
+        rss0 = rss_kib()
+        for i in range(warm, loops):
+            dup_nested_loop(db, i)
+        gc.collect()
+        rss1 = rss_kib()
+    assert rss1 - rss0 < 2048, f"RSS grew {rss1 - rss0} KiB over {loops - warm} loops"
