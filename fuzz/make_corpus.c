@@ -552,6 +552,84 @@ static void make_ops(void)
     }
 }
 
+/* DUPSORT streams (byte 0 bit 4, fuzz_ops.c) */
+static void make_dup_ops(void)
+{
+    static const uint8_t seq[] = {
+        0x10,                            /* 4 KiB pages, DUPSORT mode */
+        234, 0,                          /* create "alpha" as DUPSORT */
+        236, 1, 48, 5, 0, 0,             /* put alpha ("a\0", "a") */
+        236, 1, 48, 6, 0, 0,             /* put ("a\0", "a\0") */
+        236, 1, 48, 0, 0, 0,             /* put ("a\0", "") */
+        236, 1, 48, 5, 0, 2,             /* the same pair with KEEL_NODUPDATA: KEEL_EXISTS */
+        236, 1, 48, 8, 0, 1,             /* a new value with KEEL_NOOVERWRITE: KEEL_EXISTS */
+        238, 1, 0, 1, 0, 12,             /* put_ttl ("a", "\0"), 100 ms */
+        231, 1, 1, 63, 3,                /* "b": 64 values of 405 bytes (several leaves) */
+        231, 1, 52, 200, 1,              /* "\0\xff\0": 9 values */
+        236, 1, 60, 12, 0, 0,            /* a key of zeros with a value that just fits */
+        236, 1, 60, 13, 0, 0,            /* one byte longer: KEEL_BADVALSIZE */
+        236, 1, 64, 12, 0, 0,            /* the longest key ending in a zero byte */
+        224, 1, 0,                       /* next_dup unpositioned: KEEL_BADCURSOR */
+        9, 1, 0,                         /* cursor first */
+        224, 1, 0, 224, 1, 4,            /* next_dup, count */
+        224, 1, 2, 224, 1, 4,            /* next_key, count (64) */
+        224, 1, 3,                       /* prev_key */
+        224, 1, 5, 1,                    /* seek_key "b" */
+        224, 1, 6, 1, 0x80, 5,           /* seek_pair "b", its sixth value */
+        224, 1, 1, 224, 1, 7,            /* prev_dup, cursor_expiry */
+        9, 1, 6, 224, 1, 0, 224, 1, 1,   /* cursor del, next_dup, prev_dup */
+        228, 1, 48, 5, 0,                /* del_value ("a\0", "a") */
+        228, 1, 1, 0x80, 3,              /* del_value "b", its fourth value */
+        4, 1, 52,                        /* del "\0\xff\0": all its values */
+        11,                              /* commit */
+        17, 2, 1, 0,                     /* a reader walks alpha */
+        14, 4,                           /* clock +60 s: "a" expired */
+        9, 1, 1, 224, 1, 3,              /* cursor last, prev_key */
+        15, 6,                           /* purge: "a" with its values, one key */
+        8, 1, 1, 0, 3,                   /* expire "b" in 100 ms: all 63 values */
+        16, 1, 1,                        /* create "alpha" plain: KEEL_INCOMPATIBLE */
+        16, 2, 5,                        /* create "beta" as DUPSORT */
+        22, 2, 2, 8, 8, 5, 3, 0,         /* put_many beta: a key twice, one value */
+        23, 2, 1, 8, 5,                  /* get_many */
+        6, 1, 1, 0, 0, 0, 7, 1, 1, 0,    /* cas, incr: KEEL_INCOMPATIBLE */
+        19, 2, 0, 31, 12,                /* range put beta: 32 keys, values that just fit */
+        14, 2, 15, 6,                    /* clock +100: "b" expired; purge */
+        16, 1, 2, 16, 1, 1,              /* drop alpha, create it plain */
+        13, 21,                          /* reopen, check */
+    };
+    put_file("fuzz_ops", "dupsort", NULL, 0, seq, sizeof seq);
+    static const uint8_t nest[] = {
+        0x31,                            /* 8 KiB pages, DUPSORT and nested txns */
+        234, 1,                          /* create "beta" as DUPSORT */
+        231, 2, 9, 40, 2,                /* "key01": 41 values */
+        240,                             /* a child */
+        231, 2, 10, 63, 3,               /* "key02": 64 values of 405 bytes */
+        238, 2, 9, 5, 0, 8,              /* put_ttl "key01": every value expires in 10 ms */
+        241,                             /* a grandchild */
+        16, 1, 2, 234, 1, 236, 1, 1, 1, 0, 0, /* drop beta, create it again, put */
+        252,                             /* abort the grandchild */
+        225, 2, 0, 9, 2, 0, 225, 2, 4,   /* next_dup unpositioned, cursor first, count */
+        229, 2, 10, 0x80, 7,             /* del_value "key02" */
+        248,                             /* commit the child */
+        14, 1, 11,                       /* clock +7, commit */
+        14, 1, 14, 1, 15, 6,             /* clock, purge */
+        13, 21,
+    };
+    put_file("fuzz_ops", "dupsort-nested", NULL, 0, nest, sizeof nest);
+    for (int i = 0; i < 3; i++) { /* random ones, about one op byte in four a DUPSORT one */
+        uint8_t buf[1200];
+        size_t len = i == 0 ? 200 : i == 1 ? 500 : 1200;
+        for (size_t j = 0; j < len; j++) {
+            uint8_t r = rnd();
+            buf[j] = (r & 3) == 0 ? (uint8_t)(224 + (r >> 4)) : rnd();
+        }
+        buf[0] = (uint8_t)(0x10 | (i == 2 ? 0x20 : 0) | (i * 5 % 16 & 0xF));
+        char name[32];
+        snprintf(name, sizeof name, "dupsort-random-%zu", len);
+        put_file("fuzz_ops", name, NULL, 0, buf, len);
+    }
+}
+
 static void make_dumps(void)
 {
     char *buf = NULL;
@@ -611,6 +689,7 @@ int main(int argc, char **argv)
     make_format1_file(argc == 3 ? argv[2] : "test/data/format1.keel");
     make_locks();
     make_ops();
+    make_dup_ops();
     make_dumps();
     return 0;
 }
