@@ -294,6 +294,78 @@ static void shape_wide(keel_db *db)
     OK(keel_commit(w));
 }
 
+/* DUPSORT: "multi" with keys of a zero and a 0xFF byte, every fourth with
+ * 60 values (a key over several leaves), every third with an expiry for
+ * the key (opt bit 3: all expired), a key of 300 zero bytes (escaped to
+ * 600); then a commit that deletes single pairs and whole keys. */
+static void shape_dupsort(keel_db *db)
+{
+    keel_txn *w;
+    keel_bucket b, p;
+    OK(keel_begin(db, 0, &w));
+    OK(keel_bucket_open(w, "multi", KEEL_CREATE | KEEL_DUPSORT, &b));
+    OK(keel_bucket_open(w, "flat", KEEL_CREATE, &p));
+    for (int i = 0; i < 40; i++) {
+        uint8_t key[4] = {'m', 0, (uint8_t)i, 0xff};
+        int n = i % 4 == 0 ? 60 : 1 + i % 5;
+        for (int j = 0; j < n; j++) {
+            uint8_t val[32];
+            int vl = snprintf((char *)val, sizeof val, "%04d", j * 7);
+            for (int x = 0; x < 20; x++)
+                val[vl + x] = (uint8_t)(x % 2 ? 0x00 : 0xff);
+            keel_val kv = {key, sizeof key}, vv = {val, (size_t)vl + 20};
+            if (i % 3 == 0)
+                OK(keel_put_ttl(w, b, kv, vv, 1000 + i, 0));
+            else
+                OK(keel_put(w, b, kv, vv, 0));
+        }
+        OK(keel_put(w, p, (keel_val){key, sizeof key}, sv("plain"), 0));
+    }
+    static uint8_t zeros[300];
+    OK(keel_put(w, b, (keel_val){zeros, sizeof zeros}, sv("z1"), 0));
+    OK(keel_put(w, b, (keel_val){zeros, sizeof zeros}, sv("z2"), 0));
+    OK(keel_commit(w));
+    OK(keel_begin(db, 0, &w));
+    OK(keel_bucket_open(w, "multi", 0, &b));
+    for (int i = 0; i < 40; i += 5) {
+        uint8_t key[4] = {'m', 0, (uint8_t)i, 0xff};
+        if (i % 10 == 0) {
+            OK(keel_del(w, b, (keel_val){key, sizeof key}));
+        } else {
+            uint8_t val[32];
+            int vl = snprintf((char *)val, sizeof val, "%04d", 0);
+            for (int x = 0; x < 20; x++)
+                val[vl + x] = (uint8_t)(x % 2 ? 0x00 : 0xff);
+            OK(keel_del_value(w, b, (keel_val){key, sizeof key}, (keel_val){val, (size_t)vl + 20}));
+        }
+    }
+    OK(keel_commit(w));
+}
+
+/* DUPSORT with long keys (500 bytes, zero bytes inside): long separators,
+ * a tree of three levels at 4 KiB pages from 120 pairs. */
+static void shape_dupsort_deep(keel_db *db)
+{
+    keel_txn *w;
+    keel_bucket b;
+    OK(keel_begin(db, 0, &w));
+    OK(keel_bucket_open(w, "deepdup", KEEL_CREATE | KEEL_DUPSORT, &b));
+    static uint8_t key[500];
+    for (int i = 0; i < 40; i++) {
+        memset(key, 'd', sizeof key);
+        key[100] = 0;
+        key[400] = (uint8_t)(i / 10);
+        key[401] = 0;
+        key[499] = (uint8_t)i;
+        for (int j = 0; j < 3; j++) {
+            char val[8];
+            snprintf(val, sizeof val, "v%d", j);
+            OK(keel_put(w, b, (keel_val){key, sizeof key}, sv(val), 0));
+        }
+    }
+    OK(keel_commit(w));
+}
+
 struct shape {
     const char *name;
     void (*fn)(keel_db *);
@@ -314,6 +386,9 @@ static const struct shape shapes[] = {
     {"deep-overflow-verify", shape_deep_overflow, 0x1, 64}, /* KEEL_VERIFY, sums re-sealed */
     {"small-stale", shape_small, 0x1, 32},                  /* KEEL_VERIFY, sums left stale */
     {"buckets-stale", shape_buckets, 0x1, 32},
+    {"dupsort", shape_dupsort, 0x3, 0},
+    {"dupsort-expired", shape_dupsort, 0x1, 8}, /* the keys with an expiry have expired */
+    {"dupsort-deep", shape_dupsort_deep, 0x1, 0},
 };
 
 /* The file as keel left it, cut to the newest meta's npages. */
