@@ -1284,6 +1284,8 @@ static size_t d_run(const struct dmodel *m, size_t i) /* pairs of the key of pai
 }
 static void d_remove(struct dmodel *m, size_t i, size_t n)
 {
+    if (n == 0)
+        return; /* an empty model has no array: memmove(NULL) is undefined */
     for (size_t j = i; j < i + n; j++)
         ent_unref(m->v[j].e);
     memmove(m->v + i, m->v + i + n, (m->n - i - n) * sizeof(*m->v));
