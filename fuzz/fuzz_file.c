@@ -132,6 +132,22 @@ static bool ff_walk(keel_txn *txn, keel_bucket b, struct ff_keys *ks)
         ff_touch(k);
         ff_touch(v);
     }
+    /* key by key (DUPSORT moves; in a plain bucket a key has one value):
+     * counts, a step inside the key and back, then back over the keys */
+    steps = 0;
+    for (rc = keel_cursor_first(c, &k, &v); rc == 0 && steps < FF_STEPS;
+         rc = keel_cursor_next_key(c, &k, &v), steps++) {
+        uint64_t n;
+        keel_cursor_count(c, &n);
+        if (keel_cursor_next_dup(c, &k, &v) == 0) {
+            ff_touch(v);
+            keel_cursor_prev_dup(c, &k, &v);
+        }
+    }
+    steps = 0;
+    for (rc = keel_cursor_last(c, &k, &v); rc == 0 && steps < FF_STEPS / 4;
+         rc = keel_cursor_prev_key(c, &k, &v), steps++)
+        ff_touch(k);
     for (size_t i = 0; i < ks->n; i++) {
         keel_val key = {ks->k[i], ks->len[i]};
         if (keel_cursor_seek(c, key, &k, &v) == 0) {
@@ -142,6 +158,10 @@ static bool ff_walk(keel_txn *txn, keel_bucket b, struct ff_keys *ks)
             if (keel_cursor_prev(c, &k, &v) == 0)
                 ff_touch(v);
         }
+        if (keel_cursor_seek_key(c, key, &v) == 0)
+            ff_touch(v);
+        if (keel_cursor_seek_pair(c, key, (keel_val){"0", 1}, &k, &v) == 0)
+            ff_touch(v);
         if (keel_get(txn, b, key, &v) == 0)
             ff_touch(v);
         int64_t t;
@@ -254,11 +274,17 @@ static int ff_write(keel_db *db, const struct ff_names *nm, const struct ff_keys
             keel_cursor_close(c);
         }
         keel_put(w, b, (keel_val){"fuzz-in-bucket", 14}, (keel_val){big, 600}, 0);
+        /* a DUPSORT bucket: a second value, then the first one deleted */
+        keel_put(w, b, (keel_val){"fuzz-in-bucket", 14}, (keel_val){big, 5}, KEEL_NODUPDATA);
+        keel_del_value(w, b, (keel_val){"fuzz-in-bucket", 14}, (keel_val){big, 600});
     }
     if (nm->n > 1 && keel_bucket_open(w, nm->name[1], 0, &b) == 0)
         keel_bucket_drop(w, b);
     if (keel_bucket_open(w, "fuzz-new", KEEL_CREATE, &b) == 0)
         keel_put(w, b, (keel_val){"k", 1}, (keel_val){big, 100}, 0);
+    if (keel_bucket_open(w, "fuzz-dup", KEEL_CREATE | KEEL_DUPSORT, &b) == 0) /* KEEL_INCOMPATIBLE if plain */
+        for (int i = 0; i < 3; i++)
+            keel_put_ttl(w, b, (keel_val){"k\0", 2}, (keel_val){big + i, 50 - (size_t)i}, 1000, 0);
     size_t purged;
     keel_purge(w, 10, &purged);
     return keel_commit(w);

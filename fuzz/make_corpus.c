@@ -294,6 +294,78 @@ static void shape_wide(keel_db *db)
     OK(keel_commit(w));
 }
 
+/* DUPSORT: "multi" with keys of a zero and a 0xFF byte, every fourth with
+ * 60 values (a key over several leaves), every third with an expiry for
+ * the key (opt bit 3: all expired), a key of 300 zero bytes (escaped to
+ * 600); then a commit that deletes single pairs and whole keys. */
+static void shape_dupsort(keel_db *db)
+{
+    keel_txn *w;
+    keel_bucket b, p;
+    OK(keel_begin(db, 0, &w));
+    OK(keel_bucket_open(w, "multi", KEEL_CREATE | KEEL_DUPSORT, &b));
+    OK(keel_bucket_open(w, "flat", KEEL_CREATE, &p));
+    for (int i = 0; i < 40; i++) {
+        uint8_t key[4] = {'m', 0, (uint8_t)i, 0xff};
+        int n = i % 4 == 0 ? 60 : 1 + i % 5;
+        for (int j = 0; j < n; j++) {
+            uint8_t val[32];
+            int vl = snprintf((char *)val, sizeof val, "%04d", j * 7);
+            for (int x = 0; x < 20; x++)
+                val[vl + x] = (uint8_t)(x % 2 ? 0x00 : 0xff);
+            keel_val kv = {key, sizeof key}, vv = {val, (size_t)vl + 20};
+            if (i % 3 == 0)
+                OK(keel_put_ttl(w, b, kv, vv, 1000 + i, 0));
+            else
+                OK(keel_put(w, b, kv, vv, 0));
+        }
+        OK(keel_put(w, p, (keel_val){key, sizeof key}, sv("plain"), 0));
+    }
+    static uint8_t zeros[300];
+    OK(keel_put(w, b, (keel_val){zeros, sizeof zeros}, sv("z1"), 0));
+    OK(keel_put(w, b, (keel_val){zeros, sizeof zeros}, sv("z2"), 0));
+    OK(keel_commit(w));
+    OK(keel_begin(db, 0, &w));
+    OK(keel_bucket_open(w, "multi", 0, &b));
+    for (int i = 0; i < 40; i += 5) {
+        uint8_t key[4] = {'m', 0, (uint8_t)i, 0xff};
+        if (i % 10 == 0) {
+            OK(keel_del(w, b, (keel_val){key, sizeof key}));
+        } else {
+            uint8_t val[32];
+            int vl = snprintf((char *)val, sizeof val, "%04d", 0);
+            for (int x = 0; x < 20; x++)
+                val[vl + x] = (uint8_t)(x % 2 ? 0x00 : 0xff);
+            OK(keel_del_value(w, b, (keel_val){key, sizeof key}, (keel_val){val, (size_t)vl + 20}));
+        }
+    }
+    OK(keel_commit(w));
+}
+
+/* DUPSORT with long keys (500 bytes, zero bytes inside): long separators,
+ * a tree of three levels at 4 KiB pages from 120 pairs. */
+static void shape_dupsort_deep(keel_db *db)
+{
+    keel_txn *w;
+    keel_bucket b;
+    OK(keel_begin(db, 0, &w));
+    OK(keel_bucket_open(w, "deepdup", KEEL_CREATE | KEEL_DUPSORT, &b));
+    static uint8_t key[500];
+    for (int i = 0; i < 40; i++) {
+        memset(key, 'd', sizeof key);
+        key[100] = 0;
+        key[400] = (uint8_t)(i / 10);
+        key[401] = 0;
+        key[499] = (uint8_t)i;
+        for (int j = 0; j < 3; j++) {
+            char val[8];
+            snprintf(val, sizeof val, "v%d", j);
+            OK(keel_put(w, b, (keel_val){key, sizeof key}, sv(val), 0));
+        }
+    }
+    OK(keel_commit(w));
+}
+
 struct shape {
     const char *name;
     void (*fn)(keel_db *);
@@ -314,6 +386,9 @@ static const struct shape shapes[] = {
     {"deep-overflow-verify", shape_deep_overflow, 0x1, 64}, /* KEEL_VERIFY, sums re-sealed */
     {"small-stale", shape_small, 0x1, 32},                  /* KEEL_VERIFY, sums left stale */
     {"buckets-stale", shape_buckets, 0x1, 32},
+    {"dupsort", shape_dupsort, 0x3, 0},
+    {"dupsort-expired", shape_dupsort, 0x1, 8}, /* the keys with an expiry have expired */
+    {"dupsort-deep", shape_dupsort_deep, 0x1, 0},
 };
 
 /* The file as keel left it, cut to the newest meta's npages. */
@@ -552,6 +627,84 @@ static void make_ops(void)
     }
 }
 
+/* DUPSORT streams (byte 0 bit 4, fuzz_ops.c) */
+static void make_dup_ops(void)
+{
+    static const uint8_t seq[] = {
+        0x10,                            /* 4 KiB pages, DUPSORT mode */
+        234, 0,                          /* create "alpha" as DUPSORT */
+        236, 1, 48, 5, 0, 0,             /* put alpha ("a\0", "a") */
+        236, 1, 48, 6, 0, 0,             /* put ("a\0", "a\0") */
+        236, 1, 48, 0, 0, 0,             /* put ("a\0", "") */
+        236, 1, 48, 5, 0, 2,             /* the same pair with KEEL_NODUPDATA: KEEL_EXISTS */
+        236, 1, 48, 8, 0, 1,             /* a new value with KEEL_NOOVERWRITE: KEEL_EXISTS */
+        238, 1, 0, 1, 0, 12,             /* put_ttl ("a", "\0"), 100 ms */
+        231, 1, 1, 63, 3,                /* "b": 64 values of 405 bytes (several leaves) */
+        231, 1, 52, 200, 1,              /* "\0\xff\0": 9 values */
+        236, 1, 60, 12, 0, 0,            /* a key of zeros with a value that just fits */
+        236, 1, 60, 13, 0, 0,            /* one byte longer: KEEL_BADVALSIZE */
+        236, 1, 64, 12, 0, 0,            /* the longest key ending in a zero byte */
+        224, 1, 0,                       /* next_dup unpositioned: KEEL_BADCURSOR */
+        9, 1, 0,                         /* cursor first */
+        224, 1, 0, 224, 1, 4,            /* next_dup, count */
+        224, 1, 2, 224, 1, 4,            /* next_key, count (64) */
+        224, 1, 3,                       /* prev_key */
+        224, 1, 5, 1,                    /* seek_key "b" */
+        224, 1, 6, 1, 0x80, 5,           /* seek_pair "b", its sixth value */
+        224, 1, 1, 224, 1, 7,            /* prev_dup, cursor_expiry */
+        9, 1, 6, 224, 1, 0, 224, 1, 1,   /* cursor del, next_dup, prev_dup */
+        228, 1, 48, 5, 0,                /* del_value ("a\0", "a") */
+        228, 1, 1, 0x80, 3,              /* del_value "b", its fourth value */
+        4, 1, 52,                        /* del "\0\xff\0": all its values */
+        11,                              /* commit */
+        17, 2, 1, 0,                     /* a reader walks alpha */
+        14, 4,                           /* clock +60 s: "a" expired */
+        9, 1, 1, 224, 1, 3,              /* cursor last, prev_key */
+        15, 6,                           /* purge: "a" with its values, one key */
+        8, 1, 1, 0, 3,                   /* expire "b" in 100 ms: all 63 values */
+        16, 1, 1,                        /* create "alpha" plain: KEEL_INCOMPATIBLE */
+        16, 2, 5,                        /* create "beta" as DUPSORT */
+        22, 2, 2, 8, 8, 5, 3, 0,         /* put_many beta: a key twice, one value */
+        23, 2, 1, 8, 5,                  /* get_many */
+        6, 1, 1, 0, 0, 0, 7, 1, 1, 0,    /* cas, incr: KEEL_INCOMPATIBLE */
+        19, 2, 0, 31, 12,                /* range put beta: 32 keys, values that just fit */
+        14, 2, 15, 6,                    /* clock +100: "b" expired; purge */
+        16, 1, 2, 16, 1, 1,              /* drop alpha, create it plain */
+        13, 21,                          /* reopen, check */
+    };
+    put_file("fuzz_ops", "dupsort", NULL, 0, seq, sizeof seq);
+    static const uint8_t nest[] = {
+        0x31,                            /* 8 KiB pages, DUPSORT and nested txns */
+        234, 1,                          /* create "beta" as DUPSORT */
+        231, 2, 9, 40, 2,                /* "key01": 41 values */
+        240,                             /* a child */
+        231, 2, 10, 63, 3,               /* "key02": 64 values of 405 bytes */
+        238, 2, 9, 5, 0, 8,              /* put_ttl "key01": every value expires in 10 ms */
+        241,                             /* a grandchild */
+        16, 1, 2, 234, 1, 236, 1, 1, 1, 0, 0, /* drop beta, create it again, put */
+        252,                             /* abort the grandchild */
+        225, 2, 0, 9, 2, 0, 225, 2, 4,   /* next_dup unpositioned, cursor first, count */
+        229, 2, 10, 0x80, 7,             /* del_value "key02" */
+        248,                             /* commit the child */
+        14, 1, 11,                       /* clock +7, commit */
+        14, 1, 14, 1, 15, 6,             /* clock, purge */
+        13, 21,
+    };
+    put_file("fuzz_ops", "dupsort-nested", NULL, 0, nest, sizeof nest);
+    for (int i = 0; i < 3; i++) { /* random ones, about one op byte in four a DUPSORT one */
+        uint8_t buf[1200];
+        size_t len = i == 0 ? 200 : i == 1 ? 500 : 1200;
+        for (size_t j = 0; j < len; j++) {
+            uint8_t r = rnd();
+            buf[j] = (r & 3) == 0 ? (uint8_t)(224 + (r >> 4)) : rnd();
+        }
+        buf[0] = (uint8_t)(0x10 | (i == 2 ? 0x20 : 0) | (i * 5 % 16 & 0xF));
+        char name[32];
+        snprintf(name, sizeof name, "dupsort-random-%zu", len);
+        put_file("fuzz_ops", name, NULL, 0, buf, len);
+    }
+}
+
 static void make_dumps(void)
 {
     char *buf = NULL;
@@ -611,6 +764,7 @@ int main(int argc, char **argv)
     make_format1_file(argc == 3 ? argv[2] : "test/data/format1.keel");
     make_locks();
     make_ops();
+    make_dup_ops();
     make_dumps();
     return 0;
 }

@@ -42,10 +42,20 @@
  *
  * Creation: a crash while keel_open creates the file is explored on its own.
  *
+ * DUPSORT: workloads also write a DUPSORT bucket "dup" (small-exhaustive,
+ * mixed, nometasync in part; the "dupsort" workload mostly): pairs added
+ * one by one and by dozens for a key (keys over several leaves), with a TTL
+ * for the key, single pairs and whole keys deleted, the bucket dropped and
+ * created again; keys and values hold 0x00 and 0xFF bytes (escaped in the
+ * pair keys).  The model (struct dkey: a set of value ids per key and the
+ * key's expiry) is part of the digest every image is compared with.
+ *
  * Process death: a forked writer commits in a loop and reports each
  * acknowledged commit over a pipe; the parent SIGKILLs it at random moments.
  * After each kill the file opens, checks clean and holds the last reported
- * commit or the one after it, exactly.
+ * commit or the one after it, exactly (each commit also adds a pair to a
+ * DUPSORT bucket and deletes an older one with keel_del_value: the pairs
+ * of the window are checked key by key with next_dup / next_key).
  *
  * KEEL_SEED changes the seed, KEEL_TEST_SCALE multiplies the work.
  * KEEL_CRASH_ORDER=0 turns the ordering checker off, to see what the
@@ -99,11 +109,46 @@ struct mval {
     uint64_t vhash;
     int64_t exp; /* 0 = none */
 };
+/* The DUPSORT bucket "dup" (after "b1".."b4" in name order): key ids
+ * 0..NDK-1, each a set of value ids 0..NDV-1 and the key's expiry. */
+#define NDK 96
+#define NDV 64
+struct dkey {
+    uint64_t set; /* bit v: the pair (key, value v) */
+    int64_t exp;  /* the key's, 0 = none */
+};
 struct model {
     bool bexist[NB];
     struct mval e[NB][NK];
+    bool dexist;
+    struct dkey d[NDK];
 };
 static struct model M;
+
+/* DUPSORT key id -> "q", the id in two bytes (zero bytes: escaped in pair
+ * keys), and for every fifth a tail of 0xFF and 0x00 bytes: ids sort as
+ * the keys do (the first three bytes differ). */
+static size_t dkeystr(int id, uint8_t *buf)
+{
+    size_t n = 0;
+    buf[n++] = 'q';
+    buf[n++] = (uint8_t)(id >> 8);
+    buf[n++] = (uint8_t)id;
+    if (id % 5 == 0)
+        for (int i = 0; i < 100 + id * 3; i++)
+            buf[n++] = i % 2 ? 0x00 : 0xFF;
+    return n;
+}
+
+/* value id -> its id byte, then up to 150 bytes of 0x00 and 0xFF: ids sort as the values do */
+static size_t dvalstr(int v, uint8_t *buf)
+{
+    size_t n = 0;
+    buf[n++] = (uint8_t)v;
+    for (int i = 0; i < v * 37 % 151; i++)
+        buf[n++] = (uint8_t)(i % 3 ? 0x00 : 0xFF);
+    return n;
+}
 
 static const char *bname(int b)
 {
@@ -179,6 +224,21 @@ static uint64_t model_digest(const struct model *m, int64_t t)
                 continue;
             size_t kl = keystr(k, key);
             digest_entry(st, key, kl, v->vlen, v->vhash, v->exp);
+        }
+    }
+    if (m->dexist) {
+        digest_bucket_name(st, "dup");
+        uint8_t dk[512], dv[256];
+        for (int k = 0; k < NDK; k++) {
+            const struct dkey *d = &m->d[k];
+            if (!d->set || (d->exp && d->exp <= t))
+                continue;
+            size_t kl = dkeystr(k, dk);
+            for (int v = 0; v < NDV; v++)
+                if (d->set >> v & 1) {
+                    size_t vl = dvalstr(v, dv);
+                    digest_entry(st, dk, kl, vl, XXH3_64bits(dv, vl), d->exp);
+                }
         }
     }
     uint64_t h = XXH3_64bits_digest(st);
@@ -1220,6 +1280,8 @@ struct wspec {
     double write_point_p;      /* crash points at data writes */
     int write_point_images;
     int reopen_every;          /* close and reopen the db every so many txns (0 = never) */
+    int dup_pct;               /* operations in the DUPSORT bucket "dup" */
+    int dkeys;                 /* its key ids used: 0..dkeys-1 (0 = NDK) */
 };
 
 static int64_t g_now;
@@ -1288,6 +1350,70 @@ static void op_drop(keel_txn *t, int b)
         M.bexist[b] = false;
 }
 
+/* ---- the DUPSORT bucket ---- */
+static keel_bucket dhandle(keel_txn *t)
+{
+    keel_bucket h;
+    assert_int_equal(keel_bucket_open(t, "dup", KEEL_CREATE | KEEL_DUPSORT, &h), 0);
+    M.dexist = true;
+    return h;
+}
+
+static bool dlive_key(const struct dkey *d) { return d->set && (!d->exp || d->exp > g_now); }
+
+static void dput(keel_txn *t, keel_bucket h, int k, int v, int64_t ttl)
+{
+    uint8_t key[512], val[256];
+    size_t kl = dkeystr(k, key), vl = dvalstr(v, val);
+    struct dkey *d = &M.d[k];
+    if (!dlive_key(d)) /* absent or expired: its pairs go first */
+        *d = (struct dkey){0, 0};
+    int rc = ttl ? keel_put_ttl(t, h, (keel_val){key, kl}, (keel_val){val, vl}, ttl, 0)
+                 : keel_put(t, h, (keel_val){key, kl}, (keel_val){val, vl}, 0);
+    assert_int_equal(rc, 0);
+    d->set |= (uint64_t)1 << v;
+    if (ttl)
+        d->exp = g_now + ttl;
+}
+
+static void op_dup(keel_txn *t, const struct wspec *ws, uint64_t *rng)
+{
+    int k = (int)(tu_rand(rng) % (uint64_t)(ws->dkeys ? ws->dkeys : NDK));
+    int v = (int)(tu_rand(rng) % NDV);
+    int r = (int)(tu_rand(rng) % 100);
+    uint8_t key[512], val[256];
+    size_t kl = dkeystr(k, key), vl = dvalstr(v, val);
+    struct dkey *d = &M.d[k];
+    if (r < 3) { /* drop it (and, next time, create it again) */
+        if (M.dexist) {
+            keel_bucket h;
+            assert_int_equal(keel_bucket_open(t, "dup", 0, &h), 0);
+            assert_int_equal(keel_bucket_drop(t, h), 0);
+            memset(M.d, 0, sizeof M.d);
+            M.dexist = false;
+        }
+        return;
+    }
+    keel_bucket h = dhandle(t);
+    if (r < 45) {
+        dput(t, h, k, v, r < 10 ? 1 + (int64_t)(tu_rand(rng) % 3000) : 0);
+    } else if (r < 60) { /* many values: a key over several leaves */
+        int n = 8 + (int)(tu_rand(rng) % (NDV - 8));
+        for (int i = 0; i < n; i++)
+            dput(t, h, k, (v + i * 7) % NDV, 0);
+    } else if (r < 85) {
+        bool there = dlive_key(d) && (d->set >> v & 1);
+        assert_int_equal(keel_del_value(t, h, (keel_val){key, kl}, (keel_val){val, vl}), there ? 0 : KEEL_NOTFOUND);
+        if (there && !(d->set &= ~((uint64_t)1 << v)))
+            d->exp = 0;
+    } else {
+        bool live = dlive_key(d);
+        assert_int_equal(keel_del(t, h, (keel_val){key, kl}), live ? 0 : KEEL_NOTFOUND);
+        if (live)
+            *d = (struct dkey){0, 0};
+    }
+}
+
 static void random_txn_ops(keel_txn *t, const struct wspec *ws, uint64_t *rng)
 {
     int nops = ws->ops_min + (int)(tu_rand(rng) % (uint64_t)(ws->ops_max - ws->ops_min + 1));
@@ -1295,7 +1421,9 @@ static void random_txn_ops(keel_txn *t, const struct wspec *ws, uint64_t *rng)
         int r = (int)(tu_rand(rng) % 100);
         int b = tu_rand(rng) % 3 ? 0 : 1 + (int)(tu_rand(rng) % (NB - 1));
         int k = (int)(tu_rand(rng) % (uint64_t)ws->keys);
-        if ((r -= ws->del_pct) < 0) {
+        if ((r -= ws->dup_pct) < 0) {
+            op_dup(t, ws, rng);
+        } else if ((r -= ws->del_pct) < 0) {
             op_del(t, b, k);
         } else if ((r -= ws->ttl_pct) < 0) {
             op_put(t, ws, rng, b, k, tu_rand(rng) % 100 < (uint64_t)ws->big_pct, 1 + (int64_t)(tu_rand(rng) % 3000));
@@ -1324,6 +1452,16 @@ static void shrink_txn_ops(keel_txn *t)
         for (int k = 0; k < NK; k++)
             if (M.e[b][k].present && (k % 16 || M.e[b][k].vlen > 1000))
                 op_del(t, b, k);
+    if (!M.dexist)
+        return;
+    keel_bucket h = dhandle(t);
+    uint8_t key[512];
+    for (int k = 0; k < NDK; k++)
+        if (k % 8 && dlive_key(&M.d[k])) {
+            size_t kl = dkeystr(k, key);
+            assert_int_equal(keel_del(t, h, (keel_val){key, kl}), 0);
+            M.d[k] = (struct dkey){0, 0};
+        }
 }
 
 /* Prints where a read txn and the model differ (for failure messages). */
@@ -1564,7 +1702,7 @@ static void test_small_exhaustive(void **state)
         struct wspec ws = {.name = "small-exhaustive", .ntxn = 30, .ops_min = 1, .ops_max = 4, .keys = 40,
                            .big_pct = 5, .big_max = 9000, .del_pct = 25, .ttl_pct = 10, .bucket_pct = 8,
                            .purge_pct = 4, .exhaustive = true, .rand_per_sync = 2, .write_point_p = 0.3,
-                           .write_point_images = 4, .reopen_every = 11};
+                           .write_point_images = 4, .reopen_every = 11, .dup_pct = 15, .dkeys = 12};
         run_workload(&ws, seed + (uint64_t)r);
     }
 }
@@ -1577,7 +1715,7 @@ static void test_mixed(void **state)
     struct wspec ws = {.name = "mixed", .ntxn = (int)(100 * scale), .ops_min = 1, .ops_max = 40, .keys = 600,
                        .big_pct = 8, .big_max = 20000, .del_pct = 30, .ttl_pct = 15, .bucket_pct = 4,
                        .purge_pct = 3, .exhaustive = true, .rand_per_sync = 8, .write_point_p = 0.05,
-                       .write_point_images = 3, .reopen_every = 25};
+                       .write_point_images = 3, .reopen_every = 25, .dup_pct = 12};
     run_workload(&ws, seed);
 }
 
@@ -1615,13 +1753,28 @@ static void test_nometasync(void **state)
     struct wspec ws = {.name = "nometasync", .flags = KEEL_NOMETASYNC, .ntxn = (int)(50 * scale), .ops_min = 1,
                        .ops_max = 25, .keys = 300, .big_pct = 10, .big_max = 20000, .del_pct = 30, .ttl_pct = 10,
                        .bucket_pct = 5, .purge_pct = 3, .exhaustive = true, .rand_per_sync = 6,
-                       .write_point_p = 0.1, .write_point_images = 3, .reopen_every = 17};
+                       .write_point_p = 0.1, .write_point_images = 3, .reopen_every = 17, .dup_pct = 10};
     run_workload(&ws, seed);
     struct wspec ws2 = {.name = "nometasync-shrink", .flags = KEEL_NOMETASYNC, .ntxn = (int)(40 * scale),
                         .ops_min = 6, .ops_max = 20, .keys = 1000, .big_pct = 70, .big_max = 50000, .del_pct = 5,
                         .ttl_pct = 5, .bucket_pct = 2, .purge_pct = 2, .shrink = true, .exhaustive = true,
                         .rand_per_sync = 1, .write_point_p = 0.01, .write_point_images = 1};
     run_workload(&ws2, seed + 1);
+}
+
+/* Mostly DUPSORT writes: keys of up to 64 values over several 4 KiB leaves,
+ * pairs with zero and 0xFF bytes, TTLs per key, deletes of single pairs
+ * and whole keys, drops; then nearly everything deleted (the file shrinks). */
+static void test_dupsort(void **state)
+{
+    (void)state;
+    long scale = tu_scale();
+    uint64_t seed = tu_seed(8);
+    struct wspec ws = {.name = "dupsort", .ntxn = (int)(40 * scale), .ops_min = 2, .ops_max = 30, .keys = 200,
+                       .big_pct = 5, .big_max = 9000, .del_pct = 5, .ttl_pct = 3, .bucket_pct = 1, .purge_pct = 3,
+                       .shrink = true, .exhaustive = true, .rand_per_sync = 3, .write_point_p = 0.05,
+                       .write_point_images = 2, .reopen_every = 13, .dup_pct = 75};
+    run_workload(&ws, seed);
 }
 
 /* KEEL_NOSYNC: no durability promise; images must only be handled without a crash. */
@@ -1732,6 +1885,26 @@ static size_t pd_value(uint64_t i, uint8_t *buf)
 
 static void pd_key(uint64_t i, char *k) { snprintf(k, 32, "p%08llu", (unsigned long long)i); }
 
+/* Each commit i also adds the pair (pd_dkey(i), pd_dval(i)) to the DUPSORT
+ * bucket "pd" and deletes the pair of commit i - PD_WINDOW: 7 keys with a
+ * zero byte, values that sort as i does (8 bytes big-endian, then zeros). */
+#define PD_DKEYS 7
+static keel_val pd_dkey(uint64_t i, uint8_t *buf)
+{
+    buf[0] = 'g';
+    buf[1] = 0;
+    buf[2] = (uint8_t)(i % PD_DKEYS);
+    return (keel_val){buf, 3};
+}
+static keel_val pd_dval(uint64_t i, uint8_t *buf)
+{
+    for (int b = 0; b < 8; b++)
+        buf[b] = (uint8_t)(i >> (56 - 8 * b));
+    size_t pad = (size_t)(i % 3) * 100;
+    memset(buf + 8, 0, pad);
+    return (keel_val){buf, 8 + pad};
+}
+
 static int pd_read_ctr(keel_txn *t, uint64_t *ctr)
 {
     keel_val v;
@@ -1779,6 +1952,13 @@ static void pd_child(const char *path, int wfd, unsigned flags)
             if (keel_del(t, 0, tu_val(k)))
                 _exit(8);
         }
+        keel_bucket d;
+        uint8_t dk[4], dv[256];
+        if (keel_bucket_open(t, "pd", KEEL_CREATE | KEEL_DUPSORT, &d) ||
+            keel_put(t, d, pd_dkey(i, dk), pd_dval(i, dv), KEEL_NODUPDATA))
+            _exit(12);
+        if (i > PD_WINDOW && keel_del_value(t, d, pd_dkey(i - PD_WINDOW, dk), pd_dval(i - PD_WINDOW, dv)))
+            _exit(13);
         snprintf(c, sizeof c, "%llu", (unsigned long long)i);
         if (keel_put(t, 0, tu_val("ctr"), tu_val(c), 0))
             _exit(9);
@@ -1822,6 +2002,32 @@ static void pd_verify(keel_db *db, uint64_t c)
     }
     assert_int_equal(keel_cursor_next(cur, &k, &v), KEEL_NOTFOUND);
     free(buf);
+    keel_cursor_close(cur);
+    /* the DUPSORT bucket: the window's pairs, key by key, values in commit order */
+    keel_bucket d;
+    assert_int_equal(keel_bucket_open(t, "pd", 0, &d), 0);
+    assert_int_equal(keel_cursor_open(t, d, &cur), 0);
+    int rc = keel_cursor_first(cur, &k, &v);
+    for (uint64_t kk = 0; kk < PD_DKEYS; kk++) {
+        bool first = true;
+        for (uint64_t i = from; i <= c; i++) {
+            if (i % PD_DKEYS != kk)
+                continue;
+            uint8_t dk[4], dv[256];
+            keel_val wk = pd_dkey(i, dk), wv = pd_dval(i, dv);
+            if (!first)
+                rc = keel_cursor_next_dup(cur, &k, &v);
+            assert_int_equal(rc, 0);
+            assert_true(k.len == wk.len && memcmp(k.data, wk.data, k.len) == 0);
+            assert_true(v.len == wv.len && memcmp(v.data, wv.data, v.len) == 0);
+            first = false;
+        }
+        if (!first) {
+            assert_int_equal(keel_cursor_next_dup(cur, &k, &v), KEEL_NOTFOUND);
+            rc = keel_cursor_next_key(cur, &k, &v);
+        }
+    }
+    assert_int_equal(rc, KEEL_NOTFOUND);
     keel_cursor_close(cur);
     keel_abort(t);
 }
@@ -1910,7 +2116,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_exhaustive), cmocka_unit_test(test_mixed),
         cmocka_unit_test(test_mixed_8k),         cmocka_unit_test(test_grow_shrink),
-        cmocka_unit_test(test_nometasync),       cmocka_unit_test(test_nosync),
+        cmocka_unit_test(test_nometasync),       cmocka_unit_test(test_dupsort),
+        cmocka_unit_test(test_nosync),
         cmocka_unit_test(test_create),           cmocka_unit_test(test_process_death),
         cmocka_unit_test(test_image_count),
     };

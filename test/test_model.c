@@ -1221,12 +1221,762 @@ static void test_model_64k(void **state)
     run_model(65536, 0x4b45454c0003ull, 6000, KEEL_NOSYNC);
 }
 
+/* ======================================================================
+ * The multimap model: DUPSORT buckets
+ *
+ * Two DUPSORT buckets ("dupA", "dupB") beside the plain default bucket,
+ * random operations checked against a model that is a sorted array of
+ * (key, value) pairs, each with its key's expiry time: put (plain,
+ * KEEL_NODUPDATA, KEEL_NOOVERWRITE, with a TTL), del (a key and its values),
+ * del_value, get (the first value), ttl, expire/persist, purge (whole keys),
+ * cursor walks by pair (next/prev), by key (next_key/prev_key) and inside a
+ * key (next_dup/prev_dup, count), seek/seek_key/seek_pair, cursor deletes,
+ * bucket drop and re-create, across commits, aborts and reopens (each
+ * compares every bucket whole, both ways, with per-key counts and the
+ * entry count; keel_check at every reopen).  Keys and values come from
+ * small alphabets with 0x00 and 0xFF (escaped in pair keys), shared
+ * prefixes, some keys with hundreds of values (several leaves), some pairs
+ * at the pair-size limit.  The clock is the test's: TTLs expire.
+ * Bounded by default (KEEL_TEST_SCALE multiplies the steps, KEEL_SEED
+ * changes the seed; KEEL_MODEL_TRACE=1 prints the operations).
+ * ====================================================================== */
+#define DNB 2
+static const char *const dup_names[DNB] = {"dupA", "dupB"};
+
+struct dpair {
+    struct ent *e;
+    int64_t exp; /* the key's */
+};
+struct dmodel {
+    struct dpair *v;
+    size_t n, cap;
+};
+
+static int pcmp(const struct ent *a, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl)
+{
+    int c = kcmp(ent_key(a), a->klen, k, kl);
+    return c ? c : kcmp(ent_val(a), a->vlen, v, vl);
+}
+/* first pair >= (k, v); with v NULL the key's first pair */
+static size_t d_lower(const struct dmodel *m, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl)
+{
+    size_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = v ? pcmp(m->v[mid].e, k, kl, v, vl) : kcmp(ent_key(m->v[mid].e), m->v[mid].e->klen, k, kl);
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+static bool d_keyat(const struct dmodel *m, size_t i, const uint8_t *k, size_t kl)
+{
+    return i < m->n && kcmp(ent_key(m->v[i].e), m->v[i].e->klen, k, kl) == 0;
+}
+static size_t d_run(const struct dmodel *m, size_t i) /* pairs of the key of pair i, from i */
+{
+    size_t j = i;
+    while (j < m->n && kcmp(ent_key(m->v[j].e), m->v[j].e->klen, ent_key(m->v[i].e), m->v[i].e->klen) == 0)
+        j++;
+    return j - i;
+}
+static void d_remove(struct dmodel *m, size_t i, size_t n)
+{
+    if (n == 0)
+        return; /* an empty model has no array: memmove(NULL) is undefined */
+    for (size_t j = i; j < i + n; j++)
+        ent_unref(m->v[j].e);
+    memmove(m->v + i, m->v + i + n, (m->n - i - n) * sizeof(*m->v));
+    m->n -= n;
+}
+static void d_insert(struct dmodel *m, size_t i, struct ent *e, int64_t exp)
+{
+    if (m->n == m->cap) {
+        m->cap = m->cap ? 2 * m->cap : 64;
+        m->v = realloc(m->v, m->cap * sizeof(*m->v));
+        assert_non_null(m->v);
+    }
+    memmove(m->v + i + 1, m->v + i, (m->n - i) * sizeof(*m->v));
+    m->v[i] = (struct dpair){e, exp};
+    m->n++;
+}
+static void d_clear(struct dmodel *m) { d_remove(m, 0, m->n); }
+static void d_free(struct dmodel *m)
+{
+    d_clear(m);
+    free(m->v);
+    memset(m, 0, sizeof(*m));
+}
+static void d_copy(struct dmodel *dst, const struct dmodel *src)
+{
+    d_clear(dst);
+    for (size_t i = 0; i < src->n; i++) {
+        src->v[i].e->refs++;
+        d_insert(dst, i, src->v[i].e, src->v[i].exp);
+    }
+}
+
+struct dworld {
+    uint64_t seed, rng;
+    uint32_t psize;
+    char path[512];
+    keel_db *db;
+    size_t maxkey, maxpair;
+    int64_t now;
+    keel_txn *w;
+    int64_t wnow; /* the write txn's clock, read at its begin */
+    keel_bucket h[DNB];
+    bool exists[DNB], com_exists[DNB];
+    struct dmodel cur[DNB], com[DNB];
+    uint8_t kbuf[70000], vbuf[70000];
+    long step, nsteps;
+    const char *op;
+    bool trace;
+    struct {
+        long puts, dels, delvals, cursor_moves, counts, commits, aborts, reopens, purged;
+        size_t max_pairs, max_run;
+    } st;
+};
+static struct dworld *dg;
+
+static void dwhere(const char *what)
+{
+    if (dg)
+        print_error("test_model (multimap) FAILED: %s\n  seed=%#llx page_size=%u step=%ld op=%s\n"
+                    "  reproduce: KEEL_SEED=%#llx ./build/test/test_model\n",
+                    what, (unsigned long long)dg->seed, dg->psize, dg->step, dg->op ? dg->op : "?",
+                    (unsigned long long)dg->seed);
+}
+#define DCHECK_RC(call, want)                                                                    \
+    do {                                                                                         \
+        int rc_ = (call), want_ = (want);                                                        \
+        if (rc_ != want_) {                                                                      \
+            char m_[256];                                                                        \
+            snprintf(m_, sizeof m_, "%s answered %d (%s), expected %d (%s)", #call, rc_,         \
+                     keel_strerror(rc_), want_, keel_strerror(want_));                           \
+            dwhere(m_);                                                                          \
+        }                                                                                        \
+        assert_int_equal(rc_, want_);                                                            \
+    } while (0)
+#define DCHECK(cond)                                                                             \
+    do {                                                                                         \
+        if (!(cond)) {                                                                           \
+            dwhere(#cond);                                                                       \
+            fail();                                                                              \
+        }                                                                                        \
+    } while (0)
+
+static uint64_t drnd(struct dworld *w) { return tu_rand(&w->rng); }
+static size_t dbelow(struct dworld *w, size_t n) { return n ? (size_t)(drnd(w) % n) : 0; }
+static bool dchance(struct dworld *w, unsigned pct) { return dbelow(w, 100) < pct; }
+static bool dlive(int64_t exp, int64_t now) { return exp == 0 || exp > now; }
+static int64_t dclock(void *ctx) { return *(const int64_t *)ctx; }
+
+static void dtrace(struct dworld *w, const char *fmt, ...)
+{
+    if (!w->trace)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "[mm %ld] ", w->step);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* Keys: 1-3 bytes of a small alphabet with 0x00 and 0xFF (prefixes of each
+ * other), sometimes after a 40-byte prefix, rarely long zero-filled ones
+ * close to the pair limit (escaped twice as long). */
+static size_t dgen_key(struct dworld *w, uint8_t *k)
+{
+    static const uint8_t alpha[] = {'a', 'b', 0x00, 0xff, 'c'};
+    size_t r = dbelow(w, 100), n = 0;
+    if (r < 2) {
+        n = w->maxpair / 2 - 8 + dbelow(w, 16);
+        if (n > w->maxkey)
+            n = w->maxkey;
+        memset(k, 0, n);
+        k[n - 1] = (uint8_t)dbelow(w, 3);
+        return n;
+    }
+    if (r < 20) {
+        memset(k, 'P', 40);
+        n = 40;
+    }
+    size_t len = 1 + dbelow(w, 3);
+    for (size_t i = 0; i < len; i++)
+        k[n++] = alpha[dbelow(w, sizeof alpha)];
+    return n;
+}
+
+/* Values: mostly short from a small alphabet (pairs repeat), some 50-400
+ * bytes (keys of many values fill leaves), some exactly at the pair limit
+ * for the key (or one byte over). */
+static size_t dgen_val(struct dworld *w, const uint8_t *k, size_t kl, uint8_t *v)
+{
+    size_t esc = kl;
+    for (size_t i = 0; i < kl; i++)
+        esc += k[i] == 0;
+    size_t r = dbelow(w, 100), n;
+    if (r < 3 && w->maxpair >= esc)
+        n = w->maxpair - esc + (dchance(w, 30) ? 1 : 0);
+    else if (r < 20)
+        n = 50 + dbelow(w, 350);
+    else
+        n = dbelow(w, 4);
+    static const uint8_t alpha[] = {'x', 'y', 0x00, 0xff};
+    for (size_t i = 0; i < n; i++)
+        v[i] = i < 4 ? alpha[dbelow(w, sizeof alpha)] : (uint8_t)(i * 7);
+    return n;
+}
+
+static bool dfits(struct dworld *w, const uint8_t *k, size_t kl, size_t vl)
+{
+    size_t esc = kl;
+    for (size_t i = 0; i < kl; i++)
+        esc += k[i] == 0;
+    return esc + vl <= w->maxpair;
+}
+
+/* A key present in the model (or a new one) */
+static size_t dpick_key(struct dworld *w, int b, uint8_t *k)
+{
+    const struct dmodel *m = &w->cur[b];
+    if (m->n && dchance(w, 60)) {
+        const struct ent *e = m->v[dbelow(w, m->n)].e;
+        memcpy(k, ent_key(e), e->klen);
+        return e->klen;
+    }
+    return dgen_key(w, k);
+}
+
+static void dcheck_pair(const struct dpair *p, keel_val k, keel_val v)
+{
+    DCHECK(k.len == p->e->klen && (k.len == 0 || memcmp(k.data, ent_key(p->e), k.len) == 0));
+    DCHECK(v.len == p->e->vlen && (v.len == 0 || memcmp(v.data, ent_val(p->e), v.len) == 0));
+}
+
+/* Every pair both ways, counts per key, the entry count (expired pairs too). */
+static void dverify_bucket(struct dworld *w, keel_txn *t, keel_bucket h, const struct dmodel *m, int64_t now)
+{
+    keel_cursor *c;
+    DCHECK_RC(keel_cursor_open(t, h, &c), 0);
+    keel_val k, v;
+    size_t i = 0;
+    int rc;
+    for (rc = keel_cursor_first(c, &k, &v); rc == 0; rc = keel_cursor_next(c, &k, &v), i++) {
+        while (i < m->n && !dlive(m->v[i].exp, now))
+            i++;
+        DCHECK(i < m->n);
+        dcheck_pair(&m->v[i], k, v);
+    }
+    DCHECK_RC(rc, KEEL_NOTFOUND);
+    while (i < m->n && !dlive(m->v[i].exp, now))
+        i++;
+    DCHECK(i == m->n);
+    size_t j = m->n;
+    for (rc = keel_cursor_last(c, &k, &v); rc == 0; rc = keel_cursor_prev(c, &k, &v)) {
+        while (j > 0 && !dlive(m->v[j - 1].exp, now))
+            j--;
+        DCHECK(j > 0);
+        dcheck_pair(&m->v[--j], k, v);
+    }
+    DCHECK_RC(rc, KEEL_NOTFOUND);
+    /* key by key: next_key from each key's first value, count */
+    i = 0;
+    for (rc = keel_cursor_first(c, &k, &v); rc == 0; rc = keel_cursor_next_key(c, &k, &v)) {
+        while (i < m->n && !dlive(m->v[i].exp, now))
+            i++;
+        DCHECK(i < m->n);
+        dcheck_pair(&m->v[i], k, v);
+        uint64_t cnt = 0;
+        DCHECK_RC(keel_cursor_count(c, &cnt), 0);
+        size_t run = d_run(m, i);
+        DCHECK(cnt == run);
+        if (run > w->st.max_run)
+            w->st.max_run = run;
+        i += run;
+    }
+    DCHECK_RC(rc, KEEL_NOTFOUND);
+    keel_cursor_close(c);
+    keel_stat st;
+    DCHECK_RC(keel_bucket_stat(t, h, &st), 0);
+    DCHECK(st.entries == m->n);
+    if (m->n > w->st.max_pairs)
+        w->st.max_pairs = m->n;
+    unsigned kind = 0;
+    DCHECK_RC(keel_bucket_flags(t, h, &kind), 0);
+    DCHECK(kind == KEEL_DUPSORT);
+}
+
+static void dverify_committed(struct dworld *w)
+{
+    keel_txn *t;
+    DCHECK_RC(keel_begin(w->db, KEEL_RDONLY, &t), 0);
+    for (int b = 0; b < DNB; b++) {
+        keel_bucket h;
+        int rc = keel_bucket_open(t, dup_names[b], 0, &h);
+        DCHECK_RC(rc, w->com_exists[b] ? 0 : KEEL_NOTFOUND);
+        if (!rc)
+            dverify_bucket(w, t, h, &w->com[b], w->now);
+    }
+    keel_abort(t);
+}
+
+static void dbegin(struct dworld *w)
+{
+    DCHECK_RC(keel_begin(w->db, 0, &w->w), 0);
+    w->wnow = w->now;
+    for (int b = 0; b < DNB; b++) {
+        w->exists[b] = w->com_exists[b];
+        d_copy(&w->cur[b], &w->com[b]);
+        if (w->exists[b])
+            DCHECK_RC(keel_bucket_open(w->w, dup_names[b], 0, &w->h[b]), 0);
+    }
+}
+
+static void dcommit(struct dworld *w)
+{
+    w->op = "commit";
+    for (int b = 0; b < DNB; b++)
+        if (w->exists[b])
+            dverify_bucket(w, w->w, w->h[b], &w->cur[b], w->wnow);
+    DCHECK_RC(keel_commit(w->w), 0);
+    w->w = NULL;
+    for (int b = 0; b < DNB; b++) {
+        w->com_exists[b] = w->exists[b];
+        d_copy(&w->com[b], &w->cur[b]);
+    }
+    w->st.commits++;
+    dverify_committed(w);
+    dbegin(w);
+}
+
+static void dabort(struct dworld *w)
+{
+    w->op = "abort";
+    keel_abort(w->w);
+    w->w = NULL;
+    w->st.aborts++;
+    dverify_committed(w);
+    dbegin(w);
+}
+
+static void dopen(struct dworld *w)
+{
+    keel_options o = {.page_size = w->psize, .flags = KEEL_NOSYNC, .clock = dclock, .clock_ctx = &w->now,
+                      .purge_per_commit = -1}; /* purges are the test's: keel_purge */
+    DCHECK_RC(keel_open(w->path, &o, &w->db), 0);
+    w->maxkey = keel_max_key_size(w->db);
+    w->maxpair = keel_max_pair_size(w->db);
+}
+
+static void dreopen(struct dworld *w)
+{
+    w->op = "reopen";
+    keel_abort(w->w);
+    w->w = NULL;
+    keel_close(w->db);
+    dopen(w);
+    uint64_t problems = 9;
+    DCHECK_RC(keel_check(w->db, report_problem, NULL, &problems), 0);
+    DCHECK(problems == 0);
+    w->st.reopens++;
+    dverify_committed(w);
+    dbegin(w);
+}
+
+/* the model's put: keel's answer */
+static int dmodel_put(struct dworld *w, int b, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl,
+                      unsigned flags, int64_t at)
+{
+    struct dmodel *m = &w->cur[b];
+    if (!dfits(w, k, kl, vl))
+        return KEEL_BADVALSIZE;
+    size_t i = d_lower(m, k, kl, NULL, 0);
+    bool found = d_keyat(m, i, k, kl), present = found && dlive(m->v[i].exp, w->wnow);
+    if (found && !present)
+        d_remove(m, i, d_run(m, i)); /* expired: absent, its pairs go first */
+    if (present && (flags & KEEL_NOOVERWRITE))
+        return KEEL_EXISTS;
+    size_t j = d_lower(m, k, kl, v, vl);
+    bool pf = j < m->n && pcmp(m->v[j].e, k, kl, v, vl) == 0;
+    if (pf && (flags & KEEL_NODUPDATA))
+        return KEEL_EXISTS;
+    int64_t key_exp = present ? m->v[i].exp : 0, exp = at ? at : key_exp;
+    if (!pf)
+        d_insert(m, j, ent_new(k, kl, v, vl), exp);
+    if (present)
+        for (size_t n = d_run(m, i), x = i; n > 0; n--, x++)
+            m->v[x].exp = exp;
+    return 0;
+}
+
+static void dop_put(struct dworld *w, int b)
+{
+    w->op = "put";
+    size_t kl = dpick_key(w, b, w->kbuf), vl;
+    struct dmodel *m = &w->cur[b];
+    size_t i = d_lower(m, w->kbuf, kl, NULL, 0);
+    if (d_keyat(m, i, w->kbuf, kl) && dchance(w, 30)) { /* an existing pair again */
+        const struct ent *e = m->v[i + dbelow(w, d_run(m, i))].e;
+        vl = e->vlen;
+        memcpy(w->vbuf, ent_val(e), vl);
+    } else {
+        vl = dgen_val(w, w->kbuf, kl, w->vbuf);
+    }
+    static const unsigned fl[5] = {0, 0, KEEL_NODUPDATA, KEEL_NOOVERWRITE, KEEL_NOOVERWRITE | KEEL_NODUPDATA};
+    unsigned flags = fl[dbelow(w, 5)];
+    bool ttl = dchance(w, 10);
+    int64_t t = 1 + (int64_t)dbelow(w, 5000);
+    keel_val key = {w->kbuf, kl}, val = {w->vbuf, vl};
+    int rc = ttl ? keel_put_ttl(w->w, w->h[b], key, val, t, flags) : keel_put(w->w, w->h[b], key, val, flags);
+    int want = dmodel_put(w, b, w->kbuf, kl, w->vbuf, vl, flags, ttl ? w->wnow + t : 0);
+    dtrace(w, "put b%d klen %zu vlen %zu flags %#x ttl %lld: %d", b, kl, vl, flags, ttl ? (long long)t : 0LL, rc);
+    DCHECK_RC(rc, want);
+    w->st.puts++;
+}
+
+/* many values for one key: a key that fills leaves */
+static void dop_fill(struct dworld *w, int b)
+{
+    w->op = "fill";
+    size_t kl = dpick_key(w, b, w->kbuf);
+    size_t n = 20 + dbelow(w, 200), pad = dbelow(w, 3) * 60;
+    for (size_t i = 0; i < n; i++) {
+        size_t vl = (size_t)snprintf((char *)w->vbuf, 16, "%05zu", dbelow(w, 100000));
+        memset(w->vbuf + vl, 0, pad);
+        vl += pad;
+        int rc = keel_put(w->w, w->h[b], (keel_val){w->kbuf, kl}, (keel_val){w->vbuf, vl}, 0);
+        DCHECK_RC(rc, dmodel_put(w, b, w->kbuf, kl, w->vbuf, vl, 0, 0));
+        if (rc)
+            break;
+    }
+    dtrace(w, "fill b%d klen %zu: %zu values", b, kl, n);
+}
+
+static void dop_del(struct dworld *w, int b)
+{
+    w->op = "del";
+    struct dmodel *m = &w->cur[b];
+    size_t kl = dpick_key(w, b, w->kbuf);
+    size_t i = d_lower(m, w->kbuf, kl, NULL, 0);
+    bool present = d_keyat(m, i, w->kbuf, kl) && dlive(m->v[i].exp, w->wnow);
+    if (dchance(w, 50)) {
+        int rc = keel_del(w->w, w->h[b], (keel_val){w->kbuf, kl});
+        dtrace(w, "del b%d klen %zu: %d", b, kl, rc);
+        DCHECK_RC(rc, present ? 0 : KEEL_NOTFOUND);
+        if (present)
+            d_remove(m, i, d_run(m, i));
+        w->st.dels++;
+        return;
+    }
+    size_t vl;
+    if (present && dchance(w, 80)) {
+        const struct ent *e = m->v[i + dbelow(w, d_run(m, i))].e;
+        vl = e->vlen;
+        memcpy(w->vbuf, ent_val(e), vl);
+    } else {
+        vl = dgen_val(w, w->kbuf, kl, w->vbuf);
+    }
+    size_t j = d_lower(m, w->kbuf, kl, w->vbuf, vl);
+    bool pf = present && j < m->n && pcmp(m->v[j].e, w->kbuf, kl, w->vbuf, vl) == 0;
+    int rc = keel_del_value(w->w, w->h[b], (keel_val){w->kbuf, kl}, (keel_val){w->vbuf, vl});
+    dtrace(w, "del_value b%d klen %zu vlen %zu: %d", b, kl, vl, rc);
+    DCHECK_RC(rc, pf ? 0 : KEEL_NOTFOUND);
+    if (pf)
+        d_remove(m, j, 1);
+    w->st.delvals++;
+}
+
+static void dop_get(struct dworld *w, int b)
+{
+    w->op = "get";
+    struct dmodel *m = &w->cur[b];
+    size_t kl = dpick_key(w, b, w->kbuf);
+    size_t i = d_lower(m, w->kbuf, kl, NULL, 0);
+    bool present = d_keyat(m, i, w->kbuf, kl) && dlive(m->v[i].exp, w->wnow);
+    keel_val v;
+    int64_t ttl = 0;
+    DCHECK_RC(keel_get(w->w, w->h[b], (keel_val){w->kbuf, kl}, &v), present ? 0 : KEEL_NOTFOUND);
+    DCHECK_RC(keel_ttl(w->w, w->h[b], (keel_val){w->kbuf, kl}, &ttl), present ? 0 : KEEL_NOTFOUND);
+    if (present) {
+        DCHECK(v.len == m->v[i].e->vlen && (!v.len || memcmp(v.data, ent_val(m->v[i].e), v.len) == 0));
+        DCHECK(ttl == (m->v[i].exp ? m->v[i].exp - w->wnow : -1));
+    }
+}
+
+static void dop_expire(struct dworld *w, int b)
+{
+    w->op = "expire";
+    struct dmodel *m = &w->cur[b];
+    size_t kl = dpick_key(w, b, w->kbuf);
+    size_t i = d_lower(m, w->kbuf, kl, NULL, 0);
+    bool present = d_keyat(m, i, w->kbuf, kl) && dlive(m->v[i].exp, w->wnow);
+    int64_t exp = 0;
+    int rc;
+    if (dchance(w, 30)) {
+        rc = keel_persist(w->w, w->h[b], (keel_val){w->kbuf, kl});
+    } else {
+        exp = w->wnow + 1 + (int64_t)dbelow(w, 3000);
+        rc = keel_expire_at(w->w, w->h[b], (keel_val){w->kbuf, kl}, exp);
+    }
+    DCHECK_RC(rc, present ? 0 : KEEL_NOTFOUND);
+    if (present)
+        for (size_t n = d_run(m, i); n > 0; n--, i++)
+            m->v[i].exp = exp;
+}
+
+/* keel_purge: whole keys, oldest expiry first, (expiry, bucket id, key):
+ * the model only checks the number and removes every expired key when all
+ * of them went (max large enough). */
+static void dop_purge(struct dworld *w)
+{
+    w->op = "purge";
+    size_t expired_keys = 0;
+    for (int b = 0; b < DNB; b++) {
+        const struct dmodel *m = &w->cur[b];
+        for (size_t i = 0; w->exists[b] && i < m->n; i += d_run(m, i))
+            expired_keys += !dlive(m->v[i].exp, w->wnow);
+    }
+    size_t purged = 0;
+    DCHECK_RC(keel_purge(w->w, 1000000, &purged), 0);
+    DCHECK(purged == expired_keys);
+    for (int b = 0; b < DNB; b++) {
+        struct dmodel *m = &w->cur[b];
+        for (size_t i = 0; i < m->n;) {
+            size_t run = d_run(m, i);
+            if (!dlive(m->v[i].exp, w->wnow))
+                d_remove(m, i, run);
+            else
+                i += run;
+        }
+    }
+    w->st.purged += (long)purged;
+}
+
+/* A cursor: a seek of some kind, then moves checked against the position
+ * (a pair); cursor deletes in between, followed by forward moves only
+ * (after a delete with nothing behind it, keel's prev_key/prev_dup differ:
+ * reported, fuzz_ops.c FO_KNOWN_EOF_MOVES). */
+static void dop_cursor(struct dworld *w, int b)
+{
+    w->op = "cursor";
+    struct dmodel *m = &w->cur[b];
+    keel_cursor *c;
+    DCHECK_RC(keel_cursor_open(w->w, w->h[b], &c), 0);
+    keel_val k, v;
+    long pos = -1; /* the model's index of the cursor's pair */
+    size_t kl = dpick_key(w, b, w->kbuf);
+    int how = (int)dbelow(w, 3), rc;
+    if (how == 0) {
+        rc = keel_cursor_seek(c, (keel_val){w->kbuf, kl}, &k, &v);
+        size_t i = d_lower(m, w->kbuf, kl, NULL, 0);
+        while (i < m->n && !dlive(m->v[i].exp, w->wnow))
+            i++;
+        pos = i < m->n ? (long)i : -1;
+    } else if (how == 1) {
+        rc = keel_cursor_seek_key(c, (keel_val){w->kbuf, kl}, &v);
+        k = (keel_val){w->kbuf, kl};
+        size_t i = d_lower(m, w->kbuf, kl, NULL, 0);
+        pos = d_keyat(m, i, w->kbuf, kl) && dlive(m->v[i].exp, w->wnow) ? (long)i : -1;
+    } else {
+        size_t vl = dbelow(w, 3);
+        memset(w->vbuf, dchance(w, 50) ? 0 : 'x', vl);
+        rc = keel_cursor_seek_pair(c, (keel_val){w->kbuf, kl}, (keel_val){w->vbuf, vl}, &k, &v);
+        size_t i = d_lower(m, w->kbuf, kl, w->vbuf, vl);
+        pos = d_keyat(m, i, w->kbuf, kl) && dlive(m->v[i].exp, w->wnow) ? (long)i : -1;
+    }
+    DCHECK_RC(rc, pos >= 0 ? 0 : KEEL_NOTFOUND);
+    if (pos < 0) {
+        keel_cursor_close(c);
+        return;
+    }
+    dcheck_pair(&m->v[pos], k, v);
+    bool deleted = false; /* the position's pair is gone: the cursor sits between */
+    struct ent *at = m->v[pos].e;
+    at->refs++;
+    int moves = 1 + (int)dbelow(w, 40);
+    for (int s = 0; s < moves; s++) {
+        int mv = (int)dbelow(w, deleted ? 3 : 8);
+        /* the model's answer from the position `at` (a pair, maybe deleted) */
+        size_t lo = d_lower(m, ent_key(at), at->klen, ent_val(at), at->vlen);
+        bool on = !deleted;
+        long want = -1;
+        if (mv == 0) { /* next */
+            rc = keel_cursor_next(c, &k, &v);
+            for (size_t i = on ? lo + 1 : lo; i < m->n && want < 0; i++)
+                if (dlive(m->v[i].exp, w->wnow))
+                    want = (long)i;
+        } else if (mv == 1) { /* next_dup */
+            rc = keel_cursor_next_dup(c, &k, &v);
+            for (size_t i = on ? lo + 1 : lo; i < m->n && want < 0; i++)
+                if (dlive(m->v[i].exp, w->wnow))
+                    want = (long)i;
+            if (want >= 0 && !d_keyat(m, (size_t)want, ent_key(at), at->klen))
+                want = -1;
+        } else if (mv == 2) { /* next_key */
+            rc = keel_cursor_next_key(c, &k, &v);
+            size_t i = d_lower(m, ent_key(at), at->klen, NULL, 0);
+            while (d_keyat(m, i, ent_key(at), at->klen))
+                i++;
+            for (; i < m->n && want < 0; i++)
+                if (dlive(m->v[i].exp, w->wnow))
+                    want = (long)i;
+        } else if (mv == 3) { /* prev */
+            rc = keel_cursor_prev(c, &k, &v);
+            for (size_t i = lo; i-- > 0 && want < 0;)
+                if (dlive(m->v[i].exp, w->wnow))
+                    want = (long)i;
+        } else if (mv == 4) { /* prev_dup */
+            rc = keel_cursor_prev_dup(c, &k, &v);
+            for (size_t i = lo; i-- > 0 && want < 0;)
+                if (dlive(m->v[i].exp, w->wnow))
+                    want = (long)i;
+            if (want >= 0 && !d_keyat(m, (size_t)want, ent_key(at), at->klen))
+                want = -1;
+        } else if (mv == 5) { /* prev_key */
+            rc = keel_cursor_prev_key(c, &k, &v);
+            for (size_t i = d_lower(m, ent_key(at), at->klen, NULL, 0); i-- > 0 && want < 0;)
+                if (dlive(m->v[i].exp, w->wnow))
+                    want = (long)i;
+        } else if (mv == 6) { /* count, no move */
+            uint64_t cnt = 0;
+            DCHECK_RC(keel_cursor_count(c, &cnt), 0);
+            DCHECK(cnt == d_run(m, d_lower(m, ent_key(at), at->klen, NULL, 0)));
+            w->st.counts++;
+            continue;
+        } else { /* delete the pair */
+            DCHECK_RC(keel_cursor_del(c), 0);
+            d_remove(m, lo, 1);
+            deleted = true;
+            continue;
+        }
+        w->st.cursor_moves++;
+        DCHECK_RC(rc, want >= 0 ? 0 : KEEL_NOTFOUND);
+        if (want < 0)
+            continue; /* the cursor stays */
+        dcheck_pair(&m->v[want], k, v);
+        ent_unref(at);
+        at = m->v[want].e;
+        at->refs++;
+        deleted = false;
+    }
+    ent_unref(at);
+    keel_cursor_close(c);
+}
+
+static void dop_bucket(struct dworld *w, int b)
+{
+    w->op = "bucket";
+    if (w->exists[b] && dchance(w, 50)) {
+        DCHECK_RC(keel_bucket_drop(w->w, w->h[b]), 0);
+        w->exists[b] = false;
+        d_clear(&w->cur[b]);
+        return;
+    }
+    keel_bucket h;
+    if (w->exists[b]) /* a create as a plain bucket */
+        DCHECK_RC(keel_bucket_open(w->w, dup_names[b], KEEL_CREATE, &h), KEEL_INCOMPATIBLE);
+    DCHECK_RC(keel_bucket_open(w->w, dup_names[b], KEEL_CREATE | KEEL_DUPSORT, &w->h[b]), 0);
+    w->exists[b] = true;
+}
+
+static void dstep(struct dworld *w)
+{
+    int b = (int)dbelow(w, DNB);
+    if (!w->exists[b]) {
+        dop_bucket(w, b);
+        return;
+    }
+    size_t r = dbelow(w, 1000);
+    if (r < 400)
+        dop_put(w, b);
+    else if (r < 415)
+        dop_fill(w, b);
+    else if (r < 600)
+        dop_del(w, b);
+    else if (r < 700)
+        dop_get(w, b);
+    else if (r < 760)
+        dop_expire(w, b);
+    else if (r < 880)
+        dop_cursor(w, b);
+    else if (r < 890)
+        dop_purge(w);
+    else if (r < 895)
+        dop_bucket(w, b);
+    else if (r < 930)
+        w->now += (int64_t)dbelow(w, 800); /* the next txn's clock */
+    else if (r < 975)
+        dcommit(w);
+    else if (r < 992)
+        dabort(w);
+    else
+        dreopen(w);
+}
+
+static void run_multimap(uint32_t psize, uint64_t default_seed, long base_steps)
+{
+    static struct dworld world;
+    struct dworld *w = &world;
+    memset(w, 0, sizeof *w);
+    dg = w;
+    w->seed = tu_seed(default_seed);
+    w->rng = w->seed ? w->seed : 1;
+    w->psize = psize;
+    w->now = 1700000000000ll;
+    w->trace = getenv("KEEL_MODEL_TRACE") && *getenv("KEEL_MODEL_TRACE") && *getenv("KEEL_MODEL_TRACE") != '0';
+    char name[64];
+    snprintf(name, sizeof name, "multimap-%u", psize);
+    tu_path(w->path, sizeof w->path, name);
+    w->op = "open";
+    dopen(w);
+    dbegin(w);
+    w->nsteps = base_steps * tu_scale();
+    for (w->step = 0; w->step < w->nsteps; w->step++)
+        dstep(w);
+    w->op = "final";
+    dcommit(w);
+    dreopen(w);
+    print_message("test_model multimap: seed=%#llx page_size=%u steps=%ld: %ld puts, %ld dels, %ld del_values, "
+                  "%ld cursor moves, %ld counts, %ld purged keys, %ld commits, %ld aborts, %ld reopens; "
+                  "most pairs in a bucket %zu, most values of a key %zu\n",
+                  (unsigned long long)w->seed, psize, w->nsteps, w->st.puts, w->st.dels, w->st.delvals,
+                  w->st.cursor_moves, w->st.counts, w->st.purged, w->st.commits, w->st.aborts, w->st.reopens,
+                  w->st.max_pairs, w->st.max_run);
+    keel_abort(w->w);
+    keel_close(w->db);
+    tu_remove(w->path);
+    for (int b = 0; b < DNB; b++) {
+        d_free(&w->cur[b]);
+        d_free(&w->com[b]);
+    }
+    dg = NULL;
+}
+
+static void test_multimap_4k(void **state)
+{
+    (void)state;
+    run_multimap(4096, 0x4b45454c0d01ull, 5000);
+}
+
+static void test_multimap_16k(void **state)
+{
+    (void)state;
+    run_multimap(16384, 0x4b45454c0d02ull, 3000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_4k),
         cmocka_unit_test(test_model_16k),
         cmocka_unit_test(test_model_64k),
+        cmocka_unit_test(test_multimap_4k),
+        cmocka_unit_test(test_multimap_16k),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
