@@ -576,6 +576,46 @@ int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair
     return 0;
 }
 
+/* For dup_put: one search for the whole pair key pb.  *exact: the pair is
+ * there (expired or not); *present: the key has a pair, with *expiry its
+ * expiry (every pair of a key has the same).  The key's pairs are
+ * neighbours, so the entry found or the one before it tells. */
+int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, bool *present,
+                          bool *exact, int64_t *expiry)
+{
+    *present = *exact = false;
+    *expiry = 0;
+    if (t->root == 0)
+        return 0;
+    keel_cursor c;
+    c.txn = txn;
+    bool ex;
+    struct entry e;
+    int rc = seek_path(&c, t, pb->k, pb->len, &ex);
+    if (rc == 0) {
+        if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
+            return rc;
+        if (e.klen >= pb->keylen && !memcmp(e.key, pb->k, pb->keylen)) {
+            *present = true;
+            *exact = ex;
+            *expiry = e.expiry;
+            return 0;
+        }
+        rc = step(&c, t, -1);
+    } else if (rc == KEEL_NOTFOUND) { /* nothing from the pair on: the last entry comes before it */
+        rc = descend(&c, t, t->root, t->root_sum, 0, true);
+    }
+    if (rc)
+        return rc == KEEL_NOTFOUND ? 0 : rc;
+    if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
+        return rc;
+    if (e.klen >= pb->keylen && !memcmp(e.key, pb->k, pb->keylen)) {
+        *present = true;
+        *expiry = e.expiry;
+    }
+    return 0;
+}
+
 /* The pair key the cursor is on (or, after a delete, was on): in a write
  * txn its copy (the tree may have changed), in a read txn the node. */
 static int position_key(keel_cursor *c, const uint8_t **k, size_t *kl)
@@ -717,6 +757,45 @@ int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout,
     return rc;
 }
 
+/* The common next_dup / prev_dup: the neighbour in the cursor's leaf (its
+ * path valid: resync ran).  Of the same key (its pair key begins with ours
+ * up to the terminator): onto it, unless it has expired; of another key:
+ * KEEL_NOTFOUND, the cursor stays (pairs of a key are neighbours).
+ * MOVE_DUP_GENERAL: anything else (another leaf, an expired neighbour,
+ * damage), for the general path. */
+#define MOVE_DUP_GENERAL 1
+static int move_dup_in_leaf(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+{
+    int lv = c->depth - 1;
+    const uint8_t *page = c->page[lv];
+    unsigned i = c->idx[lv] + (unsigned)dir; /* from 0 back: wraps */
+    uint32_t ps = c->txn->db->node_end;
+    struct entry cur, nb;
+    if (i >= page_nkeys(page) || leaf_entry(page, c->idx[lv], ps, &cur) || leaf_entry(page, i, ps, &nb))
+        return MOVE_DUP_GENERAL;
+    size_t plen = pair_key_part(cur.key, cur.klen) + PAIR_TERM_SIZE;
+    if (plen == PAIR_TERM_SIZE)
+        return MOVE_DUP_GENERAL;
+    if (nb.klen < plen || memcmp(nb.key, cur.key, plen))
+        return KEEL_NOTFOUND;
+    if ((nb.expiry != 0 && nb.expiry <= c->txn->now && !c->all) || nb.vlen != 0 || (nb.flags & N_BIG))
+        return MOVE_DUP_GENERAL;
+    /* in a read txn, a key without zero bytes is handed out as the node
+     * holds it: what load_pair does, without parsing the pair key again */
+    if (!c->txn->rdonly || (key && memchr(nb.key, 0, plen - PAIR_TERM_SIZE))) {
+        int rc = load_entry(c, &nb, key, val);
+        if (rc == 0)
+            c->idx[lv] = i;
+        return rc;
+    }
+    if (key)
+        *key = (keel_val){nb.key, plen - PAIR_TERM_SIZE};
+    if (val)
+        *val = (keel_val){nb.key + plen, nb.klen - plen};
+    c->idx[lv] = i;
+    return 0;
+}
+
 /* next_dup / prev_dup: one move, undone when it left the key. */
 int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
 {
@@ -728,6 +807,8 @@ int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
         return rc;
     if (!c->dup || c->state == CUR_EOF)
         return KEEL_NOTFOUND;
+    if (c->state == CUR_ON && (rc = move_dup_in_leaf(c, key, val, dir)) != MOVE_DUP_GENERAL)
+        return rc;
     struct pair_bound pb; /* our pair key, whole: a write txn's copy of it is put back with the path */
     if ((rc = position_bound(c, &pb, PAIR_KEY_END, true)))
         return rc;
