@@ -898,6 +898,91 @@ static int count_between(keel_cursor *c, const struct tree_desc *t, const struct
     return 0;
 }
 
+/* Does leaf entry i begin with the plen bytes at pfx?  -1: damage. */
+static int entry_in_key(const uint8_t *page, unsigned i, uint32_t ps, const uint8_t *pfx, size_t plen)
+{
+    struct entry e;
+    if (leaf_entry(page, i, ps, &e))
+        return -1;
+    return e.klen >= plen && memcmp(e.key, pfx, plen) == 0;
+}
+
+/* The common count, without a search: the key's pairs begin in the
+ * cursor's leaf after another key's entry (a binary search back from the
+ * cursor finds the first), and end in this leaf or a later one (the walk
+ * goes from leaf to leaf while the last entry is the key's, then a binary
+ * search finds the end).  MOVE_DUP_GENERAL: the first pair may be in an
+ * earlier leaf, or damage: for the two searches of the general path. */
+static int count_in_leaves(keel_cursor *c, const struct tree_desc *t, uint64_t *count)
+{
+    int lv = c->depth - 1;
+    const uint8_t *page = c->page[lv];
+    uint32_t ps = c->txn->db->node_end;
+    unsigned idx = c->idx[lv];
+    struct entry e;
+    if (idx == 0 || leaf_entry(page, idx, ps, &e))
+        return MOVE_DUP_GENERAL;
+    size_t plen = pair_key_part(e.key, e.klen) + PAIR_TERM_SIZE;
+    const uint8_t *pfx = e.key; /* in a page no one changes while we count */
+    if (plen == PAIR_TERM_SIZE || entry_in_key(page, 0, ps, pfx, plen) != 0)
+        return MOVE_DUP_GENERAL;
+    unsigned a = 0, b = idx; /* entry a is before the key's pairs, b one of them */
+    if (entry_in_key(page, idx - 1, ps, pfx, plen) == 0)
+        a = idx - 1; /* the cursor is on the first pair (after seek_key) */
+    while (b - a > 1) {
+        unsigned m = a + (b - a) / 2;
+        int in = entry_in_key(page, m, ps, pfx, plen);
+        if (in < 0)
+            return MOVE_DUP_GENERAL;
+        *(in ? &b : &a) = m;
+    }
+    struct saved_position sp;
+    save_position(c, &sp);
+    uint64_t n = 0, leaves = 0;
+    unsigned start = b;
+    int rc = 0;
+    for (;;) {
+        unsigned nkeys = page_nkeys(page);
+        int in = entry_in_key(page, nkeys - 1, ps, pfx, plen);
+        if (in < 0) {
+            rc = MOVE_DUP_GENERAL;
+            break;
+        }
+        if (!in) { /* the pairs end in this leaf: at the first entry after start that is not one */
+            unsigned lo = start, hi = nkeys - 1; /* the answer is in [lo, hi] */
+            while (lo < hi) {
+                unsigned m = lo + (hi - lo) / 2;
+                if ((in = entry_in_key(page, m, ps, pfx, plen)) < 0)
+                    break;
+                if (in)
+                    lo = m + 1;
+                else
+                    hi = m;
+            }
+            if (in < 0)
+                rc = MOVE_DUP_GENERAL;
+            n += lo - start;
+            break;
+        }
+        n += nkeys - start;
+        c->idx[lv] = nkeys - 1;
+        if (++leaves > t->leaf_pages) {
+            rc = CORRUPT(c->pgno[lv]);
+            break;
+        }
+        if ((rc = step(c, t, 1))) { /* the key's pairs end the tree */
+            rc = rc == KEEL_NOTFOUND ? 0 : rc;
+            break;
+        }
+        page = c->page[lv];
+        start = 0;
+    }
+    restore_position(c, &sp);
+    if (rc == 0)
+        *count = n;
+    return rc;
+}
+
 int cursor_count(keel_cursor *c, uint64_t *count)
 {
     if (c->state == CUR_UNSET)
@@ -912,6 +997,8 @@ int cursor_count(keel_cursor *c, uint64_t *count)
         *count = 1;
         return 0;
     }
+    if ((rc = count_in_leaves(c, t, count)) != MOVE_DUP_GENERAL)
+        return rc;
     struct pair_bound pb;
     if ((rc = position_bound(c, &pb, PAIR_KEY_END, false)))
         return rc;
