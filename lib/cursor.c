@@ -576,6 +576,46 @@ int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair
     return 0;
 }
 
+/* For dup_put: one search for the whole pair key pb.  *exact: the pair is
+ * there (expired or not); *present: the key has a pair, with *expiry its
+ * expiry (every pair of a key has the same).  The key's pairs are
+ * neighbours, so the entry found or the one before it tells. */
+int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, bool *present,
+                          bool *exact, int64_t *expiry)
+{
+    *present = *exact = false;
+    *expiry = 0;
+    if (t->root == 0)
+        return 0;
+    keel_cursor c;
+    c.txn = txn;
+    bool ex;
+    struct entry e;
+    int rc = seek_path(&c, t, pb->k, pb->len, &ex);
+    if (rc == 0) {
+        if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
+            return rc;
+        if (e.klen >= pb->keylen && !memcmp(e.key, pb->k, pb->keylen)) {
+            *present = true;
+            *exact = ex;
+            *expiry = e.expiry;
+            return 0;
+        }
+        rc = step(&c, t, -1);
+    } else if (rc == KEEL_NOTFOUND) { /* nothing from the pair on: the last entry comes before it */
+        rc = descend(&c, t, t->root, t->root_sum, 0, true);
+    }
+    if (rc)
+        return rc == KEEL_NOTFOUND ? 0 : rc;
+    if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
+        return rc;
+    if (e.klen >= pb->keylen && !memcmp(e.key, pb->k, pb->keylen)) {
+        *present = true;
+        *expiry = e.expiry;
+    }
+    return 0;
+}
+
 /* The pair key the cursor is on (or, after a delete, was on): in a write
  * txn its copy (the tree may have changed), in a read txn the node. */
 static int position_key(keel_cursor *c, const uint8_t **k, size_t *kl)
@@ -717,6 +757,45 @@ int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout,
     return rc;
 }
 
+/* The common next_dup / prev_dup: the neighbour in the cursor's leaf (its
+ * path valid: resync ran).  Of the same key (its pair key begins with ours
+ * up to the terminator): onto it, unless it has expired; of another key:
+ * KEEL_NOTFOUND, the cursor stays (pairs of a key are neighbours).
+ * MOVE_DUP_GENERAL: anything else (another leaf, an expired neighbour,
+ * damage), for the general path. */
+#define MOVE_DUP_GENERAL 1
+static int move_dup_in_leaf(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+{
+    int lv = c->depth - 1;
+    const uint8_t *page = c->page[lv];
+    unsigned i = c->idx[lv] + (unsigned)dir; /* from 0 back: wraps */
+    uint32_t ps = c->txn->db->node_end;
+    struct entry cur, nb;
+    if (i >= page_nkeys(page) || leaf_entry(page, c->idx[lv], ps, &cur) || leaf_entry(page, i, ps, &nb))
+        return MOVE_DUP_GENERAL;
+    size_t plen = pair_key_part(cur.key, cur.klen) + PAIR_TERM_SIZE;
+    if (plen == PAIR_TERM_SIZE)
+        return MOVE_DUP_GENERAL;
+    if (nb.klen < plen || memcmp(nb.key, cur.key, plen))
+        return KEEL_NOTFOUND;
+    if ((nb.expiry != 0 && nb.expiry <= c->txn->now && !c->all) || nb.vlen != 0 || (nb.flags & N_BIG))
+        return MOVE_DUP_GENERAL;
+    /* in a read txn, a key without zero bytes is handed out as the node
+     * holds it: what load_pair does, without parsing the pair key again */
+    if (!c->txn->rdonly || (key && memchr(nb.key, 0, plen - PAIR_TERM_SIZE))) {
+        int rc = load_entry(c, &nb, key, val);
+        if (rc == 0)
+            c->idx[lv] = i;
+        return rc;
+    }
+    if (key)
+        *key = (keel_val){nb.key, plen - PAIR_TERM_SIZE};
+    if (val)
+        *val = (keel_val){nb.key + plen, nb.klen - plen};
+    c->idx[lv] = i;
+    return 0;
+}
+
 /* next_dup / prev_dup: one move, undone when it left the key. */
 int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
 {
@@ -728,6 +807,8 @@ int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
         return rc;
     if (!c->dup || c->state == CUR_EOF)
         return KEEL_NOTFOUND;
+    if (c->state == CUR_ON && (rc = move_dup_in_leaf(c, key, val, dir)) != MOVE_DUP_GENERAL)
+        return rc;
     struct pair_bound pb; /* our pair key, whole: a write txn's copy of it is put back with the path */
     if ((rc = position_bound(c, &pb, PAIR_KEY_END, true)))
         return rc;
@@ -817,6 +898,91 @@ static int count_between(keel_cursor *c, const struct tree_desc *t, const struct
     return 0;
 }
 
+/* Does leaf entry i begin with the plen bytes at pfx?  -1: damage. */
+static int entry_in_key(const uint8_t *page, unsigned i, uint32_t ps, const uint8_t *pfx, size_t plen)
+{
+    struct entry e;
+    if (leaf_entry(page, i, ps, &e))
+        return -1;
+    return e.klen >= plen && memcmp(e.key, pfx, plen) == 0;
+}
+
+/* The common count, without a search: the key's pairs begin in the
+ * cursor's leaf after another key's entry (a binary search back from the
+ * cursor finds the first), and end in this leaf or a later one (the walk
+ * goes from leaf to leaf while the last entry is the key's, then a binary
+ * search finds the end).  MOVE_DUP_GENERAL: the first pair may be in an
+ * earlier leaf, or damage: for the two searches of the general path. */
+static int count_in_leaves(keel_cursor *c, const struct tree_desc *t, uint64_t *count)
+{
+    int lv = c->depth - 1;
+    const uint8_t *page = c->page[lv];
+    uint32_t ps = c->txn->db->node_end;
+    unsigned idx = c->idx[lv];
+    struct entry e;
+    if (idx == 0 || leaf_entry(page, idx, ps, &e))
+        return MOVE_DUP_GENERAL;
+    size_t plen = pair_key_part(e.key, e.klen) + PAIR_TERM_SIZE;
+    const uint8_t *pfx = e.key; /* in a page no one changes while we count */
+    if (plen == PAIR_TERM_SIZE || entry_in_key(page, 0, ps, pfx, plen) != 0)
+        return MOVE_DUP_GENERAL;
+    unsigned a = 0, b = idx; /* entry a is before the key's pairs, b one of them */
+    if (entry_in_key(page, idx - 1, ps, pfx, plen) == 0)
+        a = idx - 1; /* the cursor is on the first pair (after seek_key) */
+    while (b - a > 1) {
+        unsigned m = a + (b - a) / 2;
+        int in = entry_in_key(page, m, ps, pfx, plen);
+        if (in < 0)
+            return MOVE_DUP_GENERAL;
+        *(in ? &b : &a) = m;
+    }
+    struct saved_position sp;
+    save_position(c, &sp);
+    uint64_t n = 0, leaves = 0;
+    unsigned start = b;
+    int rc = 0;
+    for (;;) {
+        unsigned nkeys = page_nkeys(page);
+        int in = entry_in_key(page, nkeys - 1, ps, pfx, plen);
+        if (in < 0) {
+            rc = MOVE_DUP_GENERAL;
+            break;
+        }
+        if (!in) { /* the pairs end in this leaf: at the first entry after start that is not one */
+            unsigned lo = start, hi = nkeys - 1; /* the answer is in [lo, hi] */
+            while (lo < hi) {
+                unsigned m = lo + (hi - lo) / 2;
+                if ((in = entry_in_key(page, m, ps, pfx, plen)) < 0)
+                    break;
+                if (in)
+                    lo = m + 1;
+                else
+                    hi = m;
+            }
+            if (in < 0)
+                rc = MOVE_DUP_GENERAL;
+            n += lo - start;
+            break;
+        }
+        n += nkeys - start;
+        c->idx[lv] = nkeys - 1;
+        if (++leaves > t->leaf_pages) {
+            rc = CORRUPT(c->pgno[lv]);
+            break;
+        }
+        if ((rc = step(c, t, 1))) { /* the key's pairs end the tree */
+            rc = rc == KEEL_NOTFOUND ? 0 : rc;
+            break;
+        }
+        page = c->page[lv];
+        start = 0;
+    }
+    restore_position(c, &sp);
+    if (rc == 0)
+        *count = n;
+    return rc;
+}
+
 int cursor_count(keel_cursor *c, uint64_t *count)
 {
     struct tree_desc *t;
@@ -827,6 +993,8 @@ int cursor_count(keel_cursor *c, uint64_t *count)
         *count = 1;
         return 0;
     }
+    if ((rc = count_in_leaves(c, t, count)) != MOVE_DUP_GENERAL)
+        return rc;
     struct pair_bound pb;
     if ((rc = position_bound(c, &pb, PAIR_KEY_END, false)))
         return rc;

@@ -106,23 +106,16 @@ int dup_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int6
     if (rc)
         return rc;
     *old_exp = *new_exp = 0;
-    const uint8_t *k;
-    size_t kl;
     int64_t key_exp = 0;
-    size_t full = pb.len;
-    pb.len = pb.keylen; /* the key's first pair */
-    rc = cursor_find_pair(txn, t, &pb, &k, &kl, &key_exp);
-    pb.len = full;
-    bool present = rc == 0;
-    if (rc && rc != KEEL_NOTFOUND)
+    bool present, exact; /* one search: the key's pairs, and this one among them */
+    if ((rc = cursor_find_pair_near(txn, t, &pb, &present, &exact, &key_exp)))
         goto out;
-    rc = 0;
     *old_exp = present ? key_exp : 0;
     if (present && !expiry_live(txn, key_exp)) { /* expired: absent, its pairs go first */
         int64_t was;
         if ((rc = dup_del_key(txn, t, key, false, &was)))
             goto out;
-        present = false;
+        present = exact = false;
         key_exp = 0;
     }
     if (present && (flags & KEEL_NOOVERWRITE)) {
@@ -130,13 +123,12 @@ int dup_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int6
         goto out;
     }
     *new_exp = expiry ? expiry : key_exp;
-    int64_t was;
-    rc = bt_get(txn, t, (keel_val){pb.k, pb.len}, NULL, &was);
-    if (rc == 0 && (flags & KEEL_NODUPDATA)) {
+    if (exact && (flags & KEEL_NODUPDATA)) {
         rc = KEEL_EXISTS;
         goto out;
     }
-    if (rc == KEEL_NOTFOUND)
+    int64_t was;
+    if (!exact)
         rc = bt_put(txn, t, (keel_val){pb.k, pb.len}, (keel_val){NULL, 0}, *new_exp, flags & KEEL_APPEND, &was);
     if (rc == 0 && present && *new_exp != key_exp)
         rc = dup_set_expiry(txn, t, key, *new_exp);

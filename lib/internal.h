@@ -629,6 +629,8 @@ int pair_bound(struct pair_bound *pb, keel_val key, const uint8_t tail[2], keel_
 void pair_bound_free(struct pair_bound *pb);
 int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, const uint8_t **key,
                      size_t *klen, int64_t *expiry);
+int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, bool *present,
+                          bool *exact, int64_t *expiry);
 /* DUPSORT moves (plain trees: a key has one value) */
 int cursor_seek_key(keel_cursor *c, keel_val key, keel_val *vout);
 int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout, keel_val *vout);

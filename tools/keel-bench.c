@@ -123,6 +123,16 @@ struct engine {
     void (*abort)(void);                 /* the write txn */
     void (*child_begin)(void);           /* a nested txn of the write txn: put and the rest go to it */
     void (*child_end)(bool commit);      /* ... back to its parent */
+    /* DUPSORT (LMDB: MDB_DUPSORT): the file with the bucket (named database)
+     * "dup"; the d* calls work in it, in the txn begin() made, through one
+     * cursor that dclose() closes before the txn ends */
+    void (*dopen)(const char *path);
+    void (*dput)(const void *k, size_t kl, const void *v, size_t vl);
+    uint64_t (*dvalues)(const void *k, size_t kl);    /* seek the key, read all its values: how many */
+    uint64_t (*dcount)(const void *k, size_t kl);     /* seek the key, count its values */
+    bool (*ddel)(const void *k, size_t kl, const void *v, size_t vl);       /* one pair: found? */
+    bool (*dseek)(const void *k, size_t kl, const void *v, size_t vl);      /* key's first value >= v: == v? */
+    void (*dclose)(void);
 };
 
 /* keel */
@@ -245,10 +255,76 @@ static void k_child_end(bool commit)
         keel_abort(ktxn);
     ktxn = kparent;
 }
+static keel_bucket kdup;
+static keel_cursor *kcur;
+static void k_dopen(const char *path)
+{
+    k_open(path);
+    k_begin(true);
+    kcheck(keel_bucket_open(ktxn, "dup", KEEL_CREATE | KEEL_DUPSORT, &kdup), "keel_bucket_open");
+    k_commit();
+}
+static void k_dput(const void *k, size_t kl, const void *v, size_t vl)
+{
+    kcheck(keel_put(ktxn, kdup, (keel_val){k, kl}, (keel_val){v, vl}, 0), "keel_put");
+}
+static keel_cursor *k_dcursor(void)
+{
+    if (!kcur)
+        kcheck(keel_cursor_open(ktxn, kdup, &kcur), "keel_cursor_open");
+    return kcur;
+}
+static uint64_t k_dvalues(const void *k, size_t kl)
+{
+    keel_cursor *c = k_dcursor();
+    keel_val key, val;
+    uint64_t n = 0;
+    int rc = keel_cursor_seek_key(c, (keel_val){k, kl}, &val);
+    while (rc == 0) {
+        n++;
+        rc = keel_cursor_next_dup(c, &key, &val);
+    }
+    if (rc != KEEL_NOTFOUND)
+        die("keel_cursor_next_dup", keel_strerror(rc));
+    return n;
+}
+static uint64_t k_dcount(const void *k, size_t kl)
+{
+    keel_cursor *c = k_dcursor();
+    keel_val val;
+    uint64_t n = 0;
+    int rc = keel_cursor_seek_key(c, (keel_val){k, kl}, &val);
+    if (rc == 0)
+        kcheck(keel_cursor_count(c, &n), "keel_cursor_count");
+    else if (rc != KEEL_NOTFOUND)
+        die("keel_cursor_seek_key", keel_strerror(rc));
+    return n;
+}
+static bool k_ddel(const void *k, size_t kl, const void *v, size_t vl)
+{
+    int rc = keel_del_value(ktxn, kdup, (keel_val){k, kl}, (keel_val){v, vl});
+    if (rc && rc != KEEL_NOTFOUND)
+        die("keel_del_value", keel_strerror(rc));
+    return rc == 0;
+}
+static bool k_dseek(const void *k, size_t kl, const void *v, size_t vl)
+{
+    keel_val key, val;
+    int rc = keel_cursor_seek_pair(k_dcursor(), (keel_val){k, kl}, (keel_val){v, vl}, &key, &val);
+    if (rc && rc != KEEL_NOTFOUND)
+        die("keel_cursor_seek_pair", keel_strerror(rc));
+    return rc == 0 && val.len == vl && !memcmp(val.data, v, vl);
+}
+static void k_dclose(void)
+{
+    keel_cursor_close(kcur);
+    kcur = NULL;
+}
 static const struct engine keel_engine = {"keel", k_open, k_close, k_begin, k_commit, k_put, k_get,
                                           k_del, k_range, k_rbegin, k_rget, k_rend,
                                           k_open_nosync, k_bucket, k_bput, k_bdrop, k_bget, k_txn_get,
-                                          k_txn_put, k_open_verified, k_abort, k_child_begin, k_child_end};
+                                          k_txn_put, k_open_verified, k_abort, k_child_begin, k_child_end,
+                                          k_dopen, k_dput, k_dvalues, k_dcount, k_ddel, k_dseek, k_dclose};
 
 #ifdef HAVE_LMDB
 static MDB_env *lenv;
@@ -386,10 +462,87 @@ static void l_child_end(bool commit)
         mdb_txn_abort(ltxn);
     ltxn = lparent;
 }
+static MDB_dbi ldup;
+static MDB_cursor *lcur;
+static void l_dopen(const char *path)
+{
+    lcheck(mdb_env_create(&lenv), "mdb_env_create");
+    size_t map = (size_t)N * 2048;
+    if (map < ((size_t)1 << 30))
+        map = (size_t)1 << 30;
+    lcheck(mdb_env_set_mapsize(lenv, map), "mdb_env_set_mapsize");
+    lcheck(mdb_env_set_maxreaders(lenv, 126), "mdb_env_set_maxreaders");
+    lcheck(mdb_env_set_maxdbs(lenv, 4), "mdb_env_set_maxdbs");
+    lcheck(mdb_env_open(lenv, path, MDB_NOSUBDIR | MDB_NOTLS, 0644), "mdb_env_open");
+    MDB_txn *t;
+    lcheck(mdb_txn_begin(lenv, NULL, 0, &t), "mdb_txn_begin");
+    lcheck(mdb_dbi_open(t, "dup", MDB_CREATE | MDB_DUPSORT, &ldup), "mdb_dbi_open");
+    lcheck(mdb_txn_commit(t), "mdb_txn_commit");
+}
+static void l_dput(const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_val key = {kl, (void *)k}, val = {vl, (void *)v};
+    lcheck(mdb_put(ltxn, ldup, &key, &val, 0), "mdb_put");
+}
+static MDB_cursor *l_dcursor(void)
+{
+    if (!lcur)
+        lcheck(mdb_cursor_open(ltxn, ldup, &lcur), "mdb_cursor_open");
+    return lcur;
+}
+static uint64_t l_dvalues(const void *k, size_t kl)
+{
+    MDB_cursor *c = l_dcursor();
+    MDB_val key = {kl, (void *)k}, val;
+    uint64_t n = 0;
+    int rc = mdb_cursor_get(c, &key, &val, MDB_SET);
+    while (rc == 0) {
+        n++;
+        rc = mdb_cursor_get(c, &key, &val, MDB_NEXT_DUP);
+    }
+    if (rc != MDB_NOTFOUND)
+        die("mdb_cursor_get", mdb_strerror(rc));
+    return n;
+}
+static uint64_t l_dcount(const void *k, size_t kl)
+{
+    MDB_cursor *c = l_dcursor();
+    MDB_val key = {kl, (void *)k}, val;
+    size_t n = 0;
+    int rc = mdb_cursor_get(c, &key, &val, MDB_SET);
+    if (rc == 0)
+        lcheck(mdb_cursor_count(c, &n), "mdb_cursor_count");
+    else if (rc != MDB_NOTFOUND)
+        die("mdb_cursor_get", mdb_strerror(rc));
+    return n;
+}
+static bool l_ddel(const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_val key = {kl, (void *)k}, val = {vl, (void *)v};
+    int rc = mdb_del(ltxn, ldup, &key, &val);
+    if (rc && rc != MDB_NOTFOUND)
+        die("mdb_del", mdb_strerror(rc));
+    return rc == 0;
+}
+static bool l_dseek(const void *k, size_t kl, const void *v, size_t vl)
+{
+    MDB_val key = {kl, (void *)k}, val = {vl, (void *)v};
+    int rc = mdb_cursor_get(l_dcursor(), &key, &val, MDB_GET_BOTH_RANGE);
+    if (rc && rc != MDB_NOTFOUND)
+        die("mdb_cursor_get", mdb_strerror(rc));
+    return rc == 0 && val.mv_size == vl && !memcmp(val.mv_data, v, vl);
+}
+static void l_dclose(void)
+{
+    if (lcur)
+        mdb_cursor_close(lcur);
+    lcur = NULL;
+}
 static const struct engine lmdb_engine = {"lmdb", l_open, l_close, l_begin, l_commit, l_put, l_get,
                                           l_del, l_range, l_rbegin, l_rget, l_rend,
                                           l_open_nosync, l_bucket, l_bput, l_bdrop, l_bget, l_txn_get,
-                                          l_txn_put, l_open, l_abort, l_child_begin, l_child_end};
+                                          l_txn_put, l_open, l_abort, l_child_begin, l_child_end,
+                                          l_dopen, l_dput, l_dvalues, l_dcount, l_ddel, l_dseek, l_dclose};
 #endif
 
 /* ---- workloads: each returns the number of operations, or dies ---- */
@@ -1025,6 +1178,169 @@ static uint64_t w_child_put(void)
     return NESTED_CHILDREN;
 }
 
+/* DUPSORT (issue 20): an index's shape, DUP_KEY-byte keys each holding
+ * DUP_VALUES DUP_VAL-byte values, N pairs in all (N / DUP_VALUES keys), in
+ * a bucket of its own (LMDB: a named MDB_DUPSORT database) of a fresh file.
+ * Pair p is value p % DUP_VALUES of key p / DUP_VALUES; the keys and values
+ * are random bytes.  Writes run in one write txn each, as the bulk loads. */
+#define DUP_KEY 12
+#define DUP_VAL 12
+#define DUP_VALUES 100
+static uint64_t dup_keys(void) { return N / DUP_VALUES; }
+
+static void dup_key(uint64_t q, uint8_t *k)
+{
+    uint64_t x = mix(2 * q + 0xD0D0), y = mix(2 * q + 0xD0D1);
+    memcpy(k, &x, 8);
+    memcpy(k + 8, &y, DUP_KEY - 8);
+}
+
+static void dup_val(uint64_t q, uint64_t j, uint8_t *v)
+{
+    uint64_t x = mix(q * 1000003 + j + 0xFACE), y = mix(x);
+    memcpy(v, &x, 8);
+    memcpy(v + 8, &y, DUP_VAL - 8);
+}
+
+/* 0..n-1 in a random order (the seed's), for the untimed setup */
+static uint32_t *shuffled(uint64_t n, uint64_t seed)
+{
+    uint32_t *a = malloc(n * sizeof *a);
+    if (!a)
+        fail("out of memory");
+    for (uint64_t i = 0; i < n; i++)
+        a[i] = (uint32_t)i;
+    for (uint64_t i = n - 1; i > 0; i--) {
+        uint64_t j = mix(seed + i) % (i + 1);
+        uint32_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+    return a;
+}
+
+/* the pairs of order[0..n) in one write txn: of keys p / values, value p % values */
+static void dup_puts(const uint32_t *order, uint64_t n, uint64_t values)
+{
+    uint8_t k[DUP_KEY], v[DUP_VAL];
+    E->begin(true);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t p = order[i];
+        dup_key(p / values, k);
+        dup_val(p / values, p % values, v);
+        E->dput(k, DUP_KEY, v, DUP_VAL);
+    }
+    E->commit();
+}
+
+static uint64_t w_dup_load(void)
+{
+    E->dopen(P);
+    uint32_t *order = shuffled(dup_keys() * DUP_VALUES, 1);
+    t_start = now_s();
+    dup_puts(order, dup_keys() * DUP_VALUES, DUP_VALUES);
+    close_untimed();
+    free(order);
+    return dup_keys() * DUP_VALUES;
+}
+
+/* N / 10 random keys, each read whole: seek to the key, then its next value
+ * until there is none (MDB_SET, MDB_NEXT_DUP) */
+static uint64_t w_dup_values(void)
+{
+    E->dopen(P);
+    t_start = now_s();
+    uint8_t k[DUP_KEY];
+    uint64_t n = N / 10, got = 0;
+    E->begin(false);
+    for (uint64_t i = 0; i < n; i++) {
+        dup_key(mix(i + 17) % dup_keys(), k);
+        got += E->dvalues(k, DUP_KEY);
+    }
+    E->dclose();
+    E->commit();
+    close_untimed();
+    if (got != n * DUP_VALUES)
+        fail("dup read values: wrong count");
+    return n;
+}
+
+/* N / 5 random keys: seek, count (MDB_SET, mdb_cursor_count) */
+static uint64_t w_dup_count(void)
+{
+    E->dopen(P);
+    t_start = now_s();
+    uint8_t k[DUP_KEY];
+    uint64_t n = N / 5, got = 0;
+    E->begin(false);
+    for (uint64_t i = 0; i < n; i++) {
+        dup_key(mix(i + 19) % dup_keys(), k);
+        got += E->dcount(k, DUP_KEY);
+    }
+    E->dclose();
+    E->commit();
+    close_untimed();
+    if (got != n * DUP_VALUES)
+        fail("dup count: wrong count");
+    return n;
+}
+
+/* half the pairs, one at a time, in a random order, in one write txn */
+static uint64_t w_dup_del(void)
+{
+    E->dopen(P);
+    uint64_t n = dup_keys() * DUP_VALUES / 2, gone = 0;
+    uint32_t *order = shuffled(dup_keys() * DUP_VALUES, 2);
+    uint8_t k[DUP_KEY], v[DUP_VAL];
+    t_start = now_s();
+    E->begin(true);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t p = order[i];
+        dup_key(p / DUP_VALUES, k);
+        dup_val(p / DUP_VALUES, p % DUP_VALUES, v);
+        gone += E->ddel(k, DUP_KEY, v, DUP_VAL);
+    }
+    E->commit();
+    close_untimed();
+    free(order);
+    if (gone != n)
+        fail("dup delete pairs: pairs missing");
+    return n;
+}
+
+/* one key with N values, put in a random order in one write txn */
+static uint64_t w_dup_one_key(void)
+{
+    E->dopen(P);
+    uint32_t *order = shuffled(N, 3);
+    t_start = now_s();
+    dup_puts(order, N, N);
+    close_untimed();
+    free(order);
+    return N;
+}
+
+/* N / 2 seeks to random values of that key (MDB_GET_BOTH_RANGE) */
+static uint64_t w_dup_one_key_seek(void)
+{
+    E->dopen(P);
+    t_start = now_s();
+    uint8_t k[DUP_KEY], v[DUP_VAL];
+    uint64_t n = N / 2, found = 0;
+    dup_key(0, k);
+    E->begin(false);
+    for (uint64_t i = 0; i < n; i++) {
+        dup_val(0, mix(i + 23) % N, v);
+        found += E->dseek(k, DUP_KEY, v, DUP_VAL);
+    }
+    E->dclose();
+    E->commit();
+    close_untimed();
+    if (found != n)
+        fail("dup 1 key seek_pair: values missing");
+    return n;
+}
+
 static uint64_t w_bucket_puts(void) { return bucket_puts(false); }
 static uint64_t w_bucket_puts_churn(void) { return bucket_puts(true); }
 
@@ -1071,6 +1387,13 @@ static const struct workload workloads[] = {
     {"bucket put, 1 per txn", w_bucket_puts, true, "commits/s", false, true},
     {"bucket put after churn", w_bucket_puts_churn, true, "commits/s", false, true},
     {"buckets: create N", w_buckets_million, true, "buckets/s", true, true},
+    /* DUPSORT buckets (LMDB: MDB_DUPSORT), a file of their own */
+    {"dup load N/100x100 (1 txn)", w_dup_load, true, "pairs/s", false, true},
+    {"dup read all values of key", w_dup_values, false, "keys/s", false, true},
+    {"dup count values of key", w_dup_count, false, "keys/s", false, true},
+    {"dup del half pairs (1 txn)", w_dup_del, false, "dels/s", false, true},
+    {"dup 1 key: N puts (1 txn)", w_dup_one_key, true, "puts/s", false, true},
+    {"dup 1 key: seek_pair", w_dup_one_key_seek, false, "seeks/s", false, true},
 };
 #define NWORK (sizeof workloads / sizeof workloads[0])
 
