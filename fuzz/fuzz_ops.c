@@ -1497,23 +1497,8 @@ static void op_cursor(struct fo *f)
 }
 
 /* ---- DUPSORT operations (byte 0 bit 4: opcode bytes 224-239) ---- */
-/* keel's cursor after the pair it was on went away with nothing left at or
- * after it (cursor.c: CUR_EOF) answers prev_key with the last pair, even
- * one of its own key, and prev_dup with KEEL_NOTFOUND; with a later pair
- * there it answers them as the documentation says (the last value of the
- * previous key; the value before).  Reported (issue 20); until that is
- * settled the model expects what keel does in that one state.  0 = expect
- * the documented answer there too. */
-#define FO_KNOWN_EOF_MOVES 1
 
 static bool same_key(const struct blob *a, const struct blob *b) { return fo_cmp(a->d, a->len, b->d, b->len) == 0; }
-
-/* Nothing at or after the position, expired entries included (keel's CUR_EOF). */
-static bool pos_at_end(const struct fo *f, const struct mbucket *mb)
-{
-    bool found;
-    return pos_find(f, mb, &found) == mb->n;
-}
 
 /* DUPSORT: the first live pair of a key after the position's (dir 1), the
  * last live pair of a key before it (dir -1); -1 if none */
@@ -1577,7 +1562,7 @@ static void op_cursor2(struct fo *f)
             return;
         }
         long want = -1;
-        if (mb->dup && !(FO_KNOWN_EOF_MOVES && pos_at_end(f, mb))) {
+        if (mb->dup) {
             want = model_step(f, mb, f->wnow, dir);
             if (want >= 0 && !same_key(mb->e[want].k, f->cur_key))
                 want = -1;
@@ -1597,8 +1582,6 @@ static void op_cursor2(struct fo *f)
             cursor_result(f, rc, k, v, mb, model_edge(mb, f->wnow, dir), true);
         else if (!mb->dup)
             cursor_result(f, rc, k, v, mb, model_step(f, mb, f->wnow, dir), false);
-        else if (FO_KNOWN_EOF_MOVES && dir < 0 && pos_at_end(f, mb))
-            cursor_result(f, rc, k, v, mb, model_edge(mb, f->wnow, -1), false);
         else
             cursor_result(f, rc, k, v, mb, model_key_step(f, mb, f->wnow, dir), false);
         return;

@@ -805,7 +805,7 @@ int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
     int rc = tree_of(c, &t);
     if (rc || (rc = resync(c, t)))
         return rc;
-    if (!c->dup || c->state == CUR_EOF)
+    if (!c->dup || (c->state == CUR_EOF && dir > 0)) /* CUR_EOF back: the last pair, if it is of our key */
         return KEEL_NOTFOUND;
     if (c->state == CUR_ON && (rc = move_dup_in_leaf(c, key, val, dir)) != MOVE_DUP_GENERAL)
         return rc;
@@ -841,9 +841,9 @@ int cursor_move_key(keel_cursor *c, keel_val *key, keel_val *val, int dir)
     int rc = tree_of(c, &t);
     if (rc || (rc = resync(c, t)))
         return rc;
-    if (c->state == CUR_EOF)
-        return move_general(c, key, val, dir);
-    struct pair_bound pb;
+    if (c->state == CUR_EOF && dir > 0)
+        return KEEL_NOTFOUND;
+    struct pair_bound pb; /* after a delete (CUR_AFTER_DEL, CUR_EOF): the deleted pair's key */
     if ((rc = position_bound(c, &pb, dir > 0 ? PAIR_KEY_NEXT : PAIR_KEY_END, false)))
         return rc;
     struct saved_position sp;

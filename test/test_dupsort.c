@@ -331,6 +331,52 @@ static void test_cursor_del(void **state)
     tu_remove(path);
 }
 
+/* Backward moves after the cursor's pair is deleted: with a later pair
+ * there and with nothing left after it, prev_dup is the value before the
+ * deleted one and prev_key the last value of the key before its key. */
+static void test_moves_after_del(void **state)
+{
+    (void)state;
+    char path[256];
+    keel_db *db = open_db(tu_path(path, sizeof path, "dup-delmoves"));
+    keel_txn *t = begin(db, 0);
+    keel_bucket b = dup_bucket(t, "m");
+    const char *pairs[][2] = {{"a", "1"}, {"a", "2"}, {"b", "1"}, {"b", "2"}, {"b", "3"}};
+    for (size_t i = 0; i < 5; i++)
+        put(t, b, pairs[i][0], pairs[i][1]);
+    keel_cursor *c;
+    assert_int_equal(keel_cursor_open(t, b, &c), 0);
+    keel_val k, v;
+    for (int last = 0; last < 2; last++) { /* the middle pair b=2, then the last one b=3 */
+        const char *val = last ? "3" : "2";
+        assert_int_equal(keel_cursor_seek_pair(c, tu_val("b"), tu_val(val), &k, &v), 0);
+        assert_int_equal(keel_cursor_del(c), 0);
+        assert_int_equal(keel_cursor_prev_dup(c, &k, &v), 0);
+        assert_true(val_is(k, "b") && val_is(v, "1"));
+        assert_int_equal(keel_cursor_seek_pair(c, tu_val("b"), tu_val(last ? "3" : "1"), &k, &v), last ? KEEL_NOTFOUND : 0);
+        if (last) /* put b=3 back to delete it again, the cursor on it */
+            put(t, b, "b", "3");
+        assert_int_equal(keel_cursor_seek_pair(c, tu_val("b"), tu_val(last ? "3" : "1"), &k, &v), 0);
+        if (!last)
+            continue;
+        assert_int_equal(keel_cursor_del(c), 0);
+        assert_int_equal(keel_cursor_prev_key(c, &k, &v), 0);
+        assert_true(val_is(k, "a") && val_is(v, "2"));
+    }
+    /* nothing of its key left before it: prev_dup finds nothing and stays */
+    assert_int_equal(keel_cursor_seek_key(c, tu_val("b"), &v), 0);
+    assert_int_equal(keel_cursor_del(c), 0);
+    assert_int_equal(keel_cursor_prev_dup(c, &k, &v), KEEL_NOTFOUND);
+    assert_int_equal(keel_cursor_next(c, &k, &v), KEEL_NOTFOUND);
+    assert_int_equal(keel_cursor_prev(c, &k, &v), 0);
+    assert_true(val_is(k, "a") && val_is(v, "2"));
+    keel_cursor_close(c);
+    assert_int_equal(keel_commit(t), 0);
+    check_clean(db);
+    keel_close(db);
+    tu_remove(path);
+}
+
 /* Keys and values with zero bytes: the order is (key, value), bytewise. */
 static void test_zero_bytes(void **state)
 {
@@ -708,7 +754,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get_del), cmocka_unit_test(test_kinds),       cmocka_unit_test(test_plain_moves),
-        cmocka_unit_test(test_cursor_moves), cmocka_unit_test(test_cursor_del), cmocka_unit_test(test_zero_bytes),
+        cmocka_unit_test(test_cursor_moves), cmocka_unit_test(test_cursor_del), cmocka_unit_test(test_moves_after_del),
+        cmocka_unit_test(test_zero_bytes),
         cmocka_unit_test(test_ttl),          cmocka_unit_test(test_sizes),      cmocka_unit_test(test_many_values),
         cmocka_unit_test(test_model),
     };
