@@ -40,6 +40,7 @@ int cursor_init(keel_cursor *c, keel_txn *txn, keel_bucket b, struct tree_desc *
     c->state = CUR_UNSET;
     c->all = false; /* a reused cursor must not keep showing expired entries */
     c->dup = t->flags & TREE_F_DUPSORT;
+    c->dup_page = NULL;
     c->valid_at = 0;
     c->depth = 0;
     c->keylen = 0;
@@ -757,12 +758,25 @@ int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout,
     return rc;
 }
 
+/* a == b for n bytes: pair keys' key parts are short, a call to memcmp
+ * costs more than comparing them 8 bytes at a time */
+static inline bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    if (n < 8)
+        return memcmp(a, b, n) == 0;
+    for (size_t i = 0; i + 8 < n; i += 8)
+        if (rd64(a + i) != rd64(b + i))
+            return false;
+    return rd64(a + n - 8) == rd64(b + n - 8); /* the last 8, overlapping */
+}
+
 /* The common next_dup / prev_dup: the neighbour in the cursor's leaf (its
  * path valid: resync ran).  Of the same key (its pair key begins with ours
  * up to the terminator): onto it, unless it has expired; of another key:
  * KEEL_NOTFOUND, the cursor stays (pairs of a key are neighbours).
  * MOVE_DUP_GENERAL: anything else (another leaf, an expired neighbour,
- * damage), for the general path. */
+ * damage), for the general path.  A read txn keeps the key part it found
+ * (c->dup_key ...) for the next call, on the entry it moved to. */
 #define MOVE_DUP_GENERAL 1
 static int move_dup_in_leaf(keel_cursor *c, keel_val *key, keel_val *val, int dir)
 {
@@ -770,40 +784,84 @@ static int move_dup_in_leaf(keel_cursor *c, keel_val *key, keel_val *val, int di
     const uint8_t *page = c->page[lv];
     unsigned i = c->idx[lv] + (unsigned)dir; /* from 0 back: wraps */
     uint32_t ps = c->txn->db->node_end;
-    struct entry cur, nb;
-    if (i >= page_nkeys(page) || leaf_entry(page, c->idx[lv], ps, &cur) || leaf_entry(page, i, ps, &nb))
+    struct entry nb;
+    if (i >= page_nkeys(page) || leaf_entry(page, i, ps, &nb))
         return MOVE_DUP_GENERAL;
-    size_t plen = pair_key_part(cur.key, cur.klen) + PAIR_TERM_SIZE;
-    if (plen == PAIR_TERM_SIZE)
-        return MOVE_DUP_GENERAL;
-    if (nb.klen < plen || memcmp(nb.key, cur.key, plen))
+    bool rdonly = c->txn->rdonly;
+    if (!rdonly || c->dup_page != page || c->dup_idx != c->idx[lv]) {
+        struct entry cur;
+        if (leaf_entry(page, c->idx[lv], ps, &cur))
+            return MOVE_DUP_GENERAL;
+        size_t part = pair_key_part(cur.key, cur.klen);
+        if (part == 0)
+            return MOVE_DUP_GENERAL;
+        c->dup_page = page;
+        c->dup_idx = c->idx[lv];
+        c->dup_key = cur.key;
+        c->dup_part = (uint32_t)part;
+        c->dup_plain = !memchr(cur.key, 0, part);
+    }
+    size_t plen = c->dup_part + PAIR_TERM_SIZE;
+    if (nb.klen < plen || !bytes_equal(nb.key, c->dup_key, plen))
         return KEEL_NOTFOUND;
     if ((nb.expiry != 0 && nb.expiry <= c->txn->now && !c->all) || nb.vlen != 0 || (nb.flags & N_BIG))
         return MOVE_DUP_GENERAL;
-    /* in a read txn, a key without zero bytes is handed out as the node
-     * holds it: what load_pair does, without parsing the pair key again */
-    if (!c->txn->rdonly || (key && memchr(nb.key, 0, plen - PAIR_TERM_SIZE))) {
+    if (!rdonly || (key && !c->dup_plain)) {
         int rc = load_entry(c, &nb, key, val);
         if (rc == 0)
             c->idx[lv] = i;
         return rc;
     }
+    /* what load_pair does, without parsing the pair key again */
     if (key)
-        *key = (keel_val){nb.key, plen - PAIR_TERM_SIZE};
+        *key = (keel_val){nb.key, c->dup_part};
     if (val)
         *val = (keel_val){nb.key + plen, nb.klen - plen};
-    c->idx[lv] = i;
+    c->idx[lv] = c->dup_idx = i;
+    c->dup_key = nb.key;
     return 0;
 }
 
-/* next_dup / prev_dup: one move, undone when it left the key. */
-int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+/* The run of next_dup in a read txn, inline: the neighbour in the leaf is
+ * a plain node (no expiry time, no overflow value) of our key, whose key
+ * part move_dup_in_leaf found before.  MOVE_DUP_GENERAL: anything else. */
+static inline __attribute__((always_inline)) int move_dup_cached(keel_cursor *c, keel_val *key, keel_val *val,
+                                                                 int dir)
 {
+    int lv = c->depth - 1;
+    const uint8_t *page = c->page[lv];
+    unsigned i = c->idx[lv] + (unsigned)dir, nkeys = page_nkeys(page); /* from 0 back: wraps */
+    if (c->state != CUR_ON || page != c->dup_page || c->idx[lv] != c->dup_idx || i >= nkeys || !c->dup_plain)
+        return MOVE_DUP_GENERAL;
+    uint32_t ps = c->txn->db->node_end;
+    unsigned off = page_slot(page, i);
+    if (off < PAGE_HDR + 2 * nkeys || off > ps - LEAF_HDR)
+        return MOVE_DUP_GENERAL;
+    const uint8_t *n = page + off;
+    size_t klen = leaf_node_ksize(n), plen = c->dup_part + PAIR_TERM_SIZE;
+    if (leaf_node_flags(n) != 0 || leaf_node_vsize(n) != 0 || klen > ps - LEAF_HDR - off)
+        return MOVE_DUP_GENERAL;
+    const uint8_t *k = n + LEAF_HDR;
+    if (klen < plen || !bytes_equal(k, c->dup_key, plen))
+        return KEEL_NOTFOUND;
+    if (key)
+        *key = (keel_val){k, c->dup_part};
+    if (val)
+        *val = (keel_val){k + plen, klen - plen};
+    c->idx[lv] = c->dup_idx = i;
+    c->dup_key = k;
+    return 0;
+}
+
+/* next_dup / prev_dup: one move, undone when it left the key.  Out of
+ * line, so that the common case (cursor_move_dup) saves no registers. */
+static __attribute__((noinline)) int move_dup_general(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+{
+    int rc;
     if (c->state == CUR_UNSET)
         return KEEL_BADCURSOR;
     struct tree_desc *t;
-    int rc = tree_of(c, &t);
-    if (rc || (rc = resync(c, t)))
+    if ((rc = tree_of(c, &t)) || (rc = resync(c, t)))
         return rc;
     if (!c->dup || (c->state == CUR_EOF && dir > 0)) /* CUR_EOF back: the last pair, if it is of our key */
         return KEEL_NOTFOUND;
@@ -829,6 +887,14 @@ int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
             *val = v;
     }
     return rc;
+}
+
+int cursor_move_dup(keel_cursor *c, keel_val *key, keel_val *val, int dir)
+{
+    int rc;
+    if (c->txn->rdonly && (rc = move_dup_cached(c, key, val, dir)) != MOVE_DUP_GENERAL)
+        return rc;
+    return move_dup_general(c, key, val, dir);
 }
 
 /* next_key: a seek past the key's last value; prev_key: to its first value,

@@ -387,6 +387,13 @@ struct keel_cursor {
     uint8_t *keybuf; /* write txns: a copy of the current key, to re-seek after changes */
     size_t keylen, keycap;
     uint8_t *dupkey; /* DUPSORT: the current key unescaped, when it holds a zero byte (max_key bytes) */
+    /* DUPSORT, read txns: the pair key at (dup_page, dup_idx) and its
+     * escaped key's length, so that a run of next_dup finds the key part
+     * once (the position is checked against it, never trusted) */
+    const uint8_t *dup_page, *dup_key;
+    unsigned dup_idx;
+    uint32_t dup_part;
+    bool dup_plain; /* the key part holds no zero byte: handed out as it is */
 };
 #define CURSOR_MAGIC 0x4B435552u
 #define CURSOR_DEAD 0xDEADC0DEu
