@@ -1106,6 +1106,24 @@ static int put_node(keel_txn *txn, struct tree_desc *t, struct bt_path *path, bo
     return insert_at(txn, t, path, lv, idx, node, size, append);
 }
 
+/* The node for key and val put at path (exact: over the entry there). */
+static int put_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, bool exact, keel_val key, keel_val val,
+                  int64_t expiry, unsigned flags)
+{
+    unsigned nflags = put_node_flags(txn, key, val, expiry);
+    size_t size = leaf_node_size_for(nflags, key.len, val.len);
+    uint8_t stackbuf[512];
+    uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
+    if (!node)
+        return KEEL_NOMEM;
+    int rc = put_make_node(txn, t, key, val, expiry, nflags, node);
+    if (!rc)
+        rc = t->root == 0 ? put_first(txn, t, node, size) : put_node(txn, t, path, exact, node, size, flags);
+    if (node != stackbuf)
+        os_free(node);
+    return rc;
+}
+
 int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
            int64_t *old_expiry)
 {
@@ -1114,19 +1132,14 @@ int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64
     struct bt_path path;
     bool exact;
     int rc = put_search(txn, t, key, flags, &expiry, old_expiry, &path, &exact);
-    if (rc)
-        return rc;
-    unsigned nflags = put_node_flags(txn, key, val, expiry);
-    size_t size = leaf_node_size_for(nflags, key.len, val.len);
-    uint8_t stackbuf[512];
-    uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
-    if (!node)
-        return KEEL_NOMEM;
-    if (!(rc = put_make_node(txn, t, key, val, expiry, nflags, node)))
-        rc = t->root == 0 ? put_first(txn, t, node, size) : put_node(txn, t, &path, exact, node, size, flags);
-    if (node != stackbuf)
-        os_free(node);
-    return rc;
+    return rc ? rc : put_at(txn, t, &path, exact, key, val, expiry, flags);
+}
+
+int bt_insert_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, keel_val key, keel_val val,
+                 int64_t expiry, unsigned flags)
+{
+    KEEL_ASSERT(t->root == 0 ? path->depth == 0 : path->depth == (int)t->depth);
+    return put_at(txn, t, path, false, key, val, expiry, flags);
 }
 
 /* ---- delete ----

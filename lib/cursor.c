@@ -120,6 +120,18 @@ static inline int leaf_entry(const uint8_t *page, unsigned i, uint32_t ps, struc
     return 0;
 }
 
+/* a == b for n bytes: pair keys' key parts are short, a call to memcmp
+ * costs more than comparing them 8 bytes at a time */
+static inline bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    if (n < 8)
+        return memcmp(a, b, n) == 0;
+    for (size_t i = 0; i + 8 < n; i += 8)
+        if (rd64(a + i) != rd64(b + i))
+            return false;
+    return rd64(a + n - 8) == rd64(b + n - 8); /* the last 8, overlapping */
+}
+
 /* Write txns: the cursor's key, to search for it again after a change. */
 static __attribute__((noinline)) int remember_key(keel_cursor *c, const uint8_t *k, size_t kl)
 {
@@ -291,18 +303,15 @@ static void restore_path(keel_cursor *c, const struct saved_path *sp)
     }
 }
 
-/* Position at the first entry >= key; *exact when it is equal. */
-static int seek_path(keel_cursor *c, const struct tree_desc *t, const uint8_t *key, size_t klen, bool *exact)
+/* The cursor onto a search's path; past its leaf's last key (where a
+ * search for a key after them ends), onto the next entry. */
+static int enter_path(keel_cursor *c, const struct tree_desc *t, const struct bt_path *path)
 {
-    struct bt_path path;
-    int rc = bt_search(c->txn, t, key, klen, &path, exact);
-    if (rc)
-        return rc;
-    c->depth = path.depth;
-    for (int i = 0; i < path.depth; i++) {
-        c->pgno[i] = path.pgno[i];
-        c->page[i] = path.page[i];
-        c->idx[i] = path.idx[i];
+    c->depth = path->depth;
+    for (int i = 0; i < path->depth; i++) {
+        c->pgno[i] = path->pgno[i];
+        c->page[i] = path->page[i];
+        c->idx[i] = path->idx[i];
     }
     int lv = c->depth - 1;
     if (c->idx[lv] >= page_nkeys(c->page[lv])) { /* past this leaf's last key */
@@ -310,6 +319,14 @@ static int seek_path(keel_cursor *c, const struct tree_desc *t, const uint8_t *k
         return step(c, t, 1);
     }
     return 0;
+}
+
+/* Position at the first entry >= key; *exact when it is equal. */
+static int seek_path(keel_cursor *c, const struct tree_desc *t, const uint8_t *key, size_t klen, bool *exact)
+{
+    struct bt_path path;
+    int rc = bt_search(c->txn, t, key, klen, &path, exact);
+    return rc ? rc : enter_path(c, t, &path);
 }
 
 /* In a write txn, rebuild the path if the tree changed since we looked. */
@@ -527,6 +544,7 @@ int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry)
 static int pair_bound_make(struct pair_bound *pb, const uint8_t *esc, size_t esclen, bool escaped, const uint8_t tail[2],
                            keel_val val)
 {
+    escaped = escaped || !memchr(esc, 0, esclen); /* most keys hold no zero byte: copied as they are */
     size_t elen = escaped ? esclen : pair_key_escaped_len(esc, esclen);
     size_t need = elen + PAIR_TERM_SIZE + val.len;
     pb->k = need <= sizeof pb->buf ? pb->buf : os_malloc(need);
@@ -577,26 +595,28 @@ int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair
     return 0;
 }
 
-/* For dup_put: one search for the whole pair key pb.  *exact: the pair is
+/* For dup_put: one search for the whole pair key pb, its path in *path
+ * (for bt_insert_at; depth 0: the tree is empty).  *exact: the pair is
  * there (expired or not); *present: the key has a pair, with *expiry its
  * expiry (every pair of a key has the same).  The key's pairs are
  * neighbours, so the entry found or the one before it tells. */
-int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, bool *present,
-                          bool *exact, int64_t *expiry)
+int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb,
+                          struct bt_path *path, bool *present, bool *exact, int64_t *expiry)
 {
     *present = *exact = false;
     *expiry = 0;
-    if (t->root == 0)
-        return 0;
+    bool ex;
+    int rc = bt_search(txn, t, pb->k, pb->len, path, &ex);
+    if (rc)
+        return rc == KEEL_NOTFOUND ? 0 : rc; /* an empty tree */
     keel_cursor c;
     c.txn = txn;
-    bool ex;
     struct entry e;
-    int rc = seek_path(&c, t, pb->k, pb->len, &ex);
+    rc = enter_path(&c, t, path);
     if (rc == 0) {
         if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
             return rc;
-        if (e.klen >= pb->keylen && !memcmp(e.key, pb->k, pb->keylen)) {
+        if (e.klen >= pb->keylen && bytes_equal(e.key, pb->k, pb->keylen)) {
             *present = true;
             *exact = ex;
             *expiry = e.expiry;
@@ -610,7 +630,7 @@ int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct
         return rc == KEEL_NOTFOUND ? 0 : rc;
     if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
         return rc;
-    if (e.klen >= pb->keylen && !memcmp(e.key, pb->k, pb->keylen)) {
+    if (e.klen >= pb->keylen && bytes_equal(e.key, pb->k, pb->keylen)) {
         *present = true;
         *expiry = e.expiry;
     }
@@ -654,7 +674,7 @@ static bool position_in(keel_cursor *c, const struct pair_bound *pb)
 {
     const uint8_t *k;
     size_t kl;
-    return position_key(c, &k, &kl) == 0 && kl >= pb->keylen && memcmp(k, pb->k, pb->keylen) == 0;
+    return position_key(c, &k, &kl) == 0 && kl >= pb->keylen && bytes_equal(k, pb->k, pb->keylen);
 }
 
 /* A cursor's whole position, to put back when a move finds nothing. */
@@ -756,18 +776,6 @@ int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout,
     rc = seek_bound(c, &pb, true, kout, vout);
     pair_bound_free(&pb);
     return rc;
-}
-
-/* a == b for n bytes: pair keys' key parts are short, a call to memcmp
- * costs more than comparing them 8 bytes at a time */
-static inline bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t n)
-{
-    if (n < 8)
-        return memcmp(a, b, n) == 0;
-    for (size_t i = 0; i + 8 < n; i += 8)
-        if (rd64(a + i) != rd64(b + i))
-            return false;
-    return rd64(a + n - 8) == rd64(b + n - 8); /* the last 8, overlapping */
 }
 
 /* The common next_dup / prev_dup: the neighbour in the cursor's leaf (its
@@ -970,7 +978,7 @@ static int entry_in_key(const uint8_t *page, unsigned i, uint32_t ps, const uint
     struct entry e;
     if (leaf_entry(page, i, ps, &e))
         return -1;
-    return e.klen >= plen && memcmp(e.key, pfx, plen) == 0;
+    return e.klen >= plen && bytes_equal(e.key, pfx, plen);
 }
 
 /* The common count, without a search: the key's pairs begin in the

@@ -107,15 +107,16 @@ int dup_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int6
         return rc;
     *old_exp = *new_exp = 0;
     int64_t key_exp = 0;
-    bool present, exact; /* one search: the key's pairs, and this one among them */
-    if ((rc = cursor_find_pair_near(txn, t, &pb, &present, &exact, &key_exp)))
+    bool present, exact, path_valid = true; /* one search: the key's pairs, and this one among them */
+    struct bt_path path;
+    if ((rc = cursor_find_pair_near(txn, t, &pb, &path, &present, &exact, &key_exp)))
         goto out;
     *old_exp = present ? key_exp : 0;
     if (present && !expiry_live(txn, key_exp)) { /* expired: absent, its pairs go first */
         int64_t was;
         if ((rc = dup_del_key(txn, t, key, false, &was)))
             goto out;
-        present = exact = false;
+        present = exact = path_valid = false;
         key_exp = 0;
     }
     if (present && (flags & KEEL_NOOVERWRITE)) {
@@ -127,9 +128,11 @@ int dup_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int6
         rc = KEEL_EXISTS;
         goto out;
     }
-    int64_t was;
-    if (!exact)
-        rc = bt_put(txn, t, (keel_val){pb.k, pb.len}, (keel_val){NULL, 0}, *new_exp, flags & KEEL_APPEND, &was);
+    keel_val pair = {pb.k, pb.len}, none = {NULL, 0};
+    if (!exact && path_valid) /* the search's path: no second one */
+        rc = bt_insert_at(txn, t, &path, pair, none, *new_exp, flags & KEEL_APPEND);
+    else if (!exact)
+        rc = bt_put(txn, t, pair, none, *new_exp, flags & KEEL_APPEND, NULL);
     if (rc == 0 && present && *new_exp != key_exp)
         rc = dup_set_expiry(txn, t, key, *new_exp);
 out:

@@ -562,6 +562,11 @@ int bt_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val
  * KEEL_KEEPTTL; *old_expiry gets the replaced entry's expiry (0 if none). */
 int bt_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
            int64_t *old_expiry);
+/* bt_put of a key that is not there, at the path bt_search gave for it
+ * (depth 0: the tree was empty), the tree unchanged since: one search
+ * less for a caller that had to search anyway (dup_put).  flags: KEEL_APPEND. */
+int bt_insert_at(keel_txn *txn, struct tree_desc *t, struct bt_path *path, keel_val key, keel_val val,
+                 int64_t expiry, unsigned flags);
 int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry);
 /* bt_del, but an expired entry (expiry <= txn->now) is KEEL_NOTFOUND and stays */
 int bt_del_live(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry);
@@ -636,8 +641,8 @@ int pair_bound(struct pair_bound *pb, keel_val key, const uint8_t tail[2], keel_
 void pair_bound_free(struct pair_bound *pb);
 int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, const uint8_t **key,
                      size_t *klen, int64_t *expiry);
-int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, bool *present,
-                          bool *exact, int64_t *expiry);
+int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb,
+                          struct bt_path *path, bool *present, bool *exact, int64_t *expiry);
 /* DUPSORT moves (plain trees: a key has one value) */
 int cursor_seek_key(keel_cursor *c, keel_val key, keel_val *vout);
 int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout, keel_val *vout);
