@@ -529,6 +529,44 @@ static void test_sizes(void **state)
 }
 
 /* One key with many values over many pages, between other keys. */
+/* In a read txn (next_dup's cached run): every value of key, "%08ld"
+ * from 0 to n - 1, forwards from its first and backwards from its last,
+ * and neither run leaves the key. */
+static void read_runs(keel_db *db, const char *what, keel_val key, long n)
+{
+    keel_txn *t = begin(db, KEEL_RDONLY);
+    keel_bucket b;
+    assert_int_equal(keel_bucket_open(t, "m", 0, &b), 0);
+    keel_cursor *c;
+    assert_int_equal(keel_cursor_open(t, b, &c), 0);
+    keel_val k, v;
+    char want[32];
+    long i = 0;
+    int rc = keel_cursor_seek_key(c, key, &v);
+    for (; rc == 0; rc = keel_cursor_next_dup(c, &k, &v), i++) {
+        snprintf(want, sizeof want, "%08ld", i);
+        if (!val_is(v, want))
+            fail_msg("%s: value %ld is %.*s", what, i, (int)v.len, (const char *)v.data);
+        if (i > 0)
+            assert_true(k.len == key.len && memcmp(k.data, key.data, k.len) == 0);
+    }
+    assert_int_equal(rc, KEEL_NOTFOUND);
+    assert_int_equal(i, n);
+    snprintf(want, sizeof want, "%08ld", n - 1);
+    assert_int_equal(keel_cursor_seek_pair(c, key, tu_val(want), &k, &v), 0);
+    for (i = n - 1; (rc = keel_cursor_prev_dup(c, &k, &v)) == 0;) {
+        snprintf(want, sizeof want, "%08ld", --i);
+        assert_true(val_is(v, want));
+        assert_true(k.len == key.len && memcmp(k.data, key.data, k.len) == 0);
+    }
+    assert_int_equal(rc, KEEL_NOTFOUND);
+    assert_int_equal(i, 0);
+    assert_int_equal(keel_cursor_next_dup(c, &k, &v), 0); /* the failed move left the cursor on the first */
+    assert_true(val_is(v, "00000001"));
+    keel_cursor_close(c);
+    keel_abort(t);
+}
+
 static void test_many_values(void **state)
 {
     (void)state;
@@ -545,8 +583,16 @@ static void test_many_values(void **state)
         snprintf(vb, sizeof vb, "%08ld", j);
         put(t, b, "b", vb);
     }
+    const keel_val zkey = {(const uint8_t *)"z\0y", 3}; /* escaped in its pair keys */
+    long nz = 1500;
+    for (long i = 0; i < nz; i++) {
+        snprintf(vb, sizeof vb, "%08ld", (i * 31) % nz);
+        assert_int_equal(keel_put(t, b, zkey, tu_val(vb), 0), 0);
+    }
     assert_int_equal(keel_commit(t), 0);
     check_clean(db);
+    read_runs(db, "b", tu_val("b"), n);
+    read_runs(db, "z", zkey, nz);
     t = begin(db, 0);
     assert_int_equal(keel_bucket_open(t, "m", 0, &b), 0);
     keel_cursor *c;
@@ -583,7 +629,7 @@ static void test_many_values(void **state)
     assert_int_equal(keel_del(t, b, tu_val("b")), 0);
     keel_stat st;
     assert_int_equal(keel_bucket_stat(t, b, &st), 0);
-    assert_int_equal(st.entries, 2);
+    assert_int_equal(st.entries, 2 + nz);
     assert_int_equal(keel_commit(t), 0);
     check_clean(db);
     keel_close(db);
