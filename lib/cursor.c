@@ -925,7 +925,7 @@ int cursor_move_key(keel_cursor *c, keel_val *key, keel_val *val, int dir)
     bool exact;
     rc = seek_path(c, t, pb.k, pb.len, &exact);
     if (dir < 0) {
-        if (rc == KEEL_NOTFOUND) /* nothing from our key on: the last entry comes before it */
+        if (rc == KEEL_NOTFOUND && t->root) /* nothing from our key on: the last entry comes before it */
             rc = descend(c, t, t->root, t->root_sum, 0, true);
         else if (rc == 0)
             rc = step(c, t, -1);

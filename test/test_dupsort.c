@@ -370,6 +370,10 @@ static void test_moves_after_del(void **state)
     assert_int_equal(keel_cursor_next(c, &k, &v), KEEL_NOTFOUND);
     assert_int_equal(keel_cursor_prev(c, &k, &v), 0);
     assert_true(val_is(k, "a") && val_is(v, "2"));
+    /* the bucket emptied under the cursor: nothing before it either */
+    assert_int_equal(keel_del(t, b, tu_val("a")), 0);
+    assert_int_equal(keel_cursor_prev_key(c, &k, &v), KEEL_NOTFOUND);
+    assert_int_equal(keel_cursor_prev_dup(c, &k, &v), KEEL_NOTFOUND);
     keel_cursor_close(c);
     assert_int_equal(keel_commit(t), 0);
     check_clean(db);
