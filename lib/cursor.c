@@ -132,6 +132,13 @@ static inline bool bytes_equal(const uint8_t *a, const uint8_t *b, size_t n)
     return rd64(a + n - 8) == rd64(b + n - 8); /* the last 8, overlapping */
 }
 
+/* Does the key k (kl bytes) begin with the pl bytes at p?  (A pair key
+ * with a key part and terminator: is it one of that key's pairs?) */
+static inline bool begins_with(const uint8_t *k, size_t kl, const uint8_t *p, size_t pl)
+{
+    return kl >= pl && bytes_equal(k, p, pl);
+}
+
 /* Write txns: the cursor's key, to search for it again after a change. */
 static __attribute__((noinline)) int remember_key(keel_cursor *c, const uint8_t *k, size_t kl)
 {
@@ -587,7 +594,7 @@ int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair
     struct entry e;
     if (rc || (rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
         return rc;
-    if (e.klen < pb->keylen || memcmp(e.key, pb->k, pb->keylen))
+    if (!begins_with(e.key, e.klen, pb->k, pb->keylen))
         return KEEL_NOTFOUND;
     *key = e.key;
     *klen = e.klen;
@@ -616,7 +623,7 @@ int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct
     if (rc == 0) {
         if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
             return rc;
-        if (e.klen >= pb->keylen && bytes_equal(e.key, pb->k, pb->keylen)) {
+        if (begins_with(e.key, e.klen, pb->k, pb->keylen)) {
             *present = true;
             *exact = ex;
             *expiry = e.expiry;
@@ -630,7 +637,7 @@ int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct
         return rc == KEEL_NOTFOUND ? 0 : rc;
     if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
         return rc;
-    if (e.klen >= pb->keylen && bytes_equal(e.key, pb->k, pb->keylen)) {
+    if (begins_with(e.key, e.klen, pb->k, pb->keylen)) {
         *present = true;
         *expiry = e.expiry;
     }
@@ -674,7 +681,7 @@ static bool position_in(keel_cursor *c, const struct pair_bound *pb)
 {
     const uint8_t *k;
     size_t kl;
-    return position_key(c, &k, &kl) == 0 && kl >= pb->keylen && bytes_equal(k, pb->k, pb->keylen);
+    return position_key(c, &k, &kl) == 0 && begins_with(k, kl, pb->k, pb->keylen);
 }
 
 /* A cursor's whole position, to put back when a move finds nothing. */
@@ -810,7 +817,7 @@ static int move_dup_in_leaf(keel_cursor *c, keel_val *key, keel_val *val, int di
         c->dup_plain = !memchr(cur.key, 0, part);
     }
     size_t plen = c->dup_part + PAIR_TERM_SIZE;
-    if (nb.klen < plen || !bytes_equal(nb.key, c->dup_key, plen))
+    if (!begins_with(nb.key, nb.klen, c->dup_key, plen))
         return KEEL_NOTFOUND;
     if ((nb.expiry != 0 && nb.expiry <= c->txn->now && !c->all) || nb.vlen != 0 || (nb.flags & N_BIG))
         return MOVE_DUP_GENERAL;
@@ -850,7 +857,7 @@ static inline __attribute__((always_inline)) int move_dup_cached(keel_cursor *c,
     if (leaf_node_flags(n) != 0 || leaf_node_vsize(n) != 0 || klen > ps - LEAF_HDR - off)
         return MOVE_DUP_GENERAL;
     const uint8_t *k = n + LEAF_HDR;
-    if (klen < plen || !bytes_equal(k, c->dup_key, plen))
+    if (!begins_with(k, klen, c->dup_key, plen))
         return KEEL_NOTFOUND;
     if (key)
         *key = (keel_val){k, c->dup_part};
@@ -978,7 +985,7 @@ static int entry_in_key(const uint8_t *page, unsigned i, uint32_t ps, const uint
     struct entry e;
     if (leaf_entry(page, i, ps, &e))
         return -1;
-    return e.klen >= plen && bytes_equal(e.key, pfx, plen);
+    return begins_with(e.key, e.klen, pfx, plen);
 }
 
 /* The common count, without a search: the key's pairs begin in the

@@ -1244,46 +1244,34 @@ static uint64_t w_dup_load(void)
     return dup_keys() * DUP_VALUES;
 }
 
-/* N / 10 random keys, each read whole: seek to the key, then its next value
- * until there is none (MDB_SET, MDB_NEXT_DUP) */
-static uint64_t w_dup_values(void)
+/* n random keys (from seed), each probed by probe in one read txn: the
+ * sum of what it answered, checked against DUP_VALUES a key */
+static uint64_t dup_probe_keys(uint64_t n, uint64_t seed, uint64_t (*probe)(const void *k, size_t klen),
+                               const char *what)
 {
     E->dopen(P);
     t_start = now_s();
     uint8_t k[DUP_KEY];
-    uint64_t n = N / 10, got = 0;
+    uint64_t got = 0;
     E->begin(false);
     for (uint64_t i = 0; i < n; i++) {
-        dup_key(mix(i + 17) % dup_keys(), k);
-        got += E->dvalues(k, DUP_KEY);
+        dup_key(mix(i + seed) % dup_keys(), k);
+        got += probe(k, DUP_KEY);
     }
     E->dclose();
     E->commit();
     close_untimed();
     if (got != n * DUP_VALUES)
-        fail("dup read values: wrong count");
+        fail(what);
     return n;
 }
 
+/* N / 10 random keys, each read whole: seek to the key, then its next value
+ * until there is none (MDB_SET, MDB_NEXT_DUP) */
+static uint64_t w_dup_values(void) { return dup_probe_keys(N / 10, 17, E->dvalues, "dup read values: wrong count"); }
+
 /* N / 5 random keys: seek, count (MDB_SET, mdb_cursor_count) */
-static uint64_t w_dup_count(void)
-{
-    E->dopen(P);
-    t_start = now_s();
-    uint8_t k[DUP_KEY];
-    uint64_t n = N / 5, got = 0;
-    E->begin(false);
-    for (uint64_t i = 0; i < n; i++) {
-        dup_key(mix(i + 19) % dup_keys(), k);
-        got += E->dcount(k, DUP_KEY);
-    }
-    E->dclose();
-    E->commit();
-    close_untimed();
-    if (got != n * DUP_VALUES)
-        fail("dup count: wrong count");
-    return n;
-}
+static uint64_t w_dup_count(void) { return dup_probe_keys(N / 5, 19, E->dcount, "dup count: wrong count"); }
 
 /* half the pairs, one at a time, in a random order, in one write txn */
 static uint64_t w_dup_del(void)

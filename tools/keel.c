@@ -840,22 +840,12 @@ static int load_record(void *ctx, const void *key, size_t klen, const void *val,
     char kb[100];
     int rc;
     ld->records++;
-    if (!ld->expiry && ld->dupsort && ld->nooverwrite) {
-        rc = load_pair_noover(ld, k, v);
-        if (rc == KEEL_EXISTS) {
-            ld->skipped++;
-        } else if (rc) {
-            snprintf(err, errlen, "put key '%s' into bucket %s: %s", shown(key, klen, kb, sizeof kb), ld->bname,
-                     keel_strerror(rc));
-            return rc;
-        } else {
-            ld->loaded++;
-        }
-    } else if (!ld->expiry) {
-        rc = keel_put(ld->txn, ld->b, k, v, ld->nooverwrite ? KEEL_NOOVERWRITE : 0);
+    if (!ld->expiry) {
+        bool pairs = ld->dupsort && ld->nooverwrite; /* -n into a DUPSORT bucket: pair by pair */
+        rc = pairs ? load_pair_noover(ld, k, v) : keel_put(ld->txn, ld->b, k, v, ld->nooverwrite ? KEEL_NOOVERWRITE : 0);
         if (rc == KEEL_EXISTS && ld->nooverwrite) {
             ld->skipped++;
-            if ((rc = remember_skip(ld, k))) {
+            if (!pairs && (rc = remember_skip(ld, k))) {
                 snprintf(err, errlen, "note skipped key '%s': %s", shown(key, klen, kb, sizeof kb), keel_strerror(rc));
                 return rc;
             }
