@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,7 +164,41 @@ static void db_free(keel_db *db, bool abandon)
     os_free(db);
 }
 
-/* The data file (never on descriptors 0-2).  *created: this call made it. */
+#define SYMLINK_HOPS_MAX 40 /* the kernel's own limit (ELOOP) */
+
+/* When path is a symbolic link to nothing (a chain of them, at most
+ * SYMLINK_HOPS_MAX): the path of the missing file it leads to, a relative
+ * link read from its own directory; the caller frees it.  NULL otherwise.
+ * O_CREAT | O_EXCL refuses any link (EEXIST), and the plain open of a
+ * dangling one answers ENOENT: this is the name to create instead, as the
+ * plain O_CREAT that LMDB uses would. */
+static char *dangling_link_target(const char *path)
+{
+    char *cur = strdup(path), target[PATH_MAX];
+    for (int hops = 0; cur && hops < SYMLINK_HOPS_MAX; hops++) {
+        ssize_t n = readlink(cur, target, sizeof(target) - 1);
+        if (n < 0) {
+            if (errno == ENOENT && hops > 0)
+                return cur; /* the end of the chain, missing */
+            break;          /* not a link (EINVAL), or unreadable */
+        }
+        target[n] = 0;
+        const char *slash = strrchr(cur, '/');
+        size_t dir = target[0] == '/' || !slash ? 0 : (size_t)(slash - cur) + 1;
+        char *next = malloc(dir + (size_t)n + 1);
+        if (next) {
+            memcpy(next, cur, dir);
+            memcpy(next + dir, target, (size_t)n + 1);
+        }
+        free(cur);
+        cur = next;
+    }
+    free(cur);
+    return NULL;
+}
+
+/* The data file (never on descriptors 0-2), created if missing, through a
+ * dangling symbolic link too.  *created: this call made it. */
 static int open_data_file(keel_db *db, const char *path, const keel_options *o, bool *created)
 {
     bool rdonly = o->flags & KEEL_RDONLY;
@@ -176,6 +211,16 @@ static int open_data_file(keel_db *db, const char *path, const keel_options *o, 
     }
     if (db->fd < 0 && (rdonly || errno == EEXIST))
         db->fd = os_open_high(path, (rdonly ? O_RDONLY : O_RDWR) | O_CLOEXEC, mode);
+    char *target;
+    if (db->fd < 0 && !rdonly && errno == ENOENT && (target = dangling_link_target(path))) {
+        db->fd = os_open_high(target, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        *created = db->fd >= 0;
+        if (db->fd < 0 && errno == EEXIST) /* another opener made it first */
+            db->fd = os_open_high(path, O_RDWR | O_CLOEXEC, mode);
+        int err = errno;
+        free(target);
+        errno = err;
+    }
     if (db->fd < 0) {
         int rc = errno ? errno : EIO;
         error_detail_set("%s: %s", path, strerror(rc));
@@ -438,8 +483,11 @@ int keel_open_sized(const char *path, const keel_options *opts, size_t opts_size
          * empty data file, a lock file. */
         uint64_t fsize;
         if (created && db->fd >= 0 && os_file_size(db->fd, &fsize) == 0 && fsize == 0 &&
-            path_names_fd(path, db->fd) == 0)
-            unlink(path);
+            path_names_fd(path, db->fd) == 0) {
+            char *real = realpath(path, NULL); /* the file, not a link to it */
+            unlink(real ? real : path);
+            free(real);
+        }
         db_free(db, true);
         return rc;
     }

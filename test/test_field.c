@@ -6,6 +6,8 @@
  *
  *   symlink_shares      two processes writing through a symbolic link and
  *                       the real path share one lock: no increment is lost
+ *   symlink_creates     a link to nothing: the database is made where it
+ *                       points; a failed open removes the file, not the link
  *   second_path_refused a hard link, a bind mount (root) and a removed lock
  *                       file give KEEL_LOCKPATH while the db is in use
  *   stdio_closed        a process started with fd 2 (and with 0-2) closed:
@@ -204,6 +206,63 @@ static void test_symlink_shares(void **state)
     assert_int_equal(get_counter(db), 2 * n); /* no increment lost */
     keel_close(db);
     assert_clean(real);
+    remove_dir();
+}
+
+/* A database created through a symbolic link to nothing (relative, and a
+ * chain of two into a subdirectory) is made where the link points, with its
+ * lock file beside it; an open that fails after making it removes the file
+ * it made, never the link. */
+static void test_symlink_creates(void **state)
+{
+    (void)state;
+    make_dir("symlink-create");
+    char sub[600], real[600], link[600], chain[600], lock[700];
+    assert_int_equal(mkdir(in_dir(sub, sizeof sub, "sub"), 0755), 0);
+    in_dir(real, sizeof real, "sub/real.db");
+    in_dir(link, sizeof link, "link.db");
+    in_dir(chain, sizeof chain, "chain.db");
+    assert_int_equal(symlink("sub/real.db", link), 0);
+    assert_int_equal(symlink("link.db", chain), 0);
+    keel_db *db;
+    assert_int_equal(keel_open(chain, NULL, &db), 0);
+    assert_int_equal(keel_db_put(db, NULL, tu_val("k"), tu_val("v"), 0), 0);
+    keel_close(db);
+    struct stat st;
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISLNK(st.st_mode)); /* the links stay links */
+    assert_int_equal(lstat(real, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    snprintf(lock, sizeof lock, "%s-lock", real);
+    assert_true(exists(lock));
+    snprintf(lock, sizeof lock, "%s-lock", chain);
+    assert_false(exists(lock));
+    assert_int_equal(keel_open(real, NULL, &db), 0);
+    void *v;
+    size_t len;
+    assert_int_equal(keel_db_get(db, NULL, tu_val("k"), &v, &len), 0);
+    assert_memory_equal(v, "v", 1);
+    free(v);
+    keel_close(db);
+    assert_clean(link);
+
+    /* the lock file cannot be made (a directory holds its name) */
+    char real2[600], link2[600];
+    in_dir(real2, sizeof real2, "sub/real2.db");
+    in_dir(link2, sizeof link2, "link2.db");
+    assert_int_equal(symlink("sub/real2.db", link2), 0);
+    snprintf(lock, sizeof lock, "%s-lock", real2);
+    assert_int_equal(mkdir(lock, 0755), 0);
+    assert_int_not_equal(keel_open(link2, NULL, &db), 0);
+    assert_false(exists(real2)); /* the empty file it made is gone */
+    assert_int_equal(lstat(link2, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+
+    /* a link into a directory that does not exist: ENOENT, nothing made */
+    char link3[600];
+    in_dir(link3, sizeof link3, "link3.db");
+    assert_int_equal(symlink("nodir/x.db", link3), 0);
+    assert_int_equal(keel_open(link3, NULL, &db), ENOENT);
     remove_dir();
 }
 
@@ -934,7 +993,7 @@ static void test_foreign_files(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_symlink_shares),  cmocka_unit_test(test_second_path_refused),
+        cmocka_unit_test(test_symlink_shares), cmocka_unit_test(test_symlink_creates),  cmocka_unit_test(test_second_path_refused),
         cmocka_unit_test(test_stdio_closed),    cmocka_unit_test(test_pid_namespace),
         cmocka_unit_test(test_commit_other_thread), cmocka_unit_test(test_writers_many),
         cmocka_unit_test(test_full_disk),
