@@ -225,7 +225,8 @@ static void kill_slot(struct bucket_table *t, keel_bucket b, uint64_t since)
     s->kind = SLOT_DEAD;
     s->dead_since = since;
     index_put(t, &t->dead, i);
-    t->queue[t->qhead + t->qlen++] = i;
+    t->queue[t->qhead + t->qlen] = i;
+    __atomic_store_n(&t->qlen, t->qlen + 1, __ATOMIC_RELAXED); /* txn.c's read cache glances at it unlocked */
 }
 
 static void free_slot(struct bucket_table *t, uint32_t i)
@@ -811,7 +812,7 @@ void bucket_reclaim(keel_db *db, uint64_t newest)
     while (t->qlen && t->slots[t->queue[t->qhead]].dead_since <= oldest) {
         free_slot(t, t->queue[t->qhead]);
         t->qhead++;
-        t->qlen--;
+        __atomic_store_n(&t->qlen, t->qlen - 1, __ATOMIC_RELAXED);
     }
     if (!t->qlen)
         t->qhead = 0;

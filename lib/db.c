@@ -504,6 +504,7 @@ void keel_close(keel_db *db)
      * pages for as long as another process keeps the lock file open).  In a
      * child after fork() they end too, but txn_end leaves the parent's slots
      * and writer lock alone: only the child's memory goes. */
+    txn_drain_read_cache(db);
     while (db->live_txns)
         txn_abort(db->live_txns);
     group_confirm(db);

@@ -152,6 +152,11 @@ void reader_publish(struct lockfile *lf, int slot, uint64_t txnid, int64_t now_m
 /* The slot's published snapshot: a writer replaces it when the reader lags too far. */
 const _Atomic uint64_t *reader_pin(struct lockfile *lf, int slot);
 void reader_release(struct lockfile *lf, int slot);
+/* Between read txns of one thread (txn.c's read cache): the slot publishes
+ * nothing but stays taken; reader_resume says whether it is still this
+ * handle's (a damaged lock file may say otherwise). */
+void reader_idle(struct lockfile *lf, int slot);
+bool reader_resume(struct lockfile *lf, int slot);
 /* The oldest snapshot any live reader holds, or `newest` if none; frees the
  * slots of dead processes on the way, and with max_lag (0 = none) stops
  * keeping snapshots more than max_lag commits older than newest. */
@@ -229,6 +234,15 @@ struct space_handle {
 };
 
 /* ---- the database handle ------------------------------------------------ */
+/* A finished read txn kept, with its reader slot, for the next read txn of
+ * the same thread (txn.c): begin and end then touch no shared cache line.
+ * One pointer per 64 bytes, so that two threads' entries never share a line. */
+#define READ_CACHE_SLOTS 16 /* threads of a handle with an entry of their own */
+struct read_cache_entry {
+    _Atomic(keel_txn *) txn;
+    uint8_t pad[64 - sizeof(void *)];
+};
+
 struct keel_db {
     char *path;
     int fd;
@@ -255,6 +269,7 @@ struct keel_db {
     size_t inline_max; /* leaf nodes up to this size keep their value inline */
 
     keel_cursor *spare_cursor; /* one closed cursor kept for reuse, taken and put back atomically */
+    struct read_cache_entry read_cache[READ_CACHE_SLOTS]; /* txn.c: a read txn object per thread, with its slot */
     uint64_t bucket_visits; /* bucket states write txns visited in flush and end (bucket.c; tests count them) */
     pthread_mutex_t mu; /* guards the fields below */
     struct bucket_table buckets; /* handle -> bucket name */
@@ -776,6 +791,7 @@ static inline int txn_check(const keel_txn *txn, bool write)
     return 0;
 }
 void txn_free_spares(keel_db *db);
+void txn_drain_read_cache(keel_db *db); /* keel_close: the kept read txns back to the spares */
 
 /* ---- error.c: what keel_error_detail() tells ---- */
 void error_detail_clear(void);

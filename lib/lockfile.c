@@ -554,8 +554,7 @@ int reader_acquire(struct lockfile *lf, int *slot)
         return 0; /* KEEL_NOLOCK: nobody writes, nothing to publish */
     int p;
     while ((p = unpark(lf)) >= 0)
-        /* still ours, unless a damaged or hostile lock file says otherwise */
-        if (atomic_load_explicit(&lf->slots[p].owner, memory_order_relaxed) == lf->me) {
+        if (reader_resume(lf, p)) { /* still ours, unless a damaged or hostile lock file says otherwise */
             *slot = p;
             return 0;
         }
@@ -587,6 +586,18 @@ void reader_publish(struct lockfile *lf, int slot, uint64_t txnid, int64_t now)
 const _Atomic uint64_t *reader_pin(struct lockfile *lf, int slot)
 {
     return slot < 0 ? NULL : &lf->slots[slot].txnid;
+}
+
+void reader_idle(struct lockfile *lf, int slot)
+{
+    if (slot >= 0)
+        atomic_store(&lf->slots[slot].txnid, 0);
+}
+
+bool reader_resume(struct lockfile *lf, int slot)
+{
+    return slot >= 0 && (uint32_t)slot < lf->max_readers &&
+           atomic_load_explicit(&lf->slots[slot].owner, memory_order_relaxed) == lf->me;
 }
 
 void reader_release(struct lockfile *lf, int slot)

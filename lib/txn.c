@@ -61,6 +61,69 @@ static keel_txn *txn_get(keel_db *db)
     return t;
 }
 
+static void txn_put(keel_txn *t);
+
+/* ---- the read cache (struct read_cache_entry) ----
+ * A cached txn stays on the live list (leaving it is what takes the lock),
+ * reading nothing: its live_snapshot says so to bucket_reclaim, its magic
+ * TXN_DEAD to a caller that kept the pointer, and its reader slot
+ * publishes 0.  keel_close drains the cache before it ends live txns. */
+static _Atomic(keel_txn *) *read_cache_mine(keel_db *db)
+{
+    static _Atomic unsigned threads;
+    static __thread unsigned thread_no; /* 1, 2, ...: this thread's, from its first read txn */
+    if (!thread_no)
+        thread_no = atomic_fetch_add_explicit(&threads, 1, memory_order_relaxed) + 1;
+    return &db->read_cache[thread_no % READ_CACHE_SLOTS].txn;
+}
+
+/* This thread's kept read txn, live again (snapshot 0 while begun, as in
+ * txn_get), or NULL. */
+static keel_txn *read_cache_take(keel_db *db)
+{
+    _Atomic(keel_txn *) *e = read_cache_mine(db);
+    if (!atomic_load_explicit(e, memory_order_relaxed))
+        return NULL;
+    keel_txn *t = atomic_exchange_explicit(e, NULL, memory_order_acquire);
+    if (t)
+        atomic_store(&t->live_snapshot, 0);
+    return t;
+}
+
+/* Keeps an ended read txn for this thread's next one; false when its entry
+ * is taken, or when dead bucket handles wait for txn_put's reclaim (a hint:
+ * one that died just now is freed by the next write txn's end). */
+static bool read_cache_put(keel_db *db, keel_txn *t)
+{
+    if (__atomic_load_n(&db->buckets.qlen, __ATOMIC_RELAXED))
+        return false;
+    _Atomic(keel_txn *) *e = read_cache_mine(db);
+    if (atomic_load_explicit(e, memory_order_relaxed))
+        return false;
+    reader_idle(&db->lock, t->slot);
+    t->magic = TXN_DEAD;
+    for (keel_cursor *c = t->cursors; c; c = c->next)
+        c->txn = NULL; /* detached: further use gives KEEL_BADCURSOR */
+    t->cursors = NULL;
+    atomic_store_explicit(&t->live_snapshot, UINT64_MAX, memory_order_relaxed);
+    keel_txn *none = NULL;
+    return atomic_compare_exchange_strong_explicit(e, &none, t, memory_order_release, memory_order_relaxed);
+}
+
+void txn_drain_read_cache(keel_db *db)
+{
+    bool forked = db->fork_gen != os_fork_generation();
+    for (size_t i = 0; i < READ_CACHE_SLOTS; i++) {
+        keel_txn *t = atomic_exchange(&db->read_cache[i].txn, NULL);
+        if (!t)
+            continue;
+        if (!forked) /* after fork() the slot is the parent's */
+            reader_release(&db->lock, t->slot);
+        t->slot = -1;
+        txn_put(t);
+    }
+}
+
 static void txn_put(keel_txn *t)
 {
     keel_db *db = t->db;
@@ -137,7 +200,11 @@ static int meta_fits_map(const keel_db *db, const struct meta *m)
  * no commit came by (meta_maybe_newer). */
 static int begin_read(keel_db *db, keel_txn *txn)
 {
-    int rc = reader_acquire(&db->lock, &txn->slot);
+    int rc = reader_resume(&db->lock, txn->slot) ? 0 : reader_acquire(&db->lock, &txn->slot);
+    if (rc == KEEL_READERS_FULL) { /* the slots other threads keep idle come back */
+        txn_drain_read_cache(db);
+        rc = reader_acquire(&db->lock, &txn->slot);
+    }
     if (rc)
         return rc;
     for (;;) {
@@ -221,14 +288,17 @@ int txn_begin(keel_db *db, unsigned flags, keel_txn **out)
     bool rdonly = flags & KEEL_RDONLY;
     if (!rdonly && (db->flags & KEEL_RDONLY))
         return KEEL_READONLY;
-    keel_txn *txn = txn_get(db);
+    keel_txn *txn = rdonly ? read_cache_take(db) : NULL;
+    int kept_slot = txn ? txn->slot : -1;
+    if (!txn)
+        txn = txn_get(db);
     if (!txn)
         return KEEL_NOMEM;
     txn->db = db;
     txn->rdonly = rdonly;
     txn->verify = db->verify;
     txn->error = 0;
-    txn->slot = -1;
+    txn->slot = kept_slot;
     txn->changes = 1;
     txn->fork_gen = db->fork_gen;
     txn->cursors = NULL;
@@ -275,8 +345,11 @@ static void txn_end(keel_txn *txn, bool committed)
      * the parent's (shared memory), only the child's copy of memory goes. */
     bool inherited = txn->fork_gen != os_fork_generation();
     if (txn->rdonly) {
-        if (txn->slot >= 0 && !inherited)
+        if (txn->slot >= 0 && !inherited) {
+            if (read_cache_put(db, txn))
+                return;
             reader_release(&db->lock, txn->slot);
+        }
         txn->slot = -1;
     } else {
         expiry_log_free(txn);

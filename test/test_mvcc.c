@@ -10,7 +10,12 @@
  *   - page reuse: steady overwrites with no reader keep the file size flat;
  *     a reader holding an old snapshot makes it grow; after it ends the size
  *     is flat again; deleting everything lets the file shrink;
- *   - keel_db_readers lists open readers with their snapshot and lag.
+ *   - keel_db_readers lists open readers with their snapshot and lag;
+ *   - the read cache: an ended read txn kept for its thread is still ended
+ *     (KEEL_BADTXN, its cursors KEEL_BADCURSOR), publishes nothing, and its
+ *     next use sees the newest commit; threads that keep slots give them
+ *     back when the table is full; 24 threads read while a writer commits
+ *     and the handle closes with their txns kept.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -807,6 +812,116 @@ static void test_readers_list(void **state)
     tu_remove(path);
 }
 
+/* ---- the read cache (txn.c): a thread keeps its read txn object and slot ---- */
+
+struct cache_reader {
+    keel_db *db;
+    int txns;
+    _Atomic int *failures;
+    pthread_barrier_t *hold; /* NULL: end at once */
+};
+
+/* txns read txns, each checking that a == b (the writer keeps them equal) */
+static void *cache_reader_main(void *arg)
+{
+    struct cache_reader *a = arg;
+    for (int i = 0; i < a->txns; i++) {
+        keel_txn *r;
+        keel_val va, vb;
+        if (keel_begin(a->db, KEEL_RDONLY, &r)) {
+            atomic_fetch_add(a->failures, 1);
+            continue;
+        }
+        int rc = keel_get(r, 0, tu_val("a"), &va) | keel_get(r, 0, tu_val("b"), &vb);
+        if (rc || va.len != vb.len || memcmp(va.data, vb.data, va.len))
+            atomic_fetch_add(a->failures, 1);
+        keel_abort(r);
+    }
+    if (a->hold) /* stay alive holding the kept slot until every thread has read */
+        pthread_barrier_wait(a->hold);
+    return NULL;
+}
+
+static void put_pair(keel_db *db, int i)
+{
+    keel_txn *w;
+    OK(keel_begin(db, 0, &w));
+    OK(keel_put(w, 0, tu_val("a"), (keel_val){&i, sizeof i}, 0));
+    OK(keel_put(w, 0, tu_val("b"), (keel_val){&i, sizeof i}, 0));
+    OK(keel_commit(w));
+}
+
+static void test_read_cache(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "mvcc-read-cache");
+    keel_options o = {.flags = KEEL_NOSYNC, .max_readers = 4};
+    keel_db *db;
+    OK(keel_open(path, &o, &db));
+    put_pair(db, 0);
+
+    /* an ended read txn, kept for this thread, is still a finished txn */
+    keel_txn *r;
+    keel_val v;
+    OK(keel_begin(db, KEEL_RDONLY, &r));
+    keel_cursor *c;
+    OK(keel_cursor_open(r, 0, &c));
+    keel_val k;
+    OK(keel_cursor_first(c, &k, &v));
+    keel_abort(r);
+    assert_int_equal(keel_get(r, 0, tu_val("a"), &v), KEEL_BADTXN);
+    assert_int_equal(keel_cursor_next(c, &k, &v), KEEL_BADCURSOR);
+    keel_cursor_close(c);
+    size_t count = 9;
+    OK(keel_db_readers(db, NULL, 0, &count));
+    assert_int_equal(count, 0); /* the kept slot publishes nothing */
+    /* ... and the next read txn of the thread sees the newest commit */
+    put_pair(db, 7);
+    OK(keel_begin(db, KEEL_RDONLY, &r));
+    OK(keel_get(r, 0, tu_val("a"), &v));
+    assert_int_equal(*(const int *)v.data, 7);
+    keel_abort(r);
+
+    /* eight threads alive at once, each keeping a slot, on four slots: the
+     * ones that find none free take back the kept ones */
+    _Atomic int failures = 0;
+    enum { HOLDERS = 8 };
+    pthread_barrier_t hold;
+    pthread_barrier_init(&hold, NULL, HOLDERS + 1);
+    pthread_t th[24];
+    struct cache_reader ca[24];
+    for (int i = 0; i < HOLDERS; i++) {
+        ca[i] = (struct cache_reader){db, 1, &failures, &hold};
+        assert_int_equal(pthread_create(&th[i], NULL, cache_reader_main, &ca[i]), 0);
+    }
+    pthread_barrier_wait(&hold);
+    for (int i = 0; i < HOLDERS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&hold);
+    assert_int_equal(atomic_load(&failures), 0);
+    keel_close(db);
+
+    /* more threads than cache entries, reading while a writer commits; the
+     * handle closes with their kept txns in the cache */
+    o.max_readers = 0;
+    OK(keel_open(path, &o, &db));
+    int nthreads = 24, txns = (int)(300 * tu_scale());
+    for (int i = 0; i < nthreads; i++) {
+        ca[i] = (struct cache_reader){db, txns, &failures, NULL};
+        assert_int_equal(pthread_create(&th[i], NULL, cache_reader_main, &ca[i]), 0);
+    }
+    for (int i = 1; i <= 200; i++)
+        put_pair(db, i);
+    for (int i = 0; i < nthreads; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&failures), 0);
+    OK(keel_db_readers(db, NULL, 0, &count));
+    assert_int_equal(count, 0);
+    expect_clean(db);
+    keel_close(db);
+    tu_remove(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -816,6 +931,7 @@ int main(void)
         cmocka_unit_test(test_page_reuse),
         cmocka_unit_test(test_shrink),
         cmocka_unit_test(test_readers_list),
+        cmocka_unit_test(test_read_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
