@@ -14,7 +14,9 @@
  *     freelist_record, seal_commit and pager_write_out, in that order, lets the writer
  *     lock go and waits for its commit to be durable (group_wait).
  *   - Txn objects are recycled through the db, so a finished txn is
- *     recognisable (KEEL_BADTXN) until its memory is reused.
+ *     recognisable (KEEL_BADTXN) until its memory is reused.  A thread
+ *     keeps its ended read txn, object and reader slot, for its next one
+ *     (the read cache): no lock, no shared cache line written.
  *   - A child of a write txn (txn_begin_nested) takes over its parent's
  *     working state; the parent is a shell (TXN_PARENT: every use answers
  *     KEEL_BADTXN) until the child ends.  Its commit hands the state back
@@ -63,6 +65,15 @@ static keel_txn *txn_get(keel_db *db)
 
 static void txn_put(keel_txn *t);
 
+/* A finished txn: using it answers KEEL_BADTXN, its cursors KEEL_BADCURSOR. */
+static void txn_mark_ended(keel_txn *t)
+{
+    t->magic = TXN_DEAD;
+    for (keel_cursor *c = t->cursors; c; c = c->next)
+        c->txn = NULL; /* detached */
+    t->cursors = NULL;
+}
+
 /* ---- the read cache (struct read_cache_entry) ----
  * A cached txn stays on the live list (leaving it is what takes the lock),
  * reading nothing: its live_snapshot says so to bucket_reclaim, its magic
@@ -101,10 +112,7 @@ static bool read_cache_put(keel_db *db, keel_txn *t)
     if (atomic_load_explicit(e, memory_order_relaxed))
         return false;
     reader_idle(&db->lock, t->slot);
-    t->magic = TXN_DEAD;
-    for (keel_cursor *c = t->cursors; c; c = c->next)
-        c->txn = NULL; /* detached: further use gives KEEL_BADCURSOR */
-    t->cursors = NULL;
+    txn_mark_ended(t);
     atomic_store_explicit(&t->live_snapshot, UINT64_MAX, memory_order_relaxed);
     keel_txn *none = NULL;
     return atomic_compare_exchange_strong_explicit(e, &none, t, memory_order_release, memory_order_relaxed);
@@ -127,10 +135,7 @@ void txn_drain_read_cache(keel_db *db)
 static void txn_put(keel_txn *t)
 {
     keel_db *db = t->db;
-    t->magic = TXN_DEAD;
-    for (keel_cursor *c = t->cursors; c; c = c->next)
-        c->txn = NULL; /* detached: further use gives KEEL_BADCURSOR */
-    t->cursors = NULL;
+    txn_mark_ended(t);
     /* one critical section in the common case (no dead bucket handles) */
     pthread_mutex_lock(&db->mu);
     if (t->live_prev || db->live_txns == t) { /* unlink from the live list */
