@@ -212,6 +212,16 @@ static int load(keel_cursor *c, keel_val *key, keel_val *val)
     return rc ? rc : load_entry(c, &e, key, val);
 }
 
+/* Asks for every cache line of a leaf at once.  A run of next_dup reads
+ * the nodes in key order, which is not their order in the page (a node
+ * lies where it was inserted): one cache miss after another, that the
+ * prefetcher cannot guess.  So does any walk through a leaf (step). */
+static void prefetch_leaf(const uint8_t *page, uint32_t ps)
+{
+    for (uint32_t off = 0; off < ps; off += 64)
+        __builtin_prefetch(page + off);
+}
+
 /* Move the path one entry forward (dir > 0) or back; KEEL_NOTFOUND at the end. */
 static int step(keel_cursor *c, const struct tree_desc *t, int dir)
 {
@@ -241,6 +251,7 @@ static int step(keel_cursor *c, const struct tree_desc *t, int dir)
     int rc = node_at(c->page[up], c->idx[up], ps, &n);
     if (rc || (rc = descend(c, t, branch_node_child(n), branch_node_sum(n), up + 1, dir < 0)))
         return rc;
+    prefetch_leaf(c->page[level], ps); /* a walk goes on through it */
     /* Into the next leaf the keys must go on growing (shrinking, going
      * back).  A damaged tree can share pages (a DAG): without this a walk
      * could come back to a leaf again and again, exponentially often.  One
@@ -783,16 +794,6 @@ int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout,
     rc = seek_bound(c, &pb, true, kout, vout);
     pair_bound_free(&pb);
     return rc;
-}
-
-/* Asks for every cache line of a leaf at once.  A run of next_dup reads
- * the nodes in key order, which is not their order in the page (a node
- * lies where it was inserted): one cache miss after another, that the
- * prefetcher cannot guess. */
-static void prefetch_leaf(const uint8_t *page, uint32_t ps)
-{
-    for (uint32_t off = 0; off < ps; off += 64)
-        __builtin_prefetch(page + off);
 }
 
 /* The common next_dup / prev_dup: the neighbour in the cursor's leaf (its
