@@ -202,31 +202,34 @@ int meta_select(int r0, const struct meta *m0, int r1, const struct meta *m1, ui
  * new txn id), so a txn begin compares instead of hashing.  Only in that
  * file: another file can hold the same meta bytes with a torn tail (a
  * crash), hence the handle's open_id, which no later open reuses. */
-static __thread struct {
+struct seen_metas {
     uint64_t open_id;
     struct meta m[2];
     uint8_t raw[2][META_SIZE]; /* m's bytes in the file (meta_encode: not the page's, which a writer may be changing) */
     size_t rawlen[2];
     bool ok[2];
-} meta_seen;
+};
+static __thread struct seen_metas meta_seen; /* reached through a pointer taken once: each use of a
+                                                thread-local in a shared library is a call */
 
 static int meta_check_seen(const keel_db *db, unsigned slot, struct meta *out)
 {
     const uint8_t *p = db->map + (size_t)slot * db->psize;
-    if (meta_seen.open_id != db->open_id) {
-        meta_seen.open_id = db->open_id;
-        meta_seen.ok[0] = meta_seen.ok[1] = false;
+    struct seen_metas *seen = &meta_seen;
+    if (seen->open_id != db->open_id) {
+        seen->open_id = db->open_id;
+        seen->ok[0] = seen->ok[1] = false;
     }
-    if (meta_seen.ok[slot] && !memcmp(p, meta_seen.raw[slot], meta_seen.rawlen[slot])) {
-        *out = meta_seen.m[slot];
+    if (seen->ok[slot] && !memcmp(p, seen->raw[slot], seen->rawlen[slot])) {
+        *out = seen->m[slot];
         return 0;
     }
     int rc = meta_check(p, db->psize, db->psize, out);
     if (!rc) {
-        meta_seen.m[slot] = *out;
-        meta_seen.rawlen[slot] = meta_encode(out, meta_seen.raw[slot]);
+        seen->m[slot] = *out;
+        seen->rawlen[slot] = meta_encode(out, seen->raw[slot]);
     }
-    meta_seen.ok[slot] = rc == 0;
+    seen->ok[slot] = rc == 0;
     return rc;
 }
 
@@ -279,13 +282,14 @@ int meta_newest(keel_db *db, struct meta *out, unsigned *slot) { return newest_u
  * meta that a later commit of the same txn id overwrote does not). */
 static bool visible_seen(const keel_db *db, uint64_t visible, struct meta *out)
 {
-    if (meta_seen.open_id != db->open_id)
+    const struct seen_metas *seen = &meta_seen;
+    if (seen->open_id != db->open_id)
         return false;
     for (unsigned s = 0; s < 2; s++) {
-        if (meta_seen.ok[s] && meta_seen.m[s].txnid == visible &&
-            !memcmp(db->map + (size_t)s * db->psize, meta_seen.raw[s], meta_seen.rawlen[s]) &&
-            !meta_is_bad(&meta_seen.m[s], lockfile_bad_meta(&db->lock))) {
-            *out = meta_seen.m[s];
+        if (seen->ok[s] && seen->m[s].txnid == visible &&
+            !memcmp(db->map + (size_t)s * db->psize, seen->raw[s], seen->rawlen[s]) &&
+            !meta_is_bad(&seen->m[s], lockfile_bad_meta(&db->lock))) {
+            *out = seen->m[s];
             return true;
         }
     }
