@@ -34,7 +34,8 @@
 #include "internal.h"
 
 /* Bytewise order, a prefix first.  The first 8 bytes are compared as one
- * big-endian word: most comparisons end there without a call to memcmp. */
+ * big-endian word, and when they tie the next 8: most comparisons end
+ * there without a call to memcmp. */
 static inline int key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {
     size_t n = alen < blen ? alen : blen;
@@ -53,6 +54,16 @@ static inline int key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_
             if (a[i] != b[i])
                 return a[i] < b[i] ? -1 : 1;
         return alen < blen ? -1 : alen > blen;
+    }
+    if (n >= 16) { /* the pair keys of one key in a DUPSORT tree (format.h) share their first word */
+        uint64_t x, y;
+        memcpy(&x, a + 8, 8);
+        memcpy(&y, b + 8, 8);
+        if (x != y) {
+            x = __builtin_bswap64(x);
+            y = __builtin_bswap64(y);
+            return x < y ? -1 : 1;
+        }
     }
     int c = memcmp(a + 8, b + 8, n - 8);
     if (c)
