@@ -38,8 +38,15 @@ static int out_status(FILE *out)
     return errno ? errno : EIO;
 }
 
+int dump_name_writable(const char *name, size_t len)
+{
+    return !memchr(name, '\n', len) && !(len && name[len - 1] == '\r');
+}
+
 int dump_write_header(FILE *out, const struct dump_info *h)
 {
+    if (h->database && !dump_name_writable(h->database, strlen(h->database)))
+        return EINVAL;
     fprintf(out, "VERSION=%d\n", DUMP_VERSION);
     fprintf(out, "format=%s\n", h->print ? "print" : "bytevalue");
     if (h->database)
@@ -464,6 +471,8 @@ static int header_line(struct parse *ps, struct dump_section *s, char *line, siz
             return parse_fail(ps, DUMP_EINPUT, ln, "empty database name");
         if (memchr(v, '\0', vlen))
             return parse_fail(ps, DUMP_EINPUT, ln, "database name holds a NUL byte");
+        if (!dump_name_writable(v, vlen)) /* a line "database=x\r\r\n" */
+            return parse_fail(ps, DUMP_EINPUT, ln, "database name ends in a carriage return");
         char *d = malloc(vlen + 1);
         if (!d)
             return parse_fail(ps, DUMP_ENOMEM, ln, "out of memory");

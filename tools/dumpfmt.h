@@ -38,7 +38,13 @@ struct dump_info { /* one section's header */
 };
 
 /* Each answers 0, or errno when writing failed (ferror). */
+/* EINVAL (nothing written) when h->database cannot be written (below). */
 int dump_write_header(FILE *out, const struct dump_info *h);
+/* Can a database name be written as database=NAME?  The line has no
+ * escapes: no newline, and no CR at its end, which a reader takes for the
+ * CR of a CR LF.  The parser refuses such a name too, so what it accepts
+ * writes back the same. */
+int dump_name_writable(const char *name, size_t len);
 int dump_write_record(FILE *out, int print, const void *key, size_t klen, const void *val, size_t vlen);
 int dump_write_end(FILE *out);
 

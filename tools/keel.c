@@ -441,10 +441,11 @@ static int dump_bucket(struct dumper *d, const char *name)
     keel_bucket b;
     if (open_bucket(d->txn, name, 0, &b))
         return EXIT_FAIL;
-    if (name && strchr(name, '\n')) { /* database= is one line: the format has no escape for it */
+    if (name && !dump_name_writable(name, strlen(name))) { /* database= is one line: the format has no escape */
         char nb[KEEL_MAX_BUCKET_NAME * 3 + 8];
-        fprintf(stderr, "keel: dump bucket '%s': its name holds a newline, which the dump format cannot carry "
-                        "(database=NAME is one line, without escapes); rename the bucket to dump it\n",
+        fprintf(stderr, "keel: dump bucket '%s': its name holds a newline or ends in a carriage return, which the "
+                        "dump format cannot carry (database=NAME is one line, without escapes); rename the bucket "
+                        "to dump it\n",
                 shown(name, strlen(name), nb, sizeof nb));
         return EXIT_FAIL;
     }
