@@ -245,6 +245,20 @@ static void put(keel_txn *t, keel_bucket b, const void *k, size_t kl, const void
     OK(keel_put(t, b, (keel_val){k, kl}, (keel_val){v, vl}, 0));
 }
 
+/* Creates bucket name in the database at path, holding k -> v. */
+static void bucket_with_one_key(const char *path, const char *name)
+{
+    keel_db *db;
+    keel_txn *t;
+    keel_bucket b;
+    OK(keel_open(path, NULL, &db));
+    OK(keel_begin(db, 0, &t));
+    OK(keel_bucket_open(t, name, KEEL_CREATE, &b));
+    put(t, b, "k", 1, "v", 1);
+    OK(keel_commit(t));
+    keel_close(db);
+}
+
 /* A database with binary keys and values, empty and overflow values, keys
  * with spaces, backslashes and newlines, two named buckets, and (ttls)
  * absolute expiry times far in the future on some keys. */
@@ -2688,15 +2702,7 @@ static void test_crlf_and_long_lines(void **state)
     free(big);
 
     /* a bucket name with a newline: the real reason */
-    keel_db *db;
-    keel_txn *t;
-    keel_bucket b;
-    OK(keel_open(path_c, NULL, &db));
-    OK(keel_begin(db, 0, &t));
-    OK(keel_bucket_open(t, "two\nlines", KEEL_CREATE, &b));
-    put(t, b, "k", 1, "v", 1);
-    OK(keel_commit(t));
-    keel_close(db);
+    bucket_with_one_key(path_c, "two\nlines");
     struct run r = KEEL(NULL, "dump", "-a", path_c);
     assert_int_equal(r.code, 2);
     assert_non_null(strstr(r.err, "'two\\0alines': its name holds a newline or ends in a carriage return, which "
@@ -2707,12 +2713,7 @@ static void test_crlf_and_long_lines(void **state)
     /* ... or one that ends in a CR: written, it would come back without it
      * (a reader takes it for the CR of a CR LF); a dump that holds one is
      * refused (fuzz_dump's finding) */
-    OK(keel_open(path_c, NULL, &db));
-    OK(keel_begin(db, 0, &t));
-    OK(keel_bucket_open(t, "cr\r", KEEL_CREATE, &b));
-    put(t, b, "k", 1, "v", 1);
-    OK(keel_commit(t));
-    keel_close(db);
+    bucket_with_one_key(path_c, "cr\r");
     r = KEEL(NULL, "dump", "-s", "cr\r", path_c);
     assert_int_equal(r.code, 2);
     assert_non_null(strstr(r.err, "ends in a carriage return"));
