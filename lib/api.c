@@ -110,7 +110,7 @@ int keel_bucket_flags(keel_txn *txn, keel_bucket b, unsigned *flags)
 
 /* ---- data ---- */
 size_t keel_max_key_size(const keel_db *db) { return db ? db->max_key : 0; }
-size_t keel_max_pair_size(const keel_db *db) { return db ? db->max_pair_key - PAIR_TERM_SIZE : 0; }
+size_t keel_max_pair_size(const keel_db *db) { return db ? db->max_counted_pair_key - PAIR_TERM_SIZE : 0; }
 
 int check_key(keel_txn *txn, keel_val key)
 {

@@ -1414,7 +1414,10 @@ static int rebalance(keel_txn *txn, struct tree_desc *t, struct bt_path *path, i
 
 /* Deletes key; with live_only, an entry whose expiry is <= txn->now counts
  * as absent and is left alone (a failed call changes nothing). */
-static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry, bool live_only)
+/* count: the deleted node's value when it is a pair count (PAIR_COUNT_SIZE
+ * bytes, inline), else 0 */
+static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry, bool live_only,
+                     uint64_t *count)
 {
     struct bt_path path;
     bool exact;
@@ -1438,6 +1441,9 @@ static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *
     const uint8_t *old = node_ptr(leaf, path.idx[lv]);
     if (old_expiry)
         *old_expiry = leaf_node_expiry(old);
+    if (count)
+        *count = !(leaf_node_flags(old) & N_BIG) && leaf_node_vsize(old) == PAIR_COUNT_SIZE
+                     ? rd64(leaf_node_val(old)) : 0;
     if (leaf_node_flags(old) & N_BIG) {
         uint64_t ov;
         uint32_t onp;
@@ -1453,12 +1459,52 @@ static int del_entry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *
 
 int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry)
 {
-    return del_entry(txn, t, key, old_expiry, false);
+    return del_entry(txn, t, key, old_expiry, false, NULL);
 }
 
 int bt_del_live(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry)
 {
-    return del_entry(txn, t, key, old_expiry, true);
+    return del_entry(txn, t, key, old_expiry, true, NULL);
+}
+
+int bt_del_pair(keel_txn *txn, struct tree_desc *t, keel_val key, bool live_only, int64_t *old_expiry,
+                uint64_t *count)
+{
+    return del_entry(txn, t, key, old_expiry, live_only, count);
+}
+
+int bt_update_value(keel_txn *txn, struct tree_desc *t, struct bt_path *path, const void *val, size_t len)
+{
+    int lv = leaf_level(path);
+    const uint8_t *cur;
+    int rc = node_at(path->page[lv], path->idx[lv], txn->db->node_end, &cur);
+    if (rc)
+        return rc;
+    if ((leaf_node_flags(cur) & N_BIG) || leaf_node_vsize(cur) < len)
+        return CORRUPT(path->pgno[lv]);
+    if ((rc = touch_path(txn, t, path)))
+        return rc;
+    uint8_t *leaf = path->page[lv], *n = node_mut(leaf, path->idx[lv]);
+    txn->changes++;
+    if (leaf_node_vsize(n) == len) {
+        memcpy(n + (leaf_node_val(n) - n), val, len);
+        return 0;
+    }
+    /* shorter: the node rebuilt in its place (the page only gains room) */
+    unsigned f = leaf_node_flags(n);
+    size_t ks = leaf_node_ksize(n), size = leaf_node_size_for(f, ks, len);
+    uint8_t stackbuf[512];
+    uint8_t *node = size <= sizeof(stackbuf) ? stackbuf : os_malloc(size);
+    if (!node)
+        return KEEL_NOMEM;
+    uint8_t *v = leaf_node_write(node, f, leaf_node_key(n), ks, (uint32_t)len, leaf_node_expiry(n));
+    if (len)
+        memcpy(v, val, len);
+    page_remove_node(leaf, path->idx[lv]);
+    page_insert_node(leaf, path->idx[lv], node, size);
+    if (node != stackbuf)
+        os_free(node);
+    return 0;
 }
 
 int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expiry, int64_t *old_expiry)

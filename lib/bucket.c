@@ -498,7 +498,8 @@ static int desc_from_value(keel_txn *txn, keel_val v, struct tree_desc *d)
     memset(d, 0, sizeof(*d));
     memcpy(d, v.data, v.len);
     if ((d->root && (d->root < 2 || d->root >= txn->meta.npages)) || d->depth > KEEL_MAX_DEPTH ||
-        (d->root == 0) != (d->depth == 0) || d->id == 0 || (d->flags & ~TREE_F_KNOWN))
+        (d->root == 0) != (d->depth == 0) || d->id == 0 || (d->flags & ~TREE_F_KNOWN) ||
+        (d->flags & (TREE_F_DUPSORT | TREE_F_COUNTED)) == TREE_F_COUNTED)
         return CORRUPT(0);
     return 0;
 }
@@ -694,8 +695,8 @@ int bucket_open(keel_txn *txn, const char *name, unsigned flags, keel_bucket *ou
             return KEEL_FULL;
         s->desc.id = (uint32_t)txn->meta.next_bucket_id++;
         if (flags & KEEL_DUPSORT) {
-            s->desc.flags = TREE_F_DUPSORT;
-            txn->meta.flags |= META_F_DUPSORT; /* older libraries refuse the file from here on */
+            s->desc.flags = TREE_F_DUPSORT | TREE_F_COUNTED;
+            txn->meta.flags |= META_F_DUPSORT | META_F_DUPCOUNT; /* older libraries refuse the file from here on */
         }
         s->state = BUCKET_PRESENT;
         s->dirty = true;

@@ -29,6 +29,11 @@ struct checker {
     uint8_t last[KEEL_MAX_PAGE_SIZE / 2]; /* ... the escaped key of the last pair walked, */
     size_t lastlen;   /*     its length (0: none yet) */
     int64_t lastexp;  /*     and its expiry: every pair of a key has the same */
+    bool counted;     /* TREE_F_COUNTED: the key's first pair carries its count, */
+    uint64_t carried; /*     what the last key's first pair carries */
+    uint64_t pairs;   /*     and the pairs of that key walked so far */
+    uint64_t carrier_pg; /*   where that first pair is */
+    unsigned carrier_i;
     /* counted while walking */
     uint64_t entries, branch, leaf, overflow;
     uint64_t expiring; /* leaf entries with an expiry time, over all buckets */
@@ -113,14 +118,25 @@ static bool check_sum(struct checker *ck, const uint8_t *page, size_t len, uint6
     return false;
 }
 
-/* A DUPSORT leaf entry: a well-formed pair key with an empty value, whose
- * expiry is its key's; the index holds one entry per expiring key. */
+/* COUNTED: the last key's pairs are all walked. */
+static void check_key_count(struct checker *ck)
+{
+    if (ck->counted && ck->lastlen && ck->carried != ck->pairs)
+        problem(ck, "page %llu node %u: the key's first pair counts %llu pairs, the tree holds %llu",
+                (unsigned long long)ck->carrier_pg, ck->carrier_i, (unsigned long long)ck->carried,
+                (unsigned long long)ck->pairs);
+}
+
+/* A DUPSORT leaf entry: a well-formed pair key with an empty value (in a
+ * COUNTED tree, the first pair of a key: its key's count), whose expiry is
+ * its key's; the index holds one entry per expiring key. */
 static void check_pair(struct checker *ck, uint64_t pg, unsigned i, const uint8_t *nd, const uint8_t *k, size_t kl)
 {
     size_t part = pair_key_part(k, kl);
-    if (part == 0 || (leaf_node_flags(nd) & N_BIG) || leaf_node_vsize(nd) != 0) {
-        problem(ck, "page %llu node %u: not a DUPSORT pair (key and value in its key, empty value)",
-                (unsigned long long)pg, i);
+    uint32_t vsize = leaf_node_vsize(nd);
+    if (part == 0 || (leaf_node_flags(nd) & N_BIG) || (vsize != 0 && !(ck->counted && vsize == PAIR_COUNT_SIZE))) {
+        problem(ck, "page %llu node %u: not a DUPSORT pair (key and value in its key, %s)", (unsigned long long)pg,
+                i, ck->counted ? "an empty value or a count" : "an empty value");
         return;
     }
     if (part - (pair_key_escaped_len(k, part) - part) > ck->txn->db->max_key) /* each 00 FF is one byte */
@@ -133,8 +149,18 @@ static void check_pair(struct checker *ck, uint64_t pg, unsigned i, const uint8_
         if (exp != ck->lastexp)
             problem(ck, "page %llu node %u: the values of one key expire at different times", (unsigned long long)pg,
                     i);
+        if (vsize)
+            problem(ck, "page %llu node %u: a count on a pair other than its key's first", (unsigned long long)pg, i);
+        ck->pairs++;
         return;
     }
+    check_key_count(ck);
+    if (ck->counted && vsize != PAIR_COUNT_SIZE)
+        problem(ck, "page %llu node %u: the key's first pair carries no count", (unsigned long long)pg, i);
+    ck->carried = vsize == PAIR_COUNT_SIZE ? rd64(leaf_node_val(nd)) : 0;
+    ck->pairs = 1;
+    ck->carrier_pg = pg;
+    ck->carrier_i = i;
     if (exp)
         ck->expiring++;
     memcpy(ck->last, k, part);
@@ -239,6 +265,7 @@ static void check_tree(struct checker *ck, const char *name, uint32_t tag, const
     ck->max_key = max_key;
     ck->entries = ck->branch = ck->leaf = ck->overflow = 0;
     ck->dup = t->flags & TREE_F_DUPSORT;
+    ck->counted = t->flags & TREE_F_COUNTED;
     ck->lastlen = 0;
     if (t->root == 0) {
         if (t->entries || t->branch_pages || t->leaf_pages || t->overflow_pages)
@@ -250,6 +277,7 @@ static void check_tree(struct checker *ck, const char *name, uint32_t tag, const
         return;
     }
     walk(ck, t->root, t->root_sum, 0, t->depth, (struct bound){0}, (struct bound){0});
+    check_key_count(ck);
     if (ck->entries != t->entries)
         problem(ck, "%llu entries found, descriptor says %llu", (unsigned long long)ck->entries,
                 (unsigned long long)t->entries);

@@ -155,12 +155,19 @@ static __attribute__((noinline)) int remember_key(keel_cursor *c, const uint8_t 
     return 0;
 }
 
+/* A pair node's value: empty, or (a COUNTED tree's first pair of a key)
+ * the key's count; keel_check tells which a pair must have. */
+static inline bool pair_value_ok(const struct entry *e)
+{
+    return !(e->flags & N_BIG) && (e->vlen == 0 || e->vlen == PAIR_COUNT_SIZE);
+}
+
 /* A DUPSORT entry's key and value, from its pair key: the key unescaped
  * into c->dupkey when it holds a zero byte, else pointing into the node. */
 static __attribute__((noinline)) int load_pair(keel_cursor *c, const struct entry *e, keel_val *key, keel_val *val)
 {
     size_t kpart = pair_key_part(e->key, e->klen);
-    if (kpart == 0 || e->vlen != 0 || (e->flags & N_BIG))
+    if (kpart == 0 || !pair_value_ok(e))
         return CORRUPT(c->pgno[c->depth - 1]);
     keel_val k = {e->key, kpart};
     if (key && memchr(e->key, 0, kpart)) {
@@ -542,7 +549,7 @@ void cursor_release(keel_cursor *c)
     c->keycap = 0;
 }
 
-int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry)
+int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry, uint64_t *count)
 {
     KEEL_ASSERT(c->state != CUR_UNSET); /* keel_cursor_del answers that before any change */
     int rc = resync(c, t);
@@ -551,7 +558,7 @@ int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry)
     if (c->state != CUR_ON || expired_here(c)) /* an expired entry is absent, as for keel_del */
         return KEEL_NOTFOUND;
     /* the next move searches for the deleted key and lands on its successor */
-    return bt_del(c->txn, t, (keel_val){c->keybuf, c->keylen}, old_expiry);
+    return bt_del_pair(c->txn, t, (keel_val){c->keybuf, c->keylen}, false, old_expiry, count);
 }
 
 /* ---- DUPSORT moves ------------------------------------------------------
@@ -613,16 +620,24 @@ int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair
     return 0;
 }
 
+/* The count a COUNTED tree's first pair of a key carries (format.h). */
+static int carried_count(const struct entry *e, uint64_t pgno, uint64_t *count)
+{
+    if ((e->flags & N_BIG) || e->vlen != PAIR_COUNT_SIZE)
+        return CORRUPT(pgno);
+    *count = rd64(e->key + e->klen);
+    return 0;
+}
+
 /* For dup_put: one search for the whole pair key pb, its path in *path
  * (for bt_insert_at; depth 0: the tree is empty).  *exact: the pair is
  * there (expired or not); *present: the key has a pair, with *expiry its
  * expiry (every pair of a key has the same).  The key's pairs are
  * neighbours, so the entry found or the one before it tells. */
 int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb,
-                          struct bt_path *path, bool *present, bool *exact, int64_t *expiry)
+                          struct bt_path *path, struct pair_place *pp)
 {
-    *present = *exact = false;
-    *expiry = 0;
+    *pp = (struct pair_place){0};
     bool ex;
     int rc = bt_search(txn, t, pb->k, pb->len, path, &ex);
     if (rc)
@@ -635,10 +650,19 @@ int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct
         if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
             return rc;
         if (begins_with(e.key, e.klen, pb->k, pb->keylen)) {
-            *present = true;
-            *exact = ex;
-            *expiry = e.expiry;
-            return 0;
+            pp->present = true;
+            pp->exact = ex;
+            pp->expiry = e.expiry;
+            if (ex || !(t->flags & TREE_F_COUNTED))
+                return 0;
+            /* COUNTED: the entry found is the key's first pair (the one
+             * pair with a value) when this pair goes before all of them */
+            if (e.vlen == 0)
+                return 0;
+            pp->first = true;
+            pp->next_key = e.key;
+            pp->next_klen = e.klen;
+            return carried_count(&e, c.pgno[c.depth - 1], &pp->next_count);
         }
         rc = step(&c, t, -1);
     } else if (rc == KEEL_NOTFOUND) { /* nothing from the pair on: the last entry comes before it */
@@ -649,8 +673,8 @@ int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct
     if ((rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
         return rc;
     if (begins_with(e.key, e.klen, pb->k, pb->keylen)) {
-        *present = true;
-        *expiry = e.expiry;
+        pp->present = true;
+        pp->expiry = e.expiry;
     }
     return 0;
 }
@@ -832,7 +856,7 @@ static int move_dup_in_leaf(keel_cursor *c, keel_val *key, keel_val *val, int di
     size_t plen = c->dup_part + PAIR_TERM_SIZE;
     if (!begins_with(nb.key, nb.klen, c->dup_key, plen))
         return KEEL_NOTFOUND;
-    if ((nb.expiry != 0 && nb.expiry <= c->txn->now && !c->all) || nb.vlen != 0 || (nb.flags & N_BIG))
+    if ((nb.expiry != 0 && nb.expiry <= c->txn->now && !c->all) || !pair_value_ok(&nb))
         return MOVE_DUP_GENERAL;
     if (!rdonly || (key && !c->dup_plain)) {
         int rc = load_entry(c, &nb, key, val);
@@ -1077,6 +1101,74 @@ static int count_in_leaves(keel_cursor *c, const struct tree_desc *t, uint64_t *
     return rc;
 }
 
+int cursor_find_carrier(keel_txn *txn, const struct tree_desc *t, const uint8_t *pfx, size_t plen,
+                        struct bt_path *path, uint64_t *count)
+{
+    keel_cursor c;
+    c.txn = txn;
+    bool exact;
+    int rc = bt_search(txn, t, pfx, plen, path, &exact);
+    if (rc == 0)
+        rc = enter_path(&c, t, path); /* a step to the next leaf if the key's pairs begin there */
+    struct entry e;
+    if (rc || (rc = leaf_entry(c.page[c.depth - 1], c.idx[c.depth - 1], txn->db->node_end, &e)))
+        return rc == KEEL_NOTFOUND ? CORRUPT(0) : rc;
+    if (!begins_with(e.key, e.klen, pfx, plen))
+        return CORRUPT(c.pgno[c.depth - 1]); /* a count is owed to a key without pairs */
+    for (int l = 0; l < c.depth; l++) {
+        path->pgno[l] = c.pgno[l];
+        path->page[l] = (uint8_t *)c.page[l];
+        path->idx[l] = c.idx[l];
+    }
+    return carried_count(&e, c.pgno[c.depth - 1], count);
+}
+
+/* COUNTED: the key's first pair is the cursor's entry or before it in its
+ * leaf (a binary search back), or else found by a search. */
+static int stored_count(keel_cursor *c, const struct tree_desc *t, uint64_t *count)
+{
+    int lv = c->depth - 1;
+    const uint8_t *page = c->page[lv];
+    uint32_t ps = c->txn->db->node_end;
+    unsigned b = c->idx[lv];
+    struct entry e;
+    int rc = leaf_entry(page, b, ps, &e);
+    if (rc)
+        return rc;
+    size_t plen = pair_key_part(e.key, e.klen) + PAIR_TERM_SIZE;
+    if (plen == PAIR_TERM_SIZE)
+        return CORRUPT(c->pgno[lv]);
+    if (e.vlen) /* the key's first pair: the one pair that carries a value */
+        return carried_count(&e, c->pgno[lv], count);
+    const uint8_t *pfx = e.key;
+    int in = b > 0 ? entry_in_key(page, b - 1, ps, pfx, plen) : 1; /* at 0: they may begin in the leaf before */
+    if (in == 1 && b > 0 && (in = entry_in_key(page, 0, ps, pfx, plen)) == 0) {
+        unsigned a = 0; /* entry a is another key's, entry b this key's */
+        while (b - a > 1) {
+            unsigned m = a + (b - a) / 2;
+            if ((in = entry_in_key(page, m, ps, pfx, plen)) < 0)
+                return CORRUPT(c->pgno[lv]);
+            *(in ? &b : &a) = m;
+        }
+        in = 0;
+    }
+    if (in < 0)
+        return CORRUPT(c->pgno[lv]);
+    if (in == 0)
+        return (rc = leaf_entry(page, b, ps, &e)) ? rc : carried_count(&e, c->pgno[lv], count);
+    /* the key's pairs begin in an earlier leaf */
+    uint8_t copy[512];
+    uint8_t *k = plen <= sizeof copy ? copy : os_malloc(plen);
+    if (!k)
+        return KEEL_NOMEM;
+    memcpy(k, pfx, plen);
+    struct bt_path path;
+    rc = cursor_find_carrier(c->txn, t, k, plen, &path, count);
+    if (k != copy)
+        os_free(k);
+    return rc;
+}
+
 int cursor_count(keel_cursor *c, uint64_t *count)
 {
     struct tree_desc *t;
@@ -1085,6 +1177,18 @@ int cursor_count(keel_cursor *c, uint64_t *count)
         return rc;
     if (!c->dup) {
         *count = 1;
+        return 0;
+    }
+    if (t->flags & TREE_F_COUNTED) {
+        if ((rc = stored_count(c, t, count)) || c->txn->rdonly)
+            return rc;
+        struct entry e; /* and what this write txn owes the key (dupcount.c) */
+        if ((rc = leaf_entry(c->page[c->depth - 1], c->idx[c->depth - 1], c->txn->db->node_end, &e)))
+            return rc;
+        int64_t n = (int64_t)*count + dupcount_pending(c->txn, t->id, e.key, pair_key_part(e.key, e.klen) + PAIR_TERM_SIZE);
+        if (n <= 0)
+            return CORRUPT(c->pgno[c->depth - 1]);
+        *count = (uint64_t)n;
         return 0;
     }
     if ((rc = count_in_leaves(c, t, count)) != MOVE_DUP_GENERAL)

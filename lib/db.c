@@ -453,6 +453,7 @@ static int db_load(keel_db *db, const char *path, const keel_options *o, bool *c
     db->inline_max = db->max_node;
     db->max_key = format_max_key(db->node_end, db->summed);
     db->max_pair_key = format_max_pair_key(db->node_end);
+    db->max_counted_pair_key = format_max_counted_pair_key(db->node_end);
     return 0;
 }
 

@@ -49,7 +49,14 @@ struct tree_desc {
  *   whose value is empty; the tree is ordered by key, then by value.  A
  *   file holding one has META_F_DUPSORT, which older libraries refuse. */
 #define TREE_F_DUPSORT 0x1u
-#define TREE_F_KNOWN TREE_F_DUPSORT
+/* COUNTED (with DUPSORT): each key's first pair carries the key's number of
+ *   pairs as its value (8 bytes, little-endian); every other pair's value is
+ *   empty.  Set on every DUPSORT tree created since; a file holding one has
+ *   META_F_DUPCOUNT.  A DUPSORT tree without it (made before) is counted
+ *   by a walk of its pairs, and its pairs carry no count. */
+#define TREE_F_COUNTED 0x2u
+#define TREE_F_KNOWN (TREE_F_DUPSORT | TREE_F_COUNTED)
+#define PAIR_COUNT_SIZE 8u
 #define TREE_DESC_V1_SIZE 48
 
 /* The meta page: at offset 0 of pages 0 and 1. */
@@ -86,8 +93,9 @@ struct meta {
 #define META_F_UNSYNCED 0x2u
 #define META_F_FREETAIL 0x4u
 #define META_F_DUPSORT 0x8u /* the file has (or had) a DUPSORT bucket (TREE_F_DUPSORT): never cleared */
-#define META_F_STICKY META_F_DUPSORT /* what the file holds: every commit keeps these */
-#define META_F_KNOWN (META_F_ONEFLUSH | META_F_UNSYNCED | META_F_FREETAIL | META_F_DUPSORT)
+#define META_F_DUPCOUNT 0x10u /* the file has (or had) a TREE_F_COUNTED tree: never cleared */
+#define META_F_STICKY (META_F_DUPSORT | META_F_DUPCOUNT) /* what the file holds: every commit keeps these */
+#define META_F_KNOWN (META_F_ONEFLUSH | META_F_UNSYNCED | META_F_FREETAIL | META_F_DUPSORT | META_F_DUPCOUNT)
 
 /* The commit list: at offset META_LIST_OFF of a ONEFLUSH meta's page.
  *   u32 nruns | u32 zero | u64 pages_sum | nruns x (u64 first pgno, u64 count)
@@ -311,6 +319,14 @@ static inline size_t format_max_key(uint32_t node_end, bool summed)
 static inline size_t format_max_pair_key(uint32_t node_end)
 {
     return format_max_node(node_end) - BRANCH_HDR - 8;
+}
+/* The longest pair key a put may add to a COUNTED tree: the key's first
+ * pair holds its count as well (a leaf node with an expiry and the count). */
+static inline size_t format_max_counted_pair_key(uint32_t node_end)
+{
+    size_t leaf_fit = format_max_node(node_end) - LEAF_HDR - 8 - PAIR_COUNT_SIZE;
+    size_t all = format_max_pair_key(node_end);
+    return leaf_fit < all ? leaf_fit : all;
 }
 
 /* The i-th node of a page, checked to lie inside its node area, which ends

@@ -2,7 +2,7 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> meta -> group -> pager -> btree -> cursor -> space -> bucket
+ *   os -> lockfile -> meta -> group -> pager -> btree, dupcount -> cursor -> space -> bucket
  *      -> expiry, relocate, seal -> dup -> kv -> txn -> ops, api, db      (copy, check, salvage)
  *
  * (space: space.c, the allocator, and freelist.c, the free tree on disk.)
@@ -265,6 +265,7 @@ struct keel_db {
     size_t known_mask;       /* its slots - 1 (a power of two) */
     size_t max_key;    /* longest key */
     size_t max_pair_key; /* longest pair key of a DUPSORT tree (format.h) */
+    size_t max_counted_pair_key; /* longest a put adds to a TREE_F_COUNTED tree (format.h) */
     size_t max_node;   /* biggest node: two always fit in a page */
     size_t inline_max; /* leaf nodes up to this size keep their value inline */
 
@@ -347,6 +348,12 @@ struct nest_undo {
     size_t xlog_n, xlog_used;  /* ... its length (a child appends to it) */
 };
 
+struct dupcount_entry;
+struct dupcount_table {
+    struct dupcount_entry *slots;
+    size_t cap, n;
+};
+
 struct keel_txn {
     uint32_t magic;
     keel_db *db;
@@ -376,6 +383,7 @@ struct keel_txn {
     uint8_t *scratch;  /* btree.c's buffer for rebuilding pages (two pages long) */
     int scratch_depth; /* btree.c: takes of it not given back yet */
     struct expiry_log xlog; /* expiry-tree changes not applied yet (expiry.c) */
+    struct dupcount_table dupcounts; /* pair counts not written yet (dupcount.c); a child has its own */
 
     /* nested write txns (txn.c): a child works in its parent's state
      * (dirty, space, bk, xlog, a copy of meta) and undoes it through undo */
@@ -586,6 +594,15 @@ int bt_del(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry
 /* bt_del, but an expired entry (expiry <= txn->now) is KEEL_NOTFOUND and stays */
 int bt_del_live(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t *old_expiry);
 int bt_set_expiry(keel_txn *txn, struct tree_desc *t, keel_val key, int64_t expiry, int64_t *old_expiry);
+/* bt_del (live_only: bt_del_live) that also tells the pair count the node
+ * carried (TREE_F_COUNTED: its PAIR_COUNT_SIZE-byte value), else 0 */
+int bt_del_pair(keel_txn *txn, struct tree_desc *t, keel_val key, bool live_only, int64_t *old_expiry,
+                uint64_t *count);
+/* Overwrites the inline value of the leaf node at path with len bytes, at
+ * most as many as it has (KEEL_CORRUPTED if not): copy-on-write of the
+ * path, no search, no split.  The page may end up a little emptier than
+ * the fill policy asks: for a caller that inserts next into it. */
+int bt_update_value(keel_txn *txn, struct tree_desc *t, struct bt_path *path, const void *val, size_t len);
 int bt_drop(keel_txn *txn, struct tree_desc *t); /* frees every page of the tree */
 int bt_check_page(keel_txn *txn, const uint8_t *page, uint64_t pgno, unsigned want_flags);
 int bt_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);
@@ -642,7 +659,8 @@ int cursor_prev(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_seek(keel_cursor *c, keel_val key, keel_val *kout, keel_val *vout);
 int cursor_current(keel_cursor *c, keel_val *key, keel_val *val);
 int cursor_expiry(keel_cursor *c, int64_t *unix_ms); /* the current entry's, 0 = none */
-int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry); /* the deleted key stays in c->keybuf */
+/* the deleted key stays in c->keybuf; *count: what it carried (bt_del_pair) */
+int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry, uint64_t *count);
 void cursor_release(keel_cursor *c); /* frees what an internal (stack) cursor allocated */
 /* DUPSORT: a pair-key bound, esc(key) + tail + val (format.h), in buf or a
  * malloc'd block that pair_bound_free releases */
@@ -656,8 +674,22 @@ int pair_bound(struct pair_bound *pb, keel_val key, const uint8_t tail[2], keel_
 void pair_bound_free(struct pair_bound *pb);
 int cursor_find_pair(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb, const uint8_t **key,
                      size_t *klen, int64_t *expiry);
+/* What cursor_find_pair_near found where a pair goes. */
+struct pair_place {
+    bool present;        /* the key has a pair (expired or not) */
+    bool exact;          /* ... and it is this one */
+    bool first;          /* COUNTED, present, not exact: no pair of the key comes before this one */
+    int64_t expiry;      /* present: the key's expiry */
+    uint64_t next_count; /* first: the count the key's first pair (the next entry) carries, */
+    const uint8_t *next_key; /* ... and its pair key, in a page the next change may move */
+    size_t next_klen;
+};
 int cursor_find_pair_near(keel_txn *txn, const struct tree_desc *t, const struct pair_bound *pb,
-                          struct bt_path *path, bool *present, bool *exact, int64_t *expiry);
+                          struct bt_path *path, struct pair_place *pp);
+/* COUNTED: the path to the key's first pair (pfx: the escaped key and
+ * PAIR_KEY_END) and the count it carries; KEEL_CORRUPTED if there is none */
+int cursor_find_carrier(keel_txn *txn, const struct tree_desc *t, const uint8_t *pfx, size_t plen,
+                        struct bt_path *path, uint64_t *count);
 /* DUPSORT moves (plain trees: a key has one value) */
 int cursor_seek_key(keel_cursor *c, keel_val key, keel_val *vout);
 int cursor_seek_pair(keel_cursor *c, keel_val key, keel_val val, keel_val *kout, keel_val *vout);
@@ -734,8 +766,27 @@ int expiry_next_due(struct expiry_due *d);
 int expiry_remove_due(struct expiry_due *d);
 void expiry_due_end(struct expiry_due *d);
 
+/* ---- dupcount.c: pair counts a write txn owes (see there) --------------- */
+int dupcount_add(keel_txn *txn, uint32_t tree_id, const uint8_t *k, size_t len, int64_t delta);
+/* The slot of (tree_id, k) asked for early (its line is likely far in
+ * memory), and the hash for dupcount_add_hashed with the same key later. */
+uint64_t dupcount_prefetch(keel_txn *txn, uint32_t tree_id, const uint8_t *k, size_t len);
+int dupcount_add_hashed(keel_txn *txn, uint64_t hash, uint32_t tree_id, const uint8_t *k, size_t len, int64_t delta);
+int64_t dupcount_pending(const keel_txn *txn, uint32_t tree_id, const uint8_t *k, size_t len);
+int dupcount_settle(keel_txn *txn, uint32_t tree_id, const uint8_t *k, size_t len);
+int dupcount_forget_tree(keel_txn *txn, uint32_t tree_id);
+int dupcount_each(keel_txn *txn, int (*fn)(keel_txn *txn, uint32_t tree_id, const uint8_t *k, size_t len,
+                                           int64_t delta, void *ctx),
+                  void *ctx);
+void dupcount_clear(keel_txn *txn);
+void dupcount_free(keel_txn *txn);
+int dupcount_nest_reserve(keel_txn *parent, const keel_txn *child);
+void dupcount_nest_end(keel_txn *parent, keel_txn *child, bool commit);
+
 /* ---- dup.c: a DUPSORT tree's operations, for kv.c (see there) ------------ */
-bool dup_pair_fits(keel_txn *txn, keel_val key, keel_val val);
+bool dup_pair_fits(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val val);
+int dup_pair_gone(keel_txn *txn, struct tree_desc *t, const uint8_t *pfx, size_t plen, uint64_t carried);
+int dup_counts_flush(keel_txn *txn); /* at the top-level commit: dupcount.c's sums into the trees */
 int dup_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry);
 int dup_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,
             int64_t *old_exp, int64_t *new_exp);

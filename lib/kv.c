@@ -83,7 +83,7 @@ int kv_put(keel_txn *txn, keel_bucket b, keel_val key, keel_val val, int64_t exp
         return rc;
     int64_t old = 0;
     if (t->flags & TREE_F_DUPSORT) {
-        if (!dup_pair_fits(txn, key, val))
+        if (!dup_pair_fits(txn, t, key, val))
             return KEEL_BADVALSIZE;
         int64_t now;
         rc = dup_put(txn, t, key, val, expiry, flags, &old, &now);
@@ -149,13 +149,16 @@ int kv_cursor_del(keel_cursor *c)
     if (rc)
         return rc;
     int64_t old = 0;
-    rc = cursor_del(c, t, &old); /* the deleted key stays in c->keybuf */
+    uint64_t carried;
+    rc = cursor_del(c, t, &old, &carried); /* the deleted key stays in c->keybuf */
     if (!(t->flags & TREE_F_DUPSORT))
         return write_end(c->txn, c->bucket, t, (keel_val){c->keybuf, c->keylen}, rc, old, 0);
-    /* a pair: the key's expiry leaves the index with its last pair */
-    if (rc)
-        return poison(c->txn, rc);
+    /* a pair: its key's count, and the key's expiry leaves the index with its last pair */
     size_t part = pair_key_part(c->keybuf, c->keylen);
+    if (rc == 0 && part == 0)
+        rc = CORRUPT(0);
+    if (rc || (rc = dup_pair_gone(c->txn, t, c->keybuf, part + PAIR_TERM_SIZE, carried)))
+        return poison(c->txn, rc);
     uint8_t *key = part ? os_malloc(part) : NULL;
     if (!key)
         return poison(c->txn, part ? KEEL_NOMEM : CORRUPT(0));
@@ -176,7 +179,7 @@ int kv_drop_bucket(keel_txn *txn, keel_bucket b)
     int rc = bucket_tree(txn, b, &t);
     if (rc)
         return rc;
-    if ((rc = poison(txn, expiry_forget_tree(txn, t))))
+    if ((rc = poison(txn, expiry_forget_tree(txn, t))) || (rc = poison(txn, dupcount_forget_tree(txn, t->id))))
         return rc;
     return poison(txn, bucket_drop(txn, b));
 }

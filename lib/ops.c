@@ -241,7 +241,7 @@ int keel_put_many(keel_txn *txn, keel_bucket b, const keel_val *keys, const keel
             return rc;
         if (!vals[i].data && vals[i].len)
             return KEEL_BADARG;
-        if (vals[i].len > KEEL_MAX_VALUE_SIZE || ((t->flags & TREE_F_DUPSORT) && !dup_pair_fits(txn, keys[i], vals[i])))
+        if (vals[i].len > KEEL_MAX_VALUE_SIZE || ((t->flags & TREE_F_DUPSORT) && !dup_pair_fits(txn, t, keys[i], vals[i])))
             return KEEL_BADVALSIZE;
     }
     if (flags & KEEL_NOOVERWRITE) { /* every conflict first: in the bucket, then inside the batch */

@@ -153,6 +153,12 @@
 #define EXPIRY_LOG_DIRTY_SHARE_DIV 4 /* share: max_dirty / DIV */
 #define EXPIRY_SORT_RUN 16 /* entries: insertion sort of runs this long, then merges */
 
+/* ---- pair counts owed (dupcount.c, dup.c) -------------------------------- */
+/* A write txn writes the counts it owes into the trees once its table holds
+ * this many keys, not only at commit: the table stays small when a txn
+ * touches many keys (a load, a compacting copy). */
+#define DUPCOUNT_FLUSH_KEYS 65536 /* keys */
+
 /* ---- the lock file (lockfile.c) ------------------------------------------ */
 /* Reader slots a handle keeps between read txns: a read txn then takes
  * one without touching the shared table. */

@@ -358,6 +358,7 @@ static void txn_end(keel_txn *txn, bool committed)
         txn->slot = -1;
     } else {
         expiry_log_free(txn);
+        dupcount_clear(txn);
         pager_txn_release(txn);
         space_txn_release(&txn->space);
         writer_leave(db, inherited);
@@ -417,6 +418,7 @@ static void nest_end(keel_txn *c, bool commit)
     space_nest_end(p, c, commit);
     bucket_nest_end(p, c, commit);
     expiry_nest_end(p, c, commit);
+    dupcount_nest_end(p, c, commit);
     if (commit)
         p->meta = c->meta;
     p->changes = c->changes + 1; /* the parent's cursors look again */
@@ -432,6 +434,8 @@ static int nest_commit(keel_txn *c)
     int rc = pager_nest_reserve(c->parent, c);
     if (!rc)
         rc = bucket_nest_reserve(c->parent, c);
+    if (!rc)
+        rc = dupcount_nest_reserve(c->parent, c);
     nest_end(c, rc == 0);
     return rc;
 }
@@ -461,8 +465,10 @@ int txn_commit(keel_txn *txn)
         return nest_commit(txn);
     int rc = 0;
     bool published = false;
-    /* the expiry log and the bucket descriptors first: they are the rest of the txn's changes */
-    if (txn->rdonly || (rc = expiry_flush(txn)) || (rc = bucket_flush(txn)) || !has_changes(txn))
+    /* the pair counts owed, the expiry log and the bucket descriptors first: they are the rest
+     * of the txn's changes (the counts change trees, and so bucket descriptors) */
+    if (txn->rdonly || (rc = dup_counts_flush(txn)) || (rc = expiry_flush(txn)) || (rc = bucket_flush(txn)) ||
+        !has_changes(txn))
         goto out;
     /* the purge changes buckets again: flushed once more */
     if (txn->db->purge_per_commit > 0 && (rc = kv_purge(txn, (size_t)txn->db->purge_per_commit, NULL)))
@@ -488,6 +494,7 @@ void txn_free_spares(keel_db *db)
     while (t) {
         keel_txn *next = t->next_spare;
         bucket_txn_free(t);
+        dupcount_free(t);
         pager_txn_free(t);
         os_free(t->scratch);
         os_free(t->undo.pages);

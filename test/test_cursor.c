@@ -373,7 +373,7 @@ static void test_own_changes(void **state)
     assert_int_equal(cursor_seek(&c, key_of(50, kb), &k, &v), 0);
     assert_int_equal(bt_del(t, &td, key_of(50, kb), NULL), 0);
     assert_int_equal(cursor_current(&c, &k, &v), KEEL_NOTFOUND);
-    assert_int_equal(cursor_del(&c, &td, NULL), KEEL_NOTFOUND);
+    assert_int_equal(cursor_del(&c, &td, NULL, NULL), KEEL_NOTFOUND);
     assert_int_equal(cursor_next(&c, &k, &v), 0);
     assert_entry(k, v, 52, 0);
     assert_int_equal(cursor_seek(&c, key_of(60, kb), &k, &v), 0);
@@ -391,7 +391,7 @@ static void test_own_changes(void **state)
 
     /* cursor_del then next, then prev */
     assert_int_equal(cursor_seek(&c, key_of(80, kb), &k, &v), 0);
-    assert_int_equal(cursor_del(&c, &td, &old), 0);
+    assert_int_equal(cursor_del(&c, &td, &old, NULL), 0);
     assert_int_equal(old, 0);
     assert_int_equal(td.entries, 200 + 2 - 2 - 1); /* 99, 101 put; 50, 60, 80 deleted */
     assert_int_equal(c.keylen, KLEN); /* the deleted key stays in keybuf */
@@ -400,28 +400,28 @@ static void test_own_changes(void **state)
     assert_int_equal(cursor_next(&c, &k, &v), 0);
     assert_entry(k, v, 82, 0);
     assert_int_equal(cursor_seek(&c, key_of(90, kb), &k, &v), 0);
-    assert_int_equal(cursor_del(&c, &td, NULL), 0);
+    assert_int_equal(cursor_del(&c, &td, NULL, NULL), 0);
     assert_int_equal(cursor_prev(&c, &k, &v), 0);
     assert_entry(k, v, 88, 0);
     /* deleting a run forwards: del, next, del, next ... */
     assert_int_equal(cursor_seek(&c, key_of(200, kb), &k, &v), 0);
     for (int i = 200; i < 220; i += 2) {
         assert_entry(k, v, i, 0);
-        assert_int_equal(cursor_del(&c, &td, NULL), 0);
+        assert_int_equal(cursor_del(&c, &td, NULL, NULL), 0);
         assert_int_equal(cursor_next(&c, &k, &v), 0);
     }
     assert_entry(k, v, 220, 0);
     /* and backwards from the last: the tree ends below the cursor */
     assert_int_equal(cursor_last(&c, &k, &v), 0);
     assert_entry(k, v, 398, 0);
-    assert_int_equal(cursor_del(&c, &td, NULL), 0);
+    assert_int_equal(cursor_del(&c, &td, NULL, NULL), 0);
     assert_int_equal(cursor_next(&c, &k, &v), KEEL_NOTFOUND);
     assert_int_equal(cursor_prev(&c, &k, &v), 0);
     assert_entry(k, v, 396, 0);
     /* first deleted: prev finds nothing, next the new first */
     assert_int_equal(cursor_first(&c, &k, &v), 0);
     assert_entry(k, v, 0, 0);
-    assert_int_equal(cursor_del(&c, &td, NULL), 0);
+    assert_int_equal(cursor_del(&c, &td, NULL, NULL), 0);
     assert_int_equal(cursor_prev(&c, &k, &v), KEEL_NOTFOUND);
     assert_int_equal(cursor_next(&c, &k, &v), 0);
     assert_entry(k, v, 2, 0);
@@ -429,7 +429,7 @@ static void test_own_changes(void **state)
     /* the whole tree emptied under the cursor, then one key after it put */
     assert_int_equal(cursor_seek(&c, key_of(300, kb), &k, &v), 0);
     for (int rc = cursor_first(&c, &k, NULL), guard = 0; rc == 0 && guard < 400; guard++) {
-        assert_int_equal(cursor_del(&c, &td, NULL), 0);
+        assert_int_equal(cursor_del(&c, &td, NULL, NULL), 0);
         rc = cursor_next(&c, &k, NULL);
         if (rc)
             assert_int_equal(rc, KEEL_NOTFOUND);
@@ -529,7 +529,7 @@ static void test_model_walk(void **state)
             } else if (op < 45) { /* cursor_del (keel_cursor_del refuses an unpositioned cursor first) */
                 if (!m.positioned)
                     continue;
-                rc = cursor_del(&c, td, NULL);
+                rc = cursor_del(&c, td, NULL, NULL);
                 if (m.ver[m.pos] < 0)
                     assert_int_equal(rc, KEEL_NOTFOUND);
                 else {

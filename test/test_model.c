@@ -235,9 +235,9 @@ static void where(const char *what)
     do {                                                                                         \
         int rc_ = (call), want_ = (want);                                                        \
         if (rc_ != want_) {                                                                      \
-            char m_[256];                                                                        \
-            snprintf(m_, sizeof m_, "%s answered %d (%s), expected %d (%s)", #call, rc_,         \
-                     keel_strerror(rc_), want_, keel_strerror(want_));                           \
+            char m_[512];                                                                        \
+            snprintf(m_, sizeof m_, "%s answered %d (%s; %s), expected %d (%s)", #call, rc_,     \
+                     keel_strerror(rc_), keel_error_detail(), want_, keel_strerror(want_));      \
             where(m_);                                                                           \
         }                                                                                        \
         assert_int_equal(rc_, want_);                                                            \
@@ -1353,9 +1353,9 @@ static void dwhere(const char *what)
     do {                                                                                         \
         int rc_ = (call), want_ = (want);                                                        \
         if (rc_ != want_) {                                                                      \
-            char m_[256];                                                                        \
-            snprintf(m_, sizeof m_, "%s answered %d (%s), expected %d (%s)", #call, rc_,         \
-                     keel_strerror(rc_), want_, keel_strerror(want_));                           \
+            char m_[512];                                                                        \
+            snprintf(m_, sizeof m_, "%s answered %d (%s; %s), expected %d (%s)", #call, rc_,     \
+                     keel_strerror(rc_), keel_error_detail(), want_, keel_strerror(want_));      \
             dwhere(m_);                                                                          \
         }                                                                                        \
         assert_int_equal(rc_, want_);                                                            \

@@ -50,7 +50,8 @@ for line in out.splitlines():
         used.setdefault(obj, set()).add(sym)
     elif kind in 'TDBR':
         defined[sym] = obj
-WRITE_PATH = {'pager_maybe_spill', 'bucket_mark_dirty', 'expiry_update', 'poison', 'bt_del_live', 'bt_set_expiry'}
+WRITE_PATH = {'pager_maybe_spill', 'bucket_mark_dirty', 'expiry_update', 'poison', 'bt_del_live', 'bt_set_expiry',
+              'bt_update_value'}
 bad = 0
 for obj, syms in sorted(used.items()):
     for sym in sorted(syms & WRITE_PATH):
