@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "internal.h"
 #include "keel.h"
 #include "testutil.h"
 
@@ -723,6 +724,122 @@ static void model_compare(keel_txn *t, keel_bucket b, struct model *m)
     keel_cursor_close(c);
 }
 
+static uint64_t count_of(keel_txn *t, keel_bucket b, const char *key)
+{
+    keel_cursor *c;
+    keel_val v;
+    uint64_t n = 0;
+    assert_int_equal(keel_cursor_open(t, b, &c), 0);
+    int rc = keel_cursor_seek_key(c, tu_val(key), &v);
+    if (rc == 0)
+        assert_int_equal(keel_cursor_count(c, &n), 0);
+    else
+        assert_int_equal(rc, KEEL_NOTFOUND);
+    keel_cursor_close(c);
+    return n;
+}
+
+static void count_problem(void *ctx, const char *msg)
+{
+    if (strstr(msg, "counts 7 pairs, the tree holds 3"))
+        ++*(int *)ctx;
+}
+
+/* Counts stored in a key's first pair (format.h, TREE_F_COUNTED): what a
+ * write txn owes them (dupcount.c), in children too, a first pair that
+ * changes, a bucket dropped while counts are owed, a txn that owes more
+ * keys than DUPCOUNT_FLUSH_KEYS, and a wrong count keel_check finds. */
+static void test_counts_stored(void **state)
+{
+    (void)state;
+    char path[256], k[32];
+    keel_db *db = open_db(tu_path(path, sizeof path, "dup-counts"));
+    keel_txn *t = begin(db, 0), *child;
+    keel_bucket b = dup_bucket(t, "c");
+    put(t, b, "k", "m");
+    put(t, b, "k", "z");
+    put(t, b, "k", "a"); /* a new first pair: the count moves to it */
+    put(t, b, "k", "b");
+    assert_int_equal(count_of(t, b, "k"), 4);
+    assert_int_equal(keel_del_value(t, b, tu_val("k"), tu_val("a")), 0); /* the first pair goes */
+    assert_int_equal(count_of(t, b, "k"), 3);
+    assert_int_equal(keel_begin_nested(t, &child), 0);
+    put(child, b, "k", "c");
+    put(child, b, "k", "0"); /* first in the child */
+    assert_int_equal(count_of(child, b, "k"), 5);
+    keel_abort(child);
+    assert_int_equal(count_of(t, b, "k"), 3);
+    assert_int_equal(keel_begin_nested(t, &child), 0);
+    put(child, b, "k", "c");
+    assert_int_equal(count_of(child, b, "k"), 4);
+    assert_int_equal(keel_commit(child), 0);
+    assert_int_equal(count_of(t, b, "k"), 4);
+    assert_int_equal(keel_commit(t), 0);
+    t = begin(db, KEEL_RDONLY);
+    assert_int_equal(keel_bucket_open(t, "c", 0, &b), 0);
+    assert_int_equal(count_of(t, b, "k"), 4);
+    keel_abort(t);
+    check_clean(db);
+
+    /* a bucket dropped while counts are owed to it, in the txn and in a child */
+    t = begin(db, 0);
+    assert_int_equal(keel_bucket_open(t, "c", 0, &b), 0);
+    put(t, b, "k", "d");
+    assert_int_equal(keel_begin_nested(t, &child), 0);
+    put(child, b, "k", "e");
+    assert_int_equal(keel_bucket_drop(child, b), 0);
+    assert_int_equal(keel_commit(child), 0);
+    b = dup_bucket(t, "c");
+    put(t, b, "k", "x");
+    put(t, b, "k", "y");
+    assert_int_equal(keel_commit(t), 0);
+    check_clean(db);
+
+    /* more keys owed than the table keeps: written in before the commit */
+    long nkeys = DUPCOUNT_FLUSH_KEYS + 100;
+    t = begin(db, 0);
+    assert_int_equal(keel_bucket_open(t, "c", 0, &b), 0);
+    for (int round = 0; round < 3; round++)
+        for (long i = 0; i < nkeys; i++) {
+            snprintf(k, sizeof k, "many%06ld", i);
+            put(t, b, k, round == 0 ? "v1" : round == 1 ? "v2" : "v0");
+        }
+    assert_int_equal(count_of(t, b, "many000007"), 3);
+    assert_int_equal(keel_commit(t), 0);
+    check_clean(db);
+    t = begin(db, KEEL_RDONLY);
+    assert_int_equal(keel_bucket_open(t, "c", 0, &b), 0);
+    assert_int_equal(count_of(t, b, "many012345"), 3);
+    assert_int_equal(count_of(t, b, "k"), 2);
+    keel_abort(t);
+
+    /* a wrong count written into a first pair: keel_check names it */
+    t = begin(db, 0);
+    assert_int_equal(keel_bucket_open(t, "c", 0, &b), 0);
+    put(t, b, "w", "1");
+    put(t, b, "w", "2");
+    put(t, b, "w", "3");
+    assert_int_equal(keel_commit(t), 0);
+    t = begin(db, 0);
+    assert_int_equal(keel_bucket_open(t, "c", 0, &b), 0);
+    struct tree_desc *td;
+    assert_int_equal(bucket_tree(t, b, &td), 0);
+    struct bt_path bp;
+    uint64_t stored, wrong = 7;
+    assert_int_equal(cursor_find_carrier(t, td, (const uint8_t *)"w\0\0", 3, &bp, &stored), 0);
+    assert_int_equal(stored, 3);
+    assert_int_equal(bt_update_value(t, td, &bp, &wrong, sizeof wrong), 0);
+    bucket_mark_dirty(t, b);
+    assert_int_equal(keel_commit(t), 0);
+    uint64_t problems = 0;
+    int named = 0;
+    assert_int_equal(keel_check(db, count_problem, &named, &problems), 0);
+    assert_int_equal(problems, 1);
+    assert_int_equal(named, 1);
+    keel_close(db);
+    tu_remove(path);
+}
+
 static void test_model(void **state)
 {
     (void)state;
@@ -807,7 +924,7 @@ int main(void)
         cmocka_unit_test(test_cursor_moves), cmocka_unit_test(test_cursor_del), cmocka_unit_test(test_moves_after_del),
         cmocka_unit_test(test_zero_bytes),
         cmocka_unit_test(test_ttl),          cmocka_unit_test(test_sizes),      cmocka_unit_test(test_many_values),
-        cmocka_unit_test(test_model),
+        cmocka_unit_test(test_counts_stored), cmocka_unit_test(test_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

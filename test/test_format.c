@@ -1,6 +1,9 @@
 /*
  * test_format.c — format 2's page checksums (issue 19), and format 1 files.
  *
+ *   - test/data/dupsort-uncounted.keel (test/data/make_dupsort_uncounted.c):
+ *     a DUPSORT tree from before pair counts opens, counts, takes writes
+ *     and compacts into a counted one;
  *   - test/data/format1.keel (made by test/data/make_format1.c with the
  *     format 1 library) opens, reads back whole, takes writes that stay in
  *     format 1 and check clean, and a compact copy of it is format 2 with
@@ -166,6 +169,84 @@ static void test_format1_compact_copy_upgrades(void **state)
     OK(keel_open(copy_path, &o, &db));
     assert_int_equal(file_format(db), 2);
     f1_check_contents(db, false);
+    check_clean(db);
+    keel_close(db);
+    tu_remove(path);
+    tu_remove(copy_path);
+}
+
+/* ---- DUPSORT trees from before TREE_F_COUNTED ---- */
+/* What make_dupsort_uncounted.c wrote, with the changes below when changed:
+ * every key's values, and keel_cursor_count. */
+static void du_check_contents(keel_db *db, bool changed)
+{
+    keel_txn *t;
+    keel_bucket b;
+    OK(keel_begin(db, KEEL_RDONLY, &t));
+    OK(keel_bucket_open(t, "idx", 0, &b));
+    keel_cursor *c;
+    OK(keel_cursor_open(t, b, &c));
+    char k[32], v[32];
+    keel_val got, key;
+    uint64_t n;
+    for (int i = 0; i < 200; i++) {
+        snprintf(k, sizeof k, "k%03d", i);
+        int want = i % 7 + 1 + (changed && i % 10 == 0) - (changed && i % 10 == 5);
+        if (want == 0) { /* its one value deleted */
+            assert_int_equal(keel_cursor_seek_key(c, tu_val(k), &got), KEEL_NOTFOUND);
+            continue;
+        }
+        OK(keel_cursor_seek_key(c, tu_val(k), &got));
+        OK(keel_cursor_count(c, &n));
+        assert_int_equal(n, want);
+        int seen = 1;
+        while (keel_cursor_next_dup(c, &key, &got) == 0)
+            seen++;
+        assert_int_equal(seen, want);
+    }
+    OK(keel_cursor_seek_key(c, tu_val("many"), &got));
+    OK(keel_cursor_count(c, &n));
+    assert_int_equal(n, changed ? 599 : 600);
+    snprintf(v, sizeof v, "%05d", 300);
+    OK(keel_cursor_seek_pair(c, tu_val("many"), tu_val(v), &key, &got));
+    OK(keel_cursor_count(c, &n)); /* from the middle of the key's pairs */
+    assert_int_equal(n, changed ? 599 : 600);
+    keel_cursor_close(c);
+    keel_abort(t);
+}
+
+static void test_dupsort_uncounted(void **state)
+{
+    (void)state;
+    tu_path(path, sizeof path, "dup-uncounted");
+    tu_path(copy_path, sizeof copy_path, "dup-uncounted-copy");
+    copy_file(SOURCE_ROOT "/test/data/dupsort-uncounted.keel", path);
+    keel_db *db;
+    keel_options o = {.flags = KEEL_NOSYNC};
+    OK(keel_open(path, &o, &db));
+    du_check_contents(db, false);
+    check_clean(db);
+    /* writes keep the tree as it is: no count appears on any pair */
+    keel_txn *t;
+    keel_bucket b;
+    char k[32];
+    OK(keel_begin(db, 0, &t));
+    OK(keel_bucket_open(t, "idx", 0, &b));
+    for (int i = 0; i < 200; i += 10) {
+        snprintf(k, sizeof k, "k%03d", i);
+        OK(keel_put(t, b, tu_val(k), tu_val("added"), 0));
+        snprintf(k, sizeof k, "k%03d", i + 5);
+        OK(keel_del_value(t, b, tu_val(k), tu_val("v00")));
+    }
+    OK(keel_del_value(t, b, tu_val("many"), tu_val("00000")));
+    OK(keel_commit(t));
+    du_check_contents(db, true);
+    check_clean(db);
+    /* a compact copy writes a counted tree with the same pairs */
+    OK(keel_copy(db, copy_path, KEEL_COPY_COMPACT));
+    keel_close(db);
+    OK(keel_open(copy_path, &o, &db));
+    du_check_contents(db, true);
     check_clean(db);
     keel_close(db);
     tu_remove(path);
@@ -476,6 +557,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format1_opens_reads_writes),
         cmocka_unit_test(test_format1_compact_copy_upgrades),
+        cmocka_unit_test(test_dupsort_uncounted),
         cmocka_unit_test(test_verify_catches_damage),
         cmocka_unit_test(test_check_names_tree_and_keys),
         cmocka_unit_test(test_check_finds_every_flip),
