@@ -206,7 +206,7 @@ int keel_bucket_flags(keel_txn *txn, keel_bucket b, unsigned *flags);
  *   - keel_cas and keel_incr answer KEEL_INCOMPATIBLE.
  *   - Values are compared as keys are (bytewise, shorter first).  The
  *     key's length plus the value's, with each zero byte of the key counted
- *     twice, is at most keel_max_pair_size() (>= keel_max_key_size() + 24).
+ *     twice, is at most keel_max_pair_size() (>= keel_max_key_size() + 18).
  * The cursor calls below work in plain buckets too, where a key has one value. */
 int keel_del_value(keel_txn *txn, keel_bucket b, keel_val key, keel_val val); /* one pair; KEEL_NOTFOUND */
 size_t keel_max_pair_size(const keel_db *db);

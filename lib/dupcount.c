@@ -19,6 +19,7 @@
  *   - No page access, no tree: a hash table of heap entries (os.c only).
  */
 #include <string.h>
+#define XXH_INLINE_ALL /* a short key's hash inlined: one per put */
 #include <xxhash.h>
 
 #include "internal.h"
@@ -55,6 +56,19 @@ static uint64_t entry_hash(uint32_t tree_id, const uint8_t *k, size_t len)
     return h ? h : 1;
 }
 
+/* a == b for len bytes: keys here are short, a call to memcmp costs more */
+static inline bool same_bytes(const uint8_t *a, const uint8_t *b, size_t len)
+{
+    if (len < 8 || len > 16)
+        return memcmp(a, b, len) == 0;
+    uint64_t a0, b0, a1, b1; /* the first 8 and the last 8, overlapping */
+    memcpy(&a0, a, 8);
+    memcpy(&b0, b, 8);
+    memcpy(&a1, a + len - 8, 8);
+    memcpy(&b1, b + len - 8, 8);
+    return a0 == b0 && a1 == b1;
+}
+
 static struct dupcount_entry *find_slot(const struct dupcount_table *tb, uint64_t h, uint32_t tree_id,
                                         const uint8_t *k, size_t len)
 {
@@ -62,7 +76,7 @@ static struct dupcount_entry *find_slot(const struct dupcount_table *tb, uint64_
         return NULL;
     for (size_t i = h & (tb->cap - 1);; i = (i + 1) & (tb->cap - 1)) {
         struct dupcount_entry *e = &tb->slots[i];
-        if (e->hash == 0 || (e->hash == h && e->tree_id == tree_id && e->len == len && memcmp(entry_key(e), k, len) == 0))
+        if (e->hash == 0 || (e->hash == h && e->tree_id == tree_id && e->len == len && same_bytes(entry_key(e), k, len)))
             return e;
     }
 }

@@ -219,7 +219,8 @@ static int put_record(struct salvage *s, const uint8_t *nd)
     int rc = keel_bucket_flags(s->txn, s->bucket, &kind);
     if (!rc && kind == KEEL_DUPSORT) { /* the pair key holds key and value (format.h) */
         size_t part = pair_key_part(key.data, key.len);
-        uint8_t *k = part && !val.len && !run ? os_malloc(part) : NULL;
+        bool pair_value = val.len == 0 || val.len == PAIR_COUNT_SIZE; /* empty, or a first pair's count: counted again */
+        uint8_t *k = part && pair_value && !run ? os_malloc(part) : NULL;
         if (!k) {
             lost(s, key.data, key.len, NULL, 0, "not a DUPSORT pair");
             return 0;
