@@ -33,39 +33,44 @@
 
 #include "internal.h"
 
+/* 8 bytes at a and at b as big-endian words: -1, 0 or 1. */
+static inline int word_cmp(const uint8_t *a, const uint8_t *b)
+{
+    uint64_t x, y;
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    if (x == y)
+        return 0;
+    return __builtin_bswap64(x) < __builtin_bswap64(y) ? -1 : 1;
+}
+
 /* Bytewise order, a prefix first.  The first 8 bytes are compared as one
- * big-endian word, and when they tie the next 8: most comparisons end
- * there without a call to memcmp. */
+ * big-endian word, and when they tie the next 8 (the pair keys of one key
+ * in a DUPSORT tree share their first word; format.h): most comparisons
+ * end there without a call to memcmp.  A rest shorter than a word is
+ * compared as the last 8 bytes, which overlap bytes already equal. */
 static inline int key_cmp(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {
     size_t n = alen < blen ? alen : blen;
-    if (n >= 8) {
-        uint64_t x, y;
-        memcpy(&x, a, 8);
-        memcpy(&y, b, 8);
-        if (x != y) {
-            x = __builtin_bswap64(x);
-            y = __builtin_bswap64(y);
-            return x < y ? -1 : 1;
-        }
-    }
-    else {
+    int c;
+    if (n < 8) {
         for (size_t i = 0; i < n; i++) /* short keys (branch separators are often 1-3 bytes) */
             if (a[i] != b[i])
                 return a[i] < b[i] ? -1 : 1;
         return alen < blen ? -1 : alen > blen;
     }
-    if (n >= 16) { /* the pair keys of one key in a DUPSORT tree (format.h) share their first word */
-        uint64_t x, y;
-        memcpy(&x, a + 8, 8);
-        memcpy(&y, b + 8, 8);
-        if (x != y) {
-            x = __builtin_bswap64(x);
-            y = __builtin_bswap64(y);
-            return x < y ? -1 : 1;
-        }
+    if ((c = word_cmp(a, b)))
+        return c;
+    if (n >= 16) {
+        if ((c = word_cmp(a + 8, b + 8)))
+            return c;
+        if (n > 24)
+            c = memcmp(a + 16, b + 16, n - 16);
+        else if (n > 16)
+            c = word_cmp(a + n - 8, b + n - 8);
+    } else if (n > 8) {
+        c = word_cmp(a + n - 8, b + n - 8);
     }
-    int c = memcmp(a + 8, b + 8, n - 8);
     if (c)
         return c;
     return alen < blen ? -1 : alen > blen;

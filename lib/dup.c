@@ -76,13 +76,16 @@ static int flush_when_many(keel_txn *txn)
 
 /* After a pair of the key (pfx: its escaped key and PAIR_KEY_END) left a
  * COUNTED tree; carried: the count that pair carried (0: it was not the
- * key's first).  The key's next pair, if any, carries the rest. */
-int dup_pair_gone(keel_txn *txn, struct tree_desc *t, const uint8_t *pfx, size_t plen, uint64_t carried)
+ * key's first).  The key's next pair, if any, carries the rest.  owed_hash:
+ * dupcount_prefetch's for pfx, or NULL. */
+int dup_pair_gone(keel_txn *txn, struct tree_desc *t, const uint8_t *pfx, size_t plen, uint64_t carried,
+                  const uint64_t *owed_hash)
 {
     if (!(t->flags & TREE_F_COUNTED))
         return 0;
     if (!carried) {
-        int rc = dupcount_add(txn, t->id, pfx, plen, -1);
+        int rc = owed_hash ? dupcount_add_hashed(txn, *owed_hash, t->id, pfx, plen, -1)
+                           : dupcount_add(txn, t->id, pfx, plen, -1);
         return rc ? rc : flush_when_many(txn);
     }
     int64_t left = (int64_t)carried + dupcount_pending(txn, t->id, pfx, plen) - 1;
@@ -304,9 +307,11 @@ int dup_del_pair(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val,
     if (rc)
         return rc == KEEL_BADVALSIZE ? KEEL_NOTFOUND : rc; /* too long to be there */
     *old_exp = *new_exp = 0;
-    uint64_t carried;
+    uint64_t carried, owed_hash = 0; /* most deletes add to what the txn owes the key */
+    if (t->flags & TREE_F_COUNTED)
+        owed_hash = dupcount_prefetch(txn, t->id, pb.k, pb.keylen);
     if ((rc = bt_del_pair(txn, t, (keel_val){pb.k, pb.len}, true, old_exp, &carried)) == 0)
-        rc = dup_pair_gone(txn, t, pb.k, pb.keylen, carried);
+        rc = dup_pair_gone(txn, t, pb.k, pb.keylen, carried, &owed_hash);
     if (rc == 0 && *old_exp)
         rc = dup_after_del(txn, t, key, *old_exp, new_exp);
     pair_bound_free(&pb);

@@ -350,7 +350,8 @@ struct nest_undo {
 
 struct dupcount_entry;
 struct dupcount_table {
-    struct dupcount_entry *slots;
+    struct dupcount_entry *slots; /* cap of them, aligned in raw */
+    void *raw;
     size_t cap, n;
 };
 
@@ -785,7 +786,8 @@ void dupcount_nest_end(keel_txn *parent, keel_txn *child, bool commit);
 
 /* ---- dup.c: a DUPSORT tree's operations, for kv.c (see there) ------------ */
 bool dup_pair_fits(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val val);
-int dup_pair_gone(keel_txn *txn, struct tree_desc *t, const uint8_t *pfx, size_t plen, uint64_t carried);
+int dup_pair_gone(keel_txn *txn, struct tree_desc *t, const uint8_t *pfx, size_t plen, uint64_t carried,
+                  const uint64_t *owed_hash);
 int dup_counts_flush(keel_txn *txn); /* at the top-level commit: dupcount.c's sums into the trees */
 int dup_get(keel_txn *txn, const struct tree_desc *t, keel_val key, keel_val *val, int64_t *expiry);
 int dup_put(keel_txn *txn, struct tree_desc *t, keel_val key, keel_val val, int64_t expiry, unsigned flags,

@@ -157,7 +157,7 @@ int kv_cursor_del(keel_cursor *c)
     size_t part = pair_key_part(c->keybuf, c->keylen);
     if (rc == 0 && part == 0)
         rc = CORRUPT(0);
-    if (rc || (rc = dup_pair_gone(c->txn, t, c->keybuf, part + PAIR_TERM_SIZE, carried)))
+    if (rc || (rc = dup_pair_gone(c->txn, t, c->keybuf, part + PAIR_TERM_SIZE, carried, NULL)))
         return poison(c->txn, rc);
     uint8_t *key = part ? os_malloc(part) : NULL;
     if (!key)

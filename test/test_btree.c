@@ -806,6 +806,36 @@ static struct shape tree_shape(keel_txn *txn, const struct tree_desc *t)
  * full beside a full one shares with it (the leaf count stays, its keys
  * grow), and later merges with it (one leaf fewer); no leaf is left under a
  * quarter full. */
+/* bt_cmp is bytewise order with a prefix first, for every length and every
+ * place the first difference can be (its word compares and their overlaps). */
+static int ref_cmp(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    size_t n = al < bl ? al : bl;
+    int c = n ? memcmp(a, b, n) : 0;
+    if (c)
+        return c < 0 ? -1 : 1;
+    return al < bl ? -1 : al > bl;
+}
+
+static void test_key_order(void **state)
+{
+    (void)state;
+    uint8_t a[40], b[40];
+    uint64_t x = 88172645463325252ull;
+    for (int round = 0; round < 200000; round++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        size_t al = x % 40, bl = (x >> 8) % 40, same = (x >> 16) % 41;
+        for (size_t i = 0; i < sizeof a; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            a[i] = (uint8_t)(x & 3 ? 'a' + (x >> 5) % 3 : x >> 24); /* few distinct bytes: long ties */
+            b[i] = i < same ? a[i] : (uint8_t)(x >> 40);
+        }
+        int got = bt_cmp(a, al, b, bl), want = ref_cmp(a, al, b, bl);
+        if ((got > 0) - (got < 0) != want)
+            fail_msg("bt_cmp of lengths %zu and %zu, %zu bytes the same: %d, want %d", al, bl, same, got, want);
+    }
+}
+
 static void test_split_share_merge_walk(void **state)
 {
     (void)state;
@@ -876,6 +906,7 @@ int main(void)
         cmocka_unit_test(test_fill_policy),
         cmocka_unit_test(test_format_writers),
         cmocka_unit_test(test_split_share_merge_walk),
+        cmocka_unit_test(test_key_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
