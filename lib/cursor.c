@@ -1025,6 +1025,34 @@ static int entry_in_key(const uint8_t *page, unsigned i, uint32_t ps, const uint
     return begins_with(e.key, e.klen, pfx, plen);
 }
 
+/* The index of the key's first pair (pfx: its escaped key and terminator)
+ * in the leaf, searched back from its pair at b: KEEL_NOTFOUND when they
+ * may begin in an earlier leaf (entry 0 is one of them, or b is 0). */
+static int first_of_key_in_leaf(const uint8_t *page, unsigned b, uint32_t ps, const uint8_t *pfx, size_t plen,
+                                unsigned *first)
+{
+    if (b == 0)
+        return KEEL_NOTFOUND;
+    int in = entry_in_key(page, b - 1, ps, pfx, plen);
+    if (in == 0) { /* b is the first (the cursor after seek_key) */
+        *first = b;
+        return 0;
+    }
+    if (in < 0 || (in = entry_in_key(page, 0, ps, pfx, plen)) < 0)
+        return CORRUPT(page_pgno(page));
+    if (in)
+        return KEEL_NOTFOUND;
+    unsigned a = 0; /* entry a is another key's, entry b this key's */
+    while (b - a > 1) {
+        unsigned m = a + (b - a) / 2;
+        if ((in = entry_in_key(page, m, ps, pfx, plen)) < 0)
+            return CORRUPT(page_pgno(page));
+        *(in ? &b : &a) = m;
+    }
+    *first = b;
+    return 0;
+}
+
 /* The common count, without a search: the key's pairs begin in the
  * cursor's leaf after another key's entry (a binary search back from the
  * cursor finds the first), and end in this leaf or a later one (the walk
@@ -1042,18 +1070,9 @@ static int count_in_leaves(keel_cursor *c, const struct tree_desc *t, uint64_t *
         return MOVE_DUP_GENERAL;
     size_t plen = pair_key_part(e.key, e.klen) + PAIR_TERM_SIZE;
     const uint8_t *pfx = e.key; /* in a page no one changes while we count */
-    if (plen == PAIR_TERM_SIZE || entry_in_key(page, 0, ps, pfx, plen) != 0)
+    unsigned b;
+    if (plen == PAIR_TERM_SIZE || first_of_key_in_leaf(page, idx, ps, pfx, plen, &b))
         return MOVE_DUP_GENERAL;
-    unsigned a = 0, b = idx; /* entry a is before the key's pairs, b one of them */
-    if (entry_in_key(page, idx - 1, ps, pfx, plen) == 0)
-        a = idx - 1; /* the cursor is on the first pair (after seek_key) */
-    while (b - a > 1) {
-        unsigned m = a + (b - a) / 2;
-        int in = entry_in_key(page, m, ps, pfx, plen);
-        if (in < 0)
-            return MOVE_DUP_GENERAL;
-        *(in ? &b : &a) = m;
-    }
     struct saved_position sp;
     save_position(c, &sp);
     uint64_t n = 0, leaves = 0;
@@ -1141,22 +1160,12 @@ static int stored_count(keel_cursor *c, const struct tree_desc *t, uint64_t *cou
     if (e.vlen) /* the key's first pair: the one pair that carries a value */
         return carried_count(&e, c->pgno[lv], count);
     const uint8_t *pfx = e.key;
-    int in = b > 0 ? entry_in_key(page, b - 1, ps, pfx, plen) : 1; /* at 0: they may begin in the leaf before */
-    if (in == 1 && b > 0 && (in = entry_in_key(page, 0, ps, pfx, plen)) == 0) {
-        unsigned a = 0; /* entry a is another key's, entry b this key's */
-        while (b - a > 1) {
-            unsigned m = a + (b - a) / 2;
-            if ((in = entry_in_key(page, m, ps, pfx, plen)) < 0)
-                return CORRUPT(c->pgno[lv]);
-            *(in ? &b : &a) = m;
-        }
-        in = 0;
-    }
-    if (in < 0)
-        return CORRUPT(c->pgno[lv]);
-    if (in == 0)
-        return (rc = leaf_entry(page, b, ps, &e)) ? rc : carried_count(&e, c->pgno[lv], count);
-    /* the key's pairs begin in an earlier leaf */
+    unsigned first;
+    if ((rc = first_of_key_in_leaf(page, b, ps, pfx, plen, &first)) == 0)
+        return (rc = leaf_entry(page, first, ps, &e)) ? rc : carried_count(&e, c->pgno[lv], count);
+    if (rc != KEEL_NOTFOUND)
+        return rc;
+    /* the key's pairs may begin in an earlier leaf */
     uint8_t copy[512];
     uint8_t *k = plen <= sizeof copy ? copy : os_malloc(plen);
     if (!k)
