@@ -170,7 +170,7 @@ static __attribute__((noinline)) int load_pair(keel_cursor *c, const struct entr
     if (kpart == 0 || !pair_value_ok(e))
         return CORRUPT(c->pgno[c->depth - 1]);
     keel_val k = {e->key, kpart};
-    if (key && memchr(e->key, 0, kpart)) {
+    if (key && key_has_zero(e->key, kpart)) {
         if (!c->dupkey && !(c->dupkey = os_malloc(c->txn->db->max_key + 1)))
             return KEEL_NOMEM;
         k.len = pair_key_unescape(c->dupkey, e->key, kpart);
@@ -569,7 +569,7 @@ int cursor_del(keel_cursor *c, struct tree_desc *t, int64_t *old_expiry, uint64_
 static int pair_bound_make(struct pair_bound *pb, const uint8_t *esc, size_t esclen, bool escaped, const uint8_t tail[2],
                            keel_val val)
 {
-    escaped = escaped || !memchr(esc, 0, esclen); /* most keys hold no zero byte: copied as they are */
+    escaped = escaped || !key_has_zero(esc, esclen); /* most keys hold no zero byte: copied as they are */
     size_t elen = escaped ? esclen : pair_key_escaped_len(esc, esclen);
     size_t need = elen + PAIR_TERM_SIZE + val.len;
     pb->k = need <= sizeof pb->buf ? pb->buf : os_malloc(need);
@@ -851,7 +851,7 @@ static int move_dup_in_leaf(keel_cursor *c, keel_val *key, keel_val *val, int di
         c->dup_idx = c->idx[lv];
         c->dup_key = cur.key;
         c->dup_part = (uint32_t)part;
-        c->dup_plain = !memchr(cur.key, 0, part);
+        c->dup_plain = !key_has_zero(cur.key, part);
     }
     size_t plen = c->dup_part + PAIR_TERM_SIZE;
     if (!begins_with(nb.key, nb.klen, c->dup_key, plen))

@@ -356,8 +356,23 @@ static inline int page_node(const uint8_t *page, unsigned i, uint32_t end, const
 #define PAIR_TERM_SIZE 2u
 static const uint8_t PAIR_KEY_END[2] = {0x00, 0x00};
 static const uint8_t PAIR_KEY_NEXT[2] = {0x00, 0x01};
+/* Whether key holds a zero byte: most keys hold none, and a short one is
+ * answered from two overlapping words (a word has a zero byte exactly when
+ * (w - 0x01..01) & ~w & 0x80..80 is not 0), without a call to memchr. */
+static inline bool key_has_zero(const uint8_t *key, size_t klen)
+{
+    if (klen < 8 || klen > 16)
+        return memchr(key, 0, klen) != NULL;
+    uint64_t a, b;
+    memcpy(&a, key, 8);
+    memcpy(&b, key + klen - 8, 8);
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    return (((a - ones) & ~a) | ((b - ones) & ~b)) & highs;
+}
 static inline size_t pair_key_escaped_len(const uint8_t *key, size_t klen)
 {
+    if (!key_has_zero(key, klen))
+        return klen;
     size_t n = klen;
     for (const uint8_t *p = key, *e = key + klen; (p = memchr(p, 0, (size_t)(e - p))); p++)
         n++;

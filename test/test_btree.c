@@ -833,6 +833,14 @@ static void test_key_order(void **state)
         int got = bt_cmp(a, al, b, bl), want = ref_cmp(a, al, b, bl);
         if ((got > 0) - (got < 0) != want)
             fail_msg("bt_cmp of lengths %zu and %zu, %zu bytes the same: %d, want %d", al, bl, same, got, want);
+        /* format.h's zero-byte test (pair keys escape zero bytes) */
+        static const uint8_t near_zero[] = {0x01, 0x7F, 0x80, 0xFF, 0x02}; /* borrows, sign bits */
+        for (size_t i = 0; i < al; i++)
+            a[i] = near_zero[(x >> (i % 48)) % sizeof near_zero];
+        if ((x >> 30) % 2 && al)
+            a[(x >> 32) % al] = 0;
+        if (key_has_zero(a, al) != (memchr(a, 0, al) != NULL))
+            fail_msg("key_has_zero of %zu bytes is wrong", al);
     }
 }
 
