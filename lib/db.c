@@ -142,7 +142,7 @@ static void db_free(keel_db *db, bool abandon)
         os_close(db->fd);
     bucket_table_free(db);
     txn_free_spares(db);
-    pager_free_pagebufs(db);
+    pagebuf_pool_free(&db->pagebufs);
     keel_cursor *c = db->spare_cursor;
     if (c) {
         cursor_release(c);

@@ -2,7 +2,7 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> lockfile -> meta -> group -> pager -> btree, dupcount -> cursor -> space -> bucket
+ *   os -> pagebuf -> lockfile -> meta -> group -> pager -> btree, dupcount -> cursor -> space -> bucket
  *      -> expiry, relocate, seal -> dup -> kv -> txn -> ops, api, db      (copy, check, salvage)
  *
  * (space: space.c, the allocator, and freelist.c, the free tree on disk.)
@@ -233,6 +233,24 @@ struct space_handle {
     struct space_walk walk;     /* where freelist_relocate's walk goes on */
 };
 
+/* ---- pagebuf.c: the writer's single-page buffers ---------------------- */
+struct pagebuf_chunk {
+    uint8_t *base;
+    size_t bytes;
+};
+struct pagebuf_pool {
+    uint8_t *free;                /* buffers given back, each holding the next's address */
+    struct pagebuf_chunk *chunks; /* mapped, in the order they were */
+    size_t nchunks, chunks_cap;
+    size_t carve_chunk, carved; /* the chunk handing out its untouched buffers, and its bytes handed out */
+    size_t mapped;              /* bytes in all chunks */
+    size_t out;                 /* buffers taken and not given back */
+};
+uint8_t *pagebuf_take(struct pagebuf_pool *p, uint32_t psize); /* NULL: out of memory */
+void pagebuf_give(struct pagebuf_pool *p, uint8_t *buf, uint32_t psize);
+void pagebuf_trim(struct pagebuf_pool *p); /* at the end of a write txn */
+void pagebuf_pool_free(struct pagebuf_pool *p);
+
 /* ---- the database handle ------------------------------------------------ */
 /* A finished read txn kept, with its reader slot, for the next read txn of
  * the same thread (txn.c): begin and end then touch no shared cache line.
@@ -290,8 +308,7 @@ struct keel_db {
     pthread_mutex_t flush_mu;        /* the handle's threads take turns for the flush lock */
     struct group_slot *flush_copy;   /* the flush leader's copy of a published commit */
     uint8_t *flush_page;             /* ... and of the meta page it writes */
-    uint8_t **pagebufs;   /* page buffers kept for the next write txn (pager.c; the writer only) */
-    size_t npagebufs;
+    struct pagebuf_pool pagebufs; /* single-page dirty buffers (pagebuf.c; the writer only) */
 };
 
 /* ---- the expiry log (expiry.c) ------------------------------------------- */
@@ -507,7 +524,6 @@ int pager_spill(keel_txn *txn);
 int pager_each_dirty(keel_txn *txn, int (*fn)(keel_txn *txn, struct dirty *d, void *ctx), void *ctx);
 void pager_txn_release(keel_txn *txn); /* drops dirty pages and lists */
 void pager_txn_free(keel_txn *txn);    /* frees what release kept (the txn object goes) */
-void pager_free_pagebufs(keel_db *db); /* at close */
 int pager_grow(keel_db *db, uint64_t need_bytes);
 void pager_maybe_shrink(keel_db *db, uint64_t used_bytes);
 

@@ -58,6 +58,16 @@ void os_free(void *p)
     if (p)
         keel_os.free(p);
 }
+void *os_map_anon(size_t n)
+{
+    void *p = keel_os.mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+void os_unmap_anon(void *p, size_t n)
+{
+    if (p)
+        keel_os.munmap(p, n);
+}
 char *os_strdup(const char *s)
 {
     size_t n = strlen(s) + 1;

@@ -47,6 +47,10 @@ void *os_calloc(size_t n);
 void *os_realloc(void *p, size_t n);
 void os_free(void *p);
 char *os_strdup(const char *s);
+/* Private anonymous memory with its pages faulted in (MAP_POPULATE),
+ * through the table's mmap; NULL when it cannot be had. */
+void *os_map_anon(size_t n);
+void os_unmap_anon(void *p, size_t n);
 
 /* Whole-buffer I/O: retries short transfers and EINTR; os_pread_upto
  * reports how much it got (less at the end of the file).

@@ -161,39 +161,19 @@ static void dirty_remove(struct dirty_table *t, struct dirty *d)
 }
 
 /* ---- page buffers ----
- * Dirty pages live in psize buffers from the heap.  A commit of a thousand
- * random puts takes and frees over a thousand of them, and at that rate
- * malloc's search of a fragmented heap for 4 KiB chunks is a large share of
- * its time.  So single-page buffers a write txn lets go of are kept on
- * the handle, up to PAGEBUF_KEEP_BYTES, for the next one.  Only the writer
- * touches them (one write txn per handle at a time). */
-static size_t pagebuf_max(const keel_db *db) { return PAGEBUF_KEEP_BYTES / db->psize; }
-
+ * A dirty page's buffer: one page from the handle's pool (pagebuf.c), a
+ * run of several (a big value) from malloc. */
 static uint8_t *pagebuf_get(keel_db *db, uint32_t npages)
 {
-    if (npages == 1 && db->npagebufs)
-        return db->pagebufs[--db->npagebufs];
-    return os_malloc((size_t)npages * db->psize);
+    return npages == 1 ? pagebuf_take(&db->pagebufs, db->psize) : os_malloc((size_t)npages * db->psize);
 }
 
 static void pagebuf_put(keel_db *db, uint8_t *buf, uint32_t npages)
 {
-    if (!buf)
-        return;
-    if (npages == 1 && !db->pagebufs)
-        db->pagebufs = os_malloc(pagebuf_max(db) * sizeof(*db->pagebufs));
-    if (npages == 1 && db->pagebufs && db->npagebufs < pagebuf_max(db))
-        db->pagebufs[db->npagebufs++] = buf;
+    if (buf && npages == 1)
+        pagebuf_give(&db->pagebufs, buf, db->psize);
     else
         os_free(buf);
-}
-
-void pager_free_pagebufs(keel_db *db)
-{
-    while (db->npagebufs)
-        os_free(db->pagebufs[--db->npagebufs]);
-    os_free(db->pagebufs);
-    db->pagebufs = NULL;
 }
 
 /* ---- nested txns: the child's page journal ----
@@ -490,6 +470,7 @@ void pager_txn_release(keel_txn *txn)
     if (t->cap > DIRTY_TABLE_KEEP_SLOTS)
         pager_txn_free(txn);
     txn->dirty_bytes = 0;
+    pagebuf_trim(&txn->db->pagebufs);
 }
 
 void pager_txn_free(keel_txn *txn)

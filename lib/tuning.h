@@ -119,9 +119,11 @@
 #define GROW_STEP_BYTES ((uint64_t)1 << 20)
 #define GROW_SHARE_DIV 8      /* share: file size / DIV */
 #define SHRINK_SLACK_STEPS 2  /* steps */
-/* Single-page buffers a write txn lets go of are kept on the handle, up to
- * this many bytes, for the next one: malloc's search of a fragmented heap
- * for page-sized chunks was a large share of a commit's time. */
+/* Single-page dirty buffers come from chunks of mapped memory (pagebuf.c)
+ * that grow with use from MIN to MAX bytes each; after a write txn the
+ * handle keeps up to KEEP bytes of chunks for the next one. */
+#define PAGEBUF_CHUNK_MIN_BYTES ((size_t)64 << 10)
+#define PAGEBUF_CHUNK_MAX_BYTES ((size_t)2 << 20)
 #define PAGEBUF_KEEP_BYTES ((size_t)8 << 20)
 /* A write txn's dirty-page table starts with MIN slots (24 bytes each) and
  * stays with its txn object up to KEEP slots: a one-put txn then neither

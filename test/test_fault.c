@@ -478,7 +478,7 @@ struct run {
     const char *where;
 };
 
-static bool is_keel_code(int rc) { return rc <= KEEL_NOTFOUND && rc >= KEEL_OVERFLOW; }
+static bool is_keel_code(int rc) { return rc <= KEEL_NOTFOUND && rc >= KEEL_INCOMPATIBLE; } /* the last code */
 
 /* Is rc an acceptable answer to a failure of this kind? */
 static void check_error(struct run *r, int rc, const char *where)
@@ -498,7 +498,9 @@ static void check_error(struct run *r, int rc, const char *where)
     case K_WRITE: ok = rc == EIO || rc == KEEL_FULL || rc == KEEL_PANIC || rc == ENOSPC; break; /* ENOSPC: a copy */
     case K_SYNC: ok = rc == KEEL_PANIC || rc == EIO; break; /* EIO: keel_open creating the file */
     case K_TRUNC: ok = rc == KEEL_FULL || rc == EIO || rc == EFBIG || rc == ENOSPC; break;
-    case K_MMAP: ok = rc == KEEL_FULL || rc == EACCES || rc == ENOMEM; break;
+    case K_MMAP: /* the file's map or a copy's (KEEL_ADDRSPACE), or the memory for dirty pages (KEEL_NOMEM) */
+        ok = rc == KEEL_FULL || rc == EACCES || rc == ENOMEM || rc == KEEL_ADDRSPACE || rc == KEEL_NOMEM;
+        break;
     case K_OPEN: ok = rc == EMFILE || rc == EACCES; break;
     case K_PREAD: ok = rc == EIO; break;
     case K_FSTAT: ok = rc == EIO || rc == EOVERFLOW; break;

@@ -4,6 +4,7 @@
  * writes, the 16 KiB pieces writes reach the kernel in, and the free tail
  * (the free pages of small commits, kept in the meta page).
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -50,8 +52,8 @@ static void test_sort_u64(void **state)
         }
 }
 
-/* A write txn's page buffers are kept on the handle for the next one, up to
- * the cap, and what they held never leaks into a new page's header. */
+/* A write txn's page buffers stay mapped on the handle for the next one, up
+ * to the cap, and what they held never leaks into a new page's header. */
 static void test_pagebufs_kept(void **state)
 {
     (void)state;
@@ -59,7 +61,7 @@ static void test_pagebufs_kept(void **state)
     tu_path(path, sizeof path, "pg-bufs");
     keel_db *db;
     assert_int_equal(keel_open(path, NULL, &db), 0);
-    assert_int_equal(db->npagebufs, 0);
+    assert_int_equal(db->pagebufs.mapped, 0);
     static uint8_t v[1000];
     char k[32];
     for (int round = 0; round < 3; round++) {
@@ -71,8 +73,9 @@ static void test_pagebufs_kept(void **state)
             assert_int_equal(keel_put(t, 0, tu_val(k), (keel_val){v, sizeof v}, 0), 0);
         }
         assert_int_equal(keel_commit(t), 0);
-        assert_true(db->npagebufs > 0);
-        assert_true(db->npagebufs <= ((size_t)8 << 20) / db->psize);
+        assert_true(db->pagebufs.mapped > 0);
+        assert_true(db->pagebufs.mapped <= PAGEBUF_KEEP_BYTES);
+        assert_int_equal(db->pagebufs.out, 0);
     }
     keel_txn *t;
     assert_int_equal(keel_begin(db, KEEL_RDONLY, &t), 0);
@@ -86,6 +89,72 @@ static void test_pagebufs_kept(void **state)
     assert_int_equal(problems, 0);
     keel_close(db); /* frees the kept buffers: ASan's leak check sees it */
     tu_remove(path);
+}
+
+static int cmp_uptr(const void *a, const void *b)
+{
+    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void *mmap_fails(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    (void)addr, (void)len, (void)prot, (void)flags, (void)fd, (void)off;
+    errno = ENOMEM;
+    return MAP_FAILED;
+}
+
+/* The pool on its own: distinct buffers that hold what is written to them,
+ * given-back ones taken again before new memory is mapped, a failed map
+ * that changes nothing, and a trim that keeps the first chunks. */
+static void test_pagebuf_pool(void **state)
+{
+    (void)state;
+    enum { N = 3000, PS = 4096 }; /* 12 MiB: past PAGEBUF_KEEP_BYTES */
+    struct pagebuf_pool p = {0};
+    static uint8_t *b[N];
+    for (size_t i = 0; i < N; i++) {
+        assert_non_null(b[i] = pagebuf_take(&p, PS));
+        assert_int_equal((uintptr_t)b[i] % 64, 0);
+        memset(b[i], (int)(i % 251), PS);
+    }
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = 0; j < PS; j += 511)
+            if (b[i][j] != (uint8_t)(i % 251))
+                fail_msg("buffer %zu byte %zu was overwritten", i, j);
+    assert_int_equal(p.out, N);
+    size_t mapped = p.mapped;
+    assert_true(mapped >= (size_t)N * PS);
+    static uintptr_t given[N / 2];
+    for (size_t i = 0; i < N; i += 2) {
+        given[i / 2] = (uintptr_t)b[i];
+        pagebuf_give(&p, b[i], PS);
+    }
+    qsort(given, N / 2, sizeof *given, cmp_uptr);
+    keel_os.mmap = mmap_fails; /* no new memory: the given-back buffers are enough */
+    for (size_t i = 0; i < N; i += 2) {
+        uint8_t *again = pagebuf_take(&p, PS);
+        assert_non_null(again);
+        uintptr_t a = (uintptr_t)again;
+        assert_non_null(bsearch(&a, given, N / 2, sizeof *given, cmp_uptr));
+        b[i] = again;
+    }
+    assert_int_equal(p.mapped, mapped);
+    struct pagebuf_pool empty = {0}; /* nothing to give and no map: out of memory, nothing changed */
+    assert_null(pagebuf_take(&empty, PS));
+    assert_int_equal(empty.out, 0);
+    assert_int_equal(empty.mapped, 0);
+    pagebuf_pool_free(&empty);
+    os_reset();
+    for (size_t i = 0; i < N; i++)
+        pagebuf_give(&p, b[i], PS);
+    pagebuf_trim(&p);
+    assert_true(p.mapped > 0 && p.mapped <= PAGEBUF_KEEP_BYTES);
+    assert_int_equal(pagebuf_take(&p, PS), p.chunks[0].base); /* carved again from the start */
+    pagebuf_give(&p, p.chunks[0].base, PS);
+    pagebuf_pool_free(&p);
+    assert_int_equal(p.mapped, 0);
+    assert_null(p.chunks);
 }
 
 static void read_meta(const char *path, unsigned slot, struct meta *m)
@@ -433,6 +502,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sort_u64),
         cmocka_unit_test(test_pagebufs_kept),
+        cmocka_unit_test(test_pagebuf_pool),
         cmocka_unit_test(test_commit_writes_the_other_slot),
         cmocka_unit_test(test_writes_in_16k_pieces),
         cmocka_unit_test(test_free_tail_small_commits),
