@@ -160,16 +160,49 @@ static int check_nodes(keel_txn *txn, const uint8_t *page)
 static inline const uint8_t *node_ptr(const uint8_t *page, unsigned i) { return page + page_slot(page, i); }
 static inline uint8_t *node_mut(uint8_t *page, unsigned i) { return page + page_slot(page, i); }
 
-/* Prefetches the nodes the first `levels` probes of lower_bound over
- * [lo, hi) may look at (the same midpoints). */
-static inline void prefetch_probes(const uint8_t *page, unsigned lo, unsigned hi, int levels)
+static inline unsigned probe_mid(unsigned lo, unsigned hi) { return lo + (hi - lo) / 2; }
+static inline void prefetch_node(const uint8_t *page, unsigned i) { __builtin_prefetch(page + page_slot(page, i) + 8); }
+
+/* Prefetches the seven nodes the first three probes of lower_bound over
+ * [lo, hi) may look at (the same midpoints), hi - lo >= 7 so that each
+ * range is non-empty.  Spelled out: the compiler did not inline it as a
+ * recursion, and the calls cost more than the prefetches. */
+static inline void prefetch_first_probes(const uint8_t *page, unsigned lo, unsigned hi)
 {
-    if (levels == 0 || lo >= hi)
-        return;
-    unsigned m = lo + (hi - lo) / 2;
-    __builtin_prefetch(page + page_slot(page, m) + 8);
-    prefetch_probes(page, lo, m, levels - 1);
-    prefetch_probes(page, m + 1, hi, levels - 1);
+    unsigned m = probe_mid(lo, hi), a = probe_mid(lo, m), b = probe_mid(m + 1, hi);
+    prefetch_node(page, m);
+    prefetch_node(page, a);
+    prefetch_node(page, b);
+    prefetch_node(page, probe_mid(lo, a));
+    prefetch_node(page, probe_mid(a + 1, m));
+    prefetch_node(page, probe_mid(m + 1, b));
+    prefetch_node(page, probe_mid(b + 1, hi));
+}
+
+/* The key of node i, for a probe.  In a page from the map only the node's
+ * header and key are checked to lie in the node area (after the slots,
+ * before `end`), where page_node() checks the whole node: a search reads
+ * no more, and whatever reads the rest of the node it lands on checks that
+ * (node_at, leaf_entry). */
+static inline __attribute__((always_inline)) int probe_key(const uint8_t *page, unsigned i, bool leaf, bool trusted,
+                                                           uint32_t slots_end, uint32_t end, const uint8_t **key,
+                                                           size_t *klen)
+{
+    unsigned off = page_slot(page, i);
+    unsigned hdr = leaf ? LEAF_HDR : BRANCH_HDR;
+    if (!trusted && (off < slots_end || off + hdr > end))
+        return KEEL_CORRUPTED;
+    const uint8_t *n = page + off;
+    if (leaf) {
+        *key = leaf_node_key(n);
+        *klen = leaf_node_ksize(n);
+    } else {
+        *key = branch_node_key(n);
+        *klen = branch_node_ksize(n);
+    }
+    if (!trusted && (size_t)(*key - page) + *klen > end)
+        return KEEL_CORRUPTED;
+    return 0;
 }
 
 /* The first index in [lo, hi) whose key is >= key (hi if none); *exact when
@@ -190,32 +223,23 @@ static inline __attribute__((always_inline)) int lower_bound(const uint8_t *page
      * much of the wait as the leaf's (perf); in a smaller tree the branches
      * are near and the prefetches would cost more than they save. */
     bool ahead = leaf || far;
+    uint32_t slots_end = PAGE_HDR + SLOT_SIZE * page_nkeys(page);
     if (ahead && hi - lo > 6)
-        prefetch_probes(page, lo, hi, 3);
+        prefetch_first_probes(page, lo, hi);
     while (lo < hi) {
-        unsigned mid = lo + (hi - lo) / 2;
+        unsigned mid = probe_mid(lo, hi);
         /* The probe after this one is one of two nodes: ask for both now,
          * so that a page not in the cache costs about one memory wait per
          * two probes, not one per probe.  (A prefetch never faults, and the
          * slots read here lie in the slot array bt_check_page checked.) */
         if (ahead && hi - lo > 2) {
-            __builtin_prefetch(page + page_slot(page, lo + (mid - lo) / 2) + 8);
-            __builtin_prefetch(page + page_slot(page, mid + 1 + (hi - mid - 1) / 2) + 8);
+            prefetch_node(page, probe_mid(lo, mid));
+            prefetch_node(page, probe_mid(mid + 1, hi));
         }
-        const uint8_t *n;
-        if (trusted)
-            n = node_ptr(page, mid);
-        else if (node_at(page, mid, ps, &n))
-            return KEEL_CORRUPTED; /* node_at recorded where */
         const uint8_t *k;
         size_t kl;
-        if (leaf) {
-            k = leaf_node_key(n);
-            kl = leaf_node_ksize(n);
-        } else {
-            k = branch_node_key(n);
-            kl = branch_node_ksize(n);
-        }
+        if (probe_key(page, mid, leaf, trusted, slots_end, ps, &k, &kl))
+            return CORRUPT(page_pgno(page));
         int c = key_cmp(k, kl, key, klen);
         if (c < 0)
             lo = mid + 1;
