@@ -109,7 +109,7 @@ static size_t node_size(const uint8_t *page, const uint8_t *n)
 /* A page from the map about to be changed, checked whole (after
  * bt_check_page): the nodes tile the node area [upper, psize) exactly, as
  * format.md requires (packed, no gaps), and the slots point at those nodes,
- * each at a different one.  Reads check only the nodes they visit (node_at),
+ * each at a different one.  Reads check only the nodes they visit (probe_key, node_at),
  * but edits shift, copy and rebuild every node of a page through unchecked
  * accessors, so a damaged node anywhere in it would make them read or write
  * out of bounds.  It runs once per page copied for writing, so it is one
