@@ -233,21 +233,22 @@ struct space_handle {
     struct space_walk walk;     /* where freelist_relocate's walk goes on */
 };
 
-/* ---- pagebuf.c: the writer's single-page buffers ---------------------- */
+/* ---- pagebuf.c: the writer's page buffers ----------------------------- */
 struct pagebuf_chunk {
     uint8_t *base;
     size_t bytes;
 };
 struct pagebuf_pool {
-    uint8_t *free;                /* buffers given back, each holding the next's address */
+    /* buffers given back, by length in pages, each holding the next's address */
+    uint8_t *free[PAGEBUF_RUN_MAX_BYTES / KEEL_MIN_PAGE + 1];
     struct pagebuf_chunk *chunks; /* mapped, in the order they were */
     size_t nchunks, chunks_cap;
     size_t carve_chunk, carved; /* the chunk handing out its untouched buffers, and its bytes handed out */
     size_t mapped;              /* bytes in all chunks */
     size_t out;                 /* buffers taken and not given back */
 };
-uint8_t *pagebuf_take(struct pagebuf_pool *p, uint32_t psize); /* NULL: out of memory */
-void pagebuf_give(struct pagebuf_pool *p, uint8_t *buf, uint32_t psize);
+uint8_t *pagebuf_take(struct pagebuf_pool *p, uint32_t psize, uint32_t npages); /* NULL: out of memory */
+void pagebuf_give(struct pagebuf_pool *p, uint8_t *buf, uint32_t psize, uint32_t npages);
 void pagebuf_trim(struct pagebuf_pool *p); /* at the end of a write txn */
 void pagebuf_pool_free(struct pagebuf_pool *p);
 
@@ -308,7 +309,7 @@ struct keel_db {
     pthread_mutex_t flush_mu;        /* the handle's threads take turns for the flush lock */
     struct group_slot *flush_copy;   /* the flush leader's copy of a published commit */
     uint8_t *flush_page;             /* ... and of the meta page it writes */
-    struct pagebuf_pool pagebufs; /* single-page dirty buffers (pagebuf.c; the writer only) */
+    struct pagebuf_pool pagebufs; /* dirty pages' buffers (pagebuf.c; the writer only) */
 };
 
 /* ---- the expiry log (expiry.c) ------------------------------------------- */

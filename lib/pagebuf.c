@@ -1,25 +1,28 @@
 /*
- * pagebuf.c — the writer's single-page buffers: where a write txn's dirty
- * pages live in memory.
+ * pagebuf.c — where a write txn's dirty pages live in memory: the writer's
+ * page buffers.
  *
  * Contract:
- *   - pagebuf_take hands out a buffer of one page (psize bytes, 64-byte
- *     aligned, contents undefined); pagebuf_give takes it back.  Only a
- *     handle's writer calls them (one write txn at a time): nothing locks.
- *   - Buffers are carved from chunks of anonymous memory mapped with their
- *     pages faulted in at once.  A big write txn takes a buffer for every
- *     page it changes, and a malloc and a page fault for each one were a
- *     large share of a bulk load's time (doc/benchmarks.md).  A chunk is as
- *     big as all before it, from PAGEBUF_CHUNK_MIN_BYTES to
- *     PAGEBUF_CHUNK_MAX_BYTES, so a one-put txn maps little and a big one
- *     maps few times.  Given-back buffers are taken again first.
+ *   - pagebuf_take hands out a buffer of npages pages (npages * psize
+ *     bytes, contents undefined); pagebuf_give takes it back with the same
+ *     npages.  Only a handle's writer calls them (one write txn at a
+ *     time): nothing locks.
+ *   - Buffers up to PAGEBUF_RUN_MAX_BYTES (a page, or a run for a value in
+ *     overflow pages) are carved, 64-byte aligned, from chunks of anonymous
+ *     memory mapped with their pages faulted in at once.  A big write txn
+ *     takes a buffer for every page it changes, and a malloc and a page
+ *     fault for each one were a large share of a bulk load's time
+ *     (doc/benchmarks.md).  A chunk is as big as all before it, from
+ *     PAGEBUF_CHUNK_MIN_BYTES to PAGEBUF_CHUNK_MAX_BYTES, so a one-put txn
+ *     maps little and a big one maps few times.  Given-back buffers wait
+ *     on a free list per length and are taken again first.  Longer runs
+ *     come from malloc.
  *   - pagebuf_trim, at the end of each write txn, once every buffer is back:
  *     the chunks past PAGEBUF_KEEP_BYTES are unmapped, and the next txn
  *     carves the kept ones from their start.  pagebuf_pool_free unmaps all.
  *   - Under AddressSanitizer a buffer is poisoned while it is free, and a
- *     poisoned gap follows each, so that a write past a page or into a
- *     given-back buffer is reported as it is for malloc's buffers.
- *   - Runs of several pages (big values) are pager.c's, from malloc.
+ *     poisoned gap follows each, so that a write past a buffer or into a
+ *     given-back one is reported as it is for malloc's buffers.
  *
  * Layer: above os.c only.
  */
@@ -51,7 +54,8 @@ static int map_chunk(struct pagebuf_pool *p, size_t stride)
         bytes = PAGEBUF_CHUNK_MIN_BYTES;
     if (bytes > PAGEBUF_CHUNK_MAX_BYTES)
         bytes = PAGEBUF_CHUNK_MAX_BYTES;
-    bytes = (bytes + stride - 1) / stride * stride; /* at least one buffer */
+    if (bytes < stride) /* at least one buffer */
+        bytes = stride;
     if (p->nchunks == p->chunks_cap) {
         size_t cap = p->chunks_cap ? 2 * p->chunks_cap : 8;
         struct pagebuf_chunk *v = os_realloc(p->chunks, cap * sizeof *v);
@@ -69,11 +73,12 @@ static int map_chunk(struct pagebuf_pool *p, size_t stride)
     return 0;
 }
 
-/* The next untouched buffer: of the chunk being carved, else of the next
- * one kept, else of a new one. */
-static uint8_t *carve(struct pagebuf_pool *p, uint32_t psize)
+/* The next untouched buffer of `bytes`: of the chunk being carved, else of
+ * the next one kept, else of a new one (the rest of a chunk too short for
+ * it stays unused until the trim). */
+static uint8_t *carve(struct pagebuf_pool *p, size_t bytes)
 {
-    size_t stride = (size_t)psize + GAP_BYTES;
+    size_t stride = bytes + GAP_BYTES;
     for (;;) {
         if (p->carve_chunk == p->nchunks && map_chunk(p, stride))
             return NULL;
@@ -88,27 +93,41 @@ static uint8_t *carve(struct pagebuf_pool *p, uint32_t psize)
     }
 }
 
-uint8_t *pagebuf_take(struct pagebuf_pool *p, uint32_t psize)
+static bool pooled(uint32_t psize, uint32_t npages)
 {
-    uint8_t *b = p->free;
-    if (b) {
+    return npages >= 1 && (size_t)npages * psize <= PAGEBUF_RUN_MAX_BYTES;
+}
+
+uint8_t *pagebuf_take(struct pagebuf_pool *p, uint32_t psize, uint32_t npages)
+{
+    size_t bytes = (size_t)npages * psize;
+    uint8_t *b;
+    if (!pooled(psize, npages)) {
+        b = os_malloc(bytes);
+    } else if ((b = p->free[npages])) {
         ASAN_UNPOISON_MEMORY_REGION(b, sizeof b);
-        memcpy(&p->free, b, sizeof b);
-    } else if (!(b = carve(p, psize))) {
-        return NULL;
+        memcpy(&p->free[npages], b, sizeof b);
+    } else {
+        b = carve(p, bytes);
     }
-    ASAN_UNPOISON_MEMORY_REGION(b, psize);
+    if (!b)
+        return NULL;
+    ASAN_UNPOISON_MEMORY_REGION(b, bytes);
     p->out++;
     return b;
 }
 
-void pagebuf_give(struct pagebuf_pool *p, uint8_t *buf, uint32_t psize)
+void pagebuf_give(struct pagebuf_pool *p, uint8_t *buf, uint32_t psize, uint32_t npages)
 {
     KEEL_ASSERT(p->out > 0);
-    memcpy(buf, &p->free, sizeof p->free);
-    ASAN_POISON_MEMORY_REGION(buf, psize);
-    p->free = buf;
     p->out--;
+    if (!pooled(psize, npages)) {
+        os_free(buf);
+        return;
+    }
+    memcpy(buf, &p->free[npages], sizeof p->free[npages]);
+    ASAN_POISON_MEMORY_REGION(buf, (size_t)npages * psize);
+    p->free[npages] = buf;
 }
 
 static void unmap_chunk(struct pagebuf_chunk *c)
@@ -131,7 +150,7 @@ void pagebuf_trim(struct pagebuf_pool *p)
         unmap_chunk(&p->chunks[i]);
     p->nchunks = keep;
     p->mapped = kept_bytes;
-    p->free = NULL; /* every buffer is free: carved again in order */
+    memset(p->free, 0, sizeof p->free); /* every buffer is free: carved again in order */
     p->carve_chunk = 0;
     p->carved = 0;
 }

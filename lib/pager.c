@@ -161,19 +161,14 @@ static void dirty_remove(struct dirty_table *t, struct dirty *d)
 }
 
 /* ---- page buffers ----
- * A dirty page's buffer: one page from the handle's pool (pagebuf.c), a
- * run of several (a big value) from malloc. */
-static uint8_t *pagebuf_get(keel_db *db, uint32_t npages)
-{
-    return npages == 1 ? pagebuf_take(&db->pagebufs, db->psize) : os_malloc((size_t)npages * db->psize);
-}
+ * A dirty page's buffer, or an overflow run's: the handle's pool's
+ * (pagebuf.c). */
+static uint8_t *pagebuf_get(keel_db *db, uint32_t npages) { return pagebuf_take(&db->pagebufs, db->psize, npages); }
 
 static void pagebuf_put(keel_db *db, uint8_t *buf, uint32_t npages)
 {
-    if (buf && npages == 1)
-        pagebuf_give(&db->pagebufs, buf, db->psize);
-    else
-        os_free(buf);
+    if (buf)
+        pagebuf_give(&db->pagebufs, buf, db->psize, npages);
 }
 
 /* ---- nested txns: the child's page journal ----

@@ -119,12 +119,14 @@
 #define GROW_STEP_BYTES ((uint64_t)1 << 20)
 #define GROW_SHARE_DIV 8      /* share: file size / DIV */
 #define SHRINK_SLACK_STEPS 2  /* steps */
-/* Single-page dirty buffers come from chunks of mapped memory (pagebuf.c)
- * that grow with use from MIN to MAX bytes each; after a write txn the
- * handle keeps up to KEEP bytes of chunks for the next one. */
+/* Dirty pages' buffers up to RUN_MAX bytes (a page, or an overflow run)
+ * come from chunks of mapped memory (pagebuf.c) that grow with use from
+ * MIN to MAX bytes each; after a write txn the handle keeps up to KEEP
+ * bytes of chunks for the next one. */
 #define PAGEBUF_CHUNK_MIN_BYTES ((size_t)64 << 10)
 #define PAGEBUF_CHUNK_MAX_BYTES ((size_t)2 << 20)
 #define PAGEBUF_KEEP_BYTES ((size_t)8 << 20)
+#define PAGEBUF_RUN_MAX_BYTES ((size_t)128 << 10)
 /* A write txn's dirty-page table starts with MIN slots (24 bytes each) and
  * stays with its txn object up to KEEP slots: a one-put txn then neither
  * allocates one nor walks a big one (its end and its write-out visit every

@@ -114,7 +114,7 @@ static void test_pagebuf_pool(void **state)
     struct pagebuf_pool p = {0};
     static uint8_t *b[N];
     for (size_t i = 0; i < N; i++) {
-        assert_non_null(b[i] = pagebuf_take(&p, PS));
+        assert_non_null(b[i] = pagebuf_take(&p, PS, 1));
         assert_int_equal((uintptr_t)b[i] % 64, 0);
         memset(b[i], (int)(i % 251), PS);
     }
@@ -128,12 +128,12 @@ static void test_pagebuf_pool(void **state)
     static uintptr_t given[N / 2];
     for (size_t i = 0; i < N; i += 2) {
         given[i / 2] = (uintptr_t)b[i];
-        pagebuf_give(&p, b[i], PS);
+        pagebuf_give(&p, b[i], PS, 1);
     }
     qsort(given, N / 2, sizeof *given, cmp_uptr);
     keel_os.mmap = mmap_fails; /* no new memory: the given-back buffers are enough */
     for (size_t i = 0; i < N; i += 2) {
-        uint8_t *again = pagebuf_take(&p, PS);
+        uint8_t *again = pagebuf_take(&p, PS, 1);
         assert_non_null(again);
         uintptr_t a = (uintptr_t)again;
         assert_non_null(bsearch(&a, given, N / 2, sizeof *given, cmp_uptr));
@@ -141,20 +141,70 @@ static void test_pagebuf_pool(void **state)
     }
     assert_int_equal(p.mapped, mapped);
     struct pagebuf_pool empty = {0}; /* nothing to give and no map: out of memory, nothing changed */
-    assert_null(pagebuf_take(&empty, PS));
+    assert_null(pagebuf_take(&empty, PS, 1));
     assert_int_equal(empty.out, 0);
     assert_int_equal(empty.mapped, 0);
     pagebuf_pool_free(&empty);
     os_reset();
     for (size_t i = 0; i < N; i++)
-        pagebuf_give(&p, b[i], PS);
+        pagebuf_give(&p, b[i], PS, 1);
     pagebuf_trim(&p);
     assert_true(p.mapped > 0 && p.mapped <= PAGEBUF_KEEP_BYTES);
-    assert_int_equal(pagebuf_take(&p, PS), p.chunks[0].base); /* carved again from the start */
-    pagebuf_give(&p, p.chunks[0].base, PS);
+    assert_int_equal(pagebuf_take(&p, PS, 1), p.chunks[0].base); /* carved again from the start */
+    pagebuf_give(&p, p.chunks[0].base, PS, 1);
     pagebuf_pool_free(&p);
     assert_int_equal(p.mapped, 0);
     assert_null(p.chunks);
+}
+
+static bool in_chunks(const struct pagebuf_pool *p, const uint8_t *b)
+{
+    for (size_t i = 0; i < p->nchunks; i++)
+        if (b >= p->chunks[i].base && b < p->chunks[i].base + p->chunks[i].bytes)
+            return true;
+    return false;
+}
+
+/* Runs (overflow values): every length up to PAGEBUF_RUN_MAX_BYTES comes
+ * from the chunks, distinct and holding what is written to them; a
+ * given-back run is taken again for the same length only; a longer run
+ * comes from malloc. */
+static void test_pagebuf_runs(void **state)
+{
+    (void)state;
+    enum { PS = 4096, MAXRUN = PAGEBUF_RUN_MAX_BYTES / PS, ROUNDS = 3 };
+    struct pagebuf_pool p = {0};
+    static uint8_t *b[ROUNDS][MAXRUN + 2];
+    for (int r = 0; r < ROUNDS; r++)
+        for (uint32_t n = 1; n <= MAXRUN + 1; n++) {
+            assert_non_null(b[r][n] = pagebuf_take(&p, PS, n));
+            assert_true(in_chunks(&p, b[r][n]) == (n <= MAXRUN));
+            if (n <= MAXRUN)
+                assert_int_equal((uintptr_t)b[r][n] % 64, 0);
+            memset(b[r][n], r * 64 + (int)n, (size_t)n * PS);
+        }
+    for (int r = 0; r < ROUNDS; r++)
+        for (uint32_t n = 1; n <= MAXRUN + 1; n++)
+            for (size_t j = 0; j < (size_t)n * PS; j += 509)
+                if (b[r][n][j] != (uint8_t)(r * 64 + (int)n))
+                    fail_msg("run of %u pages (round %d) byte %zu was overwritten", n, r, j);
+    assert_int_equal(p.out, ROUNDS * (MAXRUN + 1));
+    size_t mapped = p.mapped;
+    pagebuf_give(&p, b[1][3], PS, 3);
+    pagebuf_give(&p, b[1][5], PS, 5);
+    uint8_t *one = pagebuf_take(&p, PS, 1); /* no given-back single page: a new one */
+    assert_true(one != b[1][3] && one != b[1][5]);
+    assert_ptr_equal(pagebuf_take(&p, PS, 5), b[1][5]);
+    assert_ptr_equal(pagebuf_take(&p, PS, 3), b[1][3]);
+    pagebuf_give(&p, one, PS, 1);
+    for (int r = 0; r < ROUNDS; r++)
+        for (uint32_t n = 1; n <= MAXRUN + 1; n++)
+            pagebuf_give(&p, b[r][n], PS, n);
+    assert_int_equal(p.out, 0);
+    assert_true(p.mapped >= mapped);
+    pagebuf_trim(&p);
+    pagebuf_pool_free(&p);
+    assert_int_equal(p.mapped, 0);
 }
 
 static void read_meta(const char *path, unsigned slot, struct meta *m)
@@ -503,6 +553,7 @@ int main(void)
         cmocka_unit_test(test_sort_u64),
         cmocka_unit_test(test_pagebufs_kept),
         cmocka_unit_test(test_pagebuf_pool),
+        cmocka_unit_test(test_pagebuf_runs),
         cmocka_unit_test(test_commit_writes_the_other_slot),
         cmocka_unit_test(test_writes_in_16k_pieces),
         cmocka_unit_test(test_free_tail_small_commits),
