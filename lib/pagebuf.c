@@ -105,8 +105,10 @@ uint8_t *pagebuf_take(struct pagebuf_pool *p, uint32_t psize, uint32_t npages)
     if (!pooled(psize, npages)) {
         b = os_malloc(bytes);
     } else if ((b = p->free[npages])) {
-        ASAN_UNPOISON_MEMORY_REGION(b, sizeof b);
-        memcpy(&p->free[npages], b, sizeof b);
+        uint8_t *next;
+        ASAN_UNPOISON_MEMORY_REGION(b, sizeof next);
+        memcpy(&next, b, sizeof next);
+        p->free[npages] = next;
     } else {
         b = carve(p, bytes);
     }
@@ -125,7 +127,8 @@ void pagebuf_give(struct pagebuf_pool *p, uint8_t *buf, uint32_t psize, uint32_t
         os_free(buf);
         return;
     }
-    memcpy(buf, &p->free[npages], sizeof p->free[npages]);
+    uint8_t *next = p->free[npages];
+    memcpy(buf, &next, sizeof next);
     ASAN_POISON_MEMORY_REGION(buf, (size_t)npages * psize);
     p->free[npages] = buf;
 }
