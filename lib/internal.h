@@ -2,7 +2,7 @@
  * internal.h — the in-memory state shared by keel's layers, and each layer's
  * interface.  Dependencies point one way:
  *
- *   os -> pagebuf -> lockfile -> meta -> group -> pager -> btree, dupcount -> cursor -> space -> bucket
+ *   os, hash -> pagebuf -> lockfile -> meta -> group -> pager -> btree, dupcount -> cursor -> space -> bucket
  *      -> expiry, relocate, seal -> dup -> kv -> txn -> ops, api, db      (copy, check, salvage)
  *
  * (space: space.c, the allocator, and freelist.c, the free tree on disk.)
@@ -232,6 +232,15 @@ struct space_handle {
     uint64_t full_load_next;    /* ... the txn id from which it may */
     struct space_walk walk;     /* where freelist_relocate's walk goes on */
 };
+
+/* ---- hash.c: XXH3 of long inputs (page sums) ---------------------------- */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HASH_HAVE_AVX2 1 /* hash_avx2.c compiles an AVX2 copy; hash.c picks it on a CPU with AVX2 */
+#else
+#define HASH_HAVE_AVX2 0
+#endif
+uint64_t hash_long(const void *p, size_t n); /* = XXH3_64bits(p, n) */
+uint64_t hash_long_avx2(const void *p, size_t n);
 
 /* ---- pagebuf.c: the writer's page buffers ----------------------------- */
 struct pagebuf_chunk {

@@ -584,7 +584,7 @@ static void page_set_known(keel_db *db, uint64_t pgno, uint64_t sum, bool whole)
 /* ---- sums (format.h: the page trailer) ---- */
 uint64_t page_sum(const uint8_t *p, size_t len)
 {
-    uint64_t h = XXH3_64bits(p, len - PT_SUM);
+    uint64_t h = hash_long(p, len - PT_SUM);
     return h ? h : 1; /* 0 says "no sum" in a reference */
 }
 

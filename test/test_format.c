@@ -13,6 +13,8 @@
  *     bytes as data; keel_copy refuses a damaged file.
  *   - keel_check reports every single-bit flip in the pages of a compact
  *     file (KEEL_TEST_SCALE multiplies the flips), with the tree and keys.
+ *   - hash_long (page sums) is libxxhash's XXH3_64bits bit for bit, and so
+ *     is its AVX2 copy on a CPU that has AVX2.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -21,6 +23,7 @@
 #include <sys/stat.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
 
 #include "internal.h"
 #include "testutil.h"
@@ -552,6 +555,39 @@ static void test_check_finds_every_flip(void **state)
     tu_remove(copy_path);
 }
 
+/* Page sums must not depend on the CPU that computed them: a file written
+ * on one machine is verified on another.  Every length to 1,100 bytes (all
+ * of XXH3's short paths and the first long blocks), then page-sized and odd
+ * lengths to 70,000, at every alignment mod 64. */
+static void test_hash_long_is_xxh3(void **state)
+{
+    (void)state;
+    enum { MAX = 70000 };
+    static uint8_t buf[MAX + 64];
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < sizeof buf; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        buf[i] = (uint8_t)x;
+    }
+    __builtin_cpu_init();
+    bool avx2 = HASH_HAVE_AVX2 && __builtin_cpu_supports("avx2");
+    size_t checked = 0;
+    for (size_t len = 0; len <= MAX; len += len < 1100 ? 1 : 997) {
+        const uint8_t *p = buf + len % 64;
+        uint64_t want = XXH3_64bits(p, len);
+        assert_true(hash_long(p, len) == want);
+        if (avx2)
+            assert_true(hash_long_avx2(p, len) == want);
+        checked++;
+    }
+    for (uint32_t ps = 4096; ps <= 65536; ps *= 2) {
+        assert_true(hash_long(buf, ps - 8) == XXH3_64bits(buf, ps - 8));
+        if (avx2)
+            assert_true(hash_long_avx2(buf, ps - 8) == XXH3_64bits(buf, ps - 8));
+    }
+    print_message("hash_long: %zu lengths, AVX2 copy %s\n", checked, avx2 ? "checked" : "not run (no AVX2)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -561,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_verify_catches_damage),
         cmocka_unit_test(test_check_names_tree_and_keys),
         cmocka_unit_test(test_check_finds_every_flip),
+        cmocka_unit_test(test_hash_long_is_xxh3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,7 +33,7 @@ for rank, group in enumerate(re.split(r'\s*->\s*', order_text.strip())):
     for name in re.split(r'[,\s]+', group.strip()):
         if name:
             ranks[name] = rank
-FILE_LAYER = {'freelist': 'space', 'copy': 'api', 'check': 'api', 'salvage': 'api'}
+FILE_LAYER = {'freelist': 'space', 'copy': 'api', 'check': 'api', 'salvage': 'api', 'hash_avx2': 'hash'}
 alloc = header[header.index('space.c: allocation (what btree.c calls)'):]
 alloc = alloc[:alloc.index('/* ----')]
 LOOP = set(re.findall(r'\b(page_\w+)\(', alloc))
