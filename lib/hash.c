@@ -8,9 +8,9 @@
  *     the two against each other).
  *   - Debian's libxxhash is built for SSE2, the x86-64 baseline.  On a CPU
  *     with AVX2, hash_long runs a copy of XXH3 compiled for AVX2
- *     (hash_avx2.c, from the same xxhash.h), about three times as fast on
- *     a 4 KiB page; elsewhere the library's.  The choice is made once, at
- *     the first call.
+ *     (hash_avx2.c, from the same xxhash.h), which hashes a page in a
+ *     fraction of the time (doc/benchmarks.md); elsewhere the library's.
+ *     The choice is made once, at the first call.
  *   - Short inputs (names, keys, meta pages) call the library directly:
  *     XXH3 has no vector code below 240 bytes.
  *
